@@ -1,0 +1,25 @@
+//! Headroom's rate-limit core.
+//!
+//! Everything here is pure and deterministic: no sockets, no files, no threads, no wall clock
+//! unless a caller passes one in. The server, the store and the CLI build on it.
+//!
+//! - [`signals`] reads what an HTTP response says about rate limits.
+//! - [`budget`] turns those signals (and configured limits) into when the next call may go.
+//! - [`governor`] holds many budgets and their queues, and decides in time independent of how
+//!   many budgets exist.
+//! - [`sim`] runs the pacing model against simulated upstreams in virtual time.
+
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod clock;
+pub mod duration;
+pub mod governor;
+pub mod limit;
+pub mod signals;
+pub mod sim;
+
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+
+pub use signals::{interpret, LimitSignal, Signals, Unit};

@@ -1,0 +1,76 @@
+//! The `headroom` command.
+
+mod explain;
+mod simulate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Headroom keeps your integrations under the rate limits of the APIs they call.
+///
+/// Send outbound calls through Headroom and it paces every call per customer and credential
+/// from what the API itself reports (RateLimit, X-RateLimit-*, Retry-After, HubSpot, Shopify,
+/// Salesforce…), keeps real-time work ahead of bulk work, and retries what can be retried.
+#[derive(Debug, Parser)]
+#[command(name = "headroom", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a raw HTTP response and print what it says about rate limits, as JSON.
+    ///
+    /// The input is a response as it travels on the wire: a status line, headers, a blank line
+    /// and an optional body. Relative times are computed against the response's `Date` header,
+    /// else `--now`, else the clock.
+    ///
+    /// Example:
+    ///
+    ///   printf 'HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\n\r\n' | headroom explain
+    #[command(verbatim_doc_comment)]
+    Explain(explain::Args),
+
+    /// Run the pacing model against simulated upstreams in virtual time and print a table.
+    ///
+    /// Each scenario drives Headroom's governor against an upstream that enforces its limit
+    /// (fixed window, sliding window or leaky bucket, with or without rate-limit headers,
+    /// alone or beside a hidden client spending part of the quota) and reports utilisation of
+    /// `headroom × quota`, the throttled share, and the real-time lane's p99 wait.
+    Simulate(simulate::Args),
+}
+
+/// Reads a file argument, where `-` or no argument means standard input.
+fn read_input(path: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    use std::io::Read;
+    match path {
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        }
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read standard input")?;
+            Ok(buf)
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Explain(args) => explain::run(args),
+        Command::Simulate(args) => simulate::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
