@@ -1,1 +1,771 @@
-//! budget
+//! A budget: the limits one credential has at one upstream, and when its next call may go.
+//!
+//! A call goes only when every limit allows it, the budget is not paused by a throttled
+//! response, a concurrency slot is free and the circuit breaker is not open. Bulk calls get at
+//! most `1 - realtime_reserve` of the pace (and of the concurrency) while real-time traffic is
+//! active; when it is not, bulk may use the whole budget so that idle capacity is not wasted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::breaker::{Breaker, BreakerConfig, BreakerRefusal, BreakerState};
+use crate::clock::{secs_to_duration, Timestamp};
+use crate::limit::{Limit, LimitConfig, LimitSnapshot, Pace};
+use crate::signals::{Signals, Unit};
+
+/// A budget holds at most this many limits; more learned from odd headers are ignored.
+const MAX_LIMITS: usize = 8;
+/// A throttled response multiplies the pace by this.
+const DECREASE: f64 = 0.5;
+/// The pace never drops below this fraction of what the limits allow.
+const MIN_FACTOR: f64 = 0.05;
+
+/// The priority of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Webhooks and user actions: never waits behind queued bulk calls.
+    Realtime,
+    /// Syncs and imports: gets what real-time traffic leaves.
+    Bulk,
+}
+
+impl std::str::FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "realtime" => Ok(Lane::Realtime),
+            "bulk" => Ok(Lane::Bulk),
+            other => Err(format!(
+                "unknown lane \"{other}\"; use \"realtime\" or \"bulk\""
+            )),
+        }
+    }
+}
+
+/// How a budget is configured. Budgets of one upstream share one `Arc<BudgetConfig>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    pub limits: Vec<LimitConfig>,
+    /// The fraction of every quota Headroom aims to spend (the rest is left for others and for
+    /// error).
+    pub headroom: f64,
+    pub max_concurrency: u32,
+    /// The fraction of the pace (and of the concurrency) held for real-time calls while there
+    /// are any.
+    pub realtime_reserve: f64,
+    /// Pause after a throttled response that says nothing about when to retry.
+    pub backoff: Backoff,
+    pub breaker: BreakerConfig,
+    /// How long the pace takes to climb back to full after a throttled response halved it.
+    pub recovery: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            limits: Vec::new(),
+            headroom: 0.8,
+            max_concurrency: 10,
+            realtime_reserve: 0.2,
+            backoff: Backoff::default(),
+            breaker: BreakerConfig::default(),
+            recovery: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetConfigError {
+    #[error("headroom must be a fraction above 0 and at most 1 (like 0.8), got {0}")]
+    Headroom(f64),
+    #[error("realtime_reserve must be at least 0 and below 1 (like 0.2), got {0}")]
+    RealtimeReserve(f64),
+    #[error("max_concurrency must be at least 1")]
+    MaxConcurrency,
+    #[error("limits[{index}].quota must be a positive number, got {quota}")]
+    Quota { index: usize, quota: f64 },
+    #[error("limits[{index}].window must be longer than zero")]
+    Window { index: usize },
+    #[error("at most {MAX_LIMITS} limits per upstream, got {0}")]
+    TooManyLimits(usize),
+}
+
+impl BudgetConfig {
+    /// Checks the config, naming the field at fault.
+    pub fn validate(&self) -> Result<(), BudgetConfigError> {
+        if !(self.headroom > 0.0 && self.headroom <= 1.0) {
+            return Err(BudgetConfigError::Headroom(self.headroom));
+        }
+        if !(self.realtime_reserve >= 0.0 && self.realtime_reserve < 1.0) {
+            return Err(BudgetConfigError::RealtimeReserve(self.realtime_reserve));
+        }
+        if self.max_concurrency == 0 {
+            return Err(BudgetConfigError::MaxConcurrency);
+        }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(BudgetConfigError::TooManyLimits(self.limits.len()));
+        }
+        for (index, l) in self.limits.iter().enumerate() {
+            if !(l.quota.is_finite() && l.quota > 0.0) {
+                return Err(BudgetConfigError::Quota {
+                    index,
+                    quota: l.quota,
+                });
+            }
+            if l.window.is_zero() {
+                return Err(BudgetConfigError::Window { index });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Leave to make one call, returned to the budget with the call's outcome.
+#[derive(Debug, PartialEq)]
+#[must_use = "a permit holds a concurrency slot until it is returned with an outcome"]
+pub struct Permit {
+    seq: u64,
+    lane: Lane,
+    cost: f64,
+    spent_at: Spent,
+    probe: bool,
+    granted_at: Timestamp,
+}
+
+impl Permit {
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+    pub fn cost(&self) -> f64 {
+        self.cost
+    }
+    pub fn granted_at(&self) -> Timestamp {
+        self.granted_at
+    }
+}
+
+/// What became of a permitted call.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The upstream answered; `signals` is what [`crate::interpret`] read from the answer.
+    Response { status: u16, signals: &'a Signals },
+    /// No answer: connection refused, reset, timed out.
+    TransportError,
+    /// The call was given up before it could tell anything (client went away).
+    Abandoned,
+}
+
+/// Why a call cannot go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The pace (or a pause) allows it at this time.
+    Until(Timestamp),
+    /// Every concurrency slot is taken; a finishing call frees one.
+    Concurrency,
+    /// The circuit breaker refuses calls.
+    Breaker(BreakerRefusal),
+}
+
+/// What a budget did with an outcome, for logs and events.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Reaction {
+    /// The whole budget was paused for this long.
+    pub paused_for: Option<Duration>,
+    /// The breaker changed state to this.
+    pub breaker: Option<BreakerState>,
+}
+
+/// Total units sent, by unit kind; limits measure what was sent since a report against it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Spent {
+    requests: f64,
+    points: f64,
+}
+
+impl Spent {
+    fn of(&self, unit: Unit) -> f64 {
+        match unit {
+            Unit::Points => self.points,
+            _ => self.requests,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LastCall {
+    at: Timestamp,
+    cost: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    config: Arc<BudgetConfig>,
+    limits: Vec<Limit>,
+    spent: Spent,
+    seq: u64,
+    last: Option<LastCall>,
+    last_bulk: Option<LastCall>,
+    last_realtime_at: Option<Timestamp>,
+    in_flight: u32,
+    in_flight_bulk: u32,
+    /// A concurrency limit the API announced (IETF `concurrent-requests`).
+    learned_concurrency: Option<u32>,
+    paused_until: Timestamp,
+    /// Multiplier on the pace after throttling: `factor` at `factor_since`, climbing back to 1
+    /// over `config.recovery`.
+    factor: f64,
+    factor_since: Timestamp,
+    consecutive_throttles: u32,
+    breaker: Breaker,
+    last_active: Timestamp,
+}
+
+impl Budget {
+    pub fn new(config: Arc<BudgetConfig>) -> Self {
+        Budget {
+            limits: config.limits.iter().map(Limit::from_config).collect(),
+            config,
+            spent: Spent::default(),
+            seq: 0,
+            last: None,
+            last_bulk: None,
+            last_realtime_at: None,
+            in_flight: 0,
+            in_flight_bulk: 0,
+            learned_concurrency: None,
+            paused_until: Timestamp::ZERO,
+            factor: 1.0,
+            factor_since: Timestamp::ZERO,
+            consecutive_throttles: 0,
+            breaker: Breaker::default(),
+            last_active: Timestamp::ZERO,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<BudgetConfig> {
+        &self.config
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    pub fn paused_until(&self) -> Timestamp {
+        self.paused_until
+    }
+
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn last_active(&self) -> Timestamp {
+        self.last_active
+    }
+
+    /// The current multiplier on the pace (1 = what the limits allow).
+    pub fn factor(&self, now: Timestamp) -> f64 {
+        let recovery = self.config.recovery.as_secs_f64();
+        if self.factor >= 1.0 || recovery <= 0.0 {
+            return 1.0;
+        }
+        let climbed = now.saturating_since(self.factor_since).as_secs_f64() / recovery;
+        (self.factor + (1.0 - self.factor) * climbed).min(1.0)
+    }
+
+    /// Nothing in flight, no pause, breaker closed: the budget could be forgotten and rebuilt
+    /// from config without changing a decision beyond what fresh headers will tell again.
+    pub fn is_idle(&self, now: Timestamp) -> bool {
+        self.in_flight == 0 && now >= self.paused_until && self.breaker.is_closed()
+    }
+
+    /// Notes that real-time work is present, so the reserve is held for it.
+    pub fn note_realtime(&mut self, now: Timestamp) {
+        self.last_realtime_at = Some(now);
+    }
+
+    /// How long the reserve stays held after the last real-time call.
+    fn reserve_hold(&self) -> Duration {
+        self.limits
+            .iter()
+            .filter_map(Limit::window)
+            .min()
+            .unwrap_or(Duration::from_secs(10))
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    fn reserve_held(&self, now: Timestamp) -> bool {
+        self.config.realtime_reserve > 0.0
+            && self
+                .last_realtime_at
+                .is_some_and(|t| now < t + self.reserve_hold())
+    }
+
+    fn concurrency_cap(&self) -> u32 {
+        let cap = self.config.max_concurrency;
+        self.learned_concurrency.map_or(cap, |l| l.min(cap)).max(1)
+    }
+
+    /// The earliest time a call of `lane` and `cost` may start, by pace and pauses alone.
+    pub fn earliest(&self, now: Timestamp, lane: Lane, cost: f64) -> Timestamp {
+        let mut at = now.max(self.paused_until);
+        let factor = self.factor(now);
+        let bulk_share = match lane {
+            Lane::Bulk if self.reserve_held(now) => 1.0 - self.config.realtime_reserve,
+            _ => 1.0,
+        };
+        for limit in &self.limits {
+            let spent = self.spent.of(limit.unit());
+            match limit.pace(now, self.config.headroom, spent, limit.unit_cost(cost)) {
+                Pace::Unpaced => {}
+                Pace::Blocked(until) => at = at.max(until),
+                Pace::Rate(rate) => {
+                    let rate = rate * factor;
+                    if let Some(last) = self.last {
+                        at = at.max(last.at + spacing(limit.unit_cost(last.cost), rate));
+                    }
+                    if bulk_share < 1.0 {
+                        if let Some(last) = self.last_bulk {
+                            let gap = spacing(limit.unit_cost(last.cost), rate * bulk_share);
+                            at = at.max(last.at + gap);
+                        }
+                    }
+                }
+            }
+        }
+        at
+    }
+
+    /// The time between two calls of `cost` at the current pace, if the pace is bounded.
+    pub fn interval(&self, now: Timestamp, lane: Lane, cost: f64) -> Option<Duration> {
+        let share = match lane {
+            Lane::Bulk if self.reserve_held(now) => 1.0 - self.config.realtime_reserve,
+            _ => 1.0,
+        };
+        let factor = self.factor(now);
+        self.limits
+            .iter()
+            .filter_map(|l| {
+                let spent = self.spent.of(l.unit());
+                let c = l.unit_cost(cost);
+                match l.pace(now, self.config.headroom, spent, c) {
+                    Pace::Rate(r) => Some(spacing(c, r * factor * share)),
+                    _ => None,
+                }
+            })
+            .max()
+    }
+
+    /// Whether the circuit breaker lets calls through now.
+    pub fn check_breaker(&self, now: Timestamp) -> Result<(), BreakerRefusal> {
+        self.breaker.check(now)
+    }
+
+    /// Takes leave for a call now, or says what it waits for.
+    pub fn try_acquire(&mut self, now: Timestamp, lane: Lane, cost: f64) -> Result<Permit, Wait> {
+        self.breaker.check(now).map_err(Wait::Breaker)?;
+        let at = self.earliest(now, lane, cost);
+        if at > now {
+            return Err(Wait::Until(at));
+        }
+        let cap = self.concurrency_cap();
+        if self.in_flight >= cap {
+            return Err(Wait::Concurrency);
+        }
+        if lane == Lane::Bulk && self.reserve_held(now) {
+            let bulk_cap = ((cap as f64) * (1.0 - self.config.realtime_reserve)).floor() as u32;
+            if self.in_flight_bulk >= bulk_cap.max(1) {
+                return Err(Wait::Concurrency);
+            }
+        }
+        Ok(self.dispatch(now, lane, cost))
+    }
+
+    fn dispatch(&mut self, now: Timestamp, lane: Lane, cost: f64) -> Permit {
+        let probe = self.breaker.on_dispatch(now);
+        self.seq += 1;
+        self.spent.requests += 1.0;
+        self.spent.points += cost;
+        self.in_flight += 1;
+        let call = Some(LastCall { at: now, cost });
+        self.last = call;
+        match lane {
+            Lane::Bulk => {
+                self.in_flight_bulk += 1;
+                self.last_bulk = call;
+            }
+            Lane::Realtime => self.last_realtime_at = Some(now),
+        }
+        self.last_active = now;
+        Permit {
+            seq: self.seq,
+            lane,
+            cost,
+            spent_at: self.spent,
+            probe,
+            granted_at: now,
+        }
+    }
+
+    /// Returns a permit with what became of its call, and learns from it.
+    pub fn complete(
+        &mut self,
+        now: Timestamp,
+        permit: Permit,
+        outcome: Outcome<'_>,
+        jitter: &mut Jitter,
+    ) -> Reaction {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if permit.lane == Lane::Bulk {
+            self.in_flight_bulk = self.in_flight_bulk.saturating_sub(1);
+        }
+        self.last_active = now;
+        let breaker_before = self.breaker.state();
+        let mut reaction = Reaction::default();
+        match outcome {
+            Outcome::Response { status, signals } => {
+                self.learn(now, &permit, signals);
+                if signals.throttled {
+                    reaction.paused_for = Some(self.throttled(now, signals, jitter));
+                } else {
+                    self.consecutive_throttles = 0;
+                    if status >= 500 {
+                        self.breaker
+                            .on_failure(now, permit.probe, &self.config.breaker);
+                    } else {
+                        self.breaker.on_success();
+                    }
+                }
+            }
+            Outcome::TransportError => {
+                self.breaker
+                    .on_failure(now, permit.probe, &self.config.breaker)
+            }
+            Outcome::Abandoned => self.breaker.on_abandoned(permit.probe),
+        }
+        let breaker_after = self.breaker.state();
+        if std::mem::discriminant(&breaker_before) != std::mem::discriminant(&breaker_after) {
+            reaction.breaker = Some(breaker_after);
+        }
+        reaction
+    }
+
+    fn learn(&mut self, now: Timestamp, permit: &Permit, signals: &Signals) {
+        for sig in &signals.limits {
+            if sig.unit == Unit::Concurrent {
+                if let Some(q) = sig.quota.filter(|q| *q >= 1.0) {
+                    self.learned_concurrency = Some(q.min(u32::MAX as f64) as u32);
+                }
+                continue;
+            }
+            let index = match self.limits.iter().position(|l| l.matches(sig)) {
+                Some(i) => i,
+                None if self.limits.len() < MAX_LIMITS => match Limit::learned(sig) {
+                    Some(l) => {
+                        self.limits.push(l);
+                        self.limits.len() - 1
+                    }
+                    None => continue,
+                },
+                None => continue,
+            };
+            let limit = &mut self.limits[index];
+            let spent_at = permit.spent_at.of(limit.unit());
+            limit.observe(now, sig, permit.seq, spent_at);
+        }
+    }
+
+    /// Pauses the whole budget and slows its pace after a throttled response.
+    fn throttled(&mut self, now: Timestamp, signals: &Signals, jitter: &mut Jitter) -> Duration {
+        let exhausted_reset = signals
+            .limits
+            .iter()
+            .filter(|l| l.remaining == Some(0.0))
+            .filter_map(|l| l.reset_in)
+            .max();
+        let pause = signals
+            .retry_after
+            .or(exhausted_reset)
+            .unwrap_or_else(|| {
+                self.config
+                    .backoff
+                    .delay(self.consecutive_throttles, jitter)
+            });
+        // Responses to calls already in flight report the same overload: slow down once per
+        // pause, not once per response.
+        if now >= self.paused_until {
+            self.factor = (self.factor(now) * DECREASE).max(MIN_FACTOR);
+            self.factor_since = now;
+        }
+        self.consecutive_throttles = self.consecutive_throttles.saturating_add(1);
+        self.paused_until = self.paused_until.max(now + pause);
+        pause
+    }
+
+    pub fn snapshot(&self, now: Timestamp) -> BudgetSnapshot {
+        BudgetSnapshot {
+            limits: self
+                .limits
+                .iter()
+                .map(|l| l.snapshot(now, self.config.headroom, self.spent.of(l.unit())))
+                .collect(),
+            headroom: self.config.headroom,
+            pace_factor: self.factor(now),
+            in_flight: self.in_flight,
+            max_concurrency: self.concurrency_cap(),
+            paused_for_s: self.paused_until.saturating_since(now).as_secs_f64(),
+            reserve_held: self.reserve_held(now),
+            breaker: self.breaker.state(),
+        }
+    }
+}
+
+/// What `/v1/budgets` shows of a budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetSnapshot {
+    pub limits: Vec<LimitSnapshot>,
+    pub headroom: f64,
+    /// Multiplier on the pace after throttling (1 = full pace).
+    pub pace_factor: f64,
+    pub in_flight: u32,
+    pub max_concurrency: u32,
+    pub paused_for_s: f64,
+    /// Whether bulk is currently held to `1 - realtime_reserve`.
+    pub reserve_held: bool,
+    pub breaker: BreakerState,
+}
+
+fn spacing(cost: f64, rate: f64) -> Duration {
+    secs_to_duration(cost / rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::LimitSignal;
+
+    fn t(secs: f64) -> Timestamp {
+        Timestamp::from_secs_f64(secs)
+    }
+
+    fn budget(limits: Vec<LimitConfig>) -> Budget {
+        let config = BudgetConfig {
+            limits,
+            ..BudgetConfig::default()
+        };
+        config.validate().unwrap();
+        Budget::new(Arc::new(config))
+    }
+
+    fn ok(status: u16) -> Signals {
+        Signals {
+            throttled: status == 429,
+            ..Signals::default()
+        }
+    }
+
+    #[test]
+    fn every_limit_must_allow_the_call() {
+        // 8/s from the first limit, 0.8 × 3600 / 3600 s = 0.8/s from the second.
+        let mut b = budget(vec![
+            LimitConfig::new(100.0, Duration::from_secs(10)),
+            LimitConfig::new(3600.0, Duration::from_secs(3600)),
+        ]);
+        let p = b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap();
+        assert_eq!(
+            b.try_acquire(t(0.2), Lane::Realtime, 1.0),
+            Err(Wait::Until(t(1.25)))
+        );
+        b.complete(t(0.1), p, Outcome::Abandoned, &mut Jitter::new(1));
+    }
+
+    #[test]
+    fn cost_counts_against_point_limits_only() {
+        let mut points = LimitConfig::new(100.0, Duration::from_secs(10));
+        points.unit = Unit::Points;
+        let mut b = budget(vec![points, LimitConfig::new(1000.0, Duration::from_secs(10))]);
+        let _p = b.try_acquire(t(0.0), Lane::Realtime, 4.0).unwrap();
+        // 4 points at 8 points/s: 0.5 s; the request limit alone would allow 1/80 s.
+        assert_eq!(b.earliest(t(0.0), Lane::Realtime, 1.0), t(0.5));
+    }
+
+    #[test]
+    fn a_throttled_response_pauses_the_budget_and_halves_the_pace() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let mut j = Jitter::new(1);
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        let signals = Signals {
+            throttled: true,
+            retry_after: Some(Duration::from_secs(3)),
+            limits: vec![],
+        };
+        let r = b.complete(
+            t(0.1),
+            p,
+            Outcome::Response {
+                status: 429,
+                signals: &signals,
+            },
+            &mut j,
+        );
+        assert_eq!(r.paused_for, Some(Duration::from_secs(3)));
+        assert_eq!(b.earliest(t(0.2), Lane::Realtime, 1.0), t(3.1));
+        assert_eq!(b.factor(t(0.1)), 0.5);
+        // It climbs back linearly over `recovery` (60 s).
+        assert!((b.factor(t(30.1)) - 0.75).abs() < 1e-9);
+        assert_eq!(b.factor(t(60.1)), 1.0);
+        // After the pause, calls are spaced at half the pace: 4/s.
+        let p = b.try_acquire(t(3.1), Lane::Realtime, 1.0).unwrap();
+        assert_eq!(
+            b.try_acquire(t(3.1), Lane::Realtime, 1.0),
+            Err(Wait::Until(t(3.1 + 1.0 / (8.0 * b.factor(t(3.1))))))
+        );
+        b.complete(t(3.2), p, Outcome::Abandoned, &mut j);
+    }
+
+    #[test]
+    fn a_throttle_without_hints_pauses_for_a_jittered_backoff() {
+        let mut b = budget(vec![]);
+        let mut j = Jitter::new(3);
+        let mut pauses = vec![];
+        for i in 0..4 {
+            let now = t(100.0 * i as f64);
+            let p = b.try_acquire(now, Lane::Realtime, 1.0).unwrap();
+            let r = b.complete(
+                now,
+                p,
+                Outcome::Response {
+                    status: 429,
+                    signals: &ok(429),
+                },
+                &mut j,
+            );
+            pauses.push(r.paused_for.unwrap());
+        }
+        for (i, p) in pauses.iter().enumerate() {
+            assert!(*p <= b.config().backoff.ceiling(i as u32));
+        }
+    }
+
+    #[test]
+    fn the_exhausted_limits_reset_is_the_pause_when_retry_after_is_missing() {
+        let mut b = budget(vec![]);
+        let p = b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap();
+        let signals = Signals {
+            throttled: true,
+            retry_after: None,
+            limits: vec![LimitSignal {
+                quota: Some(5000.0),
+                remaining: Some(0.0),
+                reset_in: Some(Duration::from_secs(300)),
+                ..LimitSignal::default()
+            }],
+        };
+        let r = b.complete(
+            t(0.0),
+            p,
+            Outcome::Response {
+                status: 403,
+                signals: &signals,
+            },
+            &mut Jitter::new(1),
+        );
+        assert_eq!(r.paused_for, Some(Duration::from_secs(300)));
+        // The limit was learned from the headers.
+        assert_eq!(b.snapshot(t(0.0)).limits[0].quota, 5000.0);
+    }
+
+    #[test]
+    fn bulk_gets_the_reserve_only_while_realtime_is_idle() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let mut j = Jitter::new(1);
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        b.complete(t(0.0), p, Outcome::Abandoned, &mut j);
+        // No real-time traffic: bulk is spaced at the full 8/s.
+        assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(0.125));
+        b.note_realtime(t(0.0));
+        // Real-time present: bulk at 0.8 × 8/s = 6.4/s, real-time at the full pace.
+        assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(1.0 / 6.4));
+        assert_eq!(b.earliest(t(0.0), Lane::Realtime, 1.0), t(0.125));
+        // The reserve is released one shortest window (10 s) after the last real-time call.
+        assert_eq!(b.earliest(t(10.0), Lane::Bulk, 1.0), t(10.0));
+        assert!(!b.reserve_held(t(10.0)));
+    }
+
+    #[test]
+    fn concurrency_is_capped_and_bulk_leaves_slots_for_realtime() {
+        let config = BudgetConfig {
+            max_concurrency: 5,
+            ..BudgetConfig::default()
+        };
+        let mut b = Budget::new(Arc::new(config));
+        b.note_realtime(t(0.0));
+        let mut permits = vec![];
+        for _ in 0..4 {
+            permits.push(b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap());
+        }
+        assert_eq!(b.try_acquire(t(0.0), Lane::Bulk, 1.0), Err(Wait::Concurrency));
+        permits.push(b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap());
+        assert_eq!(
+            b.try_acquire(t(0.0), Lane::Realtime, 1.0),
+            Err(Wait::Concurrency)
+        );
+        let mut j = Jitter::new(1);
+        for p in permits {
+            b.complete(t(0.1), p, Outcome::Abandoned, &mut j);
+        }
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_breaker_opens_on_sustained_failure_and_refuses_calls() {
+        let mut b = budget(vec![]);
+        let mut j = Jitter::new(1);
+        let mut last = Reaction::default();
+        for _ in 0..5 {
+            let p = b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap();
+            last = b.complete(
+                t(0.0),
+                p,
+                Outcome::Response {
+                    status: 502,
+                    signals: &ok(502),
+                },
+                &mut j,
+            );
+        }
+        assert!(matches!(last.breaker, Some(BreakerState::Open { .. })));
+        assert_eq!(
+            b.try_acquire(t(1.0), Lane::Realtime, 1.0),
+            Err(Wait::Breaker(BreakerRefusal::OpenUntil(t(30.0))))
+        );
+        let probe = b.try_acquire(t(30.0), Lane::Realtime, 1.0).unwrap();
+        assert_eq!(
+            b.try_acquire(t(30.0), Lane::Realtime, 1.0),
+            Err(Wait::Breaker(BreakerRefusal::Probing))
+        );
+        let r = b.complete(
+            t(30.1),
+            probe,
+            Outcome::Response {
+                status: 200,
+                signals: &ok(200),
+            },
+            &mut j,
+        );
+        assert!(matches!(r.breaker, Some(BreakerState::Closed { .. })));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = BudgetConfig::default();
+        c.headroom = 1.5;
+        assert!(c.validate().unwrap_err().to_string().contains("headroom"));
+        c.headroom = 0.8;
+        c.limits = vec![LimitConfig::new(0.0, Duration::from_secs(1))];
+        assert!(c.validate().unwrap_err().to_string().contains("limits[0].quota"));
+    }
+}

@@ -1,1 +1,358 @@
-//! limit
+//! One limit of a budget (a quota per window, in some unit): what is known about it and the
+//! pace it allows.
+//!
+//! A limit knows its quota and window from config, from the headers, or both. When a response
+//! reports what remains and when the window resets, the limit aims to end the window having
+//! spent `headroom × quota` in total — its own calls and everyone else's — by spreading what is
+//! left of that over the time that is left. Without a fresh report it paces evenly at
+//! `headroom × quota / window`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::signals::{LimitSignal, Unit};
+
+/// A limit as configured: `quota` units per `window`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitConfig {
+    pub name: Option<String>,
+    pub quota: f64,
+    #[serde(serialize_with = "crate::limit::serialize_secs")]
+    pub window: Duration,
+    pub unit: Unit,
+}
+
+impl LimitConfig {
+    pub fn new(quota: f64, window: Duration) -> Self {
+        LimitConfig {
+            name: None,
+            quota,
+            window,
+            unit: Unit::Requests,
+        }
+    }
+}
+
+pub(crate) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The pace a limit allows right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Nothing is known that bounds the rate (only concurrency does).
+    Unpaced,
+    /// Calls may go at this many units per second.
+    Rate(f64),
+    /// Nothing may go before this time.
+    Blocked(Timestamp),
+}
+
+/// A remaining count that a response reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Report {
+    remaining: f64,
+    /// The budget's total spend in this limit's unit once the reporting call had been sent:
+    /// everything sent after it may not be counted in `remaining` yet.
+    spent_at: f64,
+    /// Dispatch order of the reporting call, so a late response cannot overwrite a newer one.
+    seq: u64,
+    observed_at: Timestamp,
+    reset_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Limit {
+    name: Option<Box<str>>,
+    quota: f64,
+    window: Option<Duration>,
+    unit: Unit,
+    configured: bool,
+    report: Option<Report>,
+}
+
+impl Limit {
+    pub(crate) fn from_config(c: &LimitConfig) -> Self {
+        Limit {
+            name: c.name.as_deref().map(Into::into),
+            quota: c.quota,
+            window: Some(c.window),
+            unit: c.unit,
+            configured: true,
+            report: None,
+        }
+    }
+
+    pub(crate) fn learned(sig: &LimitSignal) -> Option<Self> {
+        let quota = sig.quota.filter(|q| q.is_finite() && *q > 0.0)?;
+        Some(Limit {
+            name: sig.name.as_deref().map(Into::into),
+            quota,
+            window: sig.window.filter(|w| !w.is_zero()),
+            unit: sig.unit,
+            configured: false,
+            report: None,
+        })
+    }
+
+    pub(crate) fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    pub(crate) fn window(&self) -> Option<Duration> {
+        self.window
+    }
+
+    /// What one call of `cost` counts against this limit.
+    pub(crate) fn unit_cost(&self, cost: f64) -> f64 {
+        match self.unit {
+            Unit::Points => cost,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether this limit paces calls at all (content bytes and concurrency limits do not).
+    pub(crate) fn paces(&self) -> bool {
+        matches!(self.unit, Unit::Requests | Unit::Points)
+    }
+
+    /// How well a response's limit matches this one: by name, else window, else quota.
+    pub(crate) fn matches(&self, sig: &LimitSignal) -> bool {
+        if sig.unit != self.unit {
+            return false;
+        }
+        if let (Some(a), Some(b)) = (self.name.as_deref(), sig.name.as_deref()) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (self.window, sig.window) {
+            return close(a.as_secs_f64(), b.as_secs_f64());
+        }
+        match sig.quota {
+            Some(q) => close(q, self.quota),
+            None => false,
+        }
+    }
+
+    /// Learns from a response describing this limit. `seq` and `spent_at` describe the call the
+    /// response answers.
+    pub(crate) fn observe(&mut self, now: Timestamp, sig: &LimitSignal, seq: u64, spent_at: f64) {
+        if let Some(q) = sig.quota.filter(|q| q.is_finite() && *q > 0.0) {
+            // The API's own figure beats a configured guess.
+            self.quota = q;
+        }
+        if !self.configured || self.window.is_none() {
+            if let Some(w) = sig.window.filter(|w| !w.is_zero()) {
+                self.window = Some(w);
+            }
+        }
+        if self.name.is_none() {
+            self.name = sig.name.as_deref().map(Into::into);
+        }
+        let Some(remaining) = sig.remaining.filter(|r| r.is_finite() && *r >= 0.0) else {
+            return;
+        };
+        let reset_at = sig.reset_in.map(|r| now + r);
+        let newer = match self.report {
+            None => true,
+            Some(old) => {
+                seq >= old.seq
+                    || old.reset_at.is_some_and(|r| now >= r)
+                    // A later window than the one the newer report described.
+                    || matches!((reset_at, old.reset_at),
+                        (Some(new), Some(old)) if new > old + Duration::from_secs(1))
+            }
+        };
+        if newer {
+            self.report = Some(Report {
+                remaining,
+                spent_at,
+                seq,
+                observed_at: now,
+                reset_at,
+            });
+        }
+    }
+
+    /// The remaining count now: the last report minus what was sent since its call.
+    pub(crate) fn estimated_remaining(&self, now: Timestamp, spent: f64) -> Option<f64> {
+        let r = self.fresh_report(now)?;
+        Some((r.remaining - (spent - r.spent_at)).max(0.0))
+    }
+
+    pub(crate) fn reset_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.fresh_report(now).and_then(|r| r.reset_at)
+    }
+
+    fn fresh_report(&self, now: Timestamp) -> Option<&Report> {
+        self.report
+            .as_ref()
+            .filter(|r| r.reset_at.is_none_or(|reset| now < reset))
+    }
+
+    /// The pace this limit allows now for a call counting `cost` units, when `spent` units have
+    /// been sent in total and `headroom` of the quota is the target.
+    pub(crate) fn pace(&self, now: Timestamp, headroom: f64, spent: f64, cost: f64) -> Pace {
+        if !self.paces() {
+            return Pace::Unpaced;
+        }
+        let nominal = self
+            .window
+            .map(|w| headroom * self.quota / w.as_secs_f64().max(1e-3));
+        let Some(report) = self.fresh_report(now) else {
+            return nominal.map_or(Pace::Unpaced, Pace::Rate);
+        };
+        let estimate = report.remaining - (spent - report.spent_at);
+        // What may still be spent in this window, by everyone, leaving the reserve untouched.
+        let allowance = estimate - (1.0 - headroom) * self.quota;
+        match report.reset_at {
+            Some(reset_at) if allowance >= cost => {
+                let left = reset_at.saturating_since(now).as_secs_f64().max(1e-3);
+                Pace::Rate(allowance / left)
+            }
+            Some(reset_at) => Pace::Blocked(reset_at),
+            // No reset time: pace evenly, and when the reserve is reached probe slowly enough
+            // that at most half of the reserve could go in one window.
+            None if allowance >= cost => nominal.map_or(Pace::Unpaced, Pace::Rate),
+            None => {
+                let probe_rate = match nominal {
+                    Some(n) => n * (1.0 - headroom).max(0.01) / headroom / 2.0,
+                    None => 1.0,
+                };
+                Pace::Blocked(report.observed_at + crate::clock::secs_to_duration(cost / probe_rate))
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now: Timestamp, headroom: f64, spent: f64) -> LimitSnapshot {
+        let pace = match self.pace(now, headroom, spent, self.unit_cost(1.0)) {
+            Pace::Rate(r) => Some(r),
+            Pace::Blocked(_) => Some(0.0),
+            Pace::Unpaced => None,
+        };
+        LimitSnapshot {
+            name: self.name.as_deref().map(str::to_string),
+            quota: self.quota,
+            window_s: self.window.map(|w| w.as_secs_f64()),
+            unit: self.unit,
+            source: if self.configured { "config" } else { "headers" },
+            remaining: self.estimated_remaining(now, spent),
+            reset_in_s: self
+                .reset_at(now)
+                .map(|t| t.saturating_since(now).as_secs_f64()),
+            pace_per_s: pace,
+        }
+    }
+}
+
+/// What `/v1/budgets` shows of a limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitSnapshot {
+    pub name: Option<String>,
+    pub quota: f64,
+    pub window_s: Option<f64>,
+    pub unit: Unit,
+    /// `config` or `headers`.
+    pub source: &'static str,
+    /// The remaining count estimated from the last report, when one is fresh.
+    pub remaining: Option<f64>,
+    pub reset_in_s: Option<f64>,
+    /// Units per second the limit allows now, before the budget's pace factor.
+    pub pace_per_s: Option<f64>,
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 0.01 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: f64) -> Timestamp {
+        Timestamp::from_secs_f64(secs)
+    }
+
+    fn report(remaining: f64, reset_in: Option<f64>) -> LimitSignal {
+        LimitSignal {
+            quota: Some(100.0),
+            remaining: Some(remaining),
+            reset_in: reset_in.map(Duration::from_secs_f64),
+            ..LimitSignal::default()
+        }
+    }
+
+    #[test]
+    fn without_reports_paces_evenly_at_headroom() {
+        let l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        assert_eq!(l.pace(t(0.0), 0.8, 0.0, 1.0), Pace::Rate(8.0));
+    }
+
+    #[test]
+    fn spreads_what_is_left_of_the_target_over_the_time_left() {
+        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        // Someone else spent 40 of the window; 5 s left; target is 80 in total.
+        l.observe(t(5.0), &report(60.0, Some(5.0)), 1, 1.0);
+        match l.pace(t(5.0), 0.8, 1.0, 1.0) {
+            Pace::Rate(r) => assert!((r - 8.0).abs() < 1e-9, "(60 - 20) / 5 s, got {r}"),
+            p => panic!("{p:?}"),
+        }
+        // Our own calls since that report count against it.
+        match l.pace(t(5.0), 0.8, 11.0, 1.0) {
+            Pace::Rate(r) => assert!((r - 6.0).abs() < 1e-9, "(50 - 20) / 5 s, got {r}"),
+            p => panic!("{p:?}"),
+        }
+        // Down to the reserve: nothing goes until the reset.
+        assert_eq!(l.pace(t(5.0), 0.8, 41.0, 1.0), Pace::Blocked(t(10.0)));
+        // After the reset the report is stale and the even pace returns.
+        assert_eq!(l.pace(t(10.0), 0.8, 41.0, 1.0), Pace::Rate(8.0));
+    }
+
+    #[test]
+    fn a_late_response_does_not_overwrite_a_newer_report() {
+        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        l.observe(t(1.0), &report(50.0, Some(9.0)), 7, 7.0);
+        l.observe(t(1.1), &report(90.0, Some(8.9)), 3, 3.0);
+        assert_eq!(l.estimated_remaining(t(1.1), 7.0), Some(50.0));
+        // But a report of the next window replaces it.
+        l.observe(t(1.2), &report(99.0, Some(19.0)), 4, 4.0);
+        assert_eq!(l.estimated_remaining(t(1.2), 7.0), Some(96.0));
+    }
+
+    #[test]
+    fn without_a_reset_time_the_reserve_is_probed_slowly() {
+        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        l.observe(t(0.0), &report(15.0, None), 1, 1.0);
+        // nominal 8/s, probe at 8 × 0.2 / 0.8 / 2 = 1/s.
+        assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0), Pace::Blocked(t(1.0)));
+    }
+
+    #[test]
+    fn matches_by_name_then_window_then_quota() {
+        let mut cfg = LimitConfig::new(100.0, Duration::from_secs(10));
+        let l = Limit::from_config(&cfg);
+        let by_window = LimitSignal {
+            quota: Some(110.0),
+            window: Some(Duration::from_secs(10)),
+            ..LimitSignal::default()
+        };
+        assert!(l.matches(&by_window));
+        let by_quota = LimitSignal {
+            quota: Some(100.0),
+            ..LimitSignal::default()
+        };
+        assert!(l.matches(&by_quota));
+        assert!(!l.matches(&LimitSignal {
+            quota: Some(700.0),
+            ..LimitSignal::default()
+        }));
+        cfg.name = Some("burst".into());
+        let named = Limit::from_config(&cfg);
+        assert!(!named.matches(&LimitSignal {
+            name: Some("daily".into()),
+            quota: Some(100.0),
+            ..LimitSignal::default()
+        }));
+    }
+}
