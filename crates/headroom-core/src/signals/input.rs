@@ -1,0 +1,128 @@
+//! The parts of a response the dialect readers look at: headers by case-insensitive name, and a
+//! body that is parsed as JSON at most once, and only when some reader asks.
+
+use std::cell::OnceCell;
+
+/// A response's header lines, names lower-cased.
+#[derive(Debug, Default)]
+pub(crate) struct Headers {
+    lines: Vec<(String, String)>,
+}
+
+impl Headers {
+    pub(crate) fn collect<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let lines = headers
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    name.trim().to_ascii_lowercase(),
+                    String::from_utf8_lossy(value).trim().to_string(),
+                )
+            })
+            .collect();
+        Headers { lines }
+    }
+
+    /// Every line's (lower-cased name, value).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.lines.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The first line of a field that should appear once (a date, a number).
+    pub(crate) fn first(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// All lines of a list field joined as one comma list, as HTTP combines repeated fields.
+    pub(crate) fn joined(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .iter()
+            .filter(|(n, v)| *n == name && !v.is_empty())
+            .map(|(_, v)| v)
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+}
+
+/// JSON bodies larger than this are not parsed: rate-limit hints sit in small error bodies or
+/// in a GraphQL response's `extensions`, and parsing megabytes per response is not worth it.
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// A response body, with its JSON parsed on first use.
+#[derive(Debug)]
+pub(crate) struct Body<'a> {
+    bytes: &'a [u8],
+    json: OnceCell<Option<serde_json::Value>>,
+}
+
+impl<'a> Body<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Body {
+            bytes,
+            json: OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub(crate) fn contains(&self, needle: &[u8]) -> bool {
+        contains(self.bytes, needle)
+    }
+
+    /// The body as JSON, if it is a JSON object or array of reasonable size.
+    pub(crate) fn json(&self) -> Option<&serde_json::Value> {
+        self.json
+            .get_or_init(|| {
+                let start = self.bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+                let looks_like_json = matches!(self.bytes[start], b'{' | b'[');
+                if !looks_like_json || self.bytes.len() > MAX_JSON_BODY {
+                    return None;
+                }
+                serde_json::from_slice(&self.bytes[start..]).ok()
+            })
+            .as_ref()
+    }
+}
+
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Like [`contains`], ignoring ASCII case; `needle` must be lower-case.
+pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_and_lines_join() {
+        let h = Headers::collect([
+            ("RateLimit-Policy", &b"\"a\";q=1"[..]),
+            ("ratelimit-policy", &b" \"b\";q=2 "[..]),
+            ("Retry-After", &b"5"[..]),
+        ]);
+        assert_eq!(
+            h.joined("ratelimit-policy").as_deref(),
+            Some("\"a\";q=1, \"b\";q=2")
+        );
+        assert_eq!(h.first("retry-after"), Some("5"));
+        assert_eq!(h.joined("missing"), None);
+    }
+
+    #[test]
+    fn body_json_only_for_objects_and_arrays() {
+        assert!(Body::new(b"  {\"a\":1}").json().is_some());
+        assert!(Body::new(b"[1]").json().is_some());
+        assert!(Body::new(b"\"text\"").json().is_none());
+        assert!(Body::new(b"{broken").json().is_none());
+        assert!(Body::new(b"").json().is_none());
+    }
+}
