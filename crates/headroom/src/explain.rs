@@ -1,6 +1,10 @@
 //! `headroom explain`: what a raw HTTP response says about rate limits.
 
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use headroom_core::signals::{parse_instant, RawResponse};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,6 +18,63 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let _input = crate::read_input(args.file.as_ref())?;
-    anyhow::bail!("explain is not implemented yet")
+    let now = match args.now.as_deref() {
+        Some(text) => parse_now(text)?,
+        None => system_now(),
+    };
+    let input = crate::read_input(args.file.as_ref())?;
+    let response = RawResponse::parse(&input).context("cannot read the response")?;
+    let signals = response.interpret(now);
+    println!("{}", serde_json::to_string_pretty(&signals)?);
+    Ok(())
+}
+
+/// Reads `--now` as epoch seconds, an RFC 3339 time or an HTTP-date.
+fn parse_now(text: &str) -> anyhow::Result<f64> {
+    let epoch = text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t >= 0.0);
+    epoch.or_else(|| parse_instant(text)).with_context(|| {
+        format!(
+            "--now {text:?} is not a time; give epoch seconds (1795867200), an RFC 3339 time \
+             (2026-11-28T12:00:00Z) or an HTTP-date (\"Sat, 28 Nov 2026 12:00:00 GMT\")"
+        )
+    })
+}
+
+fn system_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_accepts_epoch_rfc3339_and_http_date() {
+        for text in [
+            "1795867200",
+            "1795867200.0",
+            "2026-11-28T12:00:00Z",
+            "Sat, 28 Nov 2026 12:00:00 GMT",
+        ] {
+            assert_eq!(parse_now(text).unwrap(), 1_795_867_200.0, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_now_names_the_flag_and_the_forms() {
+        let err = parse_now("tomorrow").unwrap_err().to_string();
+        assert!(err.contains("--now"), "{err}");
+        assert!(
+            err.contains("RFC 3339") && err.contains("HTTP-date"),
+            "{err}"
+        );
+        assert!(parse_now("-5").is_err());
+        assert!(parse_now("inf").is_err());
+    }
 }
