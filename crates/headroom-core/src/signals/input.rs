@@ -67,8 +67,13 @@ impl<'a> Body<'a> {
         self.bytes
     }
 
-    pub(crate) fn contains(&self, needle: &[u8]) -> bool {
-        contains(self.bytes, needle)
+    /// The body as JSON, if it contains `needle`: a cheap check first, so that bodies that
+    /// cannot hold what a reader looks for are never parsed.
+    pub(crate) fn json_mentioning(&self, needle: &[u8]) -> Option<&serde_json::Value> {
+        if self.bytes.len() > MAX_JSON_BODY || !contains(self.bytes, needle) {
+            return None;
+        }
+        self.json()
     }
 
     /// The body as JSON, if it is a JSON object or array of reasonable size.
@@ -115,6 +120,13 @@ mod tests {
         );
         assert_eq!(h.first("retry-after"), Some("5"));
         assert_eq!(h.joined("missing"), None);
+    }
+
+    #[test]
+    fn json_mentioning_checks_the_needle_first() {
+        let body = Body::new(br#"{"a":"THROTTLED"}"#);
+        assert!(body.json_mentioning(b"THROTTLED").is_some());
+        assert!(body.json_mentioning(b"throttleStatus").is_none());
     }
 
     #[test]

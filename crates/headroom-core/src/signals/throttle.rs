@@ -57,11 +57,9 @@ fn body_mentions_rate_limit(body: &[u8]) -> bool {
 
 /// A GraphQL `errors` entry whose code says the call was throttled.
 fn graphql_throttled(body: &Body) -> bool {
-    if !(body.contains(b"THROTTLED") || body.contains(b"RATE_LIMITED")) {
-        return false;
-    }
     let Some(errors) = body
-        .json()
+        .json_mentioning(b"THROTTLED")
+        .or_else(|| body.json_mentioning(b"RATE_LIMITED"))
         .and_then(|j| j.get("errors"))
         .and_then(|e| e.as_array())
     else {

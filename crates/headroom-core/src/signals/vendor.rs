@@ -59,12 +59,8 @@ pub(crate) fn shopify(headers: &Headers) -> Vec<LimitSignal> {
 /// Shopify GraphQL: the cost extension's `throttleStatus`, a leaky bucket of points whose
 /// window is the time it takes to refill from empty.
 pub(crate) fn shopify_graphql(body: &Body) -> Vec<LimitSignal> {
-    // Cheap check first: most bodies are not Shopify GraphQL and need not be parsed.
-    if !body.contains(b"throttleStatus") {
-        return Vec::new();
-    }
     let Some(status) = body
-        .json()
+        .json_mentioning(b"throttleStatus")
         .and_then(|j| j.pointer("/extensions/cost/throttleStatus"))
     else {
         return Vec::new();
