@@ -83,6 +83,9 @@ mod tests {
         let delays: Vec<Duration> = (0..1000).map(|_| b.delay(2, &mut j)).collect();
         assert!(delays.iter().all(|d| *d <= b.ceiling(2)));
         let low = delays.iter().filter(|d| **d < b.ceiling(2) / 2).count();
-        assert!((400..600).contains(&low), "uniform spread, got {low} of 1000 in the low half");
+        assert!(
+            (400..600).contains(&low),
+            "uniform spread, got {low} of 1000 in the low half"
+        );
     }
 }

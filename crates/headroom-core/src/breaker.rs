@@ -38,7 +38,10 @@ pub enum BreakerState {
         reopened: u32,
     },
     /// One probe call may go; its outcome closes or reopens the breaker.
-    HalfOpen { probe_in_flight: bool, reopened: u32 },
+    HalfOpen {
+        probe_in_flight: bool,
+        reopened: u32,
+    },
 }
 
 /// Why the breaker refused a call.
@@ -78,7 +81,9 @@ impl Breaker {
     pub fn check(&self, now: Timestamp) -> Result<(), BreakerRefusal> {
         match self.state {
             BreakerState::Closed { .. } => Ok(()),
-            BreakerState::Open { until, .. } if now < until => Err(BreakerRefusal::OpenUntil(until)),
+            BreakerState::Open { until, .. } if now < until => {
+                Err(BreakerRefusal::OpenUntil(until))
+            }
             BreakerState::Open { .. } => Ok(()),
             BreakerState::HalfOpen {
                 probe_in_flight: true,

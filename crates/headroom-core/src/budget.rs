@@ -195,21 +195,15 @@ impl Spent {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct LastCall {
-    at: Timestamp,
-    cost: f64,
-}
-
 #[derive(Debug, Clone)]
 pub struct Budget {
     config: Arc<BudgetConfig>,
     limits: Vec<Limit>,
     spent: Spent,
     seq: u64,
-    last: Option<LastCall>,
-    last_bulk: Option<LastCall>,
-    last_realtime_at: Option<Timestamp>,
+    /// Real-time calls in flight: while there are any, bulk is held to its share so that
+    /// the calls that follow them (a user action is often several) find the pace free.
+    in_flight_realtime: u32,
     in_flight: u32,
     in_flight_bulk: u32,
     /// A concurrency limit the API announced (IETF `concurrent-requests`).
@@ -231,9 +225,7 @@ impl Budget {
             config,
             spent: Spent::default(),
             seq: 0,
-            last: None,
-            last_bulk: None,
-            last_realtime_at: None,
+            in_flight_realtime: 0,
             in_flight: 0,
             in_flight_bulk: 0,
             learned_concurrency: None,
@@ -282,26 +274,8 @@ impl Budget {
         self.in_flight == 0 && now >= self.paused_until && self.breaker.is_closed()
     }
 
-    /// Notes that real-time work is present, so the reserve is held for it.
-    pub fn note_realtime(&mut self, now: Timestamp) {
-        self.last_realtime_at = Some(now);
-    }
-
-    /// How long the reserve stays held after the last real-time call.
-    fn reserve_hold(&self) -> Duration {
-        self.limits
-            .iter()
-            .filter_map(Limit::window)
-            .min()
-            .unwrap_or(Duration::from_secs(10))
-            .clamp(Duration::from_secs(1), Duration::from_secs(60))
-    }
-
-    fn reserve_held(&self, now: Timestamp) -> bool {
-        self.config.realtime_reserve > 0.0
-            && self
-                .last_realtime_at
-                .is_some_and(|t| now < t + self.reserve_hold())
+    fn reserve_held(&self) -> bool {
+        self.config.realtime_reserve > 0.0 && self.in_flight_realtime > 0
     }
 
     fn concurrency_cap(&self) -> u32 {
@@ -309,30 +283,44 @@ impl Budget {
         self.learned_concurrency.map_or(cap, |l| l.min(cap)).max(1)
     }
 
+    /// The part of the safety margin (`1 - headroom` of each quota) a call of `lane` may spend:
+    /// real-time calls may spend `realtime_reserve` of it, so that they still go at the end
+    /// of a window that bulk work (or a hidden client) has used up.
+    fn margin(&self, lane: Lane) -> f64 {
+        match lane {
+            Lane::Realtime => self.config.realtime_reserve,
+            Lane::Bulk => 0.0,
+        }
+    }
+
+    /// The share of the pace a call of `lane` may use now.
+    fn lane_share(&self, lane: Lane) -> f64 {
+        match lane {
+            Lane::Bulk if self.reserve_held() => 1.0 - self.config.realtime_reserve,
+            _ => 1.0,
+        }
+    }
+
     /// The earliest time a call of `lane` and `cost` may start, by pace and pauses alone.
     pub fn earliest(&self, now: Timestamp, lane: Lane, cost: f64) -> Timestamp {
         let mut at = now.max(self.paused_until);
         let factor = self.factor(now);
-        let bulk_share = match lane {
-            Lane::Bulk if self.reserve_held(now) => 1.0 - self.config.realtime_reserve,
-            _ => 1.0,
-        };
+        let share = self.lane_share(lane);
         for limit in &self.limits {
             let spent = self.spent.of(limit.unit());
-            match limit.pace(now, self.config.headroom, spent, limit.unit_cost(cost)) {
+            let c = limit.unit_cost(cost);
+            match limit.pace(now, self.config.headroom, spent, c, self.margin(lane)) {
                 Pace::Unpaced => {}
                 Pace::Blocked(until) => at = at.max(until),
                 Pace::Rate(rate) => {
-                    let rate = rate * factor;
-                    if let Some(last) = self.last {
-                        at = at.max(last.at + spacing(limit.unit_cost(last.cost), rate));
-                    }
-                    if bulk_share < 1.0 {
-                        if let Some(last) = self.last_bulk {
-                            let gap = spacing(limit.unit_cost(last.cost), rate * bulk_share);
-                            at = at.max(last.at + gap);
-                        }
-                    }
+                    let (tat, tat_bulk) = limit.slots();
+                    at = match lane {
+                        // A real-time call may come one interval early (a burst of two), so
+                        // that it rarely waits at all while bulk keeps the pace busy.
+                        Lane::Realtime => at.max(tat - spacing(c, rate * factor)),
+                        Lane::Bulk if share < 1.0 => at.max(tat).max(tat_bulk),
+                        Lane::Bulk => at.max(tat),
+                    };
                 }
             }
         }
@@ -341,17 +329,14 @@ impl Budget {
 
     /// The time between two calls of `cost` at the current pace, if the pace is bounded.
     pub fn interval(&self, now: Timestamp, lane: Lane, cost: f64) -> Option<Duration> {
-        let share = match lane {
-            Lane::Bulk if self.reserve_held(now) => 1.0 - self.config.realtime_reserve,
-            _ => 1.0,
-        };
+        let share = self.lane_share(lane);
         let factor = self.factor(now);
         self.limits
             .iter()
             .filter_map(|l| {
                 let spent = self.spent.of(l.unit());
                 let c = l.unit_cost(cost);
-                match l.pace(now, self.config.headroom, spent, c) {
+                match l.pace(now, self.config.headroom, spent, c, self.margin(lane)) {
                     Pace::Rate(r) => Some(spacing(c, r * factor * share)),
                     _ => None,
                 }
@@ -375,7 +360,7 @@ impl Budget {
         if self.in_flight >= cap {
             return Err(Wait::Concurrency);
         }
-        if lane == Lane::Bulk && self.reserve_held(now) {
+        if lane == Lane::Bulk && self.reserve_held() {
             let bulk_cap = ((cap as f64) * (1.0 - self.config.realtime_reserve)).floor() as u32;
             if self.in_flight_bulk >= bulk_cap.max(1) {
                 return Err(Wait::Concurrency);
@@ -386,18 +371,30 @@ impl Budget {
 
     fn dispatch(&mut self, now: Timestamp, lane: Lane, cost: f64) -> Permit {
         let probe = self.breaker.on_dispatch(now);
+        // Book the call's slots at the pace it went at (before it counts as spent).
+        let factor = self.factor(now);
+        let share = self.lane_share(lane);
+        let headroom = self.config.headroom;
+        let margin = self.margin(lane);
+        for limit in &mut self.limits {
+            let spent = self.spent.of(limit.unit());
+            let c = limit.unit_cost(cost);
+            match limit.pace(now, headroom, spent, c, margin) {
+                Pace::Rate(rate) => {
+                    let rate = rate * factor;
+                    let bulk = (lane == Lane::Bulk).then(|| spacing(c, rate * share));
+                    limit.book(now, Some(spacing(c, rate)), bulk);
+                }
+                _ => limit.book(now, None, None),
+            }
+        }
         self.seq += 1;
         self.spent.requests += 1.0;
         self.spent.points += cost;
         self.in_flight += 1;
-        let call = Some(LastCall { at: now, cost });
-        self.last = call;
         match lane {
-            Lane::Bulk => {
-                self.in_flight_bulk += 1;
-                self.last_bulk = call;
-            }
-            Lane::Realtime => self.last_realtime_at = Some(now),
+            Lane::Bulk => self.in_flight_bulk += 1,
+            Lane::Realtime => self.in_flight_realtime += 1,
         }
         self.last_active = now;
         Permit {
@@ -419,8 +416,9 @@ impl Budget {
         jitter: &mut Jitter,
     ) -> Reaction {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if permit.lane == Lane::Bulk {
-            self.in_flight_bulk = self.in_flight_bulk.saturating_sub(1);
+        match permit.lane {
+            Lane::Bulk => self.in_flight_bulk = self.in_flight_bulk.saturating_sub(1),
+            Lane::Realtime => self.in_flight_realtime = self.in_flight_realtime.saturating_sub(1),
         }
         self.last_active = now;
         let breaker_before = self.breaker.state();
@@ -486,14 +484,11 @@ impl Budget {
             .filter(|l| l.remaining == Some(0.0))
             .filter_map(|l| l.reset_in)
             .max();
-        let pause = signals
-            .retry_after
-            .or(exhausted_reset)
-            .unwrap_or_else(|| {
-                self.config
-                    .backoff
-                    .delay(self.consecutive_throttles, jitter)
-            });
+        let pause = signals.retry_after.or(exhausted_reset).unwrap_or_else(|| {
+            self.config
+                .backoff
+                .delay(self.consecutive_throttles, jitter)
+        });
         // Responses to calls already in flight report the same overload: slow down once per
         // pause, not once per response.
         if now >= self.paused_until {
@@ -517,7 +512,7 @@ impl Budget {
             in_flight: self.in_flight,
             max_concurrency: self.concurrency_cap(),
             paused_for_s: self.paused_until.saturating_since(now).as_secs_f64(),
-            reserve_held: self.reserve_held(now),
+            reserve_held: self.reserve_held(),
             breaker: self.breaker.state(),
         }
     }
@@ -574,9 +569,9 @@ mod tests {
             LimitConfig::new(100.0, Duration::from_secs(10)),
             LimitConfig::new(3600.0, Duration::from_secs(3600)),
         ]);
-        let p = b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap();
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
         assert_eq!(
-            b.try_acquire(t(0.2), Lane::Realtime, 1.0),
+            b.try_acquire(t(0.2), Lane::Bulk, 1.0),
             Err(Wait::Until(t(1.25)))
         );
         b.complete(t(0.1), p, Outcome::Abandoned, &mut Jitter::new(1));
@@ -586,10 +581,13 @@ mod tests {
     fn cost_counts_against_point_limits_only() {
         let mut points = LimitConfig::new(100.0, Duration::from_secs(10));
         points.unit = Unit::Points;
-        let mut b = budget(vec![points, LimitConfig::new(1000.0, Duration::from_secs(10))]);
-        let _p = b.try_acquire(t(0.0), Lane::Realtime, 4.0).unwrap();
+        let mut b = budget(vec![
+            points,
+            LimitConfig::new(1000.0, Duration::from_secs(10)),
+        ]);
+        let _p = b.try_acquire(t(0.0), Lane::Bulk, 4.0).unwrap();
         // 4 points at 8 points/s: 0.5 s; the request limit alone would allow 1/80 s.
-        assert_eq!(b.earliest(t(0.0), Lane::Realtime, 1.0), t(0.5));
+        assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(0.5));
     }
 
     #[test]
@@ -617,11 +615,15 @@ mod tests {
         // It climbs back linearly over `recovery` (60 s).
         assert!((b.factor(t(30.1)) - 0.75).abs() < 1e-9);
         assert_eq!(b.factor(t(60.1)), 1.0);
-        // After the pause, calls are spaced at half the pace: 4/s.
-        let p = b.try_acquire(t(3.1), Lane::Realtime, 1.0).unwrap();
-        assert_eq!(
-            b.try_acquire(t(3.1), Lane::Realtime, 1.0),
-            Err(Wait::Until(t(3.1 + 1.0 / (8.0 * b.factor(t(3.1))))))
+        // After the pause, calls are spaced at about half the pace.
+        let p = b.try_acquire(t(3.1), Lane::Bulk, 1.0).unwrap();
+        let Err(Wait::Until(next)) = b.try_acquire(t(3.1), Lane::Bulk, 1.0) else {
+            panic!("spaced")
+        };
+        let gap = next.saturating_since(t(3.1)).as_secs_f64();
+        assert!(
+            (gap - 1.0 / (8.0 * b.factor(t(3.1)))).abs() < 1e-6,
+            "gap {gap}"
         );
         b.complete(t(3.2), p, Outcome::Abandoned, &mut j);
     }
@@ -679,35 +681,82 @@ mod tests {
     }
 
     #[test]
-    fn bulk_gets_the_reserve_only_while_realtime_is_idle() {
+    fn bulk_gets_the_reserve_only_while_realtime_is_in_flight() {
         let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
         let mut j = Jitter::new(1);
         let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
         b.complete(t(0.0), p, Outcome::Abandoned, &mut j);
         // No real-time traffic: bulk is spaced at the full 8/s.
         assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(0.125));
-        b.note_realtime(t(0.0));
-        // Real-time present: bulk at 0.8 × 8/s = 6.4/s, real-time at the full pace.
-        assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(1.0 / 6.4));
-        assert_eq!(b.earliest(t(0.0), Lane::Realtime, 1.0), t(0.125));
-        // The reserve is released one shortest window (10 s) after the last real-time call.
-        assert_eq!(b.earliest(t(10.0), Lane::Bulk, 1.0), t(10.0));
-        assert!(!b.reserve_held(t(10.0)));
+        let rt = b.try_acquire(t(0.2), Lane::Realtime, 1.0).unwrap();
+        let p = b.try_acquire(t(0.325), Lane::Bulk, 1.0).unwrap();
+        b.complete(t(0.325), p, Outcome::Abandoned, &mut j);
+        // Real-time in flight: bulk at 0.8 × 8/s = 6.4/s, real-time at the full pace (and
+        // one interval early).
+        assert!(b.reserve_held());
+        assert_eq!(b.earliest(t(0.325), Lane::Bulk, 1.0), t(0.325 + 1.0 / 6.4));
+        assert_eq!(b.earliest(t(0.325), Lane::Realtime, 1.0), t(0.325));
+        b.complete(t(0.4), rt, Outcome::Abandoned, &mut j);
+        assert!(!b.reserve_held());
+        assert_eq!(b.earliest(t(0.4), Lane::Bulk, 1.0), t(0.45));
+    }
+
+    #[test]
+    fn realtime_may_spend_part_of_the_margin_that_bulk_never_touches() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let mut j = Jitter::new(1);
+        // The API says 20 remain for 5 s: bulk has reached the 20 % margin; real-time may
+        // spend 20 % of it (4 calls).
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        let signals = Signals {
+            throttled: false,
+            retry_after: None,
+            limits: vec![LimitSignal {
+                quota: Some(100.0),
+                remaining: Some(20.0),
+                reset_in: Some(Duration::from_secs(5)),
+                ..LimitSignal::default()
+            }],
+        };
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        b.complete(t(5.0), p, ok, &mut j);
+        assert_eq!(b.earliest(t(5.0), Lane::Bulk, 1.0), t(10.0));
+        let mut now = t(5.0);
+        for _ in 0..4 {
+            // The pace quickens as the window ends, so the earliest time moves a little when
+            // asked again at that time (the governor simply re-arms).
+            let p = loop {
+                match b.try_acquire(now, Lane::Realtime, 1.0) {
+                    Ok(p) => break p,
+                    Err(Wait::Until(at)) => now = at,
+                    Err(other) => panic!("{other:?}"),
+                }
+            };
+            assert!(now < t(10.0));
+            b.complete(now, p, Outcome::Abandoned, &mut j);
+        }
+        assert_eq!(b.earliest(now, Lane::Realtime, 1.0), t(10.0));
     }
 
     #[test]
     fn concurrency_is_capped_and_bulk_leaves_slots_for_realtime() {
         let config = BudgetConfig {
-            max_concurrency: 5,
+            max_concurrency: 10,
             ..BudgetConfig::default()
         };
         let mut b = Budget::new(Arc::new(config));
-        b.note_realtime(t(0.0));
-        let mut permits = vec![];
-        for _ in 0..4 {
+        let mut permits = vec![b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap()];
+        for _ in 0..8 {
             permits.push(b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap());
         }
-        assert_eq!(b.try_acquire(t(0.0), Lane::Bulk, 1.0), Err(Wait::Concurrency));
+        // With a real-time call in flight, bulk holds at most 80 % of the 10 slots.
+        assert_eq!(
+            b.try_acquire(t(0.0), Lane::Bulk, 1.0),
+            Err(Wait::Concurrency)
+        );
         permits.push(b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap());
         assert_eq!(
             b.try_acquire(t(0.0), Lane::Realtime, 1.0),
@@ -766,6 +815,10 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("headroom"));
         c.headroom = 0.8;
         c.limits = vec![LimitConfig::new(0.0, Duration::from_secs(1))];
-        assert!(c.validate().unwrap_err().to_string().contains("limits[0].quota"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits[0].quota"));
     }
 }

@@ -121,7 +121,10 @@ mod tests {
             parse_duration("10 parsecs"),
             Err(DurationError::UnknownUnit { .. })
         ));
-        assert!(matches!(parse_duration("s"), Err(DurationError::Invalid(_))));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(DurationError::Invalid(_))
+        ));
         assert!(matches!(parse_duration("1e400s"), Err(_)));
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
     }

@@ -188,9 +188,6 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
     ) -> Admission {
         let slot = self.slot_of(key, config);
         let entry = self.entry(slot);
-        if lane == Lane::Realtime {
-            entry.budget.note_realtime(now);
-        }
         if let Err(refusal) = entry.budget.check_breaker(now) {
             return Admission::Rejected(breaker_rejection(now, refusal));
         }
@@ -275,7 +272,9 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         let entry = self.slots[slot as usize]
             .as_mut()
             .expect("slot referenced by the index is occupied");
-        let reaction = entry.budget.complete(now, permit, outcome, &mut self.jitter);
+        let reaction = entry
+            .budget
+            .complete(now, permit, outcome, &mut self.jitter);
         self.drive(slot, now, out);
         reaction
     }
@@ -390,7 +389,11 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         };
         let at = entry.budget.earliest(now, lane, cost);
         // Due now yet not granted: it waits for a slot or a probe, which `complete` drives.
-        let at = if at <= now { deadline } else { at.min(deadline) };
+        let at = if at <= now {
+            deadline
+        } else {
+            at.min(deadline)
+        };
         if entry.armed.is_none_or(|armed| at < armed) {
             entry.armed = Some(at);
             let generation = entry.generation;
@@ -468,13 +471,22 @@ mod tests {
         for token in 1..=50 {
             g.request(t(0.0), &"a", &cfg, Lane::Bulk, 1.0, LONG, token);
         }
+        // The first real-time call goes at once (it may come one interval early)…
+        assert!(matches!(
+            g.request(t(0.01), &"a", &cfg, Lane::Realtime, 1.0, LONG, 98),
+            Admission::Granted(_)
+        ));
+        // …and the next one at the next slot, ahead of all fifty bulk calls.
         assert_eq!(
-            g.request(t(0.01), &"a", &cfg, Lane::Realtime, 1.0, LONG, 99),
+            g.request(t(0.02), &"a", &cfg, Lane::Realtime, 1.0, LONG, 99),
             Admission::Queued
         );
         let mut out = vec![];
         let wake = g.next_wakeup().unwrap();
-        assert!(wake <= t(0.125), "one pacing interval at most, got {wake:?}");
+        assert!(
+            wake <= t(0.145),
+            "one pacing interval at most, got {wake:?}"
+        );
         g.poll(wake, &mut out);
         assert_eq!(granted(&out), vec![99]);
     }
@@ -483,19 +495,27 @@ mod tests {
     fn a_call_that_cannot_be_admitted_within_its_max_wait_is_refused_at_once() {
         let mut g: Governor<&str, u32> = Governor::new(1);
         let cfg = config(100.0, 10);
-        let _first = g.request(t(0.0), &"a", &cfg, Lane::Realtime, 1.0, LONG, 0);
+        let _first = g.request(t(0.0), &"a", &cfg, Lane::Bulk, 1.0, LONG, 0);
         for token in 1..=10 {
-            g.request(t(0.0), &"a", &cfg, Lane::Realtime, 1.0, LONG, token);
+            g.request(t(0.0), &"a", &cfg, Lane::Bulk, 1.0, LONG, token);
         }
-        // Eleven ahead at 1/8 s each.
-        match g.request(t(0.0), &"a", &cfg, Lane::Realtime, 1.0, Duration::from_secs(1), 77) {
+        // Ten ahead: the first at 1/8 s, then 1/8 s each.
+        match g.request(
+            t(0.0),
+            &"a",
+            &cfg,
+            Lane::Bulk,
+            1.0,
+            Duration::from_secs(1),
+            77,
+        ) {
             Admission::Rejected(r) => {
                 assert_eq!(r.reason, RejectReason::WaitTooLong);
                 assert!(r.retry_after >= Duration::from_secs(1));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(g.queued(&"a"), (10, 0));
+        assert_eq!(g.queued(&"a"), (0, 10));
     }
 
     #[test]
@@ -543,7 +563,15 @@ mod tests {
         let Admission::Granted(_p) = g.request(t(0.0), &"a", &cfg, Lane::Bulk, 1.0, LONG, 0) else {
             panic!()
         };
-        g.request(t(0.0), &"a", &cfg, Lane::Bulk, 1.0, Duration::from_secs(2), 1);
+        g.request(
+            t(0.0),
+            &"a",
+            &cfg,
+            Lane::Bulk,
+            1.0,
+            Duration::from_secs(2),
+            1,
+        );
         assert_eq!(g.next_wakeup(), Some(t(2.0)));
         let mut out = vec![];
         g.poll(t(2.0), &mut out);

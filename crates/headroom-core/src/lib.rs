@@ -19,9 +19,8 @@ pub mod limit;
 pub mod signals;
 pub mod sim;
 
-
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 
-pub use signals::{interpret, LimitSignal, Signals, Unit};
 pub use budget::{Budget, BudgetConfig, Lane, Outcome, Permit};
 pub use governor::{Admission, Decision, Governor, RejectReason, Rejection};
+pub use signals::{interpret, LimitSignal, Signals, Unit};

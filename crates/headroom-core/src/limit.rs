@@ -71,6 +71,11 @@ pub(crate) struct Limit {
     unit: Unit,
     configured: bool,
     report: Option<Report>,
+    /// GCRA: the theoretical time of the next call at the pace, for any lane and for bulk.
+    tat: Timestamp,
+    tat_bulk: Timestamp,
+    /// When the last call went, whatever the pace was.
+    last_sent: Timestamp,
 }
 
 impl Limit {
@@ -82,6 +87,9 @@ impl Limit {
             unit: c.unit,
             configured: true,
             report: None,
+            tat: Timestamp::ZERO,
+            tat_bulk: Timestamp::ZERO,
+            last_sent: Timestamp::ZERO,
         }
     }
 
@@ -94,6 +102,9 @@ impl Limit {
             unit: sig.unit,
             configured: false,
             report: None,
+            tat: Timestamp::ZERO,
+            tat_bulk: Timestamp::ZERO,
+            last_sent: Timestamp::ZERO,
         })
     }
 
@@ -101,8 +112,26 @@ impl Limit {
         self.unit
     }
 
-    pub(crate) fn window(&self) -> Option<Duration> {
-        self.window
+    /// The next free slot at the pace, for any lane and for bulk.
+    pub(crate) fn slots(&self) -> (Timestamp, Timestamp) {
+        (self.tat, self.tat_bulk)
+    }
+
+    /// Books a call at `now`: the next call of any lane waits `gap`, the next bulk call
+    /// `bulk_gap` (when the call is bulk). Without a gap the limit did not pace the call.
+    pub(crate) fn book(
+        &mut self,
+        now: Timestamp,
+        gap: Option<Duration>,
+        bulk_gap: Option<Duration>,
+    ) {
+        self.last_sent = now;
+        if let Some(gap) = gap {
+            self.tat = self.tat.max(now) + gap;
+        }
+        if let Some(bulk_gap) = bulk_gap {
+            self.tat_bulk = self.tat_bulk.max(now) + bulk_gap;
+        }
     }
 
     /// What one call of `cost` counts against this limit.
@@ -153,7 +182,7 @@ impl Limit {
         let Some(remaining) = sig.remaining.filter(|r| r.is_finite() && *r >= 0.0) else {
             return;
         };
-        let reset_at = sig.reset_in.map(|r| now + r);
+        let mut reset_at = sig.reset_in.map(|r| now + r);
         let newer = match self.report {
             None => true,
             Some(old) => {
@@ -165,6 +194,13 @@ impl Limit {
             }
         };
         if newer {
+            // Resets are usually rounded up to whole seconds, so each report bounds the true
+            // reset from above: within one window, the earliest bound is the tightest.
+            if let (Some(new), Some(old)) = (reset_at, self.report.and_then(|r| r.reset_at)) {
+                if new >= old && new.saturating_since(old) < Duration::from_secs(1) {
+                    reset_at = Some(old);
+                }
+            }
             self.report = Some(Report {
                 remaining,
                 spent_at,
@@ -192,8 +228,16 @@ impl Limit {
     }
 
     /// The pace this limit allows now for a call counting `cost` units, when `spent` units have
-    /// been sent in total and `headroom` of the quota is the target.
-    pub(crate) fn pace(&self, now: Timestamp, headroom: f64, spent: f64, cost: f64) -> Pace {
+    /// been sent in total and `headroom` of the quota is the target, of which the call may also
+    /// spend the fraction `margin` of the rest.
+    pub(crate) fn pace(
+        &self,
+        now: Timestamp,
+        headroom: f64,
+        spent: f64,
+        cost: f64,
+        margin: f64,
+    ) -> Pace {
         if !self.paces() {
             return Pace::Unpaced;
         }
@@ -205,7 +249,7 @@ impl Limit {
         };
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
-        let allowance = estimate - (1.0 - headroom) * self.quota;
+        let allowance = estimate - (1.0 - headroom) * (1.0 - margin) * self.quota;
         match report.reset_at {
             Some(reset_at) if allowance >= cost => {
                 let left = reset_at.saturating_since(now).as_secs_f64().max(1e-3);
@@ -220,13 +264,14 @@ impl Limit {
                     Some(n) => n * (1.0 - headroom).max(0.01) / headroom / 2.0,
                     None => 1.0,
                 };
-                Pace::Blocked(report.observed_at + crate::clock::secs_to_duration(cost / probe_rate))
+                let since = report.observed_at.max(self.last_sent);
+                Pace::Blocked(since + crate::clock::secs_to_duration(cost / probe_rate))
             }
         }
     }
 
     pub(crate) fn snapshot(&self, now: Timestamp, headroom: f64, spent: f64) -> LimitSnapshot {
-        let pace = match self.pace(now, headroom, spent, self.unit_cost(1.0)) {
+        let pace = match self.pace(now, headroom, spent, self.unit_cost(1.0), 0.0) {
             Pace::Rate(r) => Some(r),
             Pace::Blocked(_) => Some(0.0),
             Pace::Unpaced => None,
@@ -286,7 +331,7 @@ mod tests {
     #[test]
     fn without_reports_paces_evenly_at_headroom() {
         let l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
-        assert_eq!(l.pace(t(0.0), 0.8, 0.0, 1.0), Pace::Rate(8.0));
+        assert_eq!(l.pace(t(0.0), 0.8, 0.0, 1.0, 0.0), Pace::Rate(8.0));
     }
 
     #[test]
@@ -294,19 +339,19 @@ mod tests {
         let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
         // Someone else spent 40 of the window; 5 s left; target is 80 in total.
         l.observe(t(5.0), &report(60.0, Some(5.0)), 1, 1.0);
-        match l.pace(t(5.0), 0.8, 1.0, 1.0) {
+        match l.pace(t(5.0), 0.8, 1.0, 1.0, 0.0) {
             Pace::Rate(r) => assert!((r - 8.0).abs() < 1e-9, "(60 - 20) / 5 s, got {r}"),
             p => panic!("{p:?}"),
         }
         // Our own calls since that report count against it.
-        match l.pace(t(5.0), 0.8, 11.0, 1.0) {
+        match l.pace(t(5.0), 0.8, 11.0, 1.0, 0.0) {
             Pace::Rate(r) => assert!((r - 6.0).abs() < 1e-9, "(50 - 20) / 5 s, got {r}"),
             p => panic!("{p:?}"),
         }
         // Down to the reserve: nothing goes until the reset.
-        assert_eq!(l.pace(t(5.0), 0.8, 41.0, 1.0), Pace::Blocked(t(10.0)));
+        assert_eq!(l.pace(t(5.0), 0.8, 41.0, 1.0, 0.0), Pace::Blocked(t(10.0)));
         // After the reset the report is stale and the even pace returns.
-        assert_eq!(l.pace(t(10.0), 0.8, 41.0, 1.0), Pace::Rate(8.0));
+        assert_eq!(l.pace(t(10.0), 0.8, 41.0, 1.0, 0.0), Pace::Rate(8.0));
     }
 
     #[test]
@@ -325,7 +370,7 @@ mod tests {
         let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
         l.observe(t(0.0), &report(15.0, None), 1, 1.0);
         // nominal 8/s, probe at 8 × 0.2 / 0.8 / 2 = 1/s.
-        assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0), Pace::Blocked(t(1.0)));
+        assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0, 0.0), Pace::Blocked(t(1.0)));
     }
 
     #[test]

@@ -1,1 +1,639 @@
-//! sim
+//! A simulator: the governor against simulated upstreams, in virtual time.
+//!
+//! An upstream enforces its limit (fixed window, sliding window or leaky bucket), answers in
+//! one header dialect (which goes through the real [`crate::interpret`]) and may be shared with
+//! a hidden client that spends part of the quota where Headroom cannot see it. Headroom drives a
+//! saturating bulk backlog and Poisson real-time arrivals through one budget.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backoff::Jitter;
+use crate::budget::{BudgetConfig, Lane, Outcome, Permit};
+use crate::clock::{secs_to_duration, Timestamp};
+use crate::governor::{Admission, Decision, Governor};
+use crate::limit::LimitConfig;
+
+/// How the simulated upstream counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// `quota` per aligned window.
+    FixedWindow,
+    /// `quota` in any window of the last `window`.
+    SlidingWindow,
+    /// A bucket of `quota` draining at `quota / window` per second.
+    LeakyBucket,
+}
+
+/// Which headers the upstream sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// A bare 429: no headers at all.
+    Bare,
+    /// Only `Retry-After` on 429.
+    RetryAfter,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` (delta seconds).
+    IetfLegacy,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` as epoch seconds, with a `Date`.
+    XRateLimitEpoch,
+    /// HubSpot's `X-HubSpot-RateLimit-Max`, `-Remaining`, `-Interval-Milliseconds` (no reset).
+    HubSpot,
+    /// Shopify's `X-Shopify-Shop-Api-Call-Limit: used/size` (no reset).
+    Shopify,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub model: Model,
+    pub dialect: Dialect,
+    pub quota: u32,
+    #[serde(serialize_with = "secs")]
+    pub window: Duration,
+    /// Whether Headroom's config states the limit (else it learns from headers alone).
+    pub configured: bool,
+    /// Fraction of the quota per window that a hidden client spends.
+    pub hidden_share: f64,
+    pub headroom: f64,
+    pub realtime_reserve: f64,
+    pub max_concurrency: u32,
+    #[serde(serialize_with = "secs")]
+    pub latency: Duration,
+    /// Real-time arrivals per second (Poisson).
+    pub realtime_rate: f64,
+    /// Bulk calls kept waiting at all times (0 for none).
+    pub bulk_backlog: usize,
+    pub windows: u32,
+    pub seed: u64,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Scenario {
+    /// A saturating bulk load with a trickle of real-time calls against a fixed window of 100
+    /// per 10 s that speaks the IETF legacy headers.
+    pub fn new(name: &str, model: Model, dialect: Dialect) -> Self {
+        Scenario {
+            name: name.to_string(),
+            model,
+            dialect,
+            quota: 100,
+            window: Duration::from_secs(10),
+            configured: true,
+            hidden_share: 0.0,
+            headroom: 0.8,
+            realtime_reserve: 0.2,
+            max_concurrency: 10,
+            latency: Duration::from_millis(80),
+            realtime_rate: 0.4,
+            bulk_backlog: 50,
+            windows: 60,
+            seed: 1,
+        }
+    }
+
+    /// The even pace's interval between calls: `window / (headroom × quota)`.
+    pub fn pacing_interval(&self) -> Duration {
+        self.window
+            .div_f64((self.headroom * self.quota as f64).max(1e-9))
+    }
+
+    /// The standard table: every model and dialect, alone and beside a hidden client.
+    pub fn standard() -> Vec<Scenario> {
+        let mut out = Vec::new();
+        let cases = [
+            ("fixed/ietf", Model::FixedWindow, Dialect::IetfLegacy, true),
+            (
+                "fixed/x-ratelimit-epoch",
+                Model::FixedWindow,
+                Dialect::XRateLimitEpoch,
+                true,
+            ),
+            (
+                "fixed/x-ratelimit-epoch, unconfigured",
+                Model::FixedWindow,
+                Dialect::XRateLimitEpoch,
+                false,
+            ),
+            ("fixed/hubspot", Model::FixedWindow, Dialect::HubSpot, true),
+            (
+                "fixed/retry-after",
+                Model::FixedWindow,
+                Dialect::RetryAfter,
+                true,
+            ),
+            ("fixed/bare", Model::FixedWindow, Dialect::Bare, true),
+            (
+                "sliding/ietf",
+                Model::SlidingWindow,
+                Dialect::IetfLegacy,
+                true,
+            ),
+            (
+                "sliding/retry-after",
+                Model::SlidingWindow,
+                Dialect::RetryAfter,
+                true,
+            ),
+            ("leaky/shopify", Model::LeakyBucket, Dialect::Shopify, true),
+            (
+                "leaky/retry-after",
+                Model::LeakyBucket,
+                Dialect::RetryAfter,
+                true,
+            ),
+        ];
+        for (name, model, dialect, configured) in cases {
+            for hidden in [0.0, 0.3] {
+                let mut s = Scenario::new(name, model, dialect);
+                s.configured = configured;
+                s.hidden_share = hidden;
+                if hidden > 0.0 {
+                    s.name = format!("{name} + hidden 30%");
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+/// What a simulation measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// Calls Headroom made (including those throttled).
+    pub calls: u64,
+    pub accepted: u64,
+    pub throttled: u64,
+    /// Headroom's accepted calls over `headroom × quota` per window, after the first window.
+    pub utilisation: f64,
+    pub throttled_share: f64,
+    /// The most calls Headroom sent in one window (aligned windows for a fixed window,
+    /// any window otherwise).
+    pub max_sent_per_window: u64,
+    /// Accepted calls of the bulk lane over all accepted calls.
+    pub bulk_share: f64,
+    pub realtime_calls: u64,
+    pub realtime_p50_wait_s: f64,
+    pub realtime_p99_wait_s: f64,
+    pub pacing_interval_s: f64,
+}
+
+/// The upstream's state.
+struct Upstream {
+    model: Model,
+    quota: f64,
+    window: f64,
+    /// Fixed window: (index of the current window, count in it).
+    fixed: (u64, f64),
+    /// Sliding window: accepted call times.
+    log: VecDeque<f64>,
+    /// Leaky bucket: (level, time of that level).
+    bucket: (f64, f64),
+}
+
+impl Upstream {
+    fn new(model: Model, quota: u32, window: Duration) -> Self {
+        Upstream {
+            model,
+            quota: quota as f64,
+            window: window.as_secs_f64(),
+            fixed: (0, 0.0),
+            log: VecDeque::new(),
+            bucket: (0.0, 0.0),
+        }
+    }
+
+    /// Counts a call at `now` (seconds); returns whether it was accepted.
+    fn call(&mut self, now: f64) -> bool {
+        self.advance(now);
+        let used = self.used();
+        if used + 1.0 > self.quota + 1e-9 {
+            return false;
+        }
+        match self.model {
+            Model::FixedWindow => self.fixed.1 += 1.0,
+            Model::SlidingWindow => self.log.push_back(now),
+            Model::LeakyBucket => self.bucket.0 += 1.0,
+        }
+        true
+    }
+
+    fn advance(&mut self, now: f64) {
+        match self.model {
+            Model::FixedWindow => {
+                let index = (now / self.window).floor() as u64;
+                if index != self.fixed.0 {
+                    self.fixed = (index, 0.0);
+                }
+            }
+            Model::SlidingWindow => {
+                while self.log.front().is_some_and(|t| *t <= now - self.window) {
+                    self.log.pop_front();
+                }
+            }
+            Model::LeakyBucket => {
+                let leaked = (now - self.bucket.1) * self.quota / self.window;
+                self.bucket = ((self.bucket.0 - leaked).max(0.0), now);
+            }
+        }
+    }
+
+    fn used(&self) -> f64 {
+        match self.model {
+            Model::FixedWindow => self.fixed.1,
+            Model::SlidingWindow => self.log.len() as f64,
+            Model::LeakyBucket => self.bucket.0,
+        }
+    }
+
+    /// Seconds until the window frees capacity: the window's end (fixed), the oldest call's
+    /// expiry (sliding), one call's worth of leak (bucket).
+    fn reset_in(&self, now: f64) -> f64 {
+        match self.model {
+            Model::FixedWindow => (self.fixed.0 + 1) as f64 * self.window - now,
+            Model::SlidingWindow => self
+                .log
+                .front()
+                .map_or(self.window, |t| t + self.window - now),
+            Model::LeakyBucket => self.window / self.quota,
+        }
+    }
+
+    /// The response headers in `dialect` after a call at `now`.
+    fn headers(&self, dialect: Dialect, now: f64, accepted: bool) -> Vec<(String, String)> {
+        let remaining = (self.quota - self.used()).max(0.0).floor();
+        let reset = self.reset_in(now).max(0.0);
+        let epoch = EPOCH + now;
+        let mut h: Vec<(String, String)> = Vec::new();
+        let mut push = |k: &str, v: String| h.push((k.to_string(), v));
+        match dialect {
+            Dialect::Bare | Dialect::RetryAfter => {}
+            Dialect::IetfLegacy => {
+                push("RateLimit-Limit", format!("{}", self.quota));
+                push("RateLimit-Remaining", format!("{remaining}"));
+                push("RateLimit-Reset", format!("{}", reset.ceil()));
+            }
+            Dialect::XRateLimitEpoch => {
+                push("Date", httpdate::fmt_http_date(to_system_time(epoch)));
+                push("X-RateLimit-Limit", format!("{}", self.quota));
+                push("X-RateLimit-Remaining", format!("{remaining}"));
+                push("X-RateLimit-Reset", format!("{}", (epoch + reset).ceil()));
+            }
+            Dialect::HubSpot => {
+                push("X-HubSpot-RateLimit-Max", format!("{}", self.quota));
+                push("X-HubSpot-RateLimit-Remaining", format!("{remaining}"));
+                push(
+                    "X-HubSpot-RateLimit-Interval-Milliseconds",
+                    format!("{}", (self.window * 1000.0).round()),
+                );
+            }
+            Dialect::Shopify => {
+                push(
+                    "X-Shopify-Shop-Api-Call-Limit",
+                    format!("{}/{}", self.used().ceil(), self.quota),
+                );
+            }
+        }
+        if !accepted && dialect != Dialect::Bare {
+            push("Retry-After", format!("{}", reset.ceil().max(1.0)));
+        }
+        h
+    }
+}
+
+/// 2026-11-28T12:00:00Z: the simulated clock's origin on the wall clock.
+const EPOCH: f64 = 1_795_867_200.0;
+
+fn to_system_time(epoch: f64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + secs_to_duration(epoch)
+}
+
+#[derive(Debug)]
+enum Event {
+    /// Headroom's call reaches the upstream.
+    Arrive(u64),
+    /// Its response reaches Headroom.
+    Respond(u64),
+    Hidden,
+    Realtime,
+}
+
+struct Call {
+    lane: Lane,
+    requested_at: Timestamp,
+    permit: Option<Permit>,
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+/// Runs a scenario to its end and reports what happened.
+pub fn run(s: &Scenario) -> Report {
+    let key = ();
+    let config = Arc::new(BudgetConfig {
+        limits: if s.configured {
+            vec![LimitConfig::new(s.quota as f64, s.window)]
+        } else {
+            vec![]
+        },
+        headroom: s.headroom,
+        realtime_reserve: s.realtime_reserve,
+        max_concurrency: s.max_concurrency,
+        ..BudgetConfig::default()
+    });
+    let mut governor: Governor<(), u64> = Governor::new(s.seed);
+    let mut upstream = Upstream::new(s.model, s.quota, s.window);
+    let mut rng = Jitter::new(s.seed ^ 0x5EED);
+    let end = Timestamp::ZERO + s.window * s.windows;
+    let half_latency = s.latency / 2;
+
+    let mut events: BinaryHeap<Reverse<(Timestamp, u64)>> = BinaryHeap::new();
+    let mut payloads: HashMap<u64, Event> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut schedule = |events: &mut BinaryHeap<_>, payloads: &mut HashMap<u64, Event>, at, ev| {
+        next_id += 1;
+        payloads.insert(next_id, ev);
+        events.push(Reverse((at, next_id)));
+    };
+
+    let mut calls: HashMap<u64, Call> = HashMap::new();
+    let mut next_token = 0u64;
+    let mut new_call = |calls: &mut HashMap<u64, Call>, lane, now| {
+        next_token += 1;
+        calls.insert(
+            next_token,
+            Call {
+                lane,
+                requested_at: now,
+                permit: None,
+                status: 0,
+                headers: Vec::new(),
+            },
+        );
+        next_token
+    };
+
+    let mut report = Report {
+        scenario: s.name.clone(),
+        calls: 0,
+        accepted: 0,
+        throttled: 0,
+        utilisation: 0.0,
+        throttled_share: 0.0,
+        max_sent_per_window: 0,
+        bulk_share: 0.0,
+        realtime_calls: 0,
+        realtime_p50_wait_s: 0.0,
+        realtime_p99_wait_s: 0.0,
+        pacing_interval_s: s.pacing_interval().as_secs_f64(),
+    };
+    let mut accepted_after_first = 0u64;
+    let mut accepted_bulk = 0u64;
+    let mut realtime_waits: Vec<f64> = Vec::new();
+    let mut sent_log: VecDeque<f64> = VecDeque::new();
+    let mut sent_fixed = (u64::MAX, 0u64);
+    let window_s = s.window.as_secs_f64();
+
+    let hidden_interval = if s.hidden_share > 0.0 {
+        Some(s.window.div_f64(s.hidden_share * s.quota as f64))
+    } else {
+        None
+    };
+    if let Some(iv) = hidden_interval {
+        schedule(
+            &mut events,
+            &mut payloads,
+            Timestamp::ZERO + iv.mul_f64(rng.unit()),
+            Event::Hidden,
+        );
+    }
+    let exp = |rng: &mut Jitter, rate: f64| secs_to_duration(-(1.0 - rng.unit()).ln() / rate);
+    if s.realtime_rate > 0.0 {
+        let at = Timestamp::ZERO + exp(&mut rng, s.realtime_rate);
+        schedule(&mut events, &mut payloads, at, Event::Realtime);
+    }
+
+    let max_wait = Duration::from_secs(3600);
+    let mut decisions = Vec::new();
+    let mut now = Timestamp::ZERO;
+    for _ in 0..s.bulk_backlog {
+        let token = new_call(&mut calls, Lane::Bulk, now);
+        submit(
+            &mut governor,
+            &key,
+            &config,
+            &mut calls,
+            token,
+            now,
+            max_wait,
+            &mut decisions,
+        );
+    }
+
+    loop {
+        // Grants first: they were due before anything else happening at the same instant.
+        let next_event = events.peek().map(|Reverse((t, _))| *t);
+        let next_wake = governor.next_wakeup();
+        let t = match (next_event, next_wake) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        if t > end {
+            break;
+        }
+        now = t;
+        if next_wake.is_some_and(|w| w <= now) {
+            governor.poll(now, &mut decisions);
+        }
+        loop {
+            for d in decisions.drain(..) {
+                match d {
+                    Decision::Granted { token, permit, .. } => {
+                        let call = calls.get_mut(&token).expect("call exists");
+                        if call.lane == Lane::Realtime {
+                            realtime_waits
+                                .push(now.saturating_since(call.requested_at).as_secs_f64());
+                        }
+                        call.permit = Some(permit);
+                        schedule(
+                            &mut events,
+                            &mut payloads,
+                            now + half_latency,
+                            Event::Arrive(token),
+                        );
+                    }
+                    Decision::Rejected { token, .. } => {
+                        calls.remove(&token);
+                    }
+                }
+            }
+            let Some(Reverse((t, id))) = events.peek().copied() else {
+                break;
+            };
+            if t > now {
+                break;
+            }
+            events.pop();
+            let ev = payloads.remove(&id).expect("payload exists");
+            let secs = now.as_secs_f64();
+            match ev {
+                Event::Hidden => {
+                    upstream.call(secs);
+                    if let Some(iv) = hidden_interval {
+                        schedule(&mut events, &mut payloads, now + iv, Event::Hidden);
+                    }
+                }
+                Event::Realtime => {
+                    let token = new_call(&mut calls, Lane::Realtime, now);
+                    submit(
+                        &mut governor,
+                        &key,
+                        &config,
+                        &mut calls,
+                        token,
+                        now,
+                        max_wait,
+                        &mut decisions,
+                    );
+                    let at = now + exp(&mut rng, s.realtime_rate);
+                    schedule(&mut events, &mut payloads, at, Event::Realtime);
+                }
+                Event::Arrive(token) => {
+                    report.calls += 1;
+                    // Headroom's own sends per window, the way the upstream counts windows.
+                    match s.model {
+                        Model::FixedWindow => {
+                            let index = (secs / window_s).floor() as u64;
+                            if index != sent_fixed.0 {
+                                sent_fixed = (index, 0);
+                            }
+                            sent_fixed.1 += 1;
+                            report.max_sent_per_window =
+                                report.max_sent_per_window.max(sent_fixed.1);
+                        }
+                        _ => {
+                            sent_log.push_back(secs);
+                            while sent_log.front().is_some_and(|t| *t <= secs - window_s) {
+                                sent_log.pop_front();
+                            }
+                            report.max_sent_per_window =
+                                report.max_sent_per_window.max(sent_log.len() as u64);
+                        }
+                    }
+                    let accepted = upstream.call(secs);
+                    let call = calls.get_mut(&token).expect("call exists");
+                    call.status = if accepted { 200 } else { 429 };
+                    call.headers = upstream.headers(s.dialect, secs, accepted);
+                    if accepted {
+                        report.accepted += 1;
+                        if secs >= window_s {
+                            accepted_after_first += 1;
+                        }
+                        if call.lane == Lane::Bulk {
+                            accepted_bulk += 1;
+                        }
+                    } else {
+                        report.throttled += 1;
+                    }
+                    schedule(
+                        &mut events,
+                        &mut payloads,
+                        now + half_latency,
+                        Event::Respond(token),
+                    );
+                }
+                Event::Respond(token) => {
+                    let mut call = calls.remove(&token).expect("call exists");
+                    let headers: Vec<(&str, &[u8])> = call
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                        .collect();
+                    let signals =
+                        crate::signals::interpret(call.status, headers, b"", EPOCH + secs);
+                    let permit = call.permit.take().expect("granted call has a permit");
+                    let outcome = Outcome::Response {
+                        status: call.status,
+                        signals: &signals,
+                    };
+                    governor.complete(now, &key, permit, outcome, &mut decisions);
+                    // A throttled call is retried; a finished bulk call is replaced by the
+                    // next one of the backlog.
+                    if call.status == 429 || call.lane == Lane::Bulk {
+                        let requested_at = if call.status == 429 {
+                            call.requested_at
+                        } else {
+                            now
+                        };
+                        let token = new_call(&mut calls, call.lane, requested_at);
+                        submit(
+                            &mut governor,
+                            &key,
+                            &config,
+                            &mut calls,
+                            token,
+                            now,
+                            max_wait,
+                            &mut decisions,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let measured_windows = s.windows.saturating_sub(1).max(1) as f64;
+    report.utilisation =
+        accepted_after_first as f64 / (s.headroom * s.quota as f64 * measured_windows);
+    report.throttled_share = report.throttled as f64 / (report.calls.max(1)) as f64;
+    report.bulk_share = accepted_bulk as f64 / report.accepted.max(1) as f64;
+    report.realtime_calls = realtime_waits.len() as u64;
+    realtime_waits.sort_by(f64::total_cmp);
+    report.realtime_p50_wait_s = percentile(&realtime_waits, 0.50);
+    report.realtime_p99_wait_s = percentile(&realtime_waits, 0.99);
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    governor: &mut Governor<(), u64>,
+    key: &(),
+    config: &Arc<BudgetConfig>,
+    calls: &mut HashMap<u64, Call>,
+    token: u64,
+    now: Timestamp,
+    max_wait: Duration,
+    decisions: &mut Vec<Decision<u64>>,
+) {
+    let lane = calls[&token].lane;
+    match governor.request(now, key, config, lane, 1.0, max_wait, token) {
+        Admission::Granted(permit) => decisions.push(Decision::Granted {
+            token,
+            permit,
+            waited: Duration::ZERO,
+        }),
+        Admission::Queued => {}
+        Admission::Rejected(_) => {
+            calls.remove(&token);
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

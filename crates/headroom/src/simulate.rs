@@ -1,8 +1,68 @@
 //! `headroom simulate`: the pacing model against simulated upstreams, in virtual time.
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use headroom_core::sim::{self, Scenario};
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("simulate is not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run only the scenarios whose name contains this text (e.g. `leaky`, `hidden`).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
+    /// How many windows of the upstream's limit each scenario runs for.
+    #[arg(long, default_value_t = 60)]
+    pub windows: u32,
+    /// Seed for arrivals and jitter; the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON report per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let scenarios: Vec<Scenario> = Scenario::standard()
+        .into_iter()
+        .filter(|s| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| s.name.contains(o.as_str()))
+        })
+        .map(|mut s| {
+            s.windows = args.windows;
+            s.seed = args.seed;
+            s
+        })
+        .collect();
+    if scenarios.is_empty() {
+        anyhow::bail!(
+            "no scenario matches --only; names are: {}",
+            Scenario::standard()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !args.json {
+        println!(
+            "{:<44} {:>11} {:>9} {:>10} {:>12} {:>12}",
+            "scenario", "utilisation", "throttled", "max/window", "rt p99 wait", "interval"
+        );
+    }
+    for s in &scenarios {
+        let r = sim::run(s);
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{:<44} {:>10.1}% {:>8.2}% {:>10} {:>10.0}ms {:>10.0}ms",
+                r.scenario,
+                r.utilisation * 100.0,
+                r.throttled_share * 100.0,
+                r.max_sent_per_window,
+                r.realtime_p99_wait_s * 1000.0,
+                r.pacing_interval_s * 1000.0,
+            );
+        }
+    }
+    Ok(())
 }
