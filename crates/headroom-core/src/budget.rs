@@ -315,9 +315,10 @@ impl Budget {
                 Pace::Rate(rate) => {
                     let (tat, tat_bulk) = limit.slots();
                     at = match lane {
-                        // A real-time call may come one interval early (a burst of two), so
-                        // that it rarely waits at all while bulk keeps the pace busy.
-                        Lane::Realtime => at.max(tat - spacing(c, rate * factor)),
+                        // A real-time call may run up to two intervals ahead of the pace (a
+                        // burst of three), so that neither bulk nor a short burst of real-time
+                        // calls makes it wait.
+                        Lane::Realtime => at.max(tat - spacing(2.0 * c, rate * factor)),
                         Lane::Bulk if share < 1.0 => at.max(tat).max(tat_bulk),
                         Lane::Bulk => at.max(tat),
                     };
@@ -692,7 +693,7 @@ mod tests {
         let p = b.try_acquire(t(0.325), Lane::Bulk, 1.0).unwrap();
         b.complete(t(0.325), p, Outcome::Abandoned, &mut j);
         // Real-time in flight: bulk at 0.8 × 8/s = 6.4/s, real-time at the full pace (and
-        // one interval early).
+        // up to two intervals early).
         assert!(b.reserve_held());
         assert_eq!(b.earliest(t(0.325), Lane::Bulk, 1.0), t(0.325 + 1.0 / 6.4));
         assert_eq!(b.earliest(t(0.325), Lane::Realtime, 1.0), t(0.325));

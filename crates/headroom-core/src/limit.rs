@@ -182,7 +182,12 @@ impl Limit {
         let Some(remaining) = sig.remaining.filter(|r| r.is_finite() && *r >= 0.0) else {
             return;
         };
-        let mut reset_at = sig.reset_in.map(|r| now + r);
+        // A reset rounded to whole seconds says little about a window of a second or two:
+        // such a limit is paced as if the response gave no reset at all.
+        let coarse = |r: &Duration| {
+            r.subsec_nanos() == 0 && self.window.is_some_and(|w| w <= Duration::from_secs(2))
+        };
+        let mut reset_at = sig.reset_in.filter(|r| !coarse(r)).map(|r| now + r);
         let newer = match self.report {
             None => true,
             Some(old) => {
@@ -249,19 +254,22 @@ impl Limit {
         };
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
-        let allowance = estimate - (1.0 - headroom) * (1.0 - margin) * self.quota;
+        let reserve = (1.0 - headroom) * (1.0 - margin) * self.quota;
+        let allowance = estimate - reserve;
         match report.reset_at {
             Some(reset_at) if allowance >= cost => {
                 let left = reset_at.saturating_since(now).as_secs_f64().max(1e-3);
                 Pace::Rate(allowance / left)
             }
             Some(reset_at) => Pace::Blocked(reset_at),
-            // No reset time: pace evenly, and when the reserve is reached probe slowly enough
-            // that at most half of the reserve could go in one window.
-            None if allowance >= cost => nominal.map_or(Pace::Unpaced, Pace::Rate),
+            // No reset time: pace evenly. The even pace reaches the reserve at the end of every
+            // window, which the response does not show, so it may run into half of it; below
+            // that (someone else is spending), probe slowly enough that at most a quarter of
+            // the reserve could go in one window, until the window turns over.
+            None if allowance + 0.5 * reserve >= cost => nominal.map_or(Pace::Unpaced, Pace::Rate),
             None => {
                 let probe_rate = match nominal {
-                    Some(n) => n * (1.0 - headroom).max(0.01) / headroom / 2.0,
+                    Some(n) => n * (1.0 - headroom).max(0.01) / headroom / 4.0,
                     None => 1.0,
                 };
                 let since = report.observed_at.max(self.last_sent);
@@ -368,9 +376,12 @@ mod tests {
     #[test]
     fn without_a_reset_time_the_reserve_is_probed_slowly() {
         let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
-        l.observe(t(0.0), &report(15.0, None), 1, 1.0);
-        // nominal 8/s, probe at 8 × 0.2 / 0.8 / 2 = 1/s.
-        assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0, 0.0), Pace::Blocked(t(1.0)));
+        // The even pace may run into half of the reserve (20 of 100)…
+        l.observe(t(0.0), &report(11.0, None), 1, 1.0);
+        assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0, 0.0), Pace::Rate(8.0));
+        // …below that it probes at 8 × 0.2 / 0.8 / 4 = 0.5/s.
+        l.observe(t(0.0), &report(10.0, None), 2, 2.0);
+        assert_eq!(l.pace(t(0.0), 0.8, 2.0, 1.0, 0.0), Pace::Blocked(t(2.0)));
     }
 
     #[test]
