@@ -811,8 +811,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut c = BudgetConfig::default();
-        c.headroom = 1.5;
+        let mut c = BudgetConfig {
+            headroom: 1.5,
+            ..BudgetConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("headroom"));
         c.headroom = 0.8;
         c.limits = vec![LimitConfig::new(0.0, Duration::from_secs(1))];

@@ -176,6 +176,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
 
     /// Asks to make a call of `cost` in `lane` on the budget `key` (created from `config` on
     /// first use), waiting at most `max_wait`.
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
         now: Timestamp,
@@ -594,6 +595,7 @@ mod tests {
         let mut g: Governor<u32, u32> = Governor::new(1);
         let cfg = config(100.0, 10);
         let mut out = vec![];
+        let mut in_flight = vec![];
         for key in 0..100 {
             let Admission::Granted(p) = g.request(t(0.0), &key, &cfg, Lane::Bulk, 1.0, LONG, 0)
             else {
@@ -602,7 +604,7 @@ mod tests {
             if key % 2 == 0 {
                 g.complete(t(0.0), &key, p, Outcome::Abandoned, &mut out);
             } else {
-                std::mem::forget(p);
+                in_flight.push(p);
             }
         }
         assert_eq!(g.evict_idle(t(30.0), Duration::from_secs(60)), 0);

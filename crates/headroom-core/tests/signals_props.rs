@@ -138,7 +138,7 @@ fn check(signals: &Signals) -> Result<(), TestCaseError> {
 }
 
 fn short(d: Option<Duration>) -> bool {
-    d.map_or(true, |d| d <= MAX_DURATION)
+    d.is_none_or(|d| d <= MAX_DURATION)
 }
 
 fn numbers_sane(v: &serde_json::Value) -> bool {

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read a raw HTTP response and print what it says about rate limits, as JSON.
+    /// Read a raw HTTP response and print what it says about rate limits, as JSON
     ///
     /// The input is a response as it travels on the wire: a status line, headers, a blank line
     /// and an optional body. Relative times are computed against the response's `Date` header,
