@@ -8,8 +8,10 @@ use proptest::prelude::*;
 
 /// Upstreams that report what remains: a model and a dialect it plausibly speaks.
 const WITH_HEADERS: &[(Model, Dialect)] = &[
+    (Model::FixedWindow, Dialect::Ietf),
     (Model::FixedWindow, Dialect::IetfLegacy),
     (Model::FixedWindow, Dialect::XRateLimitEpoch),
+    (Model::FixedWindow, Dialect::XRateLimitDelta),
     (Model::FixedWindow, Dialect::HubSpot),
     (Model::LeakyBucket, Dialect::Shopify),
 ];

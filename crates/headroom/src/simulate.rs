@@ -44,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "{:<44} {:>11} {:>9} {:>10} {:>12} {:>12}",
+            "{:<52} {:>11} {:>9} {:>10} {:>12} {:>12}",
             "scenario", "utilisation", "throttled", "max/window", "rt p99 wait", "interval"
         );
     }
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "{:<44} {:>10.1}% {:>8.2}% {:>10} {:>10.0}ms {:>10.0}ms",
+                "{:<52} {:>10.1}% {:>8.2}% {:>10} {:>10.0}ms {:>10.0}ms",
                 r.scenario,
                 r.utilisation * 100.0,
                 r.throttled_share * 100.0,

@@ -1,0 +1,194 @@
+//! A rate-limited upstream: how it counts calls and the headers it answers with. Time is
+//! passed in as seconds, so the simulator drives it in virtual time and `headroom mock` with
+//! the real clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::secs_to_duration;
+
+/// How the simulated upstream counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// `quota` per aligned window.
+    FixedWindow,
+    /// `quota` in any window of the last `window`.
+    SlidingWindow,
+    /// A bucket of `quota` draining at `quota / window` per second.
+    LeakyBucket,
+}
+
+/// Which headers the upstream sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// A bare 429: no headers at all.
+    Bare,
+    /// Only `Retry-After` on 429.
+    RetryAfter,
+    /// The current IETF form: `RateLimit-Policy: "default";q=…;w=…` and
+    /// `RateLimit: "default";r=…;t=…`.
+    Ietf,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` (delta seconds).
+    IetfLegacy,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` as epoch seconds, with a `Date`.
+    XRateLimitEpoch,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` as seconds until the reset.
+    XRateLimitDelta,
+    /// HubSpot's `X-HubSpot-RateLimit-Max`, `-Remaining`, `-Interval-Milliseconds` (no reset).
+    HubSpot,
+    /// Shopify's `X-Shopify-Shop-Api-Call-Limit: used/size` (no reset).
+    Shopify,
+}
+
+/// A rate-limited upstream's state.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    model: Model,
+    quota: f64,
+    window: f64,
+    /// Fixed window: (index of the current window, count in it).
+    fixed: (u64, f64),
+    /// Sliding window: accepted call times.
+    log: VecDeque<f64>,
+    /// Leaky bucket: (level, time of that level).
+    bucket: (f64, f64),
+}
+
+impl Upstream {
+    pub fn new(model: Model, quota: u32, window: Duration) -> Self {
+        Upstream {
+            model,
+            quota: quota as f64,
+            window: window.as_secs_f64(),
+            fixed: (0, 0.0),
+            log: VecDeque::new(),
+            bucket: (0.0, 0.0),
+        }
+    }
+
+    /// Counts a call at `now` (seconds); returns whether it was accepted.
+    pub fn call(&mut self, now: f64) -> bool {
+        self.advance(now);
+        let used = self.used();
+        if used + 1.0 > self.quota + 1e-9 {
+            return false;
+        }
+        match self.model {
+            Model::FixedWindow => self.fixed.1 += 1.0,
+            Model::SlidingWindow => self.log.push_back(now),
+            Model::LeakyBucket => self.bucket.0 += 1.0,
+        }
+        true
+    }
+
+    fn advance(&mut self, now: f64) {
+        match self.model {
+            Model::FixedWindow => {
+                let index = (now / self.window).floor() as u64;
+                if index != self.fixed.0 {
+                    self.fixed = (index, 0.0);
+                }
+            }
+            Model::SlidingWindow => {
+                while self.log.front().is_some_and(|t| *t <= now - self.window) {
+                    self.log.pop_front();
+                }
+            }
+            Model::LeakyBucket => {
+                let leaked = (now - self.bucket.1) * self.quota / self.window;
+                self.bucket = ((self.bucket.0 - leaked).max(0.0), now);
+            }
+        }
+    }
+
+    pub fn used(&self) -> f64 {
+        match self.model {
+            Model::FixedWindow => self.fixed.1,
+            Model::SlidingWindow => self.log.len() as f64,
+            Model::LeakyBucket => self.bucket.0,
+        }
+    }
+
+    /// Seconds until the window frees capacity: the window's end (fixed), the oldest call's
+    /// expiry (sliding), one call's worth of leak (bucket).
+    fn reset_in(&self, now: f64) -> f64 {
+        match self.model {
+            Model::FixedWindow => (self.fixed.0 + 1) as f64 * self.window - now,
+            Model::SlidingWindow => self
+                .log
+                .front()
+                .map_or(self.window, |t| t + self.window - now),
+            Model::LeakyBucket => self.window / self.quota,
+        }
+    }
+
+    /// The response headers in `dialect` after a call at `now`; `epoch` is the wall-clock time
+    /// (seconds since 1970) that `now` stands for.
+    pub fn headers(
+        &self,
+        dialect: Dialect,
+        now: f64,
+        epoch: f64,
+        accepted: bool,
+    ) -> Vec<(String, String)> {
+        let remaining = (self.quota - self.used()).max(0.0).floor();
+        let reset = self.reset_in(now).max(0.0);
+        let mut h: Vec<(String, String)> = Vec::new();
+        let mut push = |k: &str, v: String| h.push((k.to_string(), v));
+        match dialect {
+            Dialect::Bare | Dialect::RetryAfter => {}
+            Dialect::Ietf => {
+                push(
+                    "RateLimit-Policy",
+                    format!("\"default\";q={};w={}", self.quota, self.window.ceil()),
+                );
+                push(
+                    "RateLimit",
+                    format!("\"default\";r={remaining};t={}", reset.ceil()),
+                );
+            }
+            Dialect::IetfLegacy => {
+                push("RateLimit-Limit", format!("{}", self.quota));
+                push("RateLimit-Remaining", format!("{remaining}"));
+                push("RateLimit-Reset", format!("{}", reset.ceil()));
+            }
+            Dialect::XRateLimitEpoch => {
+                push("Date", httpdate::fmt_http_date(to_system_time(epoch)));
+                push("X-RateLimit-Limit", format!("{}", self.quota));
+                push("X-RateLimit-Remaining", format!("{remaining}"));
+                push("X-RateLimit-Reset", format!("{}", (epoch + reset).ceil()));
+            }
+            Dialect::XRateLimitDelta => {
+                push("X-RateLimit-Limit", format!("{}", self.quota));
+                push("X-RateLimit-Remaining", format!("{remaining}"));
+                push("X-RateLimit-Reset", format!("{}", reset.ceil()));
+            }
+            Dialect::HubSpot => {
+                push("X-HubSpot-RateLimit-Max", format!("{}", self.quota));
+                push("X-HubSpot-RateLimit-Remaining", format!("{remaining}"));
+                push(
+                    "X-HubSpot-RateLimit-Interval-Milliseconds",
+                    format!("{}", (self.window * 1000.0).round()),
+                );
+            }
+            Dialect::Shopify => {
+                push(
+                    "X-Shopify-Shop-Api-Call-Limit",
+                    format!("{}/{}", self.used().ceil(), self.quota),
+                );
+            }
+        }
+        if !accepted && dialect != Dialect::Bare {
+            push("Retry-After", format!("{}", reset.ceil().max(1.0)));
+        }
+        h
+    }
+}
+
+fn to_system_time(epoch: f64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + secs_to_duration(epoch)
+}
