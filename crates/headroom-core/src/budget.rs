@@ -20,6 +20,8 @@ use crate::signals::{Signals, Unit};
 const MAX_LIMITS: usize = 8;
 /// A throttled response multiplies the pace by this.
 const DECREASE: f64 = 0.5;
+/// How many intervals a real-time call may run ahead of the pace.
+const REALTIME_BURST: f64 = 3.0;
 /// The pace never drops below this fraction of what the limits allow.
 const MIN_FACTOR: f64 = 0.05;
 
@@ -315,10 +317,10 @@ impl Budget {
                 Pace::Rate(rate) => {
                     let (tat, tat_bulk) = limit.slots();
                     at = match lane {
-                        // A real-time call may run up to two intervals ahead of the pace (a
-                        // burst of three), so that neither bulk nor a short burst of real-time
+                        // A real-time call may run up to three intervals ahead of the pace (a
+                        // burst of four), so that neither bulk nor a short burst of real-time
                         // calls makes it wait.
-                        Lane::Realtime => at.max(tat - spacing(2.0 * c, rate * factor)),
+                        Lane::Realtime => at.max(tat - spacing(REALTIME_BURST * c, rate * factor)),
                         Lane::Bulk if share < 1.0 => at.max(tat).max(tat_bulk),
                         Lane::Bulk => at.max(tat),
                     };
@@ -693,7 +695,7 @@ mod tests {
         let p = b.try_acquire(t(0.325), Lane::Bulk, 1.0).unwrap();
         b.complete(t(0.325), p, Outcome::Abandoned, &mut j);
         // Real-time in flight: bulk at 0.8 × 8/s = 6.4/s, real-time at the full pace (and
-        // up to two intervals early).
+        // up to three intervals early).
         assert!(b.reserve_held());
         assert_eq!(b.earliest(t(0.325), Lane::Bulk, 1.0), t(0.325 + 1.0 / 6.4));
         assert_eq!(b.earliest(t(0.325), Lane::Realtime, 1.0), t(0.325));

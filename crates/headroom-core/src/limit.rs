@@ -234,7 +234,7 @@ impl Limit {
 
     /// The pace this limit allows now for a call counting `cost` units, when `spent` units have
     /// been sent in total and `headroom` of the quota is the target, of which the call may also
-    /// spend the fraction `margin` of the rest.
+    /// spend the fraction `margin` of the rest (and at least itself, when `margin` is not 0).
     pub(crate) fn pace(
         &self,
         now: Timestamp,
@@ -254,7 +254,14 @@ impl Limit {
         };
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
-        let reserve = (1.0 - headroom) * (1.0 - margin) * self.quota;
+        let reserve = (1.0 - headroom) * self.quota;
+        // At least one call's worth, so that small quotas still leave real-time calls some.
+        let usable = if margin > 0.0 {
+            (margin * reserve).max(cost.min(reserve))
+        } else {
+            0.0
+        };
+        let reserve = reserve - usable;
         let allowance = estimate - reserve;
         match report.reset_at {
             Some(reset_at) if allowance >= cost => {
