@@ -5,6 +5,8 @@
 //! - `decision_queued/N`: every one of N budgets has a call waiting on the timer heap; one
 //!   iteration polls the next due call, grants it, completes it, and queues that budget's next
 //!   call (which must wait, so it goes back on the heap).
+//! - `decision_active1000/N`, `decision_queued_active1000/N`: the same with N budgets held but
+//!   calls on only 1,000 of them, which shows how much of the growth with N is cache misses.
 //!
 //! Time is virtual, so pacing never sleeps: the benchmark measures decisions, not waits.
 //! `cargo bench -p headroom-core --bench governor`
@@ -21,6 +23,7 @@ use headroom_core::{
 };
 
 const SIZES: [u32; 3] = [10, 10_000, 100_000];
+const ACTIVE_SIZES: [u32; 2] = [10_000, 100_000];
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Virtual time between two decisions of `decision/N`: longer than the widest pacing interval
 /// of the config (the daily limit at its slowest, 1.74/s), so a call is granted even when the
@@ -88,19 +91,22 @@ fn populated(n: u32, config: &Arc<BudgetConfig>, signals: &mut Signals) -> Gover
     governor
 }
 
-fn decision(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decision");
+/// `decision/N` with calls spread evenly over `active` of the `n` budgets.
+fn bench_decision(c: &mut Criterion, group: &str, sizes: &[u32], active: Option<u32>) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(1));
-    for n in SIZES {
+    for &n in sizes {
         let config = config();
         let mut signals = signals();
         let mut governor = populated(n, &config, &mut signals);
+        let active = active.unwrap_or(n);
+        let stride = n / active;
         let mut rng = Jitter::new(7);
         let mut freed: Vec<Decision<u32>> = Vec::new();
         let mut now = Timestamp::from_nanos(2 * SECOND);
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
-                let key = (rng.next_u64() % u64::from(n)) as u32;
+                let key = (rng.next_u64() % u64::from(active)) as u32 * stride;
                 now += STEP;
                 set_resets(&mut signals, now);
                 let admission = governor.request(
@@ -125,15 +131,18 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-/// `populated(n)`, then every budget gets a call that must wait, armed in random order so that
-/// the heap hands out budgets in an order unrelated to their layout in memory.
+/// `populated(n)`, then each of `active` budgets (spread evenly over the keys) gets a call that
+/// must wait, armed in random order so that the heap hands out budgets in an order unrelated
+/// to their layout in memory.
 fn saturated(
     n: u32,
+    active: u32,
     config: &Arc<BudgetConfig>,
     signals: &mut Signals,
 ) -> (Governor<u32, u32>, Timestamp) {
     let mut governor = populated(n, config, signals);
-    let mut keys: Vec<u32> = (0..n).collect();
+    let stride = n / active;
+    let mut keys: Vec<u32> = (0..active).map(|i| i * stride).collect();
     let mut rng = Jitter::new(11);
     for i in (1..keys.len()).rev() {
         keys.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
@@ -143,7 +152,7 @@ fn saturated(
     let mut now = Timestamp::from_nanos(start);
     for (i, key) in keys.iter().enumerate() {
         // Spread over one second of virtual time, so that no two budgets are due together.
-        now = Timestamp::from_nanos(start + i as u64 * SECOND / u64::from(n));
+        now = Timestamp::from_nanos(start + i as u64 * SECOND / u64::from(active));
         set_resets(signals, now);
         let Admission::Granted(permit) =
             governor.request(now, key, config, Lane::Bulk, 1.0, MAX_WAIT, *key)
@@ -161,13 +170,14 @@ fn saturated(
     (governor, now)
 }
 
-fn decision_queued(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decision_queued");
+/// `decision_queued/N` with `active` of the `n` budgets (all when `None`) holding a waiting call.
+fn bench_decision_queued(c: &mut Criterion, group: &str, sizes: &[u32], active: Option<u32>) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(1));
-    for n in SIZES {
+    for &n in sizes {
         let config = config();
         let mut signals = signals();
-        let (mut governor, mut now) = saturated(n, &config, &mut signals);
+        let (mut governor, mut now) = saturated(n, active.unwrap_or(n), &config, &mut signals);
         let mut due: Vec<Decision<u32>> = Vec::with_capacity(16);
         let mut freed: Vec<Decision<u32>> = Vec::new();
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
@@ -216,6 +226,21 @@ fn decision_queued(c: &mut Criterion) {
     group.finish();
 }
 
+fn decision(c: &mut Criterion) {
+    bench_decision(c, "decision", &SIZES, None);
+}
+
+fn decision_queued(c: &mut Criterion) {
+    bench_decision_queued(c, "decision_queued", &SIZES, None);
+}
+
+/// The same with traffic on 1,000 budgets only: separates the cost of holding many budgets
+/// from the cost of touching many (cache misses).
+fn active_1000(c: &mut Criterion) {
+    bench_decision(c, "decision_active1000", &ACTIVE_SIZES, Some(1000));
+    bench_decision_queued(c, "decision_queued_active1000", &ACTIVE_SIZES, Some(1000));
+}
+
 fn settings() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -226,6 +251,6 @@ fn settings() -> Criterion {
 criterion_group! {
     name = benches;
     config = settings();
-    targets = decision, decision_queued
+    targets = decision, decision_queued, active_1000
 }
 criterion_main!(benches);

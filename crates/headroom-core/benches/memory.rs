@@ -72,8 +72,8 @@ fn live() -> (usize, usize) {
     (LIVE_BYTES.load(Relaxed), LIVE_BLOCKS.load(Relaxed))
 }
 
-/// Creates `N` idle budgets of `limits` and returns heap (bytes, blocks) per budget.
-fn per_idle_budget(limits: &[(f64, u64)]) -> (f64, f64) {
+/// Creates `N` idle budgets of `limits` and returns the growth of live heap (bytes, blocks).
+fn idle_budgets(limits: &[(f64, u64)]) -> (usize, usize) {
     let config = Arc::new(BudgetConfig {
         limits: limits
             .iter()
@@ -129,10 +129,8 @@ fn per_idle_budget(limits: &[(f64, u64)]) -> (f64, f64) {
     assert!(governor
         .iter()
         .all(|(_, budget)| budget.snapshot(done).limits.len() == limits.len()));
-    let bytes = (after.0 - before.0) as f64 / N as f64;
-    let blocks = (after.1 - before.1) as f64 / N as f64;
     drop(governor);
-    (bytes, blocks)
+    (after.0 - before.0, after.1 - before.1)
 }
 
 fn main() {
@@ -147,10 +145,11 @@ fn main() {
     ];
     let mut results = Vec::new();
     for (name, limits) in cases {
-        let (bytes, blocks) = per_idle_budget(limits);
+        let (total, blocks) = idle_budgets(limits);
+        let bytes = total as f64 / N as f64;
         println!(
-            "bytes per idle budget: {bytes:.1} ({name}; {blocks:.2} heap blocks per budget; \
-             key u64; includes hash map, slot and generation vectors at their capacity for N)"
+            "bytes per idle budget: {bytes:.1} ({name}; key u64; {total} bytes in {blocks} \
+             heap blocks for {N} budgets, including the index and slot vectors' spare capacity)"
         );
         results.push(bytes);
     }
