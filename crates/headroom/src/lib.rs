@@ -1,2 +1,11 @@
 //! Headroom's service: the governing proxy, its config, credentials, metrics and the mock
 //! upstream. The rate-limit logic itself lives in `headroom-core`.
+pub mod auth;
+pub mod cfg;
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod governor;
+pub mod metrics;
+pub mod proxy;
+pub mod server;

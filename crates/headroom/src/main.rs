@@ -40,6 +40,25 @@ enum Command {
     /// alone or beside a hidden client spending part of the quota) and reports utilisation of
     /// `headroom × quota`, the throttled share, and the real-time lane's p99 wait.
     Simulate(simulate::Args),
+
+    /// Run the governing proxy: send calls to /proxy/{upstream}/{path} and Headroom paces
+    /// them under the upstream's limits.
+    ///
+    /// Point your HTTP client at http://127.0.0.1:7878/proxy/crm/… instead of
+    /// https://api.example.com/… and add `Headroom-Tenant: acme` (whose budget it spends),
+    /// `Headroom-Lane: bulk` for background work, `Headroom-Max-Wait: 30s` to wait longer.
+    /// Without --config there are no upstreams. Logs are JSON on stderr (HEADROOM_LOG=debug
+    /// for more). With HEADROOM_API_TOKEN set, /v1 wants `Authorization: Bearer <token>` and
+    /// /proxy `Proxy-Authorization: Bearer <token>`.
+    #[command(verbatim_doc_comment)]
+    Serve(headroom::server::ServeArgs),
+
+    /// Check a config file and say what is wrong with it, naming the key.
+    CheckConfig {
+        /// The TOML config to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Reads a file argument, where `-` or no argument means standard input.
@@ -65,6 +84,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Serve(args) => headroom::server::run(args),
+        Command::CheckConfig { file } => headroom::server::check_config(&file),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

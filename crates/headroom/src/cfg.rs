@@ -1,0 +1,485 @@
+//! The TOML config: what `headroom serve` and `headroom check-config` read.
+//!
+//! Parsing happens in two steps: serde reads the TOML into raw structs (unknown keys are an
+//! error), then `validate` turns them into checked values, naming the file, the key and what
+//! is wrong for anything it refuses.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use headroom_core::backoff::Backoff;
+use headroom_core::breaker::BreakerConfig;
+use headroom_core::budget::BudgetConfig;
+use headroom_core::duration::parse_duration;
+use headroom_core::limit::LimitConfig;
+use headroom_core::Unit;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+pub const DEFAULT_STORE: &str = "sqlite://headroom-data/headroom.db";
+
+/// A config error: the file, the key at fault and what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// The whole validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: String,
+    pub governor: String,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("default listen address"),
+            store: DEFAULT_STORE.to_string(),
+            governor: "memory".to_string(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// Whose budget a call spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Each tenant (or credential) has its own budget.
+    Tenant,
+    /// One budget for every tenant: one credential shared by all.
+    Shared,
+}
+
+/// How a stored credential is put on the upstream request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialInjection {
+    pub header: http::HeaderName,
+    /// Written before the credential with a space, e.g. `Bearer`; empty for none.
+    pub scheme: String,
+}
+
+/// When and how a proxied call is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// The longest a request may wait in Headroom in total (queueing, pauses, backoff),
+    /// unless its `Headroom-Max-Wait` says otherwise.
+    pub max_wait: Duration,
+    /// Statuses retried besides throttled responses (e.g. 502, 503, 504).
+    pub on_status: Vec<u16>,
+}
+
+/// One upstream API.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub index: u32,
+    pub base_url: url::Url,
+    pub budget: BudgetScope,
+    pub budget_config: Arc<BudgetConfig>,
+    pub retry: RetryPolicy,
+    pub credential: CredentialInjection,
+    /// How long one upstream call may take before it counts as a transport error.
+    pub timeout: Duration,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e, text)))?;
+        raw.validate().map_err(err)
+    }
+}
+
+/// A toml error as `line L, column C: message`, naming the key when toml knows it.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    governor: Option<String>,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    base_url: String,
+    budget: Option<String>,
+    headroom: Option<f64>,
+    #[serde(default)]
+    limits: Vec<RawLimit>,
+    max_concurrency: Option<u32>,
+    realtime_reserve: Option<f64>,
+    retry: Option<RawRetry>,
+    breaker: Option<RawBreaker>,
+    credential: Option<RawCredential>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    quota: f64,
+    window: String,
+    unit: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    base_delay: Option<String>,
+    max_delay: Option<String>,
+    max_wait: Option<String>,
+    on_status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failure_threshold: Option<u32>,
+    open_for: Option<String>,
+    max_open_for: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    header: Option<String>,
+    scheme: Option<String>,
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, String> {
+    parse_duration(value).map_err(|e| format!("{key}: {e}"))
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Some(listen) = self.listen {
+            config.listen = listen.parse().map_err(|_| {
+                format!("listen: \"{listen}\" is not an address; write it like \"127.0.0.1:7878\"")
+            })?;
+        }
+        if let Some(store) = self.store {
+            if !(store.starts_with("sqlite:") || store.starts_with("postgres://")) {
+                return Err(format!(
+                    "store: \"{store}\" is not supported; use \"sqlite://path/to/file.db\""
+                ));
+            }
+            config.store = store;
+        }
+        if let Some(governor) = self.governor {
+            if governor != "memory" {
+                return Err(format!(
+                    "governor: \"{governor}\" is not supported yet; use \"memory\""
+                ));
+            }
+            config.governor = governor;
+        }
+        let mut names = HashSet::new();
+        for (i, raw) in self.upstreams.into_iter().enumerate() {
+            let key = format!("upstreams[{i}]");
+            let upstream = raw.validate(&key, i as u32)?;
+            if !names.insert(upstream.name.clone()) {
+                return Err(format!(
+                    "{key}.name: \"{}\" is used by two upstreams; names must be unique",
+                    upstream.name
+                ));
+            }
+            config.upstreams.push(Arc::new(upstream));
+        }
+        Ok(config)
+    }
+}
+
+impl RawUpstream {
+    fn validate(self, key: &str, index: u32) -> Result<Upstream, String> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !name_ok {
+            return Err(format!(
+                "{key}.name: \"{}\" must be letters, digits, '-', '_' or '.' (it appears in URLs)",
+                self.name
+            ));
+        }
+        let base_url = url::Url::parse(&self.base_url)
+            .map_err(|e| format!("{key}.base_url: \"{}\" is not a URL: {e}", self.base_url))?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
+            return Err(format!(
+                "{key}.base_url: \"{}\" must be an http:// or https:// URL with a host",
+                self.base_url
+            ));
+        }
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(format!(
+                "{key}.base_url: \"{}\" must not have a query or fragment",
+                self.base_url
+            ));
+        }
+        let budget = match self.budget.as_deref() {
+            None | Some("tenant") => BudgetScope::Tenant,
+            Some("shared") => BudgetScope::Shared,
+            Some(other) => {
+                return Err(format!(
+                    "{key}.budget: \"{other}\" is not a budget scope; use \"tenant\" or \"shared\""
+                ))
+            }
+        };
+        let mut limits = Vec::new();
+        for (j, l) in self.limits.into_iter().enumerate() {
+            let lkey = format!("{key}.limits[{j}]");
+            let unit = match l.unit.as_deref() {
+                None | Some("requests") => Unit::Requests,
+                Some("points") => Unit::Points,
+                Some(other) => {
+                    return Err(format!(
+                        "{lkey}.unit: \"{other}\" is not a unit; use \"requests\" or \"points\""
+                    ))
+                }
+            };
+            limits.push(LimitConfig {
+                name: l.name,
+                quota: l.quota,
+                window: duration(&format!("{lkey}.window"), &l.window)?,
+                unit,
+            });
+        }
+        let defaults = BudgetConfig::default();
+        let retry_raw = self.retry.unwrap_or(RawRetry {
+            max_attempts: None,
+            base_delay: None,
+            max_delay: None,
+            max_wait: None,
+            on_status: None,
+        });
+        let backoff = Backoff {
+            base_delay: match retry_raw.base_delay {
+                Some(d) => duration(&format!("{key}.retry.base_delay"), &d)?,
+                None => defaults.backoff.base_delay,
+            },
+            max_delay: match retry_raw.max_delay {
+                Some(d) => duration(&format!("{key}.retry.max_delay"), &d)?,
+                None => defaults.backoff.max_delay,
+            },
+        };
+        let max_attempts = retry_raw.max_attempts.unwrap_or(5);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(format!(
+                "{key}.retry.max_attempts: {max_attempts} is out of range; use 1 to 10"
+            ));
+        }
+        let on_status = retry_raw.on_status.unwrap_or_else(|| vec![502, 503, 504]);
+        if let Some(bad) = on_status.iter().find(|s| !(500..=599).contains(*s)) {
+            return Err(format!(
+                "{key}.retry.on_status: {bad} is not a 5xx status; throttled responses are \
+                 always retried, other statuses never"
+            ));
+        }
+        let retry = RetryPolicy {
+            max_attempts,
+            backoff,
+            max_wait: match retry_raw.max_wait {
+                Some(d) => duration(&format!("{key}.retry.max_wait"), &d)?,
+                None => Duration::from_secs(15),
+            },
+            on_status,
+        };
+        let mut breaker = BreakerConfig::default();
+        if let Some(b) = self.breaker {
+            if let Some(n) = b.failure_threshold {
+                if n == 0 {
+                    return Err(format!(
+                        "{key}.breaker.failure_threshold: must be at least 1"
+                    ));
+                }
+                breaker.failure_threshold = n;
+            }
+            if let Some(d) = b.open_for {
+                breaker.open_for = duration(&format!("{key}.breaker.open_for"), &d)?;
+            }
+            if let Some(d) = b.max_open_for {
+                breaker.max_open_for = duration(&format!("{key}.breaker.max_open_for"), &d)?;
+            }
+        }
+        let budget_config = BudgetConfig {
+            limits,
+            headroom: self.headroom.unwrap_or(defaults.headroom),
+            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+            realtime_reserve: self.realtime_reserve.unwrap_or(defaults.realtime_reserve),
+            backoff,
+            breaker,
+            recovery: defaults.recovery,
+        };
+        budget_config.validate().map_err(|e| format!("{key}.{e}"))?;
+        let credential = {
+            let raw = self.credential.unwrap_or(RawCredential {
+                header: None,
+                scheme: None,
+            });
+            let header_name = raw.header.unwrap_or_else(|| "authorization".to_string());
+            let header = http::HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
+                format!("{key}.credential.header: \"{header_name}\" is not a header name")
+            })?;
+            let scheme = raw.scheme.unwrap_or_else(|| {
+                if header == http::header::AUTHORIZATION {
+                    "Bearer".to_string()
+                } else {
+                    String::new()
+                }
+            });
+            if scheme.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "{key}.credential.scheme: \"{scheme}\" must be one word, like \"Bearer\""
+                ));
+            }
+            CredentialInjection { header, scheme }
+        };
+        let timeout = match self.timeout {
+            Some(d) => duration(&format!("{key}.timeout"), &d)?,
+            None => Duration::from_secs(30),
+        };
+        Ok(Upstream {
+            name: self.name,
+            index,
+            base_url,
+            budget,
+            budget_config: Arc::new(budget_config),
+            retry,
+            credential,
+            timeout,
+        })
+    }
+}
+
+/// The config `headroom serve` runs with: the file if given, else no upstreams.
+pub fn load_or_default(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7878"
+store = "sqlite://headroom-data/headroom.db"
+governor = "memory"
+
+[[upstreams]]
+name = "crm"
+base_url = "https://api.example.com"
+budget = "tenant"
+headroom = 0.8
+limits = [{ quota = 100, window = "10s" }, { quota = 250000, window = "1d" }]
+max_concurrency = 10
+realtime_reserve = 0.2
+retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = "15s" }
+"#;
+
+    #[test]
+    fn reads_the_brief_example() {
+        let c = Config::parse(GOOD, "headroom.toml").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.name, "crm");
+        assert_eq!(u.budget, BudgetScope::Tenant);
+        assert_eq!(u.budget_config.limits.len(), 2);
+        assert_eq!(
+            u.budget_config.limits[1].window,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(u.retry.max_wait, Duration::from_secs(15));
+        assert_eq!(u.credential.header, http::header::AUTHORIZATION);
+        assert_eq!(u.credential.scheme, "Bearer");
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "h.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_fix() {
+        let e = error_of(&GOOD.replace("\"10s\"", "\"10 parsecs\""));
+        assert!(
+            e.starts_with("h.toml: upstreams[0].limits[0].window:"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("headroom = 0.8", "headroom = 1.5"));
+        assert!(e.contains("upstreams[0].headroom must be"), "{e}");
+        let e = error_of(&GOOD.replace("budget = \"tenant\"", "budget = \"team\""));
+        assert!(e.contains("upstreams[0].budget: \"team\""), "{e}");
+        let e = error_of(&GOOD.replace("max_concurrency = 10", "max_concurency = 10"));
+        assert!(
+            e.contains("unknown field `max_concurency`") && e.contains("line 13"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("https://api.example.com", "ftp://x"));
+        assert!(e.contains("upstreams[0].base_url"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}\n[[upstreams]]\nname = \"crm\"\nbase_url = \"http://x\"\n"
+        ));
+        assert!(
+            e.contains("upstreams[1].name: \"crm\" is used by two"),
+            "{e}"
+        );
+        let e = error_of("listen = \"localhost\"");
+        assert!(e.contains("listen:"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_config_has_no_upstreams() {
+        let c = Config::parse("", "h.toml").unwrap();
+        assert!(c.upstreams.is_empty());
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

@@ -1,0 +1,266 @@
+//! The governor as the server uses it: the core [`Governor`] behind a mutex, a driver task
+//! that wakes when the next queued call is due, and leases that return their permit with the
+//! call's outcome (or as abandoned when dropped).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use headroom_core::budget::{BudgetSnapshot, Outcome, Reaction};
+use headroom_core::{
+    Admission, BudgetConfig, Clock, Decision, Governor, Lane, Permit, Rejection, SystemClock,
+    Timestamp,
+};
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+/// A budget: an upstream (by index) and a budget key (tenant, credential hash or `shared`).
+pub type BudgetKey = (u32, Arc<str>);
+
+/// Idle budgets are forgotten after this long (they are rebuilt from config on next use).
+const IDLE_EVICTION: Duration = Duration::from_secs(15 * 60);
+const EVICTION_SWEEP: Duration = Duration::from_secs(60);
+
+type Waiter = oneshot::Sender<Result<Permit, Rejection>>;
+
+struct Inner {
+    governor: Governor<BudgetKey, u64>,
+    /// Queued calls: where to send the decision, and their budget (to return a grant nobody
+    /// takes).
+    waiters: HashMap<u64, (Waiter, BudgetKey)>,
+    next_id: u64,
+    decisions: Vec<Decision<u64>>,
+}
+
+impl Inner {
+    /// Hands decisions to their waiters. A grant whose waiter is gone is returned at once.
+    fn deliver(&mut self, now: Timestamp) {
+        while let Some(decision) = self.decisions.pop() {
+            let (token, result) = match decision {
+                Decision::Granted { token, permit, .. } => (token, Ok(permit)),
+                Decision::Rejected { token, rejection } => (token, Err(rejection)),
+            };
+            let Some((waiter, key)) = self.waiters.remove(&token) else {
+                continue;
+            };
+            if let Err(Ok(permit)) = waiter.send(result) {
+                let mut more = Vec::new();
+                self.governor
+                    .complete(now, &key, permit, Outcome::Abandoned, &mut more);
+                self.decisions.extend(more);
+            }
+        }
+    }
+}
+
+/// The governor shared by every request of the server.
+pub struct SharedGovernor {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    clock: SystemClock,
+}
+
+/// A call's leave to go: return it with [`Lease::finish`]; dropping it returns it as
+/// abandoned.
+pub struct Lease {
+    governor: Arc<SharedGovernor>,
+    key: BudgetKey,
+    permit: Option<Permit>,
+    /// How long the call waited for its leave.
+    pub waited: Duration,
+}
+
+impl Lease {
+    pub fn finish(mut self, outcome: Outcome<'_>) -> Reaction {
+        match self.permit.take() {
+            Some(permit) => self.governor.complete(&self.key, permit, outcome),
+            None => Reaction::default(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.governor
+                .complete(&self.key, permit, Outcome::Abandoned);
+        }
+    }
+}
+
+/// Withdraws a queued waiter if its request goes away before a decision.
+struct QueuedGuard<'a> {
+    governor: &'a SharedGovernor,
+    key: BudgetKey,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut inner = self.governor.lock();
+            inner.governor.cancel(&self.key, &self.id);
+            inner.waiters.remove(&self.id);
+        }
+    }
+}
+
+/// One budget as `/v1/budgets` shows it.
+#[derive(Debug, Serialize)]
+pub struct BudgetView {
+    pub upstream_index: u32,
+    pub key: String,
+    #[serde(flatten)]
+    pub budget: BudgetSnapshot,
+    pub queued_realtime: usize,
+    pub queued_bulk: usize,
+}
+
+impl SharedGovernor {
+    pub fn new(seed: u64) -> Arc<Self> {
+        Arc::new(SharedGovernor {
+            inner: Mutex::new(Inner {
+                governor: Governor::new(seed),
+                waiters: HashMap::new(),
+                next_id: 0,
+                decisions: Vec::new(),
+            }),
+            wake: Notify::new(),
+            clock: SystemClock::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the governor half-updated in a way that
+        // matters more than stopping every request, so take the data as it is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Waits for leave to make a call, at most `max_wait`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        key: BudgetKey,
+        config: &Arc<BudgetConfig>,
+        lane: Lane,
+        cost: f64,
+        max_wait: Duration,
+    ) -> Result<Lease, Rejection> {
+        let start = self.now();
+        let (id, rx) = {
+            let mut inner = self.lock();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            match inner
+                .governor
+                .request(start, &key, config, lane, cost, max_wait, id)
+            {
+                Admission::Granted(permit) => {
+                    return Ok(self.lease(key, permit, Duration::ZERO));
+                }
+                Admission::Rejected(rejection) => return Err(rejection),
+                Admission::Queued => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.insert(id, (tx, key.clone()));
+                    (id, rx)
+                }
+            }
+        };
+        self.wake.notify_one();
+        let mut guard = QueuedGuard {
+            governor: self,
+            key: key.clone(),
+            id,
+            armed: true,
+        };
+        // The governor expires waiters itself; the timeout only guards against a lost wake-up.
+        let result = tokio::time::timeout(max_wait + Duration::from_millis(250), rx).await;
+        guard.armed = !matches!(result, Ok(Ok(_)));
+        drop(guard);
+        let waited = self.now().saturating_since(start);
+        match result {
+            Ok(Ok(Ok(permit))) => Ok(self.lease(key, permit, waited)),
+            Ok(Ok(Err(rejection))) => Err(rejection),
+            _ => Err(Rejection {
+                reason: headroom_core::RejectReason::WaitTooLong,
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, key: BudgetKey, permit: Permit, waited: Duration) -> Lease {
+        Lease {
+            governor: Arc::clone(self),
+            key,
+            permit: Some(permit),
+            waited,
+        }
+    }
+
+    fn complete(&self, key: &BudgetKey, permit: Permit, outcome: Outcome<'_>) -> Reaction {
+        let now = self.now();
+        let reaction = {
+            let mut inner = self.lock();
+            let mut out = std::mem::take(&mut inner.decisions);
+            let reaction = inner.governor.complete(now, key, permit, outcome, &mut out);
+            inner.decisions = out;
+            inner.deliver(now);
+            reaction
+        };
+        self.wake.notify_one();
+        reaction
+    }
+
+    /// Runs the timer: grants queued calls when they are due and forgets idle budgets.
+    pub fn spawn_driver(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last_sweep = this.now();
+            loop {
+                let next = this.lock().governor.next_wakeup();
+                let sleep_for = next
+                    .map(|t| t.saturating_since(this.now()))
+                    .unwrap_or(EVICTION_SWEEP)
+                    .min(EVICTION_SWEEP);
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep_for) => {}
+                    _ = this.wake.notified() => {}
+                }
+                let now = this.now();
+                let mut inner = this.lock();
+                let mut out = std::mem::take(&mut inner.decisions);
+                inner.governor.poll(now, &mut out);
+                inner.decisions = out;
+                inner.deliver(now);
+                if now.saturating_since(last_sweep) >= EVICTION_SWEEP {
+                    inner.governor.evict_idle(now, IDLE_EVICTION);
+                    last_sweep = now;
+                }
+            }
+        })
+    }
+
+    /// Every budget, for `/v1/budgets`.
+    pub fn snapshot(&self) -> Vec<BudgetView> {
+        let now = self.now();
+        let inner = self.lock();
+        inner
+            .governor
+            .iter()
+            .map(|(key, budget)| {
+                let (queued_realtime, queued_bulk) = inner.governor.queued(key);
+                BudgetView {
+                    upstream_index: key.0,
+                    key: key.1.to_string(),
+                    budget: budget.snapshot(now),
+                    queued_realtime,
+                    queued_bulk,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics, served on `/metrics` in the OpenMetrics text format. Histograms use
+//! explicit buckets so that they aggregate across nodes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub upstream: String,
+    pub lane: &'static str,
+    /// `forwarded`, `refused` (429/503 from Headroom) or `error` (upstream unreachable).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub upstream: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub upstream: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub upstream: String,
+    /// `throttled`, `status` (a configured 5xx) or `transport`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub upstream: String,
+    pub lane: &'static str,
+}
+
+/// Seconds a request waited in Headroom (queue, pauses, backoff).
+const WAIT_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_responses: Family<ResponseLabels, Counter>,
+    pub throttled: Family<TenantLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub wait_seconds: Family<LaneLabels, Histogram>,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Family<TenantLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("headroom");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests to the proxy, by upstream, lane and outcome",
+            requests.clone(),
+        );
+        let upstream_responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Responses from upstreams (every attempt), by status",
+            upstream_responses.clone(),
+        );
+        let throttled = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "throttled_responses",
+            "Upstream responses that rejected a call for rate or capacity reasons",
+            throttled.clone(),
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register("retries", "Calls retried, by reason", retries.clone());
+        let wait_seconds = Family::<LaneLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(WAIT_BUCKETS.into_iter())
+        });
+        registry.register(
+            "wait_seconds",
+            "Time a proxied request waited in Headroom (queue, pauses, backoff), by lane",
+            wait_seconds.clone(),
+        );
+        let breaker_state = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per budget: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_responses,
+            throttled,
+            retries,
+            wait_seconds,
+            breaker_state,
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

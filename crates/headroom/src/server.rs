@@ -1,0 +1,199 @@
+//! `headroom serve`: the HTTP server — the proxy, the admin API, health and metrics.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use http::header::CONTENT_TYPE;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::auth::authenticate;
+use crate::cfg::{self, Config};
+use crate::client::{self, UpstreamClient};
+use crate::credentials::{self, Credentials};
+use crate::error::ApiResult;
+use crate::governor::SharedGovernor;
+use crate::metrics::Metrics;
+use crate::proxy;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub governor: Arc<SharedGovernor>,
+    pub client: UpstreamClient,
+    pub metrics: Metrics,
+    pub credentials: Credentials,
+    /// `HEADROOM_API_TOKEN`: when set, `/v1` and `/proxy` require it (or a scoped token).
+    pub api_token: Option<String>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state: opens the store and starts the governor's timer.
+    pub async fn new(config: Config, api_token: Option<String>) -> anyhow::Result<AppState> {
+        let credentials = Credentials::open(&config.store)
+            .await
+            .with_context(|| format!("cannot open the store {}", config.store))?;
+        let governor = SharedGovernor::new(rand::random());
+        governor.spawn_driver();
+        Ok(AppState(Arc::new(App {
+            config: Arc::new(config),
+            governor,
+            client: client::build(),
+            metrics: Metrics::new(),
+            credentials,
+            api_token: api_token.filter(|t| !t.is_empty()),
+        })))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/budgets", get(budgets))
+        .merge(credentials::routes())
+        .route("/proxy/{upstream}", any(proxy::handle))
+        .route("/proxy/{upstream}/", any(proxy::handle))
+        .route("/proxy/{upstream}/{*path}", any(proxy::handle))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: http::Uri) -> crate::error::ApiError {
+    crate::error::ApiError::not_found(format!(
+        "no route for {}; the proxy is at /proxy/{{upstream}}/{{path}}, the API under /v1",
+        uri.path()
+    ))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+async fn budgets(
+    State(app): State<AppState>,
+    headers: http::HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let budgets: Vec<serde_json::Value> = app
+        .governor
+        .snapshot()
+        .into_iter()
+        .map(|view| {
+            let upstream = app
+                .config
+                .upstreams
+                .get(view.upstream_index as usize)
+                .map(|u| u.name.clone());
+            let mut value = serde_json::to_value(&view).unwrap_or_default();
+            if let Some(obj) = value.as_object_mut() {
+                obj.remove("upstream_index");
+                obj.insert("upstream".into(), json!(upstream));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "budgets": budgets })))
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The TOML config (upstreams, limits, store). Without one, Headroom runs with no
+    /// upstreams.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; overrides `listen` in the config (default 127.0.0.1:7878).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HEADROOM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = cfg::load_or_default(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let upstreams = config.upstreams.len();
+        let api_token = std::env::var("HEADROOM_API_TOKEN").ok();
+        let state = AppState::new(config, api_token).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, upstreams, "headroom listening");
+        serve(state, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: draining in-flight requests");
+        })
+        .await
+    })
+}
+
+/// `headroom check-config FILE`: validates a config and says what it found.
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{}: ok ({} upstream{}: {})",
+        path.display(),
+        config.upstreams.len(),
+        if config.upstreams.len() == 1 { "" } else { "s" },
+        config
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
