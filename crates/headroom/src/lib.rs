@@ -7,5 +7,6 @@ pub mod credentials;
 pub mod error;
 pub mod governor;
 pub mod metrics;
+pub mod mock;
 pub mod proxy;
 pub mod server;

@@ -53,6 +53,19 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Serve(headroom::server::ServeArgs),
 
+    /// Run a rate-limited mock upstream that speaks a chosen provider's rate-limit headers.
+    ///
+    /// Each caller (by its Authorization header; callers without one share a bucket) may make
+    /// --limit calls per --window; more get 429. Any method and path is a call and gets a
+    /// JSON echo. GET /_mock/stats shows counters, POST /_mock/reset clears them, and
+    /// ?status=503 or ?sleep_ms=500 on any call forces a status or a delay.
+    ///
+    /// Example: a HubSpot-like API behind the proxy
+    ///
+    ///   headroom mock --profile hubspot --limit 100 --window 10s
+    #[command(verbatim_doc_comment)]
+    Mock(headroom::mock::Args),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -85,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => headroom::server::run(args),
+        Command::Mock(args) => headroom::mock::run(args),
         Command::CheckConfig { file } => headroom::server::check_config(&file),
     };
     match result {

@@ -1,0 +1,750 @@
+//! `headroom mock`: a rate-limited upstream to point Headroom (or anything else) at.
+//!
+//! The mock enforces `limit` calls per `window` with the counting model of a real provider and
+//! answers with that provider's rate-limit headers, so the proxy, the demo, the tests and the
+//! benchmarks have an API to be paced against without calling one. The counting and the headers
+//! are [`headroom_core::sim::Upstream`], here driven by the real clock.
+//!
+//! Every caller is a tenant identified by its `Authorization` header (callers without one share
+//! one bucket), and each tenant has its own limit. Any method on any path is an API call:
+//! accepted calls get `200` and a JSON echo, throttled ones `429` and a JSON error. A few
+//! extras serve tests:
+//!
+//! - `GET /_mock/stats`: counters as JSON ([`MockStats`]);
+//! - `POST /_mock/reset`: forgets every tenant and counter and restarts the windows;
+//! - `?status=503` on any call answers that status, `?sleep_ms=250` delays the answer; such a
+//!   call is not counted against any limit.
+//!
+//! A hidden client (`--hidden-share`) spends a share of every tenant's quota, evenly over each
+//! window, like another integration using the same credential.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use headroom_core::duration::{format_duration, parse_duration};
+use headroom_core::sim::{Dialect, Model, Upstream};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The bucket of callers that send no `Authorization` header.
+pub const ANONYMOUS: &str = "(none)";
+
+/// The longest `?sleep_ms=` honoured; longer values are cut to it.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    /// Which provider's limits and headers to imitate.
+    #[arg(long, value_enum, default_value_t = Profile::Ietf)]
+    pub profile: Profile,
+    /// Calls each tenant may make per window (the bucket size for `shopify`).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// The window of the limit (for `shopify`, the time a full bucket takes to drain).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_window)]
+    pub window: Duration,
+    /// Delay added to every response.
+    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = parse_latency)]
+    pub latency: Duration,
+    /// Share of each tenant's quota (0 to 1) that a hidden client spends, evenly over each
+    /// window, as another integration on the same credential would.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_share)]
+    pub hidden_share: f64,
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("the window must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_latency(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("\"{s}\" is not a share between 0 and 1, like 0.3")),
+    }
+}
+
+/// A provider to imitate: how it counts and which headers it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Fixed window; IETF `RateLimit` and `RateLimit-Policy` (structured fields).
+    #[value(name = "ietf")]
+    Ietf,
+    /// Fixed window; `RateLimit-Limit`, `-Remaining`, `-Reset` (seconds).
+    #[value(name = "ietf-legacy")]
+    IetfLegacy,
+    /// Fixed window; `X-RateLimit-*` with the reset as epoch seconds, and a `Date`.
+    #[value(name = "x-ratelimit")]
+    XRatelimit,
+    /// Fixed window; `X-RateLimit-*` with the reset as seconds from now.
+    #[value(name = "x-ratelimit-delta")]
+    XRatelimitDelta,
+    /// Fixed window; `X-HubSpot-RateLimit-Max`, `-Remaining`, `-Interval-Milliseconds`.
+    #[value(name = "hubspot")]
+    Hubspot,
+    /// Leaky bucket of `limit` calls draining over `window`; `X-Shopify-Shop-Api-Call-Limit`.
+    #[value(name = "shopify")]
+    Shopify,
+    /// Fixed window; no headers but `Retry-After` on a 429.
+    #[value(name = "retry-after")]
+    RetryAfter,
+    /// No limit and no rate-limit headers, for measuring proxy overhead.
+    #[value(name = "unlimited")]
+    Unlimited,
+}
+
+impl Profile {
+    /// The counting model and header dialect; `None` for no limit at all.
+    pub fn model(self) -> Option<(Model, Dialect)> {
+        Some(match self {
+            Profile::Ietf => (Model::FixedWindow, Dialect::Ietf),
+            Profile::IetfLegacy => (Model::FixedWindow, Dialect::IetfLegacy),
+            Profile::XRatelimit => (Model::FixedWindow, Dialect::XRateLimitEpoch),
+            Profile::XRatelimitDelta => (Model::FixedWindow, Dialect::XRateLimitDelta),
+            Profile::Hubspot => (Model::FixedWindow, Dialect::HubSpot),
+            Profile::Shopify => (Model::LeakyBucket, Dialect::Shopify),
+            Profile::RetryAfter => (Model::FixedWindow, Dialect::RetryAfter),
+            Profile::Unlimited => return None,
+        })
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Ietf => "ietf",
+            Profile::IetfLegacy => "ietf-legacy",
+            Profile::XRatelimit => "x-ratelimit",
+            Profile::XRatelimitDelta => "x-ratelimit-delta",
+            Profile::Hubspot => "hubspot",
+            Profile::Shopify => "shopify",
+            Profile::RetryAfter => "retry-after",
+            Profile::Unlimited => "unlimited",
+        }
+    }
+}
+
+/// What the mock enforces.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    pub profile: Profile,
+    /// Calls per window for each tenant; at least 1 is enforced.
+    pub limit: u32,
+    /// At least 1 ms is enforced.
+    pub window: Duration,
+    /// Delay added to every response.
+    pub latency: Duration,
+    /// Share (0 to 1) of each tenant's quota a hidden client spends per window.
+    pub hidden_share: f64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            profile: Profile::Ietf,
+            limit: 100,
+            window: Duration::from_secs(10),
+            latency: Duration::ZERO,
+            hidden_share: 0.0,
+        }
+    }
+}
+
+impl MockConfig {
+    fn sanitised(mut self) -> Self {
+        self.limit = self.limit.max(1);
+        self.window = self.window.max(Duration::from_millis(1));
+        self.hidden_share = if self.hidden_share.is_finite() {
+            self.hidden_share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// `"profile hubspot, 100 per 10s"`, plus latency and hidden share when set.
+    pub fn describe(&self) -> String {
+        let mut s = match self.profile {
+            Profile::Unlimited => "profile unlimited".to_string(),
+            p => format!(
+                "profile {}, {} per {}",
+                p.name(),
+                self.limit,
+                format_duration(self.window)
+            ),
+        };
+        if !self.latency.is_zero() {
+            s.push_str(&format!(", latency {}", format_duration(self.latency)));
+        }
+        if self.hidden_share > 0.0 && self.profile != Profile::Unlimited {
+            s.push_str(&format!(
+                ", hidden client {:.0}%",
+                self.hidden_share * 100.0
+            ));
+        }
+        s
+    }
+}
+
+/// The mock's counters, as `GET /_mock/stats` returns them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MockStats {
+    /// Calls answered 200 (under the limit, or any call with the `unlimited` profile).
+    pub accepted: u64,
+    /// Calls answered 429.
+    pub throttled: u64,
+    /// Calls with `?status=` or `?sleep_ms=`, which bypass the limits.
+    pub forced: u64,
+    /// Calls of the hidden client, accepted and throttled (summed over tenants).
+    pub hidden_accepted: u64,
+    pub hidden_throttled: u64,
+    /// Per tenant (the `Authorization` value, or `"(none)"`). Empty for `unlimited`.
+    pub by_tenant: BTreeMap<String, TenantStats>,
+    /// The most calls accepted in one window (windows aligned to the start or the last reset),
+    /// over all tenants, not counting the hidden client. 0 for `unlimited`.
+    pub max_in_window: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TenantStats {
+    pub accepted: u64,
+    pub throttled: u64,
+    /// The most calls of this tenant accepted in one window.
+    pub max_in_window: u64,
+}
+
+/// Accepted calls per aligned window, remembering the busiest.
+#[derive(Debug, Default)]
+struct WindowCount {
+    index: u64,
+    count: u64,
+    max: u64,
+}
+
+impl WindowCount {
+    fn add(&mut self, index: u64) {
+        if index != self.index {
+            *self = WindowCount {
+                index,
+                count: 0,
+                max: self.max,
+            };
+        }
+        self.count += 1;
+        self.max = self.max.max(self.count);
+    }
+}
+
+struct Tenant {
+    upstream: Upstream,
+    accepted: u64,
+    throttled: u64,
+    window: WindowCount,
+}
+
+struct Inner {
+    /// Times are seconds since this instant; windows are aligned to it.
+    start: Instant,
+    tenants: HashMap<String, Tenant>,
+    throttled: u64,
+    forced: u64,
+    hidden_done: u64,
+    hidden_accepted: u64,
+    hidden_throttled: u64,
+    window: WindowCount,
+}
+
+impl Inner {
+    fn new() -> Self {
+        Inner {
+            start: Instant::now(),
+            tenants: HashMap::new(),
+            throttled: 0,
+            forced: 0,
+            hidden_done: 0,
+            hidden_accepted: 0,
+            hidden_throttled: 0,
+            window: WindowCount::default(),
+        }
+    }
+}
+
+struct Shared {
+    config: MockConfig,
+    /// `Some` unless the profile is `unlimited`.
+    limits: Option<(Model, Dialect)>,
+    /// Accepted calls, kept outside the lock so the `unlimited` path takes none.
+    accepted: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave the counters inconsistent enough to matter.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> MockStats {
+        let inner = self.lock();
+        MockStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            throttled: inner.throttled,
+            forced: inner.forced,
+            hidden_accepted: inner.hidden_accepted,
+            hidden_throttled: inner.hidden_throttled,
+            by_tenant: inner
+                .tenants
+                .iter()
+                .map(|(k, t)| {
+                    let stats = TenantStats {
+                        accepted: t.accepted,
+                        throttled: t.throttled,
+                        max_in_window: t.window.max,
+                    };
+                    (k.clone(), stats)
+                })
+                .collect(),
+            max_in_window: inner.window.max,
+        }
+    }
+
+    fn reset(&self) {
+        let mut inner = self.lock();
+        *inner = Inner::new();
+        self.accepted.store(0, Ordering::Relaxed);
+    }
+
+    fn new_upstream(&self, model: Model) -> Upstream {
+        Upstream::new(model, self.config.limit, self.config.window)
+    }
+
+    /// Counts one call of `tenant`; returns whether it was accepted and the headers to send.
+    fn call(&self, tenant: &str, model: Model, dialect: Dialect) -> (bool, Vec<(String, String)>) {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let now = inner.start.elapsed().as_secs_f64();
+        let index = (now / self.config.window.as_secs_f64()) as u64;
+        if !inner.tenants.contains_key(tenant) {
+            let t = Tenant {
+                upstream: self.new_upstream(model),
+                accepted: 0,
+                throttled: 0,
+                window: WindowCount::default(),
+            };
+            inner.tenants.insert(tenant.to_string(), t);
+        }
+        let Some(t) = inner.tenants.get_mut(tenant) else {
+            return (false, Vec::new());
+        };
+        let accepted = t.upstream.call(now);
+        if accepted {
+            t.accepted += 1;
+            t.window.add(index);
+            inner.window.add(index);
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            t.throttled += 1;
+            inner.throttled += 1;
+        }
+        let headers = t.upstream.headers(dialect, now, epoch, accepted);
+        (accepted, headers)
+    }
+
+    /// The hidden client: spends `hidden_share` of every tenant's quota, evenly.
+    async fn spend_hidden(self: Arc<Self>) {
+        let per_sec = self.config.hidden_share * f64::from(self.config.limit)
+            / self.config.window.as_secs_f64();
+        let period = Duration::from_secs_f64((1.0 / per_sec).clamp(0.005, 1.0));
+        // After a stall, catch up at most one window's worth of calls.
+        let max_burst = (self.config.hidden_share * f64::from(self.config.limit)).ceil() as u64;
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let now = inner.start.elapsed().as_secs_f64();
+            let due = (now * per_sec) as u64;
+            if due > inner.hidden_done + max_burst {
+                inner.hidden_done = due - max_burst;
+            }
+            while inner.hidden_done < due {
+                inner.hidden_done += 1;
+                for t in inner.tenants.values_mut() {
+                    if t.upstream.call(now) {
+                        inner.hidden_accepted += 1;
+                    } else {
+                        inner.hidden_throttled += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running mock. Dropping it closes the listener at once and each open connection once its
+/// call is answered; [`MockHandle::shutdown`] also waits for those calls.
+pub struct MockHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    hidden: Option<JoinHandle<()>>,
+}
+
+impl MockHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config(&self) -> &MockConfig {
+        &self.shared.config
+    }
+
+    /// The counters, read in process.
+    pub fn stats(&self) -> MockStats {
+        self.shared.stats()
+    }
+
+    /// Forgets every tenant and counter, as `POST /_mock/reset` does.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting connections and waits for in-flight calls to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(hidden) = self.hidden.take() {
+            hidden.abort();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        // Open connections close once their call is answered; the listener closes now.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for task in [self.hidden.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Serves the mock on `listener` until the handle is dropped or shut down. Call it inside a
+/// tokio runtime.
+pub async fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result<MockHandle> {
+    let addr = listener.local_addr()?;
+    let config = config.sanitised();
+    let limits = config.profile.model();
+    let shared = Arc::new(Shared {
+        limits,
+        accepted: AtomicU64::new(0),
+        inner: Mutex::new(Inner::new()),
+        config,
+    });
+    let hidden = match limits {
+        Some(_) if shared.config.hidden_share > 0.0 => {
+            Some(tokio::spawn(shared.clone().spend_hidden()))
+        }
+        _ => None,
+    };
+    let app = Router::new()
+        .route("/_mock/stats", get(stats))
+        .route("/_mock/reset", post(reset))
+        .fallback(call)
+        .with_state(shared.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            eprintln!("mock upstream stopped: {e}");
+        }
+    });
+    Ok(MockHandle {
+        addr,
+        shared,
+        stop: Some(stop),
+        server: Some(server),
+        hidden,
+    })
+}
+
+/// `headroom mock`: serves until Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let config = MockConfig {
+            profile: args.profile,
+            limit: args.limit,
+            window: args.window,
+            latency: args.latency,
+            hidden_share: args.hidden_share,
+        };
+        let mock = spawn(listener, config).await?;
+        println!(
+            "mock upstream ({}) listening on {}",
+            mock.config().describe(),
+            mock.url()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        mock.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<MockStats> {
+    Json(shared.stats())
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    shared.reset();
+    Json(serde_json::json!({ "ok": true }))
+}
+
+#[derive(Serialize)]
+struct Echo<'a> {
+    ok: bool,
+    method: &'a str,
+    path: &'a str,
+    body_bytes: u64,
+}
+
+/// What `?status=` and `?sleep_ms=` ask for.
+#[derive(Default)]
+struct Forced {
+    status: Option<StatusCode>,
+    sleep: Option<Duration>,
+}
+
+fn forced(query: &str) -> Result<Forced, String> {
+    let mut f = Forced::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "status" => {
+                let status = v
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|n| StatusCode::from_u16(n).ok())
+                    .filter(|s| (200..=599).contains(&s.as_u16()))
+                    .ok_or_else(|| format!("status={v} is not a status from 200 to 599"))?;
+                f.status = Some(status);
+            }
+            "sleep_ms" => {
+                let ms = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("sleep_ms={v} is not a number of milliseconds"))?;
+                f.sleep = Some(Duration::from_millis(ms).min(MAX_SLEEP));
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Any other method and path: one API call.
+async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let forced = match parts.uri.query().map(forced).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(message) => {
+            let body = serde_json::json!({ "ok": false, "error": message });
+            return json_response(StatusCode::BAD_REQUEST, body.to_string().into_bytes());
+        }
+    };
+    // Count the body without buffering it, so any size is fine.
+    let mut body_bytes = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_bytes += data.len() as u64;
+                }
+            }
+            Err(_) => {
+                let body = br#"{"ok":false,"error":"the request body could not be read"}"#;
+                return json_response(StatusCode::BAD_REQUEST, body.to_vec());
+            }
+        }
+    }
+    let echo = |ok: bool| Echo {
+        ok,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        body_bytes,
+    };
+
+    if forced.status.is_some() || forced.sleep.is_some() {
+        shared.lock().forced += 1;
+        let delay = forced.sleep.unwrap_or_default() + shared.config.latency;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let status = forced.status.unwrap_or(StatusCode::OK);
+        let body = serde_json::to_vec(&echo(status.is_success())).unwrap_or_default();
+        return json_response(status, body);
+    }
+
+    let Some((model, dialect)) = shared.limits else {
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        if !shared.config.latency.is_zero() {
+            tokio::time::sleep(shared.config.latency).await;
+        }
+        let body = serde_json::to_vec(&echo(true)).unwrap_or_default();
+        return json_response(StatusCode::OK, body);
+    };
+
+    let tenant = parts
+        .headers
+        .get(AUTHORIZATION)
+        .map_or(ANONYMOUS.into(), |v| {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        });
+    let (accepted, headers) = shared.call(&tenant, model, dialect);
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
+    let mut response = if accepted {
+        let body = serde_json::to_vec(&echo(true)).unwrap_or_default();
+        json_response(StatusCode::OK, body)
+    } else {
+        let body =
+            br#"{"ok":false,"error":"too_many_requests","message":"Too many requests; the rate limit is exhausted"}"#;
+        json_response(StatusCode::TOO_MANY_REQUESTS, body.to_vec())
+    };
+    let out = response.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            out.insert(name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        let f = forced("status=503&sleep_ms=20&x=1").unwrap();
+        assert_eq!(f.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(f.sleep, Some(Duration::from_millis(20)));
+        assert!(forced("status=abc").is_err());
+        assert!(forced("status=99").is_err());
+        assert!(forced("sleep_ms=-1").is_err());
+        assert_eq!(
+            forced("sleep_ms=99999999999999").unwrap().sleep,
+            Some(MAX_SLEEP)
+        );
+    }
+
+    #[test]
+    fn window_count_keeps_the_busiest_window() {
+        let mut w = WindowCount::default();
+        for i in [0, 0, 1, 1, 1, 3] {
+            w.add(i);
+        }
+        assert_eq!(w.max, 3);
+        assert_eq!(w.count, 1);
+    }
+
+    #[test]
+    fn profile_names() {
+        use clap::ValueEnum;
+        for p in Profile::value_variants() {
+            let cli = p.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(cli.as_deref(), Some(p.name()));
+        }
+        let names: Vec<_> = Profile::value_variants().iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "ietf",
+                "ietf-legacy",
+                "x-ratelimit",
+                "x-ratelimit-delta",
+                "hubspot",
+                "shopify",
+                "retry-after",
+                "unlimited"
+            ]
+        );
+    }
+
+    #[test]
+    fn config_is_sanitised() {
+        let c = MockConfig {
+            limit: 0,
+            window: Duration::ZERO,
+            hidden_share: f64::NAN,
+            ..MockConfig::default()
+        }
+        .sanitised();
+        assert_eq!(c.limit, 1);
+        assert_eq!(c.window, Duration::from_millis(1));
+        assert_eq!(c.hidden_share, 0.0);
+    }
+}
