@@ -87,7 +87,7 @@ impl Metrics {
         let retries = Family::<RetryLabels, Counter>::default();
         registry.register("retries", "Calls retried, by reason", retries.clone());
         let wait_seconds = Family::<LaneLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(WAIT_BUCKETS.into_iter())
+            Histogram::new(WAIT_BUCKETS)
         });
         registry.register(
             "wait_seconds",

@@ -106,6 +106,7 @@ fn upstream_name(path: &str) -> Option<&str> {
 }
 
 /// The Headroom headers of a proxied request, checked.
+#[derive(Debug)]
 struct Ask {
     tenant: Option<String>,
     lane: Lane,
