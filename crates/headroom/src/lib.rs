@@ -10,3 +10,5 @@ pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod server;
+pub mod store;
+pub mod tenants_cli;

@@ -66,6 +66,34 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Mock(headroom::mock::Args),
 
+    /// Manage per-tenant upstream credentials on a running server (stored encrypted,
+    /// injected by the proxy, never shown again).
+    ///
+    /// The credential is read from standard input, so it stays out of shell history. With
+    /// HEADROOM_API_TOKEN set, the admin token is sent as a bearer token.
+    ///
+    /// Examples:
+    ///
+    ///   headroom tenants set acme crm < acme-crm.token
+    ///   headroom tenants list acme
+    ///   headroom tenants unset acme crm
+    ///   headroom tenants --server http://10.0.0.5:7878 list acme
+    #[command(verbatim_doc_comment)]
+    Tenants(headroom::tenants_cli::TenantsArgs),
+
+    /// Create, list and revoke API tokens scoped to one tenant.
+    ///
+    /// A scoped token, sent as `Proxy-Authorization: Bearer <token>` to /proxy, acts as its
+    /// tenant only. The token is printed once, at creation; Headroom keeps only its hash.
+    ///
+    /// Examples:
+    ///
+    ///   headroom tokens create --tenant acme
+    ///   headroom tokens list --tenant acme
+    ///   headroom tokens revoke tok_3f2a9c0b1d4e5f60
+    #[command(verbatim_doc_comment)]
+    Tokens(headroom::tenants_cli::TokensArgs),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -99,6 +127,8 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => headroom::server::run(args),
         Command::Mock(args) => headroom::mock::run(args),
+        Command::Tenants(args) => headroom::tenants_cli::run_tenants(args),
+        Command::Tokens(args) => headroom::tenants_cli::run_tokens(args),
         Command::CheckConfig { file } => headroom::server::check_config(&file),
     };
     match result {

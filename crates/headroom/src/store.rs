@@ -1,0 +1,406 @@
+//! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
+//!
+//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, so that
+//! a PostgreSQL store can offer the same methods later. Values arrive already encrypted where
+//! they need to be: the store never sees a credential in the clear.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// How long a writer waits for another writer's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    /// The database file; `None` for an in-memory database.
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// A credential as stored: sealed by `credentials`, opaque here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedCredential {
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCredential")
+            .field("nonce_len", &self.nonce.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// What may be shown of a stored credential: which upstream it is for, and when it changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CredentialInfo {
+    pub upstream: String,
+    pub updated_at: String,
+}
+
+/// What may be shown of an API token: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: String,
+    pub created_at: String,
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) the SQLite database of a
+    /// `sqlite://path/to/file.db` URL, or an in-memory one for `sqlite::memory:`, and brings
+    /// its schema up to date.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            anyhow::bail!(
+                "store \"{url}\": PostgreSQL is not supported yet; use \"sqlite://path/to/file.db\""
+            );
+        }
+        if !url.starts_with("sqlite:") {
+            anyhow::bail!("store \"{url}\": use a URL like \"sqlite://path/to/file.db\"");
+        }
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("store \"{url}\" is not a SQLite URL"))?
+            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let (options, pool_options, path) = if in_memory {
+            // One connection that never closes: an in-memory database lives as long as it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+            (options, pool, None)
+        } else {
+            let path = options.get_filename().to_path_buf();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            let options = options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
+            (
+                options,
+                SqlitePoolOptions::new().max_connections(8),
+                Some(path),
+            )
+        };
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the SQLite database {url}"))?;
+        sqlx::migrate!()
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot bring the database {url} up to date"))?;
+        Ok(Store { pool, path })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The database file, `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    // ---- credentials -------------------------------------------------------------------
+
+    /// Inserts or replaces the sealed credential of (tenant, upstream).
+    pub async fn put_credential(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        sealed: &SealedCredential,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO credentials (tenant, upstream, nonce, ciphertext, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant, upstream) DO UPDATE SET \
+             nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(upstream)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await
+        .context("cannot store a credential")?;
+        Ok(())
+    }
+
+    pub async fn get_credential(
+        &self,
+        tenant: &str,
+        upstream: &str,
+    ) -> anyhow::Result<Option<SealedCredential>> {
+        let row = sqlx::query(
+            "SELECT nonce, ciphertext FROM credentials WHERE tenant = ? AND upstream = ?",
+        )
+        .bind(tenant)
+        .bind(upstream)
+        .fetch_optional(&self.pool)
+        .await
+        .context("cannot read a credential")?;
+        row.map(|r| {
+            Ok(SealedCredential {
+                nonce: r.try_get("nonce")?,
+                ciphertext: r.try_get("ciphertext")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes the credential of (tenant, upstream); false if there was none.
+    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM credentials WHERE tenant = ? AND upstream = ?")
+            .bind(tenant)
+            .bind(upstream)
+            .execute(&self.pool)
+            .await
+            .context("cannot delete a credential")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
+        let rows = sqlx::query(
+            "SELECT upstream, updated_at FROM credentials WHERE tenant = ? ORDER BY upstream",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .context("cannot list credentials")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(CredentialInfo {
+                    upstream: r.try_get("upstream")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn count_credentials(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials")
+            .fetch_one(&self.pool)
+            .await
+            .context("cannot count credentials")?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ---- API tokens --------------------------------------------------------------------
+
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        tenant: &str,
+        token_sha256: &[u8],
+    ) -> anyhow::Result<TokenInfo> {
+        let created_at = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant, token_sha256, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(token_sha256)
+        .bind(&created_at)
+        .execute(&self.pool)
+        .await
+        .context("cannot store an API token")?;
+        Ok(TokenInfo {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            created_at,
+        })
+    }
+
+    /// The tenant of the token with this SHA-256, if there is one.
+    pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT tenant FROM api_tokens WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .context("cannot look up an API token")?;
+        Ok(row.map(|r| r.try_get("tenant")).transpose()?)
+    }
+
+    /// Deletes a token; its SHA-256 if it existed.
+    pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let row = sqlx::query("DELETE FROM api_tokens WHERE id = ? RETURNING token_sha256")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("cannot delete an API token")?;
+        Ok(row.map(|r| r.try_get("token_sha256")).transpose()?)
+    }
+
+    /// Every token (or a tenant's), oldest first.
+    pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
+        let query = match tenant {
+            Some(t) => sqlx::query(
+                "SELECT id, tenant, created_at FROM api_tokens WHERE tenant = ? \
+                 ORDER BY created_at, id",
+            )
+            .bind(t),
+            None => {
+                sqlx::query("SELECT id, tenant, created_at FROM api_tokens ORDER BY created_at, id")
+            }
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .context("cannot list API tokens")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    id: r.try_get("id")?,
+                    tenant: r.try_get("tenant")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- meta --------------------------------------------------------------------------
+
+    pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .context("cannot read the store's meta table")?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .context("cannot write the store's meta table")?;
+        Ok(())
+    }
+}
+
+/// Creates a directory (and its parents), readable by its owner only where it is new.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// Now as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`: sortable as text.
+pub fn now_rfc3339() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(since.as_secs() as i64, since.subsec_millis())
+}
+
+fn rfc3339(secs: i64, millis: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_740_830_461, 999), "2025-03-01T12:01:01.999Z");
+    }
+
+    #[tokio::test]
+    async fn opens_creates_and_migrates_a_file_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("nested/headroom.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(store.path(), Some(db.as_path()));
+        let sealed = SealedCredential {
+            nonce: vec![1; 24],
+            ciphertext: vec![2; 40],
+        };
+        store.put_credential("acme", "crm", &sealed).await.unwrap();
+        store.put_credential("acme", "crm", &sealed).await.unwrap();
+        assert_eq!(
+            store.get_credential("acme", "crm").await.unwrap(),
+            Some(sealed)
+        );
+        assert_eq!(store.list_credentials("acme").await.unwrap().len(), 1);
+        drop(store);
+        // Reopening runs the migrations again without harm and keeps the data.
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(store.count_credentials().await.unwrap(), 1);
+        assert!(store.delete_credential("acme", "crm").await.unwrap());
+        assert!(!store.delete_credential("acme", "crm").await.unwrap());
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn in_memory_and_unsupported_urls() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert!(store.path().is_none());
+        store.put_meta("k", b"v").await.unwrap();
+        assert_eq!(store.get_meta("k").await.unwrap(), Some(b"v".to_vec()));
+        let e = Store::open("postgres://localhost/x").await.unwrap_err();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+    }
+}
