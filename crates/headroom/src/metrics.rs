@@ -86,9 +86,8 @@ impl Metrics {
         );
         let retries = Family::<RetryLabels, Counter>::default();
         registry.register("retries", "Calls retried, by reason", retries.clone());
-        let wait_seconds = Family::<LaneLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(WAIT_BUCKETS)
-        });
+        let wait_seconds =
+            Family::<LaneLabels, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
         registry.register(
             "wait_seconds",
             "Time a proxied request waited in Headroom (queue, pauses, backoff), by lane",

@@ -172,6 +172,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, upstreams, "headroom listening");
+        if !listen.ip().is_loopback() && std::env::var("HEADROOM_API_TOKEN").map_or(true, |t| t.is_empty()) {
+            tracing::warn!(%listen, "listening beyond loopback without HEADROOM_API_TOKEN: anyone who can reach this address can use the proxy and the API");
+        }
         serve(state, listener, async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down: draining in-flight requests");

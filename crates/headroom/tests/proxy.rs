@@ -1,0 +1,532 @@
+//! The governing proxy over real sockets: Headroom in-process in front of `headroom mock`.
+//!
+//! Assertions are about behaviour (what reached the upstream, statuses, headers); the few
+//! that involve time compare a lane's wait with a flood that takes many seconds, so that a
+//! noisy machine cannot flip them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use headroom::cfg::Config;
+use headroom::mock::{self, MockConfig, MockHandle, Profile};
+use headroom::server::{self, AppState};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn wait_ms(&self) -> u64 {
+        self.header("headroom-wait-ms")
+            .parse()
+            .expect("Headroom-Wait-Ms")
+    }
+
+    fn attempts(&self) -> u32 {
+        self.header("headroom-attempts")
+            .parse()
+            .expect("Headroom-Attempts")
+    }
+
+    fn problem(&self) -> serde_json::Value {
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        serde_json::from_slice(&self.body).expect("a problem+json body")
+    }
+}
+
+/// Headroom serving a config in front of a mock upstream.
+struct Rig {
+    mock: MockHandle,
+    addr: SocketAddr,
+    client: HttpClient,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// `upstream` is the TOML of the `up` upstream after its name and base URL.
+    async fn start(mock_config: MockConfig, upstream: &str) -> Rig {
+        Rig::start_with_token(mock_config, upstream, None).await
+    }
+
+    async fn start_with_token(mock_config: MockConfig, upstream: &str, token: Option<&str>) -> Rig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = mock::spawn(listener, mock_config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "store = \"sqlite://{}/headroom.db\"\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n{upstream}\n",
+            dir.path().display(),
+            mock.url()
+        );
+        let config = Config::parse(&toml, "test.toml").expect("a valid test config");
+        let state = AppState::new(config, token.map(str::to_string))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(state, listener, async {
+            let _ = stopped.await;
+        }));
+        Rig {
+            mock,
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            stop: Some(stop),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
+        send(&self.client, self.addr, method, path, headers).await
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers).await
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+async fn send(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(
+            request
+                .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+                .unwrap(),
+        )
+        .await
+        .expect("Headroom answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn mock(profile: Profile, limit: u32, window_s: u64) -> MockConfig {
+    MockConfig {
+        profile,
+        limit,
+        window: Duration::from_secs(window_s),
+        ..MockConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacing_holds_under_a_flood_of_50_concurrent_clients() {
+    let rig = Rig::start(
+        mock(Profile::Ietf, 40, 2),
+        "limits = [{ quota = 40, window = \"2s\" }]",
+    )
+    .await;
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (client, addr) = (rig.client.clone(), rig.addr);
+        calls.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..2 {
+                let r = send(
+                    &client,
+                    addr,
+                    Method::POST,
+                    "/proxy/up/contacts",
+                    &[("headroom-lane", "bulk"), ("headroom-max-wait", "60s")],
+                )
+                .await;
+                statuses.push(r.status);
+            }
+            statuses
+        }));
+    }
+    for call in calls {
+        for status in call.await.unwrap() {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let stats = rig.mock.stats();
+    assert_eq!(stats.accepted, 100);
+    assert_eq!(
+        stats.throttled, 0,
+        "no call may exceed the limit: {stats:?}"
+    );
+    assert!(stats.max_in_window <= 40, "{stats:?}");
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_flood_does_not_slow_another() {
+    // 10 per 2 s per tenant: acme's 40 queued calls need about 10 s.
+    let rig = Rig::start(
+        mock(Profile::Ietf, 10, 2),
+        "limits = [{ quota = 10, window = \"2s\" }]",
+    )
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let (client, addr) = (rig.client.clone(), rig.addr);
+        flood.push(tokio::spawn(async move {
+            send(
+                &client,
+                addr,
+                Method::POST,
+                "/proxy/up/sync",
+                &[
+                    ("headroom-tenant", "acme"),
+                    ("authorization", "acme-token"),
+                    ("headroom-lane", "bulk"),
+                    ("headroom-max-wait", "60s"),
+                ],
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let r = rig
+            .get(
+                "/proxy/up/sync",
+                &[
+                    ("headroom-tenant", "globex"),
+                    ("authorization", "globex-token"),
+                    ("headroom-lane", "bulk"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.wait_ms() < 2000,
+            "globex waited {} ms behind acme",
+            r.wait_ms()
+        );
+    }
+    let mut acme_waits = Vec::new();
+    for call in flood {
+        let r = call.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        acme_waits.push(r.wait_ms());
+    }
+    assert!(
+        acme_waits.iter().max().unwrap() > &4000,
+        "acme's flood is paced: {acme_waits:?}"
+    );
+    assert_eq!(rig.mock.stats().throttled, 0);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_calls_pass_a_queued_bulk_flood() {
+    // 8 per second: 40 bulk calls need 5 s; a real-time call goes within about an interval.
+    let rig = Rig::start(
+        mock(Profile::Hubspot, 20, 2),
+        "limits = [{ quota = 20, window = \"2s\" }]",
+    )
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let (client, addr) = (rig.client.clone(), rig.addr);
+        flood.push(tokio::spawn(async move {
+            send(
+                &client,
+                addr,
+                Method::POST,
+                "/proxy/up/import",
+                &[("headroom-lane", "bulk"), ("headroom-max-wait", "60s")],
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = rig.get("/proxy/up/user-action", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.wait_ms() < 1000, "real-time waited {} ms", r.wait_ms());
+    let mut last_bulk = 0;
+    for call in flood {
+        let r = call.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        last_bulk = last_bulk.max(r.wait_ms());
+    }
+    assert!(
+        last_bulk > 3000,
+        "the bulk flood was paced ({last_bulk} ms)"
+    );
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_pauses_the_budget() {
+    // Headroom does not know the limit: only 429 + Retry-After tell it.
+    let rig = Rig::start(mock(Profile::RetryAfter, 2, 3), "").await;
+    for _ in 0..2 {
+        assert_eq!(rig.get("/proxy/up/a", &[]).await.status, StatusCode::OK);
+    }
+    let r = rig
+        .get("/proxy/up/a", &[("headroom-max-wait", "30s")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "retried after the pause");
+    assert_eq!(r.attempts(), 2);
+    assert!(
+        r.wait_ms() >= 500,
+        "waited for Retry-After, not {} ms",
+        r.wait_ms()
+    );
+    assert_eq!(rig.mock.stats().throttled, 1);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_call_that_cannot_wait_gets_the_upstreams_answer() {
+    let rig = Rig::start(mock(Profile::RetryAfter, 1, 30), "").await;
+    assert_eq!(rig.get("/proxy/up/a", &[]).await.status, StatusCode::OK);
+    // Retry-After is ~30 s, longer than this call may wait: the 429 comes back as is.
+    let r = rig.get("/proxy/up/a", &[("headroom-max-wait", "2s")]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.attempts(), 1);
+    assert!(!r.header("retry-after").is_empty());
+    // The budget is paused: the next call is refused by Headroom without reaching the mock.
+    let r = rig.get("/proxy/up/a", &[("headroom-max-wait", "1s")]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.attempts(), 0);
+    let problem = r.problem();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("max wait"),
+        "{problem}"
+    );
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 20);
+    assert_eq!(rig.mock.stats().throttled, 1);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_failures_and_recovers() {
+    let rig = Rig::start(
+        mock(Profile::Unlimited, 100, 10),
+        "retry = { max_attempts = 1 }\nbreaker = { failure_threshold = 3, open_for = \"1s\" }",
+    )
+    .await;
+    for _ in 0..3 {
+        let r = rig.get("/proxy/up/x?status=503", &[]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.attempts(), 1);
+    }
+    let before = rig.mock.stats();
+    let r = rig.get("/proxy/up/x", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.attempts(), 0, "refused by the open breaker");
+    assert!(r.problem()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("circuit breaker"));
+    assert!(!r.header("retry-after").is_empty());
+    assert_eq!(rig.mock.stats(), before, "the upstream was not called");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Half-open: one probe goes; it succeeds and the breaker closes.
+    assert_eq!(rig.get("/proxy/up/x", &[]).await.status, StatusCode::OK);
+    assert_eq!(rig.get("/proxy/up/x", &[]).await.status, StatusCode::OK);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_attempts_are_refused() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "").await;
+    for path in [
+        "/proxy/up/../admin",
+        "/proxy/up/a/%2e%2e/%2e%2e/admin",
+        "/proxy/up/a%2Fb",
+        "/proxy/up/a%5C..%5Cb",
+        "/proxy/up/.%2E/x",
+    ] {
+        let r = rig.get(path, &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(r.problem()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"));
+    }
+    // An absolute URL in the path stays a path on the configured upstream.
+    let r = rig.get("/proxy/up//evil.example/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(echoed["path"], "//evil.example/x");
+    assert_eq!(rig.mock.stats().accepted, 1);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_problem_json_and_reach_nothing() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "").await;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], StatusCode, &'a str);
+    let cases: &[Case] = &[
+        (
+            "/proxy/up/x",
+            &[("headroom-lane", "express")],
+            StatusCode::BAD_REQUEST,
+            "Headroom-Lane",
+        ),
+        (
+            "/proxy/up/x",
+            &[("headroom-cost", "NaN")],
+            StatusCode::BAD_REQUEST,
+            "Headroom-Cost",
+        ),
+        (
+            "/proxy/up/x",
+            &[("headroom-max-wait", "soon")],
+            StatusCode::BAD_REQUEST,
+            "Headroom-Max-Wait",
+        ),
+        (
+            "/proxy/up/x",
+            &[("headroom-tenant", "a/b")],
+            StatusCode::BAD_REQUEST,
+            "Headroom-Tenant",
+        ),
+        (
+            "/proxy/nope/x",
+            &[],
+            StatusCode::NOT_FOUND,
+            "unknown upstream \"nope\"",
+        ),
+        ("/elsewhere", &[], StatusCode::NOT_FOUND, "no route"),
+    ];
+    for (path, headers, status, needle) in cases {
+        let r = rig.get(path, headers).await;
+        assert_eq!(r.status, *status, "{path} {headers:?}");
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(needle), "{detail}");
+    }
+    assert_eq!(rig.mock.stats().accepted, 0);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_forwarded_and_visibility_endpoints_answer() {
+    let rig = Rig::start(
+        mock(Profile::Hubspot, 100, 10),
+        "limits = [{ quota = 100, window = \"10s\" }]",
+    )
+    .await;
+    let r = rig
+        .get(
+            "/proxy/up/crm/v3/objects?limit=5",
+            &[("headroom-tenant", "acme"), ("authorization", "acme")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.attempts(), 1);
+    assert_eq!(r.header("x-hubspot-ratelimit-max"), "100");
+    let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(echoed["path"], "/crm/v3/objects");
+    assert!(rig.mock.stats().by_tenant.contains_key("acme"));
+
+    let budgets = rig.get("/v1/budgets", &[]).await;
+    assert_eq!(budgets.status, StatusCode::OK);
+    let budgets: serde_json::Value = serde_json::from_slice(&budgets.body).unwrap();
+    let b = &budgets["budgets"][0];
+    assert_eq!(b["upstream"], "up");
+    assert_eq!(b["key"], "tenant:acme");
+    assert_eq!(
+        b["limits"][0]["remaining"], 99.0,
+        "learned from the headers: {b}"
+    );
+
+    let metrics = rig.get("/metrics", &[]).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(text.contains("headroom_proxy_requests_total{upstream=\"up\",lane=\"realtime\",outcome=\"forwarded\"} 1"), "{text}");
+    assert!(text.contains("headroom_wait_seconds_bucket"));
+    assert_eq!(rig.get("/healthz", &[]).await.status, StatusCode::OK);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_guards_v1_and_the_proxy() {
+    let rig = Rig::start_with_token(mock(Profile::Ietf, 100, 10), "", Some("s3cret")).await;
+    let r = rig.get("/v1/budgets", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    r.problem();
+    assert_eq!(
+        rig.get("/v1/budgets", &[("authorization", "Bearer s3cret")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        rig.get("/proxy/up/x", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = rig
+        .get(
+            "/proxy/up/x",
+            &[
+                ("proxy-authorization", "Bearer s3cret"),
+                ("authorization", "upstream-cred"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The upstream saw the client's own Authorization, not Headroom's token.
+    assert!(rig.mock.stats().by_tenant.contains_key("upstream-cred"));
+    assert_eq!(rig.get("/healthz", &[]).await.status, StatusCode::OK);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_calls() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "").await;
+    let (client, addr) = (rig.client.clone(), rig.addr);
+    let slow = tokio::spawn(async move {
+        send(
+            &client,
+            addr,
+            Method::GET,
+            "/proxy/up/slow?sleep_ms=1500",
+            &[],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.mock.stats().forced, 1, "the call reached the mock");
+    rig.shutdown().await; // returns only once the in-flight call is answered
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.attempts(), 1);
+}
