@@ -460,7 +460,7 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         assert!(e.contains("upstreams[0].budget: \"team\""), "{e}");
         let e = error_of(&GOOD.replace("max_concurrency = 10", "max_concurency = 10"));
         assert!(
-            e.contains("unknown field `max_concurency`") && e.contains("line 13"),
+            e.contains("unknown field `max_concurency`") && e.contains("line 12"),
             "{e}"
         );
         let e = error_of(&GOOD.replace("https://api.example.com", "ftp://x"));
