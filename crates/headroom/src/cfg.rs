@@ -477,6 +477,14 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../examples/headroom.toml");
+        let c = Config::parse(text, "examples/headroom.toml").unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        assert!(c.upstreams[1].budget_config.limits.is_empty());
+    }
+
+    #[test]
     fn an_empty_config_has_no_upstreams() {
         let c = Config::parse("", "h.toml").unwrap();
         assert!(c.upstreams.is_empty());
