@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tenants_cli;
+pub mod jobs;

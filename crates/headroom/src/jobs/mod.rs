@@ -1,0 +1,5 @@
+//! Durable jobs, flows (queues) and batches.
+
+pub mod model;
+
+pub use model::*;

@@ -1,0 +1,398 @@
+//! What a job, an attempt and a batch are, and the store interface every backend implements.
+//!
+//! Times are milliseconds since the Unix epoch (`Millis`) so that they survive restarts and
+//! mean the same on every node.
+
+use headroom_core::Lane;
+use serde::{Deserialize, Serialize};
+
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    RetryPending,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::RetryPending => "retry_pending",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "retry_pending" => JobStatus::RetryPending,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// The HTTP request a job makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub method: String,
+    /// Path under the upstream's base URL, starting with `/`.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// The body bytes; `body_is_json` says whether they were given as JSON (else base64).
+    pub body: Option<Vec<u8>>,
+    pub body_is_json: bool,
+}
+
+/// How a queue runs its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// As many at once as the budgets allow.
+    Parallel,
+    /// At most this many running at once per scope; the rest wait in arrival order.
+    Throttled(u32),
+    /// Strict FIFO per scope, one at a time: a job waits while an earlier one is unfinished.
+    Sequential,
+}
+
+/// A queue as the store needs to know it to claim jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRule {
+    pub name: String,
+    pub mode: QueueMode,
+}
+
+/// A job to insert. `scope` is the concurrency scope within the queue: `""` for a globally
+/// scoped queue, the tenant for a tenant-scoped one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: String,
+    pub queue: String,
+    pub scope: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub lane: Lane,
+    pub request: JobRequest,
+    /// With `dedup_until`: a job of the same queue and dedup id inserted before that time
+    /// (and not yet past it) is returned instead of inserting this one.
+    pub dedup_id: Option<String>,
+    pub dedup_until: Option<Millis>,
+    pub callback_url: Option<String>,
+    pub max_attempts: u32,
+    /// Sent on every attempt in the upstream's idempotency header, when it has one.
+    pub idempotency_key: String,
+    pub created_at: Millis,
+}
+
+/// What the upstream answered, kept with the job (body capped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackState {
+    /// No callback URL.
+    None,
+    /// To be POSTed once the job is final.
+    Pending,
+    Delivered,
+    /// Gave up after its retries.
+    Failed,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub new: NewJob,
+    pub status: JobStatus,
+    /// Attempts made (an attempt rescheduled by a long Retry-After does not count).
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    pub updated_at: Millis,
+    pub last_error: Option<String>,
+    pub response: Option<JobResponse>,
+    pub callback: CallbackState,
+    pub callback_attempts: u32,
+    pub next_callback_at: Millis,
+}
+
+pub enum Inserted {
+    Created(Job),
+    /// A job with the same dedup id inside the window: nothing was inserted.
+    Duplicate(Job),
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub job_id: String,
+    /// 1-based; rescheduled attempts keep the number of the next real one.
+    pub number: u32,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    /// The upstream's status; `None` when it could not be reached (or Headroom refused).
+    pub status: Option<u16>,
+    /// Time waiting in Headroom before the call (governor queue, pauses).
+    pub wait_ms: u64,
+    /// The rate-limit headers the response carried.
+    pub rate_limit_headers: Vec<(String, String)>,
+    pub error: Option<String>,
+}
+
+/// Where a job goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Succeeded {
+        response: JobResponse,
+    },
+    Failed {
+        error: String,
+        response: Option<JobResponse>,
+    },
+    /// `retry_pending` until `at`. `burn_attempt` is false when a long Retry-After rescheduled
+    /// the job: that attempt does not count against `max_attempts`.
+    Retry {
+        at: Millis,
+        error: String,
+        burn_attempt: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub tenant: Option<String>,
+    pub queue: Option<String>,
+}
+
+/// One page of a listing; `next` is the cursor of the following page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    NotFound,
+    /// Was queued or waiting for a retry: now cancelled.
+    Done(Job),
+    /// Already final or running: unchanged.
+    Unchanged(Job),
+}
+
+/// The durable store of jobs. Every backend passes `store::conformance`.
+#[allow(async_fn_in_trait)]
+pub trait JobStore: Send + Sync {
+    /// Stores a job (durably, before this returns) unless its dedup id is taken.
+    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted>;
+    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>>;
+    /// Jobs in insertion order, after the cursor `after`.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<Job>>;
+    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled>;
+    /// Marks up to `limit` jobs whose time has come `running` and returns them, honouring
+    /// each queue's mode per scope (queues not in `rules` run in parallel): throttled queues
+    /// keep at most N running per scope, taking the oldest first; sequential queues run a
+    /// job only when it is the oldest unfinished one of its scope and none is running.
+    async fn claim_ready(
+        &self,
+        now: Millis,
+        rules: &[QueueRule],
+        limit: u32,
+    ) -> anyhow::Result<Vec<Job>>;
+    /// Records an attempt and moves the (running) job on.
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRecord,
+        transition: Transition,
+        now: Millis,
+    ) -> anyhow::Result<Job>;
+    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>>;
+    /// After a crash: jobs left `running` go back to `queued`. Returns how many.
+    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64>;
+    /// The earliest `next_attempt_at` of a waiting job, to know when to look again.
+    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>>;
+    /// Final jobs whose callback is due.
+    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>>;
+    /// Records a callback delivery attempt: delivered, or retry at `next` (None: give up).
+    async fn callback_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        next: Option<Millis>,
+    ) -> anyhow::Result<()>;
+}
+
+/// A batch to insert: records sent in chunks to a bulk endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBatch {
+    pub id: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub lane: Lane,
+    /// `headroom_core::batch::Format` as JSON.
+    pub format: String,
+    pub max_batch_size: u32,
+    /// Method, path, query and headers of every chunk's call (no body).
+    pub request: JobRequest,
+    /// Attempts per record before it fails.
+    pub max_attempts: u32,
+    pub callback_url: Option<String>,
+    pub created_at: Millis,
+    pub records: Vec<NewRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The caller's id for the record (its index as text when none was given).
+    pub record_id: String,
+    /// The record as JSON.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Queued,
+    Running,
+    Succeeded,
+    CompletedWithFailures,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordFailure {
+    pub index: u64,
+    pub record_id: String,
+    pub error: String,
+}
+
+/// What `GET /v1/batches/{id}` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchSummary {
+    pub id: String,
+    pub status: BatchStatus,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub pending: u64,
+    /// Calls made to the bulk endpoint.
+    pub calls: u64,
+    /// Records whose call was in flight when Headroom stopped abruptly: they may have been
+    /// applied once already and were sent again.
+    pub possibly_duplicated: u64,
+    pub failures: Vec<RecordFailure>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// The batch a chunk belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchMeta {
+    pub id: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub lane: Lane,
+    pub format: String,
+    pub max_batch_size: u32,
+    pub request: JobRequest,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRecord {
+    pub index: u64,
+    pub record_id: String,
+    pub payload: Vec<u8>,
+    /// Attempts this record has had before this chunk.
+    pub attempts: u32,
+}
+
+/// Records of one batch claimed for one call: they are `in_flight` until finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub chunk_id: String,
+    pub batch: BatchMeta,
+    pub records: Vec<ChunkRecord>,
+}
+
+/// Where a record goes after a chunk's call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordResult {
+    Succeeded,
+    Failed { error: String },
+    /// Pending again until `at`; `burn_attempt` false when the whole call was refused or
+    /// throttled (nothing applied).
+    Retry {
+        at: Millis,
+        error: String,
+        burn_attempt: bool,
+    },
+}
+
+/// The durable store of batches and their records.
+#[allow(async_fn_in_trait)]
+pub trait BatchStore: Send + Sync {
+    /// Stores a batch and all its records in one transaction.
+    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary>;
+    /// The batch with up to `failures_limit` failures listed (lowest index first).
+    async fn get_batch(&self, id: &str, failures_limit: u32)
+        -> anyhow::Result<Option<BatchSummary>>;
+    /// Claims up to `max_batch_size` pending records of one batch whose time has come
+    /// (lowest index first), skipping batches in `busy` (already at their concurrency), and
+    /// marks them in flight.
+    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>>;
+    /// Records the call's outcome for every record of the chunk (same order as
+    /// `chunk.records`) and counts the call.
+    async fn finish_chunk(
+        &self,
+        chunk: &Chunk,
+        results: &[RecordResult],
+        now: Millis,
+    ) -> anyhow::Result<()>;
+    /// After a crash: records left in flight go back to pending and are counted as possibly
+    /// duplicated. Returns how many.
+    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64>;
+    /// The earliest time a pending record becomes claimable.
+    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>>;
+    /// Cancels the batch's pending records. `None` if there is no such batch.
+    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>>;
+}
