@@ -471,116 +471,48 @@ async fn forward(
                 .take()
                 .expect("a streamed body's first attempt left a response");
         };
-        let mut outgoing = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(uri.clone())
-            .body(body)
-            .map_err(|e| {
-                ApiError::bad_request(format!("cannot build the upstream request: {e}"))
-            })?;
-        *outgoing.headers_mut() = headers.clone();
-
-        let sent = tokio::time::timeout(upstream.timeout, app.client.request(outgoing)).await;
-        let upstream_response = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => {
-                let reason = match &sent {
-                    Err(_) => format!("no answer within {}", format_duration(upstream.timeout)),
-                    Ok(Err(e)) => format!(
-                        "{e}: {}",
-                        std::error::Error::source(e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_default()
-                    ),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                let reaction = lease.finish(Outcome::TransportError);
-                record_breaker(app, &upstream, &tenant_label, reaction);
-                let can_retry = is_idempotent(&parts.method)
-                    && out_body.replayable()
-                    && journey.attempts < upstream.retry.max_attempts;
-                let delay = upstream
-                    .retry
-                    .backoff
-                    .delay(journey.attempts - 1, &mut jitter);
-                if can_retry && tokio::time::Instant::now() + delay < deadline {
-                    app.metrics
-                        .retries
-                        .get_or_create(&RetryLabels {
-                            upstream: upstream.name.clone(),
-                            reason: "transport",
-                        })
-                        .inc();
-                    tokio::time::sleep(delay).await;
-                    journey.waited += delay;
-                    continue;
-                }
-                tracing::warn!(upstream = %upstream.name, method = %parts.method, path = %rest, attempt = journey.attempts, error = %reason, "upstream unreachable");
-                return Err(ApiError::BadGateway {
-                    detail: format!("cannot reach upstream \"{}\": {reason}", upstream.name),
-                });
-            }
+        let call = Call {
+            upstream: &upstream,
+            tenant: &tenant_label,
+            method: &parts.method,
+            uri: &uri,
+            headers: &headers,
+            attempt: journey.attempts,
         };
-
-        let (mut resp_parts, incoming) = upstream_response.into_parts();
-        let status = resp_parts.status.as_u16();
-        let inspect = matches!(status, 403 | 420 | 429 | 503 | 529)
-            || upstream.retry.on_status.contains(&status);
-        let (inspected, resp_body) = if inspect {
-            match read_up_to(incoming, MAX_INSPECTED_BODY).await {
-                Ok(Ok(bytes)) => (Some(bytes.clone()), Body::from(bytes)),
-                Ok(Err(stream)) => (None, stream),
-                Err(e) => {
-                    lease.finish(Outcome::TransportError);
+        let (mut resp_parts, resp_body, inspected, signals) =
+            match call_once(app, &call, lease, body, MAX_INSPECTED_BODY, false).await {
+                Answer::Answered {
+                    parts,
+                    body,
+                    inspected,
+                    signals,
+                } => (parts, body, inspected, signals),
+                Answer::Unreachable(reason) => {
+                    let can_retry = is_idempotent(&parts.method)
+                        && out_body.replayable()
+                        && journey.attempts < upstream.retry.max_attempts;
+                    let delay = upstream
+                        .retry
+                        .backoff
+                        .delay(journey.attempts - 1, &mut jitter);
+                    if can_retry && tokio::time::Instant::now() + delay < deadline {
+                        app.metrics
+                            .retries
+                            .get_or_create(&RetryLabels {
+                                upstream: upstream.name.clone(),
+                                reason: "transport",
+                            })
+                            .inc();
+                        tokio::time::sleep(delay).await;
+                        journey.waited += delay;
+                        continue;
+                    }
                     return Err(ApiError::BadGateway {
-                        detail: format!("upstream \"{}\" broke off its answer: {e}", upstream.name),
+                        detail: format!("cannot reach upstream \"{}\": {reason}", upstream.name),
                     });
                 }
-            }
-        } else {
-            (None, Body::new(incoming))
-        };
-        let signals = interpret(
-            status,
-            resp_parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_bytes())),
-            inspected.as_deref().unwrap_or_default(),
-            now_unix(),
-        );
-        let reaction = lease.finish(Outcome::Response {
-            status,
-            signals: &signals,
-        });
-        record_breaker(app, &upstream, &tenant_label, reaction);
-        app.metrics
-            .upstream_responses
-            .get_or_create(&ResponseLabels {
-                upstream: upstream.name.clone(),
-                status,
-            })
-            .inc();
-        if signals.throttled {
-            app.metrics
-                .throttled
-                .get_or_create(&TenantLabels {
-                    upstream: upstream.name.clone(),
-                    tenant: tenant_label.clone(),
-                })
-                .inc();
-            tracing::info!(
-                upstream = %upstream.name,
-                method = %parts.method,
-                path = %rest,
-                tenant = %tenant_label,
-                attempt = journey.attempts,
-                status,
-                retry_after_s = signals.retry_after.map(|d| d.as_secs_f64()),
-                paused_s = reaction.paused_for.map(|d| d.as_secs_f64()),
-                "throttled by upstream"
-            );
-        }
+            };
+        let status = resp_parts.status.as_u16();
         strip_hop_by_hop(&mut resp_parts.headers);
         // Answer in the client's HTTP version, not the upstream's.
         resp_parts.version = parts.version;
@@ -631,6 +563,146 @@ async fn forward(
         })
         .observe(journey.waited.as_secs_f64());
     Ok(response)
+}
+
+/// One call to an upstream, as the proxy and the job dispatcher both make it.
+pub(crate) struct Call<'a> {
+    pub upstream: &'a Upstream,
+    /// The tenant (or budget key) for metrics and logs.
+    pub tenant: &'a str,
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    pub attempt: u32,
+}
+
+/// What one call gave.
+pub(crate) enum Answer {
+    Answered {
+        parts: http::response::Parts,
+        body: Body,
+        /// The body, when it was read (throttled and failed answers, or `read_all`), up to
+        /// the limit.
+        inspected: Option<Bytes>,
+        signals: headroom_core::Signals,
+    },
+    /// No answer (connection refused or reset, timeout); the reason says which.
+    Unreachable(String),
+}
+
+/// Makes the call under `lease`, reads the answer's rate-limit signals back into the budget
+/// (returning the lease), and records metrics and a log line for throttled answers.
+pub(crate) async fn call_once(
+    app: &AppState,
+    call: &Call<'_>,
+    lease: crate::governor::Lease,
+    body: Body,
+    inspect_limit: usize,
+    read_all: bool,
+) -> Answer {
+    let upstream = call.upstream;
+    let mut outgoing = http::Request::new(body);
+    *outgoing.method_mut() = call.method.clone();
+    *outgoing.uri_mut() = call.uri.clone();
+    *outgoing.headers_mut() = call.headers.clone();
+    let sent = tokio::time::timeout(upstream.timeout, app.client.request(outgoing)).await;
+    let upstream_response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let reason = match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            return unreachable_upstream(app, call, lease, reason);
+        }
+        Err(_) => {
+            let reason = format!("no answer within {}", format_duration(upstream.timeout));
+            return unreachable_upstream(app, call, lease, reason);
+        }
+    };
+    let (parts, incoming) = upstream_response.into_parts();
+    let status = parts.status.as_u16();
+    let inspect = read_all
+        || matches!(status, 403 | 420 | 429 | 503 | 529)
+        || upstream.retry.on_status.contains(&status);
+    let (inspected, body) = if inspect {
+        match read_up_to(incoming, inspect_limit).await {
+            Ok(Ok(bytes)) => (Some(bytes.clone()), Body::from(bytes)),
+            Ok(Err(stream)) => (None, stream),
+            Err(e) => {
+                let reason = format!("the answer broke off: {e}");
+                return unreachable_upstream(app, call, lease, reason);
+            }
+        }
+    } else {
+        (None, Body::new(incoming))
+    };
+    let signals = interpret(
+        status,
+        parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        inspected.as_deref().unwrap_or_default(),
+        now_unix(),
+    );
+    let reaction = lease.finish(Outcome::Response {
+        status,
+        signals: &signals,
+    });
+    record_breaker(app, upstream, call.tenant, reaction);
+    app.metrics
+        .upstream_responses
+        .get_or_create(&ResponseLabels {
+            upstream: upstream.name.clone(),
+            status,
+        })
+        .inc();
+    if signals.throttled {
+        app.metrics
+            .throttled
+            .get_or_create(&TenantLabels {
+                upstream: upstream.name.clone(),
+                tenant: call.tenant.to_string(),
+            })
+            .inc();
+        tracing::info!(
+            upstream = %upstream.name,
+            method = %call.method,
+            path = %call.uri.path(),
+            tenant = %call.tenant,
+            attempt = call.attempt,
+            status,
+            retry_after_s = signals.retry_after.map(|d| d.as_secs_f64()),
+            paused_s = reaction.paused_for.map(|d| d.as_secs_f64()),
+            "throttled by upstream"
+        );
+    }
+    Answer::Answered {
+        parts,
+        body,
+        inspected,
+        signals,
+    }
+}
+
+fn unreachable_upstream(
+    app: &AppState,
+    call: &Call<'_>,
+    lease: crate::governor::Lease,
+    reason: String,
+) -> Answer {
+    let reaction = lease.finish(Outcome::TransportError);
+    record_breaker(app, call.upstream, call.tenant, reaction);
+    tracing::warn!(
+        upstream = %call.upstream.name,
+        method = %call.method,
+        path = %call.uri.path(),
+        attempt = call.attempt,
+        error = %reason,
+        "upstream unreachable"
+    );
+    Answer::Unreachable(reason)
 }
 
 fn record_breaker(
