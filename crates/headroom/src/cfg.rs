@@ -36,6 +36,8 @@ pub struct Config {
     pub store: String,
     pub governor: String,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Job queues (flows); always holds `default` (parallel).
+    pub queues: Vec<Arc<Queue>>,
 }
 
 impl Default for Config {
@@ -45,6 +47,60 @@ impl Default for Config {
             store: DEFAULT_STORE.to_string(),
             governor: "memory".to_string(),
             upstreams: Vec::new(),
+            queues: vec![Arc::new(Queue::default())],
+        }
+    }
+}
+
+/// Whose jobs a queue's concurrency counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueScope {
+    Global,
+    Tenant,
+}
+
+/// How a queue retries a job that failed for a retryable reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryBackoff {
+    Fixed,
+    Exponential,
+}
+
+/// A job queue (a flow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub name: String,
+    pub mode: crate::jobs::QueueMode,
+    pub scope: QueueScope,
+    pub dedup_window: Duration,
+    pub max_attempts: u32,
+    pub interval: Duration,
+    pub backoff: RetryBackoff,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            name: "default".to_string(),
+            mode: crate::jobs::QueueMode::Parallel,
+            scope: QueueScope::Global,
+            dedup_window: Duration::from_secs(600),
+            max_attempts: 5,
+            interval: Duration::from_secs(60),
+            backoff: RetryBackoff::Exponential,
+        }
+    }
+}
+
+impl Queue {
+    /// The wait before the retry after `attempts` attempts (1-based).
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        match self.backoff {
+            RetryBackoff::Fixed => self.interval,
+            RetryBackoff::Exponential => self
+                .interval
+                .checked_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+                .unwrap_or(Duration::MAX),
         }
     }
 }
@@ -90,11 +146,18 @@ pub struct Upstream {
     pub credential: CredentialInjection,
     /// How long one upstream call may take before it counts as a transport error.
     pub timeout: Duration,
+    /// The header that carries a job's idempotency key on every attempt (e.g.
+    /// `Idempotency-Key`), if the upstream takes one.
+    pub idempotency_header: Option<http::HeaderName>,
 }
 
 impl Config {
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&Arc<Queue>> {
+        self.queues.iter().find(|q| q.name == name)
     }
 
     /// Reads and validates a config file.
@@ -140,6 +203,27 @@ struct RawConfig {
     governor: Option<String>,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    queues: Vec<RawQueue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    name: String,
+    mode: Option<String>,
+    max_concurrency: Option<u32>,
+    scope: Option<String>,
+    dedup_window: Option<String>,
+    retry: Option<RawQueueRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueueRetry {
+    max_attempts: Option<u32>,
+    interval: Option<String>,
+    backoff: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +241,7 @@ struct RawUpstream {
     breaker: Option<RawBreaker>,
     credential: Option<RawCredential>,
     timeout: Option<String>,
+    idempotency_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,18 +318,122 @@ impl RawConfig {
             }
             config.upstreams.push(Arc::new(upstream));
         }
+        let mut queue_names = HashSet::new();
+        for (i, raw) in self.queues.into_iter().enumerate() {
+            let key = format!("queues[{i}]");
+            let queue = raw.validate(&key)?;
+            if !queue_names.insert(queue.name.clone()) {
+                return Err(format!(
+                    "{key}.name: \"{}\" is used by two queues; names must be unique",
+                    queue.name
+                ));
+            }
+            if queue.name == "default" {
+                config.queues[0] = Arc::new(queue);
+            } else {
+                config.queues.push(Arc::new(queue));
+            }
+        }
         Ok(config)
     }
 }
 
+impl RawQueue {
+    fn validate(self, key: &str) -> Result<Queue, String> {
+        use crate::jobs::QueueMode;
+        let defaults = Queue::default();
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "{key}.name: \"{}\" must be letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        let mode = match (self.mode.as_deref(), self.max_concurrency) {
+            (None | Some("parallel"), None) => QueueMode::Parallel,
+            (None | Some("parallel"), Some(_)) => {
+                return Err(format!(
+                    "{key}.max_concurrency: only a \"throttled\" queue takes max_concurrency; \
+                     add mode = \"throttled\""
+                ))
+            }
+            (Some("throttled"), Some(n)) if n >= 1 => QueueMode::Throttled(n),
+            (Some("throttled"), _) => {
+                return Err(format!(
+                    "{key}.max_concurrency: a throttled queue needs max_concurrency of at least 1"
+                ))
+            }
+            (Some("sequential"), None | Some(1)) => QueueMode::Sequential,
+            (Some("sequential"), Some(_)) => {
+                return Err(format!(
+                    "{key}.max_concurrency: a sequential queue runs one job at a time; remove it"
+                ))
+            }
+            (Some(other), _) => {
+                return Err(format!(
+                    "{key}.mode: \"{other}\" is not a mode; use \"parallel\", \"throttled\" or \"sequential\""
+                ))
+            }
+        };
+        let scope = match self.scope.as_deref() {
+            None | Some("global") => QueueScope::Global,
+            Some("tenant") => QueueScope::Tenant,
+            Some(other) => {
+                return Err(format!(
+                    "{key}.scope: \"{other}\" is not a scope; use \"global\" or \"tenant\""
+                ))
+            }
+        };
+        let dedup_window = match self.dedup_window {
+            Some(d) => duration(&format!("{key}.dedup_window"), &d)?,
+            None => defaults.dedup_window,
+        };
+        let retry = self.retry.unwrap_or(RawQueueRetry {
+            max_attempts: None,
+            interval: None,
+            backoff: None,
+        });
+        let max_attempts = retry.max_attempts.unwrap_or(defaults.max_attempts);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(format!(
+                "{key}.retry.max_attempts: {max_attempts} is out of range; use 1 to 10"
+            ));
+        }
+        let interval = match retry.interval {
+            Some(d) => duration(&format!("{key}.retry.interval"), &d)?,
+            None => defaults.interval,
+        };
+        let backoff = match retry.backoff.as_deref() {
+            None | Some("exponential") => RetryBackoff::Exponential,
+            Some("fixed") => RetryBackoff::Fixed,
+            Some(other) => {
+                return Err(format!(
+                    "{key}.retry.backoff: \"{other}\" is not a backoff; use \"exponential\" or \"fixed\""
+                ))
+            }
+        };
+        Ok(Queue {
+            name: self.name,
+            mode,
+            scope,
+            dedup_window,
+            max_attempts,
+            interval,
+            backoff,
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
 impl RawUpstream {
     fn validate(self, key: &str, index: u32) -> Result<Upstream, String> {
-        let name_ok = !self.name.is_empty()
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !name_ok {
+        if !valid_name(&self.name) {
             return Err(format!(
                 "{key}.name: \"{}\" must be letters, digits, '-', '_' or '.' (it appears in URLs)",
                 self.name
@@ -386,6 +575,13 @@ impl RawUpstream {
             Some(d) => duration(&format!("{key}.timeout"), &d)?,
             None => Duration::from_secs(30),
         };
+        let idempotency_header =
+            match self.idempotency_header {
+                Some(h) => Some(http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    format!("{key}.idempotency_header: \"{h}\" is not a header name")
+                })?),
+                None => None,
+            };
         Ok(Upstream {
             name: self.name,
             index,
@@ -395,6 +591,7 @@ impl RawUpstream {
             retry,
             credential,
             timeout,
+            idempotency_header,
         })
     }
 }
@@ -482,6 +679,41 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         let c = Config::parse(text, "examples/headroom.toml").unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert!(c.upstreams[1].budget_config.limits.is_empty());
+    }
+
+    #[test]
+    fn queues_are_read_and_checked() {
+        let text = r#"
+[[queues]]
+name = "sync"
+mode = "throttled"
+max_concurrency = 3
+scope = "tenant"
+dedup_window = "5m"
+retry = { max_attempts = 7, interval = "2m", backoff = "fixed" }
+
+[[queues]]
+name = "ordered"
+mode = "sequential"
+"#;
+        let c = Config::parse(text, "h.toml").unwrap();
+        assert_eq!(c.queues.len(), 3);
+        assert_eq!(c.queues[0].name, "default");
+        let sync = c.queue("sync").unwrap();
+        assert_eq!(sync.mode, crate::jobs::QueueMode::Throttled(3));
+        assert_eq!(sync.scope, QueueScope::Tenant);
+        assert_eq!(sync.retry_delay(3), Duration::from_secs(120));
+        assert_eq!(
+            c.queue("ordered").unwrap().mode,
+            crate::jobs::QueueMode::Sequential
+        );
+        assert_eq!(Queue::default().retry_delay(3), Duration::from_secs(240));
+        let e = error_of("[[queues]]\nname = \"q\"\nmode = \"throttled\"\n");
+        assert!(e.contains("queues[0].max_concurrency"), "{e}");
+        let e = error_of("[[queues]]\nname = \"q\"\nretry = { max_attempts = 11 }\n");
+        assert!(e.contains("queues[0].retry.max_attempts: 11"), "{e}");
+        let e = error_of("[[queues]]\nname = \"q\"\nmode = \"fifo\"\n");
+        assert!(e.contains("queues[0].mode: \"fifo\""), "{e}");
     }
 
     #[test]
