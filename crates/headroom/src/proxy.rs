@@ -181,7 +181,11 @@ fn read_ask(headers: &HeaderMap) -> Result<Ask, ApiError> {
 
 /// The upstream URI for `rest` (the path after `/proxy/{upstream}`, still percent-encoded)
 /// under the upstream's base URL. Refuses any segment that could climb out of the base path.
-fn target_uri(base: &url::Url, rest: &str, query: Option<&str>) -> Result<http::Uri, ApiError> {
+pub(crate) fn target_uri(
+    base: &url::Url,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<http::Uri, ApiError> {
     for segment in rest.split('/') {
         let decoded = percent_decode_str(segment).collect::<Vec<u8>>();
         let bad = decoded == b"."
@@ -219,7 +223,11 @@ fn target_uri(base: &url::Url, rest: &str, query: Option<&str>) -> Result<http::
 
 /// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the
 /// credential itself).
-fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) -> Arc<str> {
+pub(crate) fn budget_key(
+    upstream: &Upstream,
+    tenant: Option<&str>,
+    headers: &HeaderMap,
+) -> Arc<str> {
     if upstream.budget == BudgetScope::Shared {
         return Arc::from("shared");
     }

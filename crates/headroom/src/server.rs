@@ -33,6 +33,10 @@ pub struct App {
     pub client: UpstreamClient,
     pub metrics: Metrics,
     pub credentials: Credentials,
+    /// The durable store (jobs, batches, credentials).
+    pub store: crate::store::Store,
+    /// Wakes the job dispatcher when a job arrives or a slot frees.
+    pub jobs_wake: tokio::sync::Notify,
     /// `HEADROOM_API_TOKEN`: when set, `/v1` and `/proxy` require it (or a scoped token).
     pub api_token: Option<String>,
 }
@@ -52,14 +56,18 @@ impl AppState {
             .with_context(|| format!("cannot open the store {}", config.store))?;
         let governor = SharedGovernor::new(rand::random());
         governor.spawn_driver();
-        Ok(AppState(Arc::new(App {
+        let state = AppState(Arc::new(App {
             config: Arc::new(config),
             governor,
             client: client::build(),
             metrics: Metrics::new(),
+            store: credentials.store().clone(),
             credentials,
+            jobs_wake: tokio::sync::Notify::new(),
             api_token: api_token.filter(|t| !t.is_empty()),
-        })))
+        }));
+        // crate::jobs::dispatcher::start(state.clone()).await?;
+        Ok(state)
     }
 }
 
@@ -69,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/budgets", get(budgets))
         .merge(credentials::routes())
+        // .merge(crate::jobs::api::routes())
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))

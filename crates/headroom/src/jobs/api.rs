@@ -1,0 +1,443 @@
+//! `/v1/jobs`: submit, read, list and cancel jobs.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::model::*;
+use crate::auth::authenticate;
+use crate::cfg::QueueScope;
+use crate::error::{ApiError, ApiResult};
+use crate::server::AppState;
+
+/// A job's request body may be at most this large.
+pub const MAX_JOB_BODY: usize = 1 << 20;
+const MAX_PAGE: u32 = 500;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", get(list).post(submit))
+        .route("/v1/jobs/{id}", get(get_one).delete(cancel))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitJob {
+    upstream: String,
+    tenant: Option<String>,
+    queue: Option<String>,
+    lane: Option<String>,
+    dedup_id: Option<String>,
+    request: SubmitRequest,
+    callback_url: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitRequest {
+    method: String,
+    path: String,
+    query: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    body: Option<Value>,
+    body_base64: Option<String>,
+}
+
+/// Parses a JSON body into `T`, with a 400 that names the field serde could not read.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
+}
+
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!(
+        "{prefix}_{:012x}{:016x}",
+        now_millis(),
+        rand::random::<u64>()
+    )
+}
+
+pub(crate) fn check_tenant(t: &str) -> ApiResult<()> {
+    let ok = !t.is_empty()
+        && t.len() <= 128
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "tenant: \"{t}\" must be 1 to 128 letters, digits, '-', '_', '.', ':' or '@'"
+        )))
+    }
+}
+
+pub(crate) fn parse_lane(
+    lane: Option<&str>,
+    default: headroom_core::Lane,
+) -> ApiResult<headroom_core::Lane> {
+    match lane {
+        None => Ok(default),
+        Some(l) => l
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("lane: {e}"))),
+    }
+}
+
+pub(crate) fn check_callback(url: &str) -> ApiResult<()> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "callback_url: \"{url}\" must be an http:// or https:// URL"
+        ))),
+    }
+}
+
+/// Checks the method, path, query and headers of a job's request; the body is `body`.
+pub(crate) fn check_request(
+    upstream: &crate::cfg::Upstream,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &std::collections::BTreeMap<String, String>,
+) -> ApiResult<()> {
+    if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "request.method: \"{method}\" is not an HTTP method"
+        )));
+    }
+    if !path.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "request.path: \"{path}\" must start with '/'"
+        )));
+    }
+    crate::proxy::target_uri(&upstream.base_url, path, query)
+        .map_err(|e| ApiError::bad_request(format!("request.path: {e}")))?;
+    for (name, value) in headers {
+        let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ApiError::bad_request(format!("request.headers: \"{name}\" is not a header name"))
+        })?;
+        if n.as_str().starts_with("headroom-") {
+            return Err(ApiError::bad_request(format!(
+                "request.headers: \"{name}\": Headroom headers are set by the job's fields"
+            )));
+        }
+        http::HeaderValue::from_str(value).map_err(|_| {
+            ApiError::bad_request(format!(
+                "request.headers.{name}: the value must be visible ASCII without line breaks"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+async fn submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let principal = authenticate(&app, &headers, false).await?;
+    let s: SubmitJob = parse_json(&body)?;
+    let upstream = app.config.upstream(&s.upstream).cloned().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "upstream: \"{}\" is not a configured upstream; configured: {}",
+            s.upstream,
+            app.config
+                .upstreams
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let queue_name = s.queue.unwrap_or_else(|| "default".to_string());
+    let queue = app.config.queue(&queue_name).cloned().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "queue: \"{queue_name}\" is not a configured queue; configured: {}",
+            app.config
+                .queues
+                .iter()
+                .map(|q| q.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if let Some(t) = &s.tenant {
+        check_tenant(t)?;
+    }
+    let tenant = principal.tenant_for(s.tenant.as_deref())?;
+    if queue.scope == QueueScope::Tenant && tenant.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "tenant: queue \"{}\" is scoped per tenant; give the job a tenant",
+            queue.name
+        )));
+    }
+    let lane = parse_lane(s.lane.as_deref(), headroom_core::Lane::Bulk)?;
+    let r = s.request;
+    check_request(
+        &upstream,
+        &r.method,
+        &r.path,
+        r.query.as_deref(),
+        &r.headers,
+    )?;
+    let (body, body_is_json) = match (r.body, r.body_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "request: give either body (JSON) or body_base64, not both",
+            ))
+        }
+        (Some(v), None) => (
+            Some(serde_json::to_vec(&v).map_err(anyhow::Error::from)?),
+            true,
+        ),
+        (None, Some(b64)) => (
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        ApiError::bad_request(format!("request.body_base64: not valid base64: {e}"))
+                    })?,
+            ),
+            false,
+        ),
+        (None, None) => (None, false),
+    };
+    if body.as_ref().is_some_and(|b| b.len() > MAX_JOB_BODY) {
+        return Err(ApiError::PayloadTooLarge {
+            detail: format!("request.body: at most {MAX_JOB_BODY} bytes"),
+        });
+    }
+    if let Some(url) = &s.callback_url {
+        check_callback(url)?;
+    }
+    let max_attempts = s.max_attempts.unwrap_or(queue.max_attempts);
+    if !(1..=10).contains(&max_attempts) {
+        return Err(ApiError::bad_request(format!(
+            "max_attempts: {max_attempts} is out of range; use 1 to 10"
+        )));
+    }
+    if let Some(d) = &s.dedup_id {
+        if d.is_empty() || d.len() > 256 {
+            return Err(ApiError::bad_request(
+                "dedup_id: must be 1 to 256 characters",
+            ));
+        }
+    }
+    let now = now_millis();
+    let id = new_id("job");
+    let new = NewJob {
+        id: id.clone(),
+        queue: queue.name.clone(),
+        scope: match queue.scope {
+            QueueScope::Global => String::new(),
+            QueueScope::Tenant => tenant.clone().unwrap_or_default(),
+        },
+        upstream: upstream.name.clone(),
+        tenant,
+        lane,
+        request: JobRequest {
+            method: r.method.to_ascii_uppercase(),
+            path: r.path,
+            query: r.query,
+            headers: r.headers.into_iter().collect(),
+            body,
+            body_is_json,
+        },
+        dedup_until: s
+            .dedup_id
+            .as_ref()
+            .map(|_| now + queue.dedup_window.as_millis() as Millis),
+        dedup_id: s.dedup_id,
+        callback_url: s.callback_url,
+        max_attempts,
+        idempotency_key: id,
+        created_at: now,
+    };
+    let (status, job, deduplicated) = match app.store.insert_job(new).await? {
+        Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
+        Inserted::Duplicate(job) => (StatusCode::OK, job, true),
+    };
+    app.jobs_wake.notify_one();
+    let mut view = job_view(&job, None);
+    if deduplicated {
+        view["deduplicated"] = json!(true);
+    }
+    Ok((status, Json(view)).into_response())
+}
+
+/// A job as the API shows it.
+pub fn job_view(job: &Job, attempts: Option<&[AttemptRecord]>) -> Value {
+    let n = &job.new;
+    let response = job.response.as_ref().map(|r| {
+        let body = match serde_json::from_slice::<Value>(&r.body) {
+            Ok(v) => json!({ "body": v }),
+            Err(_) if r.body.is_empty() => json!({}),
+            Err(_) => {
+                json!({ "body_base64": base64::engine::general_purpose::STANDARD.encode(&r.body) })
+            }
+        };
+        let mut v = json!({
+            "status": r.status,
+            "headers": r.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        });
+        if let (Some(obj), Some(b)) = (v.as_object_mut(), body.as_object()) {
+            obj.extend(b.clone());
+        }
+        v
+    });
+    let mut v = json!({
+        "id": n.id,
+        "status": job.status.as_str(),
+        "queue": n.queue,
+        "upstream": n.upstream,
+        "tenant": n.tenant,
+        "lane": match n.lane { headroom_core::Lane::Realtime => "realtime", headroom_core::Lane::Bulk => "bulk" },
+        "dedup_id": n.dedup_id,
+        "request": {
+            "method": n.request.method,
+            "path": n.request.path,
+            "query": n.request.query,
+        },
+        "attempts": job.attempts,
+        "max_attempts": n.max_attempts,
+        "next_attempt_at": rfc3339(job.next_attempt_at),
+        "created_at": rfc3339(n.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "last_error": job.last_error,
+        "response": response,
+        "callback_url": n.callback_url,
+        "callback": job.callback,
+    });
+    if let Some(attempts) = attempts {
+        v["attempts_log"] = json!(attempts
+            .iter()
+            .map(|a| json!({
+                "number": a.number,
+                "started_at": rfc3339(a.started_at),
+                "finished_at": rfc3339(a.finished_at),
+                "status": a.status,
+                "wait_ms": a.wait_ms,
+                "rate_limit_headers": a.rate_limit_headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+                "error": a.error,
+            }))
+            .collect::<Vec<_>>());
+    }
+    v
+}
+
+pub(crate) fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+async fn get_one(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let principal = authenticate(&app, &headers, false).await?;
+    let job = app
+        .store
+        .get_job(&id)
+        .await?
+        .filter(|j| visible(&principal, j))
+        .ok_or_else(|| ApiError::not_found(format!("no job \"{id}\"")))?;
+    let attempts = app.store.attempts(&id).await?;
+    Ok(Json(job_view(&job, Some(&attempts))))
+}
+
+fn visible(principal: &crate::auth::Principal, job: &Job) -> bool {
+    match principal {
+        crate::auth::Principal::Tenant(t) => job.new.tenant.as_deref() == Some(t.as_str()),
+        _ => true,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    tenant: Option<String>,
+    queue: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let principal = authenticate(&app, &headers, false).await?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status: \"{s}\" is not a job status; use queued, running, retry_pending, succeeded, failed or cancelled"
+            ))
+        })?),
+    };
+    let tenant = principal.tenant_for(q.tenant.as_deref())?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
+    }
+    let filter = JobFilter {
+        status,
+        tenant,
+        queue: q.queue,
+    };
+    let page = app
+        .store
+        .list_jobs(&filter, q.cursor.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({
+        "jobs": page.items.iter().map(|j| job_view(j, None)).collect::<Vec<_>>(),
+        "next_cursor": page.next,
+    })))
+}
+
+async fn cancel(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let principal = authenticate(&app, &headers, false).await?;
+    if let Some(job) = app.store.get_job(&id).await? {
+        if !visible(&principal, &job) {
+            return Err(ApiError::not_found(format!("no job \"{id}\"")));
+        }
+    }
+    match app.store.cancel_job(&id, now_millis()).await? {
+        Cancelled::NotFound => Err(ApiError::not_found(format!("no job \"{id}\""))),
+        Cancelled::Done(job) => Ok(Json(job_view(&job, None))),
+        Cancelled::Unchanged(job) => {
+            let mut v = job_view(&job, None);
+            v["detail"] = json!(format!(
+                "the job is {}; only queued or retry_pending jobs can be cancelled",
+                job.status.as_str()
+            ));
+            Ok(Json(v))
+        }
+    }
+}
+
+/// Sleeps at most this long between looks for ready jobs, even with nothing scheduled.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);

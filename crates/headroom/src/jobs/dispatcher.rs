@@ -1,0 +1,446 @@
+//! The job dispatcher: claims ready jobs from the store, sends each through the governor
+//! (budgets, lanes, breaker) like a proxied call, and records where it goes next. Waiting
+//! retries live in the store as `retry_pending` with a time, never as sleeping tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use headroom_core::{RejectReason, Signals};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::sync::Semaphore;
+
+use super::model::*;
+use crate::cfg::{Queue, Upstream};
+use crate::proxy::{call_once, Answer, Call};
+use crate::server::AppState;
+
+/// Jobs running at once in this process (each waits in the governor or on its upstream).
+const MAX_RUNNING: usize = 512;
+/// A job keeps at most this much of the upstream's answer.
+const MAX_STORED_BODY: usize = 64 << 10;
+/// Callbacks are tried this many times, doubling the wait from one second.
+const CALLBACK_ATTEMPTS: u32 = 8;
+
+/// Rate-limit headers worth keeping with an attempt.
+fn is_rate_limit_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("ratelimit")
+        || n.contains("rate-limit")
+        || n == "retry-after"
+        || n == "sforce-limit-info"
+        || n == "x-shopify-shop-api-call-limit"
+}
+
+/// Starts the dispatcher and the callback sender; first puts back what a crash left running.
+pub async fn start(app: AppState) -> anyhow::Result<()> {
+    let requeued = app.store.requeue_running(now_millis()).await?;
+    if requeued > 0 {
+        tracing::warn!(
+            requeued,
+            "jobs left running by an abrupt stop go again (they may have been sent once)"
+        );
+    }
+    tokio::spawn(dispatch_loop(app.clone()));
+    tokio::spawn(callback_loop(app));
+    Ok(())
+}
+
+fn rules(app: &AppState) -> Vec<QueueRule> {
+    app.config
+        .queues
+        .iter()
+        .map(|q| QueueRule {
+            name: q.name.clone(),
+            mode: q.mode,
+        })
+        .collect()
+}
+
+async fn dispatch_loop(app: AppState) {
+    let slots = Arc::new(Semaphore::new(MAX_RUNNING));
+    let rules = rules(&app);
+    loop {
+        let free = slots.available_permits() as u32;
+        let claimed = if free > 0 {
+            match app.store.claim_ready(now_millis(), &rules, free).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot claim jobs; retrying in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let got = claimed.len();
+        for job in claimed {
+            let permit = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let app = app.clone();
+            tokio::spawn(async move {
+                run_job(&app, job).await;
+                drop(permit);
+                app.jobs_wake.notify_one();
+            });
+        }
+        if got > 0 && slots.available_permits() > 0 {
+            continue; // there may be more ready
+        }
+        let wait = match app.store.next_ready_at().await {
+            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(0, 1000) as u64),
+            _ => super::api::IDLE_POLL,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.jobs_wake.notified() => {}
+        }
+    }
+}
+
+/// One attempt of a job, recorded whatever happens.
+async fn run_job(app: &AppState, job: Job) {
+    let started = now_millis();
+    let (transition, mut attempt) = attempt_job(app, &job).await;
+    attempt.started_at = started;
+    attempt.finished_at = now_millis();
+    let id = job.new.id.clone();
+    match app
+        .store
+        .finish_attempt(attempt, transition, now_millis())
+        .await
+    {
+        Ok(job) if job.status.is_final() => {
+            tracing::info!(job = %id, status = job.status.as_str(), attempts = job.attempts, "job finished");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(job = %id, error = %format!("{e:#}"), "cannot record a job's attempt")
+        }
+    }
+}
+
+fn blank_attempt(job: &Job) -> AttemptRecord {
+    AttemptRecord {
+        job_id: job.new.id.clone(),
+        number: job.attempts + 1,
+        started_at: 0,
+        finished_at: 0,
+        status: None,
+        wait_ms: 0,
+        rate_limit_headers: Vec::new(),
+        error: None,
+    }
+}
+
+fn failed(attempt: AttemptRecord, error: String) -> (Transition, AttemptRecord) {
+    let mut attempt = attempt;
+    attempt.error = Some(error.clone());
+    (
+        Transition::Failed {
+            error,
+            response: None,
+        },
+        attempt,
+    )
+}
+
+/// What a failed attempt that may be retried becomes: a retry at the queue's interval, or
+/// final failure once the attempts are spent.
+fn retry_or_fail(
+    job: &Job,
+    queue: &Queue,
+    error: String,
+    response: Option<JobResponse>,
+) -> Transition {
+    let attempts = job.attempts + 1;
+    if attempts >= job.new.max_attempts {
+        Transition::Failed {
+            error: format!("{error} (after {attempts} attempts)"),
+            response,
+        }
+    } else {
+        Transition::Retry {
+            at: now_millis()
+                + queue
+                    .retry_delay(attempts)
+                    .as_millis()
+                    .min(i64::MAX as u128) as Millis,
+            error,
+            burn_attempt: true,
+        }
+    }
+}
+
+async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
+    let mut attempt = blank_attempt(job);
+    let n = &job.new;
+    let Some(upstream) = app.config.upstream(&n.upstream).cloned() else {
+        return failed(
+            attempt,
+            format!("upstream \"{}\" is no longer configured", n.upstream),
+        );
+    };
+    let queue = app
+        .config
+        .queue(&n.queue)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Queue::default()));
+    let uri = match crate::proxy::target_uri(
+        &upstream.base_url,
+        &n.request.path,
+        n.request.query.as_deref(),
+    ) {
+        Ok(u) => u,
+        Err(e) => return failed(attempt, format!("request.path: {e}")),
+    };
+    let Ok(method) = Method::from_bytes(n.request.method.as_bytes()) else {
+        return failed(
+            attempt,
+            format!("request.method \"{}\" is not valid", n.request.method),
+        );
+    };
+    let headers = match job_headers(app, &upstream, job).await {
+        Ok(h) => h,
+        Err(e) => return failed(attempt, e),
+    };
+    let key = (
+        upstream.index,
+        crate::proxy::budget_key(&upstream, n.tenant.as_deref(), &headers),
+    );
+    let lease = match app
+        .governor
+        .acquire(
+            key.clone(),
+            &upstream.budget_config,
+            n.lane,
+            1.0,
+            upstream.retry.max_wait,
+        )
+        .await
+    {
+        Ok(lease) => lease,
+        Err(rejection) => {
+            // Not the job's fault: wait for the budget without spending an attempt.
+            let error = match rejection.reason {
+                RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
+                _ => "the budget has no room within the wait cap",
+            };
+            attempt.error = Some(error.to_string());
+            let at = now_millis() + rejection.retry_after.as_millis().max(100) as Millis;
+            return (
+                Transition::Retry {
+                    at,
+                    error: error.to_string(),
+                    burn_attempt: false,
+                },
+                attempt,
+            );
+        }
+    };
+    attempt.wait_ms = lease.waited.as_millis() as u64;
+    let tenant_label = n.tenant.clone().unwrap_or_else(|| key.1.to_string());
+    let call = Call {
+        upstream: &upstream,
+        tenant: &tenant_label,
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        attempt: job.attempts + 1,
+    };
+    let body = n
+        .request
+        .body
+        .clone()
+        .map(Body::from)
+        .unwrap_or_else(Body::empty);
+    match call_once(app, &call, lease, body, MAX_STORED_BODY, true).await {
+        Answer::Unreachable(reason) => {
+            attempt.error = Some(reason.clone());
+            (
+                retry_or_fail(
+                    job,
+                    &queue,
+                    format!("cannot reach the upstream: {reason}"),
+                    None,
+                ),
+                attempt,
+            )
+        }
+        Answer::Answered {
+            parts,
+            inspected,
+            signals,
+            ..
+        } => {
+            let status = parts.status.as_u16();
+            attempt.status = Some(status);
+            attempt.rate_limit_headers = parts
+                .headers
+                .iter()
+                .filter(|(k, _)| is_rate_limit_header(k.as_str()))
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            let response = JobResponse {
+                status,
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                    .collect(),
+                body: inspected.map(|b| b.to_vec()).unwrap_or_default(),
+            };
+            (
+                classify(job, &queue, &upstream, status, &signals, response),
+                attempt,
+            )
+        }
+    }
+}
+
+/// Where an answered attempt sends the job.
+fn classify(
+    job: &Job,
+    queue: &Queue,
+    upstream: &Upstream,
+    status: u16,
+    signals: &Signals,
+    response: JobResponse,
+) -> Transition {
+    if signals.throttled {
+        // The budget is paused until the upstream's time; the job waits for it in the store,
+        // without spending an attempt.
+        let wait = signals
+            .retry_after
+            .or_else(|| {
+                signals
+                    .limits
+                    .iter()
+                    .filter(|l| l.remaining == Some(0.0))
+                    .filter_map(|l| l.reset_in)
+                    .max()
+            })
+            .unwrap_or(Duration::from_secs(1));
+        return Transition::Retry {
+            at: now_millis() + wait.as_millis().max(50) as Millis,
+            error: format!("throttled by the upstream ({status})"),
+            burn_attempt: false,
+        };
+    }
+    if (200..300).contains(&status) {
+        return Transition::Succeeded { response };
+    }
+    let error = format!("the upstream answered {status}");
+    if upstream.retry.on_status.contains(&status) || status == 408 {
+        retry_or_fail(job, queue, error, Some(response))
+    } else {
+        Transition::Failed {
+            error,
+            response: Some(response),
+        }
+    }
+}
+
+/// The job's headers, its tenant's credential and its idempotency key.
+async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &job.new.request.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header \"{k}\" is not valid"))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|_| format!("header \"{k}\" has an invalid value"))?;
+        headers.append(name, value);
+    }
+    if job.new.request.body.is_some()
+        && job.new.request.body_is_json
+        && !headers.contains_key(http::header::CONTENT_TYPE)
+    {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    if let Some(t) = job.new.tenant.as_deref() {
+        match app.credentials.get(t, &upstream.name).await {
+            Ok(Some(credential)) => {
+                let value = if upstream.credential.scheme.is_empty() {
+                    credential.to_string()
+                } else {
+                    format!("{} {credential}", upstream.credential.scheme)
+                };
+                let mut value = HeaderValue::from_str(&value)
+                    .map_err(|_| "the stored credential is not a valid header value".to_string())?;
+                value.set_sensitive(true);
+                headers.insert(upstream.credential.header.clone(), value);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot read the tenant's credential: {e:#}")),
+        }
+    }
+    if let Some(name) = &upstream.idempotency_header {
+        if let Ok(v) = HeaderValue::from_str(&job.new.idempotency_key) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    Ok(headers)
+}
+
+/// POSTs final outcomes to callback URLs, with retries kept in the store.
+async fn callback_loop(app: AppState) {
+    loop {
+        let due = app
+            .store
+            .due_callbacks(now_millis(), 64)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %format!("{e:#}"), "cannot read due callbacks");
+                Vec::new()
+            });
+        if due.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        for job in due {
+            let delivered = deliver_callback(&app, &job).await;
+            let next = if delivered || job.callback_attempts + 1 >= CALLBACK_ATTEMPTS {
+                None
+            } else {
+                Some(now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
+            };
+            if !delivered && next.is_none() {
+                tracing::warn!(job = %job.new.id, "callback failed after its retries");
+            }
+            if let Err(e) = app
+                .store
+                .callback_attempted(&job.new.id, delivered, next)
+                .await
+            {
+                tracing::error!(error = %format!("{e:#}"), "cannot record a callback");
+            }
+        }
+    }
+}
+
+async fn deliver_callback(app: &AppState, job: &Job) -> bool {
+    let Some(url) = job.new.callback_url.as_deref() else {
+        return true;
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let body = serde_json::to_vec(&super::api::job_view(job, None)).unwrap_or_default();
+    let request = http::Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("headroom-job-id", job.new.id.as_str())
+        .body(Body::from(body));
+    let Ok(request) = request else {
+        return false;
+    };
+    match tokio::time::timeout(Duration::from_secs(10), app.client.request(request)).await {
+        Ok(Ok(r)) => r.status().is_success(),
+        _ => false,
+    }
+}
