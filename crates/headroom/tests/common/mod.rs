@@ -165,3 +165,218 @@ pub fn mock(profile: Profile, limit: u32, window_s: u64) -> MockConfig {
         ..MockConfig::default()
     }
 }
+
+/// A request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A tiny upstream that records every request and answers from a script of statuses
+/// (then 200s), for what the mock does not show: headers received, callbacks, order.
+#[derive(Clone)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    script:
+        std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>)>>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = Recorder {
+            addr,
+            seen: Default::default(),
+            script: Default::default(),
+        };
+        let r = recorder.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let r = r.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                r.seen.lock().unwrap().push(Recorded {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                    body,
+                });
+                let (status, headers) = r
+                    .script
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or((200, Vec::new()));
+                let mut response = axum::response::Response::builder().status(status);
+                for (k, v) in headers {
+                    response = response.header(k, v);
+                }
+                response
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from("{\"ok\":true}"))
+                    .unwrap()
+            }
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        recorder
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next answers, in order: a status and headers each.
+    pub fn answer(&self, status: u16, headers: &[(&str, &str)]) {
+        self.script.lock().unwrap().push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
+    }
+
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `limit`) until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n || tokio::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Headroom alone (no mock) in front of `base_url`, with `config` as the whole TOML after
+/// the store (use `{base}` where the upstream's URL goes).
+pub struct Server {
+    pub addr: SocketAddr,
+    pub client: HttpClient,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Server {
+    pub async fn start(config: &str, base: &str) -> Server {
+        Server::start_in(
+            std::sync::Arc::new(tempfile::tempdir().unwrap()),
+            config,
+            base,
+        )
+        .await
+    }
+
+    /// Starts on the store in `dir` (to restart on the same data).
+    pub async fn start_in(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        config: &str,
+        base: &str,
+    ) -> Server {
+        let toml = format!(
+            "store = \"sqlite://{}/headroom.db\"\n{}",
+            dir.path().display(),
+            config.replace("{base}", base)
+        );
+        let config = Config::parse(&toml, "test.toml").expect("a valid test config");
+        let state = AppState::new(config, None).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(state.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            state,
+            stop: Some(stop),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        send(&self.client, self.addr, Method::GET, path, &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        send(&self.client, self.addr, Method::DELETE, path, &[]).await
+    }
+
+    /// POSTs a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
+        post_raw(
+            &self.client,
+            self.addr,
+            path,
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &[u8]) -> Reply {
+        post_raw(&self.client, self.addr, path, body.to_vec()).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Polls a job until it is final (or `limit` passes); returns its last view.
+    pub async fn wait_job(&self, id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_slice(&self.get(&format!("/v1/jobs/{id}")).await.body).unwrap();
+            let status = v["status"].as_str().unwrap_or("").to_string();
+            if ["succeeded", "failed", "cancelled"].contains(&status.as_str())
+                || tokio::time::Instant::now() > deadline
+            {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub async fn post_raw(client: &HttpClient, addr: SocketAddr, path: &str, body: Vec<u8>) -> Reply {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = client.request(request).await.expect("Headroom answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
