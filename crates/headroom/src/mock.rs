@@ -228,6 +228,14 @@ pub struct MockStats {
     /// The most calls accepted in one window (windows aligned to the start or the last reset),
     /// over all tenants, not counting the hidden client. 0 for `unlimited`.
     pub max_in_window: u64,
+    /// Records received in accepted HubSpot-style batch calls (`…/batch/…` with `inputs`).
+    pub batch_records: u64,
+    /// Distinct records applied by batch calls (accepted, not failing validation).
+    pub batch_records_applied: u64,
+    /// Records applied again after an earlier call had applied them already.
+    pub batch_records_reapplied: u64,
+    /// Records refused for validation (an `email` property containing `invalid`).
+    pub batch_records_invalid: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -277,6 +285,10 @@ struct Inner {
     hidden_accepted: u64,
     hidden_throttled: u64,
     window: WindowCount,
+    /// Batch records applied, by `objectWriteTraceId`, with how often.
+    applied: HashMap<String, u32>,
+    batch_records: u64,
+    batch_records_invalid: u64,
 }
 
 impl Inner {
@@ -290,6 +302,9 @@ impl Inner {
             hidden_accepted: 0,
             hidden_throttled: 0,
             window: WindowCount::default(),
+            applied: HashMap::new(),
+            batch_records: 0,
+            batch_records_invalid: 0,
         }
     }
 }
@@ -330,7 +345,59 @@ impl Shared {
                 })
                 .collect(),
             max_in_window: inner.window.max,
+            batch_records: inner.batch_records,
+            batch_records_applied: inner.applied.len() as u64,
+            batch_records_reapplied: inner.applied.values().map(|n| u64::from(n - 1)).sum(),
+            batch_records_invalid: inner.batch_records_invalid,
         }
+    }
+
+    /// Answers an accepted HubSpot-style batch call: every input is applied except those
+    /// whose `properties.email` contains `invalid`, which fail validation (a 207).
+    fn batch(&self, body: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let inputs = v.get("inputs")?.as_array()?;
+        let mut inner = self.lock();
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for input in inputs {
+            let trace = input
+                .get("objectWriteTraceId")
+                .map(|t| t.as_str().map_or_else(|| t.to_string(), str::to_string))
+                .unwrap_or_default();
+            inner.batch_records += 1;
+            let email = input
+                .pointer("/properties/email")
+                .and_then(|e| e.as_str())
+                .unwrap_or("");
+            if email.contains("invalid") {
+                inner.batch_records_invalid += 1;
+                errors.push(serde_json::json!({
+                    "status": "error",
+                    "category": "VALIDATION_ERROR",
+                    "message": format!("Property values were not valid: email \"{email}\""),
+                    "context": { "objectWriteTraceId": [trace] },
+                }));
+            } else {
+                *inner.applied.entry(trace.clone()).or_insert(0) += 1;
+                results.push(serde_json::json!({
+                    "id": format!("{}", 1000 + inner.applied.len()),
+                    "objectWriteTraceId": trace,
+                    "properties": input.get("properties").cloned().unwrap_or_default(),
+                }));
+            }
+        }
+        let status = if errors.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::MULTI_STATUS
+        };
+        let mut out = serde_json::json!({ "status": "COMPLETE", "results": results });
+        if !errors.is_empty() {
+            out["numErrors"] = serde_json::json!(errors.len());
+            out["errors"] = serde_json::json!(errors);
+        }
+        Some((status, out.to_string().into_bytes()))
     }
 
     fn reset(&self) {
@@ -559,6 +626,9 @@ struct Echo<'a> {
     body_bytes: u64,
 }
 
+/// Batch call bodies are read up to this size.
+const MAX_BATCH_BODY: usize = 16 << 20;
+
 /// What `?status=` and `?sleep_ms=` ask for.
 #[derive(Default)]
 struct Forced {
@@ -610,7 +680,10 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             return json_response(StatusCode::BAD_REQUEST, body.to_string().into_bytes());
         }
     };
-    // Count the body without buffering it, so any size is fine.
+    // Count the body without buffering it, so any size is fine; batch calls are kept (up to
+    // a limit) to answer them record by record.
+    let is_batch = parts.uri.path().contains("/batch/");
+    let mut kept = Vec::new();
     let mut body_bytes = 0u64;
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -618,6 +691,9 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
                     body_bytes += data.len() as u64;
+                    if is_batch && kept.len() < MAX_BATCH_BODY {
+                        kept.extend_from_slice(data);
+                    }
                 }
             }
             Err(_) => {
@@ -663,7 +739,14 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
-    let mut response = if accepted {
+    let batch = if accepted && is_batch {
+        shared.batch(&kept)
+    } else {
+        None
+    };
+    let mut response = if let Some((status, body)) = batch {
+        json_response(status, body)
+    } else if accepted {
         let body = serde_json::to_vec(&echo(true)).unwrap_or_default();
         json_response(StatusCode::OK, body)
     } else {

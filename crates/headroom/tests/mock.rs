@@ -228,3 +228,50 @@ async fn a_hidden_client_spends_the_quota() {
     }
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn hubspot_batches_apply_records_and_refuse_invalid_ones() {
+    let (mock, client) = start(Profile::Hubspot, 10).await;
+    let batch = |ids: &[&str]| {
+        let inputs: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                let email = if id.starts_with("bad") {
+                    "invalid@"
+                } else {
+                    "a@example.com"
+                };
+                serde_json::json!({"objectWriteTraceId": id, "properties": {"email": email}})
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap()
+    };
+    let post = |body: Vec<u8>| {
+        let request = Request::builder()
+            .method("POST")
+            .uri(format!(
+                "{}/crm/v3/objects/contacts/batch/upsert",
+                mock.url()
+            ))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        client.request(request)
+    };
+    let r = post(batch(&["r1", "r2"])).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = post(batch(&["r3", "bad4"])).await.unwrap();
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        body["errors"][0]["context"]["objectWriteTraceId"][0],
+        "bad4"
+    );
+    assert_eq!(body["results"][0]["objectWriteTraceId"], "r3");
+    post(batch(&["r1"])).await.unwrap();
+    let stats = mock.stats();
+    assert_eq!(stats.batch_records, 5);
+    assert_eq!(stats.batch_records_applied, 3);
+    assert_eq!(stats.batch_records_reapplied, 1);
+    assert_eq!(stats.batch_records_invalid, 1);
+}
