@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cfg;
 pub mod client;
 pub mod credentials;
+pub mod demo;
 pub mod error;
 pub mod governor;
 pub mod metrics;

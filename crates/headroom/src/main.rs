@@ -66,6 +66,26 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Mock(headroom::mock::Args),
 
+    /// See Headroom work in 30 seconds: a bulk import and real-time calls against a
+    /// rate-limited mock API, paced live, with a closing table.
+    ///
+    /// Starts a mock upstream (HubSpot-like: 100 calls per 10 s) and a Headroom server on
+    /// loopback ports, then imports --records records through the proxy with many concurrent
+    /// bulk workers while real-time calls arrive at random. Headroom holds the import to
+    /// headroom × quota (80 calls per window, one every 125 ms), so the mock throttles
+    /// nothing, and lets each real-time call pass the queued import. The table shows goodput
+    /// per window against headroom × quota and the quota, the calls the mock throttled,
+    /// Headroom's retries, the real-time wait (p50/p99) against the pacing interval, and the
+    /// busiest window at the mock. Nothing outside the process is touched; Ctrl-C stops it.
+    ///
+    /// Examples:
+    ///
+    ///   headroom demo
+    ///   headroom demo --profile shopify --hidden-share 0.3
+    ///   headroom demo --records 160 --json
+    #[command(verbatim_doc_comment)]
+    Demo(headroom::demo::Args),
+
     /// Manage per-tenant upstream credentials on a running server (stored encrypted,
     /// injected by the proxy, never shown again).
     ///
@@ -127,6 +147,7 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => headroom::server::run(args),
         Command::Mock(args) => headroom::mock::run(args),
+        Command::Demo(args) => headroom::demo::run(args),
         Command::Tenants(args) => headroom::tenants_cli::run_tenants(args),
         Command::Tokens(args) => headroom::tenants_cli::run_tokens(args),
         Command::CheckConfig { file } => headroom::server::check_config(&file),
