@@ -998,6 +998,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         print!("{}", report.table());
     }
+    if report.interrupted {
+        anyhow::bail!(
+            "interrupted: {} of {} records were not sent",
+            report.records_unfinished,
+            report.records
+        );
+    }
     if report.records_failed > 0 {
         anyhow::bail!(
             "{} of {} records failed",
