@@ -3,6 +3,23 @@
 //! Everything Headroom keeps goes through the methods here, with plain, portable SQL, so that
 //! a PostgreSQL store can offer the same methods later. Values arrive already encrypted where
 //! they need to be: the store never sees a credential in the clear.
+//!
+//! Writes: SQLite has one writer at a time. Every write transaction of the jobs and batches
+//! goes through one dedicated writer connection (`Store::write`), which queues writers in
+//! this process fairly instead of letting them collide on the file lock (`SQLITE_BUSY`), and
+//! starts with `BEGIN IMMEDIATE` so that a transaction that reads before it writes can never
+//! fail to upgrade its lock. Reads use a pool of connections beside it (WAL: readers never
+//! block the writer nor wait for it).
+//!
+//! Durability: a commit is in the WAL file when it returns (`synchronous = NORMAL`), so it
+//! survives the process being killed at any moment. After a power loss or an OS crash the
+//! last commits before the WAL was checkpointed may be lost; `synchronous = FULL` would close
+//! that at the cost of an fsync per commit.
+
+mod batches;
+pub mod conformance;
+mod credentials;
+mod jobs;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,14 +27,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
 /// How long a writer waits for another writer's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for the writers queued before it.
+const WRITER_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The one connection that writes jobs and batches (the same pool as `pool` in memory).
+    writer: SqlitePool,
     /// The database file; `None` for an in-memory database.
     path: Option<PathBuf>,
 }
@@ -101,14 +122,42 @@ impl Store {
             )
         };
         let pool = pool_options
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot open the SQLite database {url}"))?;
         sqlx::migrate!()
             .run(&pool)
             .await
             .with_context(|| format!("cannot bring the database {url} up to date"))?;
-        Ok(Store { pool, path })
+        let writer = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(WRITER_WAIT)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot open the SQLite database {url} for writing"))?
+        };
+        Ok(Store { pool, writer, path })
+    }
+
+    /// Starts a write transaction on the writer connection, waiting for the writers before
+    /// it. Nothing may be read through `pool` while it is open (in memory they are the same
+    /// connection): read through the transaction.
+    pub(crate) async fn write(&self) -> anyhow::Result<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .context("cannot start a write transaction")
+    }
+
+    /// The writer connection's pool, for writes that are one statement.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -118,189 +167,6 @@ impl Store {
     /// The database file, `None` for an in-memory database.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-
-    // ---- credentials -------------------------------------------------------------------
-
-    /// Inserts or replaces the sealed credential of (tenant, upstream).
-    pub async fn put_credential(
-        &self,
-        tenant: &str,
-        upstream: &str,
-        sealed: &SealedCredential,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO credentials (tenant, upstream, nonce, ciphertext, updated_at) \
-             VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant, upstream) DO UPDATE SET \
-             nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(tenant)
-        .bind(upstream)
-        .bind(&sealed.nonce)
-        .bind(&sealed.ciphertext)
-        .bind(now_rfc3339())
-        .execute(&self.pool)
-        .await
-        .context("cannot store a credential")?;
-        Ok(())
-    }
-
-    pub async fn get_credential(
-        &self,
-        tenant: &str,
-        upstream: &str,
-    ) -> anyhow::Result<Option<SealedCredential>> {
-        let row = sqlx::query(
-            "SELECT nonce, ciphertext FROM credentials WHERE tenant = ? AND upstream = ?",
-        )
-        .bind(tenant)
-        .bind(upstream)
-        .fetch_optional(&self.pool)
-        .await
-        .context("cannot read a credential")?;
-        row.map(|r| {
-            Ok(SealedCredential {
-                nonce: r.try_get("nonce")?,
-                ciphertext: r.try_get("ciphertext")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Deletes the credential of (tenant, upstream); false if there was none.
-    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM credentials WHERE tenant = ? AND upstream = ?")
-            .bind(tenant)
-            .bind(upstream)
-            .execute(&self.pool)
-            .await
-            .context("cannot delete a credential")?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
-        let rows = sqlx::query(
-            "SELECT upstream, updated_at FROM credentials WHERE tenant = ? ORDER BY upstream",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await
-        .context("cannot list credentials")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(CredentialInfo {
-                    upstream: r.try_get("upstream")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn count_credentials(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials")
-            .fetch_one(&self.pool)
-            .await
-            .context("cannot count credentials")?;
-        Ok(row.try_get("n")?)
-    }
-
-    // ---- API tokens --------------------------------------------------------------------
-
-    pub async fn insert_token(
-        &self,
-        id: &str,
-        tenant: &str,
-        token_sha256: &[u8],
-    ) -> anyhow::Result<TokenInfo> {
-        let created_at = now_rfc3339();
-        sqlx::query(
-            "INSERT INTO api_tokens (id, tenant, token_sha256, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(token_sha256)
-        .bind(&created_at)
-        .execute(&self.pool)
-        .await
-        .context("cannot store an API token")?;
-        Ok(TokenInfo {
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            created_at,
-        })
-    }
-
-    /// The tenant of the token with this SHA-256, if there is one.
-    pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
-        let row = sqlx::query("SELECT tenant FROM api_tokens WHERE token_sha256 = ?")
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
-            .await
-            .context("cannot look up an API token")?;
-        Ok(row.map(|r| r.try_get("tenant")).transpose()?)
-    }
-
-    /// Deletes a token; its SHA-256 if it existed.
-    pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let row = sqlx::query("DELETE FROM api_tokens WHERE id = ? RETURNING token_sha256")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .context("cannot delete an API token")?;
-        Ok(row.map(|r| r.try_get("token_sha256")).transpose()?)
-    }
-
-    /// Every token (or a tenant's), oldest first.
-    pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
-        let query = match tenant {
-            Some(t) => sqlx::query(
-                "SELECT id, tenant, created_at FROM api_tokens WHERE tenant = ? \
-                 ORDER BY created_at, id",
-            )
-            .bind(t),
-            None => {
-                sqlx::query("SELECT id, tenant, created_at FROM api_tokens ORDER BY created_at, id")
-            }
-        };
-        let rows = query
-            .fetch_all(&self.pool)
-            .await
-            .context("cannot list API tokens")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(TokenInfo {
-                    id: r.try_get("id")?,
-                    tenant: r.try_get("tenant")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    // ---- meta --------------------------------------------------------------------------
-
-    pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT value FROM meta WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .context("cannot read the store's meta table")?;
-        Ok(row.map(|r| r.try_get("value")).transpose()?)
-    }
-
-    pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO meta (name, value) VALUES (?, ?) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.pool)
-        .await
-        .context("cannot write the store's meta table")?;
-        Ok(())
     }
 }
 

@@ -1,0 +1,575 @@
+//! `JobStore` on SQLite.
+//!
+//! Jobs carry an arrival sequence (`seq`): throttled and sequential claims and list cursors
+//! follow it. Every write is one transaction on the writer connection (see `super`).
+
+use anyhow::Context;
+use headroom_core::Lane;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::Store;
+use crate::jobs::model::*;
+
+/// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
+const JOB_COLUMNS: &str = "seq, id, queue, scope, upstream, tenant, lane, method, path, query, \
+     headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
+     idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, last_error, \
+     response_status, response_headers, response_body, callback, callback_attempts, \
+     next_callback_at";
+
+/// The statuses of a job waiting to run: the same text as the `jobs_waiting` index's
+/// condition, so that SQLite uses it.
+const WAITING: &str = "status IN ('queued', 'retry_pending')";
+const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
+const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
+
+pub(super) fn lane_str(lane: Lane) -> &'static str {
+    match lane {
+        Lane::Realtime => "realtime",
+        Lane::Bulk => "bulk",
+    }
+}
+
+pub(super) fn parse_lane(s: &str) -> anyhow::Result<Lane> {
+    s.parse::<Lane>().map_err(anyhow::Error::msg)
+}
+
+pub(super) fn headers_json(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).expect("pairs of strings always serialise")
+}
+
+pub(super) fn parse_headers(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+    serde_json::from_str(s).context("stored headers are not a JSON list of pairs")
+}
+
+fn callback_str(c: CallbackState) -> &'static str {
+    match c {
+        CallbackState::None => "none",
+        CallbackState::Pending => "pending",
+        CallbackState::Delivered => "delivered",
+        CallbackState::Failed => "failed",
+    }
+}
+
+fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
+    Ok(match s {
+        "none" => CallbackState::None,
+        "pending" => CallbackState::Pending,
+        "delivered" => CallbackState::Delivered,
+        "failed" => CallbackState::Failed,
+        other => anyhow::bail!("unknown callback state \"{other}\" in the store"),
+    })
+}
+
+fn job_from_row(row: &SqliteRow) -> anyhow::Result<(i64, Job)> {
+    let status: String = row.try_get("status")?;
+    let response = match row.try_get::<Option<i64>, _>("response_status")? {
+        Some(code) => Some(JobResponse {
+            status: u16::try_from(code).context("stored response status")?,
+            headers: match row.try_get::<Option<String>, _>("response_headers")? {
+                Some(h) => parse_headers(&h)?,
+                None => Vec::new(),
+            },
+            body: row
+                .try_get::<Option<Vec<u8>>, _>("response_body")?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let job = Job {
+        new: NewJob {
+            id: row.try_get("id")?,
+            queue: row.try_get("queue")?,
+            scope: row.try_get("scope")?,
+            upstream: row.try_get("upstream")?,
+            tenant: row.try_get("tenant")?,
+            lane: parse_lane(row.try_get("lane")?)?,
+            request: JobRequest {
+                method: row.try_get("method")?,
+                path: row.try_get("path")?,
+                query: row.try_get("query")?,
+                headers: parse_headers(row.try_get("headers")?)?,
+                body: row.try_get("body")?,
+                body_is_json: row.try_get("body_is_json")?,
+            },
+            dedup_id: row.try_get("dedup_id")?,
+            dedup_until: row.try_get("dedup_until")?,
+            callback_url: row.try_get("callback_url")?,
+            max_attempts: u32_col(row, "max_attempts")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            created_at: row.try_get("created_at")?,
+        },
+        status: JobStatus::parse(&status)
+            .with_context(|| format!("unknown job status \"{status}\" in the store"))?,
+        attempts: u32_col(row, "attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_error: row.try_get("last_error")?,
+        response,
+        callback: parse_callback(row.try_get("callback")?)?,
+        callback_attempts: u32_col(row, "callback_attempts")?,
+        next_callback_at: row.try_get("next_callback_at")?,
+    };
+    Ok((row.try_get("seq")?, job))
+}
+
+pub(super) fn u32_col(row: &SqliteRow, name: &str) -> anyhow::Result<u32> {
+    let v: i64 = row.try_get(name)?;
+    u32::try_from(v).with_context(|| format!("stored {name} {v} is out of range"))
+}
+
+async fn fetch_job(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<Option<Job>> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .context("cannot read a job")?;
+    row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
+}
+
+/// `?, ?, …` with `n` placeholders.
+pub(super) fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+impl JobStore for Store {
+    /// Inserts the job in one transaction, committed before this returns: the job survives
+    /// the process being killed right after (the WAL is written; see `super` about power
+    /// loss). The dedup check and the insert are in the same transaction, so two jobs with
+    /// the same dedup id never both get in.
+    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
+        let mut tx = self.write().await?;
+        if let Some(dedup_id) = &job.dedup_id {
+            let held =
+                sqlx::query("SELECT job_id, until FROM job_dedup WHERE queue = ? AND dedup_id = ?")
+                    .bind(&job.queue)
+                    .bind(dedup_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("cannot look up a deduplication id")?;
+            if let Some(row) = held {
+                let until: i64 = row.try_get("until")?;
+                let holder: String = row.try_get("job_id")?;
+                if until > job.created_at {
+                    if let Some(existing) = fetch_job(&mut tx, &holder).await? {
+                        tx.rollback().await.context("cannot end a transaction")?;
+                        return Ok(Inserted::Duplicate(existing));
+                    }
+                }
+            }
+        }
+        let callback = if job.callback_url.is_some() {
+            CallbackState::Pending
+        } else {
+            CallbackState::None
+        };
+        sqlx::query(
+            "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
+             headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
+             idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
+             callback, callback_attempts, next_callback_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)",
+        )
+        .bind(&job.id)
+        .bind(&job.queue)
+        .bind(&job.scope)
+        .bind(&job.upstream)
+        .bind(&job.tenant)
+        .bind(lane_str(job.lane))
+        .bind(&job.request.method)
+        .bind(&job.request.path)
+        .bind(&job.request.query)
+        .bind(headers_json(&job.request.headers))
+        .bind(&job.request.body)
+        .bind(job.request.body_is_json)
+        .bind(&job.dedup_id)
+        .bind(job.dedup_until)
+        .bind(&job.callback_url)
+        .bind(i64::from(job.max_attempts))
+        .bind(&job.idempotency_key)
+        .bind(job.created_at)
+        .bind(job.created_at)
+        .bind(job.created_at)
+        .bind(callback_str(callback))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("cannot store the job {}", job.id))?;
+        if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
+            sqlx::query(
+                "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (queue, dedup_id) DO UPDATE SET \
+                 job_id = excluded.job_id, until = excluded.until",
+            )
+            .bind(&job.queue)
+            .bind(dedup_id)
+            .bind(&job.id)
+            .bind(until)
+            .execute(&mut *tx)
+            .await
+            .context("cannot store a deduplication id")?;
+        }
+        tx.commit().await.context("cannot commit a job")?;
+        let created_at = job.created_at;
+        Ok(Inserted::Created(Job {
+            new: job,
+            status: JobStatus::Queued,
+            attempts: 0,
+            next_attempt_at: created_at,
+            updated_at: created_at,
+            last_error: None,
+            response: None,
+            callback,
+            callback_attempts: 0,
+            next_callback_at: 0,
+        }))
+    }
+
+    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
+        let mut conn = self.pool().acquire().await?;
+        fetch_job(&mut conn, id).await
+    }
+
+    /// The cursor is the arrival sequence of the page's last job, as decimal text.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<Job>> {
+        let after: i64 = match after {
+            None | Some("") => 0,
+            Some(c) => c
+                .parse()
+                .ok()
+                .filter(|n: &i64| *n >= 0)
+                .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
+        };
+        let limit = limit.max(1);
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.tenant.is_some() {
+            sql.push_str(" AND tenant = ?");
+        }
+        if filter.queue.is_some() {
+            sql.push_str(" AND queue = ?");
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        let mut q = sqlx::query(&sql).bind(after);
+        if let Some(s) = filter.status {
+            q = q.bind(s.as_str());
+        }
+        if let Some(t) = &filter.tenant {
+            q = q.bind(t);
+        }
+        if let Some(queue) = &filter.queue {
+            q = q.bind(queue);
+        }
+        let rows = q
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.pool())
+            .await
+            .context("cannot list jobs")?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last = 0;
+        for row in rows.iter().take(limit as usize) {
+            let (seq, job) = job_from_row(row)?;
+            last = seq;
+            items.push(job);
+        }
+        Ok(Page {
+            items,
+            next: more.then(|| last.to_string()),
+        })
+    }
+
+    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'cancelled', updated_at = ?, next_callback_at = ? \
+             WHERE id = ? AND {WAITING} RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("cannot cancel a job")?;
+        let out = match row {
+            Some(row) => Cancelled::Done(job_from_row(&row)?.1),
+            None => match fetch_job(&mut tx, id).await? {
+                Some(job) => Cancelled::Unchanged(job),
+                None => Cancelled::NotFound,
+            },
+        };
+        tx.commit().await.context("cannot commit a cancellation")?;
+        Ok(out)
+    }
+
+    /// One statement: the candidates of parallel queues (by time) and of throttled and
+    /// sequential queues (a window over each (queue, scope)'s unfinished jobs in arrival
+    /// order) are merged, the `limit` earliest are marked running and returned.
+    async fn claim_ready(
+        &self,
+        now: Millis,
+        rules: &[QueueRule],
+        limit: u32,
+    ) -> anyhow::Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Queues with a rule other than parallel (the first rule of a name wins).
+        let mut restricted: Vec<(&str, &'static str, i64)> = Vec::new();
+        for rule in rules {
+            if restricted.iter().any(|(n, _, _)| *n == rule.name) {
+                continue;
+            }
+            match rule.mode {
+                QueueMode::Parallel => restricted.push((&rule.name, "parallel", 0)),
+                QueueMode::Throttled(n) => restricted.push((&rule.name, "throttled", n.into())),
+                QueueMode::Sequential => restricted.push((&rule.name, "sequential", 1)),
+            }
+        }
+        restricted.retain(|(_, mode, _)| *mode != "parallel");
+
+        let mut sql = format!(
+            "UPDATE jobs SET status = 'running', updated_at = ? WHERE seq IN (\
+             SELECT seq FROM (\
+             SELECT seq, next_attempt_at FROM (\
+             SELECT seq, next_attempt_at FROM jobs WHERE {WAITING} AND next_attempt_at <= ?"
+        );
+        if !restricted.is_empty() {
+            sql.push_str(&format!(
+                " AND queue NOT IN ({})",
+                placeholders(restricted.len())
+            ));
+        }
+        sql.push_str(" ORDER BY next_attempt_at, seq LIMIT ?) AS parallel");
+        if !restricted.is_empty() {
+            let values = vec!["(?, ?, ?)"; restricted.len()].join(", ");
+            sql.push_str(&format!(
+                " UNION ALL SELECT seq, next_attempt_at FROM (\
+                 SELECT j.seq, j.status, j.next_attempt_at, r.column2 AS mode, r.column3 AS cap, \
+                 ROW_NUMBER() OVER w AS pos, \
+                 SUM(CASE WHEN j.status = 'running' THEN 1 ELSE 0 END) \
+                 OVER (PARTITION BY j.queue, j.scope) AS running, \
+                 SUM(CASE WHEN j.status <> 'running' AND j.next_attempt_at <= ? THEN 1 ELSE 0 END) \
+                 OVER w AS due_rank \
+                 FROM jobs AS j JOIN (VALUES {values}) AS r ON r.column1 = j.queue \
+                 WHERE j.{UNFINISHED} \
+                 WINDOW w AS (PARTITION BY j.queue, j.scope ORDER BY j.seq)\
+                 ) AS t \
+                 WHERE t.status <> 'running' AND t.next_attempt_at <= ? \
+                 AND ((t.mode = 'sequential' AND t.pos = 1 AND t.running = 0) \
+                 OR (t.mode = 'throttled' AND t.due_rank + t.running <= t.cap))"
+            ));
+        }
+        sql.push_str(&format!(
+            ") AS candidates ORDER BY next_attempt_at, seq LIMIT ?) RETURNING {JOB_COLUMNS}"
+        ));
+
+        let mut q = sqlx::query(&sql).bind(now).bind(now);
+        for (name, _, _) in &restricted {
+            q = q.bind(*name);
+        }
+        q = q.bind(i64::from(limit));
+        if !restricted.is_empty() {
+            q = q.bind(now);
+            for (name, mode, cap) in &restricted {
+                q = q.bind(*name).bind(*mode).bind(*cap);
+            }
+            q = q.bind(now);
+        }
+        q = q.bind(i64::from(limit));
+        let rows = q
+            .fetch_all(self.writer())
+            .await
+            .context("cannot claim jobs")?;
+        let mut claimed = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        claimed.sort_by_key(|(seq, job)| (job.next_attempt_at, *seq));
+        Ok(claimed.into_iter().map(|(_, job)| job).collect())
+    }
+
+    /// A job that is not running (any more) is left as it is; the attempt is recorded all
+    /// the same.
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRecord,
+        transition: Transition,
+        now: Millis,
+    ) -> anyhow::Result<Job> {
+        let mut tx = self.write().await?;
+        let sql_final = format!(
+            "UPDATE jobs SET status = ?, attempts = attempts + 1, updated_at = ?, \
+             last_error = ?, response_status = ?, response_headers = ?, response_body = ?, \
+             next_callback_at = ? WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+        );
+        let sql_retry = format!(
+            "UPDATE jobs SET status = 'retry_pending', attempts = attempts + ?, \
+             next_attempt_at = ?, updated_at = ?, last_error = ? \
+             WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+        );
+        let final_update =
+            |status: JobStatus, error: Option<&str>, response: Option<&JobResponse>| {
+                sqlx::query(&sql_final)
+                    .bind(status.as_str())
+                    .bind(now)
+                    .bind(error.map(str::to_string))
+                    .bind(response.map(|r| i64::from(r.status)))
+                    .bind(response.map(|r| headers_json(&r.headers)))
+                    .bind(response.map(|r| r.body.clone()))
+                    .bind(now)
+                    .bind(attempt.job_id.clone())
+            };
+        let query = match &transition {
+            Transition::Succeeded { response } => {
+                final_update(JobStatus::Succeeded, None, Some(response))
+            }
+            Transition::Failed { error, response } => {
+                final_update(JobStatus::Failed, Some(error), response.as_ref())
+            }
+            Transition::Retry {
+                at,
+                error,
+                burn_attempt,
+            } => sqlx::query(&sql_retry)
+                .bind(i64::from(*burn_attempt))
+                .bind(*at)
+                .bind(now)
+                .bind(error.clone())
+                .bind(attempt.job_id.clone()),
+        };
+        let job = match query
+            .fetch_optional(&mut *tx)
+            .await
+            .context("cannot move a job on")?
+        {
+            Some(row) => job_from_row(&row)?.1,
+            None => fetch_job(&mut tx, &attempt.job_id)
+                .await?
+                .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
+        };
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
+             wait_ms, rate_limit_headers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&attempt.job_id)
+        .bind(i64::from(attempt.number))
+        .bind(attempt.started_at)
+        .bind(attempt.finished_at)
+        .bind(attempt.status.map(i64::from))
+        .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
+        .bind(headers_json(&attempt.rate_limit_headers))
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await
+        .context("cannot record an attempt")?;
+        tx.commit().await.context("cannot commit an attempt")?;
+        Ok(job)
+    }
+
+    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT job_id, number, started_at, finished_at, status, wait_ms, \
+             rate_limit_headers, error FROM job_attempts WHERE job_id = ? ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await
+        .context("cannot read a job's attempts")?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    job_id: r.try_get("job_id")?,
+                    number: u32_col(r, "number")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    status: r
+                        .try_get::<Option<i64>, _>("status")?
+                        .map(u16::try_from)
+                        .transpose()
+                        .context("stored attempt status")?,
+                    wait_ms: u64::try_from(r.try_get::<i64, _>("wait_ms")?).unwrap_or(0),
+                    rate_limit_headers: parse_headers(r.try_get("rate_limit_headers")?)?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'",
+        )
+        .bind(now)
+        .execute(self.writer())
+        .await
+        .context("cannot requeue running jobs")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
+        let at: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE {WAITING}"
+        ))
+        .fetch_one(self.pool())
+        .await
+        .context("cannot read when the next job is ready")?;
+        Ok(at)
+    }
+
+    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE callback = 'pending' AND {FINAL} \
+             AND next_callback_at <= ? ORDER BY next_callback_at, seq LIMIT ?"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .context("cannot read due callbacks")?;
+        rows.iter()
+            .map(|r| job_from_row(r).map(|(_, j)| j))
+            .collect()
+    }
+
+    async fn callback_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        next: Option<Millis>,
+    ) -> anyhow::Result<()> {
+        let state = match (delivered, next) {
+            (true, _) => CallbackState::Delivered,
+            (false, Some(_)) => CallbackState::Pending,
+            (false, None) => CallbackState::Failed,
+        };
+        let done = sqlx::query(
+            "UPDATE jobs SET callback = ?, callback_attempts = callback_attempts + 1, \
+             next_callback_at = COALESCE(?, next_callback_at) WHERE id = ?",
+        )
+        .bind(callback_str(state))
+        .bind(next)
+        .bind(id)
+        .execute(self.writer())
+        .await
+        .context("cannot record a callback")?;
+        if done.rows_affected() == 0 {
+            anyhow::bail!("no job \"{id}\"");
+        }
+        Ok(())
+    }
+}

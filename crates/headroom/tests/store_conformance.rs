@@ -1,0 +1,152 @@
+//! The store conformance suite against the embedded SQLite store (a WAL file and memory),
+//! plus what only a real file shows: concurrent writers, a 35,000-record batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use headroom::jobs::{BatchStore, Inserted, JobFilter, JobStore};
+use headroom::store::{conformance, Store};
+
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+async fn file_store(dir: &std::path::Path) -> Store {
+    let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+    let url = format!("sqlite://{}", dir.join(format!("s{n}.db")).display());
+    Store::open(&url).await.unwrap()
+}
+
+#[tokio::test]
+async fn conformance_on_a_wal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    conformance::run(|| file_store(&path)).await;
+}
+
+#[tokio::test]
+async fn conformance_in_memory() {
+    conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
+}
+
+#[tokio::test]
+async fn bundled_sqlite_has_returning_and_window_functions() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert!(
+        parts[0] == 3 && parts[1] >= 35,
+        "SQLite {version} is older than 3.35"
+    );
+}
+
+/// Eight tasks insert 500 jobs each at once into one file: every job is there, no
+/// `SQLITE_BUSY` reaches a caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(file_store(dir.path()).await);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    let mut job = conformance::new_job(
+                        &format!("t{t}-{i}"),
+                        "default",
+                        &format!("tenant{t}"),
+                        1_000 + i,
+                    );
+                    if i % 10 == 0 {
+                        job.dedup_id = Some(format!("evt-{t}-{i}"));
+                        job.dedup_until = Some(1_000_000);
+                    }
+                    match store.insert_job(job).await.expect("insert") {
+                        Inserted::Created(_) => {}
+                        Inserted::Duplicate(_) => panic!("no duplicates here"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!("4,000 concurrent job inserts (8 tasks): {elapsed:?}");
+    let mut n = 0;
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_jobs(&JobFilter::default(), cursor.as_deref(), 1_000)
+            .await
+            .unwrap();
+        n += page.items.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(n, 4_000);
+    for t in 0..8 {
+        assert!(store.get_job(&format!("t{t}-499")).await.unwrap().is_some());
+    }
+    // Claims and inserts at the same time.
+    let claimer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut claimed = 0;
+            while claimed < 4_000 {
+                claimed += store.claim_ready(10_000, &[], 128).await.unwrap().len();
+            }
+            claimed
+        })
+    };
+    let inserter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..500 {
+                let job = conformance::new_job(&format!("late-{i}"), "default", "", 20_000);
+                store.insert_job(job).await.unwrap();
+            }
+        })
+    };
+    inserter.await.unwrap();
+    assert_eq!(claimer.await.unwrap(), 4_000);
+}
+
+/// 35,000 records in one batch: one transaction, timed (printed, not asserted tightly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_35000_record_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(dir.path()).await;
+    let batch = conformance::new_batch("big", 35_000, 100, 0);
+    let started = Instant::now();
+    let summary = store.insert_batch(batch).await.unwrap();
+    let insert = started.elapsed();
+    assert_eq!(summary.total, 35_000);
+
+    let started = Instant::now();
+    let mut chunks = 0;
+    while let Some(c) = store.claim_chunk(1, &[]).await.unwrap() {
+        let results = vec![headroom::jobs::RecordResult::Succeeded; c.records.len()];
+        store.finish_chunk(&c, &results, 2).await.unwrap();
+        chunks += 1;
+    }
+    let drain = started.elapsed();
+    let started = Instant::now();
+    let s = store.get_batch("big", 100).await.unwrap().unwrap();
+    let read = started.elapsed();
+    assert_eq!((s.succeeded, s.pending, s.calls), (35_000, 0, 350));
+    assert_eq!(chunks, 350);
+    eprintln!(
+        "35,000-record batch: insert {insert:?}; 350 claim+finish {drain:?}; get_batch {read:?}"
+    );
+    assert!(
+        insert.as_secs() < 30,
+        "inserting 35,000 records took {insert:?}"
+    );
+}
