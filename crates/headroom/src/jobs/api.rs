@@ -356,15 +356,16 @@ async fn get_one(
         .store
         .get_job(&id)
         .await?
-        .filter(|j| visible(&principal, j))
+        .filter(|j| visible(&principal, j.new.tenant.as_deref()))
         .ok_or_else(|| ApiError::not_found(format!("no job \"{id}\"")))?;
     let attempts = app.store.attempts(&id).await?;
     Ok(Json(job_view(&job, Some(&attempts))))
 }
 
-fn visible(principal: &crate::auth::Principal, job: &Job) -> bool {
+/// Whether a principal may see something of `tenant`: a scoped token sees its tenant's only.
+pub(crate) fn visible(principal: &crate::auth::Principal, tenant: Option<&str>) -> bool {
     match principal {
-        crate::auth::Principal::Tenant(t) => job.new.tenant.as_deref() == Some(t.as_str()),
+        crate::auth::Principal::Tenant(t) => tenant == Some(t.as_str()),
         _ => true,
     }
 }
@@ -421,7 +422,7 @@ async fn cancel(
 ) -> ApiResult<Json<Value>> {
     let principal = authenticate(&app, &headers, false).await?;
     if let Some(job) = app.store.get_job(&id).await? {
-        if !visible(&principal, &job) {
+        if !visible(&principal, job.new.tenant.as_deref()) {
             return Err(ApiError::not_found(format!("no job \"{id}\"")));
         }
     }

@@ -1,0 +1,376 @@
+//! `/v1/batches`: many records sent to a bulk endpoint in chunks, each record tracked to its
+//! own outcome; and the runner that sends the chunks through the governor.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use headroom_core::batch::{self, Format, Record, RecordOutcome};
+use headroom_core::RejectReason;
+use http::{HeaderName, HeaderValue, Method};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::api::{check_callback, check_request, check_tenant, new_id, parse_json, parse_lane};
+use super::model::*;
+use crate::auth::authenticate;
+use crate::error::{ApiError, ApiResult};
+use crate::proxy::{call_once, Answer, Call};
+use crate::server::AppState;
+
+/// Records per batch.
+pub const MAX_RECORDS: usize = 100_000;
+/// The JSON of a batch request.
+pub const MAX_BATCH_BODY: usize = 64 << 20;
+/// Chunks of one batch in flight at once (the budget paces them anyway).
+const CHUNKS_PER_BATCH: usize = 4;
+/// Chunks in flight at once in this process.
+const MAX_CHUNKS: usize = 64;
+/// A chunk's answer is read up to this size.
+const MAX_ANSWER: usize = 16 << 20;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/batches", axum::routing::post(submit))
+        .route("/v1/batches/{id}", get(get_one).delete(cancel))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBatch {
+    upstream: String,
+    tenant: Option<String>,
+    format: Value,
+    max_batch_size: Option<u32>,
+    lane: Option<String>,
+    request: SubmitBatchRequest,
+    records: Vec<Value>,
+    max_attempts: Option<u32>,
+    callback_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBatchRequest {
+    method: String,
+    path: String,
+    query: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A record's id: its `id` field (text or number), else its index.
+fn record_id(record: &Value, index: usize) -> String {
+    match record.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => index.to_string(),
+    }
+}
+
+async fn submit(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let principal = authenticate(&app, &headers, false).await?;
+    let s: SubmitBatch = parse_json(&body)?;
+    let upstream = app.config.upstream(&s.upstream).cloned().ok_or_else(|| {
+        ApiError::bad_request(format!("upstream: \"{}\" is not a configured upstream", s.upstream))
+    })?;
+    if let Some(t) = &s.tenant {
+        check_tenant(t)?;
+    }
+    let tenant = principal.tenant_for(s.tenant.as_deref())?;
+    let format = Format::from_json(&s.format).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let requested = s.max_batch_size.unwrap_or(100);
+    if requested == 0 {
+        return Err(ApiError::bad_request("max_batch_size: must be at least 1"));
+    }
+    let max_batch_size = batch::max_chunk(&format, requested as usize) as u32;
+    let lane = parse_lane(s.lane.as_deref(), headroom_core::Lane::Bulk)?;
+    let r = s.request;
+    check_request(&upstream, &r.method, &r.path, r.query.as_deref(), &r.headers)?;
+    if s.records.is_empty() {
+        return Err(ApiError::bad_request("records: give at least one record"));
+    }
+    if s.records.len() > MAX_RECORDS {
+        return Err(ApiError::PayloadTooLarge {
+            detail: format!("records: at most {MAX_RECORDS} per batch, got {}; split it", s.records.len()),
+        });
+    }
+    if let Some((i, _)) = s.records.iter().enumerate().find(|(_, r)| !r.is_object()) {
+        return Err(ApiError::bad_request(format!("records[{i}]: each record must be a JSON object")));
+    }
+    batch::validate(&format, &r.method, &r.path, s.records.iter())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let max_attempts = s.max_attempts.unwrap_or(5);
+    if !(1..=10).contains(&max_attempts) {
+        return Err(ApiError::bad_request(format!("max_attempts: {max_attempts} is out of range; use 1 to 10")));
+    }
+    if let Some(url) = &s.callback_url {
+        check_callback(url)?;
+    }
+    let records = s
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| NewRecord {
+            record_id: record_id(record, i),
+            payload: serde_json::to_vec(record).unwrap_or_default(),
+        })
+        .collect();
+    let new = NewBatch {
+        id: new_id("batch"),
+        upstream: upstream.name.clone(),
+        tenant,
+        lane,
+        format: format.to_json().to_string(),
+        max_batch_size,
+        request: JobRequest {
+            method: r.method.to_ascii_uppercase(),
+            path: r.path,
+            query: r.query,
+            headers: r.headers.into_iter().collect(),
+            body: None,
+            body_is_json: false,
+        },
+        max_attempts,
+        callback_url: s.callback_url,
+        created_at: now_millis(),
+        records,
+    };
+    let summary = app.store.insert_batch(new).await?;
+    app.jobs_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": summary.id, "status": summary.status, "total": summary.total})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    failures_limit: Option<u32>,
+}
+
+async fn get_one(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<BatchSummary>> {
+    let principal = authenticate(&app, &headers, false).await?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let limit = q.failures_limit.unwrap_or(1000).min(100_000);
+    let summary = app
+        .store
+        .get_batch(&id, limit)
+        .await?
+        .filter(|b| super::api::visible(&principal, b.tenant.as_deref()))
+        .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))?;
+    Ok(Json(summary))
+}
+
+async fn cancel(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<BatchSummary>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    app.store
+        .cancel_batch(&id, now_millis())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))
+}
+
+/// Sends claimed chunks through the governor, at most a few per batch at once.
+pub async fn run_loop(app: AppState) {
+    let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CHUNKS));
+    loop {
+        let busy: Vec<String> = in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, n)| **n >= CHUNKS_PER_BATCH)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let claimed = if slots.available_permits() > 0 {
+            app.store.claim_chunk(now_millis(), &busy).await
+        } else {
+            Ok(None)
+        };
+        match claimed {
+            Ok(Some(chunk)) => {
+                let permit = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+                let batch_id = chunk.batch.id.clone();
+                *in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(batch_id.clone()).or_default() += 1;
+                let (app, in_flight) = (app.clone(), Arc::clone(&in_flight));
+                tokio::spawn(async move {
+                    run_chunk(&app, chunk).await;
+                    {
+                        let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(n) = map.get_mut(&batch_id) {
+                            *n -= 1;
+                            if *n == 0 {
+                                map.remove(&batch_id);
+                            }
+                        }
+                    }
+                    drop(permit);
+                    app.batches_wake.notify_one();
+                });
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot claim batch records"),
+        }
+        let wait = match app.store.next_chunk_at().await {
+            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(5, 1000) as u64),
+            _ => Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.batches_wake.notified() => {}
+        }
+    }
+}
+
+/// Waits before a failed record is tried again: 1 s doubling per attempt, at most a minute.
+fn record_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
+}
+
+fn all(chunk: &Chunk, result: RecordResult) -> Vec<RecordResult> {
+    vec![result; chunk.records.len()]
+}
+
+async fn run_chunk(app: &AppState, chunk: Chunk) {
+    let results = chunk_results(app, &chunk).await;
+    if let Err(e) = app.store.finish_chunk(&chunk, &results, now_millis()).await {
+        tracing::error!(batch = %chunk.batch.id, error = %format!("{e:#}"), "cannot record a chunk's outcome");
+    }
+}
+
+async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
+    let meta = &chunk.batch;
+    let fail = |error: String| all(chunk, RecordResult::Failed { error });
+    let Some(upstream) = app.config.upstream(&meta.upstream).cloned() else {
+        return fail(format!("upstream \"{}\" is no longer configured", meta.upstream));
+    };
+    let format = match serde_json::from_str::<Value>(&meta.format)
+        .map_err(|e| e.to_string())
+        .and_then(|v| Format::from_json(&v).map_err(|e| e.to_string()))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("the stored batch format is unreadable: {e}")),
+    };
+    let records: Vec<Record> = chunk
+        .records
+        .iter()
+        .map(|r| Record {
+            index: r.index,
+            id: r.record_id.clone(),
+            payload: serde_json::from_slice(&r.payload).unwrap_or(Value::Null),
+        })
+        .collect();
+    let request = match batch::build(&format, &meta.request.method, &meta.request.path, &records) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let uri = match crate::proxy::target_uri(&upstream.base_url, &request.path, meta.request.query.as_deref()) {
+        Ok(u) => u,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+        return fail(format!("\"{}\" is not an HTTP method", request.method));
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in meta.request.headers.iter().chain(request.headers.iter()) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(t) = meta.tenant.as_deref() {
+        match app.credentials.get(t, &upstream.name).await {
+            Ok(Some(credential)) => {
+                let value = if upstream.credential.scheme.is_empty() {
+                    credential.to_string()
+                } else {
+                    format!("{} {credential}", upstream.credential.scheme)
+                };
+                if let Ok(mut value) = HeaderValue::from_str(&value) {
+                    value.set_sensitive(true);
+                    headers.insert(upstream.credential.header.clone(), value);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let at = now_millis() + 5_000;
+                let error = format!("cannot read the tenant's credential: {e:#}");
+                return all(chunk, RecordResult::Retry { at, error, burn_attempt: false });
+            }
+        }
+    }
+    let key = (upstream.index, crate::proxy::budget_key(&upstream, meta.tenant.as_deref(), &headers));
+    let lease = match app
+        .governor
+        .acquire(key.clone(), &upstream.budget_config, meta.lane, 1.0, upstream.retry.max_wait)
+        .await
+    {
+        Ok(lease) => lease,
+        Err(rejection) => {
+            let error = match rejection.reason {
+                RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
+                _ => "the budget has no room within the wait cap",
+            };
+            let at = now_millis() + rejection.retry_after.as_millis().max(50) as Millis;
+            return all(chunk, RecordResult::Retry { at, error: error.into(), burn_attempt: false });
+        }
+    };
+    let tenant_label = meta.tenant.clone().unwrap_or_else(|| key.1.to_string());
+    let call = Call {
+        upstream: &upstream,
+        tenant: &tenant_label,
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
+    };
+    let attempts = call.attempt;
+    match call_once(app, &call, lease, Body::from(request.body), MAX_ANSWER, true).await {
+        Answer::Unreachable(reason) => {
+            let at = now_millis() + record_backoff(attempts).as_millis() as Millis;
+            all(chunk, RecordResult::Retry { at, error: format!("cannot reach the upstream: {reason}"), burn_attempt: true })
+        }
+        Answer::Answered { parts, inspected, signals, .. } => {
+            let status = parts.status.as_u16();
+            if signals.throttled {
+                let wait = signals.retry_after.unwrap_or(Duration::from_secs(1));
+                let at = now_millis() + wait.as_millis().max(50) as Millis;
+                let error = format!("throttled by the upstream ({status}), nothing applied");
+                return all(chunk, RecordResult::Retry { at, error, burn_attempt: false });
+            }
+            let body = inspected.unwrap_or_default();
+            let outcome = batch::parse(&format, &records, status, &body, signals.retry_after);
+            outcome
+                .records
+                .into_iter()
+                .map(|o| match o {
+                    RecordOutcome::Succeeded => RecordResult::Succeeded,
+                    RecordOutcome::Failed { error, retryable: false, .. } => RecordResult::Failed { error },
+                    RecordOutcome::Failed { error, retryable: true, retry_after } => {
+                        let wait = retry_after.unwrap_or_else(|| record_backoff(attempts));
+                        RecordResult::Retry {
+                            at: now_millis() + wait.as_millis() as Millis,
+                            error,
+                            burn_attempt: true,
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
+}
