@@ -10,6 +10,7 @@
 //! - [`sim`] runs the pacing model against simulated upstreams in virtual time.
 
 pub mod backoff;
+pub mod batch;
 pub mod breaker;
 pub mod budget;
 pub mod clock;
