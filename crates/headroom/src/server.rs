@@ -37,6 +37,8 @@ pub struct App {
     pub store: crate::store::Store,
     /// Wakes the job dispatcher when a job arrives or a slot frees.
     pub jobs_wake: tokio::sync::Notify,
+    /// Wakes the batch runner when a batch arrives or a chunk finishes.
+    pub batches_wake: tokio::sync::Notify,
     /// `HEADROOM_API_TOKEN`: when set, `/v1` and `/proxy` require it (or a scoped token).
     pub api_token: Option<String>,
 }
@@ -64,9 +66,10 @@ impl AppState {
             store: credentials.store().clone(),
             credentials,
             jobs_wake: tokio::sync::Notify::new(),
+            batches_wake: tokio::sync::Notify::new(),
             api_token: api_token.filter(|t| !t.is_empty()),
         }));
-        // crate::jobs::dispatcher::start(state.clone()).await?;
+        crate::jobs::dispatcher::start(state.clone()).await?;
         Ok(state)
     }
 }
@@ -77,7 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/budgets", get(budgets))
         .merge(credentials::routes())
-        // .merge(crate::jobs::api::routes())
+        .merge(crate::jobs::api::routes())
+        .merge(crate::jobs::batches::routes())
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))

@@ -75,11 +75,18 @@ fn record_id(record: &Value, index: usize) -> String {
     }
 }
 
-async fn submit(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let principal = authenticate(&app, &headers, false).await?;
     let s: SubmitBatch = parse_json(&body)?;
     let upstream = app.config.upstream(&s.upstream).cloned().ok_or_else(|| {
-        ApiError::bad_request(format!("upstream: \"{}\" is not a configured upstream", s.upstream))
+        ApiError::bad_request(format!(
+            "upstream: \"{}\" is not a configured upstream",
+            s.upstream
+        ))
     })?;
     if let Some(t) = &s.tenant {
         check_tenant(t)?;
@@ -93,23 +100,36 @@ async fn submit(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let max_batch_size = batch::max_chunk(&format, requested as usize) as u32;
     let lane = parse_lane(s.lane.as_deref(), headroom_core::Lane::Bulk)?;
     let r = s.request;
-    check_request(&upstream, &r.method, &r.path, r.query.as_deref(), &r.headers)?;
+    check_request(
+        &upstream,
+        &r.method,
+        &r.path,
+        r.query.as_deref(),
+        &r.headers,
+    )?;
     if s.records.is_empty() {
         return Err(ApiError::bad_request("records: give at least one record"));
     }
     if s.records.len() > MAX_RECORDS {
         return Err(ApiError::PayloadTooLarge {
-            detail: format!("records: at most {MAX_RECORDS} per batch, got {}; split it", s.records.len()),
+            detail: format!(
+                "records: at most {MAX_RECORDS} per batch, got {}; split it",
+                s.records.len()
+            ),
         });
     }
     if let Some((i, _)) = s.records.iter().enumerate().find(|(_, r)| !r.is_object()) {
-        return Err(ApiError::bad_request(format!("records[{i}]: each record must be a JSON object")));
+        return Err(ApiError::bad_request(format!(
+            "records[{i}]: each record must be a JSON object"
+        )));
     }
     batch::validate(&format, &r.method, &r.path, s.records.iter())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let max_attempts = s.max_attempts.unwrap_or(5);
     if !(1..=10).contains(&max_attempts) {
-        return Err(ApiError::bad_request(format!("max_attempts: {max_attempts} is out of range; use 1 to 10")));
+        return Err(ApiError::bad_request(format!(
+            "max_attempts: {max_attempts} is out of range; use 1 to 10"
+        )));
     }
     if let Some(url) = &s.callback_url {
         check_callback(url)?;
@@ -176,7 +196,11 @@ async fn get_one(
     Ok(Json(summary))
 }
 
-async fn cancel(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<BatchSummary>> {
+async fn cancel(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BatchSummary>> {
     authenticate(&app, &headers, false).await?.require_admin()?;
     app.store
         .cancel_batch(&id, now_millis())
@@ -204,9 +228,16 @@ pub async fn run_loop(app: AppState) {
         };
         match claimed {
             Ok(Some(chunk)) => {
-                let permit = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+                let permit = Arc::clone(&slots)
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
                 let batch_id = chunk.batch.id.clone();
-                *in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(batch_id.clone()).or_default() += 1;
+                *in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(batch_id.clone())
+                    .or_default() += 1;
                 let (app, in_flight) = (app.clone(), Arc::clone(&in_flight));
                 tokio::spawn(async move {
                     run_chunk(&app, chunk).await;
@@ -258,7 +289,10 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     let meta = &chunk.batch;
     let fail = |error: String| all(chunk, RecordResult::Failed { error });
     let Some(upstream) = app.config.upstream(&meta.upstream).cloned() else {
-        return fail(format!("upstream \"{}\" is no longer configured", meta.upstream));
+        return fail(format!(
+            "upstream \"{}\" is no longer configured",
+            meta.upstream
+        ));
     };
     let format = match serde_json::from_str::<Value>(&meta.format)
         .map_err(|e| e.to_string())
@@ -280,7 +314,12 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
-    let uri = match crate::proxy::target_uri(&upstream.base_url, &request.path, meta.request.query.as_deref()) {
+    // Graph puts the query into each inner request, not on `$batch`.
+    let query = match format {
+        Format::Graph => None,
+        _ => meta.request.query.as_deref(),
+    };
+    let uri = match crate::proxy::target_uri(&upstream.base_url, &request.path, query) {
         Ok(u) => u,
         Err(e) => return fail(e.to_string()),
     };
@@ -289,7 +328,10 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     };
     let mut headers = HeaderMap::new();
     for (k, v) in meta.request.headers.iter().chain(request.headers.iter()) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             headers.insert(name, value);
         }
     }
@@ -310,14 +352,30 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             Err(e) => {
                 let at = now_millis() + 5_000;
                 let error = format!("cannot read the tenant's credential: {e:#}");
-                return all(chunk, RecordResult::Retry { at, error, burn_attempt: false });
+                return all(
+                    chunk,
+                    RecordResult::Retry {
+                        at,
+                        error,
+                        burn_attempt: false,
+                    },
+                );
             }
         }
     }
-    let key = (upstream.index, crate::proxy::budget_key(&upstream, meta.tenant.as_deref(), &headers));
+    let key = (
+        upstream.index,
+        crate::proxy::budget_key(&upstream, meta.tenant.as_deref(), &headers),
+    );
     let lease = match app
         .governor
-        .acquire(key.clone(), &upstream.budget_config, meta.lane, 1.0, upstream.retry.max_wait)
+        .acquire(
+            key.clone(),
+            &upstream.budget_config,
+            meta.lane,
+            1.0,
+            upstream.retry.max_wait,
+        )
         .await
     {
         Ok(lease) => lease,
@@ -327,7 +385,14 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                 _ => "the budget has no room within the wait cap",
             };
             let at = now_millis() + rejection.retry_after.as_millis().max(50) as Millis;
-            return all(chunk, RecordResult::Retry { at, error: error.into(), burn_attempt: false });
+            return all(
+                chunk,
+                RecordResult::Retry {
+                    at,
+                    error: error.into(),
+                    burn_attempt: false,
+                },
+            );
         }
     };
     let tenant_label = meta.tenant.clone().unwrap_or_else(|| key.1.to_string());
@@ -340,18 +405,46 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
     };
     let attempts = call.attempt;
-    match call_once(app, &call, lease, Body::from(request.body), MAX_ANSWER, true).await {
+    match call_once(
+        app,
+        &call,
+        lease,
+        Body::from(request.body),
+        MAX_ANSWER,
+        true,
+    )
+    .await
+    {
         Answer::Unreachable(reason) => {
             let at = now_millis() + record_backoff(attempts).as_millis() as Millis;
-            all(chunk, RecordResult::Retry { at, error: format!("cannot reach the upstream: {reason}"), burn_attempt: true })
+            all(
+                chunk,
+                RecordResult::Retry {
+                    at,
+                    error: format!("cannot reach the upstream: {reason}"),
+                    burn_attempt: true,
+                },
+            )
         }
-        Answer::Answered { parts, inspected, signals, .. } => {
+        Answer::Answered {
+            parts,
+            inspected,
+            signals,
+            ..
+        } => {
             let status = parts.status.as_u16();
             if signals.throttled {
                 let wait = signals.retry_after.unwrap_or(Duration::from_secs(1));
                 let at = now_millis() + wait.as_millis().max(50) as Millis;
                 let error = format!("throttled by the upstream ({status}), nothing applied");
-                return all(chunk, RecordResult::Retry { at, error, burn_attempt: false });
+                return all(
+                    chunk,
+                    RecordResult::Retry {
+                        at,
+                        error,
+                        burn_attempt: false,
+                    },
+                );
             }
             let body = inspected.unwrap_or_default();
             let outcome = batch::parse(&format, &records, status, &body, signals.retry_after);
@@ -360,8 +453,16 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                 .into_iter()
                 .map(|o| match o {
                     RecordOutcome::Succeeded => RecordResult::Succeeded,
-                    RecordOutcome::Failed { error, retryable: false, .. } => RecordResult::Failed { error },
-                    RecordOutcome::Failed { error, retryable: true, retry_after } => {
+                    RecordOutcome::Failed {
+                        error,
+                        retryable: false,
+                        ..
+                    } => RecordResult::Failed { error },
+                    RecordOutcome::Failed {
+                        error,
+                        retryable: true,
+                        retry_after,
+                    } => {
                         let wait = retry_after.unwrap_or_else(|| record_backoff(attempts));
                         RecordResult::Retry {
                             at: now_millis() + wait.as_millis() as Millis,

@@ -358,7 +358,9 @@ pub struct Chunk {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordResult {
     Succeeded,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// Pending again until `at`; `burn_attempt` false when the whole call was refused or
     /// throttled (nothing applied).
     Retry {
@@ -374,8 +376,11 @@ pub trait BatchStore: Send + Sync {
     /// Stores a batch and all its records in one transaction.
     async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary>;
     /// The batch with up to `failures_limit` failures listed (lowest index first).
-    async fn get_batch(&self, id: &str, failures_limit: u32)
-        -> anyhow::Result<Option<BatchSummary>>;
+    async fn get_batch(
+        &self,
+        id: &str,
+        failures_limit: u32,
+    ) -> anyhow::Result<Option<BatchSummary>>;
     /// Claims up to `max_batch_size` pending records of one batch whose time has come
     /// (lowest index first), skipping batches in `busy` (already at their concurrency), and
     /// marks them in flight.

@@ -1,0 +1,274 @@
+//! Durable jobs over real sockets: submit, run through the governor, retry, reschedule,
+//! deduplicate, cancel, call back, and refuse bad input without storing anything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Recorder, Server};
+use http::StatusCode;
+use serde_json::json;
+
+const CONFIG: &str = r#"
+[[queues]]
+name = "retrying"
+retry = { max_attempts = 3, interval = "100ms", backoff = "fixed" }
+
+[[queues]]
+name = "ordered"
+mode = "sequential"
+
+[[queues]]
+name = "two-at-a-time"
+mode = "throttled"
+max_concurrency = 2
+
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+idempotency_header = "Idempotency-Key"
+retry = { max_wait = "2s" }
+"#;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn job(path: &str) -> serde_json::Value {
+    json!({
+        "upstream": "up",
+        "tenant": "acme",
+        "request": {"method": "POST", "path": path, "headers": {"x-trace": "t1"}, "body": {"email": "a@example.com"}},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_stored_run_and_recorded() {
+    let up = Recorder::start().await;
+    up.answer(
+        200,
+        &[
+            ("x-ratelimit-limit", "100"),
+            ("x-ratelimit-remaining", "99"),
+        ],
+    );
+    let server = Server::start(CONFIG, &up.url()).await;
+    let r = server.post("/v1/jobs", &job("/crm/contacts")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let submitted = r.json();
+    assert_eq!(submitted["status"], "queued");
+    assert_eq!(submitted["lane"], "bulk");
+    let id = submitted["id"].as_str().unwrap().to_string();
+
+    let done = server.wait_job(&id, LONG).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["response"]["status"], 200);
+    assert_eq!(done["response"]["body"], json!({"ok": true}));
+    let log = &done["attempts_log"][0];
+    assert_eq!(log["status"], 200);
+    assert!(
+        log["rate_limit_headers"]
+            .to_string()
+            .contains("x-ratelimit-remaining"),
+        "{log}"
+    );
+
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].path, "/crm/contacts");
+    assert_eq!(seen[0].headers["x-trace"], "t1");
+    assert_eq!(seen[0].headers["idempotency-key"], id.as_str());
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert_eq!(&seen[0].body[..], br#"{"email":"a@example.com"}"#);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_dedup_id_returns_the_existing_job() {
+    let up = Recorder::start().await;
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut body = job("/x");
+    body["dedup_id"] = json!("evt-123");
+    let first = server.post("/v1/jobs", &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let again = server.post("/v1/jobs", &body).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["deduplicated"], true);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    server
+        .wait_job(first.json()["id"].as_str().unwrap(), LONG)
+        .await;
+    assert_eq!(up.seen().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_with_the_same_idempotency_key_then_fail() {
+    let up = Recorder::start().await;
+    for _ in 0..3 {
+        up.answer(503, &[]);
+    }
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut body = job("/flaky");
+    body["queue"] = json!("retrying");
+    let id = server.post("/v1/jobs", &body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = server.wait_job(&id, LONG).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempts"], 3);
+    assert!(done["last_error"].as_str().unwrap().contains("503"));
+    assert_eq!(done["attempts_log"].as_array().unwrap().len(), 3);
+    let keys: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, vec![id.clone(), id.clone(), id]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_reschedules_without_burning_an_attempt() {
+    let up = Recorder::start().await;
+    up.answer(429, &[("retry-after", "3600")]);
+    let server = Server::start(CONFIG, &up.url()).await;
+    let id = server.post("/v1/jobs", &job("/busy")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    up.wait_for(1, LONG).await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    let view = loop {
+        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
+        if v["status"] == "retry_pending" || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(view["status"], "retry_pending", "{view}");
+    assert_eq!(view["attempts"], 0, "a throttled attempt does not count");
+    let next =
+        chrono::DateTime::parse_from_rfc3339(view["next_attempt_at"].as_str().unwrap()).unwrap();
+    assert!(
+        next.timestamp_millis() > headroom::jobs::now_millis() + 50 * 60 * 1000,
+        "rescheduled at the upstream's time"
+    );
+    assert_eq!(view["attempts_log"][0]["status"], 429);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_outcome_is_posted_to_the_callback() {
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    hook.answer(500, &[]); // the first delivery fails and is retried
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut body = job("/x");
+    body["callback_url"] = json!(format!("{}/done", hook.url()));
+    let id = server.post("/v1/jobs", &body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let calls = hook.wait_for(2, LONG).await;
+    assert_eq!(calls.len(), 2, "delivered on the second try");
+    let delivered: serde_json::Value = serde_json::from_slice(&calls[1].body).unwrap();
+    assert_eq!(delivered["id"], id.as_str());
+    assert_eq!(delivered["status"], "succeeded");
+    assert_eq!(calls[1].headers["headroom-job-id"], id.as_str());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_queue_runs_one_at_a_time_in_order() {
+    let up = Recorder::start().await;
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut body = job(&format!("/step/{i}"));
+        body["queue"] = json!("ordered");
+        ids.push(
+            server.post("/v1/jobs", &body).await.json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        assert_eq!(server.wait_job(id, LONG).await["status"], "succeeded");
+    }
+    let paths: Vec<String> = up.seen().iter().map(|r| r.path.clone()).collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("/step/{i}")).collect();
+    assert_eq!(paths, expected);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_list_and_bad_input() {
+    let up = Recorder::start().await;
+    up.answer(429, &[("retry-after", "3600")]);
+    let server = Server::start(CONFIG, &up.url()).await;
+    // Bad input: 400 naming the field, nothing stored.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "not valid"),
+        (serde_json::to_vec(&json!({"upstream": "nope", "request": {"method": "GET", "path": "/"}})).unwrap(), "upstream"),
+        (serde_json::to_vec(&json!({"upstream": "up", "queue": "nope", "request": {"method": "GET", "path": "/"}})).unwrap(), "queue"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "G ET", "path": "/"}})).unwrap(), "request.method"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "GET", "path": "/a/../b"}})).unwrap(), "request.path"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "GET", "path": "x"}})).unwrap(), "request.path"),
+        (serde_json::to_vec(&json!({"upstream": "up", "max_attempts": 11, "request": {"method": "GET", "path": "/"}})).unwrap(), "max_attempts"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "GET", "path": "/", "body": {}, "body_base64": "AA=="}})).unwrap(), "body_base64"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "GET", "path": "/"}, "callback_url": "ftp://x"})).unwrap(), "callback_url"),
+        (serde_json::to_vec(&json!({"upstream": "up", "request": {"method": "GET"}})).unwrap(), "path"),
+    ];
+    for (body, field) in cases {
+        let r = server.post_raw("/v1/jobs", &body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(field), "{detail} should name {field}");
+    }
+    assert_eq!(server.get("/v1/jobs").await.json()["jobs"], json!([]));
+
+    // A job waiting for its retry can be cancelled.
+    let id = server.post("/v1/jobs", &job("/x")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    up.wait_for(1, LONG).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = server.delete(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "cancelled");
+    assert_eq!(
+        server.delete("/v1/jobs/job_nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Listing: filters and cursor pages.
+    for i in 0..5 {
+        let mut body = job(&format!("/p/{i}"));
+        body["tenant"] = json!("globex");
+        server.post("/v1/jobs", &body).await;
+    }
+    let first = server.get("/v1/jobs?tenant=globex&limit=2").await.json();
+    assert_eq!(first["jobs"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = server
+        .get(&format!("/v1/jobs?tenant=globex&limit=2&cursor={cursor}"))
+        .await
+        .json();
+    assert_eq!(second["jobs"].as_array().unwrap().len(), 2);
+    assert_ne!(first["jobs"][0]["id"], second["jobs"][0]["id"]);
+    let cancelled = server.get("/v1/jobs?status=cancelled").await.json();
+    assert_eq!(cancelled["jobs"].as_array().unwrap().len(), 1);
+    let r = server.get("/v1/jobs?status=done").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.problem()["detail"].as_str().unwrap().contains("status"));
+    server.shutdown().await;
+}
