@@ -41,7 +41,15 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
             "jobs left running by an abrupt stop go again (they may have been sent once)"
         );
     }
+    let records = app.store.requeue_in_flight(now_millis()).await?;
+    if records > 0 {
+        tracing::warn!(
+            records,
+            "batch records in flight at an abrupt stop go again (counted as possibly duplicated)"
+        );
+    }
     tokio::spawn(dispatch_loop(app.clone()));
+    tokio::spawn(super::batches::run_loop(app.clone()));
     tokio::spawn(callback_loop(app));
     Ok(())
 }
