@@ -42,12 +42,17 @@ CREATE TABLE jobs (
     next_callback_at   BIGINT NOT NULL DEFAULT 0
 );
 
--- Waiting jobs by the time they become ready: parallel claims and `next_ready_at`.
-CREATE INDEX jobs_waiting ON jobs (next_attempt_at, seq)
+-- Waiting jobs by the time they become ready: parallel claims (the queue is there to skip
+-- the jobs of other queues without reading them) and `next_ready_at`.
+CREATE INDEX jobs_waiting ON jobs (next_attempt_at, seq, queue)
     WHERE status IN ('queued', 'retry_pending');
--- Unfinished jobs of a (queue, scope) in arrival order: throttled and sequential claims.
-CREATE INDEX jobs_unfinished ON jobs (queue, scope, seq)
+-- Unfinished jobs of a (queue, scope) in arrival order, covering what throttled and
+-- sequential claims look at, so that they read this index alone.
+CREATE INDEX jobs_unfinished ON jobs (queue, scope, seq, status, next_attempt_at)
     WHERE status IN ('queued', 'running', 'retry_pending');
+-- Running jobs of a (queue, scope): the count that throttled and sequential claims check.
+CREATE INDEX jobs_running ON jobs (queue, scope)
+    WHERE status = 'running';
 -- Final jobs whose callback is still to be delivered (a job with a callback URL is 'pending'
 -- from the start; it becomes due when the job is final).
 CREATE INDEX jobs_callbacks ON jobs (next_callback_at)

@@ -17,7 +17,7 @@ use crate::jobs::model::*;
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
 const INSERT_ROWS: usize = 400;
 /// Records per UPDATE statement when finishing a chunk.
-const FINISH_ROWS: usize = 200;
+const FINISH_ROWS: usize = 500;
 
 const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
      path, query, headers, max_attempts, status, total, succeeded, failed, pending, in_flight, \
@@ -256,10 +256,13 @@ impl BatchStore for Store {
         .await
         .context("cannot order batches")?;
         let chunk_id = format!("{}/{order}", meta.id);
+        // SQLite only: `INDEXED BY` makes the planner walk the batch's pending records in
+        // index order (stopping at the chunk's size) instead of sorting all the due ones.
         let rows = sqlx::query(
             "UPDATE batch_records SET status = 'in_flight', chunk_id = ? \
              WHERE batch_seq = ? AND idx IN (\
-             SELECT idx FROM batch_records WHERE batch_seq = ? AND status = 'pending' \
+             SELECT idx FROM batch_records INDEXED BY batch_records_status \
+             WHERE batch_seq = ? AND status = 'pending' \
              AND next_attempt_at <= ? ORDER BY idx LIMIT ?) \
              RETURNING idx, record_id, payload, attempts",
         )
@@ -331,67 +334,65 @@ impl BatchStore for Store {
         let cancelled = row.try_get::<String, _>("status")? == "cancelled";
         let max_attempts: i64 = row.try_get("max_attempts")?;
 
+        // Records with the same outcome (and error, retry time) move in one statement: a
+        // chunk that went through is one UPDATE, a throttled call one more.
+        let mut groups: Vec<(&RecordResult, Vec<i64>)> = Vec::new();
+        for (record, result) in chunk.records.iter().zip(results) {
+            let index = i64::try_from(record.index).context("record index")?;
+            match groups.iter_mut().find(|(r, _)| *r == result) {
+                Some((_, indexes)) => indexes.push(index),
+                None => groups.push((result, vec![index])),
+            }
+        }
         let (mut succeeded, mut failed, mut pending, mut gone) = (0i64, 0i64, 0i64, 0i64);
-        let pairs: Vec<_> = chunk.records.iter().zip(results).collect();
-        for part in pairs.chunks(FINISH_ROWS) {
-            let values = vec!["(?, ?, ?, ?, ?)"; part.len()].join(", ");
-            // v: (idx, outcome, error, retry at, attempts to add)
-            let sql = format!(
-                "UPDATE batch_records SET \
-                 status = CASE \
-                   WHEN v.column2 = 'succeeded' THEN 'succeeded' \
-                   WHEN v.column2 = 'failed' THEN 'failed' \
-                   WHEN ? THEN 'cancelled' \
-                   WHEN batch_records.attempts + v.column5 >= ? THEN 'failed' \
-                   ELSE 'pending' END, \
-                 attempts = batch_records.attempts + v.column5, \
-                 error = v.column3, \
-                 next_attempt_at = COALESCE(v.column4, batch_records.next_attempt_at) \
-                 FROM (VALUES {values}) AS v \
-                 WHERE batch_records.batch_seq = ? AND batch_records.idx = v.column1 \
-                 AND batch_records.status = 'in_flight' AND batch_records.chunk_id = ? \
-                 RETURNING status"
-            );
-            let mut q = sqlx::query(&sql).bind(cancelled).bind(max_attempts);
-            for (record, result) in part {
-                let index = i64::try_from(record.index).context("record index")?;
-                q = match result {
-                    RecordResult::Succeeded => q
-                        .bind(index)
-                        .bind("succeeded")
-                        .bind(None::<String>)
-                        .bind(None::<i64>)
-                        .bind(1i64),
-                    RecordResult::Failed { error } => q
-                        .bind(index)
-                        .bind("failed")
-                        .bind(error.as_str())
-                        .bind(None::<i64>)
-                        .bind(1i64),
+        for (result, indexes) in &groups {
+            for part in indexes.chunks(FINISH_ROWS) {
+                let (set, error, at, burn) = match result {
+                    RecordResult::Succeeded => ("'succeeded'", None, None, 1i64),
+                    RecordResult::Failed { error } => ("'failed'", Some(error.as_str()), None, 1),
                     RecordResult::Retry {
                         at,
                         error,
                         burn_attempt,
-                    } => q
-                        .bind(index)
-                        .bind("retry")
-                        .bind(error.as_str())
-                        .bind(Some(*at))
-                        .bind(i64::from(*burn_attempt)),
+                    } => (
+                        "CASE WHEN ? THEN 'cancelled' \
+                         WHEN attempts + ? >= ? THEN 'failed' ELSE 'pending' END",
+                        Some(error.as_str()),
+                        Some(*at),
+                        i64::from(*burn_attempt),
+                    ),
                 };
-            }
-            let rows = q
-                .bind(seq)
-                .bind(&chunk.chunk_id)
-                .fetch_all(&mut *tx)
-                .await
-                .context("cannot record a chunk's outcome")?;
-            for r in &rows {
-                match r.try_get::<&str, _>("status")? {
-                    "succeeded" => succeeded += 1,
-                    "failed" => failed += 1,
-                    "pending" => pending += 1,
-                    _ => gone += 1,
+                let sql = format!(
+                    "UPDATE batch_records SET status = {set}, attempts = attempts + ?, \
+                     error = ?, next_attempt_at = COALESCE(?, next_attempt_at) \
+                     WHERE batch_seq = ? AND status = 'in_flight' AND chunk_id = ? \
+                     AND idx IN ({}) RETURNING status",
+                    placeholders(part.len())
+                );
+                let mut q = sqlx::query(&sql);
+                if at.is_some() {
+                    q = q.bind(cancelled).bind(burn).bind(max_attempts);
+                }
+                q = q
+                    .bind(burn)
+                    .bind(error)
+                    .bind(at)
+                    .bind(seq)
+                    .bind(&chunk.chunk_id);
+                for index in part {
+                    q = q.bind(*index);
+                }
+                let rows = q
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("cannot record a chunk's outcome")?;
+                for r in &rows {
+                    match r.try_get::<&str, _>("status")? {
+                        "succeeded" => succeeded += 1,
+                        "failed" => failed += 1,
+                        "pending" => pending += 1,
+                        _ => gone += 1,
+                    }
                 }
             }
         }

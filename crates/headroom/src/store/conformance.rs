@@ -28,6 +28,7 @@ where
 {
     job_round_trip(&fresh().await).await;
     dedup_window(&fresh().await).await;
+    concurrent_writes(&fresh().await).await;
     list_filters_and_cursor(&fresh().await).await;
     claim_parallel(&fresh().await).await;
     claim_throttled(&fresh().await).await;
@@ -288,6 +289,104 @@ pub async fn dedup_window<S: JobStore>(store: &S) {
         store.get_job("d1").await.unwrap().is_some(),
         "the old job stays"
     );
+}
+
+/// Writes issued at once (one task, many futures): every insert lands exactly once, one
+/// job per dedup id gets in and the others name it, a job whose id is taken fails alone, and
+/// attempts finished together each move their own job.
+pub async fn concurrent_writes<S: JobStore>(store: &S) {
+    let jobs: Vec<NewJob> = (0..300)
+        .map(|i| {
+            let mut j = new_job(&format!("w{i}"), "default", "acme", 1_000 + i);
+            if i % 3 == 0 {
+                j.dedup_id = Some(format!("evt-{}", i % 30));
+                j.dedup_until = Some(1_000_000);
+            }
+            j
+        })
+        .chain(std::iter::once(new_job("w7", "default", "acme", 5_000)))
+        .collect();
+    let results =
+        futures_util::future::join_all(jobs.into_iter().map(|j| store.insert_job(j))).await;
+    let mut created = BTreeSet::new();
+    let mut holders = std::collections::BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(Inserted::Created(j)) => {
+                if let Some(d) = &j.new.dedup_id {
+                    assert!(
+                        holders.insert(d.clone(), j.new.id.clone()).is_none(),
+                        "two jobs got in with the dedup id {d}"
+                    );
+                }
+                assert!(created.insert(j.new.id), "created twice");
+            }
+            Ok(Inserted::Duplicate(j)) => duplicates.push((i, j)),
+            Err(_) => assert_eq!(i, 300, "only the job whose id was taken fails"),
+        }
+    }
+    assert_eq!(
+        created.len(),
+        200 + 10,
+        "200 without dedup id, one per dedup id"
+    );
+    assert_eq!(duplicates.len(), 90);
+    for (i, j) in &duplicates {
+        let dedup = format!("evt-{}", i % 30);
+        assert_eq!(j.new.dedup_id.as_ref(), Some(&dedup));
+        assert_eq!(
+            Some(&j.new.id),
+            holders.get(&dedup),
+            "names the job that got in"
+        );
+    }
+    assert_eq!(
+        get(store, "w7").await.new.created_at,
+        1_007,
+        "the first w7 stays"
+    );
+    let page = store
+        .list_jobs(&JobFilter::default(), None, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 210);
+
+    let claimed = store.claim_ready(2_000, &[], 1_000).await.unwrap();
+    assert_eq!(claimed.len(), 210);
+    let finishes = claimed.iter().enumerate().map(|(i, j)| {
+        let transition = match i % 3 {
+            0 => Transition::Succeeded {
+                response: ok_response(),
+            },
+            1 => Transition::Failed {
+                error: format!("failed {}", j.new.id),
+                response: None,
+            },
+            _ => Transition::Retry {
+                at: 9_000,
+                error: "later".into(),
+                burn_attempt: i % 2 == 0,
+            },
+        };
+        store.finish_attempt(attempt(&j.new.id, 1, 2_000), transition, 2_001)
+    });
+    let finished = futures_util::future::join_all(finishes).await;
+    for (i, (r, j)) in finished.into_iter().zip(&claimed).enumerate() {
+        let after = r.expect("finish_attempt");
+        assert_eq!(
+            after.new.id, j.new.id,
+            "each finish answers with its own job"
+        );
+        let want = match i % 3 {
+            0 => (JobStatus::Succeeded, 1),
+            1 => (JobStatus::Failed, 1),
+            _ => (JobStatus::RetryPending, u32::from(i % 2 == 0)),
+        };
+        assert_eq!((after.status, after.attempts), want, "{}", j.new.id);
+        assert_eq!(get(store, &j.new.id).await, after);
+        assert_eq!(store.attempts(&j.new.id).await.unwrap().len(), 1);
+    }
 }
 
 /// Listing: insertion order, filters by status, tenant and queue (together too), cursor
@@ -594,6 +693,22 @@ pub async fn claim_sequential<S: JobStore>(store: &S) {
         "u1 is not due and u2 is behind it"
     );
     assert_eq!(claim(store, 9_000, &seq, 100).await, ids(&["u1"]));
+
+    // A job running out of order (the queue ran in parallel before) holds the scope too.
+    insert(store, new_job("v1", "journal", "", 200)).await;
+    insert(store, new_job("v2", "journal", "", 50)).await;
+    assert_eq!(claim(store, 1_000, &[], 1).await, ids(&["v2"]));
+    let journal = rules(&[
+        ("orders", QueueMode::Sequential),
+        ("ledger", QueueMode::Sequential),
+        ("journal", QueueMode::Sequential),
+    ]);
+    assert!(
+        claim(store, 1_000, &journal, 100).await.is_empty(),
+        "v1 is the oldest, but v2 runs"
+    );
+    succeed(store, "v2", 1_001).await;
+    assert_eq!(claim(store, 1_002, &journal, 100).await, ids(&["v1"]));
 }
 
 /// Where a running job goes after an attempt, how attempts are counted (a retry that does

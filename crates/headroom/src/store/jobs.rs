@@ -24,6 +24,15 @@ const WAITING: &str = "status IN ('queued', 'retry_pending')";
 const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
 const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
 
+// SQLite only: on a young database the planner has no statistics and takes the listing
+// indexes ((status, seq), (queue, seq)) for the hot queries below, which then read every
+// job ever run. `INDEXED BY` pins the partial index made for each (and fails loudly if it
+// cannot be used). Another backend leaves these out.
+const BY_WAITING: &str = "INDEXED BY jobs_waiting";
+const BY_UNFINISHED: &str = "INDEXED BY jobs_unfinished";
+const BY_CALLBACK: &str = "INDEXED BY jobs_callbacks";
+const BY_RUNNING: &str = "INDEXED BY jobs_running";
+
 pub(super) fn lane_str(lane: Lane) -> &'static str {
     match lane {
         Lane::Realtime => "realtime",
@@ -140,96 +149,176 @@ pub(super) fn placeholders(n: usize) -> String {
     s
 }
 
-impl JobStore for Store {
-    /// Inserts the job in one transaction, committed before this returns: the job survives
-    /// the process being killed right after (the WAL is written; see `super` about power
-    /// loss). The dedup check and the insert are in the same transaction, so two jobs with
-    /// the same dedup id never both get in.
-    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
-        let mut tx = self.write().await?;
-        if let Some(dedup_id) = &job.dedup_id {
-            let held =
-                sqlx::query("SELECT job_id, until FROM job_dedup WHERE queue = ? AND dedup_id = ?")
-                    .bind(&job.queue)
-                    .bind(dedup_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .context("cannot look up a deduplication id")?;
-            if let Some(row) = held {
-                let until: i64 = row.try_get("until")?;
-                let holder: String = row.try_get("job_id")?;
-                if until > job.created_at {
-                    if let Some(existing) = fetch_job(&mut tx, &holder).await? {
-                        tx.rollback().await.context("cannot end a transaction")?;
-                        return Ok(Inserted::Duplicate(existing));
-                    }
+/// Inserts a job inside the caller's transaction (see `insert_job`).
+pub(super) async fn insert_job_in(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+) -> anyhow::Result<Inserted> {
+    if let Some(dedup_id) = &job.dedup_id {
+        let held =
+            sqlx::query("SELECT job_id, until FROM job_dedup WHERE queue = ? AND dedup_id = ?")
+                .bind(&job.queue)
+                .bind(dedup_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("cannot look up a deduplication id")?;
+        if let Some(row) = held {
+            let until: i64 = row.try_get("until")?;
+            let holder: String = row.try_get("job_id")?;
+            if until > job.created_at {
+                if let Some(existing) = fetch_job(conn, &holder).await? {
+                    return Ok(Inserted::Duplicate(existing));
                 }
             }
         }
-        let callback = if job.callback_url.is_some() {
-            CallbackState::Pending
-        } else {
-            CallbackState::None
-        };
+    }
+    let callback = if job.callback_url.is_some() {
+        CallbackState::Pending
+    } else {
+        CallbackState::None
+    };
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
+         headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
+         idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
+         callback, callback_attempts, next_callback_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)",
+    )
+    .bind(&job.id)
+    .bind(&job.queue)
+    .bind(&job.scope)
+    .bind(&job.upstream)
+    .bind(&job.tenant)
+    .bind(lane_str(job.lane))
+    .bind(&job.request.method)
+    .bind(&job.request.path)
+    .bind(&job.request.query)
+    .bind(headers_json(&job.request.headers))
+    .bind(&job.request.body)
+    .bind(job.request.body_is_json)
+    .bind(&job.dedup_id)
+    .bind(job.dedup_until)
+    .bind(&job.callback_url)
+    .bind(i64::from(job.max_attempts))
+    .bind(&job.idempotency_key)
+    .bind(job.created_at)
+    .bind(job.created_at)
+    .bind(job.created_at)
+    .bind(callback_str(callback))
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("cannot store the job {}", job.id))?;
+    if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
         sqlx::query(
-            "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
-             headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
-             idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
-             callback, callback_attempts, next_callback_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)",
+            "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (queue, dedup_id) DO UPDATE SET \
+             job_id = excluded.job_id, until = excluded.until",
         )
-        .bind(&job.id)
         .bind(&job.queue)
-        .bind(&job.scope)
-        .bind(&job.upstream)
-        .bind(&job.tenant)
-        .bind(lane_str(job.lane))
-        .bind(&job.request.method)
-        .bind(&job.request.path)
-        .bind(&job.request.query)
-        .bind(headers_json(&job.request.headers))
-        .bind(&job.request.body)
-        .bind(job.request.body_is_json)
-        .bind(&job.dedup_id)
-        .bind(job.dedup_until)
-        .bind(&job.callback_url)
-        .bind(i64::from(job.max_attempts))
-        .bind(&job.idempotency_key)
-        .bind(job.created_at)
-        .bind(job.created_at)
-        .bind(job.created_at)
-        .bind(callback_str(callback))
-        .execute(&mut *tx)
+        .bind(dedup_id)
+        .bind(&job.id)
+        .bind(until)
+        .execute(&mut *conn)
         .await
-        .with_context(|| format!("cannot store the job {}", job.id))?;
-        if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
-            sqlx::query(
-                "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (queue, dedup_id) DO UPDATE SET \
-                 job_id = excluded.job_id, until = excluded.until",
-            )
-            .bind(&job.queue)
-            .bind(dedup_id)
-            .bind(&job.id)
-            .bind(until)
-            .execute(&mut *tx)
-            .await
-            .context("cannot store a deduplication id")?;
+        .context("cannot store a deduplication id")?;
+    }
+    let created_at = job.created_at;
+    Ok(Inserted::Created(Job {
+        new: job.clone(),
+        status: JobStatus::Queued,
+        attempts: 0,
+        next_attempt_at: created_at,
+        updated_at: created_at,
+        last_error: None,
+        response: None,
+        callback,
+        callback_attempts: 0,
+        next_callback_at: 0,
+    }))
+}
+
+/// Records an attempt and moves the job on inside the caller's transaction (see
+/// `finish_attempt`).
+pub(super) async fn finish_attempt_in(
+    conn: &mut SqliteConnection,
+    attempt: &AttemptRecord,
+    transition: &Transition,
+    now: Millis,
+) -> anyhow::Result<Job> {
+    let sql_final = format!(
+        "UPDATE jobs SET status = ?, attempts = attempts + 1, updated_at = ?, \
+         last_error = ?, response_status = ?, response_headers = ?, response_body = ?, \
+         next_callback_at = ? WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    let sql_retry = format!(
+        "UPDATE jobs SET status = 'retry_pending', attempts = attempts + ?, \
+         next_attempt_at = ?, updated_at = ?, last_error = ? \
+         WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    let final_update = |status: JobStatus, error: Option<&str>, response: Option<&JobResponse>| {
+        sqlx::query(&sql_final)
+            .bind(status.as_str())
+            .bind(now)
+            .bind(error.map(str::to_string))
+            .bind(response.map(|r| i64::from(r.status)))
+            .bind(response.map(|r| headers_json(&r.headers)))
+            .bind(response.map(|r| r.body.clone()))
+            .bind(now)
+            .bind(attempt.job_id.clone())
+    };
+    let query = match &transition {
+        Transition::Succeeded { response } => {
+            final_update(JobStatus::Succeeded, None, Some(response))
         }
-        tx.commit().await.context("cannot commit a job")?;
-        let created_at = job.created_at;
-        Ok(Inserted::Created(Job {
-            new: job,
-            status: JobStatus::Queued,
-            attempts: 0,
-            next_attempt_at: created_at,
-            updated_at: created_at,
-            last_error: None,
-            response: None,
-            callback,
-            callback_attempts: 0,
-            next_callback_at: 0,
-        }))
+        Transition::Failed { error, response } => {
+            final_update(JobStatus::Failed, Some(error), response.as_ref())
+        }
+        Transition::Retry {
+            at,
+            error,
+            burn_attempt,
+        } => sqlx::query(&sql_retry)
+            .bind(i64::from(*burn_attempt))
+            .bind(*at)
+            .bind(now)
+            .bind(error.clone())
+            .bind(attempt.job_id.clone()),
+    };
+    let job = match query
+        .fetch_optional(&mut *conn)
+        .await
+        .context("cannot move a job on")?
+    {
+        Some(row) => job_from_row(&row)?.1,
+        None => fetch_job(conn, &attempt.job_id)
+            .await?
+            .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
+    };
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
+         wait_ms, rate_limit_headers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&attempt.job_id)
+    .bind(i64::from(attempt.number))
+    .bind(attempt.started_at)
+    .bind(attempt.finished_at)
+    .bind(attempt.status.map(i64::from))
+    .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
+    .bind(headers_json(&attempt.rate_limit_headers))
+    .bind(&attempt.error)
+    .execute(&mut *conn)
+    .await
+    .context("cannot record an attempt")?;
+    Ok(job)
+}
+
+impl JobStore for Store {
+    /// Inserts the job in a transaction committed before this returns: the job survives the
+    /// process being killed right after (the WAL is written; see `super` about power loss).
+    /// The dedup check and the insert are in the same transaction, so two jobs with the same
+    /// dedup id never both get in. Concurrent inserts share transactions (`super::writer`).
+    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
+        self.grouped(super::writer::Op::insert(job)).await
     }
 
     async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
@@ -316,9 +405,11 @@ impl JobStore for Store {
         Ok(out)
     }
 
-    /// One statement: the candidates of parallel queues (by time) and of throttled and
-    /// sequential queues (a window over each (queue, scope)'s unfinished jobs in arrival
-    /// order) are merged, the `limit` earliest are marked running and returned.
+    /// One statement. Candidates of parallel queues: the earliest due jobs (index by time).
+    /// Candidates of throttled and sequential queues: for each scope of each such queue
+    /// (walked through the index, one step per scope rather than per job), the running
+    /// count and the first jobs in arrival order. Together, the `limit` earliest are marked
+    /// running and returned, earliest first.
     async fn claim_ready(
         &self,
         now: Millis,
@@ -329,25 +420,67 @@ impl JobStore for Store {
             return Ok(Vec::new());
         }
         // Queues with a rule other than parallel (the first rule of a name wins).
-        let mut restricted: Vec<(&str, &'static str, i64)> = Vec::new();
+        let mut named: Vec<(&str, &'static str, i64)> = Vec::new();
         for rule in rules {
-            if restricted.iter().any(|(n, _, _)| *n == rule.name) {
+            if named.iter().any(|(n, _, _)| *n == rule.name) {
                 continue;
             }
-            match rule.mode {
-                QueueMode::Parallel => restricted.push((&rule.name, "parallel", 0)),
-                QueueMode::Throttled(n) => restricted.push((&rule.name, "throttled", n.into())),
-                QueueMode::Sequential => restricted.push((&rule.name, "sequential", 1)),
-            }
+            named.push(match rule.mode {
+                QueueMode::Parallel => (&rule.name, "parallel", 0),
+                QueueMode::Throttled(n) => (&rule.name, "throttled", n.into()),
+                QueueMode::Sequential => (&rule.name, "sequential", 1),
+            });
         }
-        restricted.retain(|(_, mode, _)| *mode != "parallel");
+        named.retain(|(_, mode, _)| *mode != "parallel");
+        let restricted = named;
+        // Candidates looked at per throttled scope: its cap at most.
+        let most = restricted.iter().map(|(_, _, cap)| *cap).max().unwrap_or(0);
 
-        let mut sql = format!(
+        let mut sql = String::new();
+        if !restricted.is_empty() {
+            let values = vec!["(?, ?, ?)"; restricted.len()].join(", ");
+            sql.push_str(&format!(
+                "WITH RECURSIVE \
+                 rules(name, mode, cap) AS (VALUES {values}), \
+                 scopes(queue, mode, cap, scope) AS (\
+                   SELECT r.name, r.mode, r.cap, (SELECT MIN(scope) FROM jobs {BY_UNFINISHED} \
+                     WHERE queue = r.name AND {UNFINISHED}) FROM rules AS r \
+                   UNION ALL \
+                   SELECT s.queue, s.mode, s.cap, (SELECT MIN(scope) FROM jobs {BY_UNFINISHED} \
+                     WHERE queue = s.queue AND scope > s.scope AND {UNFINISHED}) \
+                   FROM scopes AS s WHERE s.scope IS NOT NULL), \
+                 heads AS (\
+                   SELECT s.queue, s.mode, s.cap, s.scope, \
+                     (SELECT COUNT(*) FROM jobs {BY_RUNNING} WHERE queue = s.queue \
+                       AND scope = s.scope AND status = 'running') AS running \
+                   FROM scopes AS s WHERE s.scope IS NOT NULL), \
+                 throttled AS (\
+                   SELECT h.queue, h.scope, h.cap, h.running, j.seq, j.next_attempt_at \
+                   FROM heads AS h CROSS JOIN jobs AS j \
+                   WHERE h.mode = 'throttled' AND h.running < h.cap AND j.seq IN (\
+                     SELECT seq FROM jobs {BY_UNFINISHED} WHERE queue = h.queue \
+                       AND scope = h.scope AND {UNFINISHED} AND status <> 'running' \
+                       AND next_attempt_at <= ? ORDER BY seq LIMIT ?)), \
+                 restricted(seq, next_attempt_at) AS (\
+                   SELECT seq, next_attempt_at FROM (\
+                     SELECT seq, next_attempt_at, cap, running, \
+                       ROW_NUMBER() OVER (PARTITION BY queue, scope ORDER BY seq) AS rn \
+                     FROM throttled) AS t WHERE t.rn + t.running <= t.cap \
+                   UNION ALL \
+                   SELECT j.seq, j.next_attempt_at FROM heads AS h CROSS JOIN jobs AS j \
+                   WHERE h.mode = 'sequential' AND h.running = 0 \
+                     AND j.seq = (SELECT MIN(seq) FROM jobs {BY_UNFINISHED} \
+                       WHERE queue = h.queue AND scope = h.scope AND {UNFINISHED}) \
+                     AND j.status <> 'running' AND j.next_attempt_at <= ?) "
+            ));
+        }
+        sql.push_str(&format!(
             "UPDATE jobs SET status = 'running', updated_at = ? WHERE seq IN (\
              SELECT seq FROM (\
              SELECT seq, next_attempt_at FROM (\
-             SELECT seq, next_attempt_at FROM jobs WHERE {WAITING} AND next_attempt_at <= ?"
-        );
+             SELECT seq, next_attempt_at FROM jobs {BY_WAITING} \
+             WHERE {WAITING} AND next_attempt_at <= ?"
+        ));
         if !restricted.is_empty() {
             sql.push_str(&format!(
                 " AND queue NOT IN ({})",
@@ -356,41 +489,24 @@ impl JobStore for Store {
         }
         sql.push_str(" ORDER BY next_attempt_at, seq LIMIT ?) AS parallel");
         if !restricted.is_empty() {
-            let values = vec!["(?, ?, ?)"; restricted.len()].join(", ");
-            sql.push_str(&format!(
-                " UNION ALL SELECT seq, next_attempt_at FROM (\
-                 SELECT j.seq, j.status, j.next_attempt_at, r.column2 AS mode, r.column3 AS cap, \
-                 ROW_NUMBER() OVER w AS pos, \
-                 SUM(CASE WHEN j.status = 'running' THEN 1 ELSE 0 END) \
-                 OVER (PARTITION BY j.queue, j.scope) AS running, \
-                 SUM(CASE WHEN j.status <> 'running' AND j.next_attempt_at <= ? THEN 1 ELSE 0 END) \
-                 OVER w AS due_rank \
-                 FROM jobs AS j JOIN (VALUES {values}) AS r ON r.column1 = j.queue \
-                 WHERE j.{UNFINISHED} \
-                 WINDOW w AS (PARTITION BY j.queue, j.scope ORDER BY j.seq)\
-                 ) AS t \
-                 WHERE t.status <> 'running' AND t.next_attempt_at <= ? \
-                 AND ((t.mode = 'sequential' AND t.pos = 1 AND t.running = 0) \
-                 OR (t.mode = 'throttled' AND t.due_rank + t.running <= t.cap))"
-            ));
+            sql.push_str(" UNION ALL SELECT seq, next_attempt_at FROM restricted");
         }
         sql.push_str(&format!(
             ") AS candidates ORDER BY next_attempt_at, seq LIMIT ?) RETURNING {JOB_COLUMNS}"
         ));
 
-        let mut q = sqlx::query(&sql).bind(now).bind(now);
-        for (name, _, _) in &restricted {
-            q = q.bind(*name);
-        }
-        q = q.bind(i64::from(limit));
+        let mut q = sqlx::query(&sql);
         if !restricted.is_empty() {
-            q = q.bind(now);
             for (name, mode, cap) in &restricted {
                 q = q.bind(*name).bind(*mode).bind(*cap);
             }
-            q = q.bind(now);
+            q = q.bind(now).bind(most).bind(now);
         }
-        q = q.bind(i64::from(limit));
+        q = q.bind(now).bind(now);
+        for (name, _, _) in &restricted {
+            q = q.bind(*name);
+        }
+        q = q.bind(i64::from(limit)).bind(i64::from(limit));
         let rows = q
             .fetch_all(self.writer())
             .await
@@ -404,81 +520,15 @@ impl JobStore for Store {
     }
 
     /// A job that is not running (any more) is left as it is; the attempt is recorded all
-    /// the same.
+    /// the same. Concurrent calls share transactions (`super::writer`).
     async fn finish_attempt(
         &self,
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
     ) -> anyhow::Result<Job> {
-        let mut tx = self.write().await?;
-        let sql_final = format!(
-            "UPDATE jobs SET status = ?, attempts = attempts + 1, updated_at = ?, \
-             last_error = ?, response_status = ?, response_headers = ?, response_body = ?, \
-             next_callback_at = ? WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
-        );
-        let sql_retry = format!(
-            "UPDATE jobs SET status = 'retry_pending', attempts = attempts + ?, \
-             next_attempt_at = ?, updated_at = ?, last_error = ? \
-             WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
-        );
-        let final_update =
-            |status: JobStatus, error: Option<&str>, response: Option<&JobResponse>| {
-                sqlx::query(&sql_final)
-                    .bind(status.as_str())
-                    .bind(now)
-                    .bind(error.map(str::to_string))
-                    .bind(response.map(|r| i64::from(r.status)))
-                    .bind(response.map(|r| headers_json(&r.headers)))
-                    .bind(response.map(|r| r.body.clone()))
-                    .bind(now)
-                    .bind(attempt.job_id.clone())
-            };
-        let query = match &transition {
-            Transition::Succeeded { response } => {
-                final_update(JobStatus::Succeeded, None, Some(response))
-            }
-            Transition::Failed { error, response } => {
-                final_update(JobStatus::Failed, Some(error), response.as_ref())
-            }
-            Transition::Retry {
-                at,
-                error,
-                burn_attempt,
-            } => sqlx::query(&sql_retry)
-                .bind(i64::from(*burn_attempt))
-                .bind(*at)
-                .bind(now)
-                .bind(error.clone())
-                .bind(attempt.job_id.clone()),
-        };
-        let job = match query
-            .fetch_optional(&mut *tx)
+        self.grouped(super::writer::Op::finish(attempt, transition, now))
             .await
-            .context("cannot move a job on")?
-        {
-            Some(row) => job_from_row(&row)?.1,
-            None => fetch_job(&mut tx, &attempt.job_id)
-                .await?
-                .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
-        };
-        sqlx::query(
-            "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
-             wait_ms, rate_limit_headers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&attempt.job_id)
-        .bind(i64::from(attempt.number))
-        .bind(attempt.started_at)
-        .bind(attempt.finished_at)
-        .bind(attempt.status.map(i64::from))
-        .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
-        .bind(headers_json(&attempt.rate_limit_headers))
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await
-        .context("cannot record an attempt")?;
-        tx.commit().await.context("cannot commit an attempt")?;
-        Ok(job)
     }
 
     async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
@@ -523,7 +573,7 @@ impl JobStore for Store {
 
     async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
         let at: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE {WAITING}"
+            "SELECT MIN(next_attempt_at) FROM jobs {BY_WAITING} WHERE {WAITING}"
         ))
         .fetch_one(self.pool())
         .await
@@ -533,7 +583,7 @@ impl JobStore for Store {
 
     async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE callback = 'pending' AND {FINAL} \
+            "SELECT {JOB_COLUMNS} FROM jobs {BY_CALLBACK} WHERE callback = 'pending' AND {FINAL} \
              AND next_callback_at <= ? ORDER BY next_callback_at, seq LIMIT ?"
         ))
         .bind(now)

@@ -9,7 +9,8 @@
 //! this process fairly instead of letting them collide on the file lock (`SQLITE_BUSY`), and
 //! starts with `BEGIN IMMEDIATE` so that a transaction that reads before it writes can never
 //! fail to upgrade its lock. Reads use a pool of connections beside it (WAL: readers never
-//! block the writer nor wait for it).
+//! block the writer nor wait for it). Job inserts and attempt results that arrive together
+//! share one transaction (group commit, `writer`).
 //!
 //! Durability: a commit is in the WAL file when it returns (`synchronous = NORMAL`), so it
 //! survives the process being killed at any moment. After a power loss or an OS crash the
@@ -20,6 +21,7 @@ mod batches;
 pub mod conformance;
 mod credentials;
 mod jobs;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,6 +41,8 @@ pub struct Store {
     pool: SqlitePool,
     /// The one connection that writes jobs and batches (the same pool as `pool` in memory).
     writer: SqlitePool,
+    /// Writes that share transactions (group commit, see `writer`).
+    ops: tokio::sync::mpsc::Sender<writer::Op>,
     /// The database file; `None` for an in-memory database.
     path: Option<PathBuf>,
 }
@@ -142,7 +146,13 @@ impl Store {
                 .await
                 .with_context(|| format!("cannot open the SQLite database {url} for writing"))?
         };
-        Ok(Store { pool, writer, path })
+        let ops = writer::spawn(writer.clone());
+        Ok(Store {
+            pool,
+            writer,
+            ops,
+            path,
+        })
     }
 
     /// Starts a write transaction on the writer connection, waiting for the writers before

@@ -1,0 +1,170 @@
+//! Group commit for the busiest writes (inserting jobs, finishing attempts).
+//!
+//! Callers hand their write to one task that owns the turn on the writer connection: it takes
+//! every write waiting (up to `MAX_GROUP`), runs them one after the other in one
+//! transaction, commits, and only then answers each caller. A lone write is a transaction of
+//! its own, with no added wait; under load, one commit (and one trip through the writer's
+//! queue) serves many writes. If any write of a group fails, the group is rolled back and
+//! each of its writes is run again in its own transaction, so that one bad write fails
+//! alone.
+//!
+//! A write whose caller stops waiting (a dropped future) is still carried out.
+
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::jobs::{finish_attempt_in, insert_job_in};
+use super::Store;
+use crate::jobs::model::*;
+
+/// Writes in one transaction at most.
+const MAX_GROUP: usize = 128;
+/// Writes waiting for their turn before callers wait to hand theirs over.
+const QUEUE: usize = 4096;
+
+pub(super) enum Op {
+    Insert {
+        job: NewJob,
+        reply: oneshot::Sender<anyhow::Result<Inserted>>,
+    },
+    Finish {
+        attempt: AttemptRecord,
+        transition: Transition,
+        now: Millis,
+        reply: oneshot::Sender<anyhow::Result<Job>>,
+    },
+}
+
+enum Done {
+    Inserted(Inserted),
+    Job(Job),
+}
+
+impl Op {
+    pub(super) fn insert(job: NewJob) -> (Op, oneshot::Receiver<anyhow::Result<Inserted>>) {
+        let (reply, rx) = oneshot::channel();
+        (Op::Insert { job, reply }, rx)
+    }
+
+    pub(super) fn finish(
+        attempt: AttemptRecord,
+        transition: Transition,
+        now: Millis,
+    ) -> (Op, oneshot::Receiver<anyhow::Result<Job>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Op::Finish {
+                attempt,
+                transition,
+                now,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    async fn apply(&self, conn: &mut SqliteConnection) -> anyhow::Result<Done> {
+        Ok(match self {
+            Op::Insert { job, .. } => Done::Inserted(insert_job_in(conn, job).await?),
+            Op::Finish {
+                attempt,
+                transition,
+                now,
+                ..
+            } => Done::Job(finish_attempt_in(conn, attempt, transition, *now).await?),
+        })
+    }
+
+    /// Answers the caller (who may have stopped waiting).
+    fn reply(self, result: anyhow::Result<Done>) {
+        match self {
+            Op::Insert { reply, .. } => {
+                let _ = reply.send(result.and_then(|d| match d {
+                    Done::Inserted(i) => Ok(i),
+                    Done::Job(_) => anyhow::bail!("a job insert answered with a job"),
+                }));
+            }
+            Op::Finish { reply, .. } => {
+                let _ = reply.send(result.and_then(|d| match d {
+                    Done::Job(j) => Ok(j),
+                    Done::Inserted(_) => anyhow::bail!("an attempt answered with an insert"),
+                }));
+            }
+        }
+    }
+}
+
+/// Starts the task that runs grouped writes on `writer`; it ends when every sender is gone.
+pub(super) fn spawn(writer: SqlitePool) -> mpsc::Sender<Op> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(run(writer, rx));
+    tx
+}
+
+async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Op>) {
+    let mut ops = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut ops, MAX_GROUP).await > 0 {
+        run_group(&writer, std::mem::take(&mut ops)).await;
+    }
+}
+
+async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
+    if ops.len() == 1 {
+        for op in ops {
+            run_alone(writer, op).await;
+        }
+        return;
+    }
+    let mut results = Vec::with_capacity(ops.len());
+    let all: anyhow::Result<()> = async {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        for op in &ops {
+            results.push(op.apply(&mut tx).await?);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    match all {
+        Ok(()) => {
+            for (op, done) in ops.into_iter().zip(results) {
+                op.reply(Ok(done));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), writes = ops.len(),
+                "a grouped write failed; running each alone");
+            for op in ops {
+                run_alone(writer, op).await;
+            }
+        }
+    }
+}
+
+async fn run_alone(writer: &SqlitePool, op: Op) {
+    let result = async {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let done = op.apply(&mut tx).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+    .await;
+    op.reply(result);
+}
+
+impl Store {
+    /// Hands a write to the group-commit task and waits for its commit. Without the task
+    /// (a store used from another runtime than the one that opened it), runs it alone.
+    pub(super) async fn grouped<T>(
+        &self,
+        (op, rx): (Op, oneshot::Receiver<anyhow::Result<T>>),
+    ) -> anyhow::Result<T> {
+        if let Err(mpsc::error::SendError(op)) = self.ops.send(op).await {
+            run_alone(self.writer(), op).await;
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("the store's writer stopped before answering"),
+        }
+    }
+}
