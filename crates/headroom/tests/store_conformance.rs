@@ -150,3 +150,94 @@ async fn a_35000_record_batch() {
         "inserting 35,000 records took {insert:?}"
     );
 }
+
+/// The child side of `kill_9_loses_no_acknowledged_write`: inserts jobs from four tasks
+/// (so that commits are grouped) and a batch, printing each acknowledgement, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_writer() {
+    let Ok(url) = std::env::var("HEADROOM_STORE_CHILD") else {
+        return; // only as a child process
+    };
+    let store = Arc::new(Store::open(&url).await.unwrap());
+    let batch = conformance::new_batch("crash-batch", 2_000, 100, 0);
+    store.insert_batch(batch).await.unwrap();
+    println!("ack batch");
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("k{t}-{i}");
+                    let job = conformance::new_job(&id, "default", "", i);
+                    store.insert_job(job).await.unwrap();
+                    println!("ack {id}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// kill -9 a process that is writing: every write it acknowledged is there after reopening,
+/// and the database is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_write() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("HEADROOM_STORE_CHILD", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let acked = tokio::task::spawn_blocking(move || {
+        let mut acked = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            // The harness may print "test child_writer ... " before the first one.
+            if let Some((_, id)) = line.split_once("ack ") {
+                acked.push(id.to_string());
+                if acked.len() == 1_500 {
+                    break;
+                }
+            }
+        }
+        (acked, child)
+    });
+    let (acked, mut child) = acked.await.unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(acked.len(), 1_500, "the child stopped early");
+
+    let store = Store::open(&url).await.unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert_eq!(acked[0], "batch");
+    let batch = store.get_batch("crash-batch", 0).await.unwrap().unwrap();
+    assert_eq!(batch.total, 2_000);
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batch_records")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 2_000);
+    for id in &acked[1..] {
+        assert!(
+            store.get_job(id).await.unwrap().is_some(),
+            "job {id} was acknowledged, then lost"
+        );
+    }
+}
