@@ -78,10 +78,16 @@ pub struct Args {
     /// Delay the mock adds to every response.
     #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = parse_latency)]
     pub latency: Duration,
-    /// Records in the bulk import (one call each).
+    /// Records in the bulk import.
     #[arg(long, value_name = "N", default_value_t = 240,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub records: u64,
+    /// Records per bulk call. 1: each record is its own call through the proxy. More: the
+    /// import is one batch (`POST /v1/batches`, HubSpot format) sent in chunks of this size,
+    /// with every 33rd record failing the upstream's validation. Default: 1 up to 1,000
+    /// records, else 100.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch_size: Option<u32>,
     /// Real-time calls per second (a Poisson stream) while the import runs; 0 for none.
     #[arg(long, value_name = "PER_S", default_value_t = 1.0, value_parser = parse_rate)]
     pub realtime_rate: f64,
@@ -146,6 +152,8 @@ pub struct Options {
     pub hidden_share: f64,
     pub latency: Duration,
     pub records: u64,
+    /// Records per bulk call (1: proxied calls; more: one batch in chunks of this size).
+    pub batch_size: u32,
     pub realtime_rate: f64,
     pub concurrency: u32,
     /// Print what is being started (to stdout) and, when stdout is a terminal, progress bars
@@ -163,6 +171,7 @@ impl Default for Options {
             hidden_share: 0.0,
             latency: Duration::ZERO,
             records: 240,
+            batch_size: 1,
             realtime_rate: 1.0,
             concurrency: 32,
             display: false,
@@ -180,6 +189,9 @@ impl From<&Args> for Options {
             hidden_share: a.hidden_share,
             latency: a.latency,
             records: a.records,
+            batch_size: a
+                .batch_size
+                .unwrap_or(if a.records > 1000 { 100 } else { 1 }),
             realtime_rate: a.realtime_rate,
             concurrency: a.concurrency,
             display: !a.json,
@@ -198,6 +210,10 @@ impl Options {
             "the window must be at least 10ms"
         );
         anyhow::ensure!(self.records >= 1, "there must be at least 1 record");
+        anyhow::ensure!(
+            (1..=100).contains(&self.batch_size),
+            "the batch size must be from 1 to 100"
+        );
         anyhow::ensure!(
             (1..=1024).contains(&self.concurrency),
             "the concurrency must be from 1 to 1024"
@@ -251,6 +267,10 @@ pub struct DemoReport {
     pub records_failed: u64,
     /// Records not finished when the run was interrupted.
     pub records_unfinished: u64,
+    /// Records per bulk call.
+    pub batch_size: u32,
+    /// Batch mode: records the upstream applied twice (0 unless Headroom crashed mid-call).
+    pub records_applied_twice: u64,
 
     /// Whole windows of the upstream's limit between the start and the end of the import.
     pub whole_windows: u64,
@@ -322,6 +342,11 @@ impl Tally {
         w.sort_unstable();
         w
     }
+}
+
+/// Whether record `i` of a batch import carries an address the upstream refuses.
+fn is_invalid(i: u64) -> bool {
+    i % 33 == 7
 }
 
 /// The `q` quantile (0 to 1) of sorted values, nearest rank.
@@ -453,6 +478,124 @@ impl Caller {
                 }
             }
             bar.inc(1);
+        }
+    }
+
+    /// The import as one batch: submits every record to `/v1/batches`, then follows the
+    /// batch until no record is pending.
+    async fn batch_import(self: Arc<Self>, records: u64, batch_size: u32, bar: ProgressBar) {
+        let inputs: Vec<serde_json::Value> = (0..records)
+            .map(|i| {
+                // Every 33rd record fails the upstream's validation: the demo shows it reported.
+                let email = if is_invalid(i) {
+                    format!("invalid-address-{i}")
+                } else {
+                    format!("contact-{i}@example.com")
+                };
+                serde_json::json!({"id": format!("r{i}"), "properties": {"email": email}})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "upstream": UPSTREAM,
+            "tenant": TENANT,
+            "format": "hubspot",
+            "max_batch_size": batch_size,
+            "request": {
+                "method": "POST",
+                "path": "/crm/v3/objects/contacts/batch/upsert",
+                "headers": {"authorization": CREDENTIAL},
+            },
+            "records": inputs,
+        });
+        let fail_all = |error: String| {
+            self.tally
+                .records_failed
+                .fetch_add(records, Ordering::Relaxed);
+            self.tally.fail(FailedCall {
+                lane: "bulk",
+                index: 0,
+                status: None,
+                error,
+            });
+        };
+        let submitted = self
+            .admin(Method::POST, "/v1/batches", Bytes::from(body.to_string()))
+            .await;
+        let id = match submitted {
+            Ok(v) => v["id"].as_str().unwrap_or_default().to_string(),
+            Err(e) => return fail_all(format!("the batch was not accepted: {e}")),
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let path = format!("/v1/batches/{id}?failures_limit={MAX_FAILURES_KEPT}");
+            let view = match self.admin(Method::GET, &path, Bytes::new()).await {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let count = |k: &str| view[k].as_u64().unwrap_or(0);
+            self.tally
+                .records_ok
+                .store(count("succeeded"), Ordering::Relaxed);
+            self.tally
+                .records_failed
+                .store(count("failed"), Ordering::Relaxed);
+            bar.set_position(count("succeeded") + count("failed"));
+            if count("pending") == 0 {
+                let mut kept = self
+                    .tally
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for f in view["failures"].as_array().into_iter().flatten() {
+                    if kept.len() < MAX_FAILURES_KEPT {
+                        kept.push(FailedCall {
+                            lane: "bulk",
+                            index: f["index"].as_u64().unwrap_or(0),
+                            // The mock refuses invalid records in a 207 multi-status answer.
+                            status: Some(207),
+                            error: format!(
+                                "{}: {}",
+                                f["record_id"].as_str().unwrap_or(""),
+                                f["error"].as_str().unwrap_or("")
+                            ),
+                        });
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// A call to Headroom's own API; the JSON answer, or why it failed.
+    async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<serde_json::Value, String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(value["detail"].as_str().unwrap_or("error").to_string())
         }
     }
 
@@ -687,10 +830,17 @@ pub async fn execute_until(
             format_duration(opts.window),
             interval_ms
         );
-        println!(
-            "importing {} records for tenant {TENANT} with {} bulk workers, real-time calls at {}/s\n",
-            opts.records, opts.concurrency, opts.realtime_rate
-        );
+        if opts.batch_size > 1 {
+            println!(
+                "importing {} records for tenant {TENANT} as one batch in calls of {}, real-time calls at {}/s\n",
+                opts.records, opts.batch_size, opts.realtime_rate
+            );
+        } else {
+            println!(
+                "importing {} records for tenant {TENANT} with {} bulk workers, real-time calls at {}/s\n",
+                opts.records, opts.concurrency, opts.realtime_rate
+            );
+        }
     }
     let show_bars = opts.display && std::io::stdout().is_terminal();
     let mut display = Display::new(show_bars, opts.records);
@@ -700,12 +850,20 @@ pub async fn execute_until(
     mock.reset();
     let t0 = Instant::now();
     let mut workers = JoinSet::new();
-    for _ in 0..opts.concurrency {
-        workers.spawn(
-            caller
-                .clone()
-                .bulk_worker(opts.records, display.bulk.clone()),
-        );
+    if opts.batch_size > 1 {
+        workers.spawn(caller.clone().batch_import(
+            opts.records,
+            opts.batch_size,
+            display.bulk.clone(),
+        ));
+    } else {
+        for _ in 0..opts.concurrency {
+            workers.spawn(
+                caller
+                    .clone()
+                    .bulk_worker(opts.records, display.bulk.clone()),
+            );
+        }
     }
     let (stop_realtime, realtime_stop) = watch::channel(false);
     let mut realtime = tokio::spawn(
@@ -809,6 +967,8 @@ pub async fn execute_until(
         records_ok: ok,
         records_failed: failed,
         records_unfinished: opts.records.saturating_sub(ok + failed),
+        batch_size: opts.batch_size,
+        records_applied_twice: stats.batch_records_reapplied,
         whole_windows,
         goodput_per_window: goodput,
         goodput_pct_of_target: goodput.map(|g| 100.0 * g / target),
@@ -880,6 +1040,15 @@ impl DemoReport {
             records.push_str(&format!(", {} unfinished", self.records_unfinished));
         }
         row("bulk records", records);
+        if self.batch_size > 1 {
+            row(
+                "batch",
+                format!(
+                    "{} records per call; records applied twice: {}",
+                    self.batch_size, self.records_applied_twice
+                ),
+            );
+        }
         match self.goodput_per_window {
             Some(g) => {
                 row(
@@ -969,7 +1138,7 @@ impl DemoReport {
         }
         if !self.failures.is_empty() {
             out.push_str("\nfailed calls (first ones):\n");
-            for f in &self.failures {
+            for f in self.failures.iter().take(5) {
                 let status = f.status.map_or("no answer".to_string(), |s| s.to_string());
                 out.push_str(&format!(
                     "  {} #{}: {status}: {}\n",
@@ -1005,11 +1174,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.records
         );
     }
-    if report.records_failed > 0 {
+    // A batch import plants invalid records; exactly those must fail.
+    let planted = if report.batch_size > 1 {
+        (0..report.records).filter(|i| is_invalid(*i)).count() as u64
+    } else {
+        0
+    };
+    if report.records_failed != planted {
         anyhow::bail!(
             "{} of {} records failed",
             report.records_failed,
             report.records
+        );
+    }
+    if planted > 0 && !args.json {
+        println!(
+            "\nthe {planted} failed records are the planted invalid ones (every 33rd), each reported with the upstream's error"
         );
     }
     Ok(())
