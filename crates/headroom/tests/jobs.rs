@@ -270,5 +270,8 @@ async fn cancel_list_and_bad_input() {
     let r = server.get("/v1/jobs?status=done").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.problem()["detail"].as_str().unwrap().contains("status"));
+    let r = server.get("/v1/jobs?cursor=abc").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.problem()["detail"].as_str().unwrap().contains("cursor"));
     server.shutdown().await;
 }

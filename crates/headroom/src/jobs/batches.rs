@@ -258,7 +258,9 @@ pub async fn run_loop(app: AppState) {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot claim batch records"),
         }
+        // With batches at their chunk limit, a finishing chunk wakes the runner.
         let wait = match app.store.next_chunk_at().await {
+            Ok(Some(_)) if !busy.is_empty() => Duration::from_secs(1),
             Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(5, 1000) as u64),
             _ => Duration::from_secs(1),
         };

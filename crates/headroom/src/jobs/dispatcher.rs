@@ -99,7 +99,9 @@ async fn dispatch_loop(app: AppState) {
             continue; // there may be more ready
         }
         let wait = match app.store.next_ready_at().await {
-            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(0, 1000) as u64),
+            // A due job may be held back by its queue's mode: wait a little, or for a wake-up
+            // (a job arriving or finishing).
+            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(5, 1000) as u64),
             _ => super::api::IDLE_POLL,
         };
         tokio::select! {
