@@ -400,6 +400,14 @@ async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
     }
+    if let Some(c) = &q.cursor {
+        // Cursors are what a previous page gave: the arrival number of its last job.
+        if c.parse::<u64>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
+            )));
+        }
+    }
     let filter = JobFilter {
         status,
         tenant,
