@@ -175,14 +175,16 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
+/// An answer a [`Recorder`] is told to give: a status and headers.
+type Scripted = (u16, Vec<(String, String)>);
+
 /// A tiny upstream that records every request and answers from a script of statuses
 /// (then 200s), for what the mock does not show: headers received, callbacks, order.
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
-    script:
-        std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>)>>>,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Scripted>>>,
 }
 
 impl Recorder {
