@@ -114,6 +114,12 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Tokens(headroom::tenants_cli::TokensArgs),
 
+    /// Submit, show, list and cancel durable jobs on a running server.
+    Jobs(headroom::tenants_cli::JobsArgs),
+
+    /// Submit, show and cancel batches (many records sent in chunks to a bulk endpoint).
+    Batches(headroom::tenants_cli::BatchesArgs),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -151,6 +157,8 @@ fn main() -> std::process::ExitCode {
         Command::Tenants(args) => headroom::tenants_cli::run_tenants(args),
         Command::Tokens(args) => headroom::tenants_cli::run_tokens(args),
         Command::CheckConfig { file } => headroom::server::check_config(&file),
+        Command::Jobs(args) => headroom::tenants_cli::run_jobs(args),
+        Command::Batches(args) => headroom::tenants_cli::run_batches(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
