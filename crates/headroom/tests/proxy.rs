@@ -390,3 +390,24 @@ async fn shutdown_drains_in_flight_calls() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.attempts(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_to_buffer_is_streamed_once() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "").await;
+    // 3 MiB, over the 1 MiB Headroom buffers for retries.
+    let body = vec![b'x'; 3 << 20];
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/proxy/up/upload", rig.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = rig.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["headroom-attempts"], "1");
+    use http_body_util::BodyExt;
+    let echoed: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echoed["body_bytes"], 3 << 20);
+    assert_eq!(rig.mock.stats().accepted, 1);
+    rig.shutdown().await;
+}
