@@ -418,19 +418,9 @@ async fn forward(
         },
     };
     let mut headers = forwarded_headers(&parts.headers, out_body.replayable());
-    if let Some(t) = tenant.as_deref() {
-        if let Some(credential) = app.credentials.get(t, &upstream.name).await? {
-            let value = if upstream.credential.scheme.is_empty() {
-                credential.to_string()
-            } else {
-                format!("{} {credential}", upstream.credential.scheme)
-            };
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| anyhow::anyhow!("stored credential is not a valid header value"))?;
-            value.set_sensitive(true);
-            headers.insert(upstream.credential.header.clone(), value);
-        }
-    }
+    inject_credential(app, &upstream, tenant.as_deref(), &mut headers)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let key: BudgetKey = (
         upstream.index,
         budget_key(&upstream, tenant.as_deref(), &headers),
@@ -571,6 +561,34 @@ async fn forward(
         })
         .observe(journey.waited.as_secs_f64());
     Ok(response)
+}
+
+/// Puts the tenant's stored credential for the upstream (if any) in the upstream's
+/// credential header, replacing whatever the caller sent there.
+pub(crate) async fn inject_credential(
+    app: &AppState,
+    upstream: &Upstream,
+    tenant: Option<&str>,
+    headers: &mut HeaderMap,
+) -> Result<(), String> {
+    let Some(tenant) = tenant else {
+        return Ok(());
+    };
+    let credential = match app.credentials.get(tenant, &upstream.name).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(format!("cannot read the tenant's credential: {e:#}")),
+    };
+    let value = if upstream.credential.scheme.is_empty() {
+        credential.to_string()
+    } else {
+        format!("{} {credential}", upstream.credential.scheme)
+    };
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| "the stored credential is not a valid header value".to_string())?;
+    value.set_sensitive(true);
+    headers.insert(upstream.credential.header.clone(), value);
+    Ok(())
 }
 
 /// One call to an upstream, as the proxy and the job dispatcher both make it.

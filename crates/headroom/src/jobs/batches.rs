@@ -337,33 +337,18 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             headers.insert(name, value);
         }
     }
-    if let Some(t) = meta.tenant.as_deref() {
-        match app.credentials.get(t, &upstream.name).await {
-            Ok(Some(credential)) => {
-                let value = if upstream.credential.scheme.is_empty() {
-                    credential.to_string()
-                } else {
-                    format!("{} {credential}", upstream.credential.scheme)
-                };
-                if let Ok(mut value) = HeaderValue::from_str(&value) {
-                    value.set_sensitive(true);
-                    headers.insert(upstream.credential.header.clone(), value);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let at = now_millis() + 5_000;
-                let error = format!("cannot read the tenant's credential: {e:#}");
-                return all(
-                    chunk,
-                    RecordResult::Retry {
-                        at,
-                        error,
-                        burn_attempt: false,
-                    },
-                );
-            }
-        }
+    if let Err(error) =
+        crate::proxy::inject_credential(app, &upstream, meta.tenant.as_deref(), &mut headers).await
+    {
+        let at = now_millis() + 5_000;
+        return all(
+            chunk,
+            RecordResult::Retry {
+                at,
+                error,
+                burn_attempt: false,
+            },
+        );
     }
     let key = (
         upstream.index,

@@ -373,23 +373,7 @@ async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<H
             HeaderValue::from_static("application/json"),
         );
     }
-    if let Some(t) = job.new.tenant.as_deref() {
-        match app.credentials.get(t, &upstream.name).await {
-            Ok(Some(credential)) => {
-                let value = if upstream.credential.scheme.is_empty() {
-                    credential.to_string()
-                } else {
-                    format!("{} {credential}", upstream.credential.scheme)
-                };
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| "the stored credential is not a valid header value".to_string())?;
-                value.set_sensitive(true);
-                headers.insert(upstream.credential.header.clone(), value);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("cannot read the tenant's credential: {e:#}")),
-        }
-    }
+    crate::proxy::inject_credential(app, upstream, job.new.tenant.as_deref(), &mut headers).await?;
     if let Some(name) = &upstream.idempotency_header {
         if let Ok(v) = HeaderValue::from_str(&job.new.idempotency_key) {
             headers.insert(name.clone(), v);
