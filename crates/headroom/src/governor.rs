@@ -21,7 +21,9 @@ pub type BudgetKey = (u32, Arc<str>);
 const IDLE_EVICTION: Duration = Duration::from_secs(15 * 60);
 const EVICTION_SWEEP: Duration = Duration::from_secs(60);
 
-type Waiter = oneshot::Sender<Result<Permit, Rejection>>;
+/// A queued call's end of the channel. A grant travels as a [`Lease`], so that one nobody
+/// receives (the caller went away just then) is still returned to its budget.
+type Waiter = oneshot::Sender<Result<Lease, Rejection>>;
 
 struct Inner {
     governor: Governor<BudgetKey, u64>,
@@ -33,21 +35,38 @@ struct Inner {
 }
 
 impl Inner {
-    /// Hands decisions to their waiters. A grant whose waiter is gone is returned at once.
-    fn deliver(&mut self, now: Timestamp) {
+    /// Hands decisions to their waiters. A grant whose waiter is gone is returned at once
+    /// (here, under the lock, not by the lease's drop, which would take the lock again).
+    fn deliver(&mut self, governor: &Arc<SharedGovernor>, now: Timestamp) {
         while let Some(decision) = self.decisions.pop() {
-            let (token, result) = match decision {
-                Decision::Granted { token, permit, .. } => (token, Ok(permit)),
-                Decision::Rejected { token, rejection } => (token, Err(rejection)),
+            let (token, permit) = match decision {
+                Decision::Granted { token, permit, .. } => (token, permit),
+                Decision::Rejected { token, rejection } => {
+                    if let Some((waiter, _)) = self.waiters.remove(&token) {
+                        let _ = waiter.send(Err(rejection));
+                    }
+                    continue;
+                }
             };
+            // A waiter withdraws from the governor and from here under this same lock, so
+            // every grant finds its waiter.
             let Some((waiter, key)) = self.waiters.remove(&token) else {
+                debug_assert!(false, "a grant without its waiter");
                 continue;
             };
-            if let Err(Ok(permit)) = waiter.send(result) {
-                let mut more = Vec::new();
-                self.governor
-                    .complete(now, &key, permit, Outcome::Abandoned, &mut more);
-                self.decisions.extend(more);
+            let lease = Lease {
+                governor: Arc::clone(governor),
+                key,
+                permit: Some(permit),
+                waited: Duration::ZERO,
+            };
+            if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
+                if let Some(permit) = lease.permit.take() {
+                    let mut more = Vec::new();
+                    self.governor
+                        .complete(now, &lease.key, permit, Outcome::Abandoned, &mut more);
+                    self.decisions.extend(more);
+                }
             }
         }
     }
@@ -151,7 +170,7 @@ impl SharedGovernor {
         max_wait: Duration,
     ) -> Result<Lease, Rejection> {
         let start = self.now();
-        let (id, rx) = {
+        let (id, mut rx) = {
             let mut inner = self.lock();
             let id = inner.next_id;
             inner.next_id += 1;
@@ -178,18 +197,29 @@ impl SharedGovernor {
             armed: true,
         };
         // The governor expires waiters itself; the timeout only guards against a lost wake-up.
-        let result = tokio::time::timeout(max_wait + Duration::from_millis(250), rx).await;
-        guard.armed = !matches!(result, Ok(Ok(_)));
-        drop(guard);
-        let waited = self.now().saturating_since(start);
-        match result {
-            Ok(Ok(Ok(permit))) => Ok(self.lease(key, permit, waited)),
-            Ok(Ok(Err(rejection))) => Err(rejection),
-            _ => Err(Rejection {
-                reason: headroom_core::RejectReason::WaitTooLong,
-                retry_after: Duration::from_secs(1),
-            }),
-        }
+        let result = tokio::time::timeout(max_wait + Duration::from_millis(250), &mut rx).await;
+        let result = match result {
+            Ok(Ok(decision)) => {
+                guard.armed = false;
+                decision
+            }
+            _ => {
+                // Withdraw first: after that no decision can arrive, but one may have just
+                // before; take it rather than lose its slot.
+                drop(guard);
+                match rx.try_recv() {
+                    Ok(decision) => decision,
+                    Err(_) => Err(Rejection {
+                        reason: headroom_core::RejectReason::WaitTooLong,
+                        retry_after: Duration::from_secs(1),
+                    }),
+                }
+            }
+        };
+        result.map(|mut lease| {
+            lease.waited = self.now().saturating_since(start);
+            lease
+        })
     }
 
     fn lease(self: &Arc<Self>, key: BudgetKey, permit: Permit, waited: Duration) -> Lease {
@@ -201,14 +231,19 @@ impl SharedGovernor {
         }
     }
 
-    fn complete(&self, key: &BudgetKey, permit: Permit, outcome: Outcome<'_>) -> Reaction {
+    fn complete(
+        self: &Arc<Self>,
+        key: &BudgetKey,
+        permit: Permit,
+        outcome: Outcome<'_>,
+    ) -> Reaction {
         let now = self.now();
         let reaction = {
             let mut inner = self.lock();
             let mut out = std::mem::take(&mut inner.decisions);
             let reaction = inner.governor.complete(now, key, permit, outcome, &mut out);
             inner.decisions = out;
-            inner.deliver(now);
+            inner.deliver(self, now);
             reaction
         };
         self.wake.notify_one();
@@ -235,7 +270,7 @@ impl SharedGovernor {
                 let mut out = std::mem::take(&mut inner.decisions);
                 inner.governor.poll(now, &mut out);
                 inner.decisions = out;
-                inner.deliver(now);
+                inner.deliver(&this, now);
                 if now.saturating_since(last_sweep) >= EVICTION_SWEEP {
                     inner.governor.evict_idle(now, IDLE_EVICTION);
                     last_sweep = now;

@@ -411,3 +411,48 @@ async fn a_body_too_large_to_buffer_is_streamed_once() {
     assert_eq!(rig.mock.stats().accepted, 1);
     rig.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Callers that go away while queued must not keep a slot: their grant (if one comes) goes
+/// straight back to the budget, and the next caller is not stuck behind a leaked slot.
+async fn callers_that_give_up_while_queued_leave_no_slot_taken() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "max_concurrency = 1").await;
+    let (client, addr) = (rig.client.clone(), rig.addr);
+    let slow = tokio::spawn(async move {
+        send(
+            &client,
+            addr,
+            Method::GET,
+            "/proxy/up/slow?sleep_ms=800",
+            &[],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Five callers queue behind the only slot, then give up.
+    for _ in 0..5 {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let call = send(
+            &client,
+            addr,
+            Method::GET,
+            "/proxy/up/x",
+            &[("headroom-max-wait", "30s")],
+        );
+        assert!(tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err());
+    }
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slot is free again and nothing is left waiting.
+    let r = rig.get("/proxy/up/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let budgets = rig.get("/v1/budgets", &[]).await.json();
+    let b = &budgets["budgets"][0];
+    assert_eq!(b["in_flight"], 0, "{b}");
+    assert_eq!(b["queued_realtime"], 0, "{b}");
+    rig.shutdown().await;
+}
