@@ -275,3 +275,59 @@ async fn cancel_list_and_bad_input() {
     assert!(r.problem()["detail"].as_str().unwrap().contains("cursor"));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_queue_runs_at_most_its_concurrency_in_arrival_order() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = headroom::mock::MockConfig {
+        profile: headroom::mock::Profile::Unlimited,
+        ..Default::default()
+    };
+    let mock = headroom::mock::spawn(listener, config).await.unwrap();
+    let server = Server::start(CONFIG, &mock.url()).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let body = json!({
+            "upstream": "up",
+            "queue": "two-at-a-time",
+            "request": {"method": "GET", "path": format!("/slow/{i}"), "query": "sleep_ms=300"},
+        });
+        ids.push(
+            server.post("/v1/jobs", &body).await.json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut spans = Vec::new();
+    for id in &ids {
+        let job = server.wait_job(id, LONG).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let a = &job["attempts_log"][0];
+        let t = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        spans.push((t("started_at"), t("finished_at")));
+    }
+    // At no moment were more than two running.
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        assert!(running <= 2, "{running} running at once: {spans:?}");
+    }
+    // Taken in arrival order: two jobs claimed together may start in either order, but no
+    // job starts before one that arrived two places earlier.
+    for i in 0..spans.len() {
+        for j in i + 2..spans.len() {
+            assert!(
+                spans[i].0 <= spans[j].0,
+                "job {j} started before job {i}: {spans:?}"
+            );
+        }
+    }
+    server.shutdown().await;
+}
