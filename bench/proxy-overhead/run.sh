@@ -53,6 +53,13 @@ if [ -z "$NGINX" ] || ! command -v wrk >/dev/null || ! command -v curl >/dev/nul
     [ -n "$NGINX" ] || die "nginx did not install"
 fi
 
+# One run at a time on a machine: two would measure each other.
+exec 9>"${TMPDIR:-/tmp}/headroom-proxy-overhead.lock"
+if ! flock -n 9; then
+    say "another proxy-overhead run is in progress; waiting for it to end"
+    flock 9
+fi
+
 # --- headroom --------------------------------------------------------------------------------
 if [ -z "${HEADROOM_BIN:-}" ]; then
     say "building headroom (release)"
@@ -68,8 +75,10 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/headroom-proxy-overhead.XXXXXX")
 chmod 755 "$TMP" # nginx workers may run as another user
 PIDS=()
+SAMPLER=
 cleanup() {
     local pid
+    [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "$KEEP_TMP" = 1 ]; then say "kept $TMP"; else rm -rf "$TMP"; fi
@@ -324,12 +333,14 @@ measure() { # load round target wrk-args...
         rm -f "$TMP/busy"
         (while :; do builds_running && touch "$TMP/busy"; sleep 0.5; done) &
         sampler=$!
+        SAMPLER=$sampler
         other_snapshot "$TMP/other0"
         total0=$(total_ticks)
         server0=$(group_ticks "${SERVER[$target]}")
         wrk "$@" "${URL[$target]}" >"$out"
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
+        SAMPLER=
         total1=$(total_ticks)
         other_snapshot "$TMP/other1"
         server1=$(group_ticks "${SERVER[$target]}")
