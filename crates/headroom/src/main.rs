@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// A proxy allocates a little for every call on every thread; the system allocator's locking
+// showed as 13 % of the CPU under load (BENCHMARKS.md, proxy overhead).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Headroom keeps your integrations under the rate limits of the APIs they call.
 ///
 /// Send outbound calls through Headroom and it paces every call per customer and credential

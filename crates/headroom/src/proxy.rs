@@ -187,9 +187,9 @@ pub(crate) fn target_uri(
     query: Option<&str>,
 ) -> Result<http::Uri, ApiError> {
     for segment in rest.split('/') {
-        let decoded = percent_decode_str(segment).collect::<Vec<u8>>();
-        let bad = decoded == b"."
-            || decoded == b".."
+        let decoded: std::borrow::Cow<'_, [u8]> = percent_decode_str(segment).into();
+        let bad = *decoded == *b"."
+            || *decoded == *b".."
             || decoded
                 .iter()
                 .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control());
@@ -375,7 +375,7 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let name = upstream_name(path).unwrap_or_default();
-    let upstream = app.config.upstream(name).cloned().ok_or_else(|| {
+    let upstream = app.config.upstream(name).ok_or_else(|| {
         let known: Vec<&str> = app
             .config
             .upstreams
@@ -418,12 +418,12 @@ async fn forward(
         },
     };
     let mut headers = forwarded_headers(&parts.headers, out_body.replayable());
-    inject_credential(app, &upstream, tenant.as_deref(), &mut headers)
+    inject_credential(app, upstream, tenant.as_deref(), &mut headers)
         .await
         .map_err(anyhow::Error::msg)?;
     let key: BudgetKey = (
         upstream.index,
-        budget_key(&upstream, tenant.as_deref(), &headers),
+        budget_key(upstream, tenant.as_deref(), &headers),
     );
     let max_wait = ask.max_wait.unwrap_or(upstream.retry.max_wait);
     let started = tokio::time::Instant::now();
@@ -458,7 +458,7 @@ async fn forward(
                 if rejection.reason == RejectReason::BreakerOpen {
                     tracing::warn!(upstream = %upstream.name, budget = %key.1, "breaker open: call refused");
                 }
-                return Err(refused(&upstream, &key.1, max_wait, rejection));
+                return Err(refused(upstream, &key.1, max_wait, rejection));
             }
         };
         journey.waited += lease.waited;
@@ -470,7 +470,7 @@ async fn forward(
                 .expect("a streamed body's first attempt left a response");
         };
         let call = Call {
-            upstream: &upstream,
+            upstream,
             tenant: &tenant_label,
             method: &parts.method,
             uri: &uri,

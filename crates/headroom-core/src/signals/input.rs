@@ -9,10 +9,26 @@ pub(crate) struct Headers {
     lines: Vec<(String, String)>,
 }
 
+/// Whether a dialect reader may read a header of this name: every one it knows has "limit",
+/// "retry" or "reset" in its name (`RateLimit`, `X-RateLimit-*`, `Sforce-Limit-Info`,
+/// `X-Shopify-Shop-Api-Call-Limit`, `Retry-After`, `X-MS-Retry-After-Ms`, …), or is `Date`.
+/// Matched without regard to case and without allocating.
+fn may_matter(name: &str) -> bool {
+    let name = name.trim().as_bytes();
+    let has = |word: &[u8]| {
+        name.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    name.eq_ignore_ascii_case(b"date") || has(b"limit") || has(b"retry") || has(b"reset")
+}
+
 impl Headers {
+    /// Keeps only the lines a dialect reader may look at ([`may_matter`]): a response
+    /// carries a dozen other headers, and this runs on every proxied call.
     pub(crate) fn collect<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
         let lines = headers
             .into_iter()
+            .filter(|(name, _)| may_matter(name))
             .map(|(name, value)| {
                 (
                     name.trim().to_ascii_lowercase(),
@@ -21,6 +37,11 @@ impl Headers {
             })
             .collect();
         Headers { lines }
+    }
+
+    /// No line but (perhaps) `Date`: nothing about limits.
+    pub(crate) fn says_nothing(&self) -> bool {
+        self.lines.iter().all(|(n, _)| n == "date")
     }
 
     /// Every line's (lower-cased name, value).
@@ -106,6 +127,28 @@ pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_lines_about_limits_are_kept() {
+        for name in [
+            "RateLimit",
+            "X-RateLimit-Reset-After",
+            "X-HubSpot-RateLimit-Daily",
+            "X-Shopify-Shop-Api-Call-Limit",
+            "Sforce-Limit-Info",
+            "retry-after",
+            "X-MS-Retry-After-Ms",
+            "DATE",
+        ] {
+            assert!(may_matter(name), "{name}");
+        }
+        for name in ["content-type", "server", "x-request-id", "etag", "da", ""] {
+            assert!(!may_matter(name), "{name}");
+        }
+        let h = Headers::collect([("Content-Type", &b"text/plain"[..]), ("Date", &b"x"[..])]);
+        assert!(h.says_nothing());
+        assert_eq!(h.first("content-type"), None);
+    }
 
     #[test]
     fn names_are_case_insensitive_and_lines_join() {

@@ -17,6 +17,10 @@ use crate::server::AppState;
 
 /// Jobs running at once in this process (each waits in the governor or on its upstream).
 const MAX_RUNNING: usize = 512;
+/// With more than half of `MAX_RUNNING` in hand, claim once this many slots are free…
+const CLAIM_BATCH: usize = 64;
+/// …or this long after the last claim, whichever comes first.
+const CLAIM_DELAY: Duration = Duration::from_millis(20);
 /// A job keeps at most this much of the upstream's answer.
 const MAX_STORED_BODY: usize = 64 << 10;
 /// Callbacks are tried this many times, doubling the wait from one second.
@@ -68,19 +72,38 @@ fn rules(app: &AppState) -> Vec<QueueRule> {
 async fn dispatch_loop(app: AppState) {
     let slots = Arc::new(Semaphore::new(MAX_RUNNING));
     let rules = rules(&app);
+    let mut last_claim = tokio::time::Instant::now();
     loop {
-        let free = slots.available_permits() as u32;
-        let claimed = if free > 0 {
-            match app.store.claim_ready(now_millis(), &rules, free).await {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot claim jobs; retrying in a second");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+        let free = slots.available_permits();
+        let busy = MAX_RUNNING - free;
+        // While plenty of claimed jobs are in hand, claim in batches: one claim (a write) then
+        // serves many jobs instead of one per finished job. Never hold back longer than
+        // CLAIM_DELAY, so a ready job does not wait behind slow ones.
+        let batch_due =
+            busy < MAX_RUNNING / 2 || free >= CLAIM_BATCH || last_claim.elapsed() >= CLAIM_DELAY;
+        if free == 0 {
+            app.jobs_wake.notified().await; // a job finishing frees a slot and wakes us
+            continue;
+        }
+        if !batch_due {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_claim + CLAIM_DELAY) => {}
+                _ = app.jobs_wake.notified() => {}
             }
-        } else {
-            Vec::new()
+            continue;
+        }
+        last_claim = tokio::time::Instant::now();
+        let claimed = match app
+            .store
+            .claim_ready(now_millis(), &rules, free as u32)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot claim jobs; retrying in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
         let got = claimed.len();
         for job in claimed {
@@ -95,8 +118,8 @@ async fn dispatch_loop(app: AppState) {
                 app.jobs_wake.notify_one();
             });
         }
-        if got > 0 && slots.available_permits() > 0 {
-            continue; // there may be more ready
+        if got == free {
+            continue; // every free slot taken: there may be more ready
         }
         let wait = match app.store.next_ready_at().await {
             // A due job may be held back by its queue's mode: wait a little, or for a wake-up

@@ -384,6 +384,17 @@ pub async fn concurrent_writes<S: JobStore>(store: &S) {
             _ => (JobStatus::RetryPending, u32::from(i % 2 == 0)),
         };
         assert_eq!((after.status, after.attempts), want, "{}", j.new.id);
+        let want_response = (i % 3 == 0).then(ok_response);
+        assert_eq!(after.response, want_response, "{}", j.new.id);
+        let want_error = match i % 3 {
+            0 => None,
+            1 => Some(format!("failed {}", j.new.id)),
+            _ => Some("later".to_string()),
+        };
+        assert_eq!(after.last_error, want_error, "{}", j.new.id);
+        if i % 3 == 2 {
+            assert_eq!(after.next_attempt_at, 9_000, "{}", j.new.id);
+        }
         assert_eq!(get(store, &j.new.id).await, after);
         assert_eq!(store.attempts(&j.new.id).await.unwrap().len(), 1);
     }

@@ -172,42 +172,7 @@ pub(super) async fn insert_job_in(
             }
         }
     }
-    let callback = if job.callback_url.is_some() {
-        CallbackState::Pending
-    } else {
-        CallbackState::None
-    };
-    sqlx::query(
-        "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
-         headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
-         idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
-         callback, callback_attempts, next_callback_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)",
-    )
-    .bind(&job.id)
-    .bind(&job.queue)
-    .bind(&job.scope)
-    .bind(&job.upstream)
-    .bind(&job.tenant)
-    .bind(lane_str(job.lane))
-    .bind(&job.request.method)
-    .bind(&job.request.path)
-    .bind(&job.request.query)
-    .bind(headers_json(&job.request.headers))
-    .bind(&job.request.body)
-    .bind(job.request.body_is_json)
-    .bind(&job.dedup_id)
-    .bind(job.dedup_until)
-    .bind(&job.callback_url)
-    .bind(i64::from(job.max_attempts))
-    .bind(&job.idempotency_key)
-    .bind(job.created_at)
-    .bind(job.created_at)
-    .bind(job.created_at)
-    .bind(callback_str(callback))
-    .execute(&mut *conn)
-    .await
-    .with_context(|| format!("cannot store the job {}", job.id))?;
+    let mut created = insert_jobs_in(conn, &[job]).await?;
     if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
         sqlx::query(
             "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
@@ -222,94 +187,187 @@ pub(super) async fn insert_job_in(
         .await
         .context("cannot store a deduplication id")?;
     }
-    let created_at = job.created_at;
-    Ok(Inserted::Created(Job {
-        new: job.clone(),
-        status: JobStatus::Queued,
-        attempts: 0,
-        next_attempt_at: created_at,
-        updated_at: created_at,
-        last_error: None,
-        response: None,
-        callback,
-        callback_attempts: 0,
-        next_callback_at: 0,
-    }))
+    Ok(Inserted::Created(created.remove(0)))
 }
 
-/// Records an attempt and moves the job on inside the caller's transaction (see
-/// `finish_attempt`).
-pub(super) async fn finish_attempt_in(
+/// Inserts jobs with one statement inside the caller's transaction, without looking at their
+/// dedup ids (`insert_job_in` does that). One statement for many rows is what makes a group
+/// commit cheap: each statement is a round trip to the connection's thread.
+pub(super) async fn insert_jobs_in(
     conn: &mut SqliteConnection,
-    attempt: &AttemptRecord,
-    transition: &Transition,
-    now: Millis,
-) -> anyhow::Result<Job> {
-    let sql_final = format!(
-        "UPDATE jobs SET status = ?, attempts = attempts + 1, updated_at = ?, \
-         last_error = ?, response_status = ?, response_headers = ?, response_body = ?, \
-         next_callback_at = ? WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+    jobs: &[&NewJob],
+) -> anyhow::Result<Vec<Job>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)";
+    let sql = format!(
+        "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
+         headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
+         idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
+         callback, callback_attempts, next_callback_at) VALUES {}",
+        vec![row; jobs.len()].join(", ")
     );
-    let sql_retry = format!(
-        "UPDATE jobs SET status = 'retry_pending', attempts = attempts + ?, \
-         next_attempt_at = ?, updated_at = ?, last_error = ? \
-         WHERE id = ? AND status = 'running' RETURNING {JOB_COLUMNS}"
+    let callback = |job: &NewJob| {
+        if job.callback_url.is_some() {
+            CallbackState::Pending
+        } else {
+            CallbackState::None
+        }
+    };
+    let mut q = sqlx::query(&sql);
+    for job in jobs {
+        q = q
+            .bind(&job.id)
+            .bind(&job.queue)
+            .bind(&job.scope)
+            .bind(&job.upstream)
+            .bind(&job.tenant)
+            .bind(lane_str(job.lane))
+            .bind(&job.request.method)
+            .bind(&job.request.path)
+            .bind(&job.request.query)
+            .bind(headers_json(&job.request.headers))
+            .bind(&job.request.body)
+            .bind(job.request.body_is_json)
+            .bind(&job.dedup_id)
+            .bind(job.dedup_until)
+            .bind(&job.callback_url)
+            .bind(i64::from(job.max_attempts))
+            .bind(&job.idempotency_key)
+            .bind(job.created_at)
+            .bind(job.created_at)
+            .bind(job.created_at)
+            .bind(callback_str(callback(job)));
+    }
+    q.execute(&mut *conn).await.with_context(|| match jobs {
+        [job] => format!("cannot store the job {}", job.id),
+        _ => format!("cannot store {} jobs", jobs.len()),
+    })?;
+    Ok(jobs
+        .iter()
+        .map(|job| Job {
+            new: (*job).clone(),
+            status: JobStatus::Queued,
+            attempts: 0,
+            next_attempt_at: job.created_at,
+            updated_at: job.created_at,
+            last_error: None,
+            response: None,
+            callback: callback(job),
+            callback_attempts: 0,
+            next_callback_at: 0,
+        })
+        .collect())
+}
+
+/// One finished attempt: the attempt, where the job goes, and when.
+pub(super) type Finish<'a> = (&'a AttemptRecord, &'a Transition, Millis);
+
+/// Records attempts and moves their jobs on inside the caller's transaction, with one
+/// statement for the jobs and one for the attempts, whatever their number (see
+/// `insert_jobs_in` for why). A job that is not running (any more) is left as it is; its
+/// attempt is recorded all the same. Each job appears at most once (a job has one running
+/// attempt). Returns the jobs in the order of `finishes`.
+pub(super) async fn finish_attempts_in(
+    conn: &mut SqliteConnection,
+    finishes: &[Finish<'_>],
+) -> anyhow::Result<Vec<Job>> {
+    if finishes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A final transition sets the outcome (response columns included, even to NULL) and
+    // starts the callback clock; a retry keeps them and sets the next attempt's time.
+    let sql = format!(
+        "WITH v(v_id, v_status, v_burn, v_at, v_now, v_error, v_final, v_rstatus, \
+         v_rheaders, v_rbody) AS (VALUES {}) \
+         UPDATE jobs SET status = v_status, attempts = attempts + v_burn, \
+         next_attempt_at = CASE WHEN v_final THEN next_attempt_at ELSE v_at END, \
+         updated_at = v_now, last_error = v_error, \
+         response_status = CASE WHEN v_final THEN v_rstatus ELSE response_status END, \
+         response_headers = CASE WHEN v_final THEN v_rheaders ELSE response_headers END, \
+         response_body = CASE WHEN v_final THEN v_rbody ELSE response_body END, \
+         next_callback_at = CASE WHEN v_final THEN v_now ELSE next_callback_at END \
+         FROM v WHERE id = v_id AND status = 'running' RETURNING {JOB_COLUMNS}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
     );
-    let final_update = |status: JobStatus, error: Option<&str>, response: Option<&JobResponse>| {
-        sqlx::query(&sql_final)
+    let mut q = sqlx::query(&sql);
+    for (attempt, transition, now) in finishes {
+        let (status, burn, at, error, response) = match transition {
+            Transition::Succeeded { response } => {
+                (JobStatus::Succeeded, true, None, None, Some(response))
+            }
+            Transition::Failed { error, response } => (
+                JobStatus::Failed,
+                true,
+                None,
+                Some(error),
+                response.as_ref(),
+            ),
+            Transition::Retry {
+                at,
+                error,
+                burn_attempt,
+            } => (
+                JobStatus::RetryPending,
+                *burn_attempt,
+                Some(*at),
+                Some(error),
+                None,
+            ),
+        };
+        q = q
+            .bind(&attempt.job_id)
             .bind(status.as_str())
-            .bind(now)
-            .bind(error.map(str::to_string))
+            .bind(i64::from(burn))
+            .bind(at)
+            .bind(*now)
+            .bind(error)
+            .bind(at.is_none())
             .bind(response.map(|r| i64::from(r.status)))
             .bind(response.map(|r| headers_json(&r.headers)))
-            .bind(response.map(|r| r.body.clone()))
-            .bind(now)
-            .bind(attempt.job_id.clone())
-    };
-    let query = match &transition {
-        Transition::Succeeded { response } => {
-            final_update(JobStatus::Succeeded, None, Some(response))
-        }
-        Transition::Failed { error, response } => {
-            final_update(JobStatus::Failed, Some(error), response.as_ref())
-        }
-        Transition::Retry {
-            at,
-            error,
-            burn_attempt,
-        } => sqlx::query(&sql_retry)
-            .bind(i64::from(*burn_attempt))
-            .bind(*at)
-            .bind(now)
-            .bind(error.clone())
-            .bind(attempt.job_id.clone()),
-    };
-    let job = match query
-        .fetch_optional(&mut *conn)
+            .bind(response.map(|r| r.body.as_slice()));
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
         .await
-        .context("cannot move a job on")?
-    {
-        Some(row) => job_from_row(&row)?.1,
-        None => fetch_job(conn, &attempt.job_id)
-            .await?
-            .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
-    };
-    sqlx::query(
+        .context("cannot move jobs on")?;
+    let mut moved = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (_, job) = job_from_row(row)?;
+        moved.insert(job.new.id.clone(), job);
+    }
+    let mut jobs = Vec::with_capacity(finishes.len());
+    for (attempt, _, _) in finishes {
+        jobs.push(match moved.remove(&attempt.job_id) {
+            Some(job) => job,
+            None => fetch_job(conn, &attempt.job_id)
+                .await?
+                .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
+        });
+    }
+
+    let sql = format!(
         "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
-         wait_ms, rate_limit_headers, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&attempt.job_id)
-    .bind(i64::from(attempt.number))
-    .bind(attempt.started_at)
-    .bind(attempt.finished_at)
-    .bind(attempt.status.map(i64::from))
-    .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
-    .bind(headers_json(&attempt.rate_limit_headers))
-    .bind(&attempt.error)
-    .execute(&mut *conn)
-    .await
-    .context("cannot record an attempt")?;
-    Ok(job)
+         wait_ms, rate_limit_headers, error) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (attempt, _, _) in finishes {
+        q = q
+            .bind(&attempt.job_id)
+            .bind(i64::from(attempt.number))
+            .bind(attempt.started_at)
+            .bind(attempt.finished_at)
+            .bind(attempt.status.map(i64::from))
+            .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
+            .bind(headers_json(&attempt.rate_limit_headers))
+            .bind(&attempt.error);
+    }
+    q.execute(&mut *conn)
+        .await
+        .context("cannot record attempts")?;
+    Ok(jobs)
 }
 
 impl JobStore for Store {

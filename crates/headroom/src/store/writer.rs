@@ -1,8 +1,8 @@
 //! Group commit for the busiest writes (inserting jobs, finishing attempts).
 //!
 //! Callers hand their write to one task that owns the turn on the writer connection: it takes
-//! every write waiting (up to `MAX_GROUP`), runs them one after the other in one
-//! transaction, commits, and only then answers each caller. A lone write is a transaction of
+//! every write waiting (up to `MAX_GROUP`), runs them in one transaction with as few
+//! statements as they allow (many rows per statement), commits, and only then answers each caller. A lone write is a transaction of
 //! its own, with no added wait; under load, one commit (and one trip through the writer's
 //! queue) serves many writes. If any write of a group fails, the group is rolled back and
 //! each of its writes is run again in its own transaction, so that one bad write fails
@@ -13,7 +13,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::jobs::{finish_attempt_in, insert_job_in};
+use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in};
 use super::Store;
 use crate::jobs::model::*;
 
@@ -71,7 +71,11 @@ impl Op {
                 transition,
                 now,
                 ..
-            } => Done::Job(finish_attempt_in(conn, attempt, transition, *now).await?),
+            } => Done::Job(
+                finish_attempts_in(conn, &[(attempt, transition, *now)])
+                    .await?
+                    .remove(0),
+            ),
         })
     }
 
@@ -115,12 +119,10 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
         }
         return;
     }
-    let mut results = Vec::with_capacity(ops.len());
+    let mut results = Vec::new();
     let all: anyhow::Result<()> = async {
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        for op in &ops {
-            results.push(op.apply(&mut tx).await?);
-        }
+        results = apply_group(&mut tx, &ops).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -139,6 +141,51 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
             }
         }
     }
+}
+
+/// Runs a group's writes with as few statements as they allow: the plain inserts as one, the
+/// finished attempts as two; inserts with a dedup id one by one, in order, since each must see
+/// the ones before. The results are in the order of `ops`.
+async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<Vec<Done>> {
+    let mut plain = Vec::new();
+    let mut finishes = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Insert { job, .. } if job.dedup_id.is_none() => plain.push((i, job)),
+            Op::Finish {
+                attempt,
+                transition,
+                now,
+                ..
+            } => {
+                // A job has one running attempt, so its id is never twice in a group; if it
+                // were, the statement could not tell the two apart.
+                anyhow::ensure!(
+                    ids.insert(attempt.job_id.as_str()),
+                    "two attempts of the job {} in one group",
+                    attempt.job_id
+                );
+                finishes.push((i, (attempt, transition, *now)));
+            }
+            Op::Insert { .. } => {}
+        }
+    }
+    let mut results: Vec<Option<Done>> = ops.iter().map(|_| None).collect();
+    let jobs: Vec<&NewJob> = plain.iter().map(|(_, job)| *job).collect();
+    for ((i, _), job) in plain.iter().zip(insert_jobs_in(conn, &jobs).await?) {
+        results[*i] = Some(Done::Inserted(Inserted::Created(job)));
+    }
+    let args: Vec<_> = finishes.iter().map(|(_, f)| *f).collect();
+    for ((i, _), job) in finishes.iter().zip(finish_attempts_in(conn, &args).await?) {
+        results[*i] = Some(Done::Job(job));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if results[i].is_none() {
+            results[i] = Some(op.apply(conn).await?);
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 async fn run_alone(writer: &SqlitePool, op: Op) {
