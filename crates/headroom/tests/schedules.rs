@@ -574,3 +574,80 @@ async fn config_schedules_belong_to_the_config() {
     assert_eq!(r.status, StatusCode::CONFLICT);
     server.shutdown().await;
 }
+
+/// `headroom schedules …` against a running server: JSON out, the server's problem detail
+/// and exit code 2 on error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_schedules() {
+    let up = Recorder::start().await;
+    let clock = clock_at("2026-03-02T10:00:00Z");
+    let server = start(UPSTREAM, &up.url(), &clock).await;
+    let url = format!("http://{}", server.addr);
+    let cli = move |args: Vec<&'static str>, stdin: Option<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+                .arg("schedules")
+                .args(&args)
+                .args(["--server", &url])
+                .env_remove("HEADROOM_API_TOKEN")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut input = child.stdin.take().unwrap();
+            input
+                .write_all(stdin.unwrap_or_default().as_bytes())
+                .unwrap();
+            drop(input);
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        })
+    };
+    let body = schedule("nightly", "0 2 * * *", json!(["acme", "globex"])).to_string();
+    let (code, out, err) = cli(vec!["create", "-"], Some(body)).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["name"], "nightly");
+    let (_, out, _) = cli(vec!["list"], None).await.unwrap();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["schedules"][0]["cron"], "0 2 * * *");
+    let (_, out, _) = cli(vec!["pause", "nightly"], None).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], true);
+    let (_, out, _) = cli(vec!["resume", "nightly"], None).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], false);
+    tick(&server, &["nightly"]).await;
+    let (_, out, _) = cli(vec!["get", "nightly"], None).await.unwrap();
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["tenant_count"], 2, "{got}");
+    assert_eq!(got["next_runs"][0]["scheduled_for"], "2026-03-03T02:00:00.000Z");
+    set(&clock, "2026-03-03T02:00:00Z");
+    tick(&server, &["nightly"]).await;
+    let (_, out, _) = cli(vec!["runs", "nightly", "--tenant", "acme"], None)
+        .await
+        .unwrap();
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs["runs"][0]["tenant"], "acme");
+
+    let bad = schedule("bad", "0 25 * * *", json!(["acme"])).to_string();
+    let (code, _, err) = cli(vec!["create"], Some(bad)).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("400 Bad Request: cron: \"0 25 * * *\" is not a cron expression"),
+        "{err}"
+    );
+    let (code, out, err) = cli(vec!["delete", "nightly"], None).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["deleted"], true);
+    let (code, _, err) = cli(vec!["get", "nightly"], None).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("404"), "{err}");
+    server.shutdown().await;
+}
