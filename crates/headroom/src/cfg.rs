@@ -697,6 +697,8 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         let c = Config::parse(text, "examples/headroom.toml").unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert!(c.upstreams[1].budget_config.limits.is_empty());
+        assert_eq!(c.schedules.len(), 1);
+        assert_eq!(c.schedules[0].name(), "nightly-sync");
     }
 
     #[test]

@@ -55,12 +55,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Builds the state: opens the store and starts the governor's timer.
     pub async fn new(config: Config, api_token: Option<String>) -> anyhow::Result<AppState> {
-        AppState::with_clock(
-            config,
-            api_token,
-            Arc::new(crate::schedules::UnixClock),
-        )
-        .await
+        AppState::with_clock(config, api_token, Arc::new(crate::schedules::UnixClock)).await
     }
 
     /// As `new`, with schedules on `clock` (counted from the Unix epoch), e.g. a manual
@@ -219,8 +214,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// `headroom check-config FILE`: validates a config and says what it found.
 pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    let schedules = if config.schedules.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} schedule{}: {}",
+            config.schedules.len(),
+            if config.schedules.len() == 1 { "" } else { "s" },
+            config
+                .schedules
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     println!(
-        "{}: ok ({} upstream{}: {})",
+        "{}: ok ({} upstream{}: {}{schedules})",
         path.display(),
         config.upstreams.len(),
         if config.upstreams.len() == 1 { "" } else { "s" },

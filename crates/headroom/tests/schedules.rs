@@ -33,13 +33,7 @@ fn set(clock: &ManualClock, rfc3339: &str) {
 }
 
 async fn start(config: &str, base: &str, clock: &ManualClock) -> Server {
-    start_in(
-        Arc::new(tempfile::tempdir().unwrap()),
-        config,
-        base,
-        clock,
-    )
-    .await
+    start_in(Arc::new(tempfile::tempdir().unwrap()), config, base, clock).await
 }
 
 async fn start_in(
@@ -94,7 +88,12 @@ async fn all_runs(server: &Server, name: &str, page: u32) -> Vec<Value> {
             path.push_str(&format!("&cursor={c}"));
         }
         let r = server.get(&path).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         let v = r.json();
         runs.extend(v["runs"].as_array().unwrap().iter().cloned());
         match v["next_cursor"].as_str() {
@@ -136,7 +135,12 @@ async fn five_hundred_tenants_are_spread_over_the_stagger_window() {
     body["stagger"] = json!("5m");
     body["overlap"] = json!("allow");
     let r = server.post("/v1/schedules", &body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(tick(&server, &["sync"]).await, vec![]);
 
     // Every tenant's first run is in the window that starts now: 10:00 plus its offset.
@@ -198,11 +202,19 @@ async fn a_run_is_skipped_while_the_previous_one_is_unfinished() {
     let mut single = schedule("single", "* * * * *", json!(["acme"]));
     single["job"]["queue"] = json!("slow-retry");
     let r = server.post("/v1/schedules", &single).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     tick(&server, &["single"]).await;
 
     set(&clock, "2026-03-02T10:01:00Z");
-    assert_eq!(tick(&server, &["single"]).await, vec![("acme".into(), "fired".into())]);
+    assert_eq!(
+        tick(&server, &["single"]).await,
+        vec![("acme".into(), "fired".into())]
+    );
     let first = all_runs(&server, "single", 10).await;
     let job = first[0]["job_id"].as_str().unwrap().to_string();
     // Wait for its first attempt to fail: it is then retry_pending for an hour.
@@ -212,28 +224,41 @@ async fn a_run_is_skipped_while_the_previous_one_is_unfinished() {
         if v["status"] == "retry_pending" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job never failed once: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job never failed once: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     set(&clock, "2026-03-02T10:02:00Z");
-    assert_eq!(tick(&server, &["single"]).await, vec![("acme".into(), "skipped".into())]);
+    assert_eq!(
+        tick(&server, &["single"]).await,
+        vec![("acme".into(), "skipped".into())]
+    );
     set(&clock, "2026-03-02T10:03:00Z");
-    assert_eq!(tick(&server, &["single"]).await, vec![("acme".into(), "skipped".into())]);
+    assert_eq!(
+        tick(&server, &["single"]).await,
+        vec![("acme".into(), "skipped".into())]
+    );
 
     // The job ends (cancelled): the next run fires.
     let r = server.delete(&format!("/v1/jobs/{job}")).await;
     assert_eq!(r.json()["status"], "cancelled");
     set(&clock, "2026-03-02T10:04:00Z");
-    assert_eq!(tick(&server, &["single"]).await, vec![("acme".into(), "fired".into())]);
+    assert_eq!(
+        tick(&server, &["single"]).await,
+        vec![("acme".into(), "fired".into())]
+    );
 
     let runs = all_runs(&server, "single", 2).await;
     let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses[..3], ["cancelled", "skipped", "skipped"], "{runs:?}");
-    assert!(
-        ["fired", "succeeded"].contains(&statuses[3]),
+    assert_eq!(
+        statuses[..3],
+        ["cancelled", "skipped", "skipped"],
         "{runs:?}"
     );
+    assert!(["fired", "succeeded"].contains(&statuses[3]), "{runs:?}");
     let reason = runs[1]["reason"].as_str().unwrap();
     assert!(
         reason.contains(&job) && reason.contains("still in progress"),
@@ -260,11 +285,17 @@ async fn overlap_allow_fires_every_time() {
     let mut allow = schedule("allow", "* * * * *", json!(["acme"]));
     allow["job"]["queue"] = json!("slow-retry");
     allow["overlap"] = json!("allow");
-    assert_eq!(server.post("/v1/schedules", &allow).await.status, StatusCode::CREATED);
+    assert_eq!(
+        server.post("/v1/schedules", &allow).await.status,
+        StatusCode::CREATED
+    );
     tick(&server, &["allow"]).await;
     for minute in 1..=3 {
         set(&clock, &format!("2026-03-02T10:0{minute}:00Z"));
-        assert_eq!(tick(&server, &["allow"]).await, vec![("acme".into(), "fired".into())]);
+        assert_eq!(
+            tick(&server, &["allow"]).await,
+            vec![("acme".into(), "fired".into())]
+        );
     }
     server.shutdown().await;
 }
@@ -319,7 +350,10 @@ async fn a_restart_neither_repeats_nor_loses_runs() {
     assert_eq!(tick(&server, &["catch-once", "catch-skip"]).await, vec![]);
     let v = server.get("/v1/schedules/catch-once").await.json();
     assert_eq!(v["source"], "config");
-    assert_eq!(v["next_runs"][0]["scheduled_for"], "2026-03-02T10:10:00.000Z");
+    assert_eq!(
+        v["next_runs"][0]["scheduled_for"],
+        "2026-03-02T10:10:00.000Z"
+    );
     server.shutdown().await;
 
     // Down from 10:07 to 10:31: five runs (10:10 … 10:30) missed.
@@ -328,10 +362,18 @@ async fn a_restart_neither_repeats_nor_loses_runs() {
     let mut runs = tick(&server, &["catch-once", "catch-skip"]).await;
     runs.sort();
     assert_eq!(runs.len(), 4, "{runs:?}");
-    assert_eq!(tick(&server, &["catch-once", "catch-skip"]).await.len(), 4, "not again");
+    assert_eq!(
+        tick(&server, &["catch-once", "catch-skip"]).await.len(),
+        4,
+        "not again"
+    );
     let once = all_runs(&server, "catch-once", 100).await;
     let skip = all_runs(&server, "catch-skip", 100).await;
-    assert_eq!(once.len(), 4, "two runs at 10:05, one catch-up each: {once:?}");
+    assert_eq!(
+        once.len(),
+        4,
+        "two runs at 10:05, one catch-up each: {once:?}"
+    );
     assert_eq!(skip.len(), 4, "{skip:?}");
     for run in &once[2..] {
         assert!(run["job_id"].is_string(), "{run}");
@@ -360,7 +402,10 @@ async fn paused_schedules_do_not_run_and_resume_from_now() {
     let server = start(UPSTREAM, &up.url(), &clock).await;
     let mut body = schedule("hourly", "0 * * * *", json!(["acme"]));
     body["catch_up"] = json!("once");
-    assert_eq!(server.post("/v1/schedules", &body).await.status, StatusCode::CREATED);
+    assert_eq!(
+        server.post("/v1/schedules", &body).await.status,
+        StatusCode::CREATED
+    );
     tick(&server, &["hourly"]).await;
     let r = server.post("/v1/schedules/hourly/pause", &json!({})).await;
     assert_eq!(r.json()["paused"], true);
@@ -368,15 +413,25 @@ async fn paused_schedules_do_not_run_and_resume_from_now() {
     assert_eq!(tick(&server, &["hourly"]).await, vec![]);
     let r = server.post("/v1/schedules/hourly/resume", &json!({})).await;
     assert_eq!(r.json()["paused"], false);
-    assert_eq!(tick(&server, &["hourly"]).await, vec![], "the paused hours are not caught up");
+    assert_eq!(
+        tick(&server, &["hourly"]).await,
+        vec![],
+        "the paused hours are not caught up"
+    );
     set(&clock, "2026-03-02T14:00:00Z");
-    assert_eq!(tick(&server, &["hourly"]).await, vec![("acme".into(), "fired".into())]);
+    assert_eq!(
+        tick(&server, &["hourly"]).await,
+        vec![("acme".into(), "fired".into())]
+    );
 
     let list = server.get("/v1/schedules").await.json();
     assert_eq!(list["schedules"][0]["name"], "hourly");
     let r = server.delete("/v1/schedules/hourly").await;
     assert_eq!(r.json()["deleted"], true);
-    assert_eq!(server.get("/v1/schedules/hourly").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        server.get("/v1/schedules/hourly").await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         server.get("/v1/schedules/hourly/runs").await.status,
         StatusCode::NOT_FOUND
@@ -397,9 +452,15 @@ async fn tenants_with_a_credential_are_followed() {
     let store = &server.state.store;
     store.put_credential("acme", "up", &sealed).await.unwrap();
     store.put_credential("globex", "up", &sealed).await.unwrap();
-    store.put_credential("initech", "other", &sealed).await.unwrap();
+    store
+        .put_credential("initech", "other", &sealed)
+        .await
+        .unwrap();
     let body = schedule("all", "*/5 * * * *", json!({"with_credential": "up"}));
-    assert_eq!(server.post("/v1/schedules", &body).await.status, StatusCode::CREATED);
+    assert_eq!(
+        server.post("/v1/schedules", &body).await.status,
+        StatusCode::CREATED
+    );
     tick(&server, &["all"]).await;
     set(&clock, "2026-03-02T10:05:00Z");
     let mut runs = tick(&server, &["all"]).await;
@@ -412,7 +473,10 @@ async fn tenants_with_a_credential_are_followed() {
         ]
     );
     store.delete_credential("globex", "up").await.unwrap();
-    store.put_credential("umbrella", "up", &sealed).await.unwrap();
+    store
+        .put_credential("umbrella", "up", &sealed)
+        .await
+        .unwrap();
     tick(&server, &["all"]).await;
     set(&clock, "2026-03-02T10:10:00Z");
     let mut runs = tick(&server, &["all"]).await;
@@ -504,13 +568,21 @@ async fn bad_schedules_get_a_problem_naming_the_field() {
         let detail = r.problem()["detail"].as_str().unwrap().to_string();
         assert!(detail.starts_with(expected), "{detail} (wanted {expected})");
     }
-    let r = server.post_raw("/v1/schedules", b"{\"name\": \"x\", \"crn\": 1}").await;
+    let r = server
+        .post_raw("/v1/schedules", b"{\"name\": \"x\", \"crn\": 1}")
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.problem()["detail"].as_str().unwrap().contains("crn"));
-    assert_eq!(server.get("/v1/schedules").await.json()["schedules"], json!([]));
+    assert_eq!(
+        server.get("/v1/schedules").await.json()["schedules"],
+        json!([])
+    );
 
     let good = schedule("a", "0 * * * *", json!(["acme"]));
-    assert_eq!(server.post("/v1/schedules", &good).await.status, StatusCode::CREATED);
+    assert_eq!(
+        server.post("/v1/schedules", &good).await.status,
+        StatusCode::CREATED
+    );
     let r = server.post("/v1/schedules", &good).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.problem()["detail"].as_str().unwrap().starts_with("name:"));
@@ -545,9 +617,10 @@ fn bad_config_schedules_name_the_key_and_the_expression() {
         e.starts_with("h.toml: schedules[0].timezone: \"Europe/Atlantis\""),
         "{e}"
     );
-    let e = headroom::cfg::Config::parse(&table("cron = \"0 2 * * *\"\ncatchup = \"once\""), "h.toml")
-        .unwrap_err()
-        .to_string();
+    let e =
+        headroom::cfg::Config::parse(&table("cron = \"0 2 * * *\"\ncatchup = \"once\""), "h.toml")
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("catchup") && e.contains("line"), "{e}");
     let ok = headroom::cfg::Config::parse(
         &table("cron = \"0 0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstagger = \"10m\""),
@@ -567,9 +640,15 @@ async fn config_schedules_belong_to_the_config() {
     let server = start(RESTART, &up.url(), &clock).await;
     let r = server.delete("/v1/schedules/catch-once").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.problem()["detail"].as_str().unwrap().contains("config file"));
+    assert!(r.problem()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("config file"));
     let r = server
-        .post("/v1/schedules", &schedule("catch-once", "0 * * * *", json!(["acme"])))
+        .post(
+            "/v1/schedules",
+            &schedule("catch-once", "0 * * * *", json!(["acme"])),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     server.shutdown().await;
@@ -621,12 +700,18 @@ async fn the_cli_manages_schedules() {
     let (_, out, _) = cli(vec!["pause", "nightly"], None).await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], true);
     let (_, out, _) = cli(vec!["resume", "nightly"], None).await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], false);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["paused"],
+        false
+    );
     tick(&server, &["nightly"]).await;
     let (_, out, _) = cli(vec!["get", "nightly"], None).await.unwrap();
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["tenant_count"], 2, "{got}");
-    assert_eq!(got["next_runs"][0]["scheduled_for"], "2026-03-03T02:00:00.000Z");
+    assert_eq!(
+        got["next_runs"][0]["scheduled_for"],
+        "2026-03-03T02:00:00.000Z"
+    );
     set(&clock, "2026-03-03T02:00:00Z");
     tick(&server, &["nightly"]).await;
     let (_, out, _) = cli(vec!["runs", "nightly", "--tenant", "acme"], None)
@@ -645,7 +730,10 @@ async fn the_cli_manages_schedules() {
     );
     let (code, out, err) = cli(vec!["delete", "nightly"], None).await.unwrap();
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["deleted"], true);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["deleted"],
+        true
+    );
     let (code, _, err) = cli(vec!["get", "nightly"], None).await.unwrap();
     assert_eq!(code, Some(2));
     assert!(err.contains("404"), "{err}");

@@ -166,7 +166,12 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
     let now = app.scheduler.now();
     let stored = app.store.list_schedules().await?;
     let changed = refresh(&mut parsed, &stored, &app.config);
-    if force || changed || parsed.last_reconcile.is_none_or(|t| now - t >= RECONCILE_EVERY) {
+    if force
+        || changed
+        || parsed
+            .last_reconcile
+            .is_none_or(|t| now - t >= RECONCILE_EVERY)
+    {
         reconcile(app, &parsed, &stored, now).await?;
         parsed.last_reconcile = Some(now);
     }
@@ -183,7 +188,10 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
             break;
         }
     }
-    if all.iter().any(|r| matches!(r.target, Some(Target::Job { .. }))) {
+    if all
+        .iter()
+        .any(|r| matches!(r.target, Some(Target::Job { .. })))
+    {
         app.jobs_wake.notify_one();
     }
     if all
@@ -205,11 +213,7 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
 }
 
 /// Parses what changed since the last tick; true if anything did.
-fn refresh(
-    parsed: &mut Parsed,
-    stored: &[StoredSchedule],
-    config: &crate::cfg::Config,
-) -> bool {
+fn refresh(parsed: &mut Parsed, stored: &[StoredSchedule], config: &crate::cfg::Config) -> bool {
     let mut changed = false;
     parsed.schedules.retain(|name, _| {
         let keep = stored.iter().any(|s| &s.name == name);

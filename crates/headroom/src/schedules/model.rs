@@ -137,8 +137,9 @@ impl Schedule {
         };
         let stagger = match &def.stagger {
             None => Duration::ZERO,
-            Some(s) => headroom_core::duration::parse_duration(s)
-                .map_err(|e| format!("stagger: {e}"))?,
+            Some(s) => {
+                headroom_core::duration::parse_duration(s).map_err(|e| format!("stagger: {e}"))?
+            }
         };
         let overlap = match def.overlap.as_deref() {
             None | Some("skip") => Overlap::Skip,
@@ -206,8 +207,9 @@ impl Schedule {
             )));
         }
         match &self.template {
-            Template::Job(v) => crate::jobs::api::job_from_value(config, v, tenant, created_at)
-                .map(Enqueue::Job),
+            Template::Job(v) => {
+                crate::jobs::api::job_from_value(config, v, tenant, created_at).map(Enqueue::Job)
+            }
             Template::Batch(v) => {
                 crate::jobs::batches::batch_from_value(config, v, tenant, created_at)
                     .map(Enqueue::Batch)
@@ -383,8 +385,7 @@ pub trait ScheduleStore: Send + Sync {
     async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>>;
     /// Adds slots (a slot that exists already is left as it is) and removes the slots of
     /// `remove` (schedule, tenant).
-    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)])
-        -> anyhow::Result<()>;
+    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()>;
     /// In one transaction: takes up to `limit` slots of unpaused schedules due at `now`,
     /// asks `decide` what each does, enqueues and records that, and moves each slot on.
     /// Two callers at once never both take a slot. Returns the runs recorded.

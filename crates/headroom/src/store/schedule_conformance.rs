@@ -78,7 +78,10 @@ pub async fn schedule_round_trip<S: ScheduleStore>(store: &S) {
     let a = stored("a", false, 1_000);
     create(store, &a).await;
     assert!(
-        !store.create_schedule(&stored("a", false, 2_000)).await.unwrap(),
+        !store
+            .create_schedule(&stored("a", false, 2_000))
+            .await
+            .unwrap(),
         "a taken name is refused"
     );
     create(store, &stored("b", false, 1_000)).await;
@@ -281,7 +284,10 @@ pub async fn fire_due_claims_and_advances<S: ScheduleStore + JobStore>(store: &S
     // The limit is honoured.
     store
         .update_slots(
-            &[slot("s", "c", 60_000, 100_000), slot("s", "d", 60_000, 100_000)],
+            &[
+                slot("s", "c", 60_000, 100_000),
+                slot("s", "d", 60_000, 100_000),
+            ],
             &[],
         )
         .await
@@ -325,9 +331,7 @@ pub async fn previous_run_status<S: ScheduleStore + JobStore + BatchStore>(store
     // not hide it.
     store.cancel_job(&first, 130_000).await.unwrap();
     let mut skip = |due: &DueSlot| Decision {
-        action: Action::Skip {
-            reason: "x".into(),
-        },
+        action: Action::Skip { reason: "x".into() },
         next: Some((due.slot.fire_at + 60_000, due.slot.due_at + 60_000)),
     };
     store.fire_due(180_000, 10, &mut skip).await.unwrap();

@@ -190,7 +190,9 @@ impl ScheduleStore for Store {
                 delete_in(&mut tx, &name).await?;
             }
         }
-        tx.commit().await.context("cannot commit config schedules")?;
+        tx.commit()
+            .await
+            .context("cannot commit config schedules")?;
         Ok(())
     }
 
@@ -274,11 +276,7 @@ impl ScheduleStore for Store {
     }
 
     /// A slot of a schedule deleted meanwhile is not added.
-    async fn update_slots(
-        &self,
-        add: &[Slot],
-        remove: &[(String, String)],
-    ) -> anyhow::Result<()> {
+    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()> {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
@@ -457,7 +455,8 @@ impl ScheduleStore for Store {
                 .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
         };
         let limit = limit.max(1);
-        let mut sql = format!("SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.seq > ?");
+        let mut sql =
+            format!("SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.seq > ?");
         if tenant.is_some() {
             sql.push_str(" AND r.tenant = ?");
         }
