@@ -356,7 +356,7 @@ fn decide(
         // The job is stamped with the dispatcher's time (the wall clock), so that it runs
         // now whatever clock the scheduler is on.
         match schedule.enqueue(&slot.tenant, now_millis(), config) {
-            Ok(e) => Action::Enqueue(e),
+            Ok(e) => Action::Enqueue(Box::new(e)),
             Err(e) => Action::Fail { reason: e.0 },
         }
     };

@@ -348,7 +348,7 @@ pub struct Decision {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Enqueue(Enqueue),
+    Enqueue(Box<Enqueue>),
     Skip { reason: String },
     Fail { reason: String },
 }

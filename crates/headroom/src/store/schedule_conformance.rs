@@ -61,7 +61,7 @@ fn enqueue_all(due: &DueSlot) -> Decision {
     let mut job = new_job(&id, "default", "", s.due_at);
     job.tenant = Some(s.tenant.clone());
     Decision {
-        action: Action::Enqueue(Enqueue::Job(job)),
+        action: Action::Enqueue(Box::new(Enqueue::Job(job))),
         next: Some((s.fire_at + 60_000, s.due_at + 60_000)),
     }
 }
@@ -121,7 +121,7 @@ pub async fn config_sync<S: ScheduleStore>(store: &S) {
     let mut c1_changed = c1.clone();
     c1_changed.definition = "{\"name\":\"c1\",\"v\":2}".to_string();
     store
-        .sync_config_schedules(&[c1.clone()], 2_000)
+        .sync_config_schedules(std::slice::from_ref(&c1), 2_000)
         .await
         .unwrap();
     assert_eq!(store.slots("c1").await.unwrap().len(), 1);
@@ -359,7 +359,7 @@ pub async fn previous_run_status<S: ScheduleStore + JobStore + BatchStore>(store
         let mut b = super::conformance::new_batch("batch-1", 3, 10, 60_000);
         b.tenant = Some(due.slot.tenant.clone());
         Decision {
-            action: Action::Enqueue(Enqueue::Batch(b)),
+            action: Action::Enqueue(Box::new(Enqueue::Batch(b))),
             next: Some((120_000, 120_000)),
         }
     };

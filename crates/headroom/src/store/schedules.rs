@@ -338,30 +338,32 @@ impl ScheduleStore for Store {
             let decision = decide(&due);
             let slot = due.slot;
             let recorded = match decision.action {
-                Action::Enqueue(Enqueue::Job(job)) => {
-                    let job = match insert_job_in(&mut tx, &job).await? {
-                        Inserted::Created(j) | Inserted::Duplicate(j) => j,
-                    };
-                    (
-                        RunOutcome::Fired,
-                        None,
-                        Some(Target::Job {
-                            id: job.new.id,
-                            status: Some(job.status),
-                        }),
-                    )
-                }
-                Action::Enqueue(Enqueue::Batch(batch)) => {
-                    let summary = insert_batch_in(&mut tx, batch).await?;
-                    (
-                        RunOutcome::Fired,
-                        None,
-                        Some(Target::Batch {
-                            id: summary.id,
-                            status: Some(summary.status),
-                        }),
-                    )
-                }
+                Action::Enqueue(enqueue) => match *enqueue {
+                    Enqueue::Job(job) => {
+                        let job = match insert_job_in(&mut tx, &job).await? {
+                            Inserted::Created(j) | Inserted::Duplicate(j) => j,
+                        };
+                        (
+                            RunOutcome::Fired,
+                            None,
+                            Some(Target::Job {
+                                id: job.new.id,
+                                status: Some(job.status),
+                            }),
+                        )
+                    }
+                    Enqueue::Batch(batch) => {
+                        let summary = insert_batch_in(&mut tx, batch).await?;
+                        (
+                            RunOutcome::Fired,
+                            None,
+                            Some(Target::Batch {
+                                id: summary.id,
+                                status: Some(summary.status),
+                            }),
+                        )
+                    }
+                },
                 Action::Skip { reason } => (RunOutcome::Skipped, Some(reason), None),
                 Action::Fail { reason } => (RunOutcome::Failed, Some(reason), None),
             };
