@@ -45,6 +45,8 @@ CREATE TABLE schedule_runs (
 );
 
 CREATE INDEX schedule_runs_by_schedule ON schedule_runs (schedule, seq);
+-- Retention: runs older than two weeks are deleted.
+CREATE INDEX schedule_runs_recorded ON schedule_runs (recorded_at);
 -- The last fired run of a (schedule, tenant): what `overlap = "skip"` looks at.
 CREATE INDEX schedule_runs_last_fired ON schedule_runs (schedule, tenant, seq)
     WHERE outcome = 'fired';

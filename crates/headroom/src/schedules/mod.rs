@@ -28,6 +28,10 @@ const FIRE_BATCH: u32 = 200;
 /// With nothing due sooner, the scheduler looks again this often (virtual or real time):
 /// tenants gaining or losing a credential are picked up then.
 const RECONCILE_EVERY: Millis = 10_000;
+/// Runs are kept this long (the last fired run of each tenant longer: see `prune_runs`).
+pub const RUN_RETENTION: Millis = 14 * 86_400_000;
+/// Old runs are deleted this often.
+const PRUNE_EVERY: Millis = 3_600_000;
 
 /// The system clock, counted from the Unix epoch: what schedules run on in production.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +76,7 @@ struct Parsed {
     /// By name: (stored definition, parsed schedule, or why it cannot be parsed).
     schedules: HashMap<String, (String, Result<Arc<Schedule>, String>)>,
     last_reconcile: Option<Millis>,
+    last_prune: Option<Millis>,
 }
 
 impl Scheduler {
@@ -174,6 +179,13 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
     {
         reconcile(app, &parsed, &stored, now).await?;
         parsed.last_reconcile = Some(now);
+    }
+    if parsed.last_prune.is_none_or(|t| now - t >= PRUNE_EVERY) {
+        let pruned = app.store.prune_runs(now - RUN_RETENTION).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "schedules: deleted runs older than two weeks");
+        }
+        parsed.last_prune = Some(now);
     }
     let started_at = app.scheduler.started_at;
     let config = Arc::clone(&app.config);

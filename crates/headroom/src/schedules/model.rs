@@ -405,6 +405,9 @@ pub trait ScheduleStore: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Page<Run>>;
+    /// Deletes the runs recorded before `before`, except the last fired run of each
+    /// (schedule, tenant), which `overlap = "skip"` reads. Returns how many.
+    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64>;
     /// Tenants holding a credential for `upstream`, by name.
     async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>>;
 }

@@ -31,6 +31,7 @@ where
     concurrent_fires_take_a_slot_once(&fresh().await).await;
     runs_cursor(&fresh().await).await;
     resume_resets_slots(&fresh().await).await;
+    prune_keeps_the_last_fired_run(&fresh().await).await;
 }
 
 pub fn stored(name: &str, from_config: bool, at: Millis) -> StoredSchedule {
@@ -478,5 +479,55 @@ pub async fn resume_resets_slots<S: ScheduleStore>(store: &S) {
     assert!(
         store.slots("s").await.unwrap().is_empty(),
         "resuming drops them, to be recomputed from now"
+    );
+}
+
+pub async fn prune_keeps_the_last_fired_run<S: ScheduleStore + JobStore>(store: &S) {
+    create(store, &stored("s", false, 0)).await;
+    store
+        .update_slots(
+            &[
+                slot("s", "a", 60_000, 60_000),
+                slot("s", "b", 60_000, 60_000),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    // a: fired, fired, skipped; b: fired, skipped, skipped.
+    let mut n = 0;
+    let mut mixed = |due: &DueSlot| {
+        n += 1;
+        let fire = (due.slot.tenant == "a" && due.slot.fire_at < 180_000)
+            || (due.slot.tenant == "b" && due.slot.fire_at == 60_000);
+        let mut d = enqueue_all(due);
+        if !fire {
+            d.action = Action::Skip {
+                reason: "busy".into(),
+            };
+        }
+        d
+    };
+    for t in [60_000, 120_000, 180_000] {
+        store.fire_due(t, 100, &mut mixed).await.unwrap();
+    }
+    assert_eq!(store.prune_runs(180_000).await.unwrap(), 2);
+    let left: Vec<(String, Millis, RunOutcome)> = store
+        .list_runs("s", None, None, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| (r.tenant, r.fire_at, r.outcome))
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            ("b".into(), 60_000, RunOutcome::Fired),
+            ("a".into(), 120_000, RunOutcome::Fired),
+            ("a".into(), 180_000, RunOutcome::Skipped),
+            ("b".into(), 180_000, RunOutcome::Skipped),
+        ],
+        "old runs go, each tenant's last fired run stays"
     );
 }

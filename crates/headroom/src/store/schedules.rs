@@ -486,6 +486,19 @@ impl ScheduleStore for Store {
         })
     }
 
+    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM schedule_runs WHERE recorded_at < ? AND seq NOT IN (\
+             SELECT MAX(seq) FROM schedule_runs WHERE outcome = 'fired' \
+             GROUP BY schedule, tenant)",
+        )
+        .bind(before)
+        .execute(self.writer())
+        .await
+        .context("cannot delete old runs")?;
+        Ok(done.rows_affected())
+    }
+
     async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
         sqlx::query_scalar("SELECT tenant FROM credentials WHERE upstream = ? ORDER BY tenant")
             .bind(upstream)
