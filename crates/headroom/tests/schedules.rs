@@ -739,3 +739,70 @@ async fn the_cli_manages_schedules() {
     assert!(err.contains("404"), "{err}");
     server.shutdown().await;
 }
+
+/// A batch template: each run enqueues the batch for its tenant, and the run takes the
+/// batch's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_schedule_runs_and_takes_the_batch_outcome() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = headroom::mock::spawn(
+        listener,
+        headroom::mock::MockConfig {
+            profile: headroom::mock::Profile::Hubspot,
+            limit: 100,
+            window: Duration::from_secs(10),
+            ..headroom::mock::MockConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let clock = clock_at("2026-03-02T10:00:00Z");
+    let server = start(UPSTREAM, &mock.url(), &clock).await;
+    let body = json!({
+        "name": "import",
+        "cron": "0 * * * *",
+        "tenants": ["acme"],
+        "batch": {
+            "upstream": "up", "format": "hubspot", "max_batch_size": 2,
+            "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
+            "records": [
+                {"id": "r1", "properties": {"email": "a@example.com"}},
+                {"id": "r2", "properties": {"email": "b@example.com"}},
+                {"id": "r3", "properties": {"email": "c@example.com"}}
+            ]
+        }
+    });
+    let r = server.post("/v1/schedules", &body).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    tick(&server, &["import"]).await;
+    set(&clock, "2026-03-02T11:00:00Z");
+    assert_eq!(
+        tick(&server, &["import"]).await,
+        vec![("acme".into(), "fired".into())]
+    );
+    let run = all_runs(&server, "import", 10).await.remove(0);
+    let batch = run["batch_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let v = server.get(&format!("/v1/batches/{batch}")).await.json();
+        if v["status"] == "succeeded" {
+            assert_eq!(v["tenant"], "acme");
+            assert_eq!(v["total"], 3);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch never finished: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let run = all_runs(&server, "import", 10).await.remove(0);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["batch_status"], "succeeded", "{run}");
+    server.shutdown().await;
+}
