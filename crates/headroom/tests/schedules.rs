@@ -622,6 +622,16 @@ fn bad_config_schedules_name_the_key_and_the_expression() {
             .unwrap_err()
             .to_string();
     assert!(e.contains("catchup") && e.contains("line"), "{e}");
+    let e = headroom::cfg::Config::parse(
+        &table("cron = \"0 2 * * *\"").replace("tenants = [\"acme\"]", "tenants = \"acme\""),
+        "h.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tenants: give a list of tenants") && e.contains("line 7"),
+        "{e}"
+    );
     let ok = headroom::cfg::Config::parse(
         &table("cron = \"0 0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstagger = \"10m\""),
         "h.toml",

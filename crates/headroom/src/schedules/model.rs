@@ -39,7 +39,7 @@ pub struct ScheduleDef {
 }
 
 /// The tenants a schedule runs for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TenantsDef {
     List(Vec<String>),
@@ -47,6 +47,36 @@ pub enum TenantsDef {
     WithCredential {
         with_credential: String,
     },
+}
+
+// By hand: an untagged enum's error ("did not match any variant") does not say what to write.
+impl<'de> Deserialize<'de> for TenantsDef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wrong = || {
+            D::Error::custom(
+                "tenants: give a list of tenants, like [\"acme\", \"globex\"], or \
+                 { with_credential = \"UPSTREAM\" } for every tenant holding a credential for it",
+            )
+        };
+        match Value::deserialize(d)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(TenantsDef::List),
+            Value::Object(map) if map.len() == 1 => match map.get("with_credential") {
+                Some(Value::String(upstream)) => Ok(TenantsDef::WithCredential {
+                    with_credential: upstream.clone(),
+                }),
+                _ => Err(wrong()),
+            },
+            _ => Err(wrong()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
