@@ -190,15 +190,15 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
     let started_at = app.scheduler.started_at;
     let config = Arc::clone(&app.config);
     let mut all = Vec::new();
-    loop {
+    // A read first: the write transaction (which queues behind job writes) only when due.
+    let mut due_now = app.store.next_due_at().await?.is_some_and(|at| at <= now);
+    while due_now {
         let schedules = &parsed.schedules;
         let mut decide = |due: &DueSlot| decide(schedules, &config, due, now, started_at);
         let runs = app.store.fire_due(now, FIRE_BATCH, &mut decide).await?;
         let n = runs.len();
         all.extend(runs);
-        if n < FIRE_BATCH as usize {
-            break;
-        }
+        due_now = n == FIRE_BATCH as usize;
     }
     if all
         .iter()
