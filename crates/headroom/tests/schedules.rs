@@ -816,3 +816,108 @@ async fn a_batch_schedule_runs_and_takes_the_batch_outcome() {
     assert_eq!(run["batch_status"], "succeeded", "{run}");
     server.shutdown().await;
 }
+
+/// `headroom serve` on the real clock, killed with SIGKILL three times while 20 tenants run
+/// every second: no (tenant, time) ever runs twice, and every fired run has its job (taken,
+/// enqueued, recorded and moved on in one transaction). Asserts on uniqueness only, never on
+/// timing, so a slow machine cannot make it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_never_repeats_a_run() {
+    use std::process::{Command, Stdio};
+    let up = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants: Vec<String> = (0..20).map(|i| format!("\"t{i:02}\"")).collect();
+    let config = format!(
+        "store = \"sqlite://{}/headroom.db\"\n\
+         [[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n\
+         [[schedules]]\nname = \"every-second\"\ncron = \"* * * * * *\"\n\
+         tenants = [{}]\nstagger = \"1s\"\noverlap = \"allow\"\n\
+         job = {{ upstream = \"up\", request = {{ method = \"POST\", path = \"/tick\" }} }}\n",
+        dir.path().display(),
+        up.url(),
+        tenants.join(", ")
+    );
+    let path = dir.path().join("headroom.toml");
+    std::fs::write(&path, config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for life in 0..3u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("HEADROOM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("headroom serve starts");
+        tokio::time::sleep(Duration::from_millis(1500 + 400 * life)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let store =
+        headroom::store::Store::open(&format!("sqlite://{}/headroom.db", dir.path().display()))
+            .await
+            .unwrap();
+    let mut runs = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_runs("every-second", None, cursor.as_deref(), 500)
+            .await
+            .unwrap();
+        runs.extend(page.items);
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let fired: Vec<_> = runs
+        .iter()
+        .filter(|r| r.outcome == headroom::schedules::RunOutcome::Fired)
+        .collect();
+    assert!(fired.len() >= 20, "it ran: {} runs", fired.len());
+    let mut seen = std::collections::HashSet::new();
+    for r in &runs {
+        assert!(
+            seen.insert((r.tenant.clone(), r.fire_at)),
+            "{} at {} recorded twice",
+            r.tenant,
+            r.fire_at
+        );
+    }
+    use headroom::jobs::JobStore;
+    let mut jobs = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_jobs(&Default::default(), cursor.as_deref(), 500)
+            .await
+            .unwrap();
+        jobs += page.items.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        jobs,
+        fired.len(),
+        "one job per fired run, no more, no fewer"
+    );
+    for r in &fired {
+        match &r.target {
+            Some(headroom::schedules::Target::Job { status, .. }) => {
+                assert!(status.is_some(), "the job of {r:?} exists")
+            }
+            other => panic!("a fired run without its job: {other:?}"),
+        }
+    }
+    eprintln!(
+        "{} runs over three lives ({} fired)",
+        runs.len(),
+        fired.len()
+    );
+}
