@@ -853,7 +853,19 @@ async fn kill_9_never_repeats_a_run() {
             .stderr(Stdio::null())
             .spawn()
             .expect("headroom serve starts");
-        tokio::time::sleep(Duration::from_millis(1500 + 400 * life)).await;
+        // Up (listening) first, however slow the machine, then a second or two of runs.
+        let deadline = tokio::time::Instant::now() + LONG;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "headroom serve never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1200 + 400 * life)).await;
         child.kill().unwrap();
         child.wait().unwrap();
     }
