@@ -933,3 +933,55 @@ async fn kill_9_never_repeats_a_run() {
         fired.len()
     );
 }
+
+/// Tenants that all missed their runs while Headroom was down catch up (once) at their
+/// stagger offsets after the start, not all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_once_keeps_the_stagger() {
+    let up = Recorder::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let tenants: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
+    let mut body = schedule("spread", "0 * * * *", json!(tenants));
+    body["stagger"] = json!("10m");
+    body["catch_up"] = json!("once");
+    body["overlap"] = json!("allow");
+    let clock = clock_at("2026-03-02T09:30:00Z");
+    let server = start_in(dir.clone(), UPSTREAM, &up.url(), &clock).await;
+    assert_eq!(
+        server.post("/v1/schedules", &body).await.status,
+        StatusCode::CREATED
+    );
+    tick(&server, &["spread"]).await;
+    server.shutdown().await;
+
+    // Down over 10:00-10:10; back at 12:00:30 (two more hours missed).
+    let clock = clock_at("2026-03-02T12:00:30Z");
+    let server = start_in(dir, UPSTREAM, &up.url(), &clock).await;
+    let start = at("2026-03-02T12:00:30Z");
+    let mut per_minute: BTreeMap<i64, u32> = BTreeMap::new();
+    let mut t = start;
+    while t < start + 600_000 {
+        clock.set(timestamp_of(t));
+        for (_, outcome) in tick(&server, &["spread"]).await {
+            assert_eq!(outcome, "fired");
+            *per_minute.entry((t - start) / 60_000).or_default() += 1;
+        }
+        t += 5_000;
+    }
+    let runs = all_runs(&server, "spread", 100).await;
+    assert_eq!(runs.len(), 60, "each tenant caught up once");
+    for run in &runs {
+        assert_eq!(run["scheduled_for"], "2026-03-02T10:00:00.000Z", "{run}");
+    }
+    assert!(
+        per_minute.len() >= 8 && per_minute.values().all(|n| *n <= 15),
+        "spread over the 10 minutes after the start: {per_minute:?}"
+    );
+    // Then the 13:00 runs, at the usual offsets.
+    let v = server.get("/v1/schedules/spread").await.json();
+    assert_eq!(
+        v["next_runs"][0]["scheduled_for"],
+        "2026-03-02T13:00:00.000Z"
+    );
+    server.shutdown().await;
+}

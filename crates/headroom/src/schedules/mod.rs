@@ -190,15 +190,16 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
     let started_at = app.scheduler.started_at;
     let config = Arc::clone(&app.config);
     let mut all = Vec::new();
-    // A read first: the write transaction (which queues behind job writes) only when due.
-    let mut due_now = app.store.next_due_at().await?.is_some_and(|at| at <= now);
-    while due_now {
+    // Each pass moves every slot it takes past now, except a deferred catch-up (once), so
+    // this ends; the bound is a guard. A read first: the write transaction (which queues
+    // behind job writes) only when something is due.
+    for _ in 0..10_000 {
+        if !app.store.next_due_at().await?.is_some_and(|at| at <= now) {
+            break;
+        }
         let schedules = &parsed.schedules;
         let mut decide = |due: &DueSlot| decide(schedules, &config, due, now, started_at);
-        let runs = app.store.fire_due(now, FIRE_BATCH, &mut decide).await?;
-        let n = runs.len();
-        all.extend(runs);
-        due_now = n == FIRE_BATCH as usize;
+        all.extend(app.store.fire_due(now, FIRE_BATCH, &mut decide).await?);
     }
     if all
         .iter()
@@ -345,7 +346,16 @@ fn decide(
         .cron
         .next_after(slot.fire_at.max(now - offset))
         .map(|f| (f, f + offset));
-    let action = if slot.due_at < started_at && schedule.catch_up == CatchUp::Skip {
+    let missed = slot.due_at < started_at;
+    if missed && schedule.catch_up == CatchUp::Once {
+        // The catch-up run waits for the tenant's offset after the start, so that tenants
+        // that all missed their runs do not all run at once.
+        return Decision {
+            action: Action::Defer,
+            next: Some((slot.fire_at, started_at + offset)),
+        };
+    }
+    let action = if missed && schedule.catch_up == CatchUp::Skip {
         Action::Skip {
             reason: format!(
                 "missed: Headroom was not running at {} (catch_up = \"skip\")",

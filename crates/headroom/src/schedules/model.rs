@@ -92,7 +92,8 @@ pub enum Overlap {
 pub enum CatchUp {
     /// Runs missed while Headroom was down are recorded as skipped.
     Skip,
-    /// A tenant that missed one or more runs while Headroom was down runs once at start.
+    /// A tenant that missed one or more runs while Headroom was down runs once after the
+    /// start, at its stagger offset.
     Once,
 }
 
@@ -379,8 +380,15 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Enqueue(Box<Enqueue>),
-    Skip { reason: String },
-    Fail { reason: String },
+    Skip {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
+    /// Nothing runs now and nothing is recorded: the slot only moves to `next` (a catch-up
+    /// run put at the tenant's offset after a restart, to keep the stagger).
+    Defer,
 }
 
 /// The durable store of schedules, their slots and runs. Every backend passes
@@ -416,9 +424,10 @@ pub trait ScheduleStore: Send + Sync {
     /// Adds slots (a slot that exists already is left as it is) and removes the slots of
     /// `remove` (schedule, tenant).
     async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()>;
-    /// In one transaction: takes up to `limit` slots of unpaused schedules due at `now`,
-    /// asks `decide` what each does, enqueues and records that, and moves each slot on.
-    /// Two callers at once never both take a slot. Returns the runs recorded.
+    /// In one transaction: takes up to `limit` slots of unpaused schedules due at `now`
+    /// (earliest due first), asks `decide` what each does, enqueues and records that, and
+    /// moves each slot on. Two callers at once never both take a slot. Returns the runs
+    /// recorded (a deferred slot records none).
     async fn fire_due(
         &self,
         now: Millis,

@@ -282,6 +282,29 @@ pub async fn fire_due_claims_and_advances<S: ScheduleStore + JobStore>(store: &S
         store.slots("s").await.unwrap(),
         vec![slot("s", "a", 180_000, 181_000)]
     );
+    // A deferred slot records nothing and moves.
+    let mut defer = |due: &DueSlot| Decision {
+        action: Action::Defer,
+        next: Some((due.slot.fire_at, 185_000)),
+    };
+    assert!(store
+        .fire_due(181_000, 100, &mut defer)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.slots("s").await.unwrap(),
+        vec![slot("s", "a", 180_000, 185_000)]
+    );
+    assert_eq!(
+        store
+            .list_runs("s", None, None, 100)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     // The limit is honoured.
     store
         .update_slots(

@@ -343,32 +343,32 @@ impl ScheduleStore for Store {
                         let job = match insert_job_in(&mut tx, &job).await? {
                             Inserted::Created(j) | Inserted::Duplicate(j) => j,
                         };
-                        (
+                        Some((
                             RunOutcome::Fired,
                             None,
                             Some(Target::Job {
                                 id: job.new.id,
                                 status: Some(job.status),
                             }),
-                        )
+                        ))
                     }
                     Enqueue::Batch(batch) => {
                         let summary = insert_batch_in(&mut tx, batch).await?;
-                        (
+                        Some((
                             RunOutcome::Fired,
                             None,
                             Some(Target::Batch {
                                 id: summary.id,
                                 status: Some(summary.status),
                             }),
-                        )
+                        ))
                     }
                 },
-                Action::Skip { reason } => (RunOutcome::Skipped, Some(reason), None),
-                Action::Fail { reason } => (RunOutcome::Failed, Some(reason), None),
+                Action::Skip { reason } => Some((RunOutcome::Skipped, Some(reason), None)),
+                Action::Fail { reason } => Some((RunOutcome::Failed, Some(reason), None)),
+                Action::Defer => None,
             };
-            {
-                let (outcome, reason, target) = recorded;
+            if let Some((outcome, reason, target)) = recorded {
                 let (job_id, batch_id) = match &target {
                     Some(Target::Job { id, .. }) => (Some(id.clone()), None),
                     Some(Target::Batch { id, .. }) => (None, Some(id.clone())),
