@@ -194,7 +194,7 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
     // this ends; the bound is a guard. A read first: the write transaction (which queues
     // behind job writes) only when something is due.
     for _ in 0..10_000 {
-        if !app.store.next_due_at().await?.is_some_and(|at| at <= now) {
+        if app.store.next_due_at().await?.is_none_or(|at| at > now) {
             break;
         }
         let schedules = &parsed.schedules;
