@@ -409,6 +409,10 @@ async fn paused_schedules_do_not_run_and_resume_from_now() {
     tick(&server, &["hourly"]).await;
     let r = server.post("/v1/schedules/hourly/pause", &json!({})).await;
     assert_eq!(r.json()["paused"], true);
+    assert_eq!(
+        server.get("/v1/schedules/hourly").await.json()["next_runs"],
+        json!([])
+    );
     set(&clock, "2026-03-02T13:30:00Z");
     assert_eq!(tick(&server, &["hourly"]).await, vec![]);
     let r = server.post("/v1/schedules/hourly/resume", &json!({})).await;

@@ -149,7 +149,9 @@ async fn get_one(
     let slots = app.store.slots(&name).await?;
     let mut v = schedule_view(&s);
     v["tenant_count"] = json!(slots.len());
-    v["next_runs"] = json!(slots
+    // A paused schedule has no next runs (resuming starts again from then).
+    let upcoming = if s.paused { &[][..] } else { &slots[..] };
+    v["next_runs"] = json!(upcoming
         .iter()
         .take(NEXT_RUNS_SHOWN)
         .map(|slot| json!({
