@@ -38,6 +38,8 @@ pub struct Config {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Job queues (flows); always holds `default` (parallel).
     pub queues: Vec<Arc<Queue>>,
+    /// `[[schedules]]`: checked against the upstreams and queues above.
+    pub schedules: Vec<Arc<crate::schedules::Schedule>>,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             governor: "memory".to_string(),
             upstreams: Vec::new(),
             queues: vec![Arc::new(Queue::default())],
+            schedules: Vec::new(),
         }
     }
 }
@@ -205,6 +208,8 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     queues: Vec<RawQueue>,
+    #[serde(default)]
+    schedules: Vec<crate::schedules::ScheduleDef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +339,19 @@ impl RawConfig {
                 config.queues.push(Arc::new(queue));
             }
         }
+        let mut schedule_names = HashSet::new();
+        for (i, def) in self.schedules.into_iter().enumerate() {
+            let key = format!("schedules[{i}]");
+            let schedule = crate::schedules::Schedule::check(def, &config)
+                .map_err(|e| format!("{key}.{e}"))?;
+            if !schedule_names.insert(schedule.name().to_string()) {
+                return Err(format!(
+                    "{key}.name: \"{}\" is used by two schedules; names must be unique",
+                    schedule.name()
+                ));
+            }
+            config.schedules.push(Arc::new(schedule));
+        }
         Ok(config)
     }
 }
@@ -423,7 +441,7 @@ impl RawQueue {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -679,6 +697,8 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         let c = Config::parse(text, "examples/headroom.toml").unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert!(c.upstreams[1].budget_config.limits.is_empty());
+        assert_eq!(c.schedules.len(), 1);
+        assert_eq!(c.schedules[0].name(), "nightly-sync");
     }
 
     #[test]

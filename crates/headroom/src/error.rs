@@ -20,6 +20,9 @@ pub enum ApiError {
     Forbidden { detail: String },
     #[error("{detail}")]
     PayloadTooLarge { detail: String },
+    /// The request clashes with what exists (e.g. a name taken).
+    #[error("{detail}")]
+    Conflict { detail: String },
     /// The budget cannot admit the call in time (429) or its breaker is open (503).
     #[error("{detail}")]
     Refused {
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { status, .. } => *status,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -125,6 +125,18 @@ enum Command {
     /// Submit, show and cancel batches (many records sent in chunks to a bulk endpoint).
     Batches(headroom::tenants_cli::BatchesArgs),
 
+    /// Create, list, show, pause, resume and delete schedules (per-tenant cron runs of a job
+    /// or batch), and list their runs, on a running server. Output is JSON.
+    ///
+    /// Examples:
+    ///
+    ///   headroom schedules create nightly.json
+    ///   headroom schedules list
+    ///   headroom schedules runs nightly --tenant acme
+    ///   headroom schedules pause nightly
+    #[command(verbatim_doc_comment)]
+    Schedules(headroom::tenants_cli::SchedulesArgs),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -164,6 +176,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig { file } => headroom::server::check_config(&file),
         Command::Jobs(args) => headroom::tenants_cli::run_jobs(args),
         Command::Batches(args) => headroom::tenants_cli::run_batches(args),
+        Command::Schedules(args) => headroom::tenants_cli::run_schedules(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -41,6 +41,8 @@ pub struct App {
     pub batches_wake: tokio::sync::Notify,
     /// `HEADROOM_API_TOKEN`: when set, `/v1` and `/proxy` require it (or a scoped token).
     pub api_token: Option<String>,
+    /// Runs schedules, on its own (injectable) clock.
+    pub scheduler: crate::schedules::Scheduler,
 }
 
 impl std::ops::Deref for AppState {
@@ -53,6 +55,16 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Builds the state: opens the store and starts the governor's timer.
     pub async fn new(config: Config, api_token: Option<String>) -> anyhow::Result<AppState> {
+        AppState::with_clock(config, api_token, Arc::new(crate::schedules::UnixClock)).await
+    }
+
+    /// As `new`, with schedules on `clock` (counted from the Unix epoch), e.g. a manual
+    /// clock in tests.
+    pub async fn with_clock(
+        config: Config,
+        api_token: Option<String>,
+        clock: Arc<dyn headroom_core::clock::Clock>,
+    ) -> anyhow::Result<AppState> {
         let credentials = Credentials::open(&config.store)
             .await
             .with_context(|| format!("cannot open the store {}", config.store))?;
@@ -68,8 +80,10 @@ impl AppState {
             jobs_wake: tokio::sync::Notify::new(),
             batches_wake: tokio::sync::Notify::new(),
             api_token: api_token.filter(|t| !t.is_empty()),
+            scheduler: crate::schedules::Scheduler::new(clock),
         }));
         crate::jobs::dispatcher::start(state.clone()).await?;
+        crate::schedules::start(state.clone()).await?;
         Ok(state)
     }
 }
@@ -82,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(credentials::routes())
         .merge(crate::jobs::api::routes())
         .merge(crate::jobs::batches::routes())
+        .merge(crate::schedules::api::routes())
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))
@@ -199,8 +214,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// `headroom check-config FILE`: validates a config and says what it found.
 pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    let schedules = if config.schedules.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} schedule{}: {}",
+            config.schedules.len(),
+            if config.schedules.len() == 1 { "" } else { "s" },
+            config
+                .schedules
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     println!(
-        "{}: ok ({} upstream{}: {})",
+        "{}: ok ({} upstream{}: {}{schedules})",
         path.display(),
         config.upstreams.len(),
         if config.upstreams.len() == 1 { "" } else { "s" },

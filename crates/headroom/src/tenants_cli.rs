@@ -485,3 +485,91 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
     print_json(&body);
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    pub command: SchedulesCommand,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SchedulesCommand {
+    /// List every schedule (from the config file and created through the API).
+    List,
+    /// Show a schedule and the next run of each tenant.
+    Get { name: String },
+    /// Create a schedule: its JSON (as `POST /v1/schedules` takes it) from FILE or standard
+    /// input.
+    ///
+    ///   echo '{"name":"nightly","cron":"0 2 * * *","timezone":"Europe/Berlin",
+    ///          "tenants":{"with_credential":"crm"},"stagger":"30m",
+    ///          "job":{"upstream":"crm","request":{"method":"POST","path":"/sync"}}}' \
+    ///     | headroom schedules create
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// The schedule's JSON; `-` or nothing reads standard input.
+        #[arg(value_name = "FILE|-")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Stop a schedule's runs until it is resumed.
+    Pause { name: String },
+    /// Start a paused schedule again, from now (the paused time is not caught up).
+    Resume { name: String },
+    /// Delete a schedule created through the API, with its runs.
+    Delete { name: String },
+    /// List a schedule's runs, oldest first, one page at a time: fired, skipped,
+    /// succeeded, failed.
+    Runs {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub fn run_schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.server.server)?;
+    let one = |name: &str, action: &str| format!("/v1/schedules/{}{action}", seg(name));
+    let body = match args.command {
+        SchedulesCommand::List => api.call(Method::GET, "/v1/schedules", None)?,
+        SchedulesCommand::Get { name } => api.call(Method::GET, &one(&name, ""), None)?,
+        SchedulesCommand::Create { file } => api.call(
+            Method::POST,
+            "/v1/schedules",
+            Some(read_json(file.as_deref())?),
+        )?,
+        SchedulesCommand::Pause { name } => {
+            api.call(Method::POST, &one(&name, "/pause"), Some(json!({})))?
+        }
+        SchedulesCommand::Resume { name } => {
+            api.call(Method::POST, &one(&name, "/resume"), Some(json!({})))?
+        }
+        SchedulesCommand::Delete { name } => api.call(Method::DELETE, &one(&name, ""), None)?,
+        SchedulesCommand::Runs {
+            name,
+            tenant,
+            cursor,
+            limit,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (k, v) in [("tenant", tenant), ("cursor", cursor)] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", seg(&v)));
+                }
+            }
+            api.call(
+                Method::GET,
+                &format!("{}?{}", one(&name, "/runs"), query.join("&")),
+                None,
+            )?
+        }
+    };
+    print_json(&body);
+    Ok(())
+}

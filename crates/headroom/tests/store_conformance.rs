@@ -241,3 +241,18 @@ async fn kill_9_loses_no_acknowledged_write() {
         );
     }
 }
+
+#[tokio::test]
+async fn schedule_conformance_on_a_wal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    headroom::store::schedule_conformance::run(|| file_store(&path)).await;
+}
+
+#[tokio::test]
+async fn schedule_conformance_in_memory() {
+    headroom::store::schedule_conformance::run(|| async {
+        Store::open("sqlite::memory:").await.unwrap()
+    })
+    .await;
+}

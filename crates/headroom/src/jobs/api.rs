@@ -30,7 +30,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubmitJob {
+pub(crate) struct SubmitJob {
     upstream: String,
     tenant: Option<String>,
     queue: Option<String>,
@@ -152,11 +152,36 @@ async fn submit(
 ) -> ApiResult<Response> {
     let principal = authenticate(&app, &headers, false).await?;
     let s: SubmitJob = parse_json(&body)?;
-    let upstream = app.config.upstream(&s.upstream).cloned().ok_or_else(|| {
+    if let Some(t) = &s.tenant {
+        check_tenant(t)?;
+    }
+    let tenant = principal.tenant_for(s.tenant.as_deref())?;
+    let new = build_job(&app.config, s, tenant, now_millis())?;
+    let (status, job, deduplicated) = match app.store.insert_job(new).await? {
+        Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
+        Inserted::Duplicate(job) => (StatusCode::OK, job, true),
+    };
+    app.jobs_wake.notify_one();
+    let mut view = job_view(&job, None);
+    if deduplicated {
+        view["deduplicated"] = json!(true);
+    }
+    Ok((status, Json(view)).into_response())
+}
+
+/// The job a submission describes, checked against the config; `tenant` is the one it acts
+/// as (already checked). Errors name the field at fault.
+pub(crate) fn build_job(
+    config: &crate::cfg::Config,
+    s: SubmitJob,
+    tenant: Option<String>,
+    now: Millis,
+) -> ApiResult<NewJob> {
+    let upstream = config.upstream(&s.upstream).cloned().ok_or_else(|| {
         ApiError::bad_request(format!(
             "upstream: \"{}\" is not a configured upstream; configured: {}",
             s.upstream,
-            app.config
+            config
                 .upstreams
                 .iter()
                 .map(|u| u.name.as_str())
@@ -165,10 +190,10 @@ async fn submit(
         ))
     })?;
     let queue_name = s.queue.unwrap_or_else(|| "default".to_string());
-    let queue = app.config.queue(&queue_name).cloned().ok_or_else(|| {
+    let queue = config.queue(&queue_name).cloned().ok_or_else(|| {
         ApiError::bad_request(format!(
             "queue: \"{queue_name}\" is not a configured queue; configured: {}",
-            app.config
+            config
                 .queues
                 .iter()
                 .map(|q| q.name.as_str())
@@ -176,10 +201,6 @@ async fn submit(
                 .join(", ")
         ))
     })?;
-    if let Some(t) = &s.tenant {
-        check_tenant(t)?;
-    }
-    let tenant = principal.tenant_for(s.tenant.as_deref())?;
     if queue.scope == QueueScope::Tenant && tenant.is_none() {
         return Err(ApiError::bad_request(format!(
             "tenant: queue \"{}\" is scoped per tenant; give the job a tenant",
@@ -238,7 +259,6 @@ async fn submit(
             ));
         }
     }
-    let now = now_millis();
     let id = new_id("job");
     let new = NewJob {
         id: id.clone(),
@@ -268,16 +288,25 @@ async fn submit(
         idempotency_key: id,
         created_at: now,
     };
-    let (status, job, deduplicated) = match app.store.insert_job(new).await? {
-        Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
-        Inserted::Duplicate(job) => (StatusCode::OK, job, true),
-    };
-    app.jobs_wake.notify_one();
-    let mut view = job_view(&job, None);
-    if deduplicated {
-        view["deduplicated"] = json!(true);
+    Ok(new)
+}
+
+/// A scheduled run's job: a job template (a `POST /v1/jobs` body without `tenant`) with
+/// the tenant filled in. Errors start with the key at fault (`request.path: …`), or with
+/// `: ` when the template as a whole is wrong.
+pub(crate) fn job_from_value(
+    config: &crate::cfg::Config,
+    template: &Value,
+    tenant: &str,
+    now: Millis,
+) -> Result<NewJob, String> {
+    let s: SubmitJob =
+        serde_json::from_value(template.clone()).map_err(|e| format!(": not a job: {e}"))?;
+    if s.dedup_id.is_some() {
+        return Err("dedup_id: each run is a job of its own; leave it out".to_string());
     }
-    Ok((status, Json(view)).into_response())
+    check_tenant(tenant).map_err(|e| e.to_string())?;
+    build_job(config, s, Some(tenant.to_string()), now).map_err(|e| e.to_string())
 }
 
 /// A job as the API shows it.

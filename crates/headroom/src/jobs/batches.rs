@@ -44,7 +44,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubmitBatch {
+pub(crate) struct SubmitBatch {
     upstream: String,
     tenant: Option<String>,
     format: Value,
@@ -82,16 +82,34 @@ async fn submit(
 ) -> ApiResult<Response> {
     let principal = authenticate(&app, &headers, false).await?;
     let s: SubmitBatch = parse_json(&body)?;
-    let upstream = app.config.upstream(&s.upstream).cloned().ok_or_else(|| {
+    if let Some(t) = &s.tenant {
+        check_tenant(t)?;
+    }
+    let tenant = principal.tenant_for(s.tenant.as_deref())?;
+    let new = build_batch(&app.config, s, tenant, now_millis())?;
+    let summary = app.store.insert_batch(new).await?;
+    app.jobs_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": summary.id, "status": summary.status, "total": summary.total})),
+    )
+        .into_response())
+}
+
+/// The batch a submission describes, checked against the config; `tenant` is the one it
+/// acts as (already checked). Errors name the field at fault.
+pub(crate) fn build_batch(
+    config: &crate::cfg::Config,
+    s: SubmitBatch,
+    tenant: Option<String>,
+    now: Millis,
+) -> ApiResult<NewBatch> {
+    let upstream = config.upstream(&s.upstream).cloned().ok_or_else(|| {
         ApiError::bad_request(format!(
             "upstream: \"{}\" is not a configured upstream",
             s.upstream
         ))
     })?;
-    if let Some(t) = &s.tenant {
-        check_tenant(t)?;
-    }
-    let tenant = principal.tenant_for(s.tenant.as_deref())?;
     let format = Format::from_json(&s.format).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let requested = s.max_batch_size.unwrap_or(100);
     if requested == 0 {
@@ -160,16 +178,24 @@ async fn submit(
         },
         max_attempts,
         callback_url: s.callback_url,
-        created_at: now_millis(),
+        created_at: now,
         records,
     };
-    let summary = app.store.insert_batch(new).await?;
-    app.jobs_wake.notify_one();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"id": summary.id, "status": summary.status, "total": summary.total})),
-    )
-        .into_response())
+    Ok(new)
+}
+
+/// A scheduled run's batch: a batch template (a `POST /v1/batches` body without `tenant`)
+/// with the tenant filled in. Errors as `api::job_from_value`.
+pub(crate) fn batch_from_value(
+    config: &crate::cfg::Config,
+    template: &Value,
+    tenant: &str,
+    now: Millis,
+) -> Result<NewBatch, String> {
+    let s: SubmitBatch =
+        serde_json::from_value(template.clone()).map_err(|e| format!(": not a batch: {e}"))?;
+    check_tenant(tenant).map_err(|e| e.to_string())?;
+    build_batch(config, s, Some(tenant.to_string()), now).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,7 +35,7 @@ fn batch_status_str(s: BatchStatus) -> &'static str {
     }
 }
 
-fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
+pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
     Ok(match s {
         "queued" => BatchStatus::Queued,
         "running" => BatchStatus::Running,
@@ -132,81 +132,90 @@ async fn read_batch(
     Ok(Some(summary))
 }
 
+/// Inserts a batch and its records inside the caller's transaction (see `insert_batch`).
+pub(super) async fn insert_batch_in(
+    conn: &mut SqliteConnection,
+    batch: NewBatch,
+) -> anyhow::Result<BatchSummary> {
+    let total = batch.records.len() as i64;
+    let status = if total == 0 {
+        BatchStatus::Succeeded
+    } else {
+        BatchStatus::Queued
+    };
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO batches (id, upstream, tenant, lane, format, max_batch_size, method, \
+         path, query, headers, max_attempts, callback_url, status, total, pending, \
+         created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(&batch.id)
+    .bind(&batch.upstream)
+    .bind(&batch.tenant)
+    .bind(lane_str(batch.lane))
+    .bind(&batch.format)
+    .bind(i64::from(batch.max_batch_size))
+    .bind(&batch.request.method)
+    .bind(&batch.request.path)
+    .bind(&batch.request.query)
+    .bind(headers_json(&batch.request.headers))
+    .bind(i64::from(batch.max_attempts))
+    .bind(&batch.callback_url)
+    .bind(batch_status_str(status))
+    .bind(total)
+    .bind(total)
+    .bind(batch.created_at)
+    .bind(batch.created_at)
+    .fetch_one(&mut *conn)
+    .await
+    .with_context(|| format!("cannot store the batch {}", batch.id))?;
+    let full_sql = insert_records_sql(INSERT_ROWS);
+    for (n, part) in batch.records.chunks(INSERT_ROWS).enumerate() {
+        let partial_sql;
+        let sql = if part.len() == INSERT_ROWS {
+            &full_sql
+        } else {
+            partial_sql = insert_records_sql(part.len());
+            &partial_sql
+        };
+        let mut q = sqlx::query(sql);
+        for (i, record) in part.iter().enumerate() {
+            q = q
+                .bind(seq)
+                .bind((n * INSERT_ROWS + i) as i64)
+                .bind(&record.record_id)
+                .bind(&record.payload)
+                .bind(batch.created_at);
+        }
+        q.execute(&mut *conn)
+            .await
+            .context("cannot store a batch's records")?;
+    }
+    Ok(BatchSummary {
+        id: batch.id,
+        status,
+        upstream: batch.upstream,
+        tenant: batch.tenant,
+        total: total as u64,
+        succeeded: 0,
+        failed: 0,
+        pending: total as u64,
+        calls: 0,
+        possibly_duplicated: 0,
+        failures: Vec::new(),
+        created_at: batch.created_at,
+        updated_at: batch.created_at,
+    })
+}
+
 impl BatchStore for Store {
     /// One transaction: the batch row, then its records in multi-row INSERTs of
     /// `INSERT_ROWS`. Committed (durable) before this returns.
     async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
-        let total = batch.records.len() as i64;
-        let status = if total == 0 {
-            BatchStatus::Succeeded
-        } else {
-            BatchStatus::Queued
-        };
         let mut tx = self.write().await?;
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO batches (id, upstream, tenant, lane, format, max_batch_size, method, \
-             path, query, headers, max_attempts, callback_url, status, total, pending, \
-             created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&batch.id)
-        .bind(&batch.upstream)
-        .bind(&batch.tenant)
-        .bind(lane_str(batch.lane))
-        .bind(&batch.format)
-        .bind(i64::from(batch.max_batch_size))
-        .bind(&batch.request.method)
-        .bind(&batch.request.path)
-        .bind(&batch.request.query)
-        .bind(headers_json(&batch.request.headers))
-        .bind(i64::from(batch.max_attempts))
-        .bind(&batch.callback_url)
-        .bind(batch_status_str(status))
-        .bind(total)
-        .bind(total)
-        .bind(batch.created_at)
-        .bind(batch.created_at)
-        .fetch_one(&mut *tx)
-        .await
-        .with_context(|| format!("cannot store the batch {}", batch.id))?;
-        let full_sql = insert_records_sql(INSERT_ROWS);
-        for (n, part) in batch.records.chunks(INSERT_ROWS).enumerate() {
-            let partial_sql;
-            let sql = if part.len() == INSERT_ROWS {
-                &full_sql
-            } else {
-                partial_sql = insert_records_sql(part.len());
-                &partial_sql
-            };
-            let mut q = sqlx::query(sql);
-            for (i, record) in part.iter().enumerate() {
-                q = q
-                    .bind(seq)
-                    .bind((n * INSERT_ROWS + i) as i64)
-                    .bind(&record.record_id)
-                    .bind(&record.payload)
-                    .bind(batch.created_at);
-            }
-            q.execute(&mut *tx)
-                .await
-                .context("cannot store a batch's records")?;
-        }
+        let summary = insert_batch_in(&mut tx, batch).await?;
         tx.commit().await.context("cannot commit a batch")?;
-        Ok(BatchSummary {
-            id: batch.id,
-            status,
-            upstream: batch.upstream,
-            tenant: batch.tenant,
-            total: total as u64,
-            succeeded: 0,
-            failed: 0,
-            pending: total as u64,
-            calls: 0,
-            possibly_duplicated: 0,
-            failures: Vec::new(),
-            created_at: batch.created_at,
-            updated_at: batch.created_at,
-        })
+        Ok(summary)
     }
 
     async fn get_batch(

@@ -21,6 +21,8 @@ mod batches;
 pub mod conformance;
 mod credentials;
 mod jobs;
+pub mod schedule_conformance;
+mod schedules;
 mod writer;
 
 use std::path::{Path, PathBuf};

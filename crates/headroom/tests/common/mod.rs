@@ -289,13 +289,26 @@ impl Server {
         config: &str,
         base: &str,
     ) -> Server {
+        Server::start_with_clock(dir, config, base, None).await
+    }
+
+    /// As `start_in`, with schedules on `clock` (counted from the Unix epoch) when given.
+    pub async fn start_with_clock(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        config: &str,
+        base: &str,
+        clock: Option<std::sync::Arc<dyn headroom_core::clock::Clock>>,
+    ) -> Server {
         let toml = format!(
             "store = \"sqlite://{}/headroom.db\"\n{}",
             dir.path().display(),
             config.replace("{base}", base)
         );
         let config = Config::parse(&toml, "test.toml").expect("a valid test config");
-        let state = AppState::new(config, None).await.unwrap();
+        let state = match clock {
+            Some(clock) => AppState::with_clock(config, None, clock).await.unwrap(),
+            None => AppState::new(config, None).await.unwrap(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,250 @@
+//! `/v1/schedules`: create, list, show, pause, resume and delete schedules, and list their
+//! runs. Schedules span tenants, so every route wants the admin token (when one is set).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::model::*;
+use crate::auth::authenticate;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::api::parse_json;
+use crate::jobs::{BatchStatus, JobStatus, Millis};
+use crate::server::AppState;
+
+const MAX_PAGE: u32 = 500;
+/// Upcoming runs shown with a schedule.
+const NEXT_RUNS_SHOWN: usize = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/schedules", get(list).post(create))
+        .route("/v1/schedules/{name}", get(get_one).delete(delete))
+        .route("/v1/schedules/{name}/pause", post(pause))
+        .route("/v1/schedules/{name}/resume", post(resume))
+        .route("/v1/schedules/{name}/runs", get(runs))
+}
+
+pub(crate) fn rfc3339(ms: Millis) -> String {
+    crate::jobs::api::rfc3339(ms)
+}
+
+/// A schedule as the API shows it: its definition, where it comes from and its state.
+fn schedule_view(s: &StoredSchedule) -> Value {
+    let mut v = serde_json::from_str::<Value>(&s.definition).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("name".into(), json!(s.name));
+        obj.insert(
+            "source".into(),
+            json!(if s.from_config { "config" } else { "api" }),
+        );
+        obj.insert("paused".into(), json!(s.paused));
+        obj.insert("created_at".into(), json!(rfc3339(s.created_at)));
+        obj.insert("updated_at".into(), json!(rfc3339(s.updated_at)));
+    }
+    v
+}
+
+/// What a run shows as its status: skipped or failed as recorded; a fired run takes its
+/// job's or batch's outcome (`fired` while it is unfinished).
+pub fn run_status(run: &Run) -> &'static str {
+    match (run.outcome, &run.target) {
+        (RunOutcome::Skipped, _) => "skipped",
+        (RunOutcome::Failed, _) => "failed",
+        (RunOutcome::Fired, Some(Target::Job { status, .. })) => match status {
+            Some(JobStatus::Succeeded) => "succeeded",
+            Some(JobStatus::Failed) => "failed",
+            Some(JobStatus::Cancelled) => "cancelled",
+            _ => "fired",
+        },
+        (RunOutcome::Fired, Some(Target::Batch { status, .. })) => match status {
+            Some(BatchStatus::Succeeded) => "succeeded",
+            Some(BatchStatus::CompletedWithFailures) => "failed",
+            Some(BatchStatus::Cancelled) => "cancelled",
+            _ => "fired",
+        },
+        (RunOutcome::Fired, None) => "fired",
+    }
+}
+
+pub fn run_view(run: &Run) -> Value {
+    let mut v = json!({
+        "tenant": run.tenant,
+        "status": run_status(run),
+        "scheduled_for": rfc3339(run.fire_at),
+        "due_at": rfc3339(run.due_at),
+        "recorded_at": rfc3339(run.recorded_at),
+        "reason": run.reason,
+    });
+    match &run.target {
+        Some(Target::Job { id, status }) => {
+            v["job_id"] = json!(id);
+            v["job_status"] = json!(status.map(JobStatus::as_str));
+        }
+        Some(Target::Batch { id, status }) => {
+            v["batch_id"] = json!(id);
+            v["batch_status"] = json!(status);
+        }
+        None => {}
+    }
+    v
+}
+
+async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let def: ScheduleDef = parse_json(&body)?;
+    let schedule = Schedule::check(def, &app.config).map_err(ApiError::bad_request)?;
+    let now = app.scheduler.now();
+    let stored = StoredSchedule {
+        name: schedule.name().to_string(),
+        definition: serde_json::to_string(&schedule.def).map_err(anyhow::Error::from)?,
+        from_config: false,
+        paused: false,
+        created_at: now,
+        updated_at: now,
+    };
+    if !app.store.create_schedule(&stored).await? {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "name: a schedule \"{}\" exists; delete it first or choose another name",
+                stored.name
+            ),
+        });
+    }
+    app.scheduler.poke();
+    Ok((StatusCode::CREATED, Json(schedule_view(&stored))).into_response())
+}
+
+async fn list(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let all = app.store.list_schedules().await?;
+    Ok(Json(json!({
+        "schedules": all.iter().map(schedule_view).collect::<Vec<_>>(),
+    })))
+}
+
+async fn find(app: &AppState, name: &str) -> ApiResult<StoredSchedule> {
+    app.store
+        .get_schedule(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no schedule \"{name}\"")))
+}
+
+async fn get_one(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let s = find(&app, &name).await?;
+    let slots = app.store.slots(&name).await?;
+    let mut v = schedule_view(&s);
+    v["tenant_count"] = json!(slots.len());
+    // A paused schedule has no next runs (resuming starts again from then).
+    let upcoming = if s.paused { &[][..] } else { &slots[..] };
+    v["next_runs"] = json!(upcoming
+        .iter()
+        .take(NEXT_RUNS_SHOWN)
+        .map(|slot| json!({
+            "tenant": slot.tenant,
+            "scheduled_for": rfc3339(slot.fire_at),
+            "due_at": rfc3339(slot.due_at),
+        }))
+        .collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+async fn set_paused(app: &AppState, name: &str, paused: bool) -> ApiResult<Json<Value>> {
+    let s = app
+        .store
+        .set_paused(name, paused, app.scheduler.now())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no schedule \"{name}\"")))?;
+    app.scheduler.poke();
+    Ok(Json(schedule_view(&s)))
+}
+
+async fn pause(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    set_paused(&app, &name, true).await
+}
+
+async fn resume(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    set_paused(&app, &name, false).await
+}
+
+async fn delete(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let s = find(&app, &name).await?;
+    if s.from_config {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "schedule \"{name}\" is defined in the config file; remove it there and \
+                 restart (or pause it)"
+            ),
+        });
+    }
+    app.store.delete_schedule(&name).await?;
+    app.scheduler.poke();
+    Ok(Json(json!({"name": name, "deleted": true})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    tenant: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn runs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
+    }
+    if let Some(c) = &q.cursor {
+        if c.parse::<u64>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
+            )));
+        }
+    }
+    find(&app, &name).await?;
+    let page = app
+        .store
+        .list_runs(&name, q.tenant.as_deref(), q.cursor.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({
+        "runs": page.items.iter().map(run_view).collect::<Vec<_>>(),
+        "next_cursor": page.next,
+    })))
+}
