@@ -517,6 +517,8 @@ impl Budget {
             paused_for_s: self.paused_until.saturating_since(now).as_secs_f64(),
             reserve_held: self.reserve_held(),
             breaker: self.breaker.state(),
+            spent_requests: self.spent.requests,
+            spent_points: self.spent.points,
         }
     }
 }
@@ -534,6 +536,9 @@ pub struct BudgetSnapshot {
     /// Whether bulk is currently held to `1 - realtime_reserve`.
     pub reserve_held: bool,
     pub breaker: BreakerState,
+    /// Requests and cost points sent since the budget was created (for spend rates).
+    pub spent_requests: f64,
+    pub spent_points: f64,
 }
 
 fn spacing(cost: f64, rate: f64) -> Duration {

@@ -40,6 +40,8 @@ pub struct Config {
     pub queues: Vec<Arc<Queue>>,
     /// `[[schedules]]`: checked against the upstreams and queues above.
     pub schedules: Vec<Arc<crate::schedules::Schedule>>,
+    /// `[events]` (retention) and `[[alerts]]`.
+    pub observe: crate::observe::ObserveConfig,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             queues: vec![Arc::new(Queue::default())],
             schedules: Vec::new(),
+            observe: Default::default(),
         }
     }
 }
@@ -210,6 +213,9 @@ struct RawConfig {
     queues: Vec<RawQueue>,
     #[serde(default)]
     schedules: Vec<crate::schedules::ScheduleDef>,
+    events: Option<crate::observe::RawEvents>,
+    #[serde(default)]
+    alerts: Vec<crate::observe::alerts::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +358,8 @@ impl RawConfig {
             }
             config.schedules.push(Arc::new(schedule));
         }
+        config.observe =
+            crate::observe::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
         Ok(config)
     }
 }

@@ -10,6 +10,7 @@ pub mod governor;
 pub mod jobs;
 pub mod metrics;
 pub mod mock;
+pub mod observe;
 pub mod proxy;
 pub mod schedules;
 pub mod server;

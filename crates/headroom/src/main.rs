@@ -137,6 +137,24 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Schedules(headroom::tenants_cli::SchedulesArgs),
 
+    /// Search the event log (throttled responses, retries, backoffs, budget pauses, breaker
+    /// changes, exhausted retries, failed jobs), oldest first; --follow keeps printing.
+    ///
+    /// Examples:
+    ///
+    ///   headroom events --level warn --upstream crm --since 1h
+    ///   headroom events --tenant acme --follow
+    #[command(verbatim_doc_comment)]
+    Events(headroom::observe::cli::EventsArgs),
+
+    /// Show per upstream and tenant: utilisation, throttled rate, retry success, average
+    /// backoff, queue depths, open alerts, and whether demand fits the budget (with an ETA
+    /// for the backlog) or the backlog grows faster than the budget drains.
+    Status(headroom::observe::cli::StatusArgs),
+
+    /// List the configured alerts, what is firing, and what resolved lately (JSON).
+    Alerts(headroom::observe::cli::AlertsArgs),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -177,6 +195,9 @@ fn main() -> std::process::ExitCode {
         Command::Jobs(args) => headroom::tenants_cli::run_jobs(args),
         Command::Batches(args) => headroom::tenants_cli::run_batches(args),
         Command::Schedules(args) => headroom::tenants_cli::run_schedules(args),
+        Command::Events(args) => headroom::observe::cli::run_events(args),
+        Command::Status(args) => headroom::observe::cli::run_status(args),
+        Command::Alerts(args) => headroom::observe::cli::run_alerts(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

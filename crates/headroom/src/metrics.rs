@@ -55,6 +55,8 @@ pub struct Metrics {
     pub wait_seconds: Family<LaneLabels, Histogram>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<TenantLabels, Gauge>,
+    /// Rate-limit events, retries, queues, budgets, alerts (`crate::observe`).
+    pub observe: crate::observe::metrics::ObserveMetrics,
 }
 
 impl Default for Metrics {
@@ -99,7 +101,9 @@ impl Metrics {
             "Circuit breaker per budget: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
+        let observe = crate::observe::metrics::ObserveMetrics::register(&mut registry);
         Metrics {
+            observe,
             registry,
             requests,
             upstream_responses,

@@ -57,6 +57,9 @@ const HOP_BY_HOP: [&str; 9] = [
 struct Journey {
     attempts: u32,
     waited: Duration,
+    /// Upstream, tenant and endpoint of a call that was retried (only then: the common path
+    /// allocates nothing for it), for the retry's final outcome.
+    retried: Option<Box<(String, String, String)>>,
 }
 
 pub async fn handle(State(app): State<AppState>, request: Request) -> Response {
@@ -81,6 +84,23 @@ pub async fn handle(State(app): State<AppState>, request: Request) -> Response {
                 outcome,
             })
             .inc();
+    }
+    if let Some(trail) = journey.retried.take() {
+        let (upstream, tenant, endpoint) = *trail;
+        let status = match &result {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(ApiError::Refused { status, .. }) => Some(status.as_u16()),
+            Err(_) => None,
+        };
+        let succeeded = matches!(&result, Ok(r) if r.status().is_success());
+        app.observe.retry_outcome(
+            &upstream,
+            &tenant,
+            &endpoint,
+            journey.attempts,
+            status,
+            succeeded,
+        );
     }
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
@@ -476,6 +496,7 @@ async fn forward(
             uri: &uri,
             headers: &headers,
             attempt: journey.attempts,
+            queue: None,
         };
         let (mut resp_parts, resp_body, inspected, signals) =
             match call_once(app, &call, lease, body, MAX_INSPECTED_BODY, false).await {
@@ -494,6 +515,9 @@ async fn forward(
                         .backoff
                         .delay(journey.attempts - 1, &mut jitter);
                     if can_retry && tokio::time::Instant::now() + delay < deadline {
+                        app.observe
+                            .retry(&call, false, delay, "upstream unreachable");
+                        journey.retried.get_or_insert_with(|| retry_trail(&call));
                         app.metrics
                             .retries
                             .get_or_create(&RetryLabels {
@@ -536,6 +560,14 @@ async fn forward(
         if tokio::time::Instant::now() + delay >= deadline {
             break response;
         }
+        let why = if signals.throttled {
+            "throttled"
+        } else {
+            "retryable status"
+        };
+        let wait = signals.retry_after.unwrap_or(delay).max(delay);
+        app.observe.retry(&call, signals.throttled, wait, why);
+        journey.retried.get_or_insert_with(|| retry_trail(&call));
         app.metrics
             .retries
             .get_or_create(&RetryLabels {
@@ -561,6 +593,15 @@ async fn forward(
         })
         .observe(journey.waited.as_secs_f64());
     Ok(response)
+}
+
+/// Upstream, tenant and endpoint of a call, kept once it is retried.
+fn retry_trail(call: &Call<'_>) -> Box<(String, String, String)> {
+    Box::new((
+        call.upstream.name.clone(),
+        call.tenant.to_string(),
+        format!("{} {}", call.method, call.uri.path()),
+    ))
 }
 
 /// Puts the tenant's stored credential for the upstream (if any) in the upstream's
@@ -600,6 +641,8 @@ pub(crate) struct Call<'a> {
     pub uri: &'a http::Uri,
     pub headers: &'a HeaderMap,
     pub attempt: u32,
+    /// The job's queue, for events.
+    pub queue: Option<&'a str>,
 }
 
 /// What one call gave.
@@ -692,16 +735,13 @@ pub(crate) async fn call_once(
                 tenant: call.tenant.to_string(),
             })
             .inc();
-        tracing::info!(
-            upstream = %upstream.name,
-            method = %call.method,
-            path = %call.uri.path(),
-            tenant = %call.tenant,
-            attempt = call.attempt,
+        // The event logs it (with the rate-limit headers) and stores it.
+        app.observe.throttled(
+            call,
             status,
-            retry_after_s = signals.retry_after.map(|d| d.as_secs_f64()),
-            paused_s = reaction.paused_for.map(|d| d.as_secs_f64()),
-            "throttled by upstream"
+            &parts.headers,
+            signals.retry_after,
+            reaction.paused_for,
         );
     }
     Answer::Answered {
@@ -744,7 +784,7 @@ fn record_breaker(
             BreakerState::HalfOpen { .. } => 1,
             BreakerState::Open { .. } => 2,
         };
-        tracing::warn!(upstream = %upstream.name, tenant = %tenant, breaker = ?state, "breaker changed state");
+        app.observe.breaker(&upstream.name, tenant, &state);
         app.metrics
             .breaker_state
             .get_or_create(&TenantLabels {

@@ -43,6 +43,8 @@ pub struct App {
     pub api_token: Option<String>,
     /// Runs schedules, on its own (injectable) clock.
     pub scheduler: crate::schedules::Scheduler,
+    /// Rate-limit events, sampling and alerts, on the same clock as schedules.
+    pub observe: crate::observe::Observer,
 }
 
 impl std::ops::Deref for AppState {
@@ -70,11 +72,14 @@ impl AppState {
             .with_context(|| format!("cannot open the store {}", config.store))?;
         let governor = SharedGovernor::new(rand::random());
         governor.spawn_driver();
+        let metrics = Metrics::new();
+        let observe = crate::observe::Observer::new(clock.clone(), metrics.observe.clone());
         let state = AppState(Arc::new(App {
             config: Arc::new(config),
             governor,
             client: client::build(),
-            metrics: Metrics::new(),
+            metrics,
+            observe,
             store: credentials.store().clone(),
             credentials,
             jobs_wake: tokio::sync::Notify::new(),
@@ -82,6 +87,7 @@ impl AppState {
             api_token: api_token.filter(|t| !t.is_empty()),
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
+        crate::observe::start(&state);
         crate::jobs::dispatcher::start(state.clone()).await?;
         crate::schedules::start(state.clone()).await?;
         Ok(state)
@@ -97,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::api::routes())
         .merge(crate::jobs::batches::routes())
         .merge(crate::schedules::api::routes())
+        .merge(crate::observe::api::routes())
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))

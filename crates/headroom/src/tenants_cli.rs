@@ -175,11 +175,11 @@ pub fn run_tokens(args: TokensArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-fn print_json(body: &[u8]) {
+pub(crate) fn print_json(body: &[u8]) {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => println!(
             "{}",
@@ -225,14 +225,14 @@ fn strip_newline(text: &str) -> &str {
 }
 
 /// A small client of the admin API.
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: Option<String>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Api {
-    fn new(server: &str) -> anyhow::Result<Api> {
+    pub(crate) fn new(server: &str) -> anyhow::Result<Api> {
         let base = server.trim_end_matches('/').to_string();
         let uri: http::Uri = base
             .parse()
@@ -258,7 +258,12 @@ impl Api {
 
     /// Sends a request; the response body on success, else an error with the server's
     /// problem detail.
-    fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method.clone()).uri(&url);
         if let Some(token) = &self.token {

@@ -416,6 +416,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         uri: &uri,
         headers: &headers,
         attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
+        queue: None,
     };
     let attempts = call.attempt;
     match call_once(

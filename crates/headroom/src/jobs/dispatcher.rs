@@ -140,6 +140,9 @@ async fn run_job(app: &AppState, job: Job) {
     let (transition, mut attempt) = attempt_job(app, &job).await;
     attempt.started_at = started;
     attempt.finished_at = now_millis();
+    let outcome = crate::observe::JobOutcome::of(&transition);
+    app.observe
+        .job_attempt(&job, &outcome, started, attempt.finished_at);
     let id = job.new.id.clone();
     match app
         .store
@@ -283,6 +286,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         uri: &uri,
         headers: &headers,
         attempt: job.attempts + 1,
+        queue: Some(&n.queue),
     };
     let body = n
         .request

@@ -20,6 +20,8 @@
 mod batches;
 pub mod conformance;
 mod credentials;
+pub mod event_conformance;
+mod events;
 mod jobs;
 pub mod schedule_conformance;
 mod schedules;
@@ -202,6 +204,11 @@ pub fn now_rfc3339() -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     rfc3339(since.as_secs() as i64, since.subsec_millis())
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_millis(ms: i64) -> String {
+    rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
 }
 
 fn rfc3339(secs: i64, millis: u32) -> String {

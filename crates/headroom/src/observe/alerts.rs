@@ -1,0 +1,604 @@
+//! Alerts: `[[alerts]]` rules evaluated on the observer's clock over the event log (and job
+//! durations), each firing instance notified once to its webhooks, then once more when it
+//! resolves.
+//!
+//! ```toml
+//! [[alerts]]
+//! name = "crm-retries"
+//! rule = "retry_exhaustion"     # throttled_spike | execution_failed | retry_pending
+//!                               # | event_level | duration
+//! upstream = "crm"              # optional: only this upstream
+//! window = "15m"
+//! threshold_percent = 1.0
+//! webhooks = ["https://hooks.slack.com/services/…"]
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use axum::body::Body;
+use headroom_core::duration::{format_duration, parse_duration};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::model::*;
+use super::TickState;
+use crate::jobs::Millis;
+use crate::server::AppState;
+
+const DAY: Millis = 86_400_000;
+/// Resolved alerts kept for `GET /v1/alerts`.
+const HISTORY: usize = 200;
+/// Recent job durations kept per queue for the windowed mean.
+const RECENT_DURATIONS: usize = 10_000;
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlert {
+    name: String,
+    rule: String,
+    upstream: Option<String>,
+    queue: Option<String>,
+    window: Option<String>,
+    threshold_percent: Option<f64>,
+    factor: Option<f64>,
+    baseline: Option<String>,
+    min_count: Option<u64>,
+    level: Option<String>,
+    max_duration: Option<String>,
+    trend_days: Option<u32>,
+    trend_factor: Option<f64>,
+    #[serde(default)]
+    webhooks: Vec<String>,
+}
+
+/// What an alert watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleKind {
+    /// Retried calls that ran out of retries, as a share of retried calls, above `percent`.
+    RetryExhaustion { percent: f64 },
+    /// Throttled answers in the window above `factor` × the average window of the baseline
+    /// before it (and at least `min_count`).
+    ThrottledSpike {
+        factor: f64,
+        baseline: Duration,
+        min_count: u64,
+    },
+    /// A job failed for good within the window.
+    ExecutionFailed,
+    /// A job failed an attempt and waits for a retry, within the window.
+    RetryPending,
+    /// An event at or above `level` within the window.
+    EventLevel { level: Level },
+    /// Job attempts took longer than `max` on average over the window, or today's average
+    /// is `trend_factor` × the average of the `trend_days` before.
+    Duration {
+        max: Option<Duration>,
+        trend_days: u32,
+        trend_factor: Option<f64>,
+    },
+}
+
+impl RuleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::RetryExhaustion { .. } => "retry_exhaustion",
+            RuleKind::ThrottledSpike { .. } => "throttled_spike",
+            RuleKind::ExecutionFailed => "execution_failed",
+            RuleKind::RetryPending => "retry_pending",
+            RuleKind::EventLevel { .. } => "event_level",
+            RuleKind::Duration { .. } => "duration",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: String,
+    pub kind: RuleKind,
+    pub upstream: Option<String>,
+    pub queue: Option<String>,
+    pub window: Duration,
+    pub webhooks: Vec<http::Uri>,
+}
+
+impl RawAlert {
+    pub(crate) fn validate(
+        self,
+        key: &str,
+        config: &crate::cfg::Config,
+    ) -> Result<AlertRule, String> {
+        if !crate::cfg::valid_name(&self.name) {
+            return Err(format!(
+                "{key}.name: \"{}\" must be letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        let dur =
+            |field: &str, v: &Option<String>, default: Duration| -> Result<Duration, String> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|e| format!("{key}.{field}: {e}")),
+                }
+            };
+        let window = dur("window", &self.window, Duration::from_secs(900))?;
+        if window.is_zero() {
+            return Err(format!("{key}.window: must be longer than zero"));
+        }
+        let positive = |field: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
+            let v = v.unwrap_or(default);
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("{key}.{field}: {v} must be a positive number"))
+            }
+        };
+        let kind = match self.rule.as_str() {
+            "retry_exhaustion" => RuleKind::RetryExhaustion {
+                percent: positive("threshold_percent", self.threshold_percent, 1.0)?,
+            },
+            "throttled_spike" => RuleKind::ThrottledSpike {
+                factor: positive("factor", self.factor, 3.0)?,
+                baseline: dur("baseline", &self.baseline, Duration::from_secs(3600))?,
+                min_count: self.min_count.unwrap_or(10),
+            },
+            "execution_failed" => RuleKind::ExecutionFailed,
+            "retry_pending" => RuleKind::RetryPending,
+            "event_level" => {
+                let level = self.level.as_deref().unwrap_or("error");
+                RuleKind::EventLevel {
+                    level: Level::parse(level).ok_or_else(|| {
+                        format!(
+                            "{key}.level: \"{level}\" is not a level; use debug, info, warn or error"
+                        )
+                    })?,
+                }
+            }
+            "duration" => {
+                let max = self
+                    .max_duration
+                    .as_ref()
+                    .map(|d| parse_duration(d).map_err(|e| format!("{key}.max_duration: {e}")))
+                    .transpose()?;
+                let trend_factor = self
+                    .trend_factor
+                    .map(|f| positive("trend_factor", Some(f), 1.0))
+                    .transpose()?;
+                if max.is_none() && trend_factor.is_none() {
+                    return Err(format!(
+                        "{key}: a duration alert needs max_duration (e.g. \"30s\"), trend_factor \
+                         (e.g. 1.5), or both"
+                    ));
+                }
+                RuleKind::Duration {
+                    max,
+                    trend_days: self.trend_days.unwrap_or(7).clamp(1, 90),
+                    trend_factor,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{key}.rule: \"{other}\" is not a rule; use \"retry_exhaustion\", \
+                     \"throttled_spike\", \"execution_failed\", \"retry_pending\", \
+                     \"event_level\" or \"duration\""
+                ))
+            }
+        };
+        if let Some(u) = &self.upstream {
+            if config.upstream(u).is_none() {
+                return Err(format!(
+                    "{key}.upstream: \"{u}\" is not a configured upstream"
+                ));
+            }
+        }
+        if let Some(q) = &self.queue {
+            if config.queue(q).is_none() {
+                return Err(format!("{key}.queue: \"{q}\" is not a configured queue"));
+            }
+        }
+        let mut webhooks = Vec::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let uri: http::Uri = w
+                .parse()
+                .map_err(|_| format!("{key}.webhooks[{i}]: \"{w}\" is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(format!(
+                    "{key}.webhooks[{i}]: \"{w}\" must be an http:// or https:// URL"
+                ));
+            }
+            webhooks.push(uri);
+        }
+        Ok(AlertRule {
+            name: self.name,
+            kind,
+            upstream: self.upstream,
+            queue: self.queue,
+            window,
+            webhooks,
+        })
+    }
+}
+
+/// Job attempt durations per queue: recent ones for windowed means, daily sums for trends.
+#[derive(Debug, Default)]
+pub struct Durations {
+    recent: HashMap<String, VecDeque<(Millis, i64)>>,
+    daily: HashMap<String, BTreeMap<i64, (i64, u64)>>,
+}
+
+impl Durations {
+    pub fn record(&mut self, queue: &str, at: Millis, took_ms: i64) {
+        let recent = self.recent.entry(queue.to_string()).or_default();
+        if recent.len() >= RECENT_DURATIONS {
+            recent.pop_front();
+        }
+        recent.push_back((at, took_ms));
+        let daily = self.daily.entry(queue.to_string()).or_default();
+        let day = daily.entry(at.div_euclid(DAY)).or_insert((0, 0));
+        day.0 += took_ms;
+        day.1 += 1;
+        // 90 days is the longest trend.
+        while daily.len() > 91 {
+            daily.pop_first();
+        }
+    }
+
+    /// Mean duration (ms) of attempts in `[since, until)` per queue.
+    fn mean_since(&self, since: Millis, until: Millis) -> Vec<(String, f64)> {
+        self.recent
+            .iter()
+            .filter_map(|(q, v)| {
+                let (sum, n) = v
+                    .iter()
+                    .filter(|(at, _)| *at >= since && *at < until)
+                    .fold((0i64, 0u64), |(s, n), (_, d)| (s + d, n + 1));
+                (n > 0).then(|| (q.clone(), sum as f64 / n as f64))
+            })
+            .collect()
+    }
+
+    /// Today's mean and the mean of the daily means of the `days` before, per queue.
+    fn trend(&self, now: Millis, days: u32) -> Vec<(String, f64, f64)> {
+        let today = now.div_euclid(DAY);
+        self.daily
+            .iter()
+            .filter_map(|(q, d)| {
+                let (s, n) = d.get(&today)?;
+                let before: Vec<f64> = d
+                    .range(today - i64::from(days)..today)
+                    .map(|(_, (s, n))| *s as f64 / (*n).max(1) as f64)
+                    .collect();
+                if before.is_empty() {
+                    return None;
+                }
+                let base = before.iter().sum::<f64>() / before.len() as f64;
+                Some((q.clone(), *s as f64 / (*n).max(1) as f64, base))
+            })
+            .collect()
+    }
+}
+
+/// One firing instance of a rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Firing {
+    pub alert: String,
+    pub rule: &'static str,
+    /// The upstream (or queue) it fires for.
+    pub subject: String,
+    pub since: Millis,
+    pub value: f64,
+    pub threshold: f64,
+    pub message: String,
+    /// Set once resolved.
+    pub resolved_at: Option<Millis>,
+}
+
+#[derive(Default)]
+pub(crate) struct AlertStates {
+    pub(crate) firing: BTreeMap<(String, String), Firing>,
+    pub(crate) history: VecDeque<Firing>,
+}
+
+/// What a rule finds now: subject → (value, threshold, message).
+type Found = BTreeMap<String, (f64, f64, String)>;
+
+fn sum(
+    stats: &[EventStat],
+    rule: &AlertRule,
+    pick: impl Fn(&EventStat) -> bool,
+    by_queue: bool,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for s in stats {
+        if !pick(s) {
+            continue;
+        }
+        if rule.upstream.is_some() && s.upstream != rule.upstream {
+            continue;
+        }
+        if rule.queue.is_some() && s.queue != rule.queue {
+            continue;
+        }
+        let subject = if by_queue { &s.queue } else { &s.upstream };
+        *out.entry(subject.clone().unwrap_or_else(|| "-".into()))
+            .or_insert(0) += s.count;
+    }
+    out
+}
+
+async fn find(app: &AppState, rule: &AlertRule, now: Millis) -> anyhow::Result<Found> {
+    let window = rule.window.as_millis() as Millis;
+    let mut found = Found::new();
+    // Events stamped at `now` itself count (a manual clock stands still).
+    let stats = || app.store.event_stats(now - window, now + 1);
+    use crate::observe::model::EventStore as _;
+    match &rule.kind {
+        RuleKind::RetryExhaustion { percent } => {
+            let stats = stats().await?;
+            let bad = sum(&stats, rule, |s| s.kind == Kind::RetryExhausted, false);
+            let good = sum(&stats, rule, |s| s.kind == Kind::RetrySucceeded, false);
+            for (subject, b) in bad {
+                let total = b + good.get(&subject).copied().unwrap_or(0);
+                let share = 100.0 * b as f64 / total as f64;
+                if share > *percent {
+                    let message = format!(
+                        "{subject}: {share:.1}% of retried calls ran out of retries in the last {} \
+                         ({b} of {total}; threshold {percent}%)",
+                        format_duration(rule.window)
+                    );
+                    found.insert(subject, (share, *percent, message));
+                }
+            }
+        }
+        RuleKind::ThrottledSpike {
+            factor,
+            baseline,
+            min_count,
+        } => {
+            let base_ms = baseline.as_millis() as Millis;
+            let current = sum(&stats().await?, rule, |s| s.kind == Kind::Throttled, false);
+            let before = app
+                .store
+                .event_stats(now - window - base_ms, now - window)
+                .await?;
+            let before = sum(&before, rule, |s| s.kind == Kind::Throttled, false);
+            let windows = (base_ms as f64 / window as f64).max(1.0);
+            for (subject, n) in current {
+                let avg = before.get(&subject).copied().unwrap_or(0) as f64 / windows;
+                let threshold = factor * avg.max(1.0);
+                if n >= *min_count && n as f64 > threshold {
+                    let message = format!(
+                        "{subject}: {n} throttled responses in the last {}, {factor}× above the \
+                         trailing average of {avg:.1} per window",
+                        format_duration(rule.window)
+                    );
+                    found.insert(subject, (n as f64, threshold, message));
+                }
+            }
+        }
+        RuleKind::ExecutionFailed | RuleKind::RetryPending => {
+            let kind = if rule.kind == RuleKind::ExecutionFailed {
+                Kind::JobFailed
+            } else {
+                Kind::JobRetryPending
+            };
+            let what = if kind == Kind::JobFailed {
+                "failed for good"
+            } else {
+                "failed an attempt and wait for a retry"
+            };
+            for (subject, n) in sum(&stats().await?, rule, |s| s.kind == kind, true) {
+                let message = format!(
+                    "queue {subject}: {n} job{} {what} in the last {}",
+                    if n == 1 { "" } else { "s" },
+                    format_duration(rule.window)
+                );
+                found.insert(subject, (n as f64, 0.0, message));
+            }
+        }
+        RuleKind::EventLevel { level } => {
+            for (subject, n) in sum(&stats().await?, rule, |s| s.level >= *level, false) {
+                let message = format!(
+                    "{subject}: {n} event{} at {} or above in the last {}",
+                    if n == 1 { "" } else { "s" },
+                    level.as_str(),
+                    format_duration(rule.window)
+                );
+                found.insert(subject, (n as f64, 0.0, message));
+            }
+        }
+        RuleKind::Duration {
+            max,
+            trend_days,
+            trend_factor,
+        } => {
+            let durations = app
+                .observe
+                .durations
+                .lock()
+                .map_err(|_| anyhow::anyhow!("durations lock poisoned"))?;
+            let wanted = |q: &String| rule.queue.as_ref().is_none_or(|r| r == q);
+            if let Some(max) = max {
+                let max_ms = max.as_millis() as f64;
+                for (q, mean) in durations.mean_since(now - window, now + 1) {
+                    if wanted(&q) && mean > max_ms {
+                        let message = format!(
+                            "queue {q}: job attempts took {mean:.0}ms on average in the last {}, \
+                             above {}",
+                            format_duration(rule.window),
+                            format_duration(*max)
+                        );
+                        found.insert(q, (mean, max_ms, message));
+                    }
+                }
+            }
+            if let Some(f) = trend_factor {
+                for (q, today, base) in durations.trend(now, *trend_days) {
+                    if wanted(&q) && today > f * base && !found.contains_key(&q) {
+                        let message = format!(
+                            "queue {q}: job attempts take {today:.0}ms on average today, {:.1}× \
+                             the {base:.0}ms of the previous {trend_days} days",
+                            today / base.max(1e-9)
+                        );
+                        found.insert(q, (today, f * base, message));
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Evaluates every rule at `now`: notifies new firing instances and resolved ones. Returns
+/// how many notifications went out.
+pub(crate) async fn evaluate(
+    app: &AppState,
+    state: &mut TickState,
+    now: Millis,
+) -> anyhow::Result<usize> {
+    let mut sent = 0;
+    for rule in &app.config.observe.alerts {
+        let found = find(app, rule, now).await?;
+        let states = &mut state.alerts;
+        let mut resolved = Vec::new();
+        for (key, firing) in states.firing.iter() {
+            if key.0 == rule.name && !found.contains_key(&key.1) {
+                resolved.push((key.clone(), firing.clone()));
+            }
+        }
+        for (key, mut firing) in resolved {
+            states.firing.remove(&key);
+            firing.resolved_at = Some(now);
+            sent += notify(app, rule, &firing, "resolved").await;
+            states.history.push_front(firing);
+            states.history.truncate(HISTORY);
+        }
+        let mut count = 0;
+        for (subject, (value, threshold, message)) in found {
+            count += 1;
+            let key = (rule.name.clone(), subject.clone());
+            match states.firing.get_mut(&key) {
+                // Already notified: keep it current, say nothing (deduplicated).
+                Some(f) => {
+                    f.value = value;
+                    f.message = message;
+                }
+                None => {
+                    let firing = Firing {
+                        alert: rule.name.clone(),
+                        rule: rule.kind.name(),
+                        subject,
+                        since: now,
+                        value,
+                        threshold,
+                        message,
+                        resolved_at: None,
+                    };
+                    sent += notify(app, rule, &firing, "firing").await;
+                    states.firing.insert(key, firing);
+                }
+            }
+        }
+        app.observe
+            .metrics()
+            .alerts_firing
+            .get_or_create(&super::metrics::AlertLabels {
+                alert: rule.name.clone(),
+            })
+            .set(count);
+    }
+    Ok(sent)
+}
+
+/// POSTs the notification to every webhook of the rule (JSON with a Slack-compatible
+/// `text`); returns how many accepted it.
+async fn notify(app: &AppState, rule: &AlertRule, firing: &Firing, status: &str) -> usize {
+    let icon = if status == "firing" { "🔥" } else { "✅" };
+    let text = format!(
+        "{icon} [{}] {} ({}): {}",
+        status.to_uppercase(),
+        rule.name,
+        rule.kind.name(),
+        firing.message
+    );
+    let body = json!({
+        "text": text,
+        "status": status,
+        "alert": rule.name,
+        "rule": rule.kind.name(),
+        "subject": firing.subject,
+        "value": firing.value,
+        "threshold": firing.threshold,
+        "message": firing.message,
+        "since": crate::store::rfc3339_millis(firing.since),
+        "resolved_at": firing.resolved_at.map(crate::store::rfc3339_millis),
+    })
+    .to_string();
+    tracing::warn!(alert = %rule.name, subject = %firing.subject, status, "{}", firing.message);
+    let mut ok = 0;
+    for uri in &rule.webhooks {
+        let request = http::Request::post(uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()));
+        let Ok(request) = request else { continue };
+        match tokio::time::timeout(WEBHOOK_TIMEOUT, app.client.request(request)).await {
+            Ok(Ok(r)) if r.status().is_success() => ok += 1,
+            Ok(Ok(r)) => {
+                tracing::warn!(alert = %rule.name, webhook = %uri, status = r.status().as_u16(), "alert webhook refused the notification")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(alert = %rule.name, webhook = %uri, error = %e, "cannot reach an alert webhook")
+            }
+            Err(_) => {
+                tracing::warn!(alert = %rule.name, webhook = %uri, "alert webhook did not answer in time")
+            }
+        }
+    }
+    ok
+}
+
+/// `GET /v1/alerts`: every rule with its firing instances, and recently resolved ones.
+pub(crate) async fn view(app: &AppState) -> serde_json::Value {
+    let state = app.observe.state.lock().await;
+    let rules: Vec<serde_json::Value> = app
+        .config
+        .observe
+        .alerts
+        .iter()
+        .map(|r| {
+            let firing: Vec<serde_json::Value> = state
+                .alerts
+                .firing
+                .values()
+                .filter(|f| f.alert == r.name)
+                .map(firing_view)
+                .collect();
+            json!({
+                "name": r.name,
+                "rule": r.kind.name(),
+                "upstream": r.upstream,
+                "queue": r.queue,
+                "window_s": r.window.as_secs_f64(),
+                "webhooks": r.webhooks.len(),
+                "state": if firing.is_empty() { "ok" } else { "firing" },
+                "firing": firing,
+            })
+        })
+        .collect();
+    let recent: Vec<serde_json::Value> = state.alerts.history.iter().map(firing_view).collect();
+    json!({ "alerts": rules, "resolved": recent })
+}
+
+pub(crate) fn firing_view(f: &Firing) -> serde_json::Value {
+    json!({
+        "alert": f.alert,
+        "rule": f.rule,
+        "subject": f.subject,
+        "since": crate::store::rfc3339_millis(f.since),
+        "value": f.value,
+        "threshold": f.threshold,
+        "message": f.message,
+        "resolved_at": f.resolved_at.map(crate::store::rfc3339_millis),
+    })
+}

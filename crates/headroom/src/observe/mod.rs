@@ -1,0 +1,650 @@
+//! Observability: rate-limit events (logged through `tracing` and kept in the event log),
+//! the metrics behind them, budget and queue sampling, alerts, and `headroom status`.
+//!
+//! The hot path pays nothing for this on an ordinary answer: events are made only where a
+//! call is throttled, retried, paused or fails, and they go to a bounded channel that a
+//! background writer drains in batches. When the channel is full the event is still logged,
+//! but not stored, and `headroom_events_dropped_total` counts it.
+
+pub mod alerts;
+pub mod api;
+pub mod cli;
+pub mod metrics;
+pub mod model;
+pub mod otel;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use headroom_core::clock::Clock;
+use http::HeaderMap;
+use tokio::sync::{mpsc, oneshot};
+
+use self::metrics::{EndpointLabels, KindLabels, ObserveMetrics, QueueLabels, RetryOutcomeLabels};
+use self::model::*;
+use crate::jobs::{Job, Millis, Transition};
+use crate::proxy::Call;
+use crate::server::AppState;
+
+/// Events waiting for the writer; beyond this they are dropped (and counted).
+const CHANNEL: usize = 8192;
+/// Events stored in one transaction at most.
+const BATCH: usize = 512;
+/// Endpoint templates per upstream in metric labels; later ones count as `other`.
+const MAX_ENDPOINTS: usize = 64;
+/// How often the background loop samples, prunes and evaluates alerts.
+const TICK_EVERY: Duration = Duration::from_secs(10);
+/// How often old events are pruned.
+const PRUNE_EVERY: Millis = 3_600_000;
+
+/// `[events]` and `[[alerts]]` of the config.
+#[derive(Debug, Clone)]
+pub struct ObserveConfig {
+    /// How long events are kept (default 14 days).
+    pub retention: Duration,
+    pub alerts: Vec<Arc<alerts::AlertRule>>,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        ObserveConfig {
+            retention: Duration::from_secs(14 * 86_400),
+            alerts: Vec::new(),
+        }
+    }
+}
+
+/// `[events]` as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    retention: Option<String>,
+}
+
+impl ObserveConfig {
+    /// Checks `[events]` and `[[alerts]]` against the rest of the config.
+    pub(crate) fn from_raw(
+        events: Option<RawEvents>,
+        alerts: Vec<alerts::RawAlert>,
+        config: &crate::cfg::Config,
+    ) -> Result<ObserveConfig, String> {
+        let mut out = ObserveConfig::default();
+        if let Some(r) = events.and_then(|e| e.retention) {
+            out.retention = headroom_core::duration::parse_duration(&r)
+                .map_err(|e| format!("events.retention: {e}"))?;
+            if out.retention.is_zero() {
+                return Err("events.retention: must be longer than zero".into());
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, raw) in alerts.into_iter().enumerate() {
+            let key = format!("alerts[{i}]");
+            let rule = raw.validate(&key, config)?;
+            if !names.insert(rule.name.clone()) {
+                return Err(format!(
+                    "{key}.name: \"{}\" is used by two alerts; names must be unique",
+                    rule.name
+                ));
+            }
+            out.alerts.push(Arc::new(rule));
+        }
+        Ok(out)
+    }
+}
+
+enum Msg {
+    Event(Box<Event>),
+    /// Answered once every event sent before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Emits events and keeps what sampling and alerts remember. One per server.
+pub struct Observer {
+    /// Counted from the Unix epoch; the scheduler's clock (a manual one in tests).
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    metrics: ObserveMetrics,
+    /// Endpoint templates seen per upstream, to bound metric labels.
+    endpoints: Mutex<HashMap<String, HashSet<String>>>,
+    /// Job durations by queue and day, for the duration alerts.
+    pub(crate) durations: Mutex<alerts::Durations>,
+    /// What the periodic tick keeps: samples, alert states. One tick at a time.
+    pub(crate) state: tokio::sync::Mutex<TickState>,
+}
+
+#[derive(Default)]
+pub(crate) struct TickState {
+    last_prune: Option<Millis>,
+    pub(crate) samples: status::Samples,
+    pub(crate) alerts: alerts::AlertStates,
+}
+
+impl Observer {
+    pub fn new(clock: Arc<dyn Clock>, metrics: ObserveMetrics) -> Observer {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        Observer {
+            clock,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            metrics,
+            endpoints: Mutex::new(HashMap::new()),
+            durations: Mutex::new(alerts::Durations::default()),
+            state: tokio::sync::Mutex::new(TickState::default()),
+        }
+    }
+
+    /// Now on the observer's clock, in Unix milliseconds.
+    pub fn now(&self) -> Millis {
+        crate::schedules::epoch_millis(self.clock.now())
+    }
+
+    /// Logs an event and hands it to the event log without waiting.
+    pub fn emit(&self, event: Event) {
+        self.metrics
+            .events
+            .get_or_create(&KindLabels {
+                kind: event.kind.as_str(),
+            })
+            .inc();
+        log(&event);
+        if self.tx.try_send(Msg::Event(Box::new(event))).is_err() {
+            self.metrics.events_dropped.inc();
+        }
+    }
+
+    /// Waits until every event emitted before the call is stored (or the writer is gone).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// An event about one call, with its upstream, tenant, endpoint and attempt filled in.
+    fn call_event(&self, call: &Call<'_>, level: Level, kind: Kind, outcome: &str) -> Event {
+        let endpoint = format!("{} {}", call.method, call.uri.path());
+        let message = format!(
+            "{}: {} {endpoint} (tenant {}, attempt {})",
+            kind.as_str(),
+            call.upstream.name,
+            call.tenant,
+            call.attempt
+        );
+        let mut e = Event::new(self.now(), level, kind, outcome, message);
+        e.upstream = Some(call.upstream.name.clone());
+        e.tenant = Some(call.tenant.to_string());
+        e.queue = call.queue.map(str::to_string);
+        e.endpoint = Some(endpoint);
+        e.attempt = Some(call.attempt);
+        e
+    }
+
+    /// A throttled answer: the event, the budget pause it caused, and the per-endpoint count.
+    pub(crate) fn throttled(
+        &self,
+        call: &Call<'_>,
+        status: u16,
+        headers: &HeaderMap,
+        retry_after: Option<Duration>,
+        paused_for: Option<Duration>,
+    ) {
+        let endpoint = self.endpoint_label(&call.upstream.name, call.method, call.uri.path());
+        self.metrics
+            .throttled_endpoint
+            .get_or_create(&EndpointLabels {
+                upstream: call.upstream.name.clone(),
+                endpoint,
+            })
+            .inc();
+        let mut e = self.call_event(call, Level::Warn, Kind::Throttled, "throttled");
+        e.status = Some(status);
+        e.headers = rate_limit_headers(headers);
+        e.wait_ms = retry_after.or(paused_for).map(millis);
+        let paused = paused_for.map(|p| {
+            let mut p_e = e.clone();
+            p_e.kind = Kind::BudgetPaused;
+            p_e.outcome = "paused".into();
+            p_e.wait_ms = Some(millis(p));
+            p_e.message = format!(
+                "budget of {} (tenant {}) paused for {:.1}s",
+                call.upstream.name,
+                call.tenant,
+                p.as_secs_f64()
+            );
+            p_e
+        });
+        self.emit(e);
+        if let Some(p) = paused {
+            self.emit(p);
+        }
+    }
+
+    /// A call goes again: after the budget's pause (`throttled`) or a backoff.
+    pub(crate) fn retry(&self, call: &Call<'_>, throttled: bool, wait: Duration, why: &str) {
+        let kind = if throttled {
+            Kind::Retry
+        } else {
+            Kind::Backoff
+        };
+        let mut e = self.call_event(call, Level::Info, kind, "retrying");
+        e.wait_ms = Some(millis(wait));
+        e.message = format!("{} ({why}); waits {}ms", e.message, millis(wait));
+        self.metrics
+            .backoff_seconds
+            .get_or_create(&metrics::UpstreamLabels {
+                upstream: call.upstream.name.clone(),
+            })
+            .observe(wait.as_secs_f64());
+        self.emit(e);
+    }
+
+    /// The end of a call that was retried: it succeeded, or its retries ran out.
+    pub(crate) fn retry_outcome(
+        &self,
+        upstream: &str,
+        tenant: &str,
+        endpoint: &str,
+        attempts: u32,
+        status: Option<u16>,
+        succeeded: bool,
+    ) {
+        self.metrics
+            .retry_outcomes
+            .get_or_create(&RetryOutcomeLabels {
+                upstream: upstream.to_string(),
+                outcome: if succeeded { "succeeded" } else { "exhausted" },
+            })
+            .inc();
+        let (level, kind, outcome) = if succeeded {
+            (Level::Info, Kind::RetrySucceeded, "succeeded")
+        } else {
+            (Level::Error, Kind::RetryExhausted, "exhausted")
+        };
+        let mut e = Event::new(
+            self.now(),
+            level,
+            kind,
+            outcome,
+            format!(
+                "{upstream} {endpoint} (tenant {tenant}) {outcome} after {attempts} attempts{}",
+                status
+                    .map(|s| format!(", last status {s}"))
+                    .unwrap_or_default()
+            ),
+        );
+        e.upstream = Some(upstream.to_string());
+        e.tenant = Some(tenant.to_string());
+        e.endpoint = Some(endpoint.to_string());
+        e.attempt = Some(attempts);
+        e.status = status;
+        self.emit(e);
+    }
+
+    /// A budget's circuit breaker changed state.
+    pub(crate) fn breaker(
+        &self,
+        upstream: &str,
+        tenant: &str,
+        state: &headroom_core::breaker::BreakerState,
+    ) {
+        use headroom_core::breaker::BreakerState;
+        let (level, outcome) = match state {
+            BreakerState::Closed { .. } => (Level::Info, "closed"),
+            BreakerState::HalfOpen { .. } => (Level::Warn, "half_open"),
+            BreakerState::Open { .. } => (Level::Error, "open"),
+        };
+        let mut e = Event::new(
+            self.now(),
+            level,
+            Kind::Breaker,
+            outcome,
+            format!("circuit breaker of {upstream} (tenant {tenant}) is {outcome}"),
+        );
+        e.upstream = Some(upstream.to_string());
+        e.tenant = Some(tenant.to_string());
+        self.emit(e);
+    }
+
+    /// After a job's attempt is recorded: metrics, durations, and an event when it failed,
+    /// waits for a retry, or succeeded after retries.
+    pub(crate) fn job_attempt(
+        &self,
+        job: &Job,
+        outcome: &JobOutcome,
+        started: Millis,
+        finished: Millis,
+    ) {
+        let n = &job.new;
+        let labels = QueueLabels {
+            queue: n.queue.clone(),
+            lane: lane_name(n.lane).to_string(),
+        };
+        let took = (finished - started).max(0);
+        self.metrics
+            .job_duration_seconds
+            .get_or_create(&labels)
+            .observe(took as f64 / 1000.0);
+        if job.attempts == 0 {
+            self.metrics
+                .queue_wait_seconds
+                .get_or_create(&labels)
+                .observe((started - n.created_at).max(0) as f64 / 1000.0);
+        }
+        if let Ok(mut d) = self.durations.lock() {
+            d.record(&n.queue, self.now(), took);
+        }
+        let attempt = job.attempts + 1;
+        let endpoint = format!("{} {}", n.request.method, n.request.path);
+        let event = |level, kind, out: &str, message: String| {
+            let mut e = Event::new(self.now(), level, kind, out, message);
+            e.upstream = Some(n.upstream.clone());
+            e.tenant = n.tenant.clone();
+            e.queue = Some(n.queue.clone());
+            e.endpoint = Some(endpoint.clone());
+            e.job_id = Some(n.id.clone());
+            e.attempt = Some(attempt);
+            e
+        };
+        match outcome {
+            JobOutcome::Succeeded if attempt > 1 => {
+                self.retry_outcome_metric(&n.upstream, true);
+                self.emit(event(
+                    Level::Info,
+                    Kind::RetrySucceeded,
+                    "succeeded",
+                    format!("job {} succeeded after {attempt} attempts", n.id),
+                ));
+            }
+            JobOutcome::Succeeded | JobOutcome::Waiting => {}
+            JobOutcome::RetryPending { at, error } => {
+                let mut e = event(
+                    Level::Warn,
+                    Kind::JobRetryPending,
+                    "retry_pending",
+                    format!(
+                        "job {} attempt {attempt} failed: {error}; retries later",
+                        n.id
+                    ),
+                );
+                e.wait_ms = Some((at - finished).max(0) as u64);
+                self.emit(e);
+            }
+            JobOutcome::Failed { error } => {
+                if attempt > 1 {
+                    self.retry_outcome_metric(&n.upstream, false);
+                    self.emit(event(
+                        Level::Error,
+                        Kind::RetryExhausted,
+                        "exhausted",
+                        format!("job {} ran out of retries: {error}", n.id),
+                    ));
+                }
+                self.emit(event(
+                    Level::Error,
+                    Kind::JobFailed,
+                    "failed",
+                    format!("job {} failed: {error}", n.id),
+                ));
+            }
+        }
+    }
+
+    /// Records how long a job attempt of `queue` took, now (for the duration alerts).
+    pub fn record_job_duration(&self, queue: &str, took_ms: i64) {
+        if let Ok(mut d) = self.durations.lock() {
+            d.record(queue, self.now(), took_ms);
+        }
+    }
+
+    fn retry_outcome_metric(&self, upstream: &str, succeeded: bool) {
+        self.metrics
+            .retry_outcomes
+            .get_or_create(&RetryOutcomeLabels {
+                upstream: upstream.to_string(),
+                outcome: if succeeded { "succeeded" } else { "exhausted" },
+            })
+            .inc();
+    }
+
+    /// `GET /v3/objects/{id}`, or `other` once the upstream has `MAX_ENDPOINTS` templates.
+    fn endpoint_label(&self, upstream: &str, method: &http::Method, path: &str) -> String {
+        let template = endpoint_template(method.as_str(), path);
+        let Ok(mut seen) = self.endpoints.lock() else {
+            return "other".into();
+        };
+        let set = seen.entry(upstream.to_string()).or_default();
+        if set.contains(&template) {
+            return template;
+        }
+        if set.len() >= MAX_ENDPOINTS {
+            return "other".into();
+        }
+        set.insert(template.clone());
+        template
+    }
+
+    pub fn metrics(&self) -> &ObserveMetrics {
+        &self.metrics
+    }
+}
+
+/// What a job's attempt led to, taken before the transition goes to the store.
+pub(crate) enum JobOutcome {
+    Succeeded,
+    /// Waits for its budget without spending an attempt (throttled, no room).
+    Waiting,
+    RetryPending {
+        at: Millis,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl JobOutcome {
+    pub(crate) fn of(transition: &Transition) -> JobOutcome {
+        match transition {
+            Transition::Succeeded { .. } => JobOutcome::Succeeded,
+            Transition::Retry {
+                burn_attempt: false,
+                ..
+            } => JobOutcome::Waiting,
+            Transition::Retry { at, error, .. } => JobOutcome::RetryPending {
+                at: *at,
+                error: error.clone(),
+            },
+            Transition::Failed { error, .. } => JobOutcome::Failed {
+                error: error.clone(),
+            },
+        }
+    }
+}
+
+pub(crate) fn lane_name(lane: headroom_core::Lane) -> &'static str {
+    match lane {
+        headroom_core::Lane::Realtime => "realtime",
+        headroom_core::Lane::Bulk => "bulk",
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Rate-limit headers worth keeping with an event; nothing else (never a credential).
+pub fn is_rate_limit_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("ratelimit")
+        || n.contains("rate-limit")
+        || n == "retry-after"
+        || n == "sforce-limit-info"
+        || n == "x-shopify-shop-api-call-limit"
+}
+
+pub fn rate_limit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| is_rate_limit_header(k.as_str()))
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Method and a bounded path template: at most three segments, ids (segments with a digit,
+/// or longer than 24 characters) as `{id}`. `POST /crm/v3/objects/contacts/123/assoc`
+/// becomes `POST /crm/v3/objects/…`.
+pub fn endpoint_template(method: &str, path: &str) -> String {
+    let mut out = String::from(method);
+    out.push(' ');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.is_empty() {
+        out.push('/');
+    }
+    for (i, s) in segments.iter().enumerate() {
+        if i == 3 {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        if s.len() > 24 || s.chars().any(|c| c.is_ascii_digit() && !s.starts_with('v')) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(s);
+        }
+    }
+    out
+}
+
+/// Writes the event to the log (JSON through `tracing`) at its level.
+fn log(e: &Event) {
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                target: "headroom::events",
+                $level,
+                kind = e.kind.as_str(),
+                upstream = e.upstream.as_deref(),
+                tenant = e.tenant.as_deref(),
+                queue = e.queue.as_deref(),
+                endpoint = e.endpoint.as_deref(),
+                job = e.job_id.as_deref(),
+                attempt = e.attempt,
+                status = e.status,
+                wait_ms = e.wait_ms,
+                outcome = e.outcome.as_str(),
+                headers = %serde_json::to_string(&e.headers).unwrap_or_default(),
+                "{}",
+                e.message
+            )
+        };
+    }
+    match e.level {
+        Level::Debug => at!(tracing::Level::DEBUG),
+        Level::Info => at!(tracing::Level::INFO),
+        Level::Warn => at!(tracing::Level::WARN),
+        Level::Error => at!(tracing::Level::ERROR),
+    }
+}
+
+/// Starts the event writer and the periodic tick (pruning, sampling, alerts).
+pub fn start(app: &AppState) {
+    let rx = app.observe.rx.lock().ok().and_then(|mut rx| rx.take());
+    if let Some(rx) = rx {
+        tokio::spawn(write_loop(app.store.clone(), rx));
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TICK_EVERY).await;
+            if let Err(e) = tick(&app).await {
+                tracing::error!(error = %format!("{e:#}"), "observability tick failed");
+            }
+        }
+    });
+}
+
+async fn write_loop(store: crate::store::Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Take whatever else is waiting, up to a batch.
+        while let Some(msg) = next {
+            match msg {
+                Msg::Event(e) => batch.push(*e),
+                Msg::Flush(done) => flushes.push(done),
+            }
+            next = if batch.len() < BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if let Err(e) = store.insert_events(&batch).await {
+            tracing::error!(error = %format!("{e:#}"), events = batch.len(), "cannot store events");
+        }
+        batch.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Default)]
+pub struct Tick {
+    pub pruned: u64,
+    pub notifications: usize,
+}
+
+/// Stores pending events, prunes past the retention (hourly), samples budgets and queues,
+/// and evaluates the alerts, all at the observer clock's now. Tests call it after moving a
+/// manual clock.
+pub async fn tick(app: &AppState) -> anyhow::Result<Tick> {
+    app.observe.flush().await;
+    let mut state = app.observe.state.lock().await;
+    let now = app.observe.now();
+    let mut out = Tick::default();
+    if state
+        .last_prune
+        .is_none_or(|last| now - last >= PRUNE_EVERY || now < last)
+    {
+        let before = now - app.config.observe.retention.as_millis() as Millis;
+        out.pruned = app.store.prune_events(before).await?;
+        state.last_prune = Some(now);
+    }
+    status::sample(app, &mut state.samples, now).await?;
+    out.notifications = alerts::evaluate(app, &mut state, now).await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_templates_are_bounded() {
+        assert_eq!(
+            endpoint_template("POST", "/crm/v3/objects/contacts/123"),
+            "POST /crm/v3/objects/…"
+        );
+        assert_eq!(endpoint_template("GET", "/users/42"), "GET /users/{id}");
+        assert_eq!(endpoint_template("GET", "/v2/things"), "GET /v2/things");
+        assert_eq!(endpoint_template("GET", ""), "GET /");
+    }
+
+    #[test]
+    fn only_rate_limit_headers_are_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer secret".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("retry-after", "2".parse().unwrap());
+        h.insert("set-cookie", "s=1".parse().unwrap());
+        let kept = rate_limit_headers(&h);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept.iter().all(|(k, _)| k != "authorization"));
+    }
+}

@@ -1,0 +1,575 @@
+//! Observability end to end: rate-limit events (logged, stored, searchable, pruned, never
+//! holding a credential), metrics, alerts that fire and resolve against a recording webhook,
+//! `/v1/status` with its capacity verdict, and the `events` and `status` commands. Alerts,
+//! pruning and status run on a manual clock; assertions are on counts and contents.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Recorder, Server};
+use headroom::store::{event_conformance, Store};
+use headroom_core::clock::{ManualClock, Timestamp};
+use http::Method;
+use serde_json::{json, Value};
+
+/// 2025-03-01T12:00:00Z.
+const T0: u64 = 1_740_830_400;
+
+fn clock() -> ManualClock {
+    let c = ManualClock::new();
+    c.set(Timestamp::ZERO + Duration::from_secs(T0));
+    c
+}
+
+fn upstream(extra: &str) -> String {
+    format!(
+        "[[upstreams]]\nname = \"up\"\nbase_url = \"{{base}}\"\nlimits = [{{ quota = 1000, window = \"1s\" }}]\n{extra}\n"
+    )
+}
+
+async fn events(server: &Server, query: &str) -> Vec<Value> {
+    server.state.observe.flush().await;
+    let r = server.get(&format!("/v1/events?{query}")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["events"].as_array().unwrap().clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+/// A writer the JSON logs go to, for reading them back.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn event_conformance_in_memory_and_on_a_file() {
+    event_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    event_conformance::run(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!("sqlite://{}", dir.path().join(format!("e{i}.db")).display());
+        async move { Store::open(&url).await.unwrap() }
+    })
+    .await;
+}
+
+// Current-thread runtime: the server's tasks run on this thread, under this test's logger.
+#[tokio::test(flavor = "current_thread")]
+async fn throttles_retries_and_exhaustion_become_events_and_metrics_without_credentials() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let up = Recorder::start().await;
+    let server = Server::start(
+        &upstream(
+            "retry = { max_attempts = 2, base_delay = \"10ms\", max_wait = \"5s\", on_status = [502] }",
+        ),
+        &up.url(),
+    )
+    .await;
+    // A throttled answer, then success on the retry.
+    up.answer(
+        429,
+        &[
+            ("retry-after", "1"),
+            ("x-ratelimit-remaining", "0"),
+            ("set-cookie", "sekrit-cookie"),
+        ],
+    );
+    let secret = [
+        ("authorization", "Bearer sekrit-token"),
+        ("headroom-tenant", "acme"),
+    ];
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/things/42?api_key=sekrit-query",
+        &secret,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.attempts(), 2);
+    // Two 502s: a backoff, then the retries run out.
+    up.answer(502, &[]);
+    up.answer(502, &[]);
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::POST,
+        "/proxy/up/orders",
+        &secret,
+    )
+    .await;
+    assert_eq!(r.status, 502);
+
+    let all = events(&server, "").await;
+    assert_eq!(
+        kinds(&all),
+        vec![
+            "throttled",
+            "budget_paused",
+            "retry",
+            "retry_succeeded",
+            "backoff",
+            "retry_exhausted"
+        ],
+        "{all:#?}"
+    );
+    let throttled = &all[0];
+    assert_eq!(throttled["level"], "warn");
+    assert_eq!(throttled["upstream"], "up");
+    assert_eq!(throttled["tenant"], "acme");
+    assert_eq!(throttled["endpoint"], "GET /things/42");
+    assert_eq!(throttled["attempt"], 1);
+    assert_eq!(throttled["status"], 429);
+    assert_eq!(throttled["wait_ms"], 1000);
+    assert_eq!(throttled["outcome"], "throttled");
+    assert_eq!(throttled["headers"]["retry-after"], "1");
+    assert_eq!(throttled["headers"]["x-ratelimit-remaining"], "0");
+    assert!(throttled["headers"].get("set-cookie").is_none());
+    assert_eq!(all[3]["attempt"], 2, "succeeded on the second attempt");
+    assert_eq!(all[4]["endpoint"], "POST /orders");
+    assert_eq!(all[5]["level"], "error");
+    assert_eq!(all[5]["status"], 502);
+
+    // Searchable: level at or above, tenant, upstream, kind, pages.
+    let errors = events(&server, "level=error").await;
+    assert_eq!(kinds(&errors), vec!["retry_exhausted"]);
+    assert!(events(&server, "tenant=globex").await.is_empty());
+    assert_eq!(events(&server, "upstream=up&tenant=acme").await.len(), 6);
+    assert_eq!(
+        kinds(&events(&server, "kind=backoff").await),
+        vec!["backoff"]
+    );
+    let mut cursor = String::new();
+    let mut paged = 0;
+    loop {
+        let r = server
+            .get(&format!("/v1/events?limit=4{cursor}"))
+            .await
+            .json();
+        paged += r["events"].as_array().unwrap().len();
+        match r["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, 6, "pages of 4 cover every event once");
+    assert!(events(&server, "since=1h").await.len() == 6);
+    assert!(events(&server, "until=1h").await.is_empty());
+    let bad = server.get("/v1/events?level=loud").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.problem()["detail"].as_str().unwrap().contains("level"));
+
+    // Never a credential, in the event log or in the logs.
+    let stored = server.get("/v1/events").await;
+    let text = String::from_utf8_lossy(&stored.body);
+    assert!(!text.contains("sekrit"), "{text}");
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("\"kind\":\"throttled\""), "{logged}");
+    assert!(logged.contains("retry_exhausted"));
+    assert!(!logged.contains("sekrit"), "{logged}");
+
+    let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
+    for line in [
+        "headroom_throttled_endpoint_responses_total{upstream=\"up\",endpoint=\"GET /things/{id}\"} 1",
+        "headroom_retry_outcomes_total{upstream=\"up\",outcome=\"succeeded\"} 1",
+        "headroom_retry_outcomes_total{upstream=\"up\",outcome=\"exhausted\"} 1",
+        "headroom_throttled_responses_total{upstream=\"up\",tenant=\"acme\"} 1",
+        "headroom_rate_limit_events_total{kind=\"throttled\"} 1",
+        "headroom_events_dropped_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(metrics.contains("headroom_backoff_seconds_bucket{le=\"1.0\",upstream=\"up\"}"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_are_pruned_after_the_retention() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &format!(
+            "[events]\nretention = \"1d\"\n{}",
+            upstream("retry = { max_attempts = 1 }")
+        ),
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    up.answer(429, &[("retry-after", "1")]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/a", &[]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(events(&server, "").await.len(), 2, "throttled and paused");
+    headroom::observe::tick(&server.state).await.unwrap();
+    assert_eq!(events(&server, "").await.len(), 2, "within the retention");
+    clock.advance(Duration::from_secs(86_400 + 3_600));
+    up.answer(429, &[("retry-after", "1")]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/b", &[]).await;
+    assert_eq!(r.status, 429);
+    let tick = headroom::observe::tick(&server.state).await.unwrap();
+    let left = events(&server, "").await;
+    assert_eq!(
+        left.iter()
+            .map(|e| e["endpoint"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["GET /b", "GET /b"],
+        "the day-old events are gone, the new ones stay"
+    );
+    assert!(tick.pruned == 2 || tick.pruned == 0, "{tick:?}"); // 0 if the background tick pruned first
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn alerts_fire_once_and_resolve_to_a_webhook() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let config = format!(
+        "{}\n\
+         [[alerts]]\nname = \"retries\"\nrule = \"retry_exhaustion\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n\
+         [[alerts]]\nname = \"errors\"\nrule = \"event_level\"\nlevel = \"error\"\nupstream = \"up\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n\
+         [[alerts]]\nname = \"slow\"\nrule = \"duration\"\nmax_duration = \"1s\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n",
+        upstream("retry = { max_attempts = 2, base_delay = \"10ms\", on_status = [502] }"),
+        hook = hook.url()
+    );
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &config,
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    up.answer(502, &[]);
+    up.answer(502, &[]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    assert_eq!(r.status, 502);
+    server.state.observe.record_job_duration("default", 2_500);
+
+    headroom::observe::tick(&server.state).await.unwrap();
+    let seen = hook.wait_for(3, Duration::from_secs(10)).await;
+    let bodies: Vec<Value> = seen
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 3, "{bodies:#?}");
+    for b in &bodies {
+        assert_eq!(b["status"], "firing");
+        assert!(b["text"].as_str().unwrap().contains("FIRING"), "{b}");
+    }
+    let mut names: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["alert"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["errors", "retries", "slow"]);
+    let retries = bodies.iter().find(|b| b["alert"] == "retries").unwrap();
+    assert_eq!(retries["subject"], "up");
+    assert_eq!(retries["value"], 100.0);
+    assert_eq!(retries["threshold"], 1.0);
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+
+    // Deduplicated: still firing, nothing new sent.
+    clock.advance(Duration::from_secs(60));
+    headroom::observe::tick(&server.state).await.unwrap();
+    let alerts = server.get("/v1/alerts").await.json();
+    let states: Vec<(&str, &str)> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("retries", "firing"),
+            ("errors", "firing"),
+            ("slow", "firing")
+        ]
+    );
+    assert_eq!(hook.seen().len(), 3, "no repeat while it keeps firing");
+
+    // Past the window: every alert resolves, once.
+    clock.advance(Duration::from_secs(600));
+    headroom::observe::tick(&server.state).await.unwrap();
+    let seen = hook.wait_for(6, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 6);
+    for r in &seen[3..] {
+        let b: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(b["status"], "resolved", "{b}");
+        assert!(b["text"].as_str().unwrap().contains("RESOLVED"));
+    }
+    headroom::observe::tick(&server.state).await.unwrap();
+    assert_eq!(hook.seen().len(), 6, "resolved once");
+    let alerts = server.get("/v1/alerts").await.json();
+    assert!(alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["state"] == "ok"));
+    assert_eq!(alerts["resolved"].as_array().unwrap().len(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn alert_config_errors_name_the_key() {
+    for (toml, want) in [
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"loud\"\n",
+            "alerts[0].rule",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"duration\"\n",
+            "max_duration",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"retry_exhaustion\"\nupstream = \"nope\"\n",
+            "alerts[0].upstream",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"execution_failed\"\nwebhooks = [\"ftp://x\"]\n",
+            "alerts[0].webhooks[0]",
+        ),
+        ("[events]\nretention = \"forever\"\n", "events.retention"),
+    ] {
+        let e = headroom::cfg::Config::parse(toml, "h.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("h.toml") && e.contains(want), "{e}");
+    }
+    let c = headroom::cfg::Config::parse("", "h.toml").unwrap();
+    assert_eq!(c.observe.retention, Duration::from_secs(14 * 86_400));
+}
+
+#[tokio::test]
+async fn status_gives_a_capacity_verdict_and_the_commands_show_it() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    // 0.8 calls an hour: every job but perhaps the first waits.
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        "[[upstreams]]\nname = \"up\"\nbase_url = \"{base}\"\nlimits = [{ quota = 1, window = \"1h\" }]\n",
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    let submit = |n: usize| {
+        let server = &server;
+        async move {
+            for _ in 0..n {
+                let r = server
+                    .post(
+                        "/v1/jobs",
+                        &json!({"upstream": "up", "tenant": "acme",
+                                "request": {"method": "POST", "path": "/import", "body": {}}}),
+                    )
+                    .await;
+                assert_eq!(r.status, 202);
+            }
+        }
+    };
+    submit(5).await;
+    headroom::observe::tick(&server.state).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    submit(5).await;
+    headroom::observe::tick(&server.state).await.unwrap();
+
+    let status = server.get("/v1/status").await.json();
+    let rows = status["rows"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["upstream"] == "up" && r["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    let waiting = row["queued"].as_u64().unwrap()
+        + row["retry_pending"].as_u64().unwrap()
+        + row["running"].as_u64().unwrap()
+        + row["waiting_bulk"].as_u64().unwrap();
+    assert!(waiting >= 9, "{row:#}");
+    assert_eq!(row["verdict"], "over_capacity", "{row:#}");
+    assert!(row["eta_s"].is_null());
+    assert!(
+        (row["drain_per_min"].as_f64().unwrap() - 0.8 / 60.0).abs() < 0.01,
+        "{row:#}"
+    );
+    assert!(
+        row["backlog_trend_per_min"].as_f64().unwrap() >= 3.5,
+        "{row:#}"
+    );
+    assert!(row["detail"].as_str().unwrap().contains("grows"));
+
+    // Nothing new arrives for a while: the backlog holds, so it fits with an ETA at the
+    // budget's pace.
+    clock.advance(Duration::from_secs(700));
+    headroom::observe::tick(&server.state).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    headroom::observe::tick(&server.state).await.unwrap();
+    let status = server.get("/v1/status?window=1h").await.json();
+    let row = status["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["upstream"] == "up" && r["tenant"] == "acme")
+        .unwrap()
+        .clone();
+    assert_eq!(row["verdict"], "fits", "{row:#}");
+    assert!(row["eta_s"].as_f64().unwrap() > 3600.0, "{row:#}");
+    assert_eq!(status["window_s"], 3600.0);
+    assert_eq!(server.get("/v1/status?window=soon").await.status, 400);
+
+    let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("headroom_queue_depth{queue=\"default\",lane=\"bulk\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("headroom_budget_allowance_per_second{upstream=\"up\",limit=\"1h\"}"),
+        "{metrics}"
+    );
+
+    // The commands, as a user runs them.
+    let bin = env!("CARGO_BIN_EXE_headroom");
+    let url = format!("http://{}", server.addr);
+    let out = tokio::process::Command::new(bin)
+        .args(["status", "--server", &url])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("UPSTREAM") && table.contains("VERDICT"),
+        "{table}"
+    );
+    assert!(table.contains("acme") && table.contains("fits"), "{table}");
+    assert!(table.contains("Open alerts: 0"), "{table}");
+    let out = tokio::process::Command::new(bin)
+        .args(["status", "--json", "--server", &url])
+        .output()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["rows"].is_array());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_events_command_prints_and_follows() {
+    let up = Recorder::start().await;
+    let server = Server::start(&upstream("retry = { max_attempts = 1 }"), &up.url()).await;
+    up.answer(429, &[("retry-after", "1")]);
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/a",
+        &[("headroom-tenant", "acme")],
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    server.state.observe.flush().await;
+    let bin = env!("CARGO_BIN_EXE_headroom");
+    let url = format!("http://{}", server.addr);
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "events", "--server", &url, "--level", "warn", "--tenant", "acme",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("WARN") && text.contains("throttled") && text.contains("GET /a"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenant=acme") && text.contains("retry-after=1"),
+        "{text}"
+    );
+
+    // --follow prints what arrives later.
+    let mut follow = tokio::process::Command::new(bin)
+        .args([
+            "events",
+            "--server",
+            &url,
+            "--json",
+            "--follow",
+            "--kind",
+            "throttled",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let n = stdout.read(&mut buf).await.unwrap();
+    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    up.answer(429, &[("retry-after", "1")]);
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/later",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    server.state.observe.flush().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains("GET /later") && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), stdout.read(&mut buf)).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    follow.kill().await.unwrap();
+    let lines: Vec<Value> = seen
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["GET /a", "GET /later"],
+        "{seen}"
+    );
+    server.shutdown().await;
+}
