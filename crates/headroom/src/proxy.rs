@@ -68,7 +68,9 @@ pub async fn handle(State(app): State<AppState>, request: Request) -> Response {
     let upstream_hint = upstream_name(request.uri().path())
         .unwrap_or("")
         .to_string();
-    let result = forward(&app, request, &mut journey).await;
+    // Exported to OTLP when asked for; otherwise disabled at the call site (no cost).
+    let span = tracing::debug_span!(target: "headroom::trace", "proxy", upstream = %upstream_hint, method = %request.method());
+    let result = tracing::Instrument::instrument(forward(&app, request, &mut journey), span).await;
     let outcome = match &result {
         Ok(_) => "forwarded",
         Err(ApiError::Refused { .. }) => "refused",

@@ -181,18 +181,41 @@ pub struct ServeArgs {
     pub listen: Option<SocketAddr>,
 }
 
-pub fn init_logging() {
+/// JSON logs on stderr (`HEADROOM_LOG`, default `info`), plus OTLP export of traces and
+/// logs when the `OTEL_EXPORTER_OTLP_*` variables ask for it. Keep the guard until the end:
+/// dropping it flushes the exporters.
+pub fn init_logging() -> anyhow::Result<crate::observe::otel::OtelGuard> {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HEADROOM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let filter =
+        || EnvFilter::try_from_env("HEADROOM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = crate::observe::otel::OtelConfig::from_vars(|k| std::env::var(k).ok())?;
+    let (layers, guard) = crate::observe::otel::layers(&otel)?;
+    // Spans (target `headroom::trace`, debug level) go to OTLP only: without an exporter no
+    // layer wants them and they cost nothing.
+    let otel_filter =
+        filter().add_directive("headroom::trace=debug".parse().expect("a valid directive"));
+    let _ = tracing_subscriber::registry()
+        .with((!layers.is_empty()).then(|| layers.with_filter(otel_filter)))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
         .try_init();
+    if guard.enabled() {
+        tracing::info!(
+            traces = otel.traces_endpoint.as_deref(),
+            logs = otel.logs_endpoint.as_deref(),
+            "exporting OTLP"
+        );
+    }
+    Ok(guard)
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    let _otel = init_logging()?;
     let mut config = cfg::load_or_default(args.config.as_ref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -137,7 +137,9 @@ async fn dispatch_loop(app: AppState) {
 /// One attempt of a job, recorded whatever happens.
 async fn run_job(app: &AppState, job: Job) {
     let started = now_millis();
-    let (transition, mut attempt) = attempt_job(app, &job).await;
+    let span = tracing::debug_span!(target: "headroom::trace", "job_attempt", job = %job.new.id, upstream = %job.new.upstream, queue = %job.new.queue, attempt = job.attempts + 1);
+    let (transition, mut attempt) =
+        tracing::Instrument::instrument(attempt_job(app, &job), span).await;
     attempt.started_at = started;
     attempt.finished_at = now_millis();
     let outcome = crate::observe::JobOutcome::of(&transition);
