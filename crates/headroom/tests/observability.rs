@@ -573,3 +573,32 @@ async fn the_events_command_prints_and_follows() {
     );
     server.shutdown().await;
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let text = include_str!("../../../deploy/grafana/headroom.json");
+    let dash: Value = serde_json::from_str(text).expect("the dashboard is JSON");
+    assert!(dash["panels"].as_array().unwrap().len() >= 10);
+    let rendered = headroom::metrics::Metrics::new().render();
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("headroom_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.insert(name);
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = name
+            .strip_suffix("_total")
+            .or_else(|| name.strip_suffix("_bucket"))
+            .unwrap_or(&name);
+        assert!(
+            rendered.contains(&format!("# TYPE {base} ")),
+            "the dashboard uses {name}, which /metrics does not have"
+        );
+    }
+}
