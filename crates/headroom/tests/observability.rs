@@ -602,3 +602,84 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
         );
     }
 }
+
+/// Waits until the event log holds an event of `kind`.
+async fn wait_for_kind(server: &Server, kind: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events(server, &format!("kind={kind}")).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no {kind} event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn spike_failed_and_retry_pending_alerts_fire() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let config = format!(
+        "{}\n\
+         [[alerts]]\nname = \"spike\"\nrule = \"throttled_spike\"\nwindow = \"5m\"\nfactor = 2.0\nmin_count = 3\nwebhooks = [\"{hook}/a\"]\n\
+         [[alerts]]\nname = \"failed\"\nrule = \"execution_failed\"\nwebhooks = [\"{hook}/b\"]\n\
+         [[alerts]]\nname = \"pending\"\nrule = \"retry_pending\"\nwebhooks = [\"{hook}/c\"]\n",
+        upstream("retry = { max_attempts = 1, on_status = [502] }"),
+        hook = hook.url()
+    );
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &config,
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    // Two throttled answers: below min_count, nothing fires.
+    for _ in 0..2 {
+        up.answer(429, &[("retry-after", "0")]);
+        let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
+        assert_eq!(r.status, 429);
+    }
+    headroom::observe::tick(&server.state).await.unwrap();
+    assert!(hook.seen().is_empty(), "{:?}", hook.seen());
+    up.answer(429, &[("retry-after", "0")]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
+    assert_eq!(r.status, 429);
+    // A job that fails for good (400), and one that fails an attempt (502) and waits.
+    up.answer(400, &[]);
+    let job = json!({"upstream": "up", "request": {"method": "POST", "path": "/bad"}});
+    assert_eq!(server.post("/v1/jobs", &job).await.status, 202);
+    wait_for_kind(&server, "job_failed").await;
+    up.answer(502, &[]);
+    let job = json!({"upstream": "up", "max_attempts": 3, "request": {"method": "POST", "path": "/flaky"}});
+    assert_eq!(server.post("/v1/jobs", &job).await.status, 202);
+    wait_for_kind(&server, "job_retry_pending").await;
+
+    headroom::observe::tick(&server.state).await.unwrap();
+    let seen = hook.wait_for(3, Duration::from_secs(10)).await;
+    let mut got: Vec<(String, Value)> = seen
+        .iter()
+        .map(|r| (r.path.clone(), serde_json::from_slice(&r.body).unwrap()))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(
+        (got[0].0.as_str(), &got[0].1["alert"]),
+        ("/a", &json!("spike"))
+    );
+    assert_eq!(got[0].1["value"], 3.0);
+    assert_eq!(
+        (got[1].0.as_str(), &got[1].1["subject"]),
+        ("/b", &json!("default"))
+    );
+    assert!(got[1].1["text"]
+        .as_str()
+        .unwrap()
+        .contains("failed for good"));
+    assert_eq!(
+        (got[2].0.as_str(), &got[2].1["alert"]),
+        ("/c", &json!("pending"))
+    );
+    let failed = events(&server, "kind=job_failed").await;
+    assert_eq!(failed[0]["queue"], "default");
+    assert_eq!(failed[0]["endpoint"], "POST /bad");
+    server.shutdown().await;
+}

@@ -229,12 +229,21 @@ pub struct Durations {
 
 impl Durations {
     pub fn record(&mut self, queue: &str, at: Millis, took_ms: i64) {
-        let recent = self.recent.entry(queue.to_string()).or_default();
+        // Look up before inserting: one String per queue, not per job.
+        if !self.recent.contains_key(queue) {
+            self.recent.insert(queue.to_string(), VecDeque::new());
+            self.daily.insert(queue.to_string(), BTreeMap::new());
+        }
+        let Some(recent) = self.recent.get_mut(queue) else {
+            return;
+        };
         if recent.len() >= RECENT_DURATIONS {
             recent.pop_front();
         }
         recent.push_back((at, took_ms));
-        let daily = self.daily.entry(queue.to_string()).or_default();
+        let Some(daily) = self.daily.get_mut(queue) else {
+            return;
+        };
         let day = daily.entry(at.div_euclid(DAY)).or_insert((0, 0));
         day.0 += took_ms;
         day.1 += 1;
@@ -601,4 +610,30 @@ pub(crate) fn firing_view(f: &Firing) -> serde_json::Value {
         "message": f.message,
         "resolved_at": f.resolved_at.map(crate::store::rfc3339_millis),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_mean_over_a_window_and_trend_over_days() {
+        let mut d = Durations::default();
+        let day0 = 20_000 * DAY;
+        for day in 0..3 {
+            d.record("q", day0 + day * DAY + 1_000, 100);
+        }
+        d.record("q", day0 + 3 * DAY + 1_000, 400);
+        d.record("other", day0 + 3 * DAY + 1_000, 50);
+        let now = day0 + 3 * DAY + 2_000;
+        let mut means = d.mean_since(now - 60_000, now);
+        means.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(means, vec![("other".into(), 50.0), ("q".into(), 400.0)]);
+        let trend = d.trend(now, 7);
+        assert_eq!(
+            trend,
+            vec![("q".to_string(), 400.0, 100.0)],
+            "no history, no trend for other"
+        );
+    }
 }

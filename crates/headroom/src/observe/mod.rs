@@ -337,13 +337,13 @@ impl Observer {
             d.record(&n.queue, self.now(), took);
         }
         let attempt = job.attempts + 1;
-        let endpoint = format!("{} {}", n.request.method, n.request.path);
+        // Built only for an event: a job that simply succeeded allocates nothing more.
         let event = |level, kind, out: &str, message: String| {
             let mut e = Event::new(self.now(), level, kind, out, message);
             e.upstream = Some(n.upstream.clone());
             e.tenant = n.tenant.clone();
             e.queue = Some(n.queue.clone());
-            e.endpoint = Some(endpoint.clone());
+            e.endpoint = Some(format!("{} {}", n.request.method, n.request.path));
             e.job_id = Some(n.id.clone());
             e.attempt = Some(attempt);
             e
