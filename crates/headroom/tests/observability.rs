@@ -683,3 +683,82 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
     assert_eq!(failed[0]["endpoint"], "POST /bad");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tenant_token_sees_its_own_events_only() {
+    let rig = common::Rig::start_with_token(
+        common::mock(headroom::mock::Profile::RetryAfter, 1, 60),
+        "retry = { max_attempts = 1, max_wait = \"10ms\" }",
+        Some("admin-token"),
+    )
+    .await;
+    let request = http::Request::post(format!("http://{}/v1/tokens", rig.addr))
+        .header("authorization", "Bearer admin-token")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"tenant":"acme"}"#,
+        )))
+        .unwrap();
+    let response = rig.client.request(request).await.unwrap();
+    use http_body_util::BodyExt;
+    let created: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let scoped = format!("Bearer {}", created["token"].as_str().unwrap());
+    // Both tenants get throttled by the mock after their first call.
+    for tenant in ["acme", "globex"] {
+        for _ in 0..2 {
+            rig.get(
+                "/proxy/up/x",
+                &[
+                    ("proxy-authorization", "Bearer admin-token"),
+                    ("headroom-tenant", tenant),
+                    ("authorization", tenant),
+                ],
+            )
+            .await;
+        }
+    }
+    let admin = [("authorization", "Bearer admin-token")];
+    // Stored by the background writer: wait for both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let tenants = loop {
+        let all = rig.get("/v1/events?kind=throttled", &admin).await.json();
+        let tenants: std::collections::BTreeSet<String> = all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["tenant"].as_str().unwrap().to_string())
+            .collect();
+        if tenants.len() == 2 || tokio::time::Instant::now() > deadline {
+            break tenants;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        tenants.into_iter().collect::<Vec<_>>(),
+        vec!["acme", "globex"]
+    );
+    let own = rig
+        .get("/v1/events?kind=throttled", &[("authorization", &scoped)])
+        .await;
+    assert_eq!(own.status, 200);
+    let own = own.json();
+    assert!(!own["events"].as_array().unwrap().is_empty());
+    assert!(own["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["tenant"] == "acme"));
+    let other = rig
+        .get("/v1/events?tenant=globex", &[("authorization", &scoped)])
+        .await;
+    assert_eq!(other.status, 403);
+    assert_eq!(
+        rig.get("/v1/status", &[("authorization", &scoped)])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(rig.get("/v1/alerts", &[]).await.status, 401);
+    rig.shutdown().await;
+}

@@ -61,8 +61,10 @@ async fn events(
     headers: http::HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+    let principal = authenticate(&app, &headers, false).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    // A tenant-scoped token sees its own tenant's events only.
+    let tenant = principal.tenant_for(q.tenant.as_deref())?;
     let now = app.observe.now();
     let level = q
         .level
@@ -92,7 +94,7 @@ async fn events(
         level,
         kind,
         upstream: q.upstream,
-        tenant: q.tenant,
+        tenant,
         queue: q.queue,
         since: q
             .since
