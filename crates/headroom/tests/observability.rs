@@ -762,3 +762,40 @@ async fn a_tenant_token_sees_its_own_events_only() {
     assert_eq!(rig.get("/v1/alerts", &[]).await.status, 401);
     rig.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_notification_is_sent_again_on_the_next_tick() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let config = format!(
+        "{}\n[[alerts]]\nname = \"errors\"\nrule = \"event_level\"\nwebhooks = [\"{}/hook\"]\n",
+        upstream("retry = { max_attempts = 2, base_delay = \"10ms\", on_status = [502] }"),
+        hook.url()
+    );
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &config,
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    hook.answer(500, &[]);
+    up.answer(502, &[]);
+    up.answer(502, &[]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    assert_eq!(r.status, 502);
+    headroom::observe::tick(&server.state).await.unwrap();
+    // (The background tick may already have sent it again.)
+    assert!(!hook.wait_for(1, Duration::from_secs(10)).await.is_empty());
+    headroom::observe::tick(&server.state).await.unwrap();
+    let seen = hook.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 2, "sent again after the 500");
+    headroom::observe::tick(&server.state).await.unwrap();
+    assert_eq!(hook.seen().len(), 2, "and not a third time once taken");
+    for r in &seen {
+        let b: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(b["status"], "firing");
+    }
+    server.shutdown().await;
+}

@@ -301,6 +301,10 @@ pub struct Firing {
     pub message: String,
     /// Set once resolved.
     pub resolved_at: Option<Millis>,
+    /// Whether a webhook took the firing notification; if none did, the next tick tries
+    /// again.
+    #[serde(skip)]
+    pub notified: bool,
 }
 
 #[derive(Default)]
@@ -492,9 +496,14 @@ pub(crate) async fn evaluate(
                 Some(f) => {
                     f.value = value;
                     f.message = message;
+                    if !f.notified {
+                        let ok = notify(app, rule, f, "firing").await;
+                        f.notified = ok > 0;
+                        sent += ok;
+                    }
                 }
                 None => {
-                    let firing = Firing {
+                    let mut firing = Firing {
                         alert: rule.name.clone(),
                         rule: rule.kind.name(),
                         subject,
@@ -503,8 +512,11 @@ pub(crate) async fn evaluate(
                         threshold,
                         message,
                         resolved_at: None,
+                        notified: false,
                     };
-                    sent += notify(app, rule, &firing, "firing").await;
+                    let ok = notify(app, rule, &firing, "firing").await;
+                    firing.notified = ok > 0 || rule.webhooks.is_empty();
+                    sent += ok;
                     states.firing.insert(key, firing);
                 }
             }
