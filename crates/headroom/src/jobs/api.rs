@@ -425,18 +425,7 @@ async fn list(
         })?),
     };
     let tenant = principal.tenant_for(q.tenant.as_deref())?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
-    }
-    if let Some(c) = &q.cursor {
-        // Cursors are what a previous page gave: the arrival number of its last job.
-        if c.parse::<u64>().is_err() {
-            return Err(ApiError::bad_request(format!(
-                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
-            )));
-        }
-    }
+    let limit = page_limit(q.limit, q.cursor.as_deref())?;
     let filter = JobFilter {
         status,
         tenant,
@@ -479,3 +468,20 @@ async fn cancel(
 
 /// Sleeps at most this long between looks for ready jobs, even with nothing scheduled.
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Checks a listing's `limit` (default 100) and `cursor`, and gives the limit.
+pub(crate) fn page_limit(limit: Option<u32>, cursor: Option<&str>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
+    }
+    // Cursors are what a previous page gave: the sequence number of its last item.
+    if let Some(c) = cursor {
+        if c.parse::<u64>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
+            )));
+        }
+    }
+    Ok(limit)
+}

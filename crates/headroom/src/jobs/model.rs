@@ -203,6 +203,29 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` rows fetched in cursor order: the extra row only says
+    /// there is a next page, whose cursor is the sequence number of this page's last item.
+    pub(crate) fn from_rows<R>(
+        rows: &[R],
+        limit: u32,
+        read: impl Fn(&R) -> anyhow::Result<(i64, T)>,
+    ) -> anyhow::Result<Page<T>> {
+        let limit = limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit));
+        let mut last = 0;
+        for row in rows.iter().take(limit) {
+            let (seq, item) = read(row)?;
+            last = seq;
+            items.push(item);
+        }
+        Ok(Page {
+            items,
+            next: (rows.len() > limit).then(|| last.to_string()),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancelled {
     NotFound,

@@ -17,7 +17,6 @@ use crate::jobs::api::parse_json;
 use crate::jobs::{BatchStatus, JobStatus, Millis};
 use crate::server::AppState;
 
-const MAX_PAGE: u32 = 500;
 /// Upcoming runs shown with a schedule.
 const NEXT_RUNS_SHOWN: usize = 100;
 
@@ -227,17 +226,7 @@ async fn runs(
 ) -> ApiResult<Json<Value>> {
     authenticate(&app, &headers, false).await?.require_admin()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
-    }
-    if let Some(c) = &q.cursor {
-        if c.parse::<u64>().is_err() {
-            return Err(ApiError::bad_request(format!(
-                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
-            )));
-        }
-    }
+    let limit = crate::jobs::api::page_limit(q.limit, q.cursor.as_deref())?;
     find(&app, &name).await?;
     let page = app
         .store

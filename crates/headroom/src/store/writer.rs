@@ -79,6 +79,11 @@ impl Op {
         })
     }
 
+    /// An insert without a dedup id: one statement, whatever else the group holds.
+    fn is_plain_insert(&self) -> bool {
+        matches!(self, Op::Insert { job, .. } if job.dedup_id.is_none())
+    }
+
     /// Answers the caller (who may have stopped waiting).
     fn reply(self, result: anyhow::Result<Done>) {
         match self {
@@ -121,6 +126,11 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
     }
     let mut results = Vec::new();
     let all: anyhow::Result<()> = async {
+        if ops.iter().all(Op::is_plain_insert) {
+            // One statement, atomic on its own: no BEGIN and COMMIT, two round trips fewer.
+            results = apply_group(&mut *writer.acquire().await?, &ops).await?;
+            return Ok(());
+        }
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         results = apply_group(&mut tx, &ops).await?;
         tx.commit().await?;
@@ -152,7 +162,7 @@ async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<
     let mut ids = std::collections::HashSet::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::Insert { job, .. } if job.dedup_id.is_none() => plain.push((i, job)),
+            Op::Insert { job, .. } if op.is_plain_insert() => plain.push((i, job)),
             Op::Finish {
                 attempt,
                 transition,
@@ -190,6 +200,9 @@ async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<
 
 async fn run_alone(writer: &SqlitePool, op: Op) {
     let result = async {
+        if op.is_plain_insert() {
+            return op.apply(&mut *writer.acquire().await?).await;
+        }
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = op.apply(&mut tx).await?;
         tx.commit().await?;
