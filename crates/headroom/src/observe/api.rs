@@ -16,8 +16,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::jobs::Millis;
 use crate::server::AppState;
 
-const MAX_LIMIT: u32 = 1000;
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/events", get(events))
@@ -107,16 +105,13 @@ async fn events(
             .map(|s| parse_time("until", s, now))
             .transpose()?,
     };
-    let after = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the \
-                 previous page"
-            ))
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let limit = crate::jobs::api::page_limit(q.limit, q.cursor.as_deref())?;
+    // Checked by page_limit: a cursor is a sequence number.
+    let after = q
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .and_then(|c| c.parse::<i64>().ok());
     let page = app.store.list_events(&filter, after, limit).await?;
     // Where to go on from, even on the last page (for following new events).
     let last_cursor = page

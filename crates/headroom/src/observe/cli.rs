@@ -44,7 +44,7 @@ pub struct EventsArgs {
 }
 
 fn events_path(args: &EventsArgs, cursor: Option<&str>) -> String {
-    let mut query = vec![format!("limit={}", args.limit.clamp(1, 1000))];
+    let mut query = vec![format!("limit={}", args.limit.clamp(1, 500))];
     for (k, v) in [
         ("level", &args.level),
         ("kind", &args.kind),

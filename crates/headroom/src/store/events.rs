@@ -143,17 +143,10 @@ impl EventStore for Store {
             .fetch_all(self.pool())
             .await
             .context("cannot list events")?;
-        let more = rows.len() > limit as usize;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(event_from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let next = match items.last() {
-            Some(last) if more => Some(last.seq.to_string()),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Page::from_rows(&rows, limit, |row| {
+            let e = event_from_row(row)?;
+            Ok((e.seq, e))
+        })
     }
 
     async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
