@@ -477,7 +477,7 @@ pub(crate) fn page_limit(limit: Option<u32>, cursor: Option<&str>) -> Result<u32
     }
     // Cursors are what a previous page gave: the sequence number of its last item.
     if let Some(c) = cursor {
-        if c.parse::<u64>().is_err() {
+        if c.parse::<i64>().map_or(true, |n| n < 0) {
             return Err(ApiError::bad_request(format!(
                 "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
             )));

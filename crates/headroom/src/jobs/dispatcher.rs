@@ -82,7 +82,11 @@ async fn dispatch_loop(app: AppState) {
         let batch_due =
             busy < MAX_RUNNING / 2 || free >= CLAIM_BATCH || last_claim.elapsed() >= CLAIM_DELAY;
         if free == 0 {
-            app.jobs_wake.notified().await; // a job finishing frees a slot and wakes us
+            // A job finishing frees a slot and wakes us; the timeout covers one that panicked.
+            tokio::select! {
+                _ = tokio::time::sleep(super::api::IDLE_POLL) => {}
+                _ = app.jobs_wake.notified() => {}
+            }
             continue;
         }
         if !batch_due {

@@ -136,6 +136,9 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long before the start a run must have been due to count as missed while down.
+const MISSED_AFTER: Millis = 5 * 60 * 1000;
+
 async fn run_loop(app: AppState) {
     loop {
         let force = app.scheduler.dirty.swap(false, Ordering::SeqCst);
@@ -147,6 +150,10 @@ async fn run_loop(app: AppState) {
                     .clamp(10, RECONCILE_EVERY)
             }
             Err(e) => {
+                if force {
+                    // The change that asked for this tick is not applied yet.
+                    app.scheduler.dirty.store(true, Ordering::SeqCst);
+                }
                 tracing::error!(error = %format!("{e:#}"), "schedules: cannot run due runs; retrying in a second");
                 1000
             }
@@ -346,7 +353,9 @@ fn decide(
         .cron
         .next_after(slot.fire_at.max(now - offset))
         .map(|f| (f, f + offset));
-    let missed = slot.due_at < started_at;
+    // A run due moments before the start (a crash, a deploy's restart) still runs: only one
+    // due longer than MISSED_AFTER before the start counts as missed while down.
+    let missed = slot.due_at < started_at - MISSED_AFTER;
     if missed && schedule.catch_up == CatchUp::Once {
         // The catch-up run waits for the tenant's offset after the start, so that tenants
         // that all missed their runs do not all run at once.

@@ -106,7 +106,10 @@ impl Store {
             .with_context(|| format!("store \"{url}\" is not a SQLite URL"))?
             .create_if_missing(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Group commits write up to 128 rows per statement, one statement text per group
+            // size: keep them all prepared rather than re-preparing them in turn.
+            .statement_cache_capacity(1024);
         let (options, pool_options, path) = if in_memory {
             // One connection that never closes: an in-memory database lives as long as it.
             let pool = SqlitePoolOptions::new()
