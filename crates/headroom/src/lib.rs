@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod redis_governor;
 pub mod schedules;
 pub mod server;
 pub mod store;

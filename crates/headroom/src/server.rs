@@ -34,7 +34,7 @@ pub struct App {
     pub metrics: Metrics,
     pub credentials: Credentials,
     /// The durable store (jobs, batches, credentials).
-    pub store: crate::store::Store,
+    pub store: crate::store::AnyStore,
     /// Wakes the job dispatcher when a job arrives or a slot frees.
     pub jobs_wake: tokio::sync::Notify,
     /// Wakes the batch runner when a batch arrives or a chunk finishes.
@@ -68,7 +68,14 @@ impl AppState {
         let credentials = Credentials::open(&config.store)
             .await
             .with_context(|| format!("cannot open the store {}", config.store))?;
-        let governor = SharedGovernor::new(rand::random());
+        let remote = match config.governor.as_str() {
+            "memory" => None,
+            url => Some(crate::redis_governor::RedisGovernor::new(
+                url,
+                config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            )?),
+        };
+        let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
         let state = AppState(Arc::new(App {
             config: Arc::new(config),
@@ -82,6 +89,12 @@ impl AppState {
             api_token: api_token.filter(|t| !t.is_empty()),
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
+        // Work stored through another node (shared store) wakes this node's runners.
+        let woken = state.clone();
+        state.store.on_remote_work(move || {
+            woken.jobs_wake.notify_one();
+            woken.batches_wake.notify_one();
+        });
         crate::jobs::dispatcher::start(state.clone()).await?;
         crate::schedules::start(state.clone()).await?;
         Ok(state)

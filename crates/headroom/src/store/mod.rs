@@ -17,13 +17,17 @@
 //! last commits before the WAL was checkpointed may be lost; `synchronous = FULL` would close
 //! that at the cost of an fsync per commit.
 
+mod any;
 mod batches;
 pub mod conformance;
 mod credentials;
 mod jobs;
+pub mod pg;
 pub mod schedule_conformance;
 mod schedules;
 mod writer;
+
+pub use any::AnyStore;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -93,7 +97,8 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             anyhow::bail!(
-                "store \"{url}\": PostgreSQL is not supported yet; use \"sqlite://path/to/file.db\""
+                "store \"{}\": this is the SQLite store; open PostgreSQL with `AnyStore::open`",
+                pg::redact(url)
             );
         }
         if !url.starts_with("sqlite:") {
@@ -279,6 +284,6 @@ mod tests {
         store.put_meta("k", b"v").await.unwrap();
         assert_eq!(store.get_meta("k").await.unwrap(), Some(b"v".to_vec()));
         let e = Store::open("postgres://localhost/x").await.unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(e.to_string().contains("AnyStore::open"), "{e}");
     }
 }
