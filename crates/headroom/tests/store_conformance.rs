@@ -290,10 +290,10 @@ type BoxedStore = std::pin::Pin<Box<dyn std::future::Future<Output = AnyStore> +
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_postgres() {
-    on_postgres(|fresh| conformance::run(fresh)).await;
+    on_postgres(conformance::run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_conformance_on_postgres() {
-    on_postgres(|fresh| headroom::store::schedule_conformance::run(fresh)).await;
+    on_postgres(headroom::store::schedule_conformance::run).await;
 }
