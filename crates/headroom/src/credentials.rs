@@ -456,6 +456,20 @@ impl Credentials {
         Ok(())
     }
 
+    /// Forgets every cached credential and token. On a store shared by several nodes, a
+    /// change made through another node is seen after the next call of this.
+    pub fn forget_cached(&self) {
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            cache.generation += 1;
+            cache.entries.clear();
+            cache.len = 0;
+        }
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        tokens.generation += 1;
+        tokens.tenants.clear();
+    }
+
     /// Deletes the credential of (tenant, upstream); false if there was none.
     pub async fn remove(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
         let removed = self.store.delete_credential(tenant, upstream).await?;

@@ -80,6 +80,11 @@ pub struct SharedGovernor {
     clock: SystemClock,
     /// The budgets' shared half when several nodes govern together (`governor = "redis://…"`).
     remote: Option<Arc<crate::redis_governor::RedisGovernor>>,
+    /// With `remote`: each upstream's config as the local half uses it (by the address of
+    /// the upstream's config), without its concurrency cap, which Redis keeps for all
+    /// nodes. A local cap would let bulk calls waiting for the shared pace hold every local
+    /// slot, and real-time calls would queue behind them.
+    local_configs: Mutex<HashMap<usize, Arc<BudgetConfig>>>,
 }
 
 /// A call's leave to go: return it with [`Lease::finish`]; dropping it returns it as
@@ -163,6 +168,7 @@ impl SharedGovernor {
     ) -> Arc<Self> {
         Arc::new(SharedGovernor {
             remote,
+            local_configs: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner {
                 governor: Governor::new(seed),
                 waiters: HashMap::new(),
@@ -194,13 +200,26 @@ impl SharedGovernor {
         cost: f64,
         max_wait: Duration,
     ) -> Result<Lease, Rejection> {
-        let start = tokio::time::Instant::now();
-        let mut lease = self
-            .acquire_local(key, config, lane, cost, max_wait)
-            .await?;
         let Some(remote) = &self.remote else {
-            return Ok(lease);
+            return self.acquire_local(key, config, lane, cost, max_wait).await;
         };
+        let start = tokio::time::Instant::now();
+        let local = {
+            let mut configs = self.local_configs.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                configs
+                    .entry(Arc::as_ptr(config) as usize)
+                    .or_insert_with(|| {
+                        Arc::new(BudgetConfig {
+                            max_concurrency: u32::MAX,
+                            ..(**config).clone()
+                        })
+                    }),
+            )
+        };
+        let mut lease = self
+            .acquire_local(key, &local, lane, cost, max_wait)
+            .await?;
         // The pace this node computes (config, headers it saw, slow-down after throttling).
         let spacing = {
             let now = self.now();

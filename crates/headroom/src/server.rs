@@ -89,6 +89,20 @@ impl AppState {
             api_token: api_token.filter(|t| !t.is_empty()),
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
+        if state.store.is_shared() {
+            // Credentials and tokens changed (or revoked) through another node are seen
+            // within this long.
+            let app = Arc::downgrade(&state.0);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    match app.upgrade() {
+                        Some(app) => app.credentials.forget_cached(),
+                        None => return,
+                    }
+                }
+            });
+        }
         // Work stored through another node (shared store) wakes this node's runners.
         let woken = state.clone();
         state.store.on_remote_work(move || {

@@ -80,7 +80,10 @@ CREATE TABLE jobs (
     callback_attempts  BIGINT NOT NULL DEFAULT 0,
     next_callback_at   BIGINT NOT NULL DEFAULT 0,
     -- The node running the job (status 'running'): its jobs go back to the queue when it dies.
-    node               TEXT
+    node               TEXT,
+    -- The node delivering the callback, until when (ms): other nodes leave it alone.
+    callback_node      TEXT,
+    callback_until     BIGINT
 );
 
 -- Waiting jobs by the time they become ready: parallel claims (the queue is there to skip

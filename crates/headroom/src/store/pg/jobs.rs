@@ -19,6 +19,9 @@ const JOB_COLUMNS: &str = "seq, id, queue, scope, upstream, tenant, lane, method
 
 /// The statuses of a job waiting to run: the same text as the `jobs_waiting` index's
 /// condition, so that SQLite uses it.
+/// How long a node holds the callbacks it took (ms): time enough to deliver them.
+const CALLBACK_HOLD: Millis = 60_000;
+
 const WAITING: &str = "status IN ('queued', 'retry_pending')";
 const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
 const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
@@ -27,7 +30,6 @@ const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
 // them itself.
 const BY_WAITING: &str = "";
 const BY_UNFINISHED: &str = "";
-const BY_CALLBACK: &str = "";
 const BY_RUNNING: &str = "";
 
 pub(super) fn lane_str(lane: Lane) -> &'static str {
@@ -680,19 +682,32 @@ impl JobStore for Store {
         Ok(at)
     }
 
+    /// The due callbacks are taken for `CALLBACK_HOLD` by this node: another node does not
+    /// deliver them meanwhile (this one may ask again and gets them again).
     async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
         let rows = sqlx::query(&pg(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs {BY_CALLBACK} WHERE callback = 'pending' AND {FINAL} \
-             AND next_callback_at <= ? ORDER BY next_callback_at, seq LIMIT ?"
+            "UPDATE jobs SET callback_node = ?, callback_until = ? WHERE seq IN (\
+             SELECT seq FROM jobs WHERE callback = 'pending' AND {FINAL} \
+             AND next_callback_at <= ? \
+             AND (callback_until IS NULL OR callback_until <= ? OR callback_node = ?) \
+             ORDER BY next_callback_at, seq LIMIT ? FOR UPDATE SKIP LOCKED) \
+             RETURNING {JOB_COLUMNS}"
         )))
+        .bind(self.node())
+        .bind(now + CALLBACK_HOLD)
         .bind(now)
+        .bind(now)
+        .bind(self.node())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await
-        .context("cannot read due callbacks")?;
-        rows.iter()
-            .map(|r| job_from_row(r).map(|(_, j)| j))
-            .collect()
+        .context("cannot take due callbacks")?;
+        let mut due = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        due.sort_by_key(|(seq, j)| (j.next_callback_at, *seq));
+        Ok(due.into_iter().map(|(_, j)| j).collect())
     }
 
     async fn callback_attempted(
@@ -708,7 +723,8 @@ impl JobStore for Store {
         };
         let done = sqlx::query(&pg(
             "UPDATE jobs SET callback = ?, callback_attempts = callback_attempts + 1, \
-             next_callback_at = COALESCE(?, next_callback_at) WHERE id = ?",
+             next_callback_at = COALESCE(?, next_callback_at), callback_node = NULL, \
+             callback_until = NULL WHERE id = ?",
         ))
         .bind(callback_str(state))
         .bind(next)
