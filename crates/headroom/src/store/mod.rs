@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
 //!
-//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, so that
-//! a PostgreSQL store can offer the same methods later. Values arrive already encrypted where
+//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, which
+//! the PostgreSQL store (`pg`, for several nodes) reuses; `AnyStore` picks one by URL. Values arrive already encrypted where
 //! they need to be: the store never sees a credential in the clear.
 //!
 //! Writes: SQLite has one writer at a time. Every write transaction of the jobs and batches
