@@ -40,6 +40,8 @@ const LEARNED_TTL: Duration = Duration::from_secs(60);
 const IDLE_TTL: Duration = Duration::from_secs(3600);
 /// How long one Redis command may take before the call is refused.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed connection attempt, calls fail at once for this long.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// How long to wait before asking again when every concurrency slot is taken.
 const CONCURRENCY_POLL: Duration = Duration::from_millis(20);
 
@@ -117,6 +119,9 @@ return 1
 pub struct RedisGovernor {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// When connecting last failed: calls fail at once for a second after that, rather
+    /// than each waiting for its own attempt.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     acquire: redis::Script,
     release: redis::Script,
     prefix: String,
@@ -183,6 +188,7 @@ impl RedisGovernor {
         Ok(Arc::new(RedisGovernor {
             client,
             conn: tokio::sync::Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
             prefix,
@@ -222,17 +228,38 @@ impl RedisGovernor {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let recent_failure = || {
+            self.failed_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+        };
+        if recent_failure() {
+            return Err(self.error("cannot be reached (retrying every second)"));
+        }
         let mut conn = self.conn.lock().await;
         if let Some(c) = &*conn {
             return Ok(c.clone());
         }
+        if recent_failure() {
+            return Err(self.error("cannot be reached (retrying every second)"));
+        }
         let made =
             tokio::time::timeout(COMMAND_TIMEOUT, ConnectionManager::new(self.client.clone()))
                 .await
-                .map_err(|_| self.error("did not answer within 2s"))?
-                .map_err(|e| self.error(format!("cannot be reached: {e}")))?;
-        *conn = Some(made.clone());
-        Ok(made)
+                .map_err(|_| self.error("did not answer within 2s"))
+                .and_then(|r| r.map_err(|e| self.error(format!("cannot be reached: {e}"))));
+        match made {
+            Ok(made) => {
+                *conn = Some(made.clone());
+                Ok(made)
+            }
+            Err(e) => {
+                *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 
     fn error(&self, what: impl Into<String>) -> RedisError {

@@ -247,3 +247,5 @@ CREATE INDEX credentials_by_upstream ON credentials (upstream, tenant);
 
 CREATE INDEX jobs_by_node ON jobs (node) WHERE status = 'running';
 CREATE INDEX batch_records_by_node ON batch_records (node) WHERE status = 'in_flight';
+-- Batches with records in flight: what the heartbeat looks at every second.
+CREATE INDEX batches_in_flight ON batches (seq) WHERE in_flight > 0;

@@ -516,10 +516,16 @@ fn insert_records_sql(rows: usize) -> String {
 pub(super) async fn requeue_dead(store: &Store, mine: bool, now: Millis) -> anyhow::Result<u64> {
     let held = format!("(node IS NULL OR NOT {} OR node = ?)", super::alive("node"));
     let mut tx = store.write().await?;
-    let batches = sqlx::query(&pg("SELECT seq, status FROM batches WHERE in_flight > 0"))
-        .fetch_all(&mut *tx)
-        .await
-        .context("cannot find batches in flight")?;
+    // Only the batches that hold such records: touching (locking) the others would make
+    // claims that skip locked batches miss them.
+    let batches = sqlx::query(&pg(&format!(
+        "SELECT seq, status FROM batches WHERE in_flight > 0 AND seq IN (\
+         SELECT batch_seq FROM batch_records WHERE status = 'in_flight' AND {held})"
+    )))
+    .bind(if mine { store.node() } else { "" })
+    .fetch_all(&mut *tx)
+    .await
+    .context("cannot find batches in flight")?;
     let mut requeued = 0u64;
     for b in &batches {
         let seq: i64 = b.try_get("seq")?;
@@ -536,6 +542,9 @@ pub(super) async fn requeue_dead(store: &Store, mine: bool, now: Millis) -> anyh
         .await
         .context("cannot requeue records in flight")?
         .rows_affected() as i64;
+        if n == 0 {
+            continue;
+        }
         let (pending, cancelled_n, duplicated) = if cancelled { (0, n, 0) } else { (n, 0, n) };
         sqlx::query(&pg(
             "UPDATE batches SET in_flight = in_flight - ?, pending = pending + ?, \

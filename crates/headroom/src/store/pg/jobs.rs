@@ -276,9 +276,12 @@ pub(super) type Finish<'a> = (&'a AttemptRecord, &'a Transition, Millis);
 /// `insert_jobs_in` for why). A job that is not running (any more) is left as it is; its
 /// attempt is recorded all the same. Each job appears at most once (a job has one running
 /// attempt). Returns the jobs in the order of `finishes`.
+/// Only jobs this node (`node`) runs move: one given back after this node was taken for dead
+/// may be running on another node now.
 pub(super) async fn finish_attempts_in(
     conn: &mut PgConnection,
     finishes: &[Finish<'_>],
+    node: &str,
 ) -> anyhow::Result<Vec<Job>> {
     if finishes.is_empty() {
         return Ok(Vec::new());
@@ -295,7 +298,7 @@ pub(super) async fn finish_attempts_in(
          response_headers = CASE WHEN v_final THEN v_rheaders ELSE response_headers END, \
          response_body = CASE WHEN v_final THEN v_rbody ELSE response_body END, \
          next_callback_at = CASE WHEN v_final THEN v_now ELSE next_callback_at END \
-         FROM v WHERE id = v_id AND status = 'running' RETURNING {JOB_COLUMNS}",
+         FROM v WHERE id = v_id AND status = 'running' AND node = ? RETURNING {JOB_COLUMNS}",
         vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
     );
     let sql = pg(&sql);
@@ -337,6 +340,7 @@ pub(super) async fn finish_attempts_in(
             .bind(response.map(|r| r.body.as_slice()));
     }
     let rows = q
+        .bind(node)
         .fetch_all(&mut *conn)
         .await
         .context("cannot move jobs on")?;
@@ -628,7 +632,8 @@ impl JobStore for Store {
         now: Millis,
     ) -> anyhow::Result<Job> {
         let mut tx = self.write().await?;
-        let mut jobs = finish_attempts_in(&mut tx, &[(&attempt, &transition, now)]).await?;
+        let mut jobs =
+            finish_attempts_in(&mut tx, &[(&attempt, &transition, now)], self.node()).await?;
         // A finished job may free a throttled or sequential slot that another node waits for.
         super::notify_in(&mut tx).await?;
         tx.commit()
