@@ -384,20 +384,13 @@ pub(super) async fn finish_attempts_in(
 }
 
 impl JobStore for Store {
-    /// Inserts the job in a transaction committed before this returns: the job survives the
-    /// process being killed right after (the WAL is written; see `super` about power loss).
-    /// The dedup check and the insert are in the same transaction, so two jobs with the same
-    /// dedup id never both get in. Concurrent inserts share transactions (`super::writer`).
+    /// Inserts the job in a transaction committed before this returns. The dedup check and
+    /// the insert are in the same transaction (and under a lock on the dedup id), so two
+    /// jobs with the same dedup id never both get in, whichever nodes they arrive at.
+    /// Concurrent inserts share transactions (`super::writer`).
     async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
-        let mut tx = self.write().await?;
-        let inserted = insert_job_in(&mut tx, &job).await?;
-        if matches!(inserted, Inserted::Created(_)) {
-            super::notify_in(&mut tx).await?;
-        }
-        tx.commit()
-            .await
-            .with_context(|| format!("cannot commit the job {}", job.id))?;
-        Ok(inserted)
+        let (op, rx) = super::writer::Op::insert(job);
+        super::writer::grouped(&self.ops, &self.pool, &self.node, op, rx).await
     }
 
     async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
@@ -631,16 +624,10 @@ impl JobStore for Store {
         transition: Transition,
         now: Millis,
     ) -> anyhow::Result<Job> {
-        let mut tx = self.write().await?;
-        let mut jobs =
-            finish_attempts_in(&mut tx, &[(&attempt, &transition, now)], self.node()).await?;
-        // A finished job may free a throttled or sequential slot that another node waits for.
-        super::notify_in(&mut tx).await?;
-        tx.commit()
-            .await
-            .with_context(|| format!("cannot commit an attempt of the job {}", attempt.job_id))?;
-        jobs.pop()
-            .with_context(|| format!("no job \"{}\"", attempt.job_id))
+        // A finished job may free a throttled or sequential slot that another node waits
+        // for: the group's commit notifies the other nodes.
+        let (op, rx) = super::writer::Op::finish(attempt, transition, now);
+        super::writer::grouped(&self.ops, &self.pool, &self.node, op, rx).await
     }
 
     async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {

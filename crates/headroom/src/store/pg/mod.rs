@@ -19,6 +19,7 @@ mod batches;
 mod credentials;
 mod jobs;
 mod schedules;
+mod writer;
 
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct PgStore {
     /// This node's id: the holder of what it claims.
     node: std::sync::Arc<str>,
     url: String,
+    /// Writes that share transactions (group commit, see `writer`).
+    ops: tokio::sync::mpsc::Sender<writer::Op>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -72,10 +75,12 @@ impl PgStore {
             rand::random::<u32>()
         )
         .into();
+        let ops = writer::spawn(pool.clone(), node.to_string());
         let store = PgStore {
             pool,
             node,
             url: url.to_string(),
+            ops,
         };
         store.heartbeat().await?;
         tokio::spawn(heartbeat_loop(store.clone()));
