@@ -104,10 +104,12 @@ impl AppState {
             });
         }
         // Work stored through another node (shared store) wakes this node's runners.
-        let woken = state.clone();
+        let woken = Arc::downgrade(&state.0);
         state.store.on_remote_work(move || {
-            woken.jobs_wake.notify_one();
-            woken.batches_wake.notify_one();
+            if let Some(app) = woken.upgrade() {
+                app.jobs_wake.notify_one();
+                app.batches_wake.notify_one();
+            }
         });
         crate::jobs::dispatcher::start(state.clone()).await?;
         crate::schedules::start(state.clone()).await?;
