@@ -28,6 +28,8 @@ pub enum RejectReason {
     BreakerOpen,
     /// Too many calls are already waiting.
     QueueFull,
+    /// The budget's shared state (several nodes: Redis) cannot be reached.
+    Unavailable,
 }
 
 /// A refusal, with when trying again makes sense.

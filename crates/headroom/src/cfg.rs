@@ -302,17 +302,25 @@ impl RawConfig {
             })?;
         }
         if let Some(store) = self.store {
-            if !(store.starts_with("sqlite:") || store.starts_with("postgres://")) {
+            if !(store.starts_with("sqlite:")
+                || store.starts_with("postgres://")
+                || store.starts_with("postgresql://"))
+            {
                 return Err(format!(
-                    "store: \"{store}\" is not supported; use \"sqlite://path/to/file.db\""
+                    "store: \"{store}\" is not supported; use \"sqlite://path/to/file.db\" \
+                     or \"postgres://user@host/database\""
                 ));
             }
             config.store = store;
         }
         if let Some(governor) = self.governor {
-            if governor != "memory" {
+            if governor != "memory"
+                && !governor.starts_with("redis://")
+                && !governor.starts_with("rediss://")
+            {
                 return Err(format!(
-                    "governor: \"{governor}\" is not supported yet; use \"memory\""
+                    "governor: \"{governor}\" is not supported; use \"memory\" or \
+                     \"redis://host:6379\""
                 ));
             }
             config.governor = governor;

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::authenticate;
 use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
-use crate::store::{CredentialInfo, SealedCredential, Store, TokenInfo};
+use crate::store::{AnyStore, CredentialInfo, SealedCredential, TokenInfo};
 
 /// The environment variable that holds the secret key.
 pub const SECRET_KEY_ENV: &str = "HEADROOM_SECRET_KEY";
@@ -229,7 +229,7 @@ struct TokenCache {
 }
 
 pub struct Credentials {
-    store: Store,
+    store: AnyStore,
     cipher: XChaCha20Poly1305,
     key_source: KeySource,
     cache: RwLock<Cache>,
@@ -258,13 +258,26 @@ impl Credentials {
                 SecretKey::FORM
             ),
         };
-        let store = Store::open(store).await?;
+        let store = AnyStore::open(store).await?;
         Self::open_with_key(store, env_key.as_deref()).await
     }
 
     /// Opens with the key written in `key` (the form of `HEADROOM_SECRET_KEY`), else the key
     /// file next to the database (generated if the store holds no credentials yet).
-    pub async fn open_with_key(store: Store, key: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn open_with_key(
+        store: impl Into<AnyStore>,
+        key: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let store = store.into();
+        if key.is_none() && store.is_shared() {
+            // Every node must seal and open with the same key; a key per node would lose
+            // the credentials another node stored.
+            anyhow::bail!(
+                "a PostgreSQL store is shared by several nodes: set {SECRET_KEY_ENV} to the \
+                 same key on every node ({})",
+                SecretKey::FORM
+            );
+        }
         let (key, key_source) = match key {
             Some(text) => (
                 SecretKey::parse(text)
@@ -335,7 +348,7 @@ impl Credentials {
         self.store.put_meta(KEY_CHECK_META, &value).await
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &AnyStore {
         &self.store
     }
 
@@ -441,6 +454,20 @@ impl Credentials {
         cache.generation += 1;
         cache.set(tenant, upstream, Some(Arc::from(credential)));
         Ok(())
+    }
+
+    /// Forgets every cached credential and token. On a store shared by several nodes, a
+    /// change made through another node is seen after the next call of this.
+    pub fn forget_cached(&self) {
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            cache.generation += 1;
+            cache.entries.clear();
+            cache.len = 0;
+        }
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        tokens.generation += 1;
+        tokens.tenants.clear();
     }
 
     /// Deletes the credential of (tenant, upstream); false if there was none.
@@ -797,6 +824,7 @@ async fn revoke_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     const HEX_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -908,7 +936,7 @@ mod tests {
         assert_eq!(c.tenant_of_token("hr_nope").await.unwrap(), None);
         assert_eq!(c.tenant_of_token("admin").await.unwrap(), None);
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT token_sha256 FROM api_tokens")
-            .fetch_all(c.store.pool())
+            .fetch_all(c.store.sqlite().unwrap().pool())
             .await
             .unwrap();
         assert_eq!(rows[0].0, Sha256::digest(token.as_bytes()).to_vec());

@@ -59,6 +59,7 @@ impl Inner {
                 key,
                 permit: Some(permit),
                 waited: Duration::ZERO,
+                remote: None,
             };
             if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
                 if let Some(permit) = lease.permit.take() {
@@ -77,6 +78,13 @@ pub struct SharedGovernor {
     inner: Mutex<Inner>,
     wake: Notify,
     clock: SystemClock,
+    /// The budgets' shared half when several nodes govern together (`governor = "redis://…"`).
+    remote: Option<Arc<crate::redis_governor::RedisGovernor>>,
+    /// With `remote`: each upstream's config as the local half uses it (by the address of
+    /// the upstream's config), without its concurrency cap, which Redis keeps for all
+    /// nodes. A local cap would let bulk calls waiting for the shared pace hold every local
+    /// slot, and real-time calls would queue behind them.
+    local_configs: Mutex<HashMap<usize, Arc<BudgetConfig>>>,
 }
 
 /// A call's leave to go: return it with [`Lease::finish`]; dropping it returns it as
@@ -87,14 +95,23 @@ pub struct Lease {
     permit: Option<Permit>,
     /// How long the call waited for its leave.
     pub waited: Duration,
+    /// The call's leave from the shared budget (Redis governor).
+    remote: Option<crate::redis_governor::RemoteLease>,
 }
 
 impl Lease {
     pub fn finish(mut self, outcome: Outcome<'_>) -> Reaction {
-        match self.permit.take() {
+        let learned = matches!(outcome, Outcome::Response { signals, .. }
+            if signals.throttled || !signals.limits.is_empty());
+        let reaction = match self.permit.take() {
             Some(permit) => self.governor.complete(&self.key, permit, outcome),
             None => Reaction::default(),
+        };
+        if let Some(remote) = self.remote.take() {
+            self.governor
+                .release_remote(&self.key, remote, learned, reaction.paused_for);
         }
+        reaction
     }
 }
 
@@ -103,6 +120,9 @@ impl Drop for Lease {
         if let Some(permit) = self.permit.take() {
             self.governor
                 .complete(&self.key, permit, Outcome::Abandoned);
+        }
+        if let Some(remote) = self.remote.take() {
+            self.governor.release_remote(&self.key, remote, false, None);
         }
     }
 }
@@ -138,7 +158,17 @@ pub struct BudgetView {
 
 impl SharedGovernor {
     pub fn new(seed: u64) -> Arc<Self> {
+        Self::with_remote(seed, None)
+    }
+
+    /// A governor whose budgets are also shared, through `remote`, with other nodes.
+    pub fn with_remote(
+        seed: u64,
+        remote: Option<Arc<crate::redis_governor::RedisGovernor>>,
+    ) -> Arc<Self> {
         Arc::new(SharedGovernor {
+            remote,
+            local_configs: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner {
                 governor: Governor::new(seed),
                 waiters: HashMap::new(),
@@ -160,8 +190,93 @@ impl SharedGovernor {
         self.clock.now()
     }
 
-    /// Waits for leave to make a call, at most `max_wait`.
+    /// Waits for leave to make a call, at most `max_wait`: from this node's budget, then
+    /// (several nodes) from the shared one.
     pub async fn acquire(
+        self: &Arc<Self>,
+        key: BudgetKey,
+        config: &Arc<BudgetConfig>,
+        lane: Lane,
+        cost: f64,
+        max_wait: Duration,
+    ) -> Result<Lease, Rejection> {
+        let Some(remote) = &self.remote else {
+            return self.acquire_local(key, config, lane, cost, max_wait).await;
+        };
+        let start = tokio::time::Instant::now();
+        let local = {
+            let mut configs = self.local_configs.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                configs
+                    .entry(Arc::as_ptr(config) as usize)
+                    .or_insert_with(|| {
+                        Arc::new(BudgetConfig {
+                            max_concurrency: u32::MAX,
+                            ..(**config).clone()
+                        })
+                    }),
+            )
+        };
+        let mut lease = self
+            .acquire_local(key, &local, lane, cost, max_wait)
+            .await?;
+        // The pace this node computes (config, headers it saw, slow-down after throttling).
+        let spacing = {
+            let now = self.now();
+            let inner = self.lock();
+            inner
+                .governor
+                .budget(&lease.key)
+                .and_then(|b| b.interval(now, Lane::Realtime, cost))
+        };
+        let granted = remote
+            .acquire(
+                lease.key.0,
+                &lease.key.1,
+                lane,
+                cost,
+                spacing,
+                config.realtime_reserve,
+                config.max_concurrency,
+                max_wait.saturating_sub(start.elapsed()),
+            )
+            .await?; // dropping `lease` returns the local permit as abandoned
+        lease.remote = Some(granted);
+        lease.waited = start.elapsed();
+        Ok(lease)
+    }
+
+    /// Returns a shared lease in the background, with the pace this node now computes
+    /// when its call taught something (`learned`) and the pause it caused.
+    fn release_remote(
+        &self,
+        key: &BudgetKey,
+        lease: crate::redis_governor::RemoteLease,
+        learned: bool,
+        pause: Option<Duration>,
+    ) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let spacing = if learned {
+            let now = self.now();
+            let inner = self.lock();
+            inner
+                .governor
+                .budget(key)
+                .and_then(|b| b.interval(now, Lane::Realtime, 1.0))
+        } else {
+            None
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Not returned (Redis down): the lease expires by itself.
+            handle.spawn(async move {
+                let _ = remote.release(&lease, spacing, pause).await;
+            });
+        }
+    }
+
+    async fn acquire_local(
         self: &Arc<Self>,
         key: BudgetKey,
         config: &Arc<BudgetConfig>,
@@ -228,6 +343,7 @@ impl SharedGovernor {
             key,
             permit: Some(permit),
             waited,
+            remote: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mock;
 pub mod observe;
 pub mod proxy;
+pub mod redis_governor;
 pub mod schedules;
 pub mod server;
 pub mod store;

@@ -369,6 +369,15 @@ fn refused(upstream: &Upstream, key: &str, max_wait: Duration, rejection: Reject
             ),
             retry_after: rejection.retry_after,
         },
+        RejectReason::Unavailable => ApiError::Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: format!(
+                "the shared budget state of upstream \"{}\" (budget {key}) cannot be reached \
+                 (the governor's Redis is down; see the server's log); retry after {retry}",
+                upstream.name
+            ),
+            retry_after: rejection.retry_after,
+        },
         RejectReason::WaitTooLong | RejectReason::QueueFull => ApiError::Refused {
             status: StatusCode::TOO_MANY_REQUESTS,
             detail: format!(

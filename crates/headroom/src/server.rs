@@ -34,7 +34,7 @@ pub struct App {
     pub metrics: Metrics,
     pub credentials: Credentials,
     /// The durable store (jobs, batches, credentials).
-    pub store: crate::store::Store,
+    pub store: crate::store::AnyStore,
     /// Wakes the job dispatcher when a job arrives or a slot frees.
     pub jobs_wake: tokio::sync::Notify,
     /// Wakes the batch runner when a batch arrives or a chunk finishes.
@@ -70,7 +70,14 @@ impl AppState {
         let credentials = Credentials::open(&config.store)
             .await
             .with_context(|| format!("cannot open the store {}", config.store))?;
-        let governor = SharedGovernor::new(rand::random());
+        let remote = match config.governor.as_str() {
+            "memory" => None,
+            url => Some(crate::redis_governor::RedisGovernor::new(
+                url,
+                config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            )?),
+        };
+        let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
         let metrics = Metrics::new();
         let observe = crate::observe::Observer::new(clock.clone(), metrics.observe.clone());
@@ -87,6 +94,28 @@ impl AppState {
             api_token: api_token.filter(|t| !t.is_empty()),
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
+        if state.store.is_shared() {
+            // Credentials and tokens changed (or revoked) through another node are seen
+            // within this long.
+            let app = Arc::downgrade(&state.0);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    match app.upgrade() {
+                        Some(app) => app.credentials.forget_cached(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        // Work stored through another node (shared store) wakes this node's runners.
+        let woken = Arc::downgrade(&state.0);
+        state.store.on_remote_work(move || {
+            if let Some(app) = woken.upgrade() {
+                app.jobs_wake.notify_one();
+                app.batches_wake.notify_one();
+            }
+        });
         crate::observe::start(&state);
         crate::jobs::dispatcher::start(state.clone()).await?;
         crate::schedules::start(state.clone()).await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use headroom::jobs::{BatchStore, Inserted, JobFilter, JobStore};
-use headroom::store::{conformance, Store};
+use headroom::store::{conformance, AnyStore, Store};
 
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
@@ -255,4 +255,50 @@ async fn schedule_conformance_in_memory() {
         Store::open("sqlite::memory:").await.unwrap()
     })
     .await;
+}
+
+mod services;
+
+/// Runs a conformance suite on PostgreSQL, each case in a schema of its own (dropped after).
+async fn on_postgres<Fut>(suite: impl FnOnce(Box<dyn FnMut() -> BoxedStore + Send>) -> Fut)
+where
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(base) = services::postgres() else {
+        return;
+    };
+    let schemas = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let made = Arc::clone(&schemas);
+    suite(Box::new(move || {
+        let (base, made) = (base.clone(), Arc::clone(&made));
+        Box::pin(async move {
+            let schema = services::PgSchema::create(&base).await;
+            let store = AnyStore::open(&schema.url()).await.unwrap();
+            assert!(store.is_shared());
+            made.lock().unwrap().push(schema);
+            store
+        })
+    }))
+    .await;
+    let schemas: Vec<_> = std::mem::take(&mut *schemas.lock().unwrap());
+    for schema in schemas {
+        schema.drop().await;
+    }
+}
+
+type BoxedStore = std::pin::Pin<Box<dyn std::future::Future<Output = AnyStore> + Send>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_postgres() {
+    on_postgres(conformance::run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_conformance_on_postgres() {
+    on_postgres(headroom::store::schedule_conformance::run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_conformance_on_postgres() {
+    on_postgres(headroom::store::event_conformance::run).await;
 }

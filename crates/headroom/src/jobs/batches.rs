@@ -395,6 +395,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         Err(rejection) => {
             let error = match rejection.reason {
                 RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
+                RejectReason::Unavailable => "the governor's Redis cannot be reached",
                 _ => "the budget has no room within the wait cap",
             };
             let at = now_millis() + rejection.retry_after.as_millis().max(50) as Millis;

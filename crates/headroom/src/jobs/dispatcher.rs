@@ -269,6 +269,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             // Not the job's fault: wait for the budget without spending an attempt.
             let error = match rejection.reason {
                 RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
+                RejectReason::Unavailable => "the governor's Redis cannot be reached",
                 _ => "the budget has no room within the wait cap",
             };
             attempt.error = Some(error.to_string());

@@ -566,7 +566,7 @@ pub fn start(app: &AppState) {
     });
 }
 
-async fn write_loop(store: crate::store::Store, mut rx: mpsc::Receiver<Msg>) {
+async fn write_loop(store: crate::store::AnyStore, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {

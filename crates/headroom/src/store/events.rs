@@ -4,17 +4,26 @@
 //! writer connection per batch, so the event log never adds a commit per event.
 
 use anyhow::Context;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
+use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
 use super::Store;
 use crate::jobs::{Millis, Page};
 use crate::observe::model::*;
 
-const EVENT_COLUMNS: &str = "seq, at, level, kind, upstream, tenant, queue, endpoint, job_id, \
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, at, level, kind, upstream, tenant, queue, endpoint, job_id, \
      attempt, status, wait_ms, outcome, headers, message";
 
-fn event_from_row(row: &SqliteRow) -> anyhow::Result<StoredEvent> {
+pub(super) fn event_from_row<R, DB>(row: &R) -> anyhow::Result<StoredEvent>
+where
+    DB: Database,
+    R: Row<Database = DB>,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, DB>,
+    String: Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    i64: Type<DB>,
+{
     let level: String = row.try_get("level")?;
     let kind: String = row.try_get("kind")?;
     let headers: String = row.try_get("headers")?;
@@ -47,8 +56,84 @@ fn event_from_row(row: &SqliteRow) -> anyhow::Result<StoredEvent> {
     })
 }
 
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO events (at, level, level_rank, kind, upstream, tenant, queue, \
+     endpoint, job_id, attempt, status, wait_ms, outcome, headers, message) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?";
+pub(super) const EVENT_STATS: &str = "SELECT kind, level, upstream, tenant, queue, COUNT(*) AS n, \
+     COALESCE(SUM(wait_ms), 0) AS w FROM events WHERE at >= ? AND at < ? \
+     GROUP BY kind, level, upstream, tenant, queue";
+pub(super) const JOB_BACKLOG: &str =
+    "SELECT upstream, tenant, queue, lane, status, COUNT(*) AS n FROM jobs \
+     WHERE status IN ('queued', 'running', 'retry_pending') \
+     GROUP BY upstream, tenant, queue, lane, status";
+
+/// The listing query for a filter (its binds: the cursor, `binds`, then the limit).
+pub(super) fn list_sql(filter: &EventFilter) -> (String, Vec<Bind>) {
+    let (clause, binds) = where_clause(filter);
+    (
+        format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?{clause} ORDER BY seq LIMIT ?"),
+        binds,
+    )
+}
+
+/// One row of `EVENT_STATS`; `None` for a kind or level this build does not know (a newer
+/// node's), which is left out rather than fatal.
+pub(super) fn stat_from_row<R, DB>(row: &R) -> anyhow::Result<Option<EventStat>>
+where
+    DB: Database,
+    R: Row<Database = DB>,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, DB>,
+    String: Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    i64: Type<DB>,
+{
+    let kind: String = row.try_get("kind")?;
+    let level: String = row.try_get("level")?;
+    let (Some(kind), Some(level)) = (Kind::parse(&kind), Level::parse(&level)) else {
+        return Ok(None);
+    };
+    Ok(Some(EventStat {
+        kind,
+        level,
+        upstream: row.try_get("upstream")?,
+        tenant: row.try_get("tenant")?,
+        queue: row.try_get("queue")?,
+        count: row.try_get::<i64, _>("n")?.max(0) as u64,
+        wait_ms: row.try_get::<i64, _>("w")?.max(0) as u64,
+    }))
+}
+
+/// One row of `JOB_BACKLOG`.
+pub(super) fn backlog_from_row<R, DB>(row: &R) -> anyhow::Result<Backlog>
+where
+    DB: Database,
+    R: Row<Database = DB>,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, DB>,
+    String: Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    i64: Type<DB>,
+{
+    Ok(Backlog {
+        upstream: row.try_get("upstream")?,
+        tenant: row.try_get("tenant")?,
+        queue: row.try_get("queue")?,
+        lane: row.try_get("lane")?,
+        status: row.try_get("status")?,
+        count: row.try_get::<i64, _>("n")?.max(0) as u64,
+    })
+}
+
+/// The headers column: a JSON list of pairs.
+pub(super) fn headers_text(e: &Event) -> String {
+    serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into())
+}
+
 /// ` AND …` for every field of the filter, with its binds in order.
-fn where_clause(filter: &EventFilter) -> (String, Vec<Bind>) {
+pub(super) fn where_clause(filter: &EventFilter) -> (String, Vec<Bind>) {
     let mut sql = String::new();
     let mut binds = Vec::new();
     if let Some(level) = filter.level {
@@ -80,7 +165,7 @@ fn where_clause(filter: &EventFilter) -> (String, Vec<Bind>) {
     (sql, binds)
 }
 
-enum Bind {
+pub(super) enum Bind {
     Int(i64),
     Text(String),
 }
@@ -92,29 +177,25 @@ impl EventStore for Store {
         }
         let mut tx = self.write().await?;
         for e in events {
-            sqlx::query(
-                "INSERT INTO events (at, level, level_rank, kind, upstream, tenant, queue, \
-                 endpoint, job_id, attempt, status, wait_ms, outcome, headers, message) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at)
-            .bind(e.level.as_str())
-            .bind(e.level.rank())
-            .bind(e.kind.as_str())
-            .bind(&e.upstream)
-            .bind(&e.tenant)
-            .bind(&e.queue)
-            .bind(&e.endpoint)
-            .bind(&e.job_id)
-            .bind(e.attempt.map(i64::from))
-            .bind(e.status.map(i64::from))
-            .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
-            .bind(&e.outcome)
-            .bind(serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into()))
-            .bind(&e.message)
-            .execute(&mut *tx)
-            .await
-            .context("cannot store an event")?;
+            sqlx::query(INSERT_EVENT)
+                .bind(e.at)
+                .bind(e.level.as_str())
+                .bind(e.level.rank())
+                .bind(e.kind.as_str())
+                .bind(&e.upstream)
+                .bind(&e.tenant)
+                .bind(&e.queue)
+                .bind(&e.endpoint)
+                .bind(&e.job_id)
+                .bind(e.attempt.map(i64::from))
+                .bind(e.status.map(i64::from))
+                .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
+                .bind(&e.outcome)
+                .bind(headers_text(e))
+                .bind(&e.message)
+                .execute(&mut *tx)
+                .await
+                .context("cannot store an event")?;
         }
         tx.commit().await.context("cannot store events")?;
         Ok(())
@@ -127,10 +208,7 @@ impl EventStore for Store {
         limit: u32,
     ) -> anyhow::Result<Page<StoredEvent>> {
         let limit = limit.max(1);
-        let (clause, binds) = where_clause(filter);
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?{clause} ORDER BY seq LIMIT ?"
-        );
+        let (sql, binds) = list_sql(filter);
         let mut q = sqlx::query(&sql).bind(after.unwrap_or(0));
         for b in binds {
             q = match b {
@@ -150,7 +228,7 @@ impl EventStore for Store {
     }
 
     async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
-        let done = sqlx::query("DELETE FROM events WHERE at < ?")
+        let done = sqlx::query(PRUNE_EVENTS)
             .bind(before)
             .execute(self.writer())
             .await
@@ -159,57 +237,22 @@ impl EventStore for Store {
     }
 
     async fn event_stats(&self, since: Millis, until: Millis) -> anyhow::Result<Vec<EventStat>> {
-        let rows = sqlx::query(
-            "SELECT kind, level, upstream, tenant, queue, COUNT(*) AS n, \
-             COALESCE(SUM(wait_ms), 0) AS w FROM events WHERE at >= ? AND at < ? \
-             GROUP BY kind, level, upstream, tenant, queue",
-        )
-        .bind(since)
-        .bind(until)
-        .fetch_all(self.pool())
-        .await
-        .context("cannot count events")?;
-        let mut stats = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let kind: String = row.try_get("kind")?;
-            let level: String = row.try_get("level")?;
-            // Kinds this build does not know (a newer node's) are left out, not fatal.
-            let (Some(kind), Some(level)) = (Kind::parse(&kind), Level::parse(&level)) else {
-                continue;
-            };
-            stats.push(EventStat {
-                kind,
-                level,
-                upstream: row.try_get("upstream")?,
-                tenant: row.try_get("tenant")?,
-                queue: row.try_get("queue")?,
-                count: row.try_get::<i64, _>("n")?.max(0) as u64,
-                wait_ms: row.try_get::<i64, _>("w")?.max(0) as u64,
-            });
-        }
-        Ok(stats)
+        let rows = sqlx::query(EVENT_STATS)
+            .bind(since)
+            .bind(until)
+            .fetch_all(self.pool())
+            .await
+            .context("cannot count events")?;
+        rows.iter()
+            .filter_map(|row| stat_from_row(row).transpose())
+            .collect()
     }
 
     async fn job_backlog(&self) -> anyhow::Result<Vec<Backlog>> {
-        let rows = sqlx::query(
-            "SELECT upstream, tenant, queue, lane, status, COUNT(*) AS n FROM jobs \
-             WHERE status IN ('queued', 'running', 'retry_pending') \
-             GROUP BY upstream, tenant, queue, lane, status",
-        )
-        .fetch_all(self.pool())
-        .await
-        .context("cannot count unfinished jobs")?;
-        rows.iter()
-            .map(|row| {
-                Ok(Backlog {
-                    upstream: row.try_get("upstream")?,
-                    tenant: row.try_get("tenant")?,
-                    queue: row.try_get("queue")?,
-                    lane: row.try_get("lane")?,
-                    status: row.try_get("status")?,
-                    count: row.try_get::<i64, _>("n")?.max(0) as u64,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(JOB_BACKLOG)
+            .fetch_all(self.pool())
+            .await
+            .context("cannot count unfinished jobs")?;
+        rows.iter().map(backlog_from_row).collect()
     }
 }

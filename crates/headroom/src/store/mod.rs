@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
 //!
-//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, so that
-//! a PostgreSQL store can offer the same methods later. Values arrive already encrypted where
+//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, which
+//! the PostgreSQL store (`pg`, for several nodes) reuses; `AnyStore` picks one by URL. Values arrive already encrypted where
 //! they need to be: the store never sees a credential in the clear.
 //!
 //! Writes: SQLite has one writer at a time. Every write transaction of the jobs and batches
@@ -17,15 +17,19 @@
 //! last commits before the WAL was checkpointed may be lost; `synchronous = FULL` would close
 //! that at the cost of an fsync per commit.
 
+mod any;
 mod batches;
 pub mod conformance;
 mod credentials;
 pub mod event_conformance;
 mod events;
 mod jobs;
+pub mod pg;
 pub mod schedule_conformance;
 mod schedules;
 mod writer;
+
+pub use any::AnyStore;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -95,7 +99,8 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             anyhow::bail!(
-                "store \"{url}\": PostgreSQL is not supported yet; use \"sqlite://path/to/file.db\""
+                "store \"{}\": this is the SQLite store; open PostgreSQL with `AnyStore::open`",
+                pg::redact(url)
             );
         }
         if !url.starts_with("sqlite:") {
@@ -289,6 +294,6 @@ mod tests {
         store.put_meta("k", b"v").await.unwrap();
         assert_eq!(store.get_meta("k").await.unwrap(), Some(b"v".to_vec()));
         let e = Store::open("postgres://localhost/x").await.unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(e.to_string().contains("AnyStore::open"), "{e}");
     }
 }

@@ -1,0 +1,310 @@
+//! The store a server runs on, chosen by the URL of `store` in the config: the embedded
+//! SQLite store (`sqlite://…`, the default) or PostgreSQL (`postgres://…`, for several
+//! nodes). Every method goes to the backend's; both pass the same conformance suites.
+
+use std::path::Path;
+
+use super::pg::PgStore;
+use super::{CredentialInfo, SealedCredential, Store, TokenInfo};
+use crate::jobs::model::*;
+use crate::schedules::model::*;
+
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    Sqlite(Store),
+    Postgres(PgStore),
+}
+
+impl From<Store> for AnyStore {
+    fn from(s: Store) -> Self {
+        AnyStore::Sqlite(s)
+    }
+}
+
+impl From<PgStore> for AnyStore {
+    fn from(s: PgStore) -> Self {
+        AnyStore::Postgres(s)
+    }
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call,
+            AnyStore::Postgres($s) => $call,
+        }
+    };
+}
+
+impl AnyStore {
+    /// Opens `sqlite://…` / `sqlite::memory:` or `postgres://…` / `postgresql://…`.
+    pub async fn open(url: &str) -> anyhow::Result<AnyStore> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::open(url).await?))
+        } else {
+            Ok(AnyStore::Sqlite(Store::open(url).await?))
+        }
+    }
+
+    /// The database file of an SQLite store; `None` in memory and on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            AnyStore::Sqlite(s) => s.path(),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
+    pub fn sqlite(&self) -> Option<&Store> {
+        match self {
+            AnyStore::Sqlite(s) => Some(s),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            AnyStore::Postgres(s) => Some(s),
+            AnyStore::Sqlite(_) => None,
+        }
+    }
+
+    /// Whether several nodes may share this store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, AnyStore::Postgres(_))
+    }
+
+    /// On a shared store, calls `wake` whenever any node stores work (LISTEN/NOTIFY); on
+    /// SQLite, where only this process writes, never.
+    pub fn on_remote_work(&self, wake: impl Fn() + Send + Sync + 'static) {
+        if let AnyStore::Postgres(s) = self {
+            s.listen(wake);
+        }
+    }
+
+    pub async fn put_credential(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        sealed: &SealedCredential,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.put_credential(tenant, upstream, sealed).await)
+    }
+    pub async fn get_credential(
+        &self,
+        tenant: &str,
+        upstream: &str,
+    ) -> anyhow::Result<Option<SealedCredential>> {
+        each!(self, s => s.get_credential(tenant, upstream).await)
+    }
+    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
+        each!(self, s => s.delete_credential(tenant, upstream).await)
+    }
+    pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
+        each!(self, s => s.list_credentials(tenant).await)
+    }
+    pub async fn count_credentials(&self) -> anyhow::Result<i64> {
+        each!(self, s => s.count_credentials().await)
+    }
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        tenant: &str,
+        token_sha256: &[u8],
+    ) -> anyhow::Result<TokenInfo> {
+        each!(self, s => s.insert_token(id, tenant, token_sha256).await)
+    }
+    pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
+        each!(self, s => s.token_tenant(token_sha256).await)
+    }
+    pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        each!(self, s => s.delete_token(id).await)
+    }
+    pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
+        each!(self, s => s.list_tokens(tenant).await)
+    }
+    pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        each!(self, s => s.get_meta(name).await)
+    }
+    pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+        each!(self, s => s.put_meta(name, value).await)
+    }
+}
+
+impl JobStore for AnyStore {
+    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
+        each!(self, s => s.insert_job(job).await)
+    }
+    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
+        each!(self, s => s.get_job(id).await)
+    }
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<Job>> {
+        each!(self, s => s.list_jobs(filter, after, limit).await)
+    }
+    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
+        each!(self, s => s.cancel_job(id, now).await)
+    }
+    async fn claim_ready(
+        &self,
+        now: Millis,
+        rules: &[QueueRule],
+        limit: u32,
+    ) -> anyhow::Result<Vec<Job>> {
+        each!(self, s => s.claim_ready(now, rules, limit).await)
+    }
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRecord,
+        transition: Transition,
+        now: Millis,
+    ) -> anyhow::Result<Job> {
+        each!(self, s => s.finish_attempt(attempt, transition, now).await)
+    }
+    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
+        each!(self, s => s.attempts(job_id).await)
+    }
+    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
+        each!(self, s => s.requeue_running(now).await)
+    }
+    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
+        each!(self, s => s.next_ready_at().await)
+    }
+    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
+        each!(self, s => s.due_callbacks(now, limit).await)
+    }
+    async fn callback_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        next: Option<Millis>,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.callback_attempted(id, delivered, next).await)
+    }
+}
+
+impl BatchStore for AnyStore {
+    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
+        each!(self, s => s.insert_batch(batch).await)
+    }
+    async fn get_batch(
+        &self,
+        id: &str,
+        failures_limit: u32,
+    ) -> anyhow::Result<Option<BatchSummary>> {
+        each!(self, s => s.get_batch(id, failures_limit).await)
+    }
+    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>> {
+        each!(self, s => s.claim_chunk(now, busy).await)
+    }
+    async fn finish_chunk(
+        &self,
+        chunk: &Chunk,
+        results: &[RecordResult],
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.finish_chunk(chunk, results, now).await)
+    }
+    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64> {
+        each!(self, s => s.requeue_in_flight(now).await)
+    }
+    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>> {
+        each!(self, s => s.next_chunk_at().await)
+    }
+    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
+        each!(self, s => s.cancel_batch(id, now).await)
+    }
+}
+
+impl ScheduleStore for AnyStore {
+    async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool> {
+        each!(self, s => s.create_schedule(schedule).await)
+    }
+    async fn sync_config_schedules(
+        &self,
+        schedules: &[StoredSchedule],
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.sync_config_schedules(schedules, now).await)
+    }
+    async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>> {
+        each!(self, s => s.get_schedule(name).await)
+    }
+    async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>> {
+        each!(self, s => s.list_schedules().await)
+    }
+    async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: Millis,
+    ) -> anyhow::Result<Option<StoredSchedule>> {
+        each!(self, s => s.set_paused(name, paused, now).await)
+    }
+    async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool> {
+        each!(self, s => s.delete_schedule(name).await)
+    }
+    async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>> {
+        each!(self, s => s.slots(schedule).await)
+    }
+    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()> {
+        each!(self, s => s.update_slots(add, remove).await)
+    }
+    async fn fire_due(
+        &self,
+        now: Millis,
+        limit: u32,
+        decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
+    ) -> anyhow::Result<Vec<Run>> {
+        each!(self, s => s.fire_due(now, limit, decide).await)
+    }
+    async fn next_due_at(&self) -> anyhow::Result<Option<Millis>> {
+        each!(self, s => s.next_due_at().await)
+    }
+    async fn list_runs(
+        &self,
+        schedule: &str,
+        tenant: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<Run>> {
+        each!(self, s => s.list_runs(schedule, tenant, after, limit).await)
+    }
+    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
+        each!(self, s => s.prune_runs(before).await)
+    }
+    async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
+        each!(self, s => s.tenants_with_credential(upstream).await)
+    }
+}
+
+impl crate::observe::model::EventStore for AnyStore {
+    async fn insert_events(&self, events: &[crate::observe::model::Event]) -> anyhow::Result<()> {
+        each!(self, s => s.insert_events(events).await)
+    }
+    async fn list_events(
+        &self,
+        filter: &crate::observe::model::EventFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> anyhow::Result<Page<crate::observe::model::StoredEvent>> {
+        each!(self, s => s.list_events(filter, after, limit).await)
+    }
+    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
+        each!(self, s => s.prune_events(before).await)
+    }
+    async fn event_stats(
+        &self,
+        since: Millis,
+        until: Millis,
+    ) -> anyhow::Result<Vec<crate::observe::model::EventStat>> {
+        each!(self, s => s.event_stats(since, until).await)
+    }
+    async fn job_backlog(&self) -> anyhow::Result<Vec<crate::observe::model::Backlog>> {
+        each!(self, s => s.job_backlog().await)
+    }
+}

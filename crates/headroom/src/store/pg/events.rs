@@ -1,0 +1,108 @@
+//! `EventStore` on PostgreSQL: the SQLite store's statements (`super::super::events`), with
+//! numbered parameters.
+
+use anyhow::Context;
+
+use super::{pg, PgStore};
+use crate::jobs::{Millis, Page};
+use crate::observe::model::*;
+use crate::store::events::{
+    backlog_from_row, event_from_row, headers_text, list_sql, stat_from_row, Bind, EVENT_STATS,
+    INSERT_EVENT, JOB_BACKLOG, PRUNE_EVENTS,
+};
+
+impl EventStore for PgStore {
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let sql = pg(INSERT_EVENT);
+        let mut tx = self.write().await?;
+        for e in events {
+            sqlx::query(&sql)
+                .bind(e.at)
+                .bind(e.level.as_str())
+                .bind(e.level.rank())
+                .bind(e.kind.as_str())
+                .bind(&e.upstream)
+                .bind(&e.tenant)
+                .bind(&e.queue)
+                .bind(&e.endpoint)
+                .bind(&e.job_id)
+                .bind(e.attempt.map(i64::from))
+                .bind(e.status.map(i64::from))
+                .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
+                .bind(&e.outcome)
+                .bind(headers_text(e))
+                .bind(&e.message)
+                .execute(&mut *tx)
+                .await
+                .context("cannot store an event")?;
+        }
+        tx.commit().await.context("cannot store events")?;
+        Ok(())
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> anyhow::Result<Page<StoredEvent>> {
+        let limit = limit.max(1);
+        let (sql, binds) = list_sql(filter);
+        let sql = pg(&sql);
+        let mut q = sqlx::query(&sql).bind(after.unwrap_or(0));
+        for b in binds {
+            q = match b {
+                Bind::Int(i) => q.bind(i),
+                Bind::Text(t) => q.bind(t),
+            };
+        }
+        let rows = q
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.pool())
+            .await
+            .context("cannot list events")?;
+        Page::from_rows(&rows, limit, |row| {
+            let e = event_from_row(row)?;
+            Ok((e.seq, e))
+        })
+    }
+
+    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
+        let done = sqlx::query(&pg(PRUNE_EVENTS))
+            .bind(before)
+            .execute(self.writer())
+            .await
+            .context("cannot prune events")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn event_stats(&self, since: Millis, until: Millis) -> anyhow::Result<Vec<EventStat>> {
+        // COUNT and SUM of BIGINT are BIGINT and NUMERIC in PostgreSQL: cast to read as i64.
+        let sql = pg(EVENT_STATS)
+            .replace("COUNT(*) AS n", "COUNT(*)::BIGINT AS n")
+            .replace(
+                "COALESCE(SUM(wait_ms), 0)",
+                "COALESCE(SUM(wait_ms), 0)::BIGINT",
+            );
+        let rows = sqlx::query(&sql)
+            .bind(since)
+            .bind(until)
+            .fetch_all(self.pool())
+            .await
+            .context("cannot count events")?;
+        rows.iter()
+            .filter_map(|row| stat_from_row(row).transpose())
+            .collect()
+    }
+
+    async fn job_backlog(&self) -> anyhow::Result<Vec<Backlog>> {
+        let rows = sqlx::query(&pg(JOB_BACKLOG))
+            .fetch_all(self.pool())
+            .await
+            .context("cannot count unfinished jobs")?;
+        rows.iter().map(backlog_from_row).collect()
+    }
+}

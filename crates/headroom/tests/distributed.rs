@@ -1,0 +1,838 @@
+//! Distributed mode: `headroom serve` processes on one PostgreSQL store and one Redis
+//! governor, in front of one mock upstream, act as one governor. Also the Redis governor on
+//! its own: leases of a dead node expire, what one node learns every node uses, real-time
+//! runs ahead of bulk.
+//!
+//! These tests need PostgreSQL and Redis on their standard local ports (see `services`); they
+//! skip with a message where those are missing, and fail instead when
+//! `HEADROOM_REQUIRE_SERVICES=1` (CI). Each uses a schema and a Redis key prefix of its own.
+//! Assertions are on counts (calls, records, jobs), with generous time limits.
+
+mod common;
+mod services;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use headroom::mock::{self, MockConfig, MockHandle, Profile};
+use headroom::redis_governor::RedisGovernor;
+use headroom_core::{Lane, RejectReason};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const SECRET_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// One `headroom serve` process.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(dir: &std::path::Path, config: &std::path::Path, n: usize) -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::File::create(dir.join(format!("node{n}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .args(["--listen", &addr.to_string()])
+            .env("HEADROOM_LOG", "warn")
+            .env("HEADROOM_SECRET_KEY", SECRET_KEY)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("headroom serve starts");
+        Node { child, addr }
+    }
+
+    async fn ready(&mut self, client: &common::HttpClient, log: &std::path::Path) {
+        for _ in 0..400 {
+            let up = client
+                .get(format!("http://{}/healthz", self.addr).parse().unwrap())
+                .await
+                .is_ok();
+            if up {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "headroom serve exited ({status}) before listening: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("headroom serve did not come up on {}", self.addr);
+    }
+
+    /// SIGKILL: no drain, nothing handed back.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Nodes on one schema and one Redis prefix, in front of one in-process mock.
+struct Cluster {
+    nodes: Vec<Node>,
+    mock: MockHandle,
+    client: common::HttpClient,
+    schema: Option<services::PgSchema>,
+    redis: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `None` when PostgreSQL or Redis is missing (the test skips). `governor` overrides
+    /// the Redis URL the nodes use (e.g. through a proxy that can cut it).
+    async fn start(
+        nodes: usize,
+        mock_config: MockConfig,
+        upstream: &str,
+        governor: Option<String>,
+    ) -> Option<Cluster> {
+        let pg = services::postgres()?;
+        let redis = services::redis()?;
+        let schema = services::PgSchema::create(&pg).await;
+        let prefix = services::unique("hrt");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = mock::spawn(listener, mock_config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let governor = governor.unwrap_or_else(|| redis.clone());
+        let config = format!(
+            "store = \"{}\"\ngovernor = \"{governor}/?prefix={prefix}&lease_ttl=10s\"\n\
+             [[upstreams]]\nname = \"crm\"\nbase_url = \"{}\"\n{upstream}\n",
+            schema.url(),
+            mock.url()
+        );
+        let path = dir.path().join("headroom.toml");
+        std::fs::write(&path, config).unwrap();
+        let client: common::HttpClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            mock,
+            client,
+            schema: Some(schema),
+            redis,
+            prefix,
+            dir,
+        };
+        for n in 0..nodes {
+            let mut node = Node::start(cluster.dir.path(), &path, n);
+            node.ready(
+                &cluster.client,
+                &cluster.dir.path().join(format!("node{n}.log")),
+            )
+            .await;
+            cluster.nodes.push(node);
+        }
+        Some(cluster)
+    }
+
+    async fn post(&self, node: usize, path: &str, body: &Value) -> common::Reply {
+        common::post_raw(
+            &self.client,
+            self.nodes[node].addr,
+            path,
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    async fn get(&self, node: usize, path: &str) -> common::Reply {
+        common::send(&self.client, self.nodes[node].addr, Method::GET, path, &[]).await
+    }
+
+    /// A connection to the cluster's schema, to look at what the nodes stored.
+    async fn db(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.schema.as_ref().unwrap().url())
+            .await
+            .unwrap()
+    }
+
+    /// Jobs by status.
+    async fn job_counts(&self, db: &sqlx::PgPool) -> std::collections::HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    /// Waits until `n` jobs are final, at most `limit`; returns the counts by status.
+    async fn wait_jobs(
+        &self,
+        db: &sqlx::PgPool,
+        n: i64,
+        limit: Duration,
+    ) -> std::collections::HashMap<String, i64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let counts = self.job_counts(db).await;
+            let done: i64 = ["succeeded", "failed", "cancelled"]
+                .iter()
+                .map(|s| counts.get(*s).copied().unwrap_or(0))
+                .sum();
+            if done >= n || tokio::time::Instant::now() > deadline {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node{n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn stop(mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        if let Some(schema) = self.schema.take() {
+            schema.drop().await;
+        }
+        delete_prefix(&self.redis, &self.prefix).await;
+    }
+}
+
+/// Deletes a test's Redis keys.
+async fn delete_prefix(redis_url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+fn job(i: usize, lane: &str) -> Value {
+    json!({
+        "upstream": "crm",
+        "tenant": "acme",
+        "lane": lane,
+        "request": {"method": "POST", "path": format!("/things/{i}"), "body": {"n": i}},
+    })
+}
+
+fn upstream(quota: u32, window_s: u64, concurrency: u32) -> String {
+    format!(
+        "limits = [{{ quota = {quota}, window = \"{window_s}s\" }}]\nmax_concurrency = {concurrency}\n"
+    )
+}
+
+/// Three nodes take jobs from one queue and pace one budget together: the upstream never
+/// sees more than its quota in a window, under 1 % of calls are throttled, and each job
+/// runs exactly once (the upstream accepted exactly as many calls as there are jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_pace_one_budget_and_run_each_job_once() {
+    const JOBS: usize = 120;
+    let mock_config = MockConfig {
+        profile: Profile::Ietf,
+        limit: 40,
+        window: Duration::from_secs(2),
+        latency: Duration::from_millis(20),
+        ..MockConfig::default()
+    };
+    let Some(cluster) = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await else {
+        return;
+    };
+    let callbacks = common::Recorder::start().await;
+    for i in 0..JOBS {
+        let mut body = job(i, "bulk");
+        body["callback_url"] = json!(format!("{}/done/{i}", callbacks.url()));
+        let r = cluster.post(i % 3, "/v1/jobs", &body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    }
+    let db = cluster.db().await;
+    let counts = cluster
+        .wait_jobs(&db, JOBS as i64, Duration::from_secs(120))
+        .await;
+    let stats = cluster.mock.stats();
+    callbacks.wait_for(JOBS, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // time for a duplicate to show
+    let mut delivered: Vec<String> = callbacks.seen().into_iter().map(|r| r.path).collect();
+    delivered.sort();
+    let all = delivered.len();
+    delivered.dedup();
+    let nodes: i64 =
+        sqlx::query_scalar("SELECT COUNT(DISTINCT node) FROM jobs WHERE node IS NOT NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let logs = cluster.logs();
+    cluster.stop().await;
+    assert_eq!(
+        counts.get("succeeded").copied().unwrap_or(0),
+        JOBS as i64,
+        "jobs by status: {counts:?}\n{logs}"
+    );
+    let calls = stats.accepted + stats.throttled;
+    assert!(
+        stats.throttled * 100 < calls,
+        "{} of {calls} calls throttled: {stats:?}",
+        stats.throttled
+    );
+    assert!(
+        stats.max_in_window <= 40,
+        "the upstream saw {} calls in one window (quota 40)",
+        stats.max_in_window
+    );
+    assert_eq!(stats.accepted, JOBS as u64, "each job runs once: {stats:?}");
+    assert!(nodes >= 2, "the jobs ran on {nodes} node(s), not spread");
+    assert_eq!(
+        (all, delivered.len()),
+        (JOBS, JOBS),
+        "each job's callback is delivered once"
+    );
+    eprintln!(
+        "3 nodes: {} accepted, {} throttled, at most {} in a window (quota 40), jobs on {nodes} nodes",
+        stats.accepted, stats.throttled, stats.max_in_window
+    );
+}
+
+/// Under a saturating bulk load from three nodes, real-time calls through any node go
+/// ahead of the queued bulk jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_time_calls_keep_priority_across_nodes() {
+    // 16 calls/s: about 20 s of bulk work, far more than the test takes.
+    const JOBS: usize = 300;
+    let mock_config = MockConfig {
+        profile: Profile::Ietf,
+        limit: 40,
+        window: Duration::from_secs(2),
+        ..MockConfig::default()
+    };
+    let Some(cluster) = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await else {
+        return;
+    };
+    for i in 0..JOBS {
+        let r = cluster.post(i % 3, "/v1/jobs", &job(i, "bulk")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    let db = cluster.db().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut waits = Vec::new();
+    for i in 0..9 {
+        let node = i % 3;
+        let r = common::send(
+            &cluster.client,
+            cluster.nodes[node].addr,
+            Method::GET,
+            &format!("/proxy/crm/live/{i}"),
+            &[("headroom-tenant", "acme")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        waits.push(r.wait_ms());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let counts = cluster.job_counts(&db).await;
+    let waiting = counts.get("queued").copied().unwrap_or(0)
+        + counts.get("running").copied().unwrap_or(0)
+        + counts.get("retry_pending").copied().unwrap_or(0);
+    let stats = cluster.mock.stats();
+    cluster.stop().await;
+    assert!(
+        waiting >= 20,
+        "the bulk load was not saturating ({counts:?}, {stats:?}, waits {waits:?}): the test shows nothing"
+    );
+    // Behind the bulk queue a call would wait seconds; ahead of it, about one interval
+    // (62 ms here). The bound is generous for a loaded machine.
+    let worst = *waits.iter().max().unwrap();
+    eprintln!("real-time waits under bulk load (ms): {waits:?}; {waiting} jobs waiting; {stats:?}");
+    assert!(stats.max_in_window <= 40, "{stats:?}");
+    assert!(worst < 1500, "real-time waits (ms): {waits:?}");
+    assert!(
+        stats.throttled * 100 < stats.accepted + stats.throttled,
+        "{stats:?}"
+    );
+}
+
+fn records(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("r{i}"), "properties": {"email": format!("u{i}@example.com")}}))
+        .collect()
+}
+
+/// kill -9 of a node in the middle of an import: the batch and every job still finish,
+/// every record is applied, and records sent again are no more than those reported as
+/// possibly duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_mid_import_loses_nothing() {
+    const RECORDS: usize = 2_000;
+    const JOBS: usize = 30;
+    let mock_config = MockConfig {
+        profile: Profile::Hubspot,
+        limit: 20,
+        window: Duration::from_secs(2),
+        latency: Duration::from_millis(150),
+        ..MockConfig::default()
+    };
+    let Some(mut cluster) = Cluster::start(3, mock_config, &upstream(20, 2, 8), None).await else {
+        return;
+    };
+    let r = cluster
+        .post(
+            0,
+            "/v1/batches",
+            &json!({
+                "upstream": "crm", "tenant": "acme", "format": "hubspot", "max_batch_size": 100,
+                "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
+                "records": records(RECORDS),
+            }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let batch = r.json()["id"].as_str().unwrap().to_string();
+    for i in 0..JOBS {
+        let r = cluster.post(i % 3, "/v1/jobs", &job(i, "bulk")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    // Kill node 1 while it holds work: records in flight or a running job (calls take
+    // 150 ms). Node ids carry the process id.
+    let db = cluster.db().await;
+    let holder = format!("%-{}-%", cluster.nodes[1].child.id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut held = (0i64, 0i64);
+    while tokio::time::Instant::now() < deadline {
+        held = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM batch_records WHERE status = 'in_flight' AND node LIKE $1), \
+                    (SELECT COUNT(*) FROM jobs WHERE status = 'running' AND node LIKE $1)",
+        )
+        .bind(&holder)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if held.0 + held.1 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.nodes[1].kill9();
+    assert!(
+        held.0 + held.1 > 0,
+        "node 1 never held work: the test shows nothing"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let view = loop {
+        let v = cluster.get(0, &format!("/v1/batches/{batch}")).await.json();
+        let done = v["status"] == "succeeded" || v["status"] == "completed_with_failures";
+        if done || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let counts = cluster
+        .wait_jobs(&db, JOBS as i64, Duration::from_secs(60))
+        .await;
+    let stats = cluster.mock.stats();
+    let logs = cluster.logs();
+    cluster.stop().await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{logs}");
+    assert_eq!(view["succeeded"], RECORDS, "{view}");
+    assert_eq!(
+        counts.get("succeeded").copied().unwrap_or(0),
+        JOBS as i64,
+        "{counts:?}\n{logs}"
+    );
+    assert_eq!(stats.batch_records_applied, RECORDS as u64, "{stats:?}");
+    let reported = view["possibly_duplicated"].as_u64().unwrap_or(0);
+    assert!(
+        stats.batch_records_reapplied <= reported,
+        "{} records applied twice, {reported} reported as possibly duplicated",
+        stats.batch_records_reapplied
+    );
+    let duplicates = stats
+        .accepted
+        .saturating_sub(stats.batch_records_applied.div_ceil(100) + JOBS as u64);
+    eprintln!(
+        "kill mid-import: node 1 held {} records and {} jobs; {reported} records reported as \
+         possibly duplicated, {} applied twice; upstream calls beyond one per chunk and job: \
+         {duplicates}",
+        held.0, held.1, stats.batch_records_reapplied
+    );
+}
+
+/// A TCP relay to Redis that the test can cut (as a Redis restart would) and restore.
+struct Relay {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (Arc::clone(&down), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    drop(inbound); // refused while "restarting"
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, down, cut }
+    }
+
+    fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn come_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Redis goes away (and comes back empty, as a restart without persistence does): calls
+/// are refused with a message naming Redis, jobs wait, no node exits; once Redis is back,
+/// everything goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_gives_clear_errors_then_recovers() {
+    let Some(redis_url) = services::redis() else {
+        return;
+    };
+    let target = {
+        let u = url::Url::parse(&redis_url).unwrap();
+        let host = u.host_str().unwrap_or("127.0.0.1").to_string();
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), u.port().unwrap_or(6379)))
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let relay = Relay::start(target).await;
+    let mock_config = MockConfig {
+        profile: Profile::Ietf,
+        limit: 100,
+        window: Duration::from_secs(2),
+        ..MockConfig::default()
+    };
+    let Some(mut cluster) = Cluster::start(
+        2,
+        mock_config,
+        &upstream(100, 2, 8),
+        Some(format!("redis://{}", relay.addr)),
+    )
+    .await
+    else {
+        return;
+    };
+    let call = |cluster: &Cluster, node: usize| {
+        let (client, addr) = (cluster.client.clone(), cluster.nodes[node].addr);
+        async move {
+            common::send(
+                &client,
+                addr,
+                Method::GET,
+                "/proxy/crm/ping",
+                &[("headroom-tenant", "acme"), ("headroom-max-wait", "3s")],
+            )
+            .await
+        }
+    };
+    assert_eq!(call(&cluster, 0).await.status, StatusCode::OK);
+
+    relay.go_down();
+    delete_prefix(&redis_url, &cluster.prefix).await; // a restart keeps nothing
+    let r = call(&cluster, 1).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let problem = r.problem();
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("Redis"),
+        "{problem}"
+    );
+    assert!(!r.header("retry-after").is_empty());
+    // Jobs are stored (PostgreSQL is up) and wait for the governor.
+    for i in 0..10 {
+        let r = cluster.post(i % 2, "/v1/jobs", &job(i, "bulk")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in &mut cluster.nodes {
+        assert!(node.running(), "a node exited while Redis was down");
+    }
+
+    relay.come_back();
+    let db = cluster.db().await;
+    let counts = cluster.wait_jobs(&db, 10, Duration::from_secs(90)).await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if call(&cluster, 1).await.status == StatusCode::OK {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = cluster.logs();
+    cluster.stop().await;
+    assert!(ok, "proxy calls did not recover\n{logs}");
+    assert_eq!(
+        counts.get("succeeded").copied().unwrap_or(0),
+        10,
+        "{counts:?}\n{logs}"
+    );
+    assert!(logs.contains("Redis"), "the outage was not logged:\n{logs}");
+}
+
+// ---- the Redis governor alone -----------------------------------------------------------
+
+fn governor(url: &str, prefix: &str, ttl: &str) -> Arc<RedisGovernor> {
+    RedisGovernor::new(
+        &format!("{url}/?prefix={prefix}&lease_ttl={ttl}"),
+        vec!["crm".into()],
+    )
+    .unwrap()
+}
+
+/// A node that dies holding a concurrency slot gives it back when its lease expires.
+#[tokio::test]
+async fn a_dead_nodes_leases_expire() {
+    let Some(url) = services::redis() else {
+        return;
+    };
+    let prefix = services::unique("hrl");
+    let dead = governor(&url, &prefix, "1s");
+    let alive = governor(&url, &prefix, "1s");
+    let held = dead
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            None,
+            0.2,
+            1,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    drop(dead); // never released: the node is gone
+    let e = alive
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            None,
+            0.2,
+            1,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, RejectReason::WaitTooLong);
+    let start = std::time::Instant::now();
+    let lease = alive
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            None,
+            0.2,
+            1,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(500), "{held:?}");
+    alive.release(&lease, None, None).await.unwrap();
+    delete_prefix(&url, &prefix).await;
+}
+
+/// One node learns a slower pace from headers (and a pause); the other paces by it.
+#[tokio::test]
+async fn what_one_node_learns_every_node_uses() {
+    let Some(url) = services::redis() else {
+        return;
+    };
+    let prefix = services::unique("hrp");
+    let a = governor(&url, &prefix, "10s");
+    let b = governor(&url, &prefix, "10s");
+    let fast = Some(Duration::from_millis(1));
+    let lease = a
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            fast,
+            0.2,
+            10,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    a.release(&lease, Some(Duration::from_millis(400)), None)
+        .await
+        .unwrap();
+    // b's own pace is 1 ms, but a learned 400 ms: b's second call waits for it.
+    let first = b
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            fast,
+            0.2,
+            10,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    b.release(&first, None, None).await.unwrap();
+    let start = std::time::Instant::now();
+    let second = b
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            fast,
+            0.2,
+            10,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "waited {:?}",
+        start.elapsed()
+    );
+    // A pause one node saw holds every node.
+    b.release(&second, None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let e = a
+        .acquire(
+            0,
+            "acme",
+            Lane::Realtime,
+            1.0,
+            fast,
+            0.2,
+            10,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, RejectReason::WaitTooLong);
+    assert!(e.retry_after > Duration::from_secs(20), "{e:?}");
+    delete_prefix(&url, &prefix).await;
+}
+
+/// Bulk calls wait for the pace; a real-time call from another node goes at once.
+#[tokio::test]
+async fn real_time_goes_ahead_of_bulk_in_redis() {
+    let Some(url) = services::redis() else {
+        return;
+    };
+    let prefix = services::unique("hrr");
+    let a = governor(&url, &prefix, "10s");
+    let b = governor(&url, &prefix, "10s");
+    let slow = Some(Duration::from_millis(2_000));
+    let first = a
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            slow,
+            0.2,
+            10,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    let e = a
+        .acquire(
+            0,
+            "acme",
+            Lane::Bulk,
+            1.0,
+            slow,
+            0.2,
+            10,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, RejectReason::WaitTooLong);
+    let rt = b
+        .acquire(
+            0,
+            "acme",
+            Lane::Realtime,
+            1.0,
+            slow,
+            0.2,
+            10,
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("a real-time call goes ahead of the bulk pace");
+    a.release(&first, None, None).await.unwrap();
+    b.release(&rt, None, None).await.unwrap();
+    delete_prefix(&url, &prefix).await;
+}
