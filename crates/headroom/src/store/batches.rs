@@ -7,25 +7,26 @@
 //! one goes next.
 
 use anyhow::Context;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::jobs::{headers_json, lane_str, parse_headers, parse_lane, placeholders, u32_col};
+use super::row::StoreRow;
 use super::Store;
 use crate::jobs::model::*;
 
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
-const INSERT_ROWS: usize = 400;
+pub(super) const INSERT_ROWS: usize = 400;
 /// Records per UPDATE statement when finishing a chunk.
-const FINISH_ROWS: usize = 500;
+pub(super) const FINISH_ROWS: usize = 500;
 
-const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
+pub(super) const BATCH_COLUMNS: &str =
+    "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
      path, query, headers, max_attempts, status, total, succeeded, failed, pending, in_flight, \
      calls, possibly_duplicated, created_at, updated_at";
 
-const ACTIVE: &str = "status IN ('queued', 'running')";
+pub(super) const ACTIVE: &str = "status IN ('queued', 'running')";
 
-fn batch_status_str(s: BatchStatus) -> &'static str {
+pub(super) fn batch_status_str(s: BatchStatus) -> &'static str {
     match s {
         BatchStatus::Queued => "queued",
         BatchStatus::Running => "running",
@@ -46,20 +47,20 @@ pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
     })
 }
 
-fn count(row: &SqliteRow, name: &str) -> anyhow::Result<u64> {
-    let v: i64 = row.try_get(name)?;
+pub(crate) fn count<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u64> {
+    let v: i64 = row.col(name)?;
     u64::try_from(v).with_context(|| format!("stored {name} {v} is negative"))
 }
 
 /// The batch's row as a summary (failures not yet filled in), and its sequence.
-fn summary_from_row(row: &SqliteRow) -> anyhow::Result<(i64, BatchSummary)> {
+pub(crate) fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, BatchSummary)> {
     Ok((
-        row.try_get("seq")?,
+        row.col("seq")?,
         BatchSummary {
-            id: row.try_get("id")?,
-            status: parse_batch_status(row.try_get("status")?)?,
-            upstream: row.try_get("upstream")?,
-            tenant: row.try_get("tenant")?,
+            id: row.col("id")?,
+            status: parse_batch_status(&row.col::<String>("status")?)?,
+            upstream: row.col("upstream")?,
+            tenant: row.col("tenant")?,
             total: count(row, "total")?,
             succeeded: count(row, "succeeded")?,
             failed: count(row, "failed")?,
@@ -67,25 +68,25 @@ fn summary_from_row(row: &SqliteRow) -> anyhow::Result<(i64, BatchSummary)> {
             calls: count(row, "calls")?,
             possibly_duplicated: count(row, "possibly_duplicated")?,
             failures: Vec::new(),
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            created_at: row.col("created_at")?,
+            updated_at: row.col("updated_at")?,
         },
     ))
 }
 
-fn meta_from_row(row: &SqliteRow) -> anyhow::Result<BatchMeta> {
+pub(crate) fn meta_from_row<R: StoreRow>(row: &R) -> anyhow::Result<BatchMeta> {
     Ok(BatchMeta {
-        id: row.try_get("id")?,
-        upstream: row.try_get("upstream")?,
-        tenant: row.try_get("tenant")?,
-        lane: parse_lane(row.try_get("lane")?)?,
-        format: row.try_get("format")?,
+        id: row.col("id")?,
+        upstream: row.col("upstream")?,
+        tenant: row.col("tenant")?,
+        lane: parse_lane(&row.col::<String>("lane")?)?,
+        format: row.col("format")?,
         max_batch_size: u32_col(row, "max_batch_size")?,
         request: JobRequest {
-            method: row.try_get("method")?,
-            path: row.try_get("path")?,
-            query: row.try_get("query")?,
-            headers: parse_headers(row.try_get("headers")?)?,
+            method: row.col("method")?,
+            path: row.col("path")?,
+            query: row.col("query")?,
+            headers: parse_headers(&row.col::<String>("headers")?)?,
             body: None,
             body_is_json: false,
         },
@@ -540,7 +541,7 @@ impl BatchStore for Store {
     }
 }
 
-fn insert_records_sql(rows: usize) -> String {
+pub(super) fn insert_records_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, 'pending', 0, ?)"; rows].join(", ");
     format!(
         "INSERT INTO batch_records (batch_seq, idx, record_id, payload, status, attempts, \

@@ -5,14 +5,15 @@
 
 use anyhow::Context;
 use headroom_core::Lane;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
+use super::row::StoreRow;
 use super::Store;
 use crate::jobs::model::*;
 
 /// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
-const JOB_COLUMNS: &str = "seq, id, queue, scope, upstream, tenant, lane, method, path, query, \
+pub(super) const JOB_COLUMNS: &str =
+    "seq, id, queue, scope, upstream, tenant, lane, method, path, query, \
      headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
      idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, last_error, \
      response_status, response_headers, response_body, callback, callback_attempts, \
@@ -20,9 +21,9 @@ const JOB_COLUMNS: &str = "seq, id, queue, scope, upstream, tenant, lane, method
 
 /// The statuses of a job waiting to run: the same text as the `jobs_waiting` index's
 /// condition, so that SQLite uses it.
-const WAITING: &str = "status IN ('queued', 'retry_pending')";
-const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
-const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
+pub(super) const WAITING: &str = "status IN ('queued', 'retry_pending')";
+pub(super) const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
+pub(super) const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
 
 // SQLite only: on a young database the planner has no statistics and takes the listing
 // indexes ((status, seq), (queue, seq)) for the hot queries below, which then read every
@@ -52,7 +53,7 @@ pub(super) fn parse_headers(s: &str) -> anyhow::Result<Vec<(String, String)>> {
     serde_json::from_str(s).context("stored headers are not a JSON list of pairs")
 }
 
-fn callback_str(c: CallbackState) -> &'static str {
+pub(super) fn callback_str(c: CallbackState) -> &'static str {
     match c {
         CallbackState::None => "none",
         CallbackState::Pending => "pending",
@@ -61,7 +62,7 @@ fn callback_str(c: CallbackState) -> &'static str {
     }
 }
 
-fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
+pub(super) fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
     Ok(match s {
         "none" => CallbackState::None,
         "pending" => CallbackState::Pending,
@@ -71,60 +72,60 @@ fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
     })
 }
 
-fn job_from_row(row: &SqliteRow) -> anyhow::Result<(i64, Job)> {
-    let status: String = row.try_get("status")?;
-    let response = match row.try_get::<Option<i64>, _>("response_status")? {
+pub(crate) fn job_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Job)> {
+    let status: String = row.col("status")?;
+    let response = match row.col::<Option<i64>>("response_status")? {
         Some(code) => Some(JobResponse {
             status: u16::try_from(code).context("stored response status")?,
-            headers: match row.try_get::<Option<String>, _>("response_headers")? {
+            headers: match row.col::<Option<String>>("response_headers")? {
                 Some(h) => parse_headers(&h)?,
                 None => Vec::new(),
             },
             body: row
-                .try_get::<Option<Vec<u8>>, _>("response_body")?
+                .col::<Option<Vec<u8>>>("response_body")?
                 .unwrap_or_default(),
         }),
         None => None,
     };
     let job = Job {
         new: NewJob {
-            id: row.try_get("id")?,
-            queue: row.try_get("queue")?,
-            scope: row.try_get("scope")?,
-            upstream: row.try_get("upstream")?,
-            tenant: row.try_get("tenant")?,
-            lane: parse_lane(row.try_get("lane")?)?,
+            id: row.col("id")?,
+            queue: row.col("queue")?,
+            scope: row.col("scope")?,
+            upstream: row.col("upstream")?,
+            tenant: row.col("tenant")?,
+            lane: parse_lane(&row.col::<String>("lane")?)?,
             request: JobRequest {
-                method: row.try_get("method")?,
-                path: row.try_get("path")?,
-                query: row.try_get("query")?,
-                headers: parse_headers(row.try_get("headers")?)?,
-                body: row.try_get("body")?,
-                body_is_json: row.try_get("body_is_json")?,
+                method: row.col("method")?,
+                path: row.col("path")?,
+                query: row.col("query")?,
+                headers: parse_headers(&row.col::<String>("headers")?)?,
+                body: row.col("body")?,
+                body_is_json: row.col("body_is_json")?,
             },
-            dedup_id: row.try_get("dedup_id")?,
-            dedup_until: row.try_get("dedup_until")?,
-            callback_url: row.try_get("callback_url")?,
+            dedup_id: row.col("dedup_id")?,
+            dedup_until: row.col("dedup_until")?,
+            callback_url: row.col("callback_url")?,
             max_attempts: u32_col(row, "max_attempts")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            created_at: row.try_get("created_at")?,
+            idempotency_key: row.col("idempotency_key")?,
+            created_at: row.col("created_at")?,
         },
         status: JobStatus::parse(&status)
             .with_context(|| format!("unknown job status \"{status}\" in the store"))?,
         attempts: u32_col(row, "attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_error: row.try_get("last_error")?,
+        next_attempt_at: row.col("next_attempt_at")?,
+        updated_at: row.col("updated_at")?,
+        last_error: row.col("last_error")?,
         response,
-        callback: parse_callback(row.try_get("callback")?)?,
+        callback: parse_callback(&row.col::<String>("callback")?)?,
         callback_attempts: u32_col(row, "callback_attempts")?,
-        next_callback_at: row.try_get("next_callback_at")?,
+        next_callback_at: row.col("next_callback_at")?,
     };
-    Ok((row.try_get("seq")?, job))
+    Ok((row.col("seq")?, job))
 }
 
-pub(super) fn u32_col(row: &SqliteRow, name: &str) -> anyhow::Result<u32> {
-    let v: i64 = row.try_get(name)?;
+pub(crate) fn u32_col<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u32> {
+    let v: i64 = row.col(name)?;
     u32::try_from(v).with_context(|| format!("stored {name} {v} is out of range"))
 }
 

@@ -25,6 +25,7 @@ pub mod event_conformance;
 mod events;
 mod jobs;
 pub mod pg;
+mod row;
 pub mod schedule_conformance;
 mod schedules;
 mod writer;

@@ -5,37 +5,40 @@
 //! the restart), a crash after it leaves the slot moved on (it does not run twice).
 
 use anyhow::Context;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
+use super::row::StoreRow;
 use super::Store;
 use crate::jobs::{Inserted, JobStatus, Millis, Page};
 use crate::schedules::model::*;
 
-const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
+pub(super) const SCHEDULE_COLUMNS: &str =
+    "name, definition, from_config, paused, created_at, updated_at";
 /// The columns of a run with its job's and batch's status, as `run_from_row` reads them.
-const RUN_COLUMNS: &str = "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.recorded_at, \
+pub(super) const RUN_COLUMNS: &str =
+    "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.recorded_at, \
      r.outcome, r.reason, r.job_id, r.batch_id, j.status AS job_status, b.status AS batch_status";
-const RUN_JOINS: &str = "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
+pub(super) const RUN_JOINS: &str =
+    "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
      LEFT JOIN batches AS b ON b.id = r.batch_id";
 
-fn schedule_from_row(row: &SqliteRow) -> anyhow::Result<StoredSchedule> {
+pub(crate) fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSchedule> {
     Ok(StoredSchedule {
-        name: row.try_get("name")?,
-        definition: row.try_get("definition")?,
-        from_config: row.try_get("from_config")?,
-        paused: row.try_get("paused")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        name: row.col("name")?,
+        definition: row.col("definition")?,
+        from_config: row.col("from_config")?,
+        paused: row.col("paused")?,
+        created_at: row.col("created_at")?,
+        updated_at: row.col("updated_at")?,
     })
 }
 
-fn target_from_row(row: &SqliteRow) -> anyhow::Result<Option<Target>> {
-    if let Some(id) = row.try_get::<Option<String>, _>("job_id")? {
+pub(crate) fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Target>> {
+    if let Some(id) = row.col::<Option<String>>("job_id")? {
         let status = row
-            .try_get::<Option<String>, _>("job_status")?
+            .col::<Option<String>>("job_status")?
             .map(|s| {
                 JobStatus::parse(&s)
                     .with_context(|| format!("unknown job status \"{s}\" in the store"))
@@ -43,9 +46,9 @@ fn target_from_row(row: &SqliteRow) -> anyhow::Result<Option<Target>> {
             .transpose()?;
         return Ok(Some(Target::Job { id, status }));
     }
-    if let Some(id) = row.try_get::<Option<String>, _>("batch_id")? {
+    if let Some(id) = row.col::<Option<String>>("batch_id")? {
         let status = row
-            .try_get::<Option<String>, _>("batch_status")?
+            .col::<Option<String>>("batch_status")?
             .map(|s| parse_batch_status(&s))
             .transpose()?;
         return Ok(Some(Target::Batch { id, status }));
@@ -53,20 +56,20 @@ fn target_from_row(row: &SqliteRow) -> anyhow::Result<Option<Target>> {
     Ok(None)
 }
 
-fn run_from_row(row: &SqliteRow) -> anyhow::Result<(i64, Run)> {
-    let outcome: String = row.try_get("outcome")?;
+pub(crate) fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
+    let outcome: String = row.col("outcome")?;
     let run = Run {
-        schedule: row.try_get("schedule")?,
-        tenant: row.try_get("tenant")?,
-        fire_at: row.try_get("fire_at")?,
-        due_at: row.try_get("due_at")?,
-        recorded_at: row.try_get("recorded_at")?,
+        schedule: row.col("schedule")?,
+        tenant: row.col("tenant")?,
+        fire_at: row.col("fire_at")?,
+        due_at: row.col("due_at")?,
+        recorded_at: row.col("recorded_at")?,
         outcome: RunOutcome::parse(&outcome)
             .with_context(|| format!("unknown run outcome \"{outcome}\" in the store"))?,
-        reason: row.try_get("reason")?,
+        reason: row.col("reason")?,
         target: target_from_row(row)?,
     };
-    Ok((row.try_get("seq")?, run))
+    Ok((row.col("seq")?, run))
 }
 
 /// The last run of (schedule, tenant) that enqueued something, with its status now.

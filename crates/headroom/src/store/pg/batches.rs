@@ -8,92 +8,16 @@
 //! one goes next.
 
 use anyhow::Context;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
-use super::jobs::{headers_json, lane_str, parse_headers, parse_lane, placeholders, u32_col};
+use super::jobs::{headers_json, lane_str, placeholders, u32_col};
 use super::pg;
 use super::PgStore as Store;
 use crate::jobs::model::*;
-
-/// Records per INSERT statement (5 values each, well under the 65,535 parameters allowed).
-const INSERT_ROWS: usize = 400;
-/// Records per UPDATE statement when finishing a chunk.
-const FINISH_ROWS: usize = 500;
-
-const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
-     path, query, headers, max_attempts, status, total, succeeded, failed, pending, in_flight, \
-     calls, possibly_duplicated, created_at, updated_at";
-
-const ACTIVE: &str = "status IN ('queued', 'running')";
-
-fn batch_status_str(s: BatchStatus) -> &'static str {
-    match s {
-        BatchStatus::Queued => "queued",
-        BatchStatus::Running => "running",
-        BatchStatus::Succeeded => "succeeded",
-        BatchStatus::CompletedWithFailures => "completed_with_failures",
-        BatchStatus::Cancelled => "cancelled",
-    }
-}
-
-pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
-    Ok(match s {
-        "queued" => BatchStatus::Queued,
-        "running" => BatchStatus::Running,
-        "succeeded" => BatchStatus::Succeeded,
-        "completed_with_failures" => BatchStatus::CompletedWithFailures,
-        "cancelled" => BatchStatus::Cancelled,
-        other => anyhow::bail!("unknown batch status \"{other}\" in the store"),
-    })
-}
-
-fn count(row: &PgRow, name: &str) -> anyhow::Result<u64> {
-    let v: i64 = row.try_get(name)?;
-    u64::try_from(v).with_context(|| format!("stored {name} {v} is negative"))
-}
-
-/// The batch's row as a summary (failures not yet filled in), and its sequence.
-fn summary_from_row(row: &PgRow) -> anyhow::Result<(i64, BatchSummary)> {
-    Ok((
-        row.try_get("seq")?,
-        BatchSummary {
-            id: row.try_get("id")?,
-            status: parse_batch_status(row.try_get("status")?)?,
-            upstream: row.try_get("upstream")?,
-            tenant: row.try_get("tenant")?,
-            total: count(row, "total")?,
-            succeeded: count(row, "succeeded")?,
-            failed: count(row, "failed")?,
-            pending: count(row, "pending")? + count(row, "in_flight")?,
-            calls: count(row, "calls")?,
-            possibly_duplicated: count(row, "possibly_duplicated")?,
-            failures: Vec::new(),
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        },
-    ))
-}
-
-fn meta_from_row(row: &PgRow) -> anyhow::Result<BatchMeta> {
-    Ok(BatchMeta {
-        id: row.try_get("id")?,
-        upstream: row.try_get("upstream")?,
-        tenant: row.try_get("tenant")?,
-        lane: parse_lane(row.try_get("lane")?)?,
-        format: row.try_get("format")?,
-        max_batch_size: u32_col(row, "max_batch_size")?,
-        request: JobRequest {
-            method: row.try_get("method")?,
-            path: row.try_get("path")?,
-            query: row.try_get("query")?,
-            headers: parse_headers(row.try_get("headers")?)?,
-            body: None,
-            body_is_json: false,
-        },
-        max_attempts: u32_col(row, "max_attempts")?,
-    })
-}
+pub(super) use crate::store::batches::{
+    batch_status_str, count, insert_records_sql, meta_from_row, parse_batch_status,
+    summary_from_row, ACTIVE, BATCH_COLUMNS, FINISH_ROWS, INSERT_ROWS,
+};
 
 /// The batch with its first `failures_limit` failures.
 async fn read_batch(
@@ -501,14 +425,6 @@ impl BatchStore for Store {
         tx.commit().await.context("cannot commit a cancellation")?;
         Ok(out)
     }
-}
-
-fn insert_records_sql(rows: usize) -> String {
-    let values = vec!["(?, ?, ?, ?, 'pending', 0, ?)"; rows].join(", ");
-    format!(
-        "INSERT INTO batch_records (batch_seq, idx, record_id, payload, status, attempts, \
-         next_attempt_at) VALUES {values}"
-    )
 }
 
 /// Puts back the records in flight of dead nodes (and of this one if `mine`), counted as

@@ -2,130 +2,24 @@
 //! several nodes can make at once (see `super`).
 
 use anyhow::Context;
-use headroom_core::Lane;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::pg;
 use super::PgStore as Store;
 use crate::jobs::model::*;
+pub(super) use crate::store::jobs::{
+    callback_str, headers_json, job_from_row, lane_str, parse_headers, placeholders, u32_col,
+    FINAL, JOB_COLUMNS, UNFINISHED, WAITING,
+};
 
-/// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
-const JOB_COLUMNS: &str = "seq, id, queue, scope, upstream, tenant, lane, method, path, query, \
-     headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
-     idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, last_error, \
-     response_status, response_headers, response_body, callback, callback_attempts, \
-     next_callback_at";
-
-/// The statuses of a job waiting to run: the same text as the `jobs_waiting` index's
-/// condition, so that SQLite uses it.
 /// How long a node holds the callbacks it took (ms): time enough to deliver them.
 const CALLBACK_HOLD: Millis = 60_000;
-
-const WAITING: &str = "status IN ('queued', 'retry_pending')";
-const UNFINISHED: &str = "status IN ('queued', 'running', 'retry_pending')";
-const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
 
 // The SQLite store pins its partial indexes with `INDEXED BY`; PostgreSQL's planner picks
 // them itself.
 const BY_WAITING: &str = "";
 const BY_UNFINISHED: &str = "";
 const BY_RUNNING: &str = "";
-
-pub(super) fn lane_str(lane: Lane) -> &'static str {
-    match lane {
-        Lane::Realtime => "realtime",
-        Lane::Bulk => "bulk",
-    }
-}
-
-pub(super) fn parse_lane(s: &str) -> anyhow::Result<Lane> {
-    s.parse::<Lane>().map_err(anyhow::Error::msg)
-}
-
-pub(super) fn headers_json(headers: &[(String, String)]) -> String {
-    serde_json::to_string(headers).expect("pairs of strings always serialise")
-}
-
-pub(super) fn parse_headers(s: &str) -> anyhow::Result<Vec<(String, String)>> {
-    serde_json::from_str(s).context("stored headers are not a JSON list of pairs")
-}
-
-fn callback_str(c: CallbackState) -> &'static str {
-    match c {
-        CallbackState::None => "none",
-        CallbackState::Pending => "pending",
-        CallbackState::Delivered => "delivered",
-        CallbackState::Failed => "failed",
-    }
-}
-
-fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
-    Ok(match s {
-        "none" => CallbackState::None,
-        "pending" => CallbackState::Pending,
-        "delivered" => CallbackState::Delivered,
-        "failed" => CallbackState::Failed,
-        other => anyhow::bail!("unknown callback state \"{other}\" in the store"),
-    })
-}
-
-fn job_from_row(row: &PgRow) -> anyhow::Result<(i64, Job)> {
-    let status: String = row.try_get("status")?;
-    let response = match row.try_get::<Option<i64>, _>("response_status")? {
-        Some(code) => Some(JobResponse {
-            status: u16::try_from(code).context("stored response status")?,
-            headers: match row.try_get::<Option<String>, _>("response_headers")? {
-                Some(h) => parse_headers(&h)?,
-                None => Vec::new(),
-            },
-            body: row
-                .try_get::<Option<Vec<u8>>, _>("response_body")?
-                .unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let job = Job {
-        new: NewJob {
-            id: row.try_get("id")?,
-            queue: row.try_get("queue")?,
-            scope: row.try_get("scope")?,
-            upstream: row.try_get("upstream")?,
-            tenant: row.try_get("tenant")?,
-            lane: parse_lane(row.try_get("lane")?)?,
-            request: JobRequest {
-                method: row.try_get("method")?,
-                path: row.try_get("path")?,
-                query: row.try_get("query")?,
-                headers: parse_headers(row.try_get("headers")?)?,
-                body: row.try_get("body")?,
-                body_is_json: row.try_get("body_is_json")?,
-            },
-            dedup_id: row.try_get("dedup_id")?,
-            dedup_until: row.try_get("dedup_until")?,
-            callback_url: row.try_get("callback_url")?,
-            max_attempts: u32_col(row, "max_attempts")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            created_at: row.try_get("created_at")?,
-        },
-        status: JobStatus::parse(&status)
-            .with_context(|| format!("unknown job status \"{status}\" in the store"))?,
-        attempts: u32_col(row, "attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_error: row.try_get("last_error")?,
-        response,
-        callback: parse_callback(row.try_get("callback")?)?,
-        callback_attempts: u32_col(row, "callback_attempts")?,
-        next_callback_at: row.try_get("next_callback_at")?,
-    };
-    Ok((row.try_get("seq")?, job))
-}
-
-pub(super) fn u32_col(row: &PgRow, name: &str) -> anyhow::Result<u32> {
-    let v: i64 = row.try_get(name)?;
-    u32::try_from(v).with_context(|| format!("stored {name} {v} is out of range"))
-}
 
 async fn fetch_job(conn: &mut PgConnection, id: &str) -> anyhow::Result<Option<Job>> {
     let row = sqlx::query(&pg(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
@@ -134,18 +28,6 @@ async fn fetch_job(conn: &mut PgConnection, id: &str) -> anyhow::Result<Option<J
         .await
         .context("cannot read a job")?;
     row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
-}
-
-/// `?, ?, …` with `n` placeholders.
-pub(super) fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 3);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s
 }
 
 /// Inserts a job inside the caller's transaction (see `insert_job`).

@@ -7,70 +7,17 @@
 //! the restart), a crash after it leaves the slot moved on (it does not run twice).
 
 use anyhow::Context;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
-use super::batches::{insert_batch_in, parse_batch_status};
+use super::batches::insert_batch_in;
 use super::jobs::insert_job_in;
 use super::pg;
 use super::PgStore as Store;
-use crate::jobs::{Inserted, JobStatus, Millis, Page};
+use crate::jobs::{Inserted, Millis, Page};
 use crate::schedules::model::*;
-
-const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
-/// The columns of a run with its job's and batch's status, as `run_from_row` reads them.
-const RUN_COLUMNS: &str = "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.recorded_at, \
-     r.outcome, r.reason, r.job_id, r.batch_id, j.status AS job_status, b.status AS batch_status";
-const RUN_JOINS: &str = "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
-     LEFT JOIN batches AS b ON b.id = r.batch_id";
-
-fn schedule_from_row(row: &PgRow) -> anyhow::Result<StoredSchedule> {
-    Ok(StoredSchedule {
-        name: row.try_get("name")?,
-        definition: row.try_get("definition")?,
-        from_config: row.try_get("from_config")?,
-        paused: row.try_get("paused")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn target_from_row(row: &PgRow) -> anyhow::Result<Option<Target>> {
-    if let Some(id) = row.try_get::<Option<String>, _>("job_id")? {
-        let status = row
-            .try_get::<Option<String>, _>("job_status")?
-            .map(|s| {
-                JobStatus::parse(&s)
-                    .with_context(|| format!("unknown job status \"{s}\" in the store"))
-            })
-            .transpose()?;
-        return Ok(Some(Target::Job { id, status }));
-    }
-    if let Some(id) = row.try_get::<Option<String>, _>("batch_id")? {
-        let status = row
-            .try_get::<Option<String>, _>("batch_status")?
-            .map(|s| parse_batch_status(&s))
-            .transpose()?;
-        return Ok(Some(Target::Batch { id, status }));
-    }
-    Ok(None)
-}
-
-fn run_from_row(row: &PgRow) -> anyhow::Result<(i64, Run)> {
-    let outcome: String = row.try_get("outcome")?;
-    let run = Run {
-        schedule: row.try_get("schedule")?,
-        tenant: row.try_get("tenant")?,
-        fire_at: row.try_get("fire_at")?,
-        due_at: row.try_get("due_at")?,
-        recorded_at: row.try_get("recorded_at")?,
-        outcome: RunOutcome::parse(&outcome)
-            .with_context(|| format!("unknown run outcome \"{outcome}\" in the store"))?,
-        reason: row.try_get("reason")?,
-        target: target_from_row(row)?,
-    };
-    Ok((row.try_get("seq")?, run))
-}
+use crate::store::schedules::{
+    run_from_row, schedule_from_row, target_from_row, RUN_COLUMNS, RUN_JOINS, SCHEDULE_COLUMNS,
+};
 
 /// The last run of (schedule, tenant) that enqueued something, with its status now.
 async fn last_fired(
