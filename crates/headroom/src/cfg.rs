@@ -323,6 +323,11 @@ impl RawConfig {
                      \"redis://host:6379\""
                 ));
             }
+            if governor != "memory" {
+                // Parsed (not connected) here, so that check-config finds a bad URL or option.
+                crate::redis_governor::RedisGovernor::new(&governor, Vec::new())
+                    .map_err(|e| format!("governor: {e:#}"))?;
+            }
             config.governor = governor;
         }
         let mut names = HashSet::new();
@@ -705,6 +710,10 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         );
         let e = error_of("listen = \"localhost\"");
         assert!(e.contains("listen:"), "{e}");
+        let e = error_of("governor = \"redis://127.0.0.1:6379/?lease_ttl=soon\"");
+        assert!(e.contains("governor:") && e.contains("lease_ttl"), "{e}");
+        let e = error_of("governor = \"redis://[::1\"");
+        assert!(e.contains("governor:"), "{e}");
     }
 
     #[test]
