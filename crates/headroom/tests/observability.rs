@@ -799,3 +799,56 @@ async fn a_refused_notification_is_sent_again_on_the_next_tick() {
     }
     server.shutdown().await;
 }
+
+/// What was firing survives a restart: the alert is not notified again while it keeps
+/// firing, and is resolved (once) when it stops.
+#[tokio::test]
+async fn firing_alerts_survive_a_restart() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let config = format!(
+        "{}\n\
+         [[alerts]]\nname = \"retries\"\nrule = \"retry_exhaustion\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n\
+         [[alerts]]\nname = \"errors\"\nrule = \"event_level\"\nlevel = \"error\"\nupstream = \"up\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n",
+        upstream("retry = { max_attempts = 2, base_delay = \"10ms\", on_status = [502] }"),
+        hook = hook.url()
+    );
+    let base = up.url();
+    let start =
+        || Server::start_with_clock(dir.clone(), &config, &base, Some(Arc::new(clock.clone())));
+    let server = start().await;
+    up.answer(502, &[]);
+    up.answer(502, &[]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    assert_eq!(r.status, 502);
+    headroom::observe::tick(&server.state).await.unwrap();
+    assert_eq!(hook.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+    server.shutdown().await;
+
+    // Restarted while the events that fire both alerts are still in the window.
+    let server = start().await;
+    clock.advance(Duration::from_secs(60));
+    headroom::observe::tick(&server.state).await.unwrap();
+    let alerts = server.get("/v1/alerts").await.json();
+    assert!(
+        alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["state"] == "firing"),
+        "{alerts}"
+    );
+    assert_eq!(hook.seen().len(), 2, "not notified again after the restart");
+
+    clock.advance(Duration::from_secs(600));
+    headroom::observe::tick(&server.state).await.unwrap();
+    let seen = hook.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 4);
+    for r in &seen[2..] {
+        let b: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(b["status"], "resolved", "{b}");
+    }
+    server.shutdown().await;
+}

@@ -311,6 +311,83 @@ pub struct Firing {
 pub(crate) struct AlertStates {
     pub(crate) firing: BTreeMap<(String, String), Firing>,
     pub(crate) history: VecDeque<Firing>,
+    /// The firing instances as last saved in the store (see `FIRING_KEY`); `None` until
+    /// they are read back at the first evaluation.
+    saved: Option<String>,
+}
+
+/// The store's meta key under which the firing instances are kept, so that a restart does
+/// not notify again an alert that was already firing (nor forget to resolve it).
+const FIRING_KEY: &str = "alerts.firing";
+
+/// A firing instance as the store keeps it.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    alert: String,
+    subject: String,
+    since: Millis,
+    value: f64,
+    threshold: f64,
+    message: String,
+    notified: bool,
+}
+
+impl AlertStates {
+    fn snapshot(&self) -> String {
+        let saved: Vec<Saved> = self
+            .firing
+            .values()
+            .map(|f| Saved {
+                alert: f.alert.clone(),
+                subject: f.subject.clone(),
+                since: f.since,
+                value: f.value,
+                threshold: f.threshold,
+                message: f.message.clone(),
+                notified: f.notified,
+            })
+            .collect();
+        serde_json::to_string(&saved).expect("plain data always serialises")
+    }
+
+    /// Reads back what was firing before a restart (instances of rules still configured).
+    async fn load(&mut self, app: &AppState) -> anyhow::Result<()> {
+        let text = match app.store.get_meta(FIRING_KEY).await? {
+            Some(bytes) => String::from_utf8(bytes).unwrap_or_default(),
+            None => String::new(),
+        };
+        let saved: Vec<Saved> = serde_json::from_str(&text).unwrap_or_default();
+        for s in saved {
+            let Some(rule) = app.config.observe.alerts.iter().find(|r| r.name == s.alert) else {
+                continue;
+            };
+            self.firing.insert(
+                (s.alert.clone(), s.subject.clone()),
+                Firing {
+                    alert: s.alert,
+                    rule: rule.kind.name(),
+                    subject: s.subject,
+                    since: s.since,
+                    value: s.value,
+                    threshold: s.threshold,
+                    message: s.message,
+                    resolved_at: None,
+                    notified: s.notified,
+                },
+            );
+        }
+        self.saved = Some(self.snapshot());
+        Ok(())
+    }
+
+    async fn save(&mut self, app: &AppState) -> anyhow::Result<()> {
+        let now = self.snapshot();
+        if self.saved.as_deref() != Some(now.as_str()) {
+            app.store.put_meta(FIRING_KEY, now.as_bytes()).await?;
+            self.saved = Some(now);
+        }
+        Ok(())
+    }
 }
 
 /// What a rule finds now: subject → (value, threshold, message).
@@ -471,6 +548,9 @@ pub(crate) async fn evaluate(
     now: Millis,
 ) -> anyhow::Result<usize> {
     let mut sent = 0;
+    if state.alerts.saved.is_none() {
+        state.alerts.load(app).await?;
+    }
     for rule in &app.config.observe.alerts {
         let found = find(app, rule, now).await?;
         let states = &mut state.alerts;
@@ -529,6 +609,7 @@ pub(crate) async fn evaluate(
             })
             .set(count);
     }
+    state.alerts.save(app).await?;
     Ok(sent)
 }
 
