@@ -76,6 +76,19 @@ pub(crate) struct Limit {
     tat_bulk: Timestamp,
     /// When the last call went, whatever the pace was.
     last_sent: Timestamp,
+    /// Whether the resets look like a sliding window's (see `observe`).
+    resets: ResetShape,
+}
+
+/// The longest reset reported over each span of one window: a fixed window reports resets
+/// from the whole window down to zero, a sliding (rolling) window only ever the expiry of its
+/// oldest call, a small part of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct ResetShape {
+    span_start: Timestamp,
+    /// In milliseconds, to keep an idle budget small.
+    longest_ms: u32,
+    sliding: bool,
 }
 
 impl Limit {
@@ -90,6 +103,7 @@ impl Limit {
             tat: Timestamp::ZERO,
             tat_bulk: Timestamp::ZERO,
             last_sent: Timestamp::ZERO,
+            resets: ResetShape::default(),
         }
     }
 
@@ -105,6 +119,7 @@ impl Limit {
             tat: Timestamp::ZERO,
             tat_bulk: Timestamp::ZERO,
             last_sent: Timestamp::ZERO,
+            resets: ResetShape::default(),
         })
     }
 
@@ -187,6 +202,20 @@ impl Limit {
         let coarse = |r: &Duration| {
             r.subsec_nanos() == 0 && self.window.is_some_and(|w| w <= Duration::from_secs(2))
         };
+        if let (Some(r), Some(w)) = (sig.reset_in, self.window) {
+            let r_ms = u32::try_from(r.as_millis()).unwrap_or(u32::MAX);
+            let shape = &mut self.resets;
+            if now.saturating_since(shape.span_start) >= w {
+                let quarter = u32::try_from(w.as_millis() / 4).unwrap_or(u32::MAX);
+                *shape = ResetShape {
+                    span_start: now,
+                    longest_ms: r_ms,
+                    sliding: shape.span_start != Timestamp::ZERO && shape.longest_ms < quarter,
+                };
+            } else {
+                shape.longest_ms = shape.longest_ms.max(r_ms);
+            }
+        }
         let mut reset_at = sig.reset_in.filter(|r| !coarse(r)).map(|r| now + r);
         let newer = match self.report {
             None => true,
@@ -266,9 +295,25 @@ impl Limit {
         match report.reset_at {
             Some(reset_at) if allowance >= cost => {
                 let left = reset_at.saturating_since(now).as_secs_f64().max(1e-3);
-                Pace::Rate(allowance / left)
+                let rate = allowance / left;
+                // A sliding window frees capacity all the time, not only at its reset (the
+                // oldest call's expiry): go at least at the even pace while the report
+                // allows it (what was left is still the bound).
+                Pace::Rate(match nominal {
+                    Some(n) if self.resets.sliding => rate.max(n),
+                    _ => rate,
+                })
             }
-            Some(reset_at) => Pace::Blocked(reset_at),
+            // A sliding window at its target frees a call's worth about every even interval,
+            // long before the reported reset (rounded up to whole seconds): keep to the even
+            // pace while nothing else spends from the reserve.
+            Some(reset_at) => match nominal {
+                Some(n) if self.resets.sliding && allowance > -cost => {
+                    let since = report.observed_at.max(self.last_sent);
+                    Pace::Blocked(reset_at.min(since + crate::clock::secs_to_duration(cost / n)))
+                }
+                _ => Pace::Blocked(reset_at),
+            },
             // No reset time: pace evenly. The even pace reaches the reserve at the end of every
             // window, which the response does not show, so it may run into half of it; below
             // that (someone else is spending), probe slowly enough that at most a quarter of
@@ -340,6 +385,31 @@ mod tests {
             remaining: Some(remaining),
             reset_in: reset_in.map(Duration::from_secs_f64),
             ..LimitSignal::default()
+        }
+    }
+
+    #[test]
+    fn short_resets_for_a_whole_window_mean_a_sliding_window() {
+        let config = LimitConfig::new(100.0, Duration::from_secs(10));
+        // Sliding: every reset is the oldest call's expiry, a second or less away.
+        let mut sliding = Limit::from_config(&config);
+        // Fixed: resets count down from the window's length.
+        let mut fixed = Limit::from_config(&config);
+        for i in 0..=40u64 {
+            let now = t(0.5 + i as f64 * 0.5);
+            sliding.observe(now, &report(20.0, Some(1.0)), i, i as f64);
+            let left = 10.0 - (now.as_secs_f64() % 10.0);
+            fixed.observe(now, &report(20.0, Some(left.ceil())), i, i as f64);
+        }
+        assert!(sliding.resets.sliding);
+        assert!(!fixed.resets.sliding);
+        // At its target (remaining = the reserve), a sliding window keeps the even pace
+        // instead of waiting for the reported reset; a fixed one waits.
+        let now = t(20.6);
+        let spent = 40.0;
+        match sliding.pace(now, 0.8, spent, 1.0, 0.0) {
+            Pace::Blocked(at) => assert!(at <= now + Duration::from_millis(125), "{at:?}"),
+            other => panic!("{other:?}"),
         }
     }
 
