@@ -201,34 +201,43 @@ pub(super) async fn insert_jobs_in(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    let sql = insert_jobs_sql(jobs.len());
+    let mut q = sqlx::query(&sql);
+    for job in jobs {
+        q = bind_new_job!(q, job);
+    }
+    q.execute(&mut *conn)
+        .await
+        .with_context(|| insert_failed(jobs))?;
+    Ok(jobs.iter().map(|job| queued_job(job)).collect())
+}
+
+/// The statement that inserts `n` jobs (binds: `bind_new_job!` for each).
+pub(super) fn insert_jobs_sql(n: usize) -> String {
     let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)";
-    let sql = format!(
+    format!(
         "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
          headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
          idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
          callback, callback_attempts, next_callback_at) VALUES {}",
-        vec![row; jobs.len()].join(", ")
-    );
-    let callback = |job: &NewJob| {
-        if job.callback_url.is_some() {
-            CallbackState::Pending
-        } else {
-            CallbackState::None
-        }
-    };
-    let mut q = sqlx::query(&sql);
-    for job in jobs {
-        q = q
-            .bind(&job.id)
+        vec![row; n].join(", ")
+    )
+}
+
+/// Binds one row of `insert_jobs_sql`, on either backend's query.
+macro_rules! bind_new_job {
+    ($q:expr, $job:expr) => {{
+        let job: &$crate::jobs::model::NewJob = $job;
+        $q.bind(&job.id)
             .bind(&job.queue)
             .bind(&job.scope)
             .bind(&job.upstream)
             .bind(&job.tenant)
-            .bind(lane_str(job.lane))
+            .bind($crate::store::jobs::lane_str(job.lane))
             .bind(&job.request.method)
             .bind(&job.request.path)
             .bind(&job.request.query)
-            .bind(headers_json(&job.request.headers))
+            .bind($crate::store::jobs::headers_json(&job.request.headers))
             .bind(&job.request.body)
             .bind(job.request.body_is_json)
             .bind(&job.dedup_id)
@@ -239,27 +248,42 @@ pub(super) async fn insert_jobs_in(
             .bind(job.created_at)
             .bind(job.created_at)
             .bind(job.created_at)
-            .bind(callback_str(callback(job)));
-    }
-    q.execute(&mut *conn).await.with_context(|| match jobs {
+            .bind($crate::store::jobs::callback_str(
+                $crate::store::jobs::callback_of(job),
+            ))
+    }};
+}
+pub(super) use bind_new_job;
+
+pub(super) fn insert_failed(jobs: &[&NewJob]) -> String {
+    match jobs {
         [job] => format!("cannot store the job {}", job.id),
         _ => format!("cannot store {} jobs", jobs.len()),
-    })?;
-    Ok(jobs
-        .iter()
-        .map(|job| Job {
-            new: (*job).clone(),
-            status: JobStatus::Queued,
-            attempts: 0,
-            next_attempt_at: job.created_at,
-            updated_at: job.created_at,
-            last_error: None,
-            response: None,
-            callback: callback(job),
-            callback_attempts: 0,
-            next_callback_at: 0,
-        })
-        .collect())
+    }
+}
+
+pub(super) fn callback_of(job: &NewJob) -> CallbackState {
+    if job.callback_url.is_some() {
+        CallbackState::Pending
+    } else {
+        CallbackState::None
+    }
+}
+
+/// A job as `insert_jobs_sql` stores it.
+pub(super) fn queued_job(job: &NewJob) -> Job {
+    Job {
+        new: job.clone(),
+        status: JobStatus::Queued,
+        attempts: 0,
+        next_attempt_at: job.created_at,
+        updated_at: job.created_at,
+        last_error: None,
+        response: None,
+        callback: callback_of(job),
+        callback_attempts: 0,
+        next_callback_at: 0,
+    }
 }
 
 /// One finished attempt: the attempt, where the job goes, and when.
@@ -277,67 +301,16 @@ pub(super) async fn finish_attempts_in(
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
-    // A final transition sets the outcome (response columns included, even to NULL) and
-    // starts the callback clock; a retry keeps them and sets the next attempt's time.
-    let sql = format!(
-        "WITH v(v_id, v_status, v_burn, v_at, v_now, v_error, v_final, v_rstatus, \
-         v_rheaders, v_rbody) AS (VALUES {}) \
-         UPDATE jobs SET status = v_status, attempts = attempts + v_burn, \
-         next_attempt_at = CASE WHEN v_final THEN next_attempt_at ELSE v_at END, \
-         updated_at = v_now, last_error = v_error, \
-         response_status = CASE WHEN v_final THEN v_rstatus ELSE response_status END, \
-         response_headers = CASE WHEN v_final THEN v_rheaders ELSE response_headers END, \
-         response_body = CASE WHEN v_final THEN v_rbody ELSE response_body END, \
-         next_callback_at = CASE WHEN v_final THEN v_now ELSE next_callback_at END \
-         FROM v WHERE id = v_id AND status = 'running' RETURNING {JOB_COLUMNS}",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
-    );
+    let sql = finish_sql(finishes.len(), "");
     let mut q = sqlx::query(&sql);
-    for (attempt, transition, now) in finishes {
-        let (status, burn, at, error, response) = match transition {
-            Transition::Succeeded { response } => {
-                (JobStatus::Succeeded, true, None, None, Some(response))
-            }
-            Transition::Failed { error, response } => (
-                JobStatus::Failed,
-                true,
-                None,
-                Some(error),
-                response.as_ref(),
-            ),
-            Transition::Retry {
-                at,
-                error,
-                burn_attempt,
-            } => (
-                JobStatus::RetryPending,
-                *burn_attempt,
-                Some(*at),
-                Some(error),
-                None,
-            ),
-        };
-        q = q
-            .bind(&attempt.job_id)
-            .bind(status.as_str())
-            .bind(i64::from(burn))
-            .bind(at)
-            .bind(*now)
-            .bind(error)
-            .bind(at.is_none())
-            .bind(response.map(|r| i64::from(r.status)))
-            .bind(response.map(|r| headers_json(&r.headers)))
-            .bind(response.map(|r| r.body.as_slice()));
+    for finish in finishes {
+        q = bind_finish!(q, finish);
     }
     let rows = q
         .fetch_all(&mut *conn)
         .await
         .context("cannot move jobs on")?;
-    let mut moved = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let (_, job) = job_from_row(row)?;
-        moved.insert(job.new.id.clone(), job);
-    }
+    let mut moved = moved_jobs(&rows)?;
     let mut jobs = Vec::with_capacity(finishes.len());
     for (attempt, _, _) in finishes {
         jobs.push(match moved.remove(&attempt.job_id) {
@@ -347,29 +320,131 @@ pub(super) async fn finish_attempts_in(
                 .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
         });
     }
-
-    let sql = format!(
-        "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
-         wait_ms, rate_limit_headers, error) VALUES {}",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
-    );
+    let sql = attempts_sql(finishes.len());
     let mut q = sqlx::query(&sql);
     for (attempt, _, _) in finishes {
-        q = q
-            .bind(&attempt.job_id)
-            .bind(i64::from(attempt.number))
-            .bind(attempt.started_at)
-            .bind(attempt.finished_at)
-            .bind(attempt.status.map(i64::from))
-            .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
-            .bind(headers_json(&attempt.rate_limit_headers))
-            .bind(&attempt.error);
+        q = bind_attempt!(q, attempt);
     }
     q.execute(&mut *conn)
         .await
         .context("cannot record attempts")?;
     Ok(jobs)
 }
+
+/// The statement that moves `n` jobs on (binds: `bind_finish!` for each, then those of
+/// `also`, a condition added to the jobs it may move).
+pub(super) fn finish_sql(n: usize, also: &str) -> String {
+    // A final transition sets the outcome (response columns included, even to NULL) and
+    // starts the callback clock; a retry keeps them and sets the next attempt's time.
+    format!(
+        "WITH v(v_id, v_status, v_burn, v_at, v_now, v_error, v_final, v_rstatus, \
+         v_rheaders, v_rbody) AS (VALUES {}) \
+         UPDATE jobs SET status = v_status, attempts = attempts + v_burn, \
+         next_attempt_at = CASE WHEN v_final THEN next_attempt_at ELSE v_at END, \
+         updated_at = v_now, last_error = v_error, \
+         response_status = CASE WHEN v_final THEN v_rstatus ELSE response_status END, \
+         response_headers = CASE WHEN v_final THEN v_rheaders ELSE response_headers END, \
+         response_body = CASE WHEN v_final THEN v_rbody ELSE response_body END, \
+         next_callback_at = CASE WHEN v_final THEN v_now ELSE next_callback_at END \
+         FROM v WHERE id = v_id AND status = 'running'{also} RETURNING {JOB_COLUMNS}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ")
+    )
+}
+
+/// The columns a transition sets: status, attempts burnt, next attempt time, error, and
+/// response (final transitions only).
+pub(super) fn transition_columns(
+    transition: &Transition,
+) -> (
+    JobStatus,
+    bool,
+    Option<Millis>,
+    Option<&String>,
+    Option<&JobResponse>,
+) {
+    match transition {
+        Transition::Succeeded { response } => {
+            (JobStatus::Succeeded, true, None, None, Some(response))
+        }
+        Transition::Failed { error, response } => (
+            JobStatus::Failed,
+            true,
+            None,
+            Some(error),
+            response.as_ref(),
+        ),
+        Transition::Retry {
+            at,
+            error,
+            burn_attempt,
+        } => (
+            JobStatus::RetryPending,
+            *burn_attempt,
+            Some(*at),
+            Some(error),
+            None,
+        ),
+    }
+}
+
+/// Binds one row of `finish_sql`, on either backend's query.
+macro_rules! bind_finish {
+    ($q:expr, $finish:expr) => {{
+        let (attempt, transition, now): &$crate::store::jobs::Finish<'_> = $finish;
+        let (status, burn, at, error, response) =
+            $crate::store::jobs::transition_columns(transition);
+        $q.bind(&attempt.job_id)
+            .bind(status.as_str())
+            .bind(i64::from(burn))
+            .bind(at)
+            .bind(*now)
+            .bind(error)
+            .bind(at.is_none())
+            .bind(response.map(|r| i64::from(r.status)))
+            .bind(response.map(|r| $crate::store::jobs::headers_json(&r.headers)))
+            .bind(response.map(|r| r.body.as_slice()))
+    }};
+}
+pub(super) use bind_finish;
+
+/// The jobs `finish_sql` returned, by id.
+pub(super) fn moved_jobs<R: StoreRow>(
+    rows: &[R],
+) -> anyhow::Result<std::collections::HashMap<String, Job>> {
+    let mut moved = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (_, job) = job_from_row(row)?;
+        moved.insert(job.new.id.clone(), job);
+    }
+    Ok(moved)
+}
+
+/// The statement that records `n` attempts (binds: `bind_attempt!` for each).
+pub(super) fn attempts_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
+         wait_ms, rate_limit_headers, error) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ")
+    )
+}
+
+/// Binds one row of `attempts_sql`, on either backend's query.
+macro_rules! bind_attempt {
+    ($q:expr, $attempt:expr) => {{
+        let attempt: &$crate::jobs::model::AttemptRecord = $attempt;
+        $q.bind(&attempt.job_id)
+            .bind(i64::from(attempt.number))
+            .bind(attempt.started_at)
+            .bind(attempt.finished_at)
+            .bind(attempt.status.map(i64::from))
+            .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
+            .bind($crate::store::jobs::headers_json(
+                &attempt.rate_limit_headers,
+            ))
+            .bind(&attempt.error)
+    }};
+}
+pub(super) use bind_attempt;
 
 impl JobStore for Store {
     /// Inserts the job in a transaction committed before this returns: the job survives the

@@ -8,8 +8,9 @@ use super::pg;
 use super::PgStore as Store;
 use crate::jobs::model::*;
 pub(super) use crate::store::jobs::{
-    callback_str, headers_json, job_from_row, lane_str, parse_headers, placeholders, u32_col,
-    FINAL, JOB_COLUMNS, UNFINISHED, WAITING,
+    attempts_sql, bind_attempt, bind_finish, bind_new_job, callback_str, finish_sql, headers_json,
+    insert_failed, insert_jobs_sql, job_from_row, lane_str, moved_jobs, parse_headers,
+    placeholders, queued_job, u32_col, Finish, FINAL, JOB_COLUMNS, UNFINISHED, WAITING,
 };
 
 /// How long a node holds the callbacks it took (ms): time enough to deliver them.
@@ -88,78 +89,20 @@ pub(super) async fn insert_jobs_in(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)";
-    let sql = format!(
-        "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
-         headers, body, body_is_json, dedup_id, dedup_until, callback_url, max_attempts, \
-         idempotency_key, created_at, status, attempts, next_attempt_at, updated_at, \
-         callback, callback_attempts, next_callback_at) VALUES {}",
-        vec![row; jobs.len()].join(", ")
-    );
-    let callback = |job: &NewJob| {
-        if job.callback_url.is_some() {
-            CallbackState::Pending
-        } else {
-            CallbackState::None
-        }
-    };
-    let sql = pg(&sql);
+    let sql = pg(&insert_jobs_sql(jobs.len()));
     let mut q = sqlx::query(&sql);
     for job in jobs {
-        q = q
-            .bind(&job.id)
-            .bind(&job.queue)
-            .bind(&job.scope)
-            .bind(&job.upstream)
-            .bind(&job.tenant)
-            .bind(lane_str(job.lane))
-            .bind(&job.request.method)
-            .bind(&job.request.path)
-            .bind(&job.request.query)
-            .bind(headers_json(&job.request.headers))
-            .bind(&job.request.body)
-            .bind(job.request.body_is_json)
-            .bind(&job.dedup_id)
-            .bind(job.dedup_until)
-            .bind(&job.callback_url)
-            .bind(i64::from(job.max_attempts))
-            .bind(&job.idempotency_key)
-            .bind(job.created_at)
-            .bind(job.created_at)
-            .bind(job.created_at)
-            .bind(callback_str(callback(job)));
+        q = bind_new_job!(q, job);
     }
-    q.execute(&mut *conn).await.with_context(|| match jobs {
-        [job] => format!("cannot store the job {}", job.id),
-        _ => format!("cannot store {} jobs", jobs.len()),
-    })?;
-    Ok(jobs
-        .iter()
-        .map(|job| Job {
-            new: (*job).clone(),
-            status: JobStatus::Queued,
-            attempts: 0,
-            next_attempt_at: job.created_at,
-            updated_at: job.created_at,
-            last_error: None,
-            response: None,
-            callback: callback(job),
-            callback_attempts: 0,
-            next_callback_at: 0,
-        })
-        .collect())
+    q.execute(&mut *conn)
+        .await
+        .with_context(|| insert_failed(jobs))?;
+    Ok(jobs.iter().map(|job| queued_job(job)).collect())
 }
 
-/// One finished attempt: the attempt, where the job goes, and when.
-pub(super) type Finish<'a> = (&'a AttemptRecord, &'a Transition, Millis);
-
-/// Records attempts and moves their jobs on inside the caller's transaction, with one
-/// statement for the jobs and one for the attempts, whatever their number (see
-/// `insert_jobs_in` for why). A job that is not running (any more) is left as it is; its
-/// attempt is recorded all the same. Each job appears at most once (a job has one running
-/// attempt). Returns the jobs in the order of `finishes`.
-/// Only jobs this node (`node`) runs move: one given back after this node was taken for dead
-/// may be running on another node now.
+/// Records attempts and moves their jobs on, as the SQLite store does (`finish_sql`). Only
+/// jobs this node (`node`) runs move: one given back after this node was taken for dead may
+/// be running on another node now.
 pub(super) async fn finish_attempts_in(
     conn: &mut PgConnection,
     finishes: &[Finish<'_>],
@@ -168,69 +111,17 @@ pub(super) async fn finish_attempts_in(
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
-    // A final transition sets the outcome (response columns included, even to NULL) and
-    // starts the callback clock; a retry keeps them and sets the next attempt's time.
-    let sql = format!(
-        "WITH v(v_id, v_status, v_burn, v_at, v_now, v_error, v_final, v_rstatus, \
-         v_rheaders, v_rbody) AS (VALUES {}) \
-         UPDATE jobs SET status = v_status, attempts = attempts + v_burn, \
-         next_attempt_at = CASE WHEN v_final THEN next_attempt_at ELSE v_at END, \
-         updated_at = v_now, last_error = v_error, \
-         response_status = CASE WHEN v_final THEN v_rstatus ELSE response_status END, \
-         response_headers = CASE WHEN v_final THEN v_rheaders ELSE response_headers END, \
-         response_body = CASE WHEN v_final THEN v_rbody ELSE response_body END, \
-         next_callback_at = CASE WHEN v_final THEN v_now ELSE next_callback_at END \
-         FROM v WHERE id = v_id AND status = 'running' AND node = ? RETURNING {JOB_COLUMNS}",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
-    );
-    let sql = pg(&sql);
+    let sql = pg(&finish_sql(finishes.len(), " AND node = ?"));
     let mut q = sqlx::query(&sql);
-    for (attempt, transition, now) in finishes {
-        let (status, burn, at, error, response) = match transition {
-            Transition::Succeeded { response } => {
-                (JobStatus::Succeeded, true, None, None, Some(response))
-            }
-            Transition::Failed { error, response } => (
-                JobStatus::Failed,
-                true,
-                None,
-                Some(error),
-                response.as_ref(),
-            ),
-            Transition::Retry {
-                at,
-                error,
-                burn_attempt,
-            } => (
-                JobStatus::RetryPending,
-                *burn_attempt,
-                Some(*at),
-                Some(error),
-                None,
-            ),
-        };
-        q = q
-            .bind(&attempt.job_id)
-            .bind(status.as_str())
-            .bind(i64::from(burn))
-            .bind(at)
-            .bind(*now)
-            .bind(error)
-            .bind(at.is_none())
-            .bind(response.map(|r| i64::from(r.status)))
-            .bind(response.map(|r| headers_json(&r.headers)))
-            .bind(response.map(|r| r.body.as_slice()));
+    for finish in finishes {
+        q = bind_finish!(q, finish);
     }
     let rows = q
         .bind(node)
         .fetch_all(&mut *conn)
         .await
         .context("cannot move jobs on")?;
-    let mut moved = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let (_, job) = job_from_row(row)?;
-        moved.insert(job.new.id.clone(), job);
-    }
+    let mut moved = moved_jobs(&rows)?;
     let mut jobs = Vec::with_capacity(finishes.len());
     for (attempt, _, _) in finishes {
         jobs.push(match moved.remove(&attempt.job_id) {
@@ -240,24 +131,10 @@ pub(super) async fn finish_attempts_in(
                 .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
         });
     }
-
-    let sql = format!(
-        "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
-         wait_ms, rate_limit_headers, error) VALUES {}",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; finishes.len()].join(", ")
-    );
-    let sql = pg(&sql);
+    let sql = pg(&attempts_sql(finishes.len()));
     let mut q = sqlx::query(&sql);
     for (attempt, _, _) in finishes {
-        q = q
-            .bind(&attempt.job_id)
-            .bind(i64::from(attempt.number))
-            .bind(attempt.started_at)
-            .bind(attempt.finished_at)
-            .bind(attempt.status.map(i64::from))
-            .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
-            .bind(headers_json(&attempt.rate_limit_headers))
-            .bind(&attempt.error);
+        q = bind_attempt!(q, attempt);
     }
     q.execute(&mut *conn)
         .await
