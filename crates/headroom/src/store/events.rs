@@ -61,8 +61,10 @@ pub(super) const INSERT_EVENT: &str =
      endpoint, job_id, attempt, status, wait_ms, outcome, headers, message) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?";
-pub(super) const EVENT_STATS: &str = "SELECT kind, level, upstream, tenant, queue, COUNT(*) AS n, \
-     COALESCE(SUM(wait_ms), 0) AS w FROM events WHERE at >= ? AND at < ? \
+// PostgreSQL's SUM of BIGINT is NUMERIC: cast, so that both backends read the sums as i64.
+pub(super) const EVENT_STATS: &str =
+    "SELECT kind, level, upstream, tenant, queue, CAST(COUNT(*) AS BIGINT) AS n, \
+     CAST(COALESCE(SUM(wait_ms), 0) AS BIGINT) AS w FROM events WHERE at >= ? AND at < ? \
      GROUP BY kind, level, upstream, tenant, queue";
 pub(super) const JOB_BACKLOG: &str =
     "SELECT upstream, tenant, queue, lane, status, COUNT(*) AS n FROM jobs \
@@ -132,6 +134,29 @@ pub(super) fn headers_text(e: &Event) -> String {
     serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into())
 }
 
+/// Binds `INSERT_EVENT`, on either backend's query.
+macro_rules! bind_event {
+    ($q:expr, $event:expr) => {{
+        let e: &$crate::observe::model::Event = $event;
+        $q.bind(e.at)
+            .bind(e.level.as_str())
+            .bind(e.level.rank())
+            .bind(e.kind.as_str())
+            .bind(&e.upstream)
+            .bind(&e.tenant)
+            .bind(&e.queue)
+            .bind(&e.endpoint)
+            .bind(&e.job_id)
+            .bind(e.attempt.map(i64::from))
+            .bind(e.status.map(i64::from))
+            .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
+            .bind(&e.outcome)
+            .bind($crate::store::events::headers_text(e))
+            .bind(&e.message)
+    }};
+}
+pub(super) use bind_event;
+
 /// ` AND …` for every field of the filter, with its binds in order.
 pub(super) fn where_clause(filter: &EventFilter) -> (String, Vec<Bind>) {
     let mut sql = String::new();
@@ -177,22 +202,7 @@ impl EventStore for Store {
         }
         let mut tx = self.write().await?;
         for e in events {
-            sqlx::query(INSERT_EVENT)
-                .bind(e.at)
-                .bind(e.level.as_str())
-                .bind(e.level.rank())
-                .bind(e.kind.as_str())
-                .bind(&e.upstream)
-                .bind(&e.tenant)
-                .bind(&e.queue)
-                .bind(&e.endpoint)
-                .bind(&e.job_id)
-                .bind(e.attempt.map(i64::from))
-                .bind(e.status.map(i64::from))
-                .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
-                .bind(&e.outcome)
-                .bind(headers_text(e))
-                .bind(&e.message)
+            bind_event!(sqlx::query(INSERT_EVENT), e)
                 .execute(&mut *tx)
                 .await
                 .context("cannot store an event")?;

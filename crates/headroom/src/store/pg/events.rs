@@ -7,7 +7,7 @@ use super::{pg, PgStore};
 use crate::jobs::{Millis, Page};
 use crate::observe::model::*;
 use crate::store::events::{
-    backlog_from_row, event_from_row, headers_text, list_sql, stat_from_row, Bind, EVENT_STATS,
+    backlog_from_row, bind_event, event_from_row, list_sql, stat_from_row, Bind, EVENT_STATS,
     INSERT_EVENT, JOB_BACKLOG, PRUNE_EVENTS,
 };
 
@@ -19,22 +19,7 @@ impl EventStore for PgStore {
         let sql = pg(INSERT_EVENT);
         let mut tx = self.write().await?;
         for e in events {
-            sqlx::query(&sql)
-                .bind(e.at)
-                .bind(e.level.as_str())
-                .bind(e.level.rank())
-                .bind(e.kind.as_str())
-                .bind(&e.upstream)
-                .bind(&e.tenant)
-                .bind(&e.queue)
-                .bind(&e.endpoint)
-                .bind(&e.job_id)
-                .bind(e.attempt.map(i64::from))
-                .bind(e.status.map(i64::from))
-                .bind(e.wait_ms.map(|w| w.min(i64::MAX as u64) as i64))
-                .bind(&e.outcome)
-                .bind(headers_text(e))
-                .bind(&e.message)
+            bind_event!(sqlx::query(&sql), e)
                 .execute(&mut *tx)
                 .await
                 .context("cannot store an event")?;
@@ -80,14 +65,7 @@ impl EventStore for PgStore {
     }
 
     async fn event_stats(&self, since: Millis, until: Millis) -> anyhow::Result<Vec<EventStat>> {
-        // COUNT and SUM of BIGINT are BIGINT and NUMERIC in PostgreSQL: cast to read as i64.
-        let sql = pg(EVENT_STATS)
-            .replace("COUNT(*) AS n", "COUNT(*)::BIGINT AS n")
-            .replace(
-                "COALESCE(SUM(wait_ms), 0)",
-                "COALESCE(SUM(wait_ms), 0)::BIGINT",
-            );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(&pg(EVENT_STATS))
             .bind(since)
             .bind(until)
             .fetch_all(self.pool())
