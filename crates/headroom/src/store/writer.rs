@@ -13,14 +13,14 @@
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in};
+use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in, Finish};
 use super::Store;
 use crate::jobs::model::*;
 
 /// Writes in one transaction at most.
-const MAX_GROUP: usize = 128;
+pub(super) const MAX_GROUP: usize = 128;
 /// Writes waiting for their turn before callers wait to hand theirs over.
-const QUEUE: usize = 4096;
+pub(super) const QUEUE: usize = 4096;
 
 pub(super) enum Op {
     Insert {
@@ -35,7 +35,7 @@ pub(super) enum Op {
     },
 }
 
-enum Done {
+pub(super) enum Done {
     Inserted(Inserted),
     Job(Job),
 }
@@ -80,12 +80,12 @@ impl Op {
     }
 
     /// An insert without a dedup id: one statement, whatever else the group holds.
-    fn is_plain_insert(&self) -> bool {
+    pub(super) fn is_plain_insert(&self) -> bool {
         matches!(self, Op::Insert { job, .. } if job.dedup_id.is_none())
     }
 
     /// Answers the caller (who may have stopped waiting).
-    fn reply(self, result: anyhow::Result<Done>) {
+    pub(super) fn reply(self, result: anyhow::Result<Done>) {
         match self {
             Op::Insert { reply, .. } => {
                 let _ = reply.send(result.and_then(|d| match d {
@@ -153,46 +153,77 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
     }
 }
 
-/// Runs a group's writes with as few statements as they allow: the plain inserts as one, the
-/// finished attempts as two; inserts with a dedup id one by one, in order, since each must see
-/// the ones before. The results are in the order of `ops`.
-async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<Vec<Done>> {
-    let mut plain = Vec::new();
-    let mut finishes = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::Insert { job, .. } if op.is_plain_insert() => plain.push((i, job)),
-            Op::Finish {
-                attempt,
-                transition,
-                now,
-                ..
-            } => {
-                // A job has one running attempt, so its id is never twice in a group; if it
-                // were, the statement could not tell the two apart.
-                anyhow::ensure!(
-                    ids.insert(attempt.job_id.as_str()),
-                    "two attempts of the job {} in one group",
-                    attempt.job_id
-                );
-                finishes.push((i, (attempt, transition, *now)));
+/// How a group's writes run with as few statements as they allow: the plain inserts as one,
+/// the finished attempts as two; inserts with a dedup id one by one, in order, since each
+/// must see the ones before (both backends).
+pub(super) struct Plan<'a> {
+    plain: Vec<(usize, &'a NewJob)>,
+    finishes: Vec<(usize, Finish<'a>)>,
+}
+
+impl<'a> Plan<'a> {
+    pub(super) fn of(ops: &'a [Op]) -> anyhow::Result<Plan<'a>> {
+        let mut plan = Plan {
+            plain: Vec::new(),
+            finishes: Vec::new(),
+        };
+        let mut ids = std::collections::HashSet::new();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Insert { job, .. } if op.is_plain_insert() => plan.plain.push((i, job)),
+                Op::Finish {
+                    attempt,
+                    transition,
+                    now,
+                    ..
+                } => {
+                    // A job has one running attempt, so its id is never twice in a group; if
+                    // it were, the statement could not tell the two apart.
+                    anyhow::ensure!(
+                        ids.insert(attempt.job_id.as_str()),
+                        "two attempts of the job {} in one group",
+                        attempt.job_id
+                    );
+                    plan.finishes.push((i, (attempt, transition, *now)));
+                }
+                Op::Insert { .. } => {}
             }
-            Op::Insert { .. } => {}
         }
+        Ok(plan)
     }
-    let mut results: Vec<Option<Done>> = ops.iter().map(|_| None).collect();
-    let jobs: Vec<&NewJob> = plain.iter().map(|(_, job)| *job).collect();
-    for ((i, _), job) in plain.iter().zip(insert_jobs_in(conn, &jobs).await?) {
-        results[*i] = Some(Done::Inserted(Inserted::Created(job)));
+
+    /// The plain inserts, for one statement.
+    pub(super) fn jobs(&self) -> Vec<&'a NewJob> {
+        self.plain.iter().map(|(_, job)| *job).collect()
     }
-    let args: Vec<_> = finishes.iter().map(|(_, f)| *f).collect();
-    for ((i, _), job) in finishes.iter().zip(finish_attempts_in(conn, &args).await?) {
-        results[*i] = Some(Done::Job(job));
+
+    /// The finished attempts, for one statement each of jobs and attempts.
+    pub(super) fn finishes(&self) -> Vec<Finish<'a>> {
+        self.finishes.iter().map(|(_, f)| *f).collect()
     }
-    for (i, op) in ops.iter().enumerate() {
-        if results[i].is_none() {
-            results[i] = Some(op.apply(conn).await?);
+
+    /// The answers of the grouped statements in the order of the group's writes; `None` for
+    /// the writes left to run one by one.
+    pub(super) fn place(&self, n: usize, inserted: Vec<Job>, moved: Vec<Job>) -> Vec<Option<Done>> {
+        let mut results: Vec<Option<Done>> = (0..n).map(|_| None).collect();
+        for ((i, _), job) in self.plain.iter().zip(inserted) {
+            results[*i] = Some(Done::Inserted(Inserted::Created(job)));
+        }
+        for ((i, _), job) in self.finishes.iter().zip(moved) {
+            results[*i] = Some(Done::Job(job));
+        }
+        results
+    }
+}
+
+async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<Vec<Done>> {
+    let plan = Plan::of(ops)?;
+    let inserted = insert_jobs_in(conn, &plan.jobs()).await?;
+    let moved = finish_attempts_in(conn, &plan.finishes()).await?;
+    let mut results = plan.place(ops.len(), inserted, moved);
+    for (result, op) in results.iter_mut().zip(ops) {
+        if result.is_none() {
+            *result = Some(op.apply(conn).await?);
         }
     }
     Ok(results.into_iter().flatten().collect())

@@ -8,90 +8,26 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in};
-use crate::jobs::model::*;
+pub(super) use crate::store::writer::Op;
+use crate::store::writer::{Done, Plan, MAX_GROUP, QUEUE};
 
-/// Writes in one transaction at most.
-const MAX_GROUP: usize = 128;
-/// Writes waiting for their turn before callers wait to hand theirs over.
-const QUEUE: usize = 4096;
-
-pub(super) enum Op {
-    Insert {
-        job: NewJob,
-        reply: oneshot::Sender<anyhow::Result<Inserted>>,
-    },
-    Finish {
-        attempt: AttemptRecord,
-        transition: Transition,
-        now: Millis,
-        reply: oneshot::Sender<anyhow::Result<Job>>,
-    },
-}
-
-enum Done {
-    Inserted(Inserted),
-    Job(Job),
-}
-
-impl Op {
-    pub(super) fn insert(job: NewJob) -> (Op, oneshot::Receiver<anyhow::Result<Inserted>>) {
-        let (reply, rx) = oneshot::channel();
-        (Op::Insert { job, reply }, rx)
-    }
-
-    pub(super) fn finish(
-        attempt: AttemptRecord,
-        transition: Transition,
-        now: Millis,
-    ) -> (Op, oneshot::Receiver<anyhow::Result<Job>>) {
-        let (reply, rx) = oneshot::channel();
-        (
-            Op::Finish {
-                attempt,
-                transition,
-                now,
-                reply,
-            },
-            rx,
-        )
-    }
-
-    fn reply(self, result: anyhow::Result<Done>) {
-        // A caller that stopped waiting does not hear; the write is done all the same.
-        match self {
-            Op::Insert { reply, .. } => {
-                let _ = reply.send(result.and_then(|d| match d {
-                    Done::Inserted(i) => Ok(i),
-                    Done::Job(_) => anyhow::bail!("an insert answered with a job"),
-                }));
-            }
-            Op::Finish { reply, .. } => {
-                let _ = reply.send(result.and_then(|d| match d {
-                    Done::Job(j) => Ok(j),
-                    Done::Inserted(_) => anyhow::bail!("a finish answered with an insert"),
-                }));
-            }
+/// Runs one write in the caller's transaction.
+async fn apply(op: &Op, conn: &mut PgConnection, node: &str) -> anyhow::Result<Done> {
+    Ok(match op {
+        Op::Insert { job, .. } => Done::Inserted(insert_job_in(conn, job).await?),
+        Op::Finish {
+            attempt,
+            transition,
+            now,
+            ..
+        } => {
+            let mut jobs = finish_attempts_in(conn, &[(attempt, transition, *now)], node).await?;
+            Done::Job(
+                jobs.pop()
+                    .ok_or_else(|| anyhow::anyhow!("no job \"{}\"", attempt.job_id))?,
+            )
         }
-    }
-
-    async fn apply(&self, conn: &mut PgConnection, node: &str) -> anyhow::Result<Done> {
-        Ok(match self {
-            Op::Insert { job, .. } => Done::Inserted(insert_job_in(conn, job).await?),
-            Op::Finish {
-                attempt,
-                transition,
-                now,
-                ..
-            } => {
-                let mut jobs =
-                    finish_attempts_in(conn, &[(attempt, transition, *now)], node).await?;
-                Done::Job(
-                    jobs.pop()
-                        .ok_or_else(|| anyhow::anyhow!("no job \"{}\"", attempt.job_id))?,
-                )
-            }
-        })
-    }
+    })
 }
 
 /// Starts the task that runs grouped writes; it ends when every sender is gone.
@@ -140,46 +76,14 @@ async fn run_group(pool: &PgPool, node: &str, ops: Vec<Op>) {
     }
 }
 
-/// The plain inserts as one statement, the finished attempts as two; inserts with a dedup id
-/// one by one, in order. The results are in the order of `ops`.
 async fn apply_group(conn: &mut PgConnection, ops: &[Op], node: &str) -> anyhow::Result<Vec<Done>> {
-    let mut plain = Vec::new();
-    let mut finishes = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::Insert { job, .. } if job.dedup_id.is_none() => plain.push((i, job)),
-            Op::Finish {
-                attempt,
-                transition,
-                now,
-                ..
-            } => {
-                anyhow::ensure!(
-                    ids.insert(attempt.job_id.as_str()),
-                    "two attempts of the job {} in one group",
-                    attempt.job_id
-                );
-                finishes.push((i, (attempt, transition, *now)));
-            }
-            Op::Insert { .. } => {}
-        }
-    }
-    let mut results: Vec<Option<Done>> = ops.iter().map(|_| None).collect();
-    let jobs: Vec<&NewJob> = plain.iter().map(|(_, job)| *job).collect();
-    for ((i, _), job) in plain.iter().zip(insert_jobs_in(conn, &jobs).await?) {
-        results[*i] = Some(Done::Inserted(Inserted::Created(job)));
-    }
-    let args: Vec<_> = finishes.iter().map(|(_, f)| *f).collect();
-    for ((i, _), job) in finishes
-        .iter()
-        .zip(finish_attempts_in(conn, &args, node).await?)
-    {
-        results[*i] = Some(Done::Job(job));
-    }
-    for (i, op) in ops.iter().enumerate() {
-        if results[i].is_none() {
-            results[i] = Some(op.apply(conn, node).await?);
+    let plan = Plan::of(ops)?;
+    let inserted = insert_jobs_in(conn, &plan.jobs()).await?;
+    let moved = finish_attempts_in(conn, &plan.finishes(), node).await?;
+    let mut results = plan.place(ops.len(), inserted, moved);
+    for (result, op) in results.iter_mut().zip(ops) {
+        if result.is_none() {
+            *result = Some(apply(op, conn, node).await?);
         }
     }
     Ok(results.into_iter().flatten().collect())
@@ -188,7 +92,7 @@ async fn apply_group(conn: &mut PgConnection, ops: &[Op], node: &str) -> anyhow:
 async fn run_alone(pool: &PgPool, node: &str, op: Op) {
     let result = async {
         let mut tx = pool.begin().await?;
-        let done = op.apply(&mut tx, node).await?;
+        let done = apply(&op, &mut tx, node).await?;
         super::notify_in(&mut tx).await?;
         tx.commit().await?;
         Ok(done)
