@@ -200,18 +200,7 @@ impl JobStore for Store {
             .fetch_all(self.pool())
             .await
             .context("cannot list jobs")?;
-        let more = rows.len() > limit as usize;
-        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut last = 0;
-        for row in rows.iter().take(limit as usize) {
-            let (seq, job) = job_from_row(row)?;
-            last = seq;
-            items.push(job);
-        }
-        Ok(Page {
-            items,
-            next: more.then(|| last.to_string()),
-        })
+        Page::from_rows(&rows, limit, job_from_row)
     }
 
     async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {

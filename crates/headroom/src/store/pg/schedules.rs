@@ -426,18 +426,7 @@ impl ScheduleStore for Store {
             .fetch_all(self.pool())
             .await
             .context("cannot list runs")?;
-        let more = rows.len() > limit as usize;
-        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut last = 0;
-        for row in rows.iter().take(limit as usize) {
-            let (seq, run) = run_from_row(row)?;
-            last = seq;
-            items.push(run);
-        }
-        Ok(Page {
-            items,
-            next: more.then(|| last.to_string()),
-        })
+        Page::from_rows(&rows, limit, run_from_row)
     }
 
     async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
