@@ -114,6 +114,7 @@ start_cluster() { # nodes store governor dir
     mkdir -p "$dir"
     cat >"$dir/headroom.toml" <<CONF
 store = "$store"
+auth = "none"
 governor = "$governor"
 
 [[upstreams]]

@@ -152,6 +152,7 @@ start_headroom() { # dir
     [ "$HR_PORT" != "$UP_PORT" ] || HR_PORT=$(pick_port)
     cat >"$dir/headroom.toml" <<EOF
 store = "sqlite://$dir/headroom.db"
+auth = "none"
 
 [[upstreams]]
 name = "up"

@@ -176,6 +176,7 @@ EOF
 
 cat >"$TMP/headroom.toml" <<EOF
 store = "sqlite://$TMP/headroom.db"
+auth = "none"
 
 [[upstreams]]
 name = "up"

@@ -33,6 +33,9 @@ pub struct ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `auth`: whether the API and the proxy want a token (the default) or are open to
+    /// whoever can reach the loopback listener.
+    pub auth: AuthMode,
     pub store: String,
     pub governor: String,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -48,6 +51,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
+            auth: AuthMode::Token,
             store: DEFAULT_STORE.to_string(),
             governor: "memory".to_string(),
             upstreams: Vec::new(),
@@ -56,6 +60,17 @@ impl Default for Config {
             observe: Default::default(),
         }
     }
+}
+
+/// Who may call `/v1` and `/proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// An admin token is required: `HEADROOM_API_TOKEN`, else one generated on first start
+    /// and kept next to the database (scoped tokens act as their tenant).
+    Token,
+    /// No token: anyone who can reach the loopback listener. Requests must still come from
+    /// this machine's own clients, not from a web page (see `auth::open_guard`).
+    None,
 }
 
 /// Whose jobs a queue's concurrency counts together.
@@ -205,6 +220,7 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    auth: Option<String>,
     store: Option<String>,
     governor: Option<String>,
     #[serde(default)]
@@ -301,6 +317,16 @@ impl RawConfig {
                 format!("listen: \"{listen}\" is not an address; write it like \"127.0.0.1:7878\"")
             })?;
         }
+        config.auth = match self.auth.as_deref() {
+            None | Some("token") => AuthMode::Token,
+            Some("none") => AuthMode::None,
+            Some(other) => {
+                return Err(format!(
+                    "auth: \"{other}\" is not a mode; use \"token\" (the default: an admin token \
+                     is required) or \"none\" (open to local clients on a loopback listener)"
+                ))
+            }
+        };
         if let Some(store) = self.store {
             if !(store.starts_with("sqlite:")
                 || store.starts_with("postgres://")

@@ -764,7 +764,18 @@ async fn create_token(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+    let principal = authenticate(&app, &headers, false).await?;
+    principal.require_admin()?;
+    if principal == crate::auth::Principal::Open {
+        // A scoped token would be checked by nothing: without an admin token every caller
+        // may act as any tenant.
+        return Err(ApiError::Conflict {
+            detail: "Headroom runs with auth = \"none\", so a scoped token would limit \
+                     nothing; remove auth = \"none\" (an admin token is then required) to use \
+                     scoped tokens"
+                .to_string(),
+        });
+    }
     let map = json_object(body, TOKEN_SHAPE).await?;
     only_fields(&map, &["tenant"], TOKEN_SHAPE)?;
     let tenant = string_field(&map, "tenant", TOKEN_SHAPE)?;

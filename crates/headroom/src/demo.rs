@@ -364,6 +364,8 @@ type DemoClient = Client<HttpConnector, Full<Bytes>>;
 struct Caller {
     client: DemoClient,
     base: String,
+    /// The admin token of the demo's server (the demo runs in the safe default too).
+    bearer: String,
     tally: Arc<Tally>,
 }
 
@@ -407,6 +409,7 @@ impl Caller {
             .method(method)
             .uri(format!("{}/proxy/{UPSTREAM}{path}", self.base))
             .header(http::header::AUTHORIZATION, CREDENTIAL)
+            .header(http::header::PROXY_AUTHORIZATION, &self.bearer)
             .header("headroom-tenant", TENANT)
             .header("headroom-lane", lane);
         if lane == "bulk" {
@@ -576,6 +579,7 @@ impl Caller {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
+            .header(http::header::AUTHORIZATION, &self.bearer)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
@@ -792,7 +796,8 @@ pub async fn execute_until(
     let store = format!("sqlite://{}", dir.path().join("headroom.db").display());
     let text = config_text(opts, &store, &mock.url());
     let config = Config::parse(&text, "demo config")?;
-    let state = AppState::new(config, None).await?;
+    let token = format!("hr_demo_{:032x}", rand::random::<u128>());
+    let state = AppState::new(config, Some(token.clone())).await?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1 for Headroom")?;
@@ -812,6 +817,7 @@ pub async fn execute_until(
     let caller = Arc::new(Caller {
         client,
         base: format!("http://{proxy_addr}"),
+        bearer: format!("Bearer {token}"),
         tally: tally.clone(),
     });
 

@@ -39,7 +39,8 @@ pub struct App {
     pub jobs_wake: tokio::sync::Notify,
     /// Wakes the batch runner when a batch arrives or a chunk finishes.
     pub batches_wake: tokio::sync::Notify,
-    /// `HEADROOM_API_TOKEN`: when set, `/v1` and `/proxy` require it (or a scoped token).
+    /// The admin token: `/v1` and `/proxy` require it (or a scoped token). `None` only with
+    /// `auth = "none"`.
     pub api_token: Option<String>,
     /// Runs schedules, on its own (injectable) clock.
     pub scheduler: crate::schedules::Scheduler,
@@ -55,7 +56,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state: opens the store and starts the governor's timer.
+    /// Builds the state: opens the store and starts the governor's timer. `api_token` is the
+    /// admin token (`HEADROOM_API_TOKEN`); without one, `auth = "token"` (the default) reads
+    /// or generates the one kept next to the database.
     pub async fn new(config: Config, api_token: Option<String>) -> anyhow::Result<AppState> {
         AppState::with_clock(config, api_token, Arc::new(crate::schedules::UnixClock)).await
     }
@@ -70,6 +73,23 @@ impl AppState {
         let credentials = Credentials::open(&config.store)
             .await
             .with_context(|| format!("cannot open the store {}", config.store))?;
+        let api_token = match (api_token.filter(|t| !t.is_empty()), config.auth) {
+            (Some(token), _) => Some(token),
+            (None, cfg::AuthMode::Token) => {
+                Some(crate::auth::stored_admin_token(credentials.store())?)
+            }
+            (None, cfg::AuthMode::None) => {
+                if !config.listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "auth = \"none\" serves local clients only, but the listen address {} \
+                         is not loopback; remove auth = \"none\" (an admin token is then \
+                         required) or listen on 127.0.0.1",
+                        config.listen
+                    );
+                }
+                None
+            }
+        };
         let remote = match config.governor.as_str() {
             "memory" => None,
             url => Some(crate::redis_governor::RedisGovernor::new(
@@ -91,7 +111,7 @@ impl AppState {
             credentials,
             jobs_wake: tokio::sync::Notify::new(),
             batches_wake: tokio::sync::Notify::new(),
-            api_token: api_token.filter(|t| !t.is_empty()),
+            api_token,
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
         if state.store.is_shared() {
@@ -124,7 +144,8 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let open = state.api_token.is_none();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/budgets", get(budgets))
@@ -137,7 +158,12 @@ pub fn router(state: AppState) -> Router {
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    if open {
+        router.layer(axum::middleware::from_fn(crate::auth::open_guard))
+    } else {
+        router
+    }
 }
 
 async fn not_found(uri: http::Uri) -> crate::error::ApiError {
@@ -261,13 +287,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let upstreams = config.upstreams.len();
         let api_token = std::env::var("HEADROOM_API_TOKEN").ok();
         let state = AppState::new(config, api_token).await?;
+        if state.api_token.is_none() {
+            tracing::warn!("auth = \"none\": the API and the proxy take no token; only local clients on loopback are served");
+        }
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, upstreams, "headroom listening");
-        if !listen.ip().is_loopback() && std::env::var("HEADROOM_API_TOKEN").map_or(true, |t| t.is_empty()) {
-            tracing::warn!(%listen, "listening beyond loopback without HEADROOM_API_TOKEN: anyone who can reach this address can use the proxy and the API");
-        }
         serve(state, listener, async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down: draining in-flight requests");

@@ -248,7 +248,8 @@ impl Api {
             .context("cannot start the async runtime")?;
         let token = std::env::var("HEADROOM_API_TOKEN")
             .ok()
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .or_else(local_admin_token);
         Ok(Api {
             base,
             token,
@@ -313,6 +314,14 @@ impl Api {
     }
 }
 
+/// The admin token that `headroom serve` generated next to the default database, when this
+/// command runs where the server does (readable by this user only).
+fn local_admin_token() -> Option<String> {
+    let db = crate::cfg::DEFAULT_STORE.strip_prefix("sqlite://")?;
+    let path = crate::auth::admin_token_file_for(std::path::Path::new(db));
+    crate::auth::read_admin_token(&path).ok()
+}
+
 /// `404 Not Found: <detail>` from a problem+json answer, or the raw body.
 fn problem_message(status: StatusCode, body: &[u8]) -> String {
     let detail = serde_json::from_slice::<Value>(body)
@@ -325,7 +334,10 @@ fn problem_message(status: StatusCode, body: &[u8]) -> String {
         message.push_str(&detail);
     }
     if status == StatusCode::UNAUTHORIZED {
-        message.push_str(" (set HEADROOM_API_TOKEN to the server's admin token)");
+        message.push_str(
+            " (set HEADROOM_API_TOKEN to the server's admin token: the one it printed on \
+             first start, kept in admin.token next to its database)",
+        );
     }
     message
 }

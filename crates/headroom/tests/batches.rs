@@ -218,7 +218,7 @@ async fn a_kill_9_mid_import_loses_nothing_and_reports_what_may_repeat() {
     let mock = start_mock(20, 2, 150).await;
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "store = \"sqlite://{}/headroom.db\"\n{}",
+        "store = \"sqlite://{}/headroom.db\"\nauth = \"none\"\n{}",
         dir.path().display(),
         config(20, 2).replace("{base}", &mock.url())
     );

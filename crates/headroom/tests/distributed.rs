@@ -118,7 +118,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let governor = governor.unwrap_or_else(|| redis.clone());
         let config = format!(
-            "store = \"{}\"\ngovernor = \"{governor}/?prefix={prefix}&lease_ttl=10s\"\n\
+            "store = \"{}\"\nauth = \"none\"\ngovernor = \"{governor}/?prefix={prefix}&lease_ttl=10s\"\n\
              [[upstreams]]\nname = \"crm\"\nbase_url = \"{}\"\n{upstream}\n",
             schema.url(),
             mock.url()

@@ -70,7 +70,7 @@ async fn serve_and_stop(
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}/h.db\"\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\nretry = {{ max_attempts = 1 }}\n",
+            "listen = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}/h.db\"\nauth = \"none\"\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\nretry = {{ max_attempts = 1 }}\n",
             dir.path().display(),
             up.url()
         ),

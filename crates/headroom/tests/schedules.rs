@@ -841,7 +841,7 @@ async fn kill_9_never_repeats_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let tenants: Vec<String> = (0..20).map(|i| format!("\"t{i:02}\"")).collect();
     let config = format!(
-        "store = \"sqlite://{}/headroom.db\"\n\
+        "store = \"sqlite://{}/headroom.db\"\nauth = \"none\"\n\
          [[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n\
          [[schedules]]\nname = \"every-second\"\ncron = \"* * * * * *\"\n\
          tenants = [{}]\nstagger = \"1s\"\noverlap = \"allow\"\n\

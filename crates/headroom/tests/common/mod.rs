@@ -85,9 +85,10 @@ impl Rig {
         let mock = mock::spawn(listener, mock_config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
-            "store = \"sqlite://{}/headroom.db\"\n{extra}\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n{upstream}\n",
+            "store = \"sqlite://{}/headroom.db\"\n{auth}{extra}\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n{upstream}\n",
             dir.path().display(),
             mock.url(),
+            auth = if token.is_none() { "auth = \"none\"\n" } else { "" },
             extra = top_level
         );
         let config = Config::parse(&toml, "test.toml").expect("a valid test config");
@@ -300,7 +301,7 @@ impl Server {
         clock: Option<std::sync::Arc<dyn headroom_core::clock::Clock>>,
     ) -> Server {
         let toml = format!(
-            "store = \"sqlite://{}/headroom.db\"\n{}",
+            "store = \"sqlite://{}/headroom.db\"\nauth = \"none\"\n{}",
             dir.path().display(),
             config.replace("{base}", base)
         );

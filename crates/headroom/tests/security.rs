@@ -1,0 +1,305 @@
+//! The safe default and the open mode: a fresh server wants a token it generated itself, and
+//! `auth = "none"` still refuses what a web page (cross-site requests, DNS rebinding) could
+//! send.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{HttpClient, Recorder, Reply, Server};
+use headroom::cfg::Config;
+use headroom::server::{self, AppState};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+const UPSTREAM: &str = r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+"#;
+
+async fn request(
+    client: &HttpClient,
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(
+            builder
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .expect("Headroom answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn job_body() -> String {
+    json!({
+        "upstream": "up", "tenant": "acme",
+        "request": {"method": "POST", "path": "/steal"},
+        "callback_url": "http://127.0.0.1:9/attacker",
+    })
+    .to_string()
+}
+
+/// Without `HEADROOM_API_TOKEN` and without `auth = "none"`, a first start generates an
+/// admin token (0600, next to the database), every call without it is refused, and a
+/// restart keeps the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_generates_an_admin_token_and_requires_it() {
+    let up = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "store = \"sqlite://{}/headroom.db\"\n{}",
+        dir.path().display(),
+        UPSTREAM.replace("{base}", &up.url())
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let config = Config::parse(&toml, "test.toml").unwrap();
+        let state = AppState::new(config, None).await.unwrap();
+        let token = state.api_token.clone().expect("an admin token was made");
+        let file = dir.path().join("admin.token");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the token file is the owner's only");
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server::serve(state, listener, async {
+            let _ = stopped.await;
+        }));
+        let json = [("content-type", "application/json")];
+        let r = request(&client, addr, Method::POST, "/v1/jobs", &json, &job_body()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = request(
+            &client,
+            addr,
+            Method::GET,
+            "/proxy/up/x",
+            &[("headroom-tenant", "acme")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let bearer = format!("Bearer {token}");
+        let r = request(
+            &client,
+            addr,
+            Method::GET,
+            "/v1/jobs",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let r = request(
+            &client,
+            addr,
+            Method::GET,
+            "/proxy/up/x",
+            &[("proxy-authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokens.push(token);
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
+    }
+    assert_eq!(tokens[0], tokens[1], "a restart keeps the token");
+    assert!(
+        up.seen().iter().all(|r| r.path != "/steal"),
+        "nothing unauthenticated reached the upstream"
+    );
+}
+
+/// `auth = "none"`: what a web page could send is refused and stores nothing; Headroom's own
+/// local clients (JSON, loopback Host, no Origin) are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_mode_refuses_cross_site_and_rebound_requests() {
+    let up = Recorder::start().await;
+    let server = Server::start(UPSTREAM, &up.url()).await;
+    let (client, addr) = (&server.client, server.addr);
+    let host = addr.to_string();
+    let cases: &[(&str, Method, &str, Vec<(&str, &str)>, StatusCode)] = &[
+        (
+            "a form-like text/plain POST",
+            Method::POST,
+            "/v1/jobs",
+            vec![("content-type", "text/plain")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "a POST without a content type",
+            Method::POST,
+            "/v1/jobs",
+            vec![],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "a cross-site Origin",
+            Method::POST,
+            "/v1/jobs",
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "https://evil.example"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a cross-site fetch",
+            Method::POST,
+            "/v1/jobs",
+            vec![
+                ("content-type", "application/json"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a same-site fetch from another port",
+            Method::POST,
+            "/v1/jobs",
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "http://127.0.0.1:3000"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a rebound host name",
+            Method::POST,
+            "/v1/jobs",
+            vec![
+                ("content-type", "application/json"),
+                ("host", "evil.example:7878"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a read under a rebound host name",
+            Method::GET,
+            "/v1/jobs",
+            vec![("host", "evil.example")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a cross-site call through the proxy",
+            Method::POST,
+            "/proxy/up/steal",
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "https://evil.example"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "an image load through the proxy",
+            Method::GET,
+            "/proxy/up/steal",
+            vec![("sec-fetch-site", "cross-site")],
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (what, method, path, headers, want) in cases {
+        let r = request(client, addr, method.clone(), path, headers, &job_body()).await;
+        assert_eq!(r.status, *want, "{what}: {:?}", r.body);
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(
+            detail.contains("Content-Type")
+                || detail.contains("Origin")
+                || detail.contains("Sec-Fetch-Site")
+                || detail.contains("Host"),
+            "{what}: the detail names the header: {detail}"
+        );
+    }
+    let listed = server.get("/v1/jobs").await.json();
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
+
+    // Headroom's own clients still work: JSON, a loopback Host, same-origin at most.
+    let origin = format!("http://{host}");
+    let r = request(
+        client,
+        addr,
+        Method::POST,
+        "/v1/jobs",
+        &[
+            ("content-type", "application/json; charset=utf-8"),
+            ("origin", &origin),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        &job_body(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let r = request(
+        client,
+        addr,
+        Method::GET,
+        "/proxy/up/ok",
+        &[("host", &format!("localhost:{}", addr.port()))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    server.shutdown().await;
+}
+
+/// With `auth = "none"` a scoped token would check nothing, so none can be minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_mode_mints_no_scoped_tokens() {
+    let up = Recorder::start().await;
+    let server = Server::start(UPSTREAM, &up.url()).await;
+    let r = server.post("/v1/tokens", &json!({"tenant": "acme"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.problem()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("auth = \"none\""));
+    server.shutdown().await;
+}
+
+/// `auth = "none"` is for loopback: a wider listener with it does not start.
+#[tokio::test]
+async fn the_open_mode_does_not_start_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "listen = \"0.0.0.0:7878\"\nauth = \"none\"\nstore = \"sqlite://{}/h.db\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&toml, "test.toml").unwrap();
+    let e = AppState::new(config, None).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("loopback"), "{e:#}");
+    let e = Config::parse("auth = \"open\"\n", "h.toml").unwrap_err();
+    assert!(e.to_string().contains("auth: \"open\""), "{e}");
+}
