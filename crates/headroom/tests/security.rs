@@ -145,7 +145,14 @@ async fn the_open_mode_refuses_cross_site_and_rebound_requests() {
     let server = Server::start(UPSTREAM, &up.url()).await;
     let (client, addr) = (&server.client, server.addr);
     let host = addr.to_string();
-    let cases: &[(&str, Method, &str, Vec<(&str, &str)>, StatusCode)] = &[
+    type Case<'a> = (
+        &'a str,
+        Method,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        StatusCode,
+    );
+    let cases: &[Case] = &[
         (
             "a form-like text/plain POST",
             Method::POST,
