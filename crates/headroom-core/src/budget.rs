@@ -64,7 +64,13 @@ pub struct BudgetConfig {
     pub breaker: BreakerConfig,
     /// How long the pace takes to climb back to full after a throttled response halved it.
     pub recovery: Duration,
+    /// The longest pause a throttled answer may put on the budget: an upstream's answer is
+    /// untrusted input, and `Retry-After: 34000000` must not freeze a budget for a year.
+    pub max_pause: Duration,
 }
+
+/// The default cap on a budget's pause after a throttled answer.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 impl Default for BudgetConfig {
     fn default() -> Self {
@@ -76,6 +82,7 @@ impl Default for BudgetConfig {
             backoff: Backoff::default(),
             breaker: BreakerConfig::default(),
             recovery: Duration::from_secs(60),
+            max_pause: DEFAULT_MAX_PAUSE,
         }
     }
 }
@@ -481,17 +488,14 @@ impl Budget {
 
     /// Pauses the whole budget and slows its pace after a throttled response.
     fn throttled(&mut self, now: Timestamp, signals: &Signals, jitter: &mut Jitter) -> Duration {
-        let exhausted_reset = signals
-            .limits
-            .iter()
-            .filter(|l| l.remaining == Some(0.0))
-            .filter_map(|l| l.reset_in)
-            .max();
-        let pause = signals.retry_after.or(exhausted_reset).unwrap_or_else(|| {
-            self.config
-                .backoff
-                .delay(self.consecutive_throttles, jitter)
-        });
+        let pause = signals
+            .asked_wait()
+            .unwrap_or_else(|| {
+                self.config
+                    .backoff
+                    .delay(self.consecutive_throttles, jitter)
+            })
+            .min(self.config.max_pause);
         // Responses to calls already in flight report the same overload: slow down once per
         // pause, not once per response.
         if now >= self.paused_until {
@@ -596,6 +600,36 @@ mod tests {
         let _p = b.try_acquire(t(0.0), Lane::Bulk, 4.0).unwrap();
         // 4 points at 8 points/s: 0.5 s; the request limit alone would allow 1/80 s.
         assert_eq!(b.earliest(t(0.0), Lane::Bulk, 1.0), t(0.5));
+    }
+
+    #[test]
+    fn a_pause_longer_than_max_pause_is_cut_to_it() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let mut j = Jitter::new(1);
+        for (retry_after, reset_in) in [(Some(34_000_000), None), (None, Some(u32::MAX as u64))] {
+            let p = b.try_acquire(b.paused_until(), Lane::Bulk, 1.0).unwrap();
+            let signals = Signals {
+                throttled: true,
+                retry_after: retry_after.map(Duration::from_secs),
+                limits: vec![crate::LimitSignal {
+                    remaining: Some(0.0),
+                    reset_in: reset_in.map(Duration::from_secs),
+                    ..Default::default()
+                }],
+            };
+            let now = b.paused_until();
+            let r = b.complete(
+                now,
+                p,
+                Outcome::Response {
+                    status: 429,
+                    signals: &signals,
+                },
+                &mut j,
+            );
+            assert_eq!(r.paused_for, Some(DEFAULT_MAX_PAUSE));
+            assert_eq!(b.paused_until(), now + DEFAULT_MAX_PAUSE);
+        }
     }
 
     #[test]

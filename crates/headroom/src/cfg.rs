@@ -269,6 +269,7 @@ struct RawUpstream {
     credential: Option<RawCredential>,
     timeout: Option<String>,
     idempotency_header: Option<String>,
+    max_pause: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -611,6 +612,18 @@ impl RawUpstream {
             backoff,
             breaker,
             recovery: defaults.recovery,
+            max_pause: match self.max_pause {
+                Some(d) => {
+                    let pause = duration(&format!("{key}.max_pause"), &d)?;
+                    if pause.is_zero() {
+                        return Err(format!(
+                            "{key}.max_pause: must be longer than zero, like \"1h\""
+                        ));
+                    }
+                    pause
+                }
+                None => defaults.max_pause,
+            },
         };
         budget_config.validate().map_err(|e| format!("{key}.{e}"))?;
         let credential = {

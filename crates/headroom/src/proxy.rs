@@ -555,7 +555,16 @@ async fn forward(
             && inspected.is_some()
             && out_body.replayable()
             && journey.attempts < upstream.retry.max_attempts;
-        if !can_retry {
+        // A throttled answer that asks for longer than the caller may still wait gets back
+        // to the caller at once instead of after the wait.
+        let too_long = signals.throttled
+            && signals.asked_wait().is_some_and(|w| {
+                w > upstream.budget_config.max_pause
+                    || tokio::time::Instant::now()
+                        .checked_add(w)
+                        .map_or(true, |at| at >= deadline)
+            });
+        if !can_retry || too_long {
             break response;
         }
         // A throttled call waits for the budget's pause (in the governor); a failed one backs

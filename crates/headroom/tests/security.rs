@@ -310,3 +310,67 @@ async fn the_open_mode_does_not_start_beyond_loopback() {
     let e = Config::parse("auth = \"open\"\n", "h.toml").unwrap_err();
     assert!(e.to_string().contains("auth: \"open\""), "{e}");
 }
+
+/// An upstream's `Retry-After: 34000000` (393 days) is hostile input: the budget pauses for
+/// at most `max_pause`, the proxy answers at once, a job fails with a reason instead of being
+/// rescheduled a year ahead, and other tenants of a shared budget go on after the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_long_retry_after_is_capped_by_max_pause() {
+    let up = Recorder::start().await;
+    let server = Server::start(
+        r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+budget = "shared"
+max_pause = "1s"
+retry = { max_wait = "30s" }
+"#,
+        &up.url(),
+    )
+    .await;
+    up.answer(429, &[("retry-after", "34000000")]);
+    let started = tokio::time::Instant::now();
+    let r = server_call(&server, "acme").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the proxy answers at once, not after its 30 s max wait"
+    );
+    assert_eq!(r.attempts(), 1, "not retried");
+    let budgets = server.get("/v1/budgets").await.json();
+    let paused = budgets["budgets"][0]["paused_for_s"].as_f64().unwrap();
+    assert!(paused <= 1.0, "the pause is capped at max_pause: {budgets}");
+    // Another tenant of the shared budget is served once the capped pause is over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(server_call(&server, "globex").await.status, StatusCode::OK);
+
+    // A job that gets the same answer fails with a reason, at once.
+    up.answer(429, &[("retry-after", "34000000")]);
+    let id = server
+        .post(
+            "/v1/jobs",
+            &json!({"upstream": "up", "tenant": "acme", "request": {"method": "POST", "path": "/j"}}),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = server.wait_job(&id, Duration::from_secs(20)).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains("max_pause"), "{error}");
+    server.shutdown().await;
+}
+
+async fn server_call(server: &Server, tenant: &str) -> Reply {
+    common::send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/x",
+        &[("headroom-tenant", tenant)],
+    )
+    .await
+}

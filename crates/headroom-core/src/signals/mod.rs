@@ -41,6 +41,20 @@ pub struct Signals {
     pub limits: Vec<LimitSignal>,
 }
 
+impl Signals {
+    /// How long the answer asks the caller to wait: Retry-After, else the latest reset of a
+    /// limit it reports exhausted. `None` when it says nothing.
+    pub fn asked_wait(&self) -> Option<Duration> {
+        self.retry_after.or_else(|| {
+            self.limits
+                .iter()
+                .filter(|l| l.remaining == Some(0.0))
+                .filter_map(|l| l.reset_in)
+                .max()
+        })
+    }
+}
+
 /// One limit as a response describes it. Each field is `None` when the response does not say.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct LimitSignal {

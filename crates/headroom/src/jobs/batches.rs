@@ -448,8 +448,13 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             ..
         } => {
             let status = parts.status.as_u16();
+            let max_pause = upstream.budget_config.max_pause;
             if signals.throttled {
-                let wait = signals.retry_after.unwrap_or(Duration::from_secs(1));
+                if let Some(asked) = signals.asked_wait().filter(|w| *w > max_pause) {
+                    let error = super::dispatcher::too_long_pause(status, asked, max_pause);
+                    return all(chunk, RecordResult::Failed { error });
+                }
+                let wait = signals.asked_wait().unwrap_or(Duration::from_secs(1));
                 let at = now_millis() + wait.as_millis().max(50) as Millis;
                 let error = format!("throttled by the upstream ({status}), nothing applied");
                 return all(
@@ -473,6 +478,17 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                         retryable: false,
                         ..
                     } => RecordResult::Failed { error },
+                    RecordOutcome::Failed {
+                        error,
+                        retryable: true,
+                        retry_after: Some(asked),
+                    } if asked > max_pause => RecordResult::Failed {
+                        error: format!(
+                            "{error}; the upstream asks to wait {}, longer than max_pause ({})",
+                            headroom_core::duration::format_duration(asked),
+                            headroom_core::duration::format_duration(max_pause),
+                        ),
+                    },
                     RecordOutcome::Failed {
                         error,
                         retryable: true,

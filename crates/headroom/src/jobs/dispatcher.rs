@@ -355,19 +355,18 @@ fn classify(
     response: JobResponse,
 ) -> Transition {
     if signals.throttled {
+        let max_pause = upstream.budget_config.max_pause;
+        if let Some(asked) = signals.asked_wait().filter(|w| *w > max_pause) {
+            // An answer is untrusted input: a wait beyond the cap would hold the job (and its
+            // caller's callback) for as long as the upstream likes.
+            return Transition::Failed {
+                error: too_long_pause(status, asked, max_pause),
+                response: Some(response),
+            };
+        }
         // The budget is paused until the upstream's time; the job waits for it in the store,
         // without spending an attempt.
-        let wait = signals
-            .retry_after
-            .or_else(|| {
-                signals
-                    .limits
-                    .iter()
-                    .filter(|l| l.remaining == Some(0.0))
-                    .filter_map(|l| l.reset_in)
-                    .max()
-            })
-            .unwrap_or(Duration::from_secs(1));
+        let wait = signals.asked_wait().unwrap_or(Duration::from_secs(1));
         return Transition::Retry {
             at: now_millis() + wait.as_millis().max(50) as Millis,
             error: format!("throttled by the upstream ({status})"),
@@ -386,6 +385,16 @@ fn classify(
             response: Some(response),
         }
     }
+}
+
+/// Why a job or record is not retried after a throttled answer that asks for too long.
+pub(crate) fn too_long_pause(status: u16, asked: Duration, max_pause: Duration) -> String {
+    format!(
+        "throttled by the upstream ({status}), which asks to wait {}, longer than the \
+         upstream's max_pause ({}); not retried (raise max_pause to wait that long)",
+        headroom_core::duration::format_duration(asked),
+        headroom_core::duration::format_duration(max_pause),
+    )
 }
 
 /// The job's headers, its tenant's credential and its idempotency key.
