@@ -6,7 +6,7 @@
 //! [`Governor::poll`] then.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,12 @@ use crate::backoff::Jitter;
 use crate::breaker::BreakerRefusal;
 use crate::budget::{Budget, BudgetConfig, Lane, Outcome, Permit, Reaction, Wait};
 use crate::clock::Timestamp;
+use crate::fair_queue::FairQueue;
 
 /// A lane of one budget holds at most this many waiting calls; more are refused.
 pub const MAX_QUEUED_PER_LANE: usize = 100_000;
+/// One party (tenant) may hold at most this many of them, so that one cannot fill the lane.
+pub const MAX_QUEUED_PER_PARTY: usize = 10_000;
 
 /// Why a call was refused without being made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,15 +78,15 @@ struct Waiter<W> {
 struct Entry<K, W> {
     key: K,
     budget: Budget,
-    realtime: VecDeque<Waiter<W>>,
-    bulk: VecDeque<Waiter<W>>,
+    realtime: FairQueue<Waiter<W>>,
+    bulk: FairQueue<Waiter<W>>,
     /// The time of this budget's live heap entry, if any.
     armed: Option<Timestamp>,
     generation: u32,
 }
 
 impl<K, W> Entry<K, W> {
-    fn lane(&mut self, lane: Lane) -> &mut VecDeque<Waiter<W>> {
+    fn lane(&mut self, lane: Lane) -> &mut FairQueue<Waiter<W>> {
         match lane {
             Lane::Realtime => &mut self.realtime,
             Lane::Bulk => &mut self.bulk,
@@ -149,8 +152,8 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         let entry = |generation| Entry {
             key: key.clone(),
             budget: Budget::new(Arc::clone(config)),
-            realtime: VecDeque::new(),
-            bulk: VecDeque::new(),
+            realtime: FairQueue::default(),
+            bulk: FairQueue::default(),
             armed: None,
             generation,
         };
@@ -189,15 +192,34 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         max_wait: Duration,
         token: W,
     ) -> Admission {
+        self.request_for(now, key, config, lane, cost, max_wait, 0, token)
+    }
+
+    /// As [`Governor::request`], for `party` (e.g. a hash of the tenant): waiting calls of a
+    /// lane are served in turns by party, so one party's backlog does not hold back the
+    /// others sharing the budget.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_for(
+        &mut self,
+        now: Timestamp,
+        key: &K,
+        config: &Arc<BudgetConfig>,
+        lane: Lane,
+        cost: f64,
+        max_wait: Duration,
+        party: u64,
+        token: W,
+    ) -> Admission {
         let slot = self.slot_of(key, config);
         let entry = self.entry(slot);
         if let Err(refusal) = entry.budget.check_breaker(now) {
             return Admission::Rejected(breaker_rejection(now, refusal));
         }
-        // A real-time call waits only behind real-time calls; a bulk call behind everyone.
+        // A real-time call waits only behind real-time calls; a bulk call behind every
+        // real-time call. Within its lane, parties take turns.
         let ahead = match lane {
-            Lane::Realtime => entry.realtime.len(),
-            Lane::Bulk => entry.realtime.len() + entry.bulk.len(),
+            Lane::Realtime => entry.realtime.ahead_of(party),
+            Lane::Bulk => entry.realtime.len() + entry.bulk.ahead_of(party),
         };
         if ahead == 0 {
             match entry.budget.try_acquire(now, lane, cost) {
@@ -209,7 +231,8 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
             }
         }
         let per_call = entry.budget.interval(now, lane, cost);
-        if entry.lane(lane).len() >= MAX_QUEUED_PER_LANE {
+        let queue = entry.lane(lane);
+        if queue.len() >= MAX_QUEUED_PER_LANE || queue.len_of(party) >= MAX_QUEUED_PER_PARTY {
             return Admission::Rejected(Rejection {
                 reason: RejectReason::QueueFull,
                 retry_after: per_call.unwrap_or(Duration::from_secs(1)),
@@ -225,12 +248,15 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 retry_after: estimate,
             });
         }
-        entry.lane(lane).push_back(Waiter {
-            token,
-            cost,
-            deadline: now + max_wait,
-            enqueued_at: now,
-        });
+        entry.lane(lane).push(
+            party,
+            Waiter {
+                token,
+                cost,
+                deadline: now + max_wait,
+                enqueued_at: now,
+            },
+        );
         self.rearm(slot, now);
         Admission::Queued
     }
@@ -291,14 +317,9 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
             return false;
         };
         let entry = self.entry(slot);
-        for lane in [Lane::Realtime, Lane::Bulk] {
-            let queue = entry.lane(lane);
-            if let Some(i) = queue.iter().position(|w| &w.token == token) {
-                queue.remove(i);
-                return true;
-            }
-        }
-        false
+        [Lane::Realtime, Lane::Bulk]
+            .into_iter()
+            .any(|lane| entry.lane(lane).remove_first(|w| &w.token == token))
     }
 
     /// Forgets budgets idle since `now - idle_for` with nothing waiting. Returns how many.
@@ -337,12 +358,12 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 break;
             };
             let (cost, deadline) = {
-                let head = &entry.lane(lane)[0];
+                let head = entry.lane(lane).head().expect("the lane is not empty");
                 (head.cost, head.deadline)
             };
             let refusal = match entry.budget.try_acquire(now, lane, cost) {
                 Ok(permit) => {
-                    let w = entry.lane(lane).pop_front().expect("head exists");
+                    let w = entry.lane(lane).pop().expect("head exists");
                     out.push(Decision::Granted {
                         token: w.token,
                         permit,
@@ -366,7 +387,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 },
                 Err(Wait::Breaker(refusal)) => breaker_rejection(now, refusal),
             };
-            let w = entry.lane(lane).pop_front().expect("head exists");
+            let w = entry.lane(lane).pop().expect("head exists");
             out.push(Decision::Rejected {
                 token: w.token,
                 rejection: refusal,
@@ -387,7 +408,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
             return;
         };
         let (cost, deadline) = {
-            let head = &entry.lane(lane)[0];
+            let head = entry.lane(lane).head().expect("the lane is not empty");
             (head.cost, head.deadline)
         };
         let at = entry.budget.earliest(now, lane, cost);
@@ -464,6 +485,60 @@ mod tests {
         g.poll(t(0.125), &mut out);
         assert_eq!(granted(&out), vec![1]);
         assert_eq!(g.next_wakeup(), Some(t(0.25)));
+    }
+
+    #[test]
+    fn tenants_of_a_shared_budget_take_turns() {
+        // 100 per 10 s at headroom 0.8: one call every 125 ms.
+        let mut g: Governor<&str, u32> = Governor::new(1);
+        let cfg = config(100.0, 10);
+        let (a, b) = (1, 2);
+        let _first = g.request_for(t(0.0), &"shared", &cfg, Lane::Bulk, 1.0, LONG, a, 0);
+        for token in 1..=200 {
+            assert_eq!(
+                g.request_for(t(0.0), &"shared", &cfg, Lane::Bulk, 1.0, LONG, a, token),
+                Admission::Queued
+            );
+        }
+        // b's call would wait 25 s behind a's backlog in arrival order; in turns it is
+        // admitted within a 1 s max wait and goes second.
+        assert_eq!(
+            g.request_for(
+                t(0.01),
+                &"shared",
+                &cfg,
+                Lane::Bulk,
+                1.0,
+                Duration::from_secs(1),
+                b,
+                1000
+            ),
+            Admission::Queued
+        );
+        let mut out = vec![];
+        let mut now = 0.0;
+        while out.len() < 3 {
+            now += 0.125;
+            g.poll(t(now), &mut out);
+        }
+        assert_eq!(granted(&out), vec![1, 1000, 2]);
+        // a's own backlog still counts against a's max wait.
+        assert!(matches!(
+            g.request_for(
+                t(now),
+                &"shared",
+                &cfg,
+                Lane::Bulk,
+                1.0,
+                Duration::from_secs(1),
+                a,
+                5000
+            ),
+            Admission::Rejected(Rejection {
+                reason: RejectReason::WaitTooLong,
+                ..
+            })
+        ));
     }
 
     #[test]

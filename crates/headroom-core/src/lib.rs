@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod budget;
 pub mod clock;
 pub mod duration;
+pub mod fair_queue;
 pub mod governor;
 pub mod limit;
 pub mod signals;

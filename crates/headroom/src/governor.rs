@@ -17,6 +17,16 @@ use tokio::sync::{oneshot, Notify};
 /// A budget: an upstream (by index) and a budget key (tenant, credential hash or `shared`).
 pub type BudgetKey = (u32, Arc<str>);
 
+/// Whose turn a waiting call takes in its budget's queue: its tenant. In a shared budget,
+/// tenants take turns, so one tenant's backlog does not hold back the others.
+pub fn party_of(tenant: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(tenant) = tenant else { return 0 };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tenant.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Idle budgets are forgotten after this long (they are rebuilt from config on next use).
 const IDLE_EVICTION: Duration = Duration::from_secs(15 * 60);
 const EVICTION_SWEEP: Duration = Duration::from_secs(60);
@@ -192,6 +202,7 @@ impl SharedGovernor {
 
     /// Waits for leave to make a call, at most `max_wait`: from this node's budget, then
     /// (several nodes) from the shared one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         self: &Arc<Self>,
         key: BudgetKey,
@@ -199,9 +210,12 @@ impl SharedGovernor {
         lane: Lane,
         cost: f64,
         max_wait: Duration,
+        party: u64,
     ) -> Result<Lease, Rejection> {
         let Some(remote) = &self.remote else {
-            return self.acquire_local(key, config, lane, cost, max_wait).await;
+            return self
+                .acquire_local(key, config, lane, cost, max_wait, party)
+                .await;
         };
         let start = tokio::time::Instant::now();
         let local = {
@@ -218,7 +232,7 @@ impl SharedGovernor {
             )
         };
         let mut lease = self
-            .acquire_local(key, &local, lane, cost, max_wait)
+            .acquire_local(key, &local, lane, cost, max_wait, party)
             .await?;
         // The pace this node computes (config, headers it saw, slow-down after throttling).
         let spacing = {
@@ -283,6 +297,7 @@ impl SharedGovernor {
         lane: Lane,
         cost: f64,
         max_wait: Duration,
+        party: u64,
     ) -> Result<Lease, Rejection> {
         let start = self.now();
         let (id, mut rx) = {
@@ -291,7 +306,7 @@ impl SharedGovernor {
             inner.next_id += 1;
             match inner
                 .governor
-                .request(start, &key, config, lane, cost, max_wait, id)
+                .request_for(start, &key, config, lane, cost, max_wait, party, id)
             {
                 Admission::Granted(permit) => {
                     return Ok(self.lease(key, permit, Duration::ZERO));

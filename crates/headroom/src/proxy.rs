@@ -478,6 +478,7 @@ async fn forward(
                 ask.lane,
                 ask.cost,
                 left,
+                crate::governor::party_of(tenant.as_deref()),
             )
             .await
         {

@@ -374,3 +374,72 @@ async fn server_call(server: &Server, tenant: &str) -> Reply {
     )
     .await
 }
+
+/// In a shared budget one tenant's backlog does not hold back the others: tenants take
+/// turns, so another tenant's call waits about one pacing interval per waiting tenant, not
+/// behind the whole backlog (which would be refused: ~10 s against a 5 s max wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_backlog_does_not_starve_others_in_a_shared_budget() {
+    let up = Recorder::start().await;
+    let server = Server::start(
+        r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+budget = "shared"
+limits = [{ quota = 10, window = "1s" }]
+"#,
+        &up.url(),
+    )
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        let (client, addr) = (server.client.clone(), server.addr);
+        flood.push(tokio::spawn(async move {
+            common::send(
+                &client,
+                addr,
+                Method::GET,
+                "/proxy/up/flood",
+                &[
+                    ("headroom-tenant", "hog"),
+                    ("headroom-lane", "bulk"),
+                    ("headroom-max-wait", "60s"),
+                ],
+            )
+            .await
+            .status
+        }));
+    }
+    // Let the backlog form (8 calls per second go; 80 are queued).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/mine",
+        &[
+            ("headroom-tenant", "small"),
+            ("headroom-lane", "bulk"),
+            ("headroom-max-wait", "5s"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(
+        r.wait_ms() < 3000,
+        "waited {} ms behind another tenant's backlog",
+        r.wait_ms()
+    );
+    let seen = up.seen();
+    let hog_before = seen
+        .iter()
+        .take_while(|s| s.path != "/mine")
+        .filter(|s| s.path == "/flood")
+        .count();
+    assert!(hog_before < 40, "{hog_before} of the backlog went first");
+    for f in flood {
+        assert_eq!(f.await.unwrap(), StatusCode::OK);
+    }
+    server.shutdown().await;
+}

@@ -388,6 +388,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             meta.lane,
             1.0,
             upstream.retry.max_wait,
+            crate::governor::party_of(meta.tenant.as_deref()),
         )
         .await
     {

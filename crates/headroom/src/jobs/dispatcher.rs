@@ -261,6 +261,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             n.lane,
             1.0,
             upstream.retry.max_wait,
+            crate::governor::party_of(n.tenant.as_deref()),
         )
         .await
     {
