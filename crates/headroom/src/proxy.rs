@@ -563,7 +563,7 @@ async fn forward(
                 w > upstream.budget_config.max_pause
                     || tokio::time::Instant::now()
                         .checked_add(w)
-                        .map_or(true, |at| at >= deadline)
+                        .is_none_or(|at| at >= deadline)
             });
         if !can_retry || too_long {
             break response;
