@@ -39,6 +39,9 @@ pub struct App {
     pub jobs_wake: tokio::sync::Notify,
     /// Wakes the batch runner when a batch arrives or a chunk finishes.
     pub batches_wake: tokio::sync::Notify,
+    /// MiB of batch submissions being read and checked at once: bounds the memory that
+    /// large batches posted together can take.
+    pub batch_intake: tokio::sync::Semaphore,
     /// The admin token: `/v1` and `/proxy` require it (or a scoped token). `None` only with
     /// `auth = "none"`.
     pub api_token: Option<String>,
@@ -111,6 +114,7 @@ impl AppState {
             credentials,
             jobs_wake: tokio::sync::Notify::new(),
             batches_wake: tokio::sync::Notify::new(),
+            batch_intake: tokio::sync::Semaphore::new(crate::jobs::batches::INTAKE_MIB),
             api_token,
             scheduler: crate::schedules::Scheduler::new(clock),
         }));

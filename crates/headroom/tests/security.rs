@@ -443,3 +443,21 @@ limits = [{ quota = 10, window = "1s" }]
     }
     server.shutdown().await;
 }
+
+/// A batch body over the limit is refused with a problem that says what to do, before it is
+/// held in memory whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_is_refused_with_a_problem() {
+    let up = Recorder::start().await;
+    let server = Server::start(UPSTREAM, &up.url()).await;
+    let mut body = br#"{"upstream": "up", "format": "hubspot", "request": {"method": "POST", "path": "/b"}, "records": ["#.to_vec();
+    let record = br#"{"id": "r", "properties": {"email": "a@example.com", "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}},"#;
+    while body.len() <= headroom::jobs::batches::MAX_BATCH_BODY {
+        body.extend_from_slice(record);
+    }
+    body.extend_from_slice(br#"{"id": "last"}]}"#);
+    let r = server.post_raw("/v1/batches", &body).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.problem()["detail"].as_str().unwrap().contains("split"));
+    server.shutdown().await;
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +28,11 @@ use crate::server::AppState;
 pub const MAX_RECORDS: usize = 100_000;
 /// The JSON of a batch request.
 pub const MAX_BATCH_BODY: usize = 64 << 20;
+/// MiB of batch bodies read and checked at once (each takes its size, rounded up, and about
+/// as much again while it is checked); submissions beyond wait for room.
+pub const INTAKE_MIB: usize = 256;
+/// How long a submission waits for room before it is refused with 503.
+const INTAKE_WAIT: Duration = Duration::from_secs(30);
 /// Chunks of one batch in flight at once (the budget paces them anyway).
 const CHUNKS_PER_BATCH: usize = 4;
 /// Chunks in flight at once in this process.
@@ -51,7 +56,9 @@ pub(crate) struct SubmitBatch {
     max_batch_size: Option<u32>,
     lane: Option<String>,
     request: SubmitBatchRequest,
-    records: Vec<Value>,
+    /// Kept as their JSON text: a batch of 100,000 records is held about once, not also as
+    /// a tree of values.
+    records: Vec<Box<serde_json::value::RawValue>>,
     max_attempts: Option<u32>,
     callback_url: Option<String>,
 }
@@ -78,17 +85,54 @@ fn record_id(record: &Value, index: usize) -> String {
 async fn submit(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     let principal = authenticate(&app, &headers, false).await?;
+    // Room is taken before the body is read: a body of unknown length counts as the largest.
+    let size = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(MAX_BATCH_BODY)
+        .min(MAX_BATCH_BODY);
+    let mib = (size >> 20) as u32 + 1;
+    let _room = tokio::time::timeout(INTAKE_WAIT, app.batch_intake.acquire_many(mib))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| ApiError::Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: format!(
+                "too many large batches are being submitted at once (at most {INTAKE_MIB} MiB \
+                 are read together); retry shortly"
+            ),
+            retry_after: Duration::from_secs(5),
+        })?;
+    let body = axum::body::to_bytes(body, MAX_BATCH_BODY)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::PayloadTooLarge {
+                    detail: format!(
+                        "the batch's JSON is larger than {} MiB; split the records into \
+                         several batches",
+                        MAX_BATCH_BODY >> 20
+                    ),
+                }
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        })?;
     let s: SubmitBatch = parse_json(&body)?;
+    drop(body);
     if let Some(t) = &s.tenant {
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
     let new = build_batch(&app.config, s, tenant, now_millis())?;
     let summary = app.store.insert_batch(new).await?;
-    app.jobs_wake.notify_one();
+    app.batches_wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": summary.id, "status": summary.status, "total": summary.total})),
@@ -136,13 +180,6 @@ pub(crate) fn build_batch(
             ),
         });
     }
-    if let Some((i, _)) = s.records.iter().enumerate().find(|(_, r)| !r.is_object()) {
-        return Err(ApiError::bad_request(format!(
-            "records[{i}]: each record must be a JSON object"
-        )));
-    }
-    batch::validate(&format, &r.method, &r.path, s.records.iter())
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let max_attempts = s.max_attempts.unwrap_or(5);
     if !(1..=10).contains(&max_attempts) {
         return Err(ApiError::bad_request(format!(
@@ -152,15 +189,30 @@ pub(crate) fn build_batch(
     if let Some(url) = &s.callback_url {
         check_callback(url)?;
     }
-    let records = s
-        .records
-        .iter()
-        .enumerate()
-        .map(|(i, record)| NewRecord {
-            record_id: record_id(record, i),
-            payload: serde_json::to_vec(record).unwrap_or_default(),
-        })
-        .collect();
+    // One record at a time: its value lives only while it is checked.
+    let mut records = Vec::with_capacity(s.records.len());
+    for (i, raw) in s.records.into_iter().enumerate() {
+        let record: Value = serde_json::from_str(raw.get())
+            .map_err(|e| ApiError::bad_request(format!("records[{i}]: {e}")))?;
+        if !record.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "records[{i}]: each record must be a JSON object"
+            )));
+        }
+        batch::validate(&format, &r.method, &r.path, std::iter::once(&record)).map_err(
+            |e| match e {
+                batch::BatchError::Record { reason, .. } => {
+                    ApiError::bad_request(format!("records[{i}]: {reason}"))
+                }
+                other => ApiError::bad_request(other.to_string()),
+            },
+        )?;
+        let text: Box<str> = raw.into();
+        records.push(NewRecord {
+            record_id: record_id(&record, i),
+            payload: text.into_string().into_bytes(),
+        });
+    }
     let new = NewBatch {
         id: new_id("batch"),
         upstream: upstream.name.clone(),
@@ -192,8 +244,9 @@ pub(crate) fn batch_from_value(
     tenant: &str,
     now: Millis,
 ) -> Result<NewBatch, String> {
+    // Records are read as raw JSON text, which only a text parser gives.
     let s: SubmitBatch =
-        serde_json::from_value(template.clone()).map_err(|e| format!(": not a batch: {e}"))?;
+        serde_json::from_str(&template.to_string()).map_err(|e| format!(": not a batch: {e}"))?;
     check_tenant(tenant).map_err(|e| e.to_string())?;
     build_batch(config, s, Some(tenant.to_string()), now).map_err(|e| e.to_string())
 }
