@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Batch intake memory: the peak RSS of `headroom serve` while it takes N large batches posted
+# at once (issue: a 61 MB batch took ~260 MB, 8 at once 2.1 GB). Prints one JSON line per run.
+#
+#   HEADROOM_BIN  [target/release/headroom]  the binary to measure
+#   RECORDS       [100000]                   records per batch (~610 bytes each: ~61 MB)
+#   CONCURRENT    ["1 8"]                    batches posted at once, one run each
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${HEADROOM_BIN:-${CARGO_TARGET_DIR:-target}/release/headroom}
+RECORDS=${RECORDS:-100000}
+TMP=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+
+python3 - "$RECORDS" >"$TMP/batch.json" <<'PY'
+import json, sys
+n = int(sys.argv[1])
+pad = "x" * 520
+records = ",".join(
+    json.dumps({"id": f"r{i}", "properties": {"email": f"user{i}@example.com", "note": pad}})
+    for i in range(n))
+sys.stdout.write('{"upstream": "crm", "tenant": "acme", "format": "hubspot", "max_batch_size": 100,'
+                 ' "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},'
+                 ' "records": [' + records + ']}')
+PY
+SIZE=$(stat -c %s "$TMP/batch.json")
+
+for n in ${CONCURRENT:-1 8}; do
+    dir="$TMP/run$n"; mkdir -p "$dir"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    cat >"$dir/headroom.toml" <<TOML
+listen = "127.0.0.1:$port"
+store = "sqlite://$dir/headroom.db"
+auth = "none"
+[[upstreams]]
+name = "crm"
+base_url = "http://127.0.0.1:9"
+TOML
+    HEADROOM_LOG=warn "$BIN" serve --config "$dir/headroom.toml" 2>"$dir/log" &
+    pid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    start=$(date +%s.%N)
+    for _ in $(seq "$n"); do
+        curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
+            --data-binary @"$TMP/batch.json" "http://127.0.0.1:$port/v1/batches" >>"$dir/codes" &
+    done
+    wait $(jobs -p | grep -v "^$pid\$") 2>/dev/null || true
+    end=$(date +%s.%N)
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    codes=$(sort "$dir/codes" | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=","}')
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf '{"batches": %d, "batch_bytes": %d, "peak_rss_mib": %.0f, "seconds": %.1f, "statuses": "%s"}\n' \
+        "$n" "$SIZE" "$(echo "$hwm / 1024" | bc -l)" "$(echo "$end - $start" | bc -l)" "$codes"
+done
