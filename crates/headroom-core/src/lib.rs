@@ -7,6 +7,7 @@
 //! - [`budget`] turns those signals (and configured limits) into when the next call may go.
 //! - [`governor`] holds many budgets and their queues, and decides in time independent of how
 //!   many budgets exist.
+//! - [`verdict`] decides what an upstream's answer means for its call: done, retry or give up.
 //! - [`sim`] runs the pacing model against simulated upstreams in virtual time.
 
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod governor;
 pub mod limit;
 pub mod signals;
 pub mod sim;
+pub mod verdict;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 
