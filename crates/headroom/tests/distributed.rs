@@ -129,6 +129,7 @@ impl Cluster {
         let governor = governor.unwrap_or_else(|| redis.clone());
         let config = format!(
             "store = \"{}\"\ngovernor = \"{governor}/?prefix={prefix}&lease_ttl=10s\"\n\
+             [callbacks]\nallow = [\"127.0.0.1/32\"]\n\
              [[upstreams]]\nname = \"crm\"\nbase_url = \"{}\"\n{upstream}\n",
             schema.url(),
             mock.url()

@@ -24,9 +24,11 @@ fn clock() -> ManualClock {
     c
 }
 
+/// The `up` upstream, after `[callbacks]` letting the webhooks reach the test's loopback
+/// recorders (refused by default).
 fn upstream(extra: &str) -> String {
     format!(
-        "[[upstreams]]\nname = \"up\"\nbase_url = \"{{base}}\"\nlimits = [{{ quota = 1000, window = \"1s\" }}]\n{extra}\n"
+        "[callbacks]\nallow = [\"127.0.0.1/32\"]\n[[upstreams]]\nname = \"up\"\nbase_url = \"{{base}}\"\nlimits = [{{ quota = 1000, window = \"1s\" }}]\n{extra}\n"
     )
 }
 

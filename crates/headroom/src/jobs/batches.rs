@@ -150,7 +150,7 @@ pub(crate) fn build_batch(
         )));
     }
     if let Some(url) = &s.callback_url {
-        check_callback(url)?;
+        check_callback(config, url)?;
     }
     let records = s
         .records
