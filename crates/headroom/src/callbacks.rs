@@ -839,4 +839,47 @@ mod tests {
         drop(a1);
         assert!(limits.try_take("h3", Some("c")).is_some());
     }
+
+    /// The connector checks what a name resolves to: `localhost` is refused by default (no
+    /// connection is made), and reached once `allow` names its address or the name.
+    #[tokio::test]
+    async fn names_are_checked_on_the_addresses_they_resolve_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri: http::Uri = format!("http://localhost:{port}/").parse().unwrap();
+        let connector = |allow: &[&str]| {
+            let mut list = Allowlist::default();
+            for a in allow {
+                list.add(a).unwrap();
+            }
+            GuardedConnector {
+                allow: Arc::new(list),
+                connect_timeout: Duration::from_secs(3),
+            }
+        };
+        let e = connector(&[]).connect(uri.clone()).await.unwrap_err();
+        assert!(e.is::<Refused>(), "{e}");
+        let e = connector(&[])
+            .connect(
+                format!("http://[::ffff:127.0.0.1]:{port}/")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is::<Refused>(), "{e}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "a refused destination was connected to"
+        );
+        for allow in [&["127.0.0.1/32"][..], &["localhost"][..]] {
+            let connected = connector(allow).connect(uri.clone()).await;
+            // `localhost` may resolve to ::1 first, where nothing listens: any address of
+            // the name that is permitted is tried in turn.
+            assert!(connected.is_ok(), "{allow:?}: {:?}", connected.err());
+            listener.accept().await.unwrap();
+        }
+    }
 }
