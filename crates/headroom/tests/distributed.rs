@@ -33,15 +33,16 @@ struct Node {
 
 impl Node {
     fn start(dir: &std::path::Path, config: &std::path::Path, n: usize) -> Node {
-        Node::start_logging(dir, config, n, "warn")
+        Node::start_logging(dir, config, n, "warn", &[])
     }
 
-    /// As `start`, logging at `level` (HEADROOM_LOG).
+    /// As `start`, logging at `level` (HEADROOM_LOG), with more environment variables.
     fn start_logging(
         dir: &std::path::Path,
         config: &std::path::Path,
         n: usize,
         level: &str,
+        envs: &[(&str, &str)],
     ) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -54,6 +55,7 @@ impl Node {
             .args(["serve", "--config", config.to_str().unwrap()])
             .args(["--listen", &addr.to_string()])
             .env("HEADROOM_LOG", level)
+            .envs(envs.iter().copied())
             .env("HEADROOM_SECRET_KEY", SECRET_KEY)
             .stdout(Stdio::null())
             .stderr(log)
@@ -832,7 +834,14 @@ async fn an_unreachable_redis_is_logged_once_without_its_password() {
     let path = dir.path().join("headroom.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.path().join("node0.log");
-    let mut node = Node::start_logging(dir.path(), &path, 0, "info");
+    // With a token (whatever the default auth mode), as a real deployment runs.
+    let mut node = Node::start_logging(
+        dir.path(),
+        &path,
+        0,
+        "info",
+        &[("HEADROOM_API_TOKEN", "t0ken-for-the-test")],
+    );
     let client: common::HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
@@ -843,7 +852,11 @@ async fn an_unreachable_redis_is_logged_once_without_its_password() {
             node.addr,
             Method::GET,
             "/proxy/crm/ping",
-            &[("headroom-tenant", "acme"), ("headroom-max-wait", "2s")],
+            &[
+                ("headroom-tenant", "acme"),
+                ("headroom-max-wait", "2s"),
+                ("proxy-authorization", "Bearer t0ken-for-the-test"),
+            ],
         )
     };
     for _ in 0..10 {
