@@ -45,6 +45,8 @@ pub struct Config {
     pub schedules: Vec<Arc<crate::schedules::Schedule>>,
     /// `[events]` (retention) and `[[alerts]]`.
     pub observe: crate::observe::ObserveConfig,
+    /// `[callbacks]`: where job callbacks and alert webhooks may go, and how they are sent.
+    pub callbacks: crate::callbacks::CallbackConfig,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             queues: vec![Arc::new(Queue::default())],
             schedules: Vec::new(),
             observe: Default::default(),
+            callbacks: Default::default(),
         }
     }
 }
@@ -232,6 +235,7 @@ struct RawConfig {
     events: Option<crate::observe::RawEvents>,
     #[serde(default)]
     alerts: Vec<crate::observe::alerts::RawAlert>,
+    callbacks: Option<crate::callbacks::RawCallbacks>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +389,8 @@ impl RawConfig {
                 config.queues.push(Arc::new(queue));
             }
         }
+        // Before schedules and alerts: their callback URLs and webhooks are checked with it.
+        config.callbacks = self.callbacks.unwrap_or_default().validate()?;
         let mut schedule_names = HashSet::new();
         for (i, def) in self.schedules.into_iter().enumerate() {
             let key = format!("schedules[{i}]");

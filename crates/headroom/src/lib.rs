@@ -1,6 +1,7 @@
 //! Headroom's service: the governing proxy, its config, credentials, metrics and the mock
 //! upstream. The rate-limit logic itself lives in `headroom-core`.
 pub mod auth;
+pub mod callbacks;
 pub mod cfg;
 pub mod client;
 pub mod credentials;

@@ -19,7 +19,8 @@
 //! Every change is one Lua script, atomic in Redis, on Redis's own clock (`TIME`), so that
 //! the nodes' clocks do not matter. A budget's keys share one hash tag (`{…}`), so a Redis
 //! Cluster keeps them in one slot. When Redis cannot be reached, calls are refused with a
-//! clear reason (and retried later by the jobs); the node keeps running and reconnects.
+//! clear reason (and retried later by the jobs); the node keeps running and reconnects
+//! within about half a second of Redis answering again (see `Link`).
 //!
 //! URL: `redis://host:6379/0?prefix=hr&lease_ttl=60s` (both parameters optional).
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use headroom_core::{Lane, RejectReason, Rejection};
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 
 /// How far ahead of the pace a real-time call may run, in intervals (as in the core).
 const BURST: f64 = 3.0;
@@ -40,8 +41,13 @@ const LEARNED_TTL: Duration = Duration::from_secs(60);
 const IDLE_TTL: Duration = Duration::from_secs(3600);
 /// How long one Redis command may take before the call is refused.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// After a failed connection attempt, calls fail at once for this long.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// How long one connection attempt (TCP and handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// While Redis is down, the first reconnect attempt comes this soon, and the pause between
+/// attempts doubles up to `RECONNECT_MAX`: Redis answering again is noticed within about
+/// that long.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
 /// How long to wait before asking again when every concurrency slot is taken.
 const CONCURRENCY_POLL: Duration = Duration::from_millis(20);
 
@@ -117,11 +123,7 @@ return 1
 
 /// Where the shared budget state lives, and how leases behave.
 pub struct RedisGovernor {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
-    /// When connecting last failed: calls fail at once for a second after that, rather
-    /// than each waiting for its own attempt.
-    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    link: Arc<Link>,
     acquire: redis::Script,
     release: redis::Script,
     prefix: String,
@@ -131,9 +133,113 @@ pub struct RedisGovernor {
     /// Lease ids: this node's id and a counter.
     node: String,
     next: AtomicU64,
-    /// Whether the last command failed (to log an outage once, and its end).
+    /// Whether the last command was refused by Redis (to log it once, and its end).
     failing: AtomicBool,
+}
+
+/// The connection to Redis, and how it comes back.
+///
+/// Reconnecting is ours, not the redis crate's `ConnectionManager`: its backoff grows to a
+/// minute between attempts, and every call awaited it, so a 2-second Redis restart refused
+/// calls for minutes. Here, once a connection is lost, calls fail at once (a clear 503) while
+/// one background task tries again every `RECONNECT_MAX` at most; the first attempt that
+/// succeeds puts the connection back for every call.
+struct Link {
+    client: redis::Client,
+    /// The URL as logs and errors show it (password hidden).
     url: String,
+    /// The live connection with its generation (which connection a failed command used), or
+    /// `None` before the first connection and while Redis is down.
+    conn: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    generations: AtomicU64,
+    /// Set while the reconnect task runs: calls fail at once instead of each connecting.
+    down: AtomicBool,
+    /// Makes the first connection once, however many calls want it at the same time.
+    first: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    fn error(&self, what: impl Into<String>) -> RedisError {
+        RedisError {
+            url: self.url.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One attempt, bounded as a whole (TCP connect and handshake).
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT);
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.error(format!("cannot be reached: {e}"))),
+            Err(_) => Err(self.error(format!(
+                "did not answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn install(&self, conn: MultiplexedConnection) -> (u64, MultiplexedConnection) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, conn.clone()));
+        (generation, conn)
+    }
+
+    /// The connection of `generation` failed (or the first one could not be made): drop it
+    /// and, unless it is already running, start the reconnect task. Logs the outage once.
+    fn lost(self: &Arc<Self>, generation: Option<u64>, error: &RedisError) {
+        {
+            let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            match (&*conn, generation) {
+                // Another call already replaced it: that one is new and may well work.
+                (Some((g, _)), Some(failed)) if *g != failed => return,
+                _ => *conn = None,
+            }
+        }
+        if self.down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(error = %error, url = %self.url, "the governor's Redis is unreachable: calls are refused (jobs wait) until it answers; reconnecting");
+        let link = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pause = RECONNECT_MIN;
+            loop {
+                tokio::time::sleep(pause).await;
+                // The governor is gone (a test, a restart of the state): stop trying.
+                let Some(link) = link.upgrade() else { return };
+                match link.connect().await {
+                    Ok(conn) => {
+                        link.install(conn);
+                        link.down.store(false, Ordering::SeqCst);
+                        tracing::info!(url = %link.url, "the governor's Redis answers again");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the governor's Redis still cannot be reached");
+                        pause = (pause * 2).min(RECONNECT_MAX);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Whether a command's error means the connection is gone (rather than Redis refusing the
+/// command): the connection is then dropped and made again.
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
 }
 
 /// The Redis half of a lease: which budget, which member.
@@ -183,12 +289,32 @@ impl RedisGovernor {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // `redis+unix:///…?pass=…` carries it in the query.
+            if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "pass" || k == "password" {
+                            "***".to_string()
+                        } else {
+                            v.to_string()
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         };
         Ok(Arc::new(RedisGovernor {
-            client,
-            conn: tokio::sync::Mutex::new(None),
-            failed_at: std::sync::Mutex::new(None),
+            link: Arc::new(Link {
+                client,
+                url: shown,
+                conn: std::sync::Mutex::new(None),
+                generations: AtomicU64::new(0),
+                down: AtomicBool::new(false),
+                first: tokio::sync::Mutex::new(()),
+            }),
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
             prefix,
@@ -197,8 +323,18 @@ impl RedisGovernor {
             node: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             next: AtomicU64::new(0),
             failing: AtomicBool::new(false),
-            url: shown,
         }))
+    }
+
+    /// The URL as logs show it (password hidden).
+    pub fn url(&self) -> &str {
+        &self.link.url
+    }
+
+    /// Whether the last word from Redis was that it answers (false before the first call
+    /// and while reconnecting).
+    pub fn is_up(&self) -> bool {
+        self.link.current().is_some() && !self.link.down.load(Ordering::SeqCst)
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -227,75 +363,73 @@ impl RedisGovernor {
         [format!("{tag}:s"), format!("{tag}:l"), format!("{tag}:r")]
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        let recent_failure = || {
-            self.failed_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+    /// The live connection; while Redis is down, an error at once.
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        if let Some(c) = self.link.current() {
+            return Ok(c);
+        }
+        let down = || {
+            self.link
+                .error("cannot be reached (reconnecting in the background)")
         };
-        if recent_failure() {
-            return Err(self.error("cannot be reached (retrying every second)"));
+        if self.link.down.load(Ordering::SeqCst) {
+            return Err(down());
         }
-        let mut conn = self.conn.lock().await;
-        if let Some(c) = &*conn {
-            return Ok(c.clone());
+        // The first connection: one call makes it, the others wait for it.
+        let _first = self.link.first.lock().await;
+        if let Some(c) = self.link.current() {
+            return Ok(c);
         }
-        if recent_failure() {
-            return Err(self.error("cannot be reached (retrying every second)"));
+        if self.link.down.load(Ordering::SeqCst) {
+            return Err(down());
         }
-        let made =
-            tokio::time::timeout(COMMAND_TIMEOUT, ConnectionManager::new(self.client.clone()))
-                .await
-                .map_err(|_| self.error("did not answer within 2s"))
-                .and_then(|r| r.map_err(|e| self.error(format!("cannot be reached: {e}"))));
-        match made {
-            Ok(made) => {
-                *conn = Some(made.clone());
-                Ok(made)
-            }
+        match self.link.connect().await {
+            Ok(conn) => Ok(self.link.install(conn)),
             Err(e) => {
-                *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(std::time::Instant::now());
+                self.link.lost(None, &e);
                 Err(e)
             }
         }
     }
 
     fn error(&self, what: impl Into<String>) -> RedisError {
-        RedisError {
-            url: self.url.clone(),
-            what: what.into(),
-        }
-    }
-
-    /// Logs the first failure of an outage, and its end.
-    fn note(&self, result: &Result<(), &RedisError>) {
-        match result {
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(url = %self.url, "the governor's Redis answers again");
-                }
-            }
-            Err(e) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %e, "the governor's Redis is unreachable: calls are refused (jobs wait) until it answers");
-                }
-            }
-        }
+        self.link.error(what)
     }
 
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
-        let mut conn = self.connection().await?;
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| self.error("did not answer within 2s"))
-            .and_then(|r| r.map_err(|e| self.error(format!("failed: {e}"))));
-        self.note(&result.as_ref().map(|_| ()));
-        result
+        let (generation, mut conn) = self.connection().await?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(answer)) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(url = %self.link.url, "the governor's Redis takes commands again");
+                }
+                Ok(answer)
+            }
+            Ok(Err(e)) if !connection_lost(&e) => {
+                // Redis answered, with an error (out of memory, read-only replica…).
+                let e = self.error(format!("failed: {e}"));
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "the governor's Redis refuses commands: calls are refused (jobs wait) until it takes them");
+                }
+                Err(e)
+            }
+            Ok(Err(e)) => {
+                let e = self.error(format!("failed: {e}"));
+                self.link.lost(Some(generation), &e);
+                Err(e)
+            }
+            Err(_) => {
+                let e = self.error(format!(
+                    "did not answer within {}s",
+                    COMMAND_TIMEOUT.as_secs()
+                ));
+                self.link.lost(Some(generation), &e);
+                Err(e)
+            }
+        }
     }
 
     /// Waits for leave from the shared budget, at most `max_wait`. `spacing` is the time
@@ -400,5 +534,18 @@ mod tests {
         assert_eq!(keys[0], "{t1:crm:ac%7Bme%7D}:s");
         assert!(keys.iter().all(|k| k.starts_with("{t1:crm:ac%7Bme%7D}")));
         assert!(RedisGovernor::new("redis://h/?lease_ttl=soon", vec![]).is_err());
+    }
+
+    #[test]
+    fn the_url_shown_hides_passwords() {
+        let g = RedisGovernor::new("redis://user:pw1@h:6379/0?prefix=x", vec![]).unwrap();
+        assert_eq!(g.url(), "redis://user:***@h:6379/0");
+        let g = RedisGovernor::new("redis+unix:///tmp/r.sock?db=1&pass=pw2", vec![]).unwrap();
+        assert!(
+            !g.url().contains("pw2") && g.url().contains("pass=***"),
+            "{}",
+            g.url()
+        );
+        assert!(!g.is_up());
     }
 }

@@ -49,6 +49,8 @@ pub struct App {
     pub scheduler: crate::schedules::Scheduler,
     /// Rate-limit events, sampling and alerts, on the same clock as schedules.
     pub observe: crate::observe::Observer,
+    /// Sends job callbacks and alert webhooks (`[callbacks]`: allowed destinations, limits).
+    pub notifier: crate::callbacks::Notifier,
 }
 
 impl std::ops::Deref for AppState {
@@ -104,12 +106,14 @@ impl AppState {
         governor.spawn_driver();
         let metrics = Metrics::new();
         let observe = crate::observe::Observer::new(clock.clone(), metrics.observe.clone());
+        let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
             config: Arc::new(config),
             governor,
             client: client::build(),
             metrics,
             observe,
+            notifier,
             store: credentials.store().clone(),
             credentials,
             jobs_wake: tokio::sync::Notify::new(),

@@ -33,6 +33,17 @@ struct Node {
 
 impl Node {
     fn start(dir: &std::path::Path, config: &std::path::Path, n: usize) -> Node {
+        Node::start_logging(dir, config, n, "warn", &[])
+    }
+
+    /// As `start`, logging at `level` (HEADROOM_LOG), with more environment variables.
+    fn start_logging(
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        n: usize,
+        level: &str,
+        envs: &[(&str, &str)],
+    ) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -43,7 +54,8 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_headroom"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .args(["--listen", &addr.to_string()])
-            .env("HEADROOM_LOG", "warn")
+            .env("HEADROOM_LOG", level)
+            .envs(envs.iter().copied())
             .env("HEADROOM_SECRET_KEY", SECRET_KEY)
             .stdout(Stdio::null())
             .stderr(log)
@@ -119,6 +131,7 @@ impl Cluster {
         let governor = governor.unwrap_or_else(|| redis.clone());
         let config = format!(
             "store = \"{}\"\nauth = \"none\"\ngovernor = \"{governor}/?prefix={prefix}&lease_ttl=10s\"\n\
+             [callbacks]\nallow = [\"127.0.0.1/32\"]\n\
              [[upstreams]]\nname = \"crm\"\nbase_url = \"{}\"\n{upstream}\n",
             schema.url(),
             mock.url()
@@ -632,6 +645,263 @@ async fn a_redis_restart_gives_clear_errors_then_recovers() {
         "{counts:?}\n{logs}"
     );
     assert!(logs.contains("Redis"), "the outage was not logged:\n{logs}");
+}
+
+// ---- Redis going away and coming back, on a redis-server of the test's own -------------
+
+/// A `redis-server` of the test's own on a spare port, stopped and started again at will
+/// (kill -9 and a fresh start on the same port: a Redis restart without persistence).
+struct OwnRedis {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// `None` (the test skips, saying why) when there is no `redis-server` binary, unless
+    /// `HEADROOM_REQUIRE_SERVICES=1`.
+    fn new(extra: &[&str]) -> Option<OwnRedis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            if std::env::var("HEADROOM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+                panic!(
+                    "redis-server is not installed, and HEADROOM_REQUIRE_SERVICES=1 requires it"
+                );
+            }
+            eprintln!("SKIPPED: redis-server is not installed; this test starts and stops its own");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Some(OwnRedis {
+            port,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it and waits until it answers PING.
+    async fn start(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && matches!(
+                        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+                        Ok(Ok(n)) if n > 0
+                    )
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not come up on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis blip ends for the callers within seconds of Redis answering again (it took
+/// about two minutes after a 2-second blip, and over three after 12 seconds: the redis
+/// crate's reconnect backoff, awaited under each call's timeout). While Redis is down,
+/// calls are refused at once with a problem naming Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_blip_ends_within_seconds_of_redis_answering() {
+    let Some(mut redis) = OwnRedis::new(&[]) else {
+        return;
+    };
+    redis.start().await;
+    let rig = common::Rig::start_full(
+        common::mock(Profile::Ietf, 1000, 1),
+        &format!("governor = \"{}/?prefix=blip\"\n", redis.url()),
+        "limits = [{ quota = 1000, window = \"1s\" }]\n",
+        None,
+    )
+    .await;
+    let call = || {
+        rig.get(
+            "/proxy/up/ping",
+            &[("headroom-tenant", "acme"), ("headroom-max-wait", "3s")],
+        )
+    };
+    assert_eq!(call().await.status, StatusCode::OK);
+    for blip in [Duration::from_secs(2), Duration::from_secs(8)] {
+        redis.stop();
+        // Calls keep coming during the outage (as a real workload's would), and each is
+        // refused at once, naming Redis.
+        let outage = tokio::time::Instant::now();
+        let mut refused = 0;
+        while outage.elapsed() < blip {
+            let asked = tokio::time::Instant::now();
+            let r = call().await;
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+            assert!(
+                asked.elapsed() < Duration::from_secs(3),
+                "a call took {:?} while Redis was down",
+                asked.elapsed()
+            );
+            let problem = r.problem();
+            assert!(
+                problem["detail"].as_str().unwrap_or("").contains("Redis"),
+                "{problem}"
+            );
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(refused > 0);
+        redis.start().await;
+        let back = tokio::time::Instant::now();
+        loop {
+            let r = call().await;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+            // About half a second is expected; 5 s leaves room for a loaded machine.
+            assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "calls still refused {:?} after Redis answered again (after a {blip:?} blip)",
+                back.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "{blip:?} blip: calls go again {:?} after Redis answers",
+            back.elapsed()
+        );
+    }
+    rig.shutdown().await;
+}
+
+/// A node whose Redis cannot be reached from the start says so in its log, once, naming
+/// the URL without its password; and says when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_logged_once_without_its_password() {
+    let Some(mut redis) = OwnRedis::new(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = mock::spawn(listener, common::mock(Profile::Ietf, 1000, 1))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "store = \"sqlite://{}/h.db\"\ngovernor = \"redis://:s3cret-pw@127.0.0.1:{}/?prefix=first\"\n\
+         [[upstreams]]\nname = \"crm\"\nbase_url = \"{}\"\n",
+        dir.path().display(),
+        redis.port,
+        mock.url()
+    );
+    let path = dir.path().join("headroom.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.path().join("node0.log");
+    // With a token (whatever the default auth mode), as a real deployment runs.
+    let mut node = Node::start_logging(
+        dir.path(),
+        &path,
+        0,
+        "info",
+        &[("HEADROOM_API_TOKEN", "t0ken-for-the-test")],
+    );
+    let client: common::HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    node.ready(&client, &log).await;
+    let call = || {
+        common::send(
+            &client,
+            node.addr,
+            Method::GET,
+            "/proxy/crm/ping",
+            &[
+                ("headroom-tenant", "acme"),
+                ("headroom-max-wait", "2s"),
+                ("proxy-authorization", "Bearer t0ken-for-the-test"),
+            ],
+        )
+    };
+    for _ in 0..10 {
+        assert_eq!(call().await.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let text = logged();
+    let shown = format!("127.0.0.1:{}", redis.port);
+    let outages: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("unreachable") && l.contains("Redis"))
+        .collect();
+    assert_eq!(
+        outages.len(),
+        1,
+        "one line for the outage, not one per call:\n{text}"
+    );
+    assert!(outages[0].contains(&shown), "the URL is not named:\n{text}");
+    assert!(
+        !text.contains("s3cret-pw"),
+        "the password is in the log:\n{text}"
+    );
+
+    redis.start().await;
+    let back = tokio::time::Instant::now();
+    while call().await.status != StatusCode::OK {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "calls did not recover:\n{}",
+            logged()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = logged();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("answers again") && l.contains(&shown)),
+        "the recovery is not logged:\n{text}"
+    );
+    assert!(
+        !text.contains("s3cret-pw"),
+        "the password is in the log:\n{text}"
+    );
+    drop(node);
 }
 
 // ---- the Redis governor alone -----------------------------------------------------------

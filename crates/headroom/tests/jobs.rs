@@ -10,6 +10,10 @@ use http::StatusCode;
 use serde_json::json;
 
 const CONFIG: &str = r#"
+# The callbacks go to the test's loopback recorders (refused by default).
+[callbacks]
+allow = ["127.0.0.1/32"]
+
 [[queues]]
 name = "retrying"
 retry = { max_attempts = 3, interval = "100ms", backoff = "fixed" }
@@ -329,5 +333,220 @@ async fn a_throttled_queue_runs_at_most_its_concurrency_in_arrival_order() {
             );
         }
     }
+    server.shutdown().await;
+}
+
+// ---- where callbacks may go, and how they are sent (issue 11, items 5 and 6) ------------
+
+/// `CONFIG` without `[callbacks] allow`: the default policy.
+fn default_policy() -> String {
+    CONFIG.replace("[callbacks]\nallow = [\"127.0.0.1/32\"]\n", "")
+}
+
+/// A callback URL naming a private, loopback or link-local address (in any spelling) is
+/// refused at submit with a 400 naming `callback_url`, for jobs and batches; nothing is
+/// stored. With `[callbacks] allow` naming it, it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_to_private_addresses_are_refused_at_submit() {
+    let up = Recorder::start().await;
+    let server = Server::start(&default_policy(), &up.url()).await;
+    for url in [
+        "http://127.0.0.1:6379/",
+        "http://127.0.0.1:5432/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/",
+        "http://[::ffff:127.0.0.1]:6379/",
+        "http://[fd00::1]/",
+        "http://10.0.0.8/hook",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0:7878/",
+        "http://2130706433:6379/",
+        "http://0x7f.1:6379/",
+        "http://localhost:6379/",
+    ] {
+        let mut body = job("/x");
+        body["callback_url"] = json!(url);
+        let r = server.post("/v1/jobs", &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}");
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.starts_with("callback_url:"), "{url}: {detail}");
+        let batch = json!({
+            "upstream": "up",
+            "tenant": "acme",
+            "format": "hubspot",
+            "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
+            "records": [{"id": "r0", "properties": {"email": "a@example.com"}}],
+            "callback_url": url,
+        });
+        let r = server.post("/v1/batches", &batch).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "batch {url}");
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains("callback_url"), "batch {url}: {detail}");
+    }
+    let listed = server.get("/v1/jobs").await.json();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(0), "{listed}");
+    server.shutdown().await;
+
+    // Allowed by the operator: taken.
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut body = job("/x");
+    body["callback_url"] = json!("http://127.0.0.1:9/");
+    assert_eq!(
+        server.post("/v1/jobs", &body).await.status,
+        StatusCode::ACCEPTED
+    );
+    server.shutdown().await;
+}
+
+/// A host name passes the submit check, but the address it resolves to is checked when
+/// connecting: a name of a loopback address (this machine's host name) is not called, and
+/// the job's callback looks exactly like one whose URL is unreachable (no port-scan oracle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_of_a_private_address_is_refused_when_connecting_like_an_unreachable_url() {
+    use headroom::jobs::model::JobStore;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let private = !host.is_empty()
+        && std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 80))
+            .map(|mut a| a.any(|a| headroom::callbacks::denied_by_default(a.ip())))
+            .unwrap_or(false);
+    if !private {
+        eprintln!(
+            "SKIPPED: this machine's host name \"{host}\" does not resolve to a private address"
+        );
+        return;
+    }
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let server = Server::start(&default_policy(), &up.url()).await;
+    let submit = |url: String| {
+        let mut body = job("/x");
+        body["callback_url"] = json!(url);
+        let server = &server;
+        async move {
+            let r = server.post("/v1/jobs", &body).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+            r.json()["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Through a name: refused when connecting. A closed port on a public test address
+    // (TEST-NET-3): unreachable.
+    let refused = submit(format!("http://{host}:{}/cb", hook.addr.port())).await;
+    let unreachable = submit("http://203.0.113.1:9/cb".to_string()).await;
+    let attempted = |id: String| {
+        let server = &server;
+        async move {
+            let deadline = tokio::time::Instant::now() + LONG;
+            loop {
+                let job = server.state.store.get_job(&id).await.unwrap().unwrap();
+                if job.callback_attempts >= 1 || tokio::time::Instant::now() > deadline {
+                    return job;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (a, b) = (
+        attempted(refused.clone()).await,
+        attempted(unreachable.clone()).await,
+    );
+    assert!(a.callback_attempts >= 1 && b.callback_attempts >= 1);
+    assert!(hook.seen().is_empty(), "the loopback hook was called");
+    let view = |id: String| {
+        let server = &server;
+        async move { server.get(&format!("/v1/jobs/{id}")).await.json() }
+    };
+    let (a, b) = (view(refused).await, view(unreachable).await);
+    assert_eq!(a["status"], "succeeded");
+    assert_eq!(a["callback"], "pending", "{a}");
+    assert_eq!(
+        a["callback"], b["callback"],
+        "refused and unreachable look alike"
+    );
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&a), keys(&b));
+    server.shutdown().await;
+}
+
+/// Callbacks go out concurrently, bounded per host and per tenant, with a short timeout:
+/// five callbacks of tenant A to a URL that accepts and never answers do not delay tenant
+/// B's (it waited behind them for 50 s: one at a time, 10 s each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_callbacks_do_not_delay_another_tenants() {
+    // Accepts connections and never answers; counts those open at once.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    // (open now, most open at once, accepted in all)
+    let held = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize, 0usize)));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = hang.accept().await {
+            {
+                let mut h = keep.lock().unwrap();
+                h.0 += 1;
+                h.1 = h.1.max(h.0);
+                h.2 += 1;
+            }
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                keep.lock().unwrap().0 -= 1;
+            });
+        }
+    });
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let server = Server::start(CONFIG, &up.url()).await;
+    let mut a_ids = Vec::new();
+    for i in 0..6 {
+        let mut body = job(&format!("/a/{i}"));
+        body["callback_url"] = json!(format!("http://{hang_addr}/hang/{i}"));
+        a_ids.push(
+            server.post("/v1/jobs", &body).await.json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &a_ids {
+        assert_eq!(server.wait_job(id, LONG).await["status"], "succeeded");
+    }
+    // A's callbacks are due first and hang.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while held.lock().unwrap().2 == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held.lock().unwrap().2 > 0, "A's callbacks were not sent");
+    let mut body = job("/b");
+    body["tenant"] = json!("bravo");
+    body["callback_url"] = json!(format!("{}/b", hook.url()));
+    let b = server.post("/v1/jobs", &body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(server.wait_job(&b, LONG).await["status"], "succeeded");
+    let finished = tokio::time::Instant::now();
+    let seen = hook.wait_for(1, Duration::from_secs(60)).await;
+    let took = finished.elapsed();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["headroom-job-id"], b.as_str());
+    // Well under a second is expected; 5 s leaves room for a loaded machine.
+    assert!(
+        took < Duration::from_secs(5),
+        "B's callback came {took:?} after its job finished"
+    );
+    // At most 4 at once to one host.
+    let most = held.lock().unwrap().1;
+    assert!(most <= 4, "{most} connections to the hanging host at once");
+    eprintln!("B's callback arrived {took:?} after its job finished");
     server.shutdown().await;
 }

@@ -24,9 +24,11 @@ fn clock() -> ManualClock {
     c
 }
 
+/// The `up` upstream, after `[callbacks]` letting the webhooks reach the test's loopback
+/// recorders (refused by default).
 fn upstream(extra: &str) -> String {
     format!(
-        "[[upstreams]]\nname = \"up\"\nbase_url = \"{{base}}\"\nlimits = [{{ quota = 1000, window = \"1s\" }}]\n{extra}\n"
+        "[callbacks]\nallow = [\"127.0.0.1/32\"]\n[[upstreams]]\nname = \"up\"\nbase_url = \"{{base}}\"\nlimits = [{{ quota = 1000, window = \"1s\" }}]\n{extra}\n"
     )
 }
 
@@ -353,6 +355,19 @@ async fn alert_config_errors_name_the_key() {
         (
             "[[alerts]]\nname = \"a\"\nrule = \"execution_failed\"\nwebhooks = [\"ftp://x\"]\n",
             "alerts[0].webhooks[0]",
+        ),
+        // The destination policy of job callbacks: private addresses need `[callbacks] allow`.
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"execution_failed\"\nwebhooks = [\"http://169.254.169.254/x\"]\n",
+            "alerts[0].webhooks[0]: \"http://169.254.169.254/x\" points to",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"execution_failed\"\nwebhooks = [\"http://127.0.0.1:9/x\"]\n",
+            "[callbacks] allow",
+        ),
+        (
+            "[callbacks]\nallow = [\"10.0.0.0/40\"]\n",
+            "callbacks.allow[0]: \"10.0.0.0/40\"",
         ),
         ("[events]\nretention = \"forever\"\n", "events.retention"),
     ] {
@@ -797,6 +812,56 @@ async fn a_refused_notification_is_sent_again_on_the_next_tick() {
         let b: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(b["status"], "firing");
     }
+    server.shutdown().await;
+}
+
+/// A rule's webhooks are notified at once, not one after the other: one that accepts and
+/// never answers does not hold back the others (it did, for 5 s each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_webhook_does_not_hold_back_the_others() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let hook = Recorder::start().await;
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    // A long delivery timeout: the hanging webhooks are still waited for when the working
+    // one is (or is not yet) notified.
+    let config = format!(
+        "{}\n[[alerts]]\nname = \"errors\"\nrule = \"event_level\"\n\
+         webhooks = [\"http://{hang_addr}/a\", \"http://{hang_addr}/b\", \"{}/hook\"]\n",
+        upstream("retry = { max_attempts = 2, base_delay = \"10ms\", on_status = [502] }")
+            .replacen("]\n", "]\ntimeout = \"20s\"\n", 1),
+        hook.url()
+    );
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &config,
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    up.answer(502, &[]);
+    up.answer(502, &[]);
+    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    assert_eq!(r.status, 502);
+    let state = server.state.clone();
+    let started = tokio::time::Instant::now();
+    let tick = tokio::spawn(async move { headroom::observe::tick(&state).await });
+    let seen = hook.wait_for(1, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(seen.len(), 1);
+    // Milliseconds are expected; one after the other it took at least 5 s per hanging one.
+    assert!(
+        took < Duration::from_secs(4),
+        "the working webhook waited {took:?}"
+    );
+    tick.abort();
     server.shutdown().await;
 }
 

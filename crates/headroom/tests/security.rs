@@ -56,7 +56,7 @@ fn job_body() -> String {
     json!({
         "upstream": "up", "tenant": "acme",
         "request": {"method": "POST", "path": "/steal"},
-        "callback_url": "http://127.0.0.1:9/attacker",
+        "callback_url": "http://attacker.example/steal",
     })
     .to_string()
 }

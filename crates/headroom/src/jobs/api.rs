@@ -98,13 +98,15 @@ pub(crate) fn parse_lane(
     }
 }
 
-pub(crate) fn check_callback(url: &str) -> ApiResult<()> {
-    match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(ApiError::bad_request(format!(
-            "callback_url: \"{url}\" must be an http:// or https:// URL"
-        ))),
-    }
+/// The URL's form, and its host when that is an address the `[callbacks]` policy refuses
+/// (names are checked on the addresses they resolve to, when delivering).
+pub(crate) fn check_callback(config: &crate::cfg::Config, url: &str) -> ApiResult<()> {
+    config
+        .callbacks
+        .allow
+        .check_url(url)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(format!("callback_url: \"{url}\" {e}")))
 }
 
 /// Checks the method, path, query and headers of a job's request; the body is `body`.
@@ -244,7 +246,7 @@ pub(crate) fn build_job(
         });
     }
     if let Some(url) = &s.callback_url {
-        check_callback(url)?;
+        check_callback(config, url)?;
     }
     let max_attempts = s.max_attempts.unwrap_or(queue.max_attempts);
     if !(1..=10).contains(&max_attempts) {

@@ -187,7 +187,7 @@ pub(crate) fn build_batch(
         )));
     }
     if let Some(url) = &s.callback_url {
-        check_callback(url)?;
+        check_callback(config, url)?;
     }
     // One record at a time: its value lives only while it is checked.
     let mut records = Vec::with_capacity(s.records.len());

@@ -23,8 +23,6 @@ const CLAIM_BATCH: usize = 64;
 const CLAIM_DELAY: Duration = Duration::from_millis(20);
 /// A job keeps at most this much of the upstream's answer.
 const MAX_STORED_BODY: usize = 64 << 10;
-/// Callbacks are tried this many times, doubling the wait from one second.
-const CALLBACK_ATTEMPTS: u32 = 8;
 
 /// Rate-limit headers worth keeping with an attempt.
 fn is_rate_limit_header(name: &str) -> bool {
@@ -54,7 +52,7 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     }
     tokio::spawn(dispatch_loop(app.clone()));
     tokio::spawn(super::batches::run_loop(app.clone()));
-    tokio::spawn(callback_loop(app));
+    tokio::spawn(crate::callbacks::run(app));
     Ok(())
 }
 
@@ -424,61 +422,4 @@ async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<H
         }
     }
     Ok(headers)
-}
-
-/// POSTs final outcomes to callback URLs, with retries kept in the store.
-async fn callback_loop(app: AppState) {
-    loop {
-        let due = app
-            .store
-            .due_callbacks(now_millis(), 64)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %format!("{e:#}"), "cannot read due callbacks");
-                Vec::new()
-            });
-        if due.is_empty() {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
-        for job in due {
-            let delivered = deliver_callback(&app, &job).await;
-            let next = if delivered || job.callback_attempts + 1 >= CALLBACK_ATTEMPTS {
-                None
-            } else {
-                Some(now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
-            };
-            if !delivered && next.is_none() {
-                tracing::warn!(job = %job.new.id, "callback failed after its retries");
-            }
-            if let Err(e) = app
-                .store
-                .callback_attempted(&job.new.id, delivered, next)
-                .await
-            {
-                tracing::error!(error = %format!("{e:#}"), "cannot record a callback");
-            }
-        }
-    }
-}
-
-async fn deliver_callback(app: &AppState, job: &Job) -> bool {
-    let Some(url) = job.new.callback_url.as_deref() else {
-        return true;
-    };
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    let body = serde_json::to_vec(&super::api::job_view(job, None)).unwrap_or_default();
-    let request = http::Request::post(uri)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("headroom-job-id", job.new.id.as_str())
-        .body(Body::from(body));
-    let Ok(request) = request else {
-        return false;
-    };
-    match tokio::time::timeout(Duration::from_secs(10), app.client.request(request)).await {
-        Ok(Ok(r)) => r.status().is_success(),
-        _ => false,
-    }
 }

@@ -280,6 +280,11 @@ pub trait JobStore: Send + Sync {
         delivered: bool,
         next: Option<Millis>,
     ) -> anyhow::Result<()>;
+    /// Moves pending callbacks to `at` without counting an attempt: those being delivered
+    /// (read again only if the node stops before recording the attempt), and those held back
+    /// by a limit (behind the other due ones). On a shared store, no other node takes them
+    /// before `at` either.
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
 }
 
 /// A batch to insert: records sent in chunks to a bulk endpoint.

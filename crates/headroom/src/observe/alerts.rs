@@ -16,13 +16,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use axum::body::Body;
 use headroom_core::duration::{format_duration, parse_duration};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::model::*;
 use super::TickState;
+use crate::callbacks::Outcome;
 use crate::jobs::Millis;
 use crate::server::AppState;
 
@@ -31,7 +31,6 @@ const DAY: Millis = 86_400_000;
 const HISTORY: usize = 200;
 /// Recent job durations kept per queue for the windowed mean.
 const RECENT_DURATIONS: usize = 10_000;
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,14 +198,16 @@ impl RawAlert {
         }
         let mut webhooks = Vec::new();
         for (i, w) in self.webhooks.iter().enumerate() {
-            let uri: http::Uri = w
+            // The same destination policy as job callbacks (`[callbacks] allow`).
+            let url = config
+                .callbacks
+                .allow
+                .check_url(w)
+                .map_err(|e| format!("{key}.webhooks[{i}]: \"{w}\" {e}"))?;
+            let uri: http::Uri = url
+                .as_str()
                 .parse()
                 .map_err(|_| format!("{key}.webhooks[{i}]: \"{w}\" is not a URL"))?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return Err(format!(
-                    "{key}.webhooks[{i}]: \"{w}\" must be an http:// or https:// URL"
-                ));
-            }
             webhooks.push(uri);
         }
         Ok(AlertRule {
@@ -638,22 +639,21 @@ async fn notify(app: &AppState, rule: &AlertRule, firing: &Firing, status: &str)
     })
     .to_string();
     tracing::warn!(alert = %rule.name, subject = %firing.subject, status, "{}", firing.message);
+    // All webhooks at once (a hanging one does not delay the others), under the limits
+    // and timeouts of `[callbacks]`.
+    let sent = rule.webhooks.iter().map(|uri| {
+        let body = body.clone().into_bytes();
+        async move { (uri, app.notifier.post_webhook(uri, body).await) }
+    });
     let mut ok = 0;
-    for uri in &rule.webhooks {
-        let request = http::Request::post(uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.clone()));
-        let Ok(request) = request else { continue };
-        match tokio::time::timeout(WEBHOOK_TIMEOUT, app.client.request(request)).await {
-            Ok(Ok(r)) if r.status().is_success() => ok += 1,
-            Ok(Ok(r)) => {
-                tracing::warn!(alert = %rule.name, webhook = %uri, status = r.status().as_u16(), "alert webhook refused the notification")
+    for (uri, outcome) in futures_util::future::join_all(sent).await {
+        match outcome {
+            Outcome::Delivered => ok += 1,
+            Outcome::Status(status) => {
+                tracing::warn!(alert = %rule.name, webhook = %uri, status = status.as_u16(), "alert webhook refused the notification")
             }
-            Ok(Err(e)) => {
-                tracing::warn!(alert = %rule.name, webhook = %uri, error = %e, "cannot reach an alert webhook")
-            }
-            Err(_) => {
-                tracing::warn!(alert = %rule.name, webhook = %uri, "alert webhook did not answer in time")
+            Outcome::NoAnswer(error) => {
+                tracing::warn!(alert = %rule.name, webhook = %uri, error = %error, "cannot reach an alert webhook")
             }
         }
     }

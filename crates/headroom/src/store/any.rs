@@ -185,6 +185,9 @@ impl JobStore for AnyStore {
     ) -> anyhow::Result<()> {
         each!(self, s => s.callback_attempted(id, delivered, next).await)
     }
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+        each!(self, s => s.postpone_callbacks(ids, at).await)
+    }
 }
 
 impl BatchStore for AnyStore {

@@ -993,6 +993,29 @@ pub async fn callbacks<S: JobStore>(store: &S) {
         .collect();
     assert_eq!(due, ids(&["cb3"]));
     assert!(store.callback_attempted("nope", true, None).await.is_err());
+
+    // Postponed (being delivered, or held back by a limit): due again at the time given,
+    // without an attempt counted; a final callback state is left alone.
+    store
+        .postpone_callbacks(&ids(&["cb3", "cb1"]), 4_000)
+        .await
+        .unwrap();
+    assert!(store.due_callbacks(3_999, 10).await.unwrap().is_empty());
+    let j = get(store, "cb3").await;
+    assert_eq!(
+        (j.callback, j.callback_attempts, j.next_callback_at),
+        (CallbackState::Pending, 0, 4_000)
+    );
+    assert_eq!(get(store, "cb1").await.callback, CallbackState::Delivered);
+    let due: Vec<_> = store
+        .due_callbacks(4_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.new.id)
+        .collect();
+    assert_eq!(due, ids(&["cb3"]));
+    store.postpone_callbacks(&[], 5_000).await.unwrap();
 }
 
 // ---- batches ---------------------------------------------------------------------------

@@ -745,4 +745,22 @@ impl JobStore for Store {
         }
         Ok(())
     }
+
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE jobs SET next_callback_at = ? WHERE callback = 'pending' AND id IN ({})",
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query(&sql).bind(at);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.execute(self.writer())
+            .await
+            .context("cannot postpone callbacks")?;
+        Ok(())
+    }
 }

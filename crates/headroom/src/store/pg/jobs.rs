@@ -477,6 +477,26 @@ impl JobStore for Store {
         }
         Ok(())
     }
+
+    /// The hold lasts until `at` too: another node may take them then.
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = pg(&format!(
+            "UPDATE jobs SET next_callback_at = ?, callback_until = ? \
+             WHERE callback = 'pending' AND id IN ({})",
+            placeholders(ids.len())
+        ));
+        let mut q = sqlx::query(&sql).bind(at).bind(at);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.execute(self.writer())
+            .await
+            .context("cannot postpone callbacks")?;
+        Ok(())
+    }
 }
 
 /// Puts back the running jobs of dead nodes (and of this one if `mine`): jobs a node held

@@ -1,0 +1,885 @@
+//! Outbound notifications: job and batch callbacks (`callback_url`) and alert webhooks.
+//!
+//! A tenant picks a callback URL, so Headroom must not become its way into the private
+//! network (SSRF) nor a port scanner. By default a notification may go to public addresses
+//! only: loopback, private (RFC 1918, fc00::/7), link-local (169.254/16 with the cloud
+//! metadata address, fe80::/10), CGNAT (100.64/10), unspecified, multicast, broadcast and
+//! reserved addresses, and the IPv4-mapped (and NAT64, 6to4) forms of these, are refused
+//! unless `[callbacks] allow` names them. The check is made on the address actually
+//! connected to, after resolution (a name that resolves, or later re-resolves, to a private
+//! address is refused too), and early, at submit time, for literal addresses. A refused
+//! destination looks to the tenant exactly like an unreachable one (the callback is retried,
+//! then `failed`), so that the answer says nothing about what listens inside.
+//!
+//! Deliveries run concurrently with short timeouts, at most `max_in_flight` in all,
+//! `max_per_host` to one host and `max_per_tenant` for one tenant: hanging URLs hold their
+//! own slots, not everyone's. Retries keep their durable schedule in the store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use headroom_core::duration::parse_duration;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::jobs::model::*;
+use crate::server::AppState;
+
+/// Callbacks are tried this many times, doubling the wait from one second.
+const CALLBACK_ATTEMPTS: u32 = 8;
+/// Due callbacks read at a time.
+const FETCH: u32 = 64;
+/// A callback held back by a limit (its host's or tenant's slots all taken) is looked at
+/// again this much later, behind the other due ones.
+const HOLD_BACK: Millis = 1_000;
+/// How often to look for due callbacks when nothing wakes the loop earlier.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// `[callbacks]`: where notifications may go, and how they are sent.
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    pub allow: Allowlist,
+    /// Connecting (resolution included) gives up after this long.
+    pub connect_timeout: Duration,
+    /// A delivery (connect, send, response head) gives up after this long.
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub max_per_host: usize,
+    pub max_per_tenant: usize,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            allow: Allowlist::default(),
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+            max_per_host: 4,
+            max_per_tenant: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallbacks {
+    allow: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
+    max_in_flight: Option<usize>,
+    max_per_host: Option<usize>,
+    max_per_tenant: Option<usize>,
+}
+
+impl RawCallbacks {
+    pub(crate) fn validate(self) -> Result<CallbackConfig, String> {
+        let mut c = CallbackConfig::default();
+        for (i, entry) in self.allow.unwrap_or_default().iter().enumerate() {
+            c.allow
+                .add(entry)
+                .map_err(|e| format!("callbacks.allow[{i}]: \"{entry}\" {e}"))?;
+        }
+        let positive = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => match parse_duration(&v) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(format!("callbacks.{key}: must be longer than zero")),
+                Err(e) => Err(format!("callbacks.{key}: {e}")),
+            },
+        };
+        c.timeout = positive("timeout", self.timeout, c.timeout)?;
+        c.connect_timeout = positive(
+            "connect_timeout",
+            self.connect_timeout,
+            c.connect_timeout.min(c.timeout),
+        )?;
+        if c.connect_timeout > c.timeout {
+            return Err(format!(
+                "callbacks.connect_timeout: longer than callbacks.timeout ({}), which it is part of",
+                headroom_core::duration::format_duration(c.timeout)
+            ));
+        }
+        for (key, value, slot) in [
+            ("max_in_flight", self.max_in_flight, &mut c.max_in_flight),
+            ("max_per_host", self.max_per_host, &mut c.max_per_host),
+            ("max_per_tenant", self.max_per_tenant, &mut c.max_per_tenant),
+        ] {
+            match value {
+                Some(n) if !(1..=10_000).contains(&n) => {
+                    return Err(format!(
+                        "callbacks.{key}: {n} is out of range; use 1 to 10000"
+                    ))
+                }
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// What `[callbacks] allow` lets through besides public addresses: CIDR blocks (a bare
+/// address is a block of one) and host names (`*.example.com`: any name under it).
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    nets: Vec<(IpAddr, u8)>,
+    names: Vec<String>,
+}
+
+impl Allowlist {
+    fn add(&mut self, entry: &str) -> Result<(), &'static str> {
+        const WHAT: &str = "is not an address, a CIDR block (like \"10.0.0.0/8\") or a host name \
+                            (like \"hooks.internal.example\" or \"*.internal.example\")";
+        let entry = entry.trim();
+        if let Some((addr, bits)) = entry.split_once('/') {
+            let ip: IpAddr = addr.parse().map_err(|_| WHAT)?;
+            let bits: u8 = bits.parse().map_err(|_| WHAT)?;
+            if bits > if ip.is_ipv4() { 32 } else { 128 } {
+                return Err(WHAT);
+            }
+            self.nets.push((ip, bits));
+        } else if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
+            self.nets.push((ip, if ip.is_ipv4() { 32 } else { 128 }));
+        } else {
+            let name = entry.strip_prefix("*.").unwrap_or(entry);
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                });
+            if !valid {
+                return Err(WHAT);
+            }
+            self.names.push(entry.to_ascii_lowercase());
+        }
+        Ok(())
+    }
+
+    fn allows_name(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(parent) => host.ends_with(&format!(".{parent}")),
+            None => *n == host,
+        })
+    }
+
+    fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets
+            .iter()
+            .any(|(net, bits)| in_block(ip, canonical(*net), *bits))
+    }
+
+    /// Whether a connection to `ip`, found for `host` (the URL's host), may be made.
+    pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
+        self.allows_name(host) || self.allows_ip(ip) || !denied_by_default(ip)
+    }
+
+    /// The submit-time check of a URL: its scheme, and its host when that is an address
+    /// (or `localhost`) the policy refuses. Names are checked when connecting.
+    pub fn check_url(&self, url: &str) -> Result<url::Url, String> {
+        let parsed = url::Url::parse(url).map_err(|_| "must be an http:// or https:// URL")?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("must be an http:// or https:// URL".into());
+        }
+        let refused = |what: &str| {
+            format!(
+                "points to {what}, which notifications may not reach (private, loopback and \
+                 link-local networks are refused unless the operator allows them in \
+                 [callbacks] allow)"
+            )
+        };
+        match parsed.host() {
+            None => return Err("must be an http:// or https:// URL with a host".into()),
+            Some(url::Host::Ipv4(ip)) if !self.permits("", IpAddr::V4(ip)) => {
+                return Err(refused(&format!("the address {ip}")))
+            }
+            Some(url::Host::Ipv6(ip)) if !self.permits("", IpAddr::V6(ip)) => {
+                return Err(refused(&format!("the address {ip}")))
+            }
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if (name == "localhost" || name.ends_with(".localhost"))
+                    && !self.allows_name(&name)
+                    && !self.allows_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                {
+                    return Err(refused(&format!("\"{name}\"")));
+                }
+            }
+            _ => {}
+        }
+        Ok(parsed)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Addresses refused unless allowed: everything but the public internet.
+pub fn denied_by_default(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => denied_v4(v4),
+        IpAddr::V6(v6) => denied_v6(v6),
+    }
+}
+
+fn denied_v4(ip: Ipv4Addr) -> bool {
+    const BLOCKS: &[([u8; 4], u8)] = &[
+        ([0, 0, 0, 0], 8),      // "this network", the unspecified address
+        ([10, 0, 0, 0], 8),     // private
+        ([100, 64, 0, 0], 10),  // carrier-grade NAT
+        ([127, 0, 0, 0], 8),    // loopback
+        ([169, 254, 0, 0], 16), // link-local, cloud metadata
+        ([172, 16, 0, 0], 12),  // private
+        ([192, 0, 0, 0], 24),   // IETF protocol assignments
+        ([192, 168, 0, 0], 16), // private
+        ([198, 18, 0, 0], 15),  // benchmarking
+        ([224, 0, 0, 0], 4),    // multicast
+        ([240, 0, 0, 0], 4),    // reserved, broadcast
+    ];
+    BLOCKS
+        .iter()
+        .any(|(net, bits)| in_block(IpAddr::V4(ip), IpAddr::V4(Ipv4Addr::from(*net)), *bits))
+}
+
+fn denied_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    let embedded = |hi: usize| {
+        Ipv4Addr::new(
+            (s[hi] >> 8) as u8,
+            s[hi] as u8,
+            (s[hi + 1] >> 8) as u8,
+            s[hi + 1] as u8,
+        )
+    };
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        // IPv4-compatible (deprecated) and NAT64 forms reach the IPv4 address inside.
+        || (s[..6] == [0; 6] && denied_v4(embedded(6)))
+        || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && denied_v4(embedded(6)))
+        || (s[0] == 0x2002 && denied_v4(embedded(1))) // 6to4
+}
+
+// ---- the client ------------------------------------------------------------------------
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a connection was not made to a destination the policy refuses. Never shown to the
+/// tenant: for them it is one more unreachable URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: no address of this host may be reached under [callbacks] allow")]
+pub struct Refused(String);
+
+/// Connects only to addresses the policy permits, checking the addresses a name resolves
+/// to, at connect time (so a DNS answer that changes after the submit check changes
+/// nothing).
+#[derive(Clone)]
+pub struct GuardedConnector {
+    allow: Arc<Allowlist>,
+    connect_timeout: Duration,
+}
+
+impl GuardedConnector {
+    async fn connect(self, uri: http::Uri) -> Result<TokioIo<TcpStream>, BoxError> {
+        let host = uri
+            .host()
+            .ok_or("the URL has no host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let found: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::time::timeout_at(deadline, tokio::net::lookup_host((&*host, port)))
+                .await
+                .map_err(|_| "resolving the host timed out")??
+                .collect(),
+        };
+        let permitted: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|a| self.allow.permits(&host, a.ip()))
+            .collect();
+        if permitted.is_empty() {
+            return Err(Box::new(Refused(host)));
+        }
+        let mut last: BoxError = "connecting timed out".into();
+        for addr in permitted {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(TokioIo::new(stream));
+                }
+                Ok(Err(e)) => last = Box::new(e),
+                Err(_) => break,
+            }
+        }
+        Err(last)
+    }
+}
+
+impl tower::Service<http::Uri> for GuardedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+pub type CallbackClient = Client<HttpsConnector<GuardedConnector>, Body>;
+
+/// Slots in use: in all, by host and by tenant.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    hosts: HashMap<String, usize>,
+    tenants: HashMap<String, usize>,
+}
+
+/// The delivery limits, shared by callbacks and alert webhooks.
+struct Limits {
+    counts: Mutex<Counts>,
+    freed: tokio::sync::Notify,
+    max_in_flight: usize,
+    max_per_host: usize,
+    max_per_tenant: usize,
+}
+
+/// One delivery's place under the limits, given back when dropped.
+struct Slot {
+    limits: Arc<Limits>,
+    host: String,
+    tenant: Option<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.limits.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        fn give_back(map: &mut HashMap<String, usize>, key: &str) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        give_back(&mut c.hosts, &self.host);
+        if let Some(t) = &self.tenant {
+            give_back(&mut c.tenants, t);
+        }
+        drop(c);
+        self.limits.freed.notify_waiters();
+    }
+}
+
+impl Limits {
+    /// A slot if the limits leave one now.
+    fn try_take(self: &Arc<Self>, host: &str, tenant: Option<&str>) -> Option<Slot> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= self.max_in_flight
+            || c.hosts.get(host).copied().unwrap_or(0) >= self.max_per_host
+            || tenant.is_some_and(|t| c.tenants.get(t).copied().unwrap_or(0) >= self.max_per_tenant)
+        {
+            return None;
+        }
+        c.total += 1;
+        *c.hosts.entry(host.to_string()).or_default() += 1;
+        if let Some(t) = tenant {
+            *c.tenants.entry(t.to_string()).or_default() += 1;
+        }
+        Some(Slot {
+            limits: Arc::clone(self),
+            host: host.to_string(),
+            tenant: tenant.map(str::to_string),
+        })
+    }
+
+    /// Waits for a slot.
+    async fn take(self: &Arc<Self>, host: &str, tenant: Option<&str>) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            if let Some(slot) = self.try_take(host, tenant) {
+                return slot;
+            }
+            // A slot freed between the check and here would be missed: look again anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+        }
+    }
+}
+
+/// How a notification went; everything but `Delivered` is a failure to retry.
+#[derive(Debug)]
+pub enum Outcome {
+    Delivered,
+    /// The destination answered with this status.
+    Status(http::StatusCode),
+    /// No answer: unreachable, refused by the policy, or too slow (the reason is for logs).
+    NoAnswer(String),
+}
+
+/// Sends notifications under the policy and limits of `[callbacks]`.
+pub struct Notifier {
+    config: CallbackConfig,
+    client: CallbackClient,
+    limits: Arc<Limits>,
+    /// Wakes the callback loop when a delivery finishes (its slot is free again).
+    done: tokio::sync::Notify,
+}
+
+impl Notifier {
+    pub fn new(config: &CallbackConfig) -> Notifier {
+        let connector = GuardedConnector {
+            allow: Arc::new(config.allow.clone()),
+            connect_timeout: config.connect_timeout,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .expect("ring supports the default TLS versions")
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(config.max_per_host)
+            .build(https);
+        Notifier {
+            config: config.clone(),
+            client,
+            limits: Arc::new(Limits {
+                counts: Mutex::new(Counts::default()),
+                freed: tokio::sync::Notify::new(),
+                max_in_flight: config.max_in_flight,
+                max_per_host: config.max_per_host,
+                max_per_tenant: config.max_per_tenant,
+            }),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn config(&self) -> &CallbackConfig {
+        &self.config
+    }
+
+    /// POSTs a JSON body, within the timeout (no slot taken: the caller holds one).
+    async fn post(&self, uri: http::Uri, headers: &[(&str, &str)], body: Vec<u8>) -> Outcome {
+        let mut request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "headroom");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let Ok(request) = request.body(Body::from(body)) else {
+            return Outcome::NoAnswer("the request cannot be built".into());
+        };
+        match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {
+            Ok(Ok(r)) if r.status().is_success() => Outcome::Delivered,
+            Ok(Ok(r)) => Outcome::Status(r.status()),
+            Ok(Err(e)) => Outcome::NoAnswer(error_chain(&e)),
+            Err(_) => Outcome::NoAnswer(format!(
+                "no answer within {}",
+                headroom_core::duration::format_duration(self.config.timeout)
+            )),
+        }
+    }
+
+    /// POSTs an alert notification, waiting for a slot of the webhook's host.
+    pub async fn post_webhook(&self, uri: &http::Uri, body: Vec<u8>) -> Outcome {
+        let _slot = self.limits.take(&host_key(uri), None).await;
+        self.post(uri.clone(), &[], body).await
+    }
+}
+
+/// `host:port` (lowercase): what the per-host limit counts.
+fn host_key(uri: &http::Uri) -> String {
+    let host = uri.host().unwrap_or("").to_ascii_lowercase();
+    match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+/// An error with its causes (hyper's own message is terse: "client error (Connect)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+// ---- job and batch callbacks -----------------------------------------------------------
+
+/// POSTs final outcomes to callback URLs, concurrently under the limits, with retries kept in
+/// the store.
+pub(crate) async fn run(app: AppState) {
+    let notifier = &app.notifier;
+    // A delivery may take the whole timeout; its record is written just after. Read again
+    // only after that (a node that stopped meanwhile leaves it to be tried again).
+    let in_flight_for = notifier.config.timeout.as_millis() as Millis + 10_000;
+    loop {
+        let now = now_millis();
+        let due = app
+            .store
+            .due_callbacks(now, FETCH)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %format!("{e:#}"), "cannot read due callbacks");
+                Vec::new()
+            });
+        let fetched = due.len();
+        let mut start = Vec::new();
+        let mut held_back = Vec::new();
+        for job in due {
+            let uri = job.new.callback_url.as_deref().and_then(callback_uri);
+            let key = uri.as_ref().map(host_key).unwrap_or_default();
+            match notifier
+                .limits
+                .try_take(&key, Some(job.new.tenant.as_deref().unwrap_or("")))
+            {
+                Some(slot) => start.push((job, uri, slot)),
+                None => held_back.push(job.new.id),
+            }
+        }
+        // Behind the other due callbacks, so that the next read reaches other tenants' and
+        // hosts' callbacks rather than these again.
+        let mut look_further = fetched == FETCH as usize && !held_back.is_empty();
+        if let Err(e) = app
+            .store
+            .postpone_callbacks(&held_back, now + HOLD_BACK)
+            .await
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot postpone callbacks");
+            look_further = false;
+        }
+        let ids: Vec<String> = start.iter().map(|(j, ..)| j.new.id.clone()).collect();
+        match app
+            .store
+            .postpone_callbacks(&ids, now + in_flight_for)
+            .await
+        {
+            Ok(()) => {
+                for (job, uri, slot) in start {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        deliver(&app, job, uri).await;
+                        drop(slot);
+                        app.notifier.done.notify_one();
+                    });
+                }
+            }
+            // Not started (the slots go back): they are read again on the next turn.
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot take callbacks"),
+        }
+        if look_further {
+            continue; // more may be due behind the ones held back
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = notifier.done.notified() => {}
+        }
+    }
+}
+
+/// The URL as submitted, normalized as the submit check read it.
+fn callback_uri(url: &str) -> Option<http::Uri> {
+    url::Url::parse(url).ok()?.as_str().parse().ok()
+}
+
+/// One delivery attempt of a job's callback, recorded with its next time.
+async fn deliver(app: &AppState, job: Job, uri: Option<http::Uri>) {
+    let outcome = match uri {
+        Some(uri) => {
+            let body =
+                serde_json::to_vec(&crate::jobs::api::job_view(&job, None)).unwrap_or_default();
+            app.notifier
+                .post(uri, &[("headroom-job-id", job.new.id.as_str())], body)
+                .await
+        }
+        None => Outcome::NoAnswer("the callback URL is not valid".into()),
+    };
+    let delivered = matches!(outcome, Outcome::Delivered);
+    let next = if delivered || job.callback_attempts + 1 >= CALLBACK_ATTEMPTS {
+        None
+    } else {
+        Some(now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
+    };
+    if !delivered {
+        // The reason is the operator's (the log), not the tenant's: the job says only
+        // `pending` or `failed`, whatever the cause.
+        tracing::debug!(job = %job.new.id, outcome = ?outcome, "callback not delivered");
+        if next.is_none() {
+            tracing::warn!(job = %job.new.id, outcome = ?outcome, "callback failed after its retries");
+        }
+    }
+    if let Err(e) = app
+        .store
+        .callback_attempted(&job.new.id, delivered, next)
+        .await
+    {
+        tracing::error!(error = %format!("{e:#}"), "cannot record a callback");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn private_addresses_are_refused_by_default() {
+        for a in [
+            "127.0.0.1",
+            "127.5.6.7",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+        ] {
+            assert!(denied_by_default(ip(a)), "{a} should be refused");
+        }
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!denied_by_default(ip(a)), "{a} should be allowed");
+        }
+    }
+
+    #[test]
+    fn the_allowlist_takes_blocks_addresses_and_names() {
+        let c = RawCallbacks {
+            allow: Some(vec![
+                "127.0.0.1/32".into(),
+                "10.0.0.0/8".into(),
+                "fd00::/8".into(),
+                "hooks.internal.example".into(),
+                "*.corp.example".into(),
+            ]),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let a = &c.allow;
+        assert!(a.permits("x", ip("127.0.0.1")));
+        assert!(
+            a.permits("x", ip("::ffff:127.0.0.1")),
+            "mapped forms match too"
+        );
+        assert!(!a.permits("x", ip("127.0.0.2")));
+        assert!(a.permits("x", ip("10.200.0.1")));
+        assert!(a.permits("x", ip("fd00::5")));
+        assert!(!a.permits("x", ip("192.168.0.1")));
+        assert!(a.permits("hooks.internal.example", ip("192.168.0.1")));
+        assert!(a.permits("HOOKS.internal.example.", ip("192.168.0.1")));
+        assert!(a.permits("a.b.corp.example", ip("192.168.0.1")));
+        assert!(!a.permits("corp.example", ip("192.168.0.1")));
+        assert!(!a.permits("evilcorp.example", ip("192.168.0.1")));
+        assert!(a.permits("anything", ip("8.8.8.8")), "public stays allowed");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let err = |raw: RawCallbacks| raw.validate().unwrap_err();
+        let e = err(RawCallbacks {
+            allow: Some(vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()]),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.allow[1]: \"10.0.0.0/33\""), "{e}");
+        let e = err(RawCallbacks {
+            allow: Some(vec!["http://x".into()]),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.allow[0]"), "{e}");
+        let e = err(RawCallbacks {
+            timeout: Some("0s".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.timeout"), "{e}");
+        let e = err(RawCallbacks {
+            connect_timeout: Some("10s".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.connect_timeout"), "{e}");
+        let e = err(RawCallbacks {
+            max_per_host: Some(0),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.max_per_host: 0"), "{e}");
+    }
+
+    #[test]
+    fn literal_addresses_are_checked_at_submit() {
+        let a = Allowlist::default();
+        for bad in [
+            "http://127.0.0.1:6379/",
+            "http://[::1]/x",
+            "http://[::ffff:169.254.169.254]/latest/meta-data",
+            "http://169.254.169.254/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://localhost:5432/",
+            "http://db.localhost/",
+            "https://10.0.0.1/",
+        ] {
+            assert!(a.check_url(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(a.check_url("ftp://example.com/").is_err());
+        assert!(a.check_url("https://hooks.example.com/cb").is_ok());
+        assert!(a.check_url("http://8.8.8.8/").is_ok());
+        let mut local = Allowlist::default();
+        local.add("127.0.0.0/8").unwrap();
+        assert!(local.check_url("http://127.0.0.1:9/").is_ok());
+        assert!(local.check_url("http://localhost:9/").is_ok());
+    }
+
+    #[test]
+    fn limits_count_by_host_and_tenant() {
+        let limits = Arc::new(Limits {
+            counts: Mutex::new(Counts::default()),
+            freed: tokio::sync::Notify::new(),
+            max_in_flight: 3,
+            max_per_host: 2,
+            max_per_tenant: 2,
+        });
+        let a1 = limits.try_take("h1", Some("a")).unwrap();
+        let _a2 = limits.try_take("h1", Some("a")).unwrap();
+        assert!(
+            limits.try_take("h2", Some("a")).is_none(),
+            "tenant a is full"
+        );
+        assert!(
+            limits.try_take("h1", Some("b")).is_none(),
+            "host h1 is full"
+        );
+        let _b1 = limits.try_take("h2", Some("b")).unwrap();
+        assert!(
+            limits.try_take("h3", Some("c")).is_none(),
+            "all slots taken"
+        );
+        drop(a1);
+        assert!(limits.try_take("h3", Some("c")).is_some());
+    }
+
+    /// The connector checks what a name resolves to: `localhost` is refused by default (no
+    /// connection is made), and reached once `allow` names its address or the name.
+    #[tokio::test]
+    async fn names_are_checked_on_the_addresses_they_resolve_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri: http::Uri = format!("http://localhost:{port}/").parse().unwrap();
+        let connector = |allow: &[&str]| {
+            let mut list = Allowlist::default();
+            for a in allow {
+                list.add(a).unwrap();
+            }
+            GuardedConnector {
+                allow: Arc::new(list),
+                connect_timeout: Duration::from_secs(3),
+            }
+        };
+        let e = connector(&[]).connect(uri.clone()).await.unwrap_err();
+        assert!(e.is::<Refused>(), "{e}");
+        let e = connector(&[])
+            .connect(
+                format!("http://[::ffff:127.0.0.1]:{port}/")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is::<Refused>(), "{e}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "a refused destination was connected to"
+        );
+        for allow in [&["127.0.0.1/32"][..], &["localhost"][..]] {
+            let connected = connector(allow).connect(uri.clone()).await;
+            // `localhost` may resolve to ::1 first, where nothing listens: any address of
+            // the name that is permitted is tried in turn.
+            assert!(connected.is_ok(), "{allow:?}: {:?}", connected.err());
+            listener.accept().await.unwrap();
+        }
+    }
+}
