@@ -19,14 +19,14 @@ use headroom_core::{interpret, Lane, RejectReason, Rejection};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use percent_encoding::percent_decode_str;
+use percent_encoding::percent_decode;
 use sha2::{Digest, Sha256};
 
 use crate::auth::authenticate;
 use crate::cfg::{BudgetScope, Upstream};
 use crate::error::ApiError;
 use crate::governor::BudgetKey;
-use crate::metrics::{LaneLabels, RequestLabels, ResponseLabels, RetryLabels, TenantLabels};
+use crate::metrics::{LaneLabels, RequestLabels, ResponseLabels, RetryLabels};
 use crate::server::AppState;
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
@@ -209,16 +209,11 @@ pub(crate) fn target_uri(
     query: Option<&str>,
 ) -> Result<http::Uri, ApiError> {
     for segment in rest.split('/') {
-        let decoded: std::borrow::Cow<'_, [u8]> = percent_decode_str(segment).into();
-        let bad = *decoded == *b"."
-            || *decoded == *b".."
-            || decoded
-                .iter()
-                .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control());
-        if bad {
+        if !segment_is_safe(segment) {
             return Err(ApiError::bad_request(format!(
-                "path segment \"{segment}\" is not allowed: '.', '..', encoded slashes, \
-                 backslashes and control characters could leave the upstream's base path"
+                "path segment \"{segment}\" is not allowed: '.', '..' (also as '..;' or encoded \
+                 more than once), encoded slashes, backslashes and control characters could \
+                 leave the upstream's base path"
             )));
         }
     }
@@ -241,6 +236,36 @@ pub(crate) fn target_uri(
         .path_and_query(path)
         .build()
         .map_err(|e| ApiError::bad_request(format!("the proxied path or query is not valid: {e}")))
+}
+
+/// Whether a raw path segment stays a plain name for every server behind the upstream: not
+/// `.` or `..` once decoded (any number of times: `%252e` is `%2e` to a server that decodes
+/// again), nor once a `;` path parameter is cut off (Tomcat reads `..;x` as `..`), and no
+/// slash, backslash or control character at any decoding depth.
+fn segment_is_safe(segment: &str) -> bool {
+    let mut current: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(segment.as_bytes());
+    // Each round decodes one more level; a segment still changing after four is refused.
+    for _ in 0..4 {
+        let name = current.split(|b| *b == b';').next().unwrap_or_default();
+        if name == b"." || name == b".." {
+            return false;
+        }
+        if current
+            .iter()
+            .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control())
+        {
+            return false;
+        }
+        if !current.contains(&b'%') {
+            return true; // the common case: nothing left to decode, nothing allocated
+        }
+        let decoded: Vec<u8> = percent_decode(&current).collect();
+        if *decoded == *current {
+            return true;
+        }
+        current = std::borrow::Cow::Owned(decoded);
+    }
+    false
 }
 
 /// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the
@@ -741,10 +766,7 @@ pub(crate) async fn call_once(
     if signals.throttled {
         app.metrics
             .throttled
-            .get_or_create(&TenantLabels {
-                upstream: upstream.name.clone(),
-                tenant: call.tenant.to_string(),
-            })
+            .get_or_create(&app.metrics.tenant_labels(&upstream.name, call.tenant))
             .inc();
         // The event logs it (with the rate-limit headers) and stores it.
         app.observe.throttled(
@@ -796,13 +818,11 @@ fn record_breaker(
             BreakerState::Open { .. } => 2,
         };
         app.observe.breaker(&upstream.name, tenant, &state);
-        app.metrics
-            .breaker_state
-            .get_or_create(&TenantLabels {
-                upstream: upstream.name.clone(),
-                tenant: tenant.to_string(),
-            })
-            .set(value);
+        let labels = app.metrics.tenant_labels(&upstream.name, tenant);
+        // A gauge shared by many tenants would show whichever changed last: none for them.
+        if labels.tenant != crate::metrics::OTHER_TENANT {
+            app.metrics.breaker_state.get_or_create(&labels).set(value);
+        }
     }
 }
 
@@ -833,11 +853,25 @@ mod tests {
             "/a%5cb",
             "/./x",
             "/a%00b",
+            "/..;/admin",
+            "/a/..;jsessionid=x/b",
+            "/a/.;/b",
+            "/a/%2e%2e;/b",
+            "/a/%252e%252e/admin",
+            "/a/%252E./admin",
+            "/a/%25252e%25252e/admin",
+            "/a%252fb",
+            "/a%255cb",
+            "/a%2500b",
         ] {
             assert!(
                 target_uri(&base(), evil, None).is_err(),
                 "{evil} must be refused"
             );
+        }
+        // Dots and semicolons inside a name, and single-encoded percent signs, stay allowed.
+        for fine in ["/v1/file.json", "/a/...;b", "/a;v=1/b", "/a/%25/b", "/a/..x/b"] {
+            assert!(target_uri(&base(), fine, None).is_ok(), "{fine} must pass");
         }
         // An absolute URL in the path stays a path on the configured host.
         let uri = target_uri(&base(), "//evil.example/x", None).unwrap();

@@ -356,6 +356,9 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     };
     let mut headers = HeaderMap::new();
     for (k, v) in meta.request.headers.iter().chain(request.headers.iter()) {
+        if super::api::is_reserved_header(k) {
+            continue; // refused at submission; never sent even for batches stored before
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),

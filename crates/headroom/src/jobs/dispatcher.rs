@@ -239,10 +239,14 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         Ok(u) => u,
         Err(e) => return failed(attempt, format!("request.path: {e}")),
     };
-    let Ok(method) = Method::from_bytes(n.request.method.as_bytes()) else {
+    // Checked again here: a job stored before a rule tightened is not sent against it.
+    let method = super::api::check_method(&n.request.method)
+        .ok()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let Some(method) = method else {
         return failed(
             attempt,
-            format!("request.method \"{}\" is not valid", n.request.method),
+            format!("request.method \"{}\" is not allowed", n.request.method),
         );
     };
     let headers = match job_headers(app, &upstream, job).await {
@@ -392,6 +396,10 @@ fn classify(
 async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &job.new.request.headers {
+        if super::api::is_reserved_header(k) {
+            // Refused at submission; a job stored before that rule still never sets them.
+            continue;
+        }
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("header \"{k}\" is not valid"))?;
         let value =
