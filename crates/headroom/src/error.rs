@@ -33,6 +33,10 @@ pub enum ApiError {
     /// The upstream could not be reached.
     #[error("{detail}")]
     BadGateway { detail: String },
+    /// Any other status, for rejections made outside the handlers (see
+    /// `problem_for_rejections`).
+    #[error("{detail}")]
+    Status { status: StatusCode, detail: String },
     /// Anything else: logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { status, .. } => *status,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Status { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,3 +123,43 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Makes the errors axum answers by itself (a body over the route's limit, a path parameter
+/// that is not UTF-8, a method the route does not take, a query that does not parse…),
+/// which are `text/plain` or empty, into `application/problem+json` like every other error.
+/// Layered on Headroom's own routes only: the proxy's answers are the upstream's.
+pub async fn problem_for_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    use http_body_util::BodyExt;
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than this endpoint accepts".to_string()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => match parts.headers.get(header::ALLOW) {
+            Some(allow) => format!(
+                "this method is not allowed here; use {}",
+                String::from_utf8_lossy(allow.as_bytes())
+            ),
+            None => "this method is not allowed here".to_string(),
+        },
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        _ => text,
+    };
+    let mut problem = ApiError::Status { status, detail }.into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}

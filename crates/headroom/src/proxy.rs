@@ -336,6 +336,26 @@ where
     Ok(Ok(buffer.freeze()))
 }
 
+/// Reads at most `limit` bytes of a body: the whole of it, or its first `limit` bytes and
+/// `true` when it is longer (the rest is not read).
+async fn read_capped<B>(mut body: B, limit: usize) -> Result<(Bytes, bool), B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if buffer.len() + data.len() > limit {
+            buffer.extend_from_slice(&data[..limit - buffer.len()]);
+            return Ok((buffer.freeze(), true));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok((buffer.freeze(), false))
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -431,6 +451,8 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let name = upstream_name(path).unwrap_or_default();
+    // Who is asking comes first: configured upstream names are not told to strangers.
+    let principal = authenticate(app, &parts.headers, true).await?;
     let upstream = app.config.upstream(name).ok_or_else(|| {
         let known: Vec<&str> = app
             .config
@@ -447,7 +469,6 @@ async fn forward(
             }
         ))
     })?;
-    let principal = authenticate(app, &parts.headers, true).await?;
     let ask = read_ask(&parts.headers)?;
     let tenant = principal.tenant_for(ask.tenant.as_deref())?;
     let rest = &path["/proxy/".len() + name.len()..];
@@ -533,6 +554,9 @@ async fn forward(
             headers: &headers,
             attempt: journey.attempts,
             queue: None,
+            // Reading a throttled answer that could be retried must not outlast the wait.
+            wait_until: (out_body.replayable() && journey.attempts < upstream.retry.max_attempts)
+                .then_some(deadline),
         };
         let (mut resp_parts, resp_body, inspected, signals) =
             match call_once(app, &call, lease, body, MAX_INSPECTED_BODY, false).await {
@@ -541,6 +565,7 @@ async fn forward(
                     body,
                     inspected,
                     signals,
+                    ..
                 } => (parts, body, inspected, signals),
                 Answer::Unreachable(reason) => {
                     let can_retry = is_idempotent(&parts.method)
@@ -564,6 +589,9 @@ async fn forward(
                         tokio::time::sleep(delay).await;
                         journey.waited += delay;
                         continue;
+                    }
+                    if let Some(previous) = last.take() {
+                        break previous; // an answer already in hand beats none
                     }
                     return Err(ApiError::BadGateway {
                         detail: format!("cannot reach upstream \"{}\": {reason}", upstream.name),
@@ -679,6 +707,9 @@ pub(crate) struct Call<'a> {
     pub attempt: u32,
     /// The job's queue, for events.
     pub queue: Option<&'a str>,
+    /// The caller's deadline when a retry may follow (the proxy's max wait): reading a
+    /// throttled or failed answer's body gives up there too.
+    pub wait_until: Option<tokio::time::Instant>,
 }
 
 /// What one call gave.
@@ -689,6 +720,8 @@ pub(crate) enum Answer {
         /// The body, when it was read (throttled and failed answers, or `read_all`), up to
         /// the limit.
         inspected: Option<Bytes>,
+        /// With `read_all`: the body was longer than the limit and `inspected` is its start.
+        truncated: bool,
         signals: headroom_core::Signals,
     },
     /// No answer (connection refused or reset, timeout); the reason says which.
@@ -710,7 +743,10 @@ pub(crate) async fn call_once(
     *outgoing.method_mut() = call.method.clone();
     *outgoing.uri_mut() = call.uri.clone();
     *outgoing.headers_mut() = call.headers.clone();
-    let sent = tokio::time::timeout(upstream.timeout, app.client.request(outgoing)).await;
+    // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
+    // body that stalls is a transport error and gives the lease back.
+    let give_up = tokio::time::Instant::now() + upstream.timeout;
+    let sent = tokio::time::timeout_at(give_up, app.client.request(outgoing)).await;
     let upstream_response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -730,17 +766,40 @@ pub(crate) async fn call_once(
     let inspect = read_all
         || matches!(status, 403 | 420 | 429 | 503 | 529)
         || upstream.retry.on_status.contains(&status);
-    let (inspected, body) = if inspect {
-        match read_up_to(incoming, inspect_limit).await {
-            Ok(Ok(bytes)) => (Some(bytes.clone()), Body::from(bytes)),
-            Ok(Err(stream)) => (None, stream),
-            Err(e) => {
+    let read_until = call.wait_until.map_or(give_up, |w| w.min(give_up));
+    let stalled = || {
+        if read_until < give_up {
+            format!(
+                "the answer's body ({status}) did not arrive within the call's max wait"
+            )
+        } else {
+            format!(
+                "the answer's body ({status}) did not arrive within {}",
+                format_duration(upstream.timeout)
+            )
+        }
+    };
+    let (inspected, truncated, body) = if read_all {
+        match tokio::time::timeout_at(read_until, read_capped(incoming, inspect_limit)).await {
+            Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
+            Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(app, call, lease, reason);
             }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled()),
+        }
+    } else if inspect {
+        match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
+            Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Body::from(bytes)),
+            Ok(Ok(Err(stream))) => (None, false, stream),
+            Ok(Err(e)) => {
+                let reason = format!("the answer broke off: {e}");
+                return unreachable_upstream(app, call, lease, reason);
+            }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled()),
         }
     } else {
-        (None, Body::new(incoming))
+        (None, false, Body::new(incoming))
     };
     let signals = interpret(
         status,
@@ -781,6 +840,7 @@ pub(crate) async fn call_once(
         parts,
         body,
         inspected,
+        truncated,
         signals,
     }
 }

@@ -133,6 +133,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::batches::routes())
         .merge(crate::schedules::api::routes())
         .merge(crate::observe::api::routes())
+        // Headroom's own routes only: the proxy passes the upstream's answers through as-is.
+        .layer(axum::middleware::map_response(
+            crate::error::problem_for_rejections,
+        ))
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))

@@ -421,6 +421,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         headers: &headers,
         attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
         queue: None,
+        wait_until: None,
     };
     let attempts = call.attempt;
     match call_once(
@@ -447,6 +448,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         Answer::Answered {
             parts,
             inspected,
+            truncated,
             signals,
             ..
         } => {
@@ -463,6 +465,14 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                         burn_attempt: false,
                     },
                 );
+            }
+            if truncated {
+                // The upstream may have applied the records; what it says of each is cut off.
+                return fail(format!(
+                    "the upstream's answer ({status}) is larger than {} MiB; the records' \
+                     outcomes cannot be read",
+                    MAX_ANSWER >> 20
+                ));
             }
             let body = inspected.unwrap_or_default();
             let outcome = batch::parse(&format, &records, status, &body, signals.retry_after);

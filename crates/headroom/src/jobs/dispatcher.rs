@@ -21,8 +21,9 @@ const MAX_RUNNING: usize = 512;
 const CLAIM_BATCH: usize = 64;
 /// …or this long after the last claim, whichever comes first.
 const CLAIM_DELAY: Duration = Duration::from_millis(20);
-/// A job keeps at most this much of the upstream's answer.
-const MAX_STORED_BODY: usize = 64 << 10;
+/// A job keeps at most this much of the upstream's answer (the rest is not read; the stored
+/// headers then say `Headroom-Body-Truncated`).
+const MAX_STORED_BODY: usize = 1 << 20;
 /// Callbacks are tried this many times, doubling the wait from one second.
 const CALLBACK_ATTEMPTS: u32 = 8;
 
@@ -298,6 +299,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         headers: &headers,
         attempt: job.attempts + 1,
         queue: Some(&n.queue),
+        wait_until: None,
     };
     let body = n
         .request
@@ -321,6 +323,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         Answer::Answered {
             parts,
             inspected,
+            truncated,
             signals,
             ..
         } => {
@@ -332,13 +335,21 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
                 .filter(|(k, _)| is_rate_limit_header(k.as_str()))
                 .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
                 .collect();
+            let mut headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            if truncated {
+                // Only the first MAX_STORED_BODY bytes were read and kept.
+                headers.push((
+                    "headroom-body-truncated".to_string(),
+                    MAX_STORED_BODY.to_string(),
+                ));
+            }
             let response = JobResponse {
                 status,
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-                    .collect(),
+                headers,
                 body: inspected.map(|b| b.to_vec()).unwrap_or_default(),
             };
             (
