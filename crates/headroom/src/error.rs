@@ -137,7 +137,7 @@ pub async fn problem_for_rejections(response: Response) -> Response {
     if is_problem || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let (parts, body) = response.into_parts();
+    let body = response.into_body();
     use http_body_util::BodyExt;
     let text = match http_body_util::Limited::new(body, 4096).collect().await {
         Ok(bytes) => String::from_utf8_lossy(&bytes.to_bytes()).trim().to_string(),
@@ -147,19 +147,12 @@ pub async fn problem_for_rejections(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => {
             "the request body is larger than this endpoint accepts".to_string()
         }
-        StatusCode::METHOD_NOT_ALLOWED => match parts.headers.get(header::ALLOW) {
-            Some(allow) => format!(
-                "this method is not allowed here; use {}",
-                String::from_utf8_lossy(allow.as_bytes())
-            ),
-            None => "this method is not allowed here".to_string(),
-        },
+        // axum adds `Allow` outside this layer.
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "this method is not allowed here; the Allow header lists those that are".to_string()
+        }
         _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
         _ => text,
     };
-    let mut problem = ApiError::Status { status, detail }.into_response();
-    if let Some(allow) = parts.headers.get(header::ALLOW) {
-        problem.headers_mut().insert(header::ALLOW, allow.clone());
-    }
-    problem
+    ApiError::Status { status, detail }.into_response()
 }
