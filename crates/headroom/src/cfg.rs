@@ -51,8 +51,8 @@ pub struct Config {
 /// `[server]`: what a client connection may take from the listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// An HTTP/1.1 request head must arrive whole within this long of its first byte (and a
-    /// new connection must send one within this long of opening).
+    /// An HTTP/1.1 request head must arrive whole within this long of its first byte, and a
+    /// new connection must send its first byte within this long of opening.
     pub header_read_timeout: Duration,
     /// A connection with no request in progress and nothing read or written for this long
     /// is closed.
@@ -876,7 +876,10 @@ mode = "sequential"
         assert_eq!(c.server.max_connections, 4);
         assert_eq!(c.metrics.max_tenants, 10);
         for (text, key) in [
-            ("[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout"),
+            (
+                "[server]\nheader_read_timeout = \"0s\"\n",
+                "server.header_read_timeout",
+            ),
             ("[server]\nidle_timeout = \"soon\"\n", "server.idle_timeout"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
             ("[metrics]\nmax_tenants = 2000000\n", "metrics.max_tenants"),

@@ -103,7 +103,10 @@ pub async fn serve(
 
 async fn accept_error(e: std::io::Error) {
     use std::io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
         return; // that client's problem, not the listener's
     }
     // Most likely out of file descriptors: wait for some to close rather than spin.
@@ -246,8 +249,7 @@ impl Activity {
     }
 
     fn wrote(&self) {
-        self.last_io
-            .store(stamp(Instant::now()), Ordering::Relaxed);
+        self.last_io.store(stamp(Instant::now()), Ordering::Relaxed);
     }
 }
 
@@ -305,10 +307,7 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -325,7 +324,15 @@ struct HeadTimer {
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        // Not used for HTTP/1 server connections; a plain sleep.
+        let now = Instant::now();
+        Box::pin(HeadSleep {
+            inner: tokio::time::sleep_until((now + duration).into()),
+            waiting: None,
+            started: now,
+            idle: duration,
+            head: duration,
+        })
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

@@ -140,7 +140,9 @@ pub async fn problem_for_rejections(response: Response) -> Response {
     let body = response.into_body();
     use http_body_util::BodyExt;
     let text = match http_body_util::Limited::new(body, 4096).collect().await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes.to_bytes()).trim().to_string(),
+        Ok(bytes) => String::from_utf8_lossy(&bytes.to_bytes())
+            .trim()
+            .to_string(),
         Err(_) => String::new(),
     };
     let detail = match status {

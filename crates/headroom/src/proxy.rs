@@ -769,9 +769,7 @@ pub(crate) async fn call_once(
     let read_until = call.wait_until.map_or(give_up, |w| w.min(give_up));
     let stalled = || {
         if read_until < give_up {
-            format!(
-                "the answer's body ({status}) did not arrive within the call's max wait"
-            )
+            format!("the answer's body ({status}) did not arrive within the call's max wait")
         } else {
             format!(
                 "the answer's body ({status}) did not arrive within {}",
@@ -930,7 +928,13 @@ mod tests {
             );
         }
         // Dots and semicolons inside a name, and single-encoded percent signs, stay allowed.
-        for fine in ["/v1/file.json", "/a/...;b", "/a;v=1/b", "/a/%25/b", "/a/..x/b"] {
+        for fine in [
+            "/v1/file.json",
+            "/a/...;b",
+            "/a;v=1/b",
+            "/a/%25/b",
+            "/a/..x/b",
+        ] {
             assert!(target_uri(&base(), fine, None).is_ok(), "{fine} must pass");
         }
         // An absolute URL in the path stays a path on the configured host.

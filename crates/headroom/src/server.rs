@@ -212,6 +212,7 @@ pub async fn serve(
 /// Raises the soft limit of open files to the hard limit: each connection is a file, and
 /// the usual soft limit (1024) is far below `[server] max_connections`.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux and macOS, not everywhere
 fn raise_open_files_limit(max_connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -232,7 +233,11 @@ fn raise_open_files_limit(max_connections: usize) {
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             limit.rlim_cur = target;
-            tracing::info!(from = before as u64, to = target as u64, "raised the open files limit");
+            tracing::info!(
+                from = before as u64,
+                to = target as u64,
+                "raised the open files limit"
+            );
         }
     }
     if (limit.rlim_cur as u64) < max_connections as u64 + 256 {

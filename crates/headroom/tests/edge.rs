@@ -86,7 +86,10 @@ async fn a_half_sent_request_head_is_closed_after_the_header_read_timeout() {
             .unwrap();
         let started = Instant::now();
         let (closed, _) = read_to_close(&mut stream, GENEROUS).await;
-        assert!(closed, "a half-sent head keeps its connection (warm: {warm})");
+        assert!(
+            closed,
+            "a half-sent head keeps its connection (warm: {warm})"
+        );
         assert!(started.elapsed() >= Duration::from_millis(250));
     }
     // A connection that never sends a byte is closed too.
@@ -112,7 +115,10 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_then_closes() {
     );
     let idle_from = Instant::now();
     let (closed, _) = read_to_close(&mut stream, GENEROUS).await;
-    assert!(closed, "an idle keep-alive connection stays open past its idle timeout");
+    assert!(
+        closed,
+        "an idle keep-alive connection stays open past its idle timeout"
+    );
     assert!(idle_from.elapsed() >= Duration::from_millis(2500));
     server.shutdown().await;
 }
@@ -345,9 +351,8 @@ async fn job_batch_and_schedule_requests_may_not_set_host_hop_by_hop_or_odd_meth
     for method in ["CONNECT", "TRACE", "FOO", "get\u{0}", &"A".repeat(100_000)] {
         cases.push((with(method, json!({})), "request.method".to_string()));
     }
-    let many: serde_json::Map<String, serde_json::Value> = (0..65)
-        .map(|i| (format!("x-h{i}"), json!("v")))
-        .collect();
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("x-h{i}"), json!("v"))).collect();
     cases.push((with("GET", json!(many)), "request.headers".to_string()));
     cases.push((
         with("GET", json!({"x-big": "v".repeat(20_000)})),
@@ -358,7 +363,11 @@ async fn job_batch_and_schedule_requests_may_not_set_host_hop_by_hop_or_odd_meth
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{needle}");
         let detail = r.problem()["detail"].as_str().unwrap().to_string();
         assert!(detail.contains(needle.as_str()), "{needle}: {detail}");
-        assert!(detail.len() < 400, "the detail echoes too much: {}", detail.len());
+        assert!(
+            detail.len() < 400,
+            "the detail echoes too much: {}",
+            detail.len()
+        );
     }
     // Lower-case methods from the list are fine, as before.
     let r = server.post("/v1/jobs", &with("patch", json!({}))).await;
@@ -509,7 +518,10 @@ async fn metrics_want_the_admin_token_when_tokens_are_on() {
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     let scoped = token["token"].as_str().unwrap().to_string();
     let r = rig
-        .get("/metrics", &[("authorization", &format!("Bearer {scoped}"))])
+        .get(
+            "/metrics",
+            &[("authorization", &format!("Bearer {scoped}"))],
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     rig.shutdown().await;
@@ -547,9 +559,9 @@ retry = { max_attempts = 1 }
         .filter(|l| l.starts_with("headroom_throttled_responses_total{"))
         .collect();
     assert_eq!(series.len(), 4, "{series:#?}");
-    assert!(text.contains(
-        "headroom_throttled_responses_total{upstream=\"up\",tenant=\"other\"} 37"
-    ));
+    assert!(
+        text.contains("headroom_throttled_responses_total{upstream=\"up\",tenant=\"other\"} 37")
+    );
     server.shutdown().await;
 }
 
