@@ -130,11 +130,13 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// Layered on Headroom's own routes only: the proxy's answers are the upstream's.
 pub async fn problem_for_rejections(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+    // axum's rejections are text/plain or have no body; a handler's own answer (problem+json,
+    // or JSON such as a readiness report) is left as it is.
+    let plain = match response.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v.as_bytes().starts_with(b"text/plain"),
+    };
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let body = response.into_body();

@@ -766,7 +766,12 @@ pub(crate) async fn call_once(
     let inspect = read_all
         || matches!(status, 403 | 420 | 429 | 503 | 529)
         || upstream.retry.on_status.contains(&status);
-    let read_until = call.wait_until.map_or(give_up, |w| w.min(give_up));
+    // The caller's deadline only while a retry could still happen in it; past it, the
+    // answer goes back as it is and its body may take the upstream's timeout.
+    let read_until = match call.wait_until {
+        Some(w) if w > tokio::time::Instant::now() => w.min(give_up),
+        _ => give_up,
+    };
     let stalled = || {
         if read_until < give_up {
             format!("the answer's body ({status}) did not arrive within the call's max wait")
