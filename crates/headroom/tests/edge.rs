@@ -582,7 +582,14 @@ async fn errors_axum_makes_itself_are_problem_json() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.problem()["detail"].as_str().unwrap().contains("UTF-8"));
     // A method the route does not take.
-    let r = common::send(&server.client, server.addr, Method::PUT, "/v1/jobs", &[]).await;
+    let r = common::send(
+        &server.client,
+        server.addr,
+        Method::PUT,
+        "/v1/jobs",
+        &[("content-type", "application/json")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let detail = r.problem()["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("not allowed"), "{detail}");
