@@ -47,6 +47,46 @@ pub struct Config {
     pub observe: crate::observe::ObserveConfig,
     /// `[callbacks]`: where job callbacks and alert webhooks may go, and how they are sent.
     pub callbacks: crate::callbacks::CallbackConfig,
+    /// `[server]`: timeouts and the connection cap of the HTTP listener.
+    pub server: ServerLimits,
+    /// `[metrics]`: label cardinality of `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[server]`: what a client connection may take from the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// An HTTP/1.1 request head must arrive whole within this long of its first byte, and a
+    /// new connection must send its first byte within this long of opening.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and nothing read or written for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Tenants with series of their own on `/metrics`; the rest count as `tenant="other"`.
+    pub max_tenants: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { max_tenants: 1000 }
+    }
 }
 
 impl Default for Config {
@@ -61,6 +101,8 @@ impl Default for Config {
             schedules: Vec::new(),
             observe: Default::default(),
             callbacks: Default::default(),
+            server: ServerLimits::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -236,6 +278,52 @@ struct RawConfig {
     #[serde(default)]
     alerts: Vec<crate::observe::alerts::RawAlert>,
     callbacks: Option<crate::callbacks::RawCallbacks>,
+    server: Option<RawServer>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    max_tenants: Option<u64>,
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerLimits, String> {
+        let mut limits = ServerLimits::default();
+        let positive = |key: &str, value: &str| {
+            let d = duration(key, value)?;
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(format!(
+                    "{key}: \"{value}\" is out of range; use more than 0 and at most 1h"
+                ));
+            }
+            Ok(d)
+        };
+        if let Some(d) = self.header_read_timeout {
+            limits.header_read_timeout = positive("server.header_read_timeout", &d)?;
+        }
+        if let Some(d) = self.idle_timeout {
+            limits.idle_timeout = positive("server.idle_timeout", &d)?;
+        }
+        if let Some(n) = self.max_connections {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(format!(
+                    "server.max_connections: {n} is out of range; use 1 to 1000000"
+                ));
+            }
+            limits.max_connections = n as usize;
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +494,17 @@ impl RawConfig {
         }
         config.observe =
             crate::observe::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
+        if let Some(server) = self.server {
+            config.server = server.validate()?;
+        }
+        if let Some(n) = self.metrics.and_then(|m| m.max_tenants) {
+            if n > 1_000_000 {
+                return Err(format!(
+                    "metrics.max_tenants: {n} is out of range; use 0 to 1000000"
+                ));
+            }
+            config.metrics.max_tenants = n as usize;
+        }
         Ok(config)
     }
 }
@@ -804,6 +903,36 @@ mode = "sequential"
         assert!(e.contains("queues[0].retry.max_attempts: 11"), "{e}");
         let e = error_of("[[queues]]\nname = \"q\"\nmode = \"fifo\"\n");
         assert!(e.contains("queues[0].mode: \"fifo\""), "{e}");
+    }
+
+    #[test]
+    fn server_limits_and_metrics_are_read_and_checked() {
+        let c = Config::parse("", "h.toml").unwrap();
+        assert_eq!(c.server, ServerLimits::default());
+        assert_eq!(c.metrics.max_tenants, 1000);
+        let c = Config::parse(
+            "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"2s\"\nmax_connections = 4\n\
+             [metrics]\nmax_tenants = 10\n",
+            "h.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.max_connections, 4);
+        assert_eq!(c.metrics.max_tenants, 10);
+        for (text, key) in [
+            (
+                "[server]\nheader_read_timeout = \"0s\"\n",
+                "server.header_read_timeout",
+            ),
+            ("[server]\nidle_timeout = \"soon\"\n", "server.idle_timeout"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[metrics]\nmax_tenants = 2000000\n", "metrics.max_tenants"),
+            ("[server]\nmax_conns = 3\n", "max_conns"),
+        ] {
+            let e = error_of(text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// The upstream could not be reached.
     #[error("{detail}")]
     BadGateway { detail: String },
+    /// Any other status, for rejections made outside the handlers (see
+    /// `problem_for_rejections`).
+    #[error("{detail}")]
+    Status { status: StatusCode, detail: String },
     /// Anything else: logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { status, .. } => *status,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Status { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,3 +126,40 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Makes the errors axum answers by itself (a body over the route's limit, a path parameter
+/// that is not UTF-8, a method the route does not take, a query that does not parse…),
+/// which are `text/plain` or empty, into `application/problem+json` like every other error.
+/// Layered on Headroom's own routes only: the proxy's answers are the upstream's.
+pub async fn problem_for_rejections(response: Response) -> Response {
+    let status = response.status();
+    // axum's rejections are text/plain or have no body; a handler's own answer (problem+json,
+    // or JSON such as a readiness report) is left as it is.
+    let plain = match response.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v.as_bytes().starts_with(b"text/plain"),
+    };
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let body = response.into_body();
+    use http_body_util::BodyExt;
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes.to_bytes())
+            .trim()
+            .to_string(),
+        Err(_) => String::new(),
+    };
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than this endpoint accepts".to_string()
+        }
+        // axum adds `Allow` outside this layer.
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "this method is not allowed here; the Allow header lists those that are".to_string()
+        }
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        _ => text,
+    };
+    ApiError::Status { status, detail }.into_response()
+}

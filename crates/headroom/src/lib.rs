@@ -6,6 +6,7 @@ pub mod cfg;
 pub mod client;
 pub mod credentials;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod governor;
 pub mod jobs;

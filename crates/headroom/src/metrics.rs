@@ -57,7 +57,14 @@ pub struct Metrics {
     pub breaker_state: Family<TenantLabels, Gauge>,
     /// Rate-limit events, retries, queues, budgets, alerts (`crate::observe`).
     pub observe: crate::observe::metrics::ObserveMetrics,
+    /// The tenants that have series of their own (at most `max_tenants`); the rest are
+    /// counted as `tenant="other"`, so a scrape stays bounded whatever the tenant count.
+    tenants: std::sync::Mutex<std::collections::HashSet<String>>,
+    max_tenants: usize,
 }
+
+/// The tenant label of tenants beyond `[metrics] max_tenants`.
+pub const OTHER_TENANT: &str = "other";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -67,6 +74,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Metrics::with_max_tenants(crate::cfg::MetricsConfig::default().max_tenants)
+    }
+
+    pub fn with_max_tenants(max_tenants: usize) -> Self {
         let mut registry = Registry::with_prefix("headroom");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -111,6 +122,20 @@ impl Metrics {
             retries,
             wait_seconds,
             breaker_state,
+            tenants: Default::default(),
+            max_tenants,
+        }
+    }
+
+    /// The labels for a tenant's series: its own name while fewer than `max_tenants` have
+    /// one, else `other`. Only throttled answers and breaker changes ask (not every call).
+    pub fn tenant_labels(&self, upstream: &str, tenant: &str) -> TenantLabels {
+        let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let own = seen.contains(tenant)
+            || (seen.len() < self.max_tenants && seen.insert(tenant.to_string()));
+        TenantLabels {
+            upstream: upstream.to_string(),
+            tenant: if own { tenant } else { OTHER_TENANT }.to_string(),
         }
     }
 

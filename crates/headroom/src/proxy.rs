@@ -19,14 +19,14 @@ use headroom_core::{interpret, Lane, RejectReason, Rejection};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use percent_encoding::percent_decode_str;
+use percent_encoding::percent_decode;
 use sha2::{Digest, Sha256};
 
 use crate::auth::authenticate;
 use crate::cfg::{BudgetScope, Upstream};
 use crate::error::ApiError;
 use crate::governor::BudgetKey;
-use crate::metrics::{LaneLabels, RequestLabels, ResponseLabels, RetryLabels, TenantLabels};
+use crate::metrics::{LaneLabels, RequestLabels, ResponseLabels, RetryLabels};
 use crate::server::AppState;
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
@@ -209,16 +209,11 @@ pub(crate) fn target_uri(
     query: Option<&str>,
 ) -> Result<http::Uri, ApiError> {
     for segment in rest.split('/') {
-        let decoded: std::borrow::Cow<'_, [u8]> = percent_decode_str(segment).into();
-        let bad = *decoded == *b"."
-            || *decoded == *b".."
-            || decoded
-                .iter()
-                .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control());
-        if bad {
+        if !segment_is_safe(segment) {
             return Err(ApiError::bad_request(format!(
-                "path segment \"{segment}\" is not allowed: '.', '..', encoded slashes, \
-                 backslashes and control characters could leave the upstream's base path"
+                "path segment \"{segment}\" is not allowed: '.', '..' (also as '..;' or encoded \
+                 more than once), encoded slashes, backslashes and control characters could \
+                 leave the upstream's base path"
             )));
         }
     }
@@ -241,6 +236,36 @@ pub(crate) fn target_uri(
         .path_and_query(path)
         .build()
         .map_err(|e| ApiError::bad_request(format!("the proxied path or query is not valid: {e}")))
+}
+
+/// Whether a raw path segment stays a plain name for every server behind the upstream: not
+/// `.` or `..` once decoded (any number of times: `%252e` is `%2e` to a server that decodes
+/// again), nor once a `;` path parameter is cut off (Tomcat reads `..;x` as `..`), and no
+/// slash, backslash or control character at any decoding depth.
+fn segment_is_safe(segment: &str) -> bool {
+    let mut current: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(segment.as_bytes());
+    // Each round decodes one more level; a segment still changing after four is refused.
+    for _ in 0..4 {
+        let name = current.split(|b| *b == b';').next().unwrap_or_default();
+        if name == b"." || name == b".." {
+            return false;
+        }
+        if current
+            .iter()
+            .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control())
+        {
+            return false;
+        }
+        if !current.contains(&b'%') {
+            return true; // the common case: nothing left to decode, nothing allocated
+        }
+        let decoded: Vec<u8> = percent_decode(&current).collect();
+        if *decoded == *current {
+            return true;
+        }
+        current = std::borrow::Cow::Owned(decoded);
+    }
+    false
 }
 
 /// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the
@@ -309,6 +334,26 @@ where
         }
     }
     Ok(Ok(buffer.freeze()))
+}
+
+/// Reads at most `limit` bytes of a body: the whole of it, or its first `limit` bytes and
+/// `true` when it is longer (the rest is not read).
+async fn read_capped<B>(mut body: B, limit: usize) -> Result<(Bytes, bool), B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if buffer.len() + data.len() > limit {
+            buffer.extend_from_slice(&data[..limit - buffer.len()]);
+            return Ok((buffer.freeze(), true));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok((buffer.freeze(), false))
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -406,6 +451,8 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let name = upstream_name(path).unwrap_or_default();
+    // Who is asking comes first: configured upstream names are not told to strangers.
+    let principal = authenticate(app, &parts.headers, true).await?;
     let upstream = app.config.upstream(name).ok_or_else(|| {
         let known: Vec<&str> = app
             .config
@@ -422,7 +469,6 @@ async fn forward(
             }
         ))
     })?;
-    let principal = authenticate(app, &parts.headers, true).await?;
     let ask = read_ask(&parts.headers)?;
     let tenant = principal.tenant_for(ask.tenant.as_deref())?;
     let rest = &path["/proxy/".len() + name.len()..];
@@ -509,6 +555,9 @@ async fn forward(
             headers: &headers,
             attempt: journey.attempts,
             queue: None,
+            // Reading a throttled answer that could be retried must not outlast the wait.
+            wait_until: (out_body.replayable() && journey.attempts < upstream.retry.max_attempts)
+                .then_some(deadline),
         };
         let (mut resp_parts, resp_body, inspected, signals) =
             match call_once(app, &call, lease, body, MAX_INSPECTED_BODY, false).await {
@@ -517,6 +566,7 @@ async fn forward(
                     body,
                     inspected,
                     signals,
+                    ..
                 } => (parts, body, inspected, signals),
                 Answer::Unreachable(reason) => {
                     let can_retry = is_idempotent(&parts.method)
@@ -540,6 +590,9 @@ async fn forward(
                         tokio::time::sleep(delay).await;
                         journey.waited += delay;
                         continue;
+                    }
+                    if let Some(previous) = last.take() {
+                        break previous; // an answer already in hand beats none
                     }
                     return Err(ApiError::BadGateway {
                         detail: format!("cannot reach upstream \"{}\": {reason}", upstream.name),
@@ -664,6 +717,9 @@ pub(crate) struct Call<'a> {
     pub attempt: u32,
     /// The job's queue, for events.
     pub queue: Option<&'a str>,
+    /// The caller's deadline when a retry may follow (the proxy's max wait): reading a
+    /// throttled or failed answer's body gives up there too.
+    pub wait_until: Option<tokio::time::Instant>,
 }
 
 /// What one call gave.
@@ -674,6 +730,8 @@ pub(crate) enum Answer {
         /// The body, when it was read (throttled and failed answers, or `read_all`), up to
         /// the limit.
         inspected: Option<Bytes>,
+        /// With `read_all`: the body was longer than the limit and `inspected` is its start.
+        truncated: bool,
         signals: headroom_core::Signals,
     },
     /// No answer (connection refused or reset, timeout); the reason says which.
@@ -695,7 +753,10 @@ pub(crate) async fn call_once(
     *outgoing.method_mut() = call.method.clone();
     *outgoing.uri_mut() = call.uri.clone();
     *outgoing.headers_mut() = call.headers.clone();
-    let sent = tokio::time::timeout(upstream.timeout, app.client.request(outgoing)).await;
+    // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
+    // body that stalls is a transport error and gives the lease back.
+    let give_up = tokio::time::Instant::now() + upstream.timeout;
+    let sent = tokio::time::timeout_at(give_up, app.client.request(outgoing)).await;
     let upstream_response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -715,17 +776,43 @@ pub(crate) async fn call_once(
     let inspect = read_all
         || matches!(status, 403 | 420 | 429 | 503 | 529)
         || upstream.retry.on_status.contains(&status);
-    let (inspected, body) = if inspect {
-        match read_up_to(incoming, inspect_limit).await {
-            Ok(Ok(bytes)) => (Some(bytes.clone()), Body::from(bytes)),
-            Ok(Err(stream)) => (None, stream),
-            Err(e) => {
+    // The caller's deadline only while a retry could still happen in it; past it, the
+    // answer goes back as it is and its body may take the upstream's timeout.
+    let read_until = match call.wait_until {
+        Some(w) if w > tokio::time::Instant::now() => w.min(give_up),
+        _ => give_up,
+    };
+    let stalled = || {
+        if read_until < give_up {
+            format!("the answer's body ({status}) did not arrive within the call's max wait")
+        } else {
+            format!(
+                "the answer's body ({status}) did not arrive within {}",
+                format_duration(upstream.timeout)
+            )
+        }
+    };
+    let (inspected, truncated, body) = if read_all {
+        match tokio::time::timeout_at(read_until, read_capped(incoming, inspect_limit)).await {
+            Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
+            Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(app, call, lease, reason);
             }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled()),
+        }
+    } else if inspect {
+        match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
+            Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Body::from(bytes)),
+            Ok(Ok(Err(stream))) => (None, false, stream),
+            Ok(Err(e)) => {
+                let reason = format!("the answer broke off: {e}");
+                return unreachable_upstream(app, call, lease, reason);
+            }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled()),
         }
     } else {
-        (None, Body::new(incoming))
+        (None, false, Body::new(incoming))
     };
     let signals = interpret(
         status,
@@ -751,10 +838,7 @@ pub(crate) async fn call_once(
     if signals.throttled {
         app.metrics
             .throttled
-            .get_or_create(&TenantLabels {
-                upstream: upstream.name.clone(),
-                tenant: call.tenant.to_string(),
-            })
+            .get_or_create(&app.metrics.tenant_labels(&upstream.name, call.tenant))
             .inc();
         // The event logs it (with the rate-limit headers) and stores it.
         app.observe.throttled(
@@ -769,6 +853,7 @@ pub(crate) async fn call_once(
         parts,
         body,
         inspected,
+        truncated,
         signals,
     }
 }
@@ -806,13 +891,11 @@ fn record_breaker(
             BreakerState::Open { .. } => 2,
         };
         app.observe.breaker(&upstream.name, tenant, &state);
-        app.metrics
-            .breaker_state
-            .get_or_create(&TenantLabels {
-                upstream: upstream.name.clone(),
-                tenant: tenant.to_string(),
-            })
-            .set(value);
+        let labels = app.metrics.tenant_labels(&upstream.name, tenant);
+        // A gauge shared by many tenants would show whichever changed last: none for them.
+        if labels.tenant != crate::metrics::OTHER_TENANT {
+            app.metrics.breaker_state.get_or_create(&labels).set(value);
+        }
     }
 }
 
@@ -843,11 +926,31 @@ mod tests {
             "/a%5cb",
             "/./x",
             "/a%00b",
+            "/..;/admin",
+            "/a/..;jsessionid=x/b",
+            "/a/.;/b",
+            "/a/%2e%2e;/b",
+            "/a/%252e%252e/admin",
+            "/a/%252E./admin",
+            "/a/%25252e%25252e/admin",
+            "/a%252fb",
+            "/a%255cb",
+            "/a%2500b",
         ] {
             assert!(
                 target_uri(&base(), evil, None).is_err(),
                 "{evil} must be refused"
             );
+        }
+        // Dots and semicolons inside a name, and single-encoded percent signs, stay allowed.
+        for fine in [
+            "/v1/file.json",
+            "/a/...;b",
+            "/a;v=1/b",
+            "/a/%25/b",
+            "/a/..x/b",
+        ] {
+            assert!(target_uri(&base(), fine, None).is_ok(), "{fine} must pass");
         }
         // An absolute URL in the path stays a path on the configured host.
         let uri = target_uri(&base(), "//evil.example/x", None).unwrap();

@@ -104,7 +104,7 @@ impl AppState {
         };
         let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_max_tenants(config.metrics.max_tenants);
         let observe = crate::observe::Observer::new(clock.clone(), metrics.observe.clone());
         let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
@@ -162,6 +162,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::batches::routes())
         .merge(crate::schedules::api::routes())
         .merge(crate::observe::api::routes())
+        // Headroom's own routes only: the proxy passes the upstream's answers through as-is.
+        .layer(axum::middleware::map_response(
+            crate::error::problem_for_rejections,
+        ))
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
         .route("/proxy/{upstream}/{*path}", any(proxy::handle))
@@ -185,14 +189,19 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    (
+async fn metrics(
+    State(app): State<AppState>,
+    headers: http::HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    // Tenant names are in the labels: with tokens on, only the admin token may scrape.
+    authenticate(&app, &headers, false).await?.require_admin()?;
+    Ok((
         [(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         app.metrics.render(),
-    )
+    ))
 }
 
 async fn budgets(
@@ -222,22 +231,61 @@ async fn budgets(
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+/// Connections are capped and timed as `[server]` says (see `crate::edge`).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    // As nginx's `tcp_nodelay on`: an answer goes out when written, not held back by Nagle's
-    // algorithm waiting for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let limits = state.config.server.clone();
+    crate::edge::serve(router(state), listener, limits, shutdown)
         .await
         .context("server failed")
 }
+
+/// Raises the soft limit of open files to the hard limit: each connection is a file, and
+/// the usual soft limit (1024) is far below `[server] max_connections`.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux and macOS, not everywhere
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let before = limit.rlim_cur;
+    // macOS refuses RLIM_INFINITY as a soft limit; a million files is plenty anywhere.
+    let target = limit.rlim_max.min(1 << 20);
+    if target > before {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = target;
+            tracing::info!(
+                from = before as u64,
+                to = target as u64,
+                "raised the open files limit"
+            );
+        }
+    }
+    if (limit.rlim_cur as u64) < max_connections as u64 + 256 {
+        tracing::warn!(
+            open_files = limit.rlim_cur as u64,
+            max_connections,
+            "the open files limit is below [server] max_connections: connections beyond it \
+             will fail to be accepted; raise `ulimit -n` (hard) or lower max_connections"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit(_max_connections: usize) {}
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -289,6 +337,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    raise_open_files_limit(config.server.max_connections);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;

@@ -109,6 +109,52 @@ pub(crate) fn check_callback(config: &crate::cfg::Config, url: &str) -> ApiResul
         .map_err(|e| ApiError::bad_request(format!("callback_url: \"{url}\" {e}")))
 }
 
+/// The methods a job, batch or schedule may use. CONNECT and TRACE (and extension methods)
+/// have no place in an API call and are refused.
+const JOB_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// A job's request carries at most this many headers…
+pub(crate) const MAX_JOB_HEADERS: usize = 64;
+/// …of at most this many bytes in all (names and values).
+pub(crate) const MAX_JOB_HEADER_BYTES: usize = 16 << 10;
+
+/// Headers a job may not set: `Host` (the upstream's base URL decides it; a tenant must not
+/// hop to another virtual host with its injected credential), hop-by-hop headers (they
+/// describe Headroom's connection, not the call), `Content-Length` (Headroom frames the body)
+/// and `Headroom-*` (set by the job's fields).
+pub(crate) fn is_reserved_header(name: &str) -> bool {
+    const RESERVED: [&str; 10] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "content-length",
+    ];
+    RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r))
+        || name
+            .get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case("headroom-"))
+}
+
+/// A job's method, checked: one of `JOB_METHODS` (any case), upper-cased.
+pub(crate) fn check_method(method: &str) -> ApiResult<&'static str> {
+    let found = (method.len() <= 16)
+        .then(|| JOB_METHODS.iter().find(|m| m.eq_ignore_ascii_case(method)))
+        .flatten();
+    found.copied().ok_or_else(|| {
+        // A long token is not echoed back.
+        let shown = if method.len() <= 16 { method } else { "…" };
+        ApiError::bad_request(format!(
+            "request.method: \"{shown}\" is not allowed; use one of {}",
+            JOB_METHODS.join(", ")
+        ))
+    })
+}
+
 /// Checks the method, path, query and headers of a job's request; the body is `body`.
 pub(crate) fn check_request(
     upstream: &crate::cfg::Upstream,
@@ -117,11 +163,7 @@ pub(crate) fn check_request(
     query: Option<&str>,
     headers: &std::collections::BTreeMap<String, String>,
 ) -> ApiResult<()> {
-    if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "request.method: \"{method}\" is not an HTTP method"
-        )));
-    }
+    check_method(method)?;
     if !path.starts_with('/') {
         return Err(ApiError::bad_request(format!(
             "request.path: \"{path}\" must start with '/'"
@@ -129,13 +171,31 @@ pub(crate) fn check_request(
     }
     crate::proxy::target_uri(&upstream.base_url, path, query)
         .map_err(|e| ApiError::bad_request(format!("request.path: {e}")))?;
+    if headers.len() > MAX_JOB_HEADERS {
+        return Err(ApiError::bad_request(format!(
+            "request.headers: {} headers; at most {MAX_JOB_HEADERS}",
+            headers.len()
+        )));
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_JOB_HEADER_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "request.headers: {bytes} bytes of names and values; at most {MAX_JOB_HEADER_BYTES}"
+        )));
+    }
     for (name, value) in headers {
         let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             ApiError::bad_request(format!("request.headers: \"{name}\" is not a header name"))
         })?;
         if n.as_str().starts_with("headroom-") {
             return Err(ApiError::bad_request(format!(
-                "request.headers: \"{name}\": Headroom headers are set by the job's fields"
+                "request.headers.{name}: Headroom headers are set by the job's fields"
+            )));
+        }
+        if is_reserved_header(n.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "request.headers.{name}: Host, Content-Length and hop-by-hop headers are set by \
+                 Headroom for each call, not by the job"
             )));
         }
         http::HeaderValue::from_str(value).map_err(|_| {
@@ -273,7 +333,7 @@ pub(crate) fn build_job(
         tenant,
         lane,
         request: JobRequest {
-            method: r.method.to_ascii_uppercase(),
+            method: check_method(&r.method)?.to_string(),
             path: r.path,
             query: r.query,
             headers: r.headers.into_iter().collect(),

@@ -409,6 +409,9 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     };
     let mut headers = HeaderMap::new();
     for (k, v) in meta.request.headers.iter().chain(request.headers.iter()) {
+        if super::api::is_reserved_header(k) {
+            continue; // refused at submission; never sent even for batches stored before
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
@@ -472,6 +475,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         headers: &headers,
         attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
         queue: None,
+        wait_until: None,
     };
     let attempts = call.attempt;
     match call_once(
@@ -498,6 +502,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         Answer::Answered {
             parts,
             inspected,
+            truncated,
             signals,
             ..
         } => {
@@ -519,6 +524,14 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                         burn_attempt: false,
                     },
                 );
+            }
+            if truncated {
+                // The upstream may have applied the records; what it says of each is cut off.
+                return fail(format!(
+                    "the upstream's answer ({status}) is larger than {} MiB; the records' \
+                     outcomes cannot be read",
+                    MAX_ANSWER >> 20
+                ));
             }
             let body = inspected.unwrap_or_default();
             let outcome = batch::parse(&format, &records, status, &body, signals.retry_after);

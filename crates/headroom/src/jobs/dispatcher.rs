@@ -21,8 +21,9 @@ const MAX_RUNNING: usize = 512;
 const CLAIM_BATCH: usize = 64;
 /// …or this long after the last claim, whichever comes first.
 const CLAIM_DELAY: Duration = Duration::from_millis(20);
-/// A job keeps at most this much of the upstream's answer.
-const MAX_STORED_BODY: usize = 64 << 10;
+/// A job keeps at most this much of the upstream's answer (the rest is not read; the stored
+/// headers then say `Headroom-Body-Truncated`).
+const MAX_STORED_BODY: usize = 1 << 20;
 
 /// Rate-limit headers worth keeping with an attempt.
 fn is_rate_limit_header(name: &str) -> bool {
@@ -237,10 +238,14 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         Ok(u) => u,
         Err(e) => return failed(attempt, format!("request.path: {e}")),
     };
-    let Ok(method) = Method::from_bytes(n.request.method.as_bytes()) else {
+    // Checked again here: a job stored before a rule tightened is not sent against it.
+    let method = super::api::check_method(&n.request.method)
+        .ok()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let Some(method) = method else {
         return failed(
             attempt,
-            format!("request.method \"{}\" is not valid", n.request.method),
+            format!("request.method \"{}\" is not allowed", n.request.method),
         );
     };
     let headers = match job_headers(app, &upstream, job).await {
@@ -293,6 +298,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         headers: &headers,
         attempt: job.attempts + 1,
         queue: Some(&n.queue),
+        wait_until: None,
     };
     let body = n
         .request
@@ -316,6 +322,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         Answer::Answered {
             parts,
             inspected,
+            truncated,
             signals,
             ..
         } => {
@@ -327,13 +334,21 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
                 .filter(|(k, _)| is_rate_limit_header(k.as_str()))
                 .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
                 .collect();
+            let mut headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            if truncated {
+                // Only the first MAX_STORED_BODY bytes were read and kept.
+                headers.push((
+                    "headroom-body-truncated".to_string(),
+                    MAX_STORED_BODY.to_string(),
+                ));
+            }
             let response = JobResponse {
                 status,
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-                    .collect(),
+                headers,
                 body: inspected.map(|b| b.to_vec()).unwrap_or_default(),
             };
             (
@@ -400,6 +415,10 @@ pub(crate) fn too_long_pause(status: u16, asked: Duration, max_pause: Duration) 
 async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &job.new.request.headers {
+        if super::api::is_reserved_header(k) {
+            // Refused at submission; a job stored before that rule still never sets them.
+            continue;
+        }
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("header \"{k}\" is not valid"))?;
         let value =

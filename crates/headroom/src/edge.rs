@@ -1,0 +1,386 @@
+//! The HTTP edge: accepts connections and serves them with hyper (HTTP/1.1, and HTTP/2
+//! with prior knowledge), under a cap on connections at once, a header-read timeout and an
+//! idle timeout (`[server]` in the config).
+//!
+//! `axum::serve` has none of these: a client that opened a connection and sent half a
+//! request head, or nothing, kept it (and a file descriptor) forever, and ~20,000 of them
+//! left `/healthz` unanswered for everyone.
+//!
+//! - A new connection must send a whole request head within `header_read_timeout`.
+//! - On an HTTP/1.1 keep-alive connection, the wait for the next request may last
+//!   `idle_timeout`; once its first byte arrives, the head must be whole within
+//!   `header_read_timeout`. hyper's own header-read timer counts from the start of the wait,
+//!   which would make the two one value; [`HeadTimer`] gives it the two phases.
+//! - An HTTP/2 connection with nothing read or written for `idle_timeout` is shut down
+//!   gracefully (GOAWAY; open streams finish).
+//! - At most `max_connections` are served at once. While all are taken the listener stops
+//!   accepting, so new clients wait in the kernel's backlog (not refused, not dropped) and are
+//!   served as soon as one closes.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::cfg::ServerLimits;
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// connection finish the requests in progress, and returns once all are closed.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopping) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    let mut full_since: Option<Instant> = None;
+    loop {
+        // A slot first: with none free, connections wait in the backlog, not in Headroom.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if full_since.is_none() {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached: new connections wait until one closes \
+                         ([server] max_connections)"
+                    );
+                    full_since = Some(Instant::now());
+                }
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        if let Some(since) = full_since.take() {
+            tracing::info!(
+                full_for_ms = since.elapsed().as_millis() as u64,
+                "a connection slot is free again"
+            );
+        }
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // As nginx's `tcp_nodelay on`: an answer goes out when written, not held back by
+        // Nagle's algorithm waiting for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            tcp,
+            router.clone(),
+            Arc::clone(&limits),
+            stopping.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    // Every connection finishes what it is doing and closes; each holds a slot until then.
+    let _ = stop.send(());
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    Ok(())
+}
+
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return; // that client's problem, not the listener's
+    }
+    // Most likely out of file descriptors: wait for some to close rather than spin.
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: Arc<ServerLimits>,
+    mut stopping: watch::Receiver<()>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Watched {
+        inner: tcp,
+        activity: Arc::clone(&activity),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(HeadTimer {
+            activity: Arc::clone(&activity),
+            limits: Arc::clone(&limits),
+            first_done: AtomicBool::new(false),
+        })
+        .header_read_timeout(limits.header_read_timeout);
+    let service = TowerToHyperService::new(router);
+    let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+    // HTTP/1 waits are timed by hyper with `HeadTimer`; this covers a connection that has not
+    // sent a byte yet, and HTTP/2.
+    let mut watchdog = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let (mut watching, mut closing) = (true, false);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection closed with an error");
+                }
+                break;
+            }
+            _ = stopping.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = watchdog.as_mut(), if watching && !closing => {
+                let due = match activity.protocol() {
+                    Protocol::Unknown => Some(accepted + limits.header_read_timeout),
+                    Protocol::Http1 => None,
+                    Protocol::Http2 => Some(activity.last_io() + limits.idle_timeout),
+                };
+                match due {
+                    None => watching = false,
+                    Some(due) if Instant::now() >= due => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Some(due) => watchdog.as_mut().reset(due.into()),
+                }
+            }
+        }
+    }
+}
+
+/// A process-wide origin for the nanosecond stamps kept in atomics.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `now` as nanoseconds after `origin()`, plus one: 0 stands for "never".
+fn stamp(now: Instant) -> u64 {
+    now.saturating_duration_since(origin()).as_nanos() as u64 + 1
+}
+
+fn unstamp(stamp: u64) -> Instant {
+    origin() + Duration::from_nanos(stamp.saturating_sub(1))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Unknown,
+    Http1,
+    Http2,
+}
+
+/// What a connection's I/O has done, shared by its socket, its header timer and its watchdog.
+#[derive(Default)]
+struct Activity {
+    /// Stamp of the last byte read or written.
+    last_io: AtomicU64,
+    /// Stamp of the first byte read since the connection began waiting for a request head
+    /// (0: none yet).
+    first_read: AtomicU64,
+    /// `HTTP1` or `HTTP2` once the first bytes tell; below, how much of the HTTP/2 preface
+    /// they matched so far.
+    protocol: AtomicU8,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HTTP1: u8 = 100;
+const HTTP2: u8 = 200;
+
+impl Activity {
+    fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            HTTP1 => Protocol::Http1,
+            HTTP2 => Protocol::Http2,
+            _ => Protocol::Unknown,
+        }
+    }
+
+    fn last_io(&self) -> Instant {
+        unstamp(self.last_io.load(Ordering::Relaxed))
+    }
+
+    fn read(&self, bytes: &[u8]) {
+        let now = stamp(Instant::now());
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.first_read.load(Ordering::Relaxed) == 0 {
+            self.first_read.store(now, Ordering::Relaxed);
+        }
+        let state = self.protocol.load(Ordering::Relaxed);
+        if state < HTTP1 {
+            // Below HTTP1, the state is how much of the HTTP/2 preface has been seen.
+            let seen = state as usize;
+            let rest = &H2_PREFACE[seen..];
+            let n = bytes.len().min(rest.len());
+            let next = if bytes[..n] != rest[..n] {
+                HTTP1
+            } else if seen + n == H2_PREFACE.len() {
+                HTTP2
+            } else {
+                (seen + n) as u8
+            };
+            self.protocol.store(next, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last_io.store(stamp(Instant::now()), Ordering::Relaxed);
+    }
+}
+
+/// A socket that records its activity.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper's HTTP/1 header-read timer for one connection. hyper starts it each time the
+/// connection begins waiting for a request head, at `header_read_timeout`. For the first
+/// request that stands (its bytes are what told the protocol); for later ones the sleep
+/// lasts `idle_timeout` while no byte arrives, then `header_read_timeout` from the first.
+struct HeadTimer {
+    activity: Arc<Activity>,
+    limits: Arc<ServerLimits>,
+    first_done: AtomicBool,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        // Not used for HTTP/1 server connections; a plain sleep.
+        let now = Instant::now();
+        Box::pin(HeadSleep {
+            inner: tokio::time::sleep_until((now + duration).into()),
+            waiting: None,
+            started: now,
+            idle: duration,
+            head: duration,
+        })
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let waiting = if self.first_done.swap(true, Ordering::Relaxed) {
+            // Bytes read from here on belong to the next head.
+            self.activity.first_read.store(0, Ordering::Relaxed);
+            Some(Arc::clone(&self.activity))
+        } else {
+            None
+        };
+        Box::pin(HeadSleep {
+            inner: tokio::time::sleep_until(deadline.into()),
+            waiting,
+            started: Instant::now(),
+            idle: self.limits.idle_timeout,
+            head: self.limits.header_read_timeout,
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct HeadSleep {
+        #[pin]
+        inner: tokio::time::Sleep,
+        // The connection, when this sleep times a keep-alive wait.
+        waiting: Option<Arc<Activity>>,
+        started: Instant,
+        idle: Duration,
+        head: Duration,
+    }
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(activity) = this.waiting.as_ref() {
+            let deadline = match activity.first_read.load(Ordering::Relaxed) {
+                0 => *this.started + *this.idle,
+                first => unstamp(first) + *this.head,
+            };
+            if this.inner.deadline().into_std() != deadline {
+                this.inner.as_mut().reset(deadline.into());
+            }
+        }
+        this.inner.poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
