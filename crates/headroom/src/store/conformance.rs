@@ -28,6 +28,7 @@ where
 {
     job_round_trip(&fresh().await).await;
     dedup_window(&fresh().await).await;
+    dedup_per_tenant(&fresh().await).await;
     concurrent_writes(&fresh().await).await;
     list_filters_and_cursor(&fresh().await).await;
     claim_parallel(&fresh().await).await;
@@ -289,6 +290,58 @@ pub async fn dedup_window<S: JobStore>(store: &S) {
         store.get_job("d1").await.unwrap().is_some(),
         "the old job stays"
     );
+}
+
+/// Dedup ids are per (queue, tenant): a tenant reusing another tenant's id gets a job of its
+/// own, never the other's; a repeat by the same tenant names its own job; jobs without a
+/// tenant share the '' tenant.
+pub async fn dedup_per_tenant<S: JobStore>(store: &S) {
+    let until = 1_000 + 600_000;
+    let with_id = |id: &str, tenant: &str, at: Millis| {
+        let mut j = new_job(id, "default", tenant, at);
+        j.dedup_id = Some("order-1001".into());
+        j.dedup_until = Some(until);
+        j
+    };
+    insert(store, with_id("b1", "tenant-b", 1_000)).await;
+    let a1 = match store
+        .insert_job(with_id("a1", "tenant-a", 1_001))
+        .await
+        .unwrap()
+    {
+        Inserted::Created(j) => j,
+        Inserted::Duplicate(j) => panic!(
+            "tenant-a's dedup id was answered with {} of tenant {:?}",
+            j.new.id, j.new.tenant
+        ),
+    };
+    assert_eq!(a1.new.tenant.as_deref(), Some("tenant-a"));
+    match store
+        .insert_job(with_id("a2", "tenant-a", 1_002))
+        .await
+        .unwrap()
+    {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "a1", "tenant-a's repeat names its job"),
+        Inserted::Created(_) => panic!("a repeat inside the window must not insert a job"),
+    }
+    match store
+        .insert_job(with_id("b2", "tenant-b", 1_003))
+        .await
+        .unwrap()
+    {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "b1", "tenant-b still holds its id"),
+        Inserted::Created(_) => panic!("tenant-b's repeat must not insert a job"),
+    }
+    // No tenant: its own space ('').
+    insert(store, with_id("n1", "", 1_004)).await;
+    match store.insert_job(with_id("n2", "", 1_005)).await.unwrap() {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "n1"),
+        Inserted::Created(_) => panic!("a tenant-less repeat must not insert a job"),
+    }
+    for id in ["a2", "b2", "n2"] {
+        assert!(store.get_job(id).await.unwrap().is_none(), "{id} stored");
+    }
+    assert_eq!(get(store, "b1").await.new.tenant.as_deref(), Some("tenant-b"));
 }
 
 /// Writes issued at once (one task, many futures): every insert lands exactly once, one
