@@ -382,6 +382,20 @@ impl RedisGovernor {
         let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
+
+    /// Ready (`/readyz`): Redis answers a PING through the connection calls use.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut conn = self.connection().await?;
+        let result = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| self.error("did not answer within 2s"))
+        .and_then(|r| r.map(|_| ()).map_err(|e| self.error(format!("failed: {e}"))));
+        self.note(&result.as_ref().map(|_| ()));
+        result
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/budgets", get(budgets))
         .merge(credentials::routes())
@@ -147,8 +148,54 @@ async fn not_found(uri: http::Uri) -> crate::error::ApiError {
     ))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process serves requests. Not 200 only when the store's writer is stuck in
+/// a way a restart would cure (see `store::health`); what a restart would not cure (a full
+/// disk, a lost database file, Redis down) is for `/readyz`.
+async fn healthz(State(app): State<AppState>) -> axum::response::Response {
+    match app.store.stuck() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => unavailable("not healthy", &[("store", why)]),
+    }
+}
+
+/// Readiness: the store commits a real write (and on SQLite its file is in place with room
+/// on its disk) and the governor answers (Redis: a PING). 503 names what is not ready.
+async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    let (store, governor) = tokio::join!(app.store.check_ready(), app.governor.check_ready());
+    let failing: Vec<(&str, String)> = [("store", store), ("governor", governor)]
+        .into_iter()
+        .filter_map(|(what, r)| r.err().map(|e| (what, e)))
+        .collect();
+    if failing.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    unavailable("not ready", &failing)
+}
+
+/// A 503 problem naming each check that failed, in `detail` and in `checks`.
+fn unavailable(what: &str, failing: &[(&str, String)]) -> axum::response::Response {
+    let detail = failing
+        .iter()
+        .map(|(k, e)| format!("{k}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let checks: serde_json::Map<String, serde_json::Value> = failing
+        .iter()
+        .map(|(k, e)| (k.to_string(), json!(e)))
+        .collect();
+    let body = json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("{what}: {detail}"),
+        "checks": checks,
+    });
+    (
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        [(CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

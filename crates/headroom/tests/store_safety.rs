@@ -3,8 +3,10 @@
 //! files, and a store that recovers from a full disk (with `/readyz` saying so meanwhile).
 
 mod common;
+mod services;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-store-safety";
+const LONG: Duration = Duration::from_secs(60);
 
 /// Any request, with headers and a JSON body.
 async fn call(
@@ -149,4 +152,349 @@ async fn dedup_ids_never_cross_tenants() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["request"]["path"], "/b-private-path");
     rig.shutdown().await;
+}
+
+fn services_required() -> bool {
+    std::env::var("HEADROOM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted (lazily: the server may still hold
+/// its files) when dropped, whatever happened.
+struct Tmpfs {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// `None` (the test skips, saying why) where mounting is not allowed, unless
+    /// `HEADROOM_REQUIRE_SERVICES=1`, where that is a failure.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if services_required() {
+                    panic!("cannot mount a tmpfs ({why}), and HEADROOM_REQUIRE_SERVICES=1 requires it");
+                }
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs for the full-disk test ({why}); it needs root \
+                     (set HEADROOM_REQUIRE_SERVICES=1 to make that a failure)"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the filesystem of `path` until a write fails; returns the bytes written.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    // The last pages, a few bytes at a time.
+    while let Ok(n) = f.write(&chunk[..512]) {
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+    }
+    let _ = f.sync_all();
+    written
+}
+
+const JOBS_CONFIG: &str = r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+"#;
+
+fn disk_job(n: usize) -> Value {
+    json!({
+        "upstream": "up",
+        "tenant": "acme",
+        "request": {
+            "method": "POST",
+            "path": format!("/disk/{n}"),
+            "body": {"n": n, "pad": "x".repeat(8 << 10)},
+        },
+    })
+}
+
+async fn readyz(server: &common::Server) -> Reply {
+    server.get("/readyz").await
+}
+
+/// Counts the jobs in each status (every page).
+async fn statuses(server: &common::Server) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=500&cursor={c}"),
+            None => "/v1/jobs?limit=500".to_string(),
+        };
+        let page = server.get(&path).await.json();
+        for j in page["jobs"].as_array().unwrap() {
+            *counts
+                .entry(j["status"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return counts,
+        }
+    }
+}
+
+/// An upstream that records each request's path and answers 200 once its gate is open, so
+/// that jobs can be caught mid-call.
+#[derive(Clone)]
+struct Gate {
+    addr: SocketAddr,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate = Gate {
+            addr: listener.local_addr().unwrap(),
+            open: Arc::new(tokio::sync::watch::channel(true).0),
+            seen: Default::default(),
+        };
+        let g = gate.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let g = g.clone();
+            async move {
+                g.seen.lock().unwrap().push(request.uri().path().to_string());
+                let mut open = g.open.subscribe();
+                let _ = open.wait_for(|o| *o).await;
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from("{\"ok\":true}"))
+                    .unwrap()
+            }
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        gate
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn wait_seen(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + LONG;
+        while self.seen().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream saw {} calls, not {n}",
+                self.seen().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The disk under the SQLite store fills up: submissions fail cleanly (503 problem, nothing
+/// acknowledged and lost), the outcomes of calls that were in flight wait to be recorded,
+/// and `/readyz` says the store is not ready; once space is freed, the same process takes
+/// and runs new jobs to `succeeded`, every job acknowledged before or during the outage
+/// finishes (none stays `running`, none is sent twice), and `/readyz` is 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
+    let Some(tmpfs) = Tmpfs::mount("12m") else {
+        return;
+    };
+    let up = Gate::start().await;
+    let server = common::Server::start_in(Arc::clone(&tmpfs.dir), JOBS_CONFIG, &up.url()).await;
+    let r = readyz(&server).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json(), json!({"status": "ready"}));
+
+    let mut acknowledged = Vec::new();
+    let r = server.post("/v1/jobs", &disk_job(0)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let first = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(server.wait_job(&first, LONG).await["status"], "succeeded");
+    acknowledged.push(first);
+
+    // Calls in flight when the disk fills: their outcomes cannot be recorded yet.
+    up.set_open(false);
+    for n in 1..=5 {
+        let r = server.post("/v1/jobs", &disk_job(n)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        acknowledged.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    up.wait_seen(6).await;
+
+    // Fill the disk, then submit until the store refuses.
+    let filler = tmpfs.dir.path().join("filler");
+    let filled = fill(&filler);
+    assert!(filled > 0);
+    up.set_open(true);
+    let r = readyz(&server).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let problem = r.problem();
+    assert!(problem["checks"]["store"].is_string(), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("store"),
+        "{problem}"
+    );
+
+    let mut refused = None;
+    for n in 100..=3_100 {
+        let r = server.post("/v1/jobs", &disk_job(n)).await;
+        if r.status == StatusCode::ACCEPTED {
+            acknowledged.push(r.json()["id"].as_str().unwrap().to_string());
+            continue;
+        }
+        refused = Some(r);
+        break;
+    }
+    let refused = refused.expect("3,000 jobs of 8 KiB fit on a full 12 MiB disk");
+    eprintln!(
+        "disk filled with {filled} bytes; {} jobs acknowledged before the store refused one: {:?}",
+        acknowledged.len(),
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(refused.status.is_server_error(), "{}", refused.status);
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    let problem = refused.problem();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("nothing was stored"),
+        "{problem}"
+    );
+    // Still full: still not ready.
+    assert_eq!(readyz(&server).await.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Free the space: ready again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let r = readyz(&server).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {} after the disk was freed: {:?}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // New jobs are taken and run.
+    for n in 10_001..10_006 {
+        let r = server.post("/v1/jobs", &disk_job(n)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        acknowledged.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    for id in &acknowledged {
+        let v = server.wait_job(id, LONG).await;
+        assert_eq!(v["status"], "succeeded", "job {id} after the disk was freed: {v}");
+    }
+    let counts = statuses(&server).await;
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["succeeded"],
+        "every job finished: {counts:?}"
+    );
+    assert_eq!(counts["succeeded"], acknowledged.len(), "{counts:?}");
+    // Each acknowledged job reached the upstream once: none was left to be sent again.
+    let mut paths = up.seen();
+    paths.sort();
+    let before = paths.len();
+    paths.dedup();
+    assert_eq!(before, paths.len(), "a job was sent twice");
+    assert_eq!(paths.len(), acknowledged.len());
+    assert_eq!(readyz(&server).await.status, StatusCode::OK);
+    server.shutdown().await;
+    drop(tmpfs);
+}
+
+/// A database file deleted under the running server: `/readyz` says so (writes would go to
+/// a file no one can open again), while `/healthz` stays 200 (a restart would not bring it
+/// back, and would start an empty database in its place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_notices_a_deleted_database_file() {
+    let up = common::Recorder::start().await;
+    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    assert_eq!(readyz(&server).await.status, StatusCode::OK);
+    let db = server.dir.path().join("headroom.db");
+    std::fs::remove_file(&db).unwrap();
+    let r = readyz(&server).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let problem = r.problem();
+    let store = problem["checks"]["store"].as_str().unwrap();
+    assert!(store.contains("deleted"), "{problem}");
+    assert!(problem["checks"].get("governor").is_none(), "{problem}");
+    assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
+    server.shutdown().await;
+}
+
+/// A Redis governor that does not answer: `/readyz` names the governor (PING), not the
+/// store; the local Redis (when there is one): ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_pings_a_redis_governor() {
+    let up = common::Recorder::start().await;
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let config = format!("governor = \"redis://127.0.0.1:{port}\"\n{JOBS_CONFIG}");
+    let server = common::Server::start(&config, &up.url()).await;
+    let r = readyz(&server).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let problem = r.problem();
+    assert!(problem["checks"]["governor"].is_string(), "{problem}");
+    assert!(problem["checks"].get("store").is_none(), "{problem}");
+    server.shutdown().await;
+
+    let Some(redis) = services::redis() else {
+        return;
+    };
+    let config = format!(
+        "governor = \"{redis}/?prefix={}\"\n{JOBS_CONFIG}",
+        services::unique("readyz")
+    );
+    let server = common::Server::start(&config, &up.url()).await;
+    let r = readyz(&server).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    server.shutdown().await;
 }

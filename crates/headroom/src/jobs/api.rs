@@ -157,7 +157,8 @@ async fn submit(
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
     let new = build_job(&app.config, s, tenant, now_millis())?;
-    let (status, job, deduplicated) = match app.store.insert_job(new).await? {
+    let inserted = app.store.insert_job(new).await.map_err(store_refused)?;
+    let (status, job, deduplicated) = match inserted {
         Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
         Inserted::Duplicate(job) => (StatusCode::OK, job, true),
     };
@@ -167,6 +168,19 @@ async fn submit(
         view["deduplicated"] = json!(true);
     }
     Ok((status, Json(view)).into_response())
+}
+
+/// A write the store could not take (a full disk, a lost database): 503 with a Retry-After,
+/// so that the client knows nothing was stored and sends it again; the cause is logged.
+pub(crate) fn store_refused(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "the store refused a write");
+    ApiError::Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        detail: "nothing was stored: the store cannot take writes right now (see /readyz); \
+                 send it again later"
+            .to_string(),
+        retry_after: Duration::from_secs(5),
+    }
 }
 
 /// The job a submission describes, checked against the config; `tenant` is the one it acts

@@ -87,7 +87,11 @@ async fn submit(
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
     let new = build_batch(&app.config, s, tenant, now_millis())?;
-    let summary = app.store.insert_batch(new).await?;
+    let summary = app
+        .store
+        .insert_batch(new)
+        .await
+        .map_err(super::api::store_refused)?;
     app.jobs_wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,

@@ -69,6 +69,21 @@ impl AnyStore {
         }
     }
 
+    /// Whether the store can take work now (`/readyz`): a write commits, and on SQLite the
+    /// database file is the one opened and its disk has room (see `health`).
+    pub async fn check_ready(&self) -> Result<(), String> {
+        each!(self, s => s.check_ready().await)
+    }
+
+    /// Why the store is stuck beyond what a full disk or a lost file explains (`/healthz`:
+    /// a restart is the remedy); `None` when it is not.
+    pub fn stuck(&self) -> Option<String> {
+        match self {
+            AnyStore::Sqlite(s) => s.stuck(),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
     /// Whether several nodes may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))

@@ -62,6 +62,11 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection given back inside a transaction (a failed COMMIT) is closed
+            // rather than reused: the next write gets a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect(url)
             .await
             .with_context(|| format!("cannot connect to the PostgreSQL store {shown}"))?;
@@ -106,6 +111,15 @@ impl PgStore {
             .begin()
             .await
             .context("cannot start a write transaction on PostgreSQL")
+    }
+
+    /// Ready (`/readyz`): a write (this node's heartbeat) commits within 5 s.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.heartbeat()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot write: {e:#}")),
+            Err(_) => Err("PostgreSQL did not commit a write within 5s".to_string()),
+        }
     }
 
     /// Says this node is alive, on the database's clock.
