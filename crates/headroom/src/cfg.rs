@@ -307,8 +307,9 @@ impl RawConfig {
                 || store.starts_with("postgresql://"))
             {
                 return Err(format!(
-                    "store: \"{store}\" is not supported; use \"sqlite://path/to/file.db\" \
-                     or \"postgres://user@host/database\""
+                    "store: \"{}\" is not supported; use \"sqlite://path/to/file.db\" \
+                     or \"postgres://user@host/database\"",
+                    crate::store::pg::redact(&store)
                 ));
             }
             config.store = store;

@@ -69,7 +69,12 @@ impl AppState {
     ) -> anyhow::Result<AppState> {
         let credentials = Credentials::open(&config.store)
             .await
-            .with_context(|| format!("cannot open the store {}", config.store))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the store {}",
+                    crate::store::pg::redact(&config.store)
+                )
+            })?;
         let remote = match config.governor.as_str() {
             "memory" => None,
             url => Some(crate::redis_governor::RedisGovernor::new(

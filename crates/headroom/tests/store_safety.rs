@@ -498,3 +498,26 @@ async fn readyz_pings_a_redis_governor() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     server.shutdown().await;
 }
+
+/// A PostgreSQL password is never printed: not in the error of a store that cannot be
+/// opened (outer message and inner ones), nor in check-config's refusal of a store URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_password_is_never_printed() {
+    let toml = "store = \"postgres://headroom:hunter2-pw@127.0.0.1:1/db\"\n";
+    let config = headroom::cfg::Config::parse(toml, "t.toml").unwrap();
+    let e = match headroom::server::AppState::new(config, None).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    let shown = format!("{e:#}\n{e:?}");
+    assert!(!shown.contains("hunter2-pw"), "{shown}");
+    assert!(
+        shown.contains("postgres://headroom:***@127.0.0.1:1/db"),
+        "{shown}"
+    );
+    let e = headroom::cfg::Config::parse("store = \"mysql://u:hunter2-pw@h/db\"\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("hunter2-pw"), "{e}");
+    assert!(e.contains("store:"), "{e}");
+}

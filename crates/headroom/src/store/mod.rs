@@ -110,7 +110,10 @@ impl Store {
             );
         }
         if !url.starts_with("sqlite:") {
-            anyhow::bail!("store \"{url}\": use a URL like \"sqlite://path/to/file.db\"");
+            anyhow::bail!(
+                "store \"{}\": use a URL like \"sqlite://path/to/file.db\"",
+                pg::redact(url)
+            );
         }
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)

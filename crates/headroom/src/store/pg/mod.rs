@@ -274,14 +274,54 @@ pub(crate) fn pg(sql: &str) -> String {
     out
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages: the userinfo's password and a `password`
+/// query parameter become `***`. Text the URL parser refuses is redacted by hand (whatever
+/// sits between `user:` and the authority's last `@`).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return redact_by_hand(url);
+    };
+    let mut changed = false;
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+        changed = true;
+    }
+    let secret_key = |k: &str| k.to_ascii_lowercase().contains("password");
+    if u.query_pairs().any(|(k, _)| secret_key(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_key(&k) { "***".into() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if changed {
+        u.to_string()
+    } else {
+        url.to_string()
+    }
+}
+
+fn redact_by_hand(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..start],
+                &authority[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -312,5 +352,13 @@ mod tests {
             "postgres://u:***@localhost/db"
         );
         assert_eq!(redact("postgres://localhost/db"), "postgres://localhost/db");
+        assert_eq!(
+            redact("postgres://u@localhost/db?password=secret&sslmode=disable"),
+            "postgres://u@localhost/db?password=***&sslmode=disable"
+        );
+        // Not a URL the parser takes (a space in the port): still redacted.
+        let shown = redact("postgres://u:se@cr:et@local host:5x/db");
+        assert!(!shown.contains("se@cr") && !shown.contains("et@"), "{shown}");
+        assert!(shown.starts_with("postgres://u:***@local host"), "{shown}");
     }
 }
