@@ -200,6 +200,9 @@ impl JobStore for AnyStore {
     ) -> anyhow::Result<()> {
         each!(self, s => s.callback_attempted(id, delivered, next).await)
     }
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        each!(self, s => s.prune_jobs(before, now).await)
+    }
 }
 
 impl BatchStore for AnyStore {
@@ -232,6 +235,9 @@ impl BatchStore for AnyStore {
     }
     async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
         each!(self, s => s.cancel_batch(id, now).await)
+    }
+    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
+        each!(self, s => s.prune_batches(before).await)
     }
 }
 

@@ -767,4 +767,8 @@ impl JobStore for Store {
         }
         Ok(())
     }
+
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        self.prune_jobs_before(before, now).await
+    }
 }

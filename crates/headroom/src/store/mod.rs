@@ -26,6 +26,7 @@ mod events;
 pub mod health;
 mod jobs;
 pub mod pg;
+mod retention;
 mod row;
 pub mod schedule_conformance;
 mod schedules;

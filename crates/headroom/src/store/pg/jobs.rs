@@ -480,6 +480,10 @@ impl JobStore for Store {
         }
         Ok(())
     }
+
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        self.prune_jobs_before(before, now).await
+    }
 }
 
 /// Puts back the running jobs of dead nodes (and of this one if `mine`): jobs a node held

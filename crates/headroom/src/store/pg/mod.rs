@@ -19,6 +19,7 @@ mod batches;
 mod credentials;
 mod events;
 mod jobs;
+mod retention;
 mod schedules;
 mod writer;
 
