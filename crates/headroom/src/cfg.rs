@@ -42,7 +42,13 @@ pub struct Config {
     pub schedules: Vec<Arc<crate::schedules::Schedule>>,
     /// `[events]` (retention) and `[[alerts]]`.
     pub observe: crate::observe::ObserveConfig,
+    /// `[jobs] retention`: finished jobs and batches are deleted this long after they
+    /// finished (default 7 days).
+    pub job_retention: Duration,
 }
+
+/// How long finished jobs and batches are kept by default.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Config {
     fn default() -> Self {
@@ -54,6 +60,7 @@ impl Default for Config {
             queues: vec![Arc::new(Queue::default())],
             schedules: Vec::new(),
             observe: Default::default(),
+            job_retention: DEFAULT_JOB_RETENTION,
         }
     }
 }
@@ -216,6 +223,14 @@ struct RawConfig {
     events: Option<crate::observe::RawEvents>,
     #[serde(default)]
     alerts: Vec<crate::observe::alerts::RawAlert>,
+    jobs: Option<RawJobs>,
+}
+
+/// `[jobs]`: what applies to every job and batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +389,12 @@ impl RawConfig {
         }
         config.observe =
             crate::observe::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
+        if let Some(r) = self.jobs.and_then(|j| j.retention) {
+            config.job_retention = duration("jobs.retention", &r)?;
+            if config.job_retention.is_zero() {
+                return Err("jobs.retention: must be longer than zero".into());
+            }
+        }
         Ok(config)
     }
 }
@@ -725,6 +746,20 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         assert!(c.upstreams[1].budget_config.limits.is_empty());
         assert_eq!(c.schedules.len(), 1);
         assert_eq!(c.schedules[0].name(), "nightly-sync");
+    }
+
+    #[test]
+    fn job_retention_defaults_to_a_week_and_is_checked() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.job_retention, Duration::from_secs(7 * 86_400));
+        let c = Config::parse("[jobs]\nretention = \"36h\"\n", "t.toml").unwrap();
+        assert_eq!(c.job_retention, Duration::from_secs(36 * 3600));
+        let e = error_of("[jobs]\nretention = \"0s\"\n");
+        assert!(e.contains("jobs.retention: must be longer than zero"), "{e}");
+        let e = error_of("[jobs]\nretention = \"soon\"\n");
+        assert!(e.contains("jobs.retention"), "{e}");
+        let e = error_of("[jobs]\nkeep = \"1d\"\n");
+        assert!(e.contains("keep"), "{e}");
     }
 
     #[test]

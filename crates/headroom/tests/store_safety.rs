@@ -521,3 +521,40 @@ async fn a_store_password_is_never_printed() {
     assert!(!e.contains("hunter2-pw"), "{e}");
     assert!(e.contains("store:"), "{e}");
 }
+
+/// `[jobs] retention`: finished jobs are kept until their retention has passed, then the
+/// prune deletes them with their attempts (what else it keeps is the conformance suite's
+/// `retention` property, on both backends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_their_retention() {
+    let up = common::Recorder::start().await;
+    let config = format!("[jobs]\nretention = \"1h\"\n{JOBS_CONFIG}");
+    let server = common::Server::start(&config, &up.url()).await;
+    assert_eq!(server.state.config.job_retention, Duration::from_secs(3600));
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let r = server.post("/v1/jobs", &disk_job(n)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(server.wait_job(&id, LONG).await["status"], "succeeded");
+        ids.push(id);
+    }
+    let now = headroom::jobs::now_millis();
+    let pruned = headroom::jobs::retention::prune(&server.state, now)
+        .await
+        .unwrap();
+    assert_eq!(pruned.jobs, 0, "{pruned:?}");
+    for id in &ids {
+        let r = server.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let pruned = headroom::jobs::retention::prune(&server.state, now + 2 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!((pruned.jobs, pruned.attempts), (2, 2), "{pruned:?}");
+    for id in &ids {
+        let r = server.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    server.shutdown().await;
+}

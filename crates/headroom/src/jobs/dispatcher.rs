@@ -54,6 +54,7 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     }
     tokio::spawn(dispatch_loop(app.clone()));
     tokio::spawn(super::batches::run_loop(app.clone()));
+    tokio::spawn(super::retention::run_loop(app.clone()));
     tokio::spawn(callback_loop(app));
     Ok(())
 }

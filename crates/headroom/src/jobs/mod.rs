@@ -4,5 +4,6 @@ pub mod api;
 pub mod batches;
 pub mod dispatcher;
 pub mod model;
+pub mod retention;
 
 pub use model::*;
