@@ -275,7 +275,7 @@ async fn statuses(server: &common::Server) -> std::collections::BTreeMap<String,
 struct Gate {
     addr: SocketAddr,
     open: Arc<tokio::sync::watch::Sender<bool>>,
-    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    seen: Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
 }
 
 impl Gate {
@@ -290,7 +290,8 @@ impl Gate {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let g = g.clone();
             async move {
-                g.seen.lock().unwrap().push(request.uri().path().to_string());
+                let uri = request.uri().to_string();
+                g.seen.lock().unwrap().push((uri, request.headers().clone()));
                 let mut open = g.open.subscribe();
                 let _ = open.wait_for(|o| *o).await;
                 axum::response::Response::builder()
@@ -313,7 +314,12 @@ impl Gate {
         self.open.send_replace(open);
     }
 
+    /// The path and query of each request.
     fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().iter().map(|(u, _)| u.clone()).collect()
+    }
+
+    fn requests(&self) -> Vec<(String, http::HeaderMap)> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -555,6 +561,86 @@ async fn finished_jobs_are_deleted_after_their_retention() {
     for id in &ids {
         let r = server.get(&format!("/v1/jobs/{id}")).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    server.shutdown().await;
+}
+
+/// Whether any file in `dir` (the database, its WAL) holds `needle`.
+fn files_hold(dir: &std::path::Path, needle: &[u8]) -> Option<String> {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return Some(path.display().to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A job's credential-like headers and query parameters are sealed in the database and
+/// never shown by the API (`<redacted>`), and the upstream still receives the real values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_credentials_are_sealed_at_rest_and_never_shown() {
+    let up = Gate::start().await;
+    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    let secrets = ["sk_live_HDR_AUTH", "sk_live_HDR_KEY", "sk_live_QUERY", "sess_COOKIE"];
+    let body = json!({
+        "upstream": "up",
+        "tenant": "acme",
+        "request": {
+            "method": "GET",
+            "path": "/contacts",
+            "query": "page=2&api_key=sk_live_QUERY",
+            "headers": {
+                "Authorization": "Bearer sk_live_HDR_AUTH",
+                "X-Api-Key": "sk_live_HDR_KEY",
+                "Cookie": "s=sess_COOKIE",
+                "x-trace": "t1",
+            },
+        },
+    });
+    let r = server.post("/v1/jobs", &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let mut shown = String::from_utf8_lossy(&r.body).to_string();
+    let done = server.wait_job(&id, LONG).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["request"]["query"], "page=2&api_key=<redacted>");
+    shown.push_str(&done.to_string());
+    shown.push_str(&String::from_utf8_lossy(&server.get("/v1/jobs").await.body));
+    for s in secrets {
+        assert!(!shown.contains(s), "the API shows {s}: {shown}");
+        if let Some(file) = files_hold(server.dir.path(), s.as_bytes()) {
+            panic!("{file} holds {s} in clear");
+        }
+    }
+    // The upstream got the real values.
+    let requests = up.requests();
+    assert_eq!(requests.len(), 1);
+    let (uri, headers) = &requests[0];
+    assert_eq!(uri, "/contacts?page=2&api_key=sk_live_QUERY");
+    assert_eq!(headers["authorization"], "Bearer sk_live_HDR_AUTH");
+    assert_eq!(headers["x-api-key"], "sk_live_HDR_KEY");
+    assert_eq!(headers["cookie"], "s=sess_COOKIE");
+    assert_eq!(headers["x-trace"], "t1");
+    server.shutdown().await;
+}
+
+/// SQLite database files (and their WAL and shared-memory files) are readable by their
+/// owner only, like the secret key beside them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_files_are_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = common::Recorder::start().await;
+    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    let r = server.post("/v1/jobs", &disk_job(1)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    for name in ["headroom.db", "headroom.db-wal", "headroom.db-shm", "secret.key"] {
+        let path = server.dir.path().join(name);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
     }
     server.shutdown().await;
 }

@@ -156,7 +156,12 @@ async fn submit(
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let new = build_job(&app.config, s, tenant, now_millis())?;
+    let mut new = build_job(&app.config, s, tenant, now_millis())?;
+    super::secrets::seal(
+        &app.credentials,
+        &super::secrets::job_owner(&new.id),
+        &mut new.request,
+    )?;
     let inserted = app.store.insert_job(new).await.map_err(store_refused)?;
     let (status, job, deduplicated) = match inserted {
         Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
@@ -354,7 +359,7 @@ pub fn job_view(job: &Job, attempts: Option<&[AttemptRecord]>) -> Value {
         "request": {
             "method": n.request.method,
             "path": n.request.path,
-            "query": n.request.query,
+            "query": n.request.query.as_deref().map(super::secrets::redact_query),
         },
         "attempts": job.attempts,
         "max_attempts": n.max_attempts,

@@ -245,6 +245,21 @@ fn retry_or_fail(
 
 async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let mut attempt = blank_attempt(job);
+    // Credential-like header values and query parameters are sealed at rest.
+    let job = &match super::secrets::open(
+        &app.credentials,
+        &super::secrets::job_owner(&job.new.id),
+        &job.new.request,
+    ) {
+        Ok(request) => Job {
+            new: NewJob {
+                request,
+                ..job.new.clone()
+            },
+            ..job.clone()
+        },
+        Err(e) => return failed(attempt, e),
+    };
     let n = &job.new;
     let Some(upstream) = app.config.upstream(&n.upstream).cloned() else {
         return failed(

@@ -5,5 +5,6 @@ pub mod batches;
 pub mod dispatcher;
 pub mod model;
 pub mod retention;
+pub mod secrets;
 
 pub use model::*;
