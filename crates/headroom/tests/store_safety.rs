@@ -644,3 +644,63 @@ async fn database_files_are_created_private() {
     }
     server.shutdown().await;
 }
+
+/// The dedup migration keeps existing dedup ids, each under its job's tenant ('' for a job
+/// without one), on SQLite and on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
+    const BEFORE: &str = "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, \
+        path, headers, body_is_json, max_attempts, idempotency_key, created_at, status, \
+        next_attempt_at, updated_at, callback) VALUES \
+        ('j1', 'default', '', 'up', 'acme', 'bulk', 'GET', '/', '[]', FALSE, 5, 'j1', 1, \
+         'queued', 1, 1, 'none'), \
+        ('j2', 'default', '', 'up', NULL, 'bulk', 'GET', '/', '[]', FALSE, 5, 'j2', 1, \
+         'queued', 1, 1, 'none'); \
+        INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES \
+        ('default', 'e1', 'j1', 100), ('default', 'e2', 'j2', 100), \
+        ('default', 'e3', 'gone', 100);";
+    const AFTER: &str = "SELECT tenant || '/' || dedup_id || '/' || job_id FROM job_dedup \
+        ORDER BY dedup_id";
+    let want = vec!["acme/e1/j1", "/e2/j2", "/e3/gone"];
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(
+        &opts.create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    for sql in [
+        include_str!("../migrations/0001_credentials_and_tokens.sql"),
+        include_str!("../migrations/0002_jobs_and_batches.sql"),
+        include_str!("../migrations/0003_schedules.sql"),
+        include_str!("../migrations/0004_events.sql"),
+        BEFORE,
+        include_str!("../migrations/0005_tenant_dedup_and_retention.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+    let got: Vec<String> = sqlx::query_scalar(AFTER).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(got, want);
+
+    let Some(base) = services::postgres() else {
+        return;
+    };
+    let schema = services::PgSchema::create(&base).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url())
+        .await
+        .unwrap();
+    for sql in [
+        include_str!("../migrations/postgres/0001_schema.sql"),
+        include_str!("../migrations/postgres/0002_events.sql"),
+        BEFORE,
+        include_str!("../migrations/postgres/0003_tenant_dedup_and_retention.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+    let got: Vec<String> = sqlx::query_scalar(AFTER).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(got, want);
+    drop(conn);
+    schema.drop().await;
+}
