@@ -755,7 +755,10 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         let c = Config::parse("[jobs]\nretention = \"36h\"\n", "t.toml").unwrap();
         assert_eq!(c.job_retention, Duration::from_secs(36 * 3600));
         let e = error_of("[jobs]\nretention = \"0s\"\n");
-        assert!(e.contains("jobs.retention: must be longer than zero"), "{e}");
+        assert!(
+            e.contains("jobs.retention: must be longer than zero"),
+            "{e}"
+        );
         let e = error_of("[jobs]\nretention = \"soon\"\n");
         assert!(e.contains("jobs.retention"), "{e}");
         let e = error_of("[jobs]\nkeep = \"1d\"\n");

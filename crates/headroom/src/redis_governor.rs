@@ -392,7 +392,10 @@ impl RedisGovernor {
         )
         .await
         .map_err(|_| self.error("did not answer within 2s"))
-        .and_then(|r| r.map(|_| ()).map_err(|e| self.error(format!("failed: {e}"))));
+        .and_then(|r| {
+            r.map(|_| ())
+                .map_err(|e| self.error(format!("failed: {e}")))
+        });
         self.note(&result.as_ref().map(|_| ()));
         result
     }

@@ -67,14 +67,12 @@ impl AppState {
         api_token: Option<String>,
         clock: Arc<dyn headroom_core::clock::Clock>,
     ) -> anyhow::Result<AppState> {
-        let credentials = Credentials::open(&config.store)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the store {}",
-                    crate::store::pg::redact(&config.store)
-                )
-            })?;
+        let credentials = Credentials::open(&config.store).await.with_context(|| {
+            format!(
+                "cannot open the store {}",
+                crate::store::pg::redact(&config.store)
+            )
+        })?;
         let remote = match config.governor.as_str() {
             "memory" => None,
             url => Some(crate::redis_governor::RedisGovernor::new(

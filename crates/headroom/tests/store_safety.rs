@@ -170,7 +170,13 @@ impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output();
         match out {
@@ -181,7 +187,9 @@ impl Tmpfs {
                     Err(e) => e.to_string(),
                 };
                 if services_required() {
-                    panic!("cannot mount a tmpfs ({why}), and HEADROOM_REQUIRE_SERVICES=1 requires it");
+                    panic!(
+                        "cannot mount a tmpfs ({why}), and HEADROOM_REQUIRE_SERVICES=1 requires it"
+                    );
                 }
                 eprintln!(
                     "SKIPPED: cannot mount a tmpfs for the full-disk test ({why}); it needs root \
@@ -291,7 +299,10 @@ impl Gate {
             let g = g.clone();
             async move {
                 let uri = request.uri().to_string();
-                g.seen.lock().unwrap().push((uri, request.headers().clone()));
+                g.seen
+                    .lock()
+                    .unwrap()
+                    .push((uri, request.headers().clone()));
                 let mut open = g.open.subscribe();
                 let _ = open.wait_for(|o| *o).await;
                 axum::response::Response::builder()
@@ -316,7 +327,12 @@ impl Gate {
 
     /// The path and query of each request.
     fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|(u, _)| u.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
     fn requests(&self) -> Vec<(String, http::HeaderMap)> {
@@ -402,11 +418,17 @@ async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     let problem = refused.problem();
     assert!(
-        problem["detail"].as_str().unwrap().contains("nothing was stored"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was stored"),
         "{problem}"
     );
     // Still full: still not ready.
-    assert_eq!(readyz(&server).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        readyz(&server).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 
     // Free the space: ready again, without a restart.
     std::fs::remove_file(&filler).unwrap();
@@ -433,7 +455,10 @@ async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
     }
     for id in &acknowledged {
         let v = server.wait_job(id, LONG).await;
-        assert_eq!(v["status"], "succeeded", "job {id} after the disk was freed: {v}");
+        assert_eq!(
+            v["status"], "succeeded",
+            "job {id} after the disk was freed: {v}"
+        );
     }
     let counts = statuses(&server).await;
     assert_eq!(
@@ -584,7 +609,12 @@ fn files_hold(dir: &std::path::Path, needle: &[u8]) -> Option<String> {
 async fn job_credentials_are_sealed_at_rest_and_never_shown() {
     let up = Gate::start().await;
     let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
-    let secrets = ["sk_live_HDR_AUTH", "sk_live_HDR_KEY", "sk_live_QUERY", "sess_COOKIE"];
+    let secrets = [
+        "sk_live_HDR_AUTH",
+        "sk_live_HDR_KEY",
+        "sk_live_QUERY",
+        "sess_COOKIE",
+    ];
     let body = json!({
         "upstream": "up",
         "tenant": "acme",
@@ -637,7 +667,12 @@ async fn database_files_are_created_private() {
     let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
     let r = server.post("/v1/jobs", &disk_job(1)).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    for name in ["headroom.db", "headroom.db-wal", "headroom.db-shm", "secret.key"] {
+    for name in [
+        "headroom.db",
+        "headroom.db-wal",
+        "headroom.db-shm",
+        "secret.key",
+    ] {
         let path = server.dir.path().join(name);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
@@ -666,11 +701,10 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(
-        &opts.create_if_missing(true),
-    )
-    .await
-    .unwrap();
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts.create_if_missing(true))
+            .await
+            .unwrap();
     for sql in [
         include_str!("../migrations/0001_credentials_and_tokens.sql"),
         include_str!("../migrations/0002_jobs_and_batches.sql"),
@@ -681,7 +715,10 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
-    let got: Vec<String> = sqlx::query_scalar(AFTER).fetch_all(&mut conn).await.unwrap();
+    let got: Vec<String> = sqlx::query_scalar(AFTER)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(got, want);
 
     let Some(base) = services::postgres() else {
@@ -699,7 +736,10 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
-    let got: Vec<String> = sqlx::query_scalar(AFTER).fetch_all(&mut conn).await.unwrap();
+    let got: Vec<String> = sqlx::query_scalar(AFTER)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(got, want);
     drop(conn);
     schema.drop().await;

@@ -14,8 +14,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub async fn prune(app: &AppState, now: Millis) -> anyhow::Result<Pruned> {
     let keep = app.config.job_retention.as_millis().min(i64::MAX as u128) as Millis;
     let before = now.saturating_sub(keep);
-    let pruned = app.store.prune_jobs(before, now).await?
-        + app.store.prune_batches(before).await?;
+    let pruned = app.store.prune_jobs(before, now).await? + app.store.prune_batches(before).await?;
     if pruned != Pruned::default() {
         tracing::info!(
             jobs = pruned.jobs,

@@ -57,7 +57,11 @@ fn map_secret_params(
 
 /// Seals the credential-like header values and query parameters of a request about to be
 /// stored for `owner`.
-pub fn seal(credentials: &Credentials, owner: &str, request: &mut JobRequest) -> anyhow::Result<()> {
+pub fn seal(
+    credentials: &Credentials,
+    owner: &str,
+    request: &mut JobRequest,
+) -> anyhow::Result<()> {
     for (name, value) in &mut request.headers {
         if is_secret_name(name) && !value.starts_with(SEALED_PREFIX) {
             *value = credentials.seal_field(&context(owner, "header", name), value)?;
@@ -78,7 +82,11 @@ pub fn seal(credentials: &Credentials, owner: &str, request: &mut JobRequest) ->
 
 /// The request as it is sent: sealed values opened (values stored in clear before sealing
 /// existed are taken as they are).
-pub fn open(credentials: &Credentials, owner: &str, request: &JobRequest) -> Result<JobRequest, String> {
+pub fn open(
+    credentials: &Credentials,
+    owner: &str,
+    request: &JobRequest,
+) -> Result<JobRequest, String> {
     let mut out = request.clone();
     for (name, value) in &mut out.headers {
         *value = credentials
@@ -131,7 +139,14 @@ mod tests {
         ] {
             assert!(is_secret_name(n), "{n}");
         }
-        for n in ["content-type", "x-trace", "accept", "page", "limit", "email"] {
+        for n in [
+            "content-type",
+            "x-trace",
+            "accept",
+            "page",
+            "limit",
+            "email",
+        ] {
             assert!(!is_secret_name(n), "{n}");
         }
     }
@@ -165,7 +180,11 @@ mod tests {
         let stored = format!("{request:?}");
         assert!(!stored.contains("sk_live"), "{stored}");
         assert_eq!(request.headers[1].1, "t1");
-        assert!(request.query.as_deref().unwrap().starts_with("page=2&api_key=hr-sealed.v1."));
+        assert!(request
+            .query
+            .as_deref()
+            .unwrap()
+            .starts_with("page=2&api_key=hr-sealed.v1."));
         assert_eq!(open(&creds, "job:1", &request).unwrap(), clear);
         // Copied to another job: does not open.
         assert!(open(&creds, "job:2", &request).is_err());

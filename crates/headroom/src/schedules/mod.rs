@@ -398,7 +398,6 @@ fn decide(
     Decision { action, next }
 }
 
-
 /// Seals the credential-like request fields of what a run enqueues, as the API does
 /// (`jobs::secrets`).
 fn seal_run(credentials: &crate::credentials::Credentials, action: &mut Action) {

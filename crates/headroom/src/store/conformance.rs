@@ -342,7 +342,10 @@ pub async fn dedup_per_tenant<S: JobStore>(store: &S) {
     for id in ["a2", "b2", "n2"] {
         assert!(store.get_job(id).await.unwrap().is_none(), "{id} stored");
     }
-    assert_eq!(get(store, "b1").await.new.tenant.as_deref(), Some("tenant-b"));
+    assert_eq!(
+        get(store, "b1").await.new.tenant.as_deref(),
+        Some("tenant-b")
+    );
 }
 
 /// Writes issued at once (one task, many futures): every insert lands exactly once, one
@@ -1536,7 +1539,10 @@ pub async fn retention<S: JobStore + BatchStore>(store: &S) {
     );
     for id in ["p-done", "p-failed-cb", "p-delivered-cb", "p-cancelled"] {
         assert!(store.get_job(id).await.unwrap().is_none(), "{id} kept");
-        assert!(store.attempts(id).await.unwrap().is_empty(), "{id}'s attempts kept");
+        assert!(
+            store.attempts(id).await.unwrap().is_empty(),
+            "{id}'s attempts kept"
+        );
     }
     for id in [
         "p-pending-cb",
@@ -1580,9 +1586,15 @@ pub async fn retention<S: JobStore + BatchStore>(store: &S) {
 
     // Batches: a finished one goes with its records; an active one and one with records in
     // flight stay.
-    store.insert_batch(new_batch("b-done", 5, 10, 1_000)).await.unwrap();
+    store
+        .insert_batch(new_batch("b-done", 5, 10, 1_000))
+        .await
+        .unwrap();
     let c = chunk(store, old, &[]).await;
-    store.finish_chunk(&c, &all_succeeded(&c), old).await.unwrap();
+    store
+        .finish_chunk(&c, &all_succeeded(&c), old)
+        .await
+        .unwrap();
     assert_eq!(batch(store, "b-done").await.status, BatchStatus::Succeeded);
     store
         .insert_batch(new_batch("b-flight", 5, 10, 1_000))

@@ -136,7 +136,10 @@ impl Store {
                 path.display()
             )),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("cannot read the free space of {}: {e}", dir.display())),
+            Err(e) => Err(format!(
+                "cannot read the free space of {}: {e}",
+                dir.display()
+            )),
         }
     }
 

@@ -272,7 +272,9 @@ async fn recover_writer(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx:
     // The rollback of a dropped transaction is queued on the connection: let it run first.
     conn.ping().await?;
     if conn.is_in_transaction() {
-        tracing::warn!("the store's writer connection was left inside a failed transaction; reopening it");
+        tracing::warn!(
+            "the store's writer connection was left inside a failed transaction; reopening it"
+        );
         return Ok(false);
     }
     Ok(true)

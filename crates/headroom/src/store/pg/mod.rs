@@ -292,7 +292,11 @@ pub fn redact(url: &str) -> String {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
             .map(|(k, v)| {
-                let v = if secret_key(&k) { "***".into() } else { v.into_owned() };
+                let v = if secret_key(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();
@@ -359,7 +363,10 @@ mod tests {
         );
         // Not a URL the parser takes (a space in the port): still redacted.
         let shown = redact("postgres://u:se@cr:et@local host:5x/db");
-        assert!(!shown.contains("se@cr") && !shown.contains("et@"), "{shown}");
+        assert!(
+            !shown.contains("se@cr") && !shown.contains("et@"),
+            "{shown}"
+        );
         assert!(shown.starts_with("postgres://u:***@local host"), "{shown}");
     }
 }

@@ -7,8 +7,8 @@ use super::pg;
 use super::PgStore as Store;
 use crate::jobs::model::*;
 use crate::store::retention::{
-    prunable_batches_sql, prune_attempts_sql, prune_batches_sql, prune_jobs_sql,
-    prune_records_sql, BATCH_CHUNK, JOB_CHUNK, PRUNE_DEDUP,
+    prunable_batches_sql, prune_attempts_sql, prune_batches_sql, prune_jobs_sql, prune_records_sql,
+    BATCH_CHUNK, JOB_CHUNK, PRUNE_DEDUP,
 };
 
 impl Store {
