@@ -51,6 +51,9 @@ pub struct Config {
     pub server: ServerLimits,
     /// `[metrics]`: label cardinality of `/metrics`.
     pub metrics: MetricsConfig,
+    /// `[jobs] retention`: finished jobs and batches are deleted this long after they
+    /// finished (default 7 days).
+    pub job_retention: Duration,
 }
 
 /// `[server]`: what a client connection may take from the listener.
@@ -89,6 +92,9 @@ impl Default for MetricsConfig {
     }
 }
 
+/// How long finished jobs and batches are kept by default.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -103,6 +109,7 @@ impl Default for Config {
             callbacks: Default::default(),
             server: ServerLimits::default(),
             metrics: MetricsConfig::default(),
+            job_retention: DEFAULT_JOB_RETENTION,
         }
     }
 }
@@ -280,6 +287,14 @@ struct RawConfig {
     callbacks: Option<crate::callbacks::RawCallbacks>,
     server: Option<RawServer>,
     metrics: Option<RawMetrics>,
+    jobs: Option<RawJobs>,
+}
+
+/// `[jobs]`: what applies to every job and batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,8 +441,9 @@ impl RawConfig {
                 || store.starts_with("postgresql://"))
             {
                 return Err(format!(
-                    "store: \"{store}\" is not supported; use \"sqlite://path/to/file.db\" \
-                     or \"postgres://user@host/database\""
+                    "store: \"{}\" is not supported; use \"sqlite://path/to/file.db\" \
+                     or \"postgres://user@host/database\"",
+                    crate::store::pg::redact(&store)
                 ));
             }
             config.store = store;
@@ -504,6 +520,12 @@ impl RawConfig {
                 ));
             }
             config.metrics.max_tenants = n as usize;
+        }
+        if let Some(r) = self.jobs.and_then(|j| j.retention) {
+            config.job_retention = duration("jobs.retention", &r)?;
+            if config.job_retention.is_zero() {
+                return Err("jobs.retention: must be longer than zero".into());
+            }
         }
         Ok(config)
     }
@@ -868,6 +890,23 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         assert!(c.upstreams[1].budget_config.limits.is_empty());
         assert_eq!(c.schedules.len(), 1);
         assert_eq!(c.schedules[0].name(), "nightly-sync");
+    }
+
+    #[test]
+    fn job_retention_defaults_to_a_week_and_is_checked() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.job_retention, Duration::from_secs(7 * 86_400));
+        let c = Config::parse("[jobs]\nretention = \"36h\"\n", "t.toml").unwrap();
+        assert_eq!(c.job_retention, Duration::from_secs(36 * 3600));
+        let e = error_of("[jobs]\nretention = \"0s\"\n");
+        assert!(
+            e.contains("jobs.retention: must be longer than zero"),
+            "{e}"
+        );
+        let e = error_of("[jobs]\nretention = \"soon\"\n");
+        assert!(e.contains("jobs.retention"), "{e}");
+        let e = error_of("[jobs]\nkeep = \"1d\"\n");
+        assert!(e.contains("keep"), "{e}");
     }
 
     #[test]

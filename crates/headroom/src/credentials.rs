@@ -544,6 +544,56 @@ impl Credentials {
     }
 }
 
+/// Request fields sealed at rest (`crate::jobs::secrets`): the same cipher and key as
+/// credentials, bound by their associated data to the job or batch and the field.
+impl Credentials {
+    /// Seals `value` as text safe in a header value or a query string: `SEALED_PREFIX`
+    /// then base64url of nonce and ciphertext.
+    pub fn seal_field(&self, context: &str, value: &str) -> anyhow::Result<String> {
+        let (nonce, ciphertext) = self.seal_raw(value.as_bytes(), &field_aad(context))?;
+        let mut raw = nonce.to_vec();
+        raw.extend_from_slice(&ciphertext);
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        ))
+    }
+
+    /// Opens what `seal_field` made for the same `context`; any other text (a value stored
+    /// before sealing existed) is returned as it is.
+    pub fn open_field(&self, context: &str, stored: &str) -> anyhow::Result<String> {
+        let Some(b64) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(stored.to_string());
+        };
+        let fail = || {
+            anyhow::anyhow!(
+                "a sealed request field does not open with the secret key from {}: it was \
+                 written with another key or altered",
+                self.key_source
+            )
+        };
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| fail())?;
+        if raw.len() < NONCE_LEN {
+            return Err(fail());
+        }
+        let plain = self
+            .open_raw(&raw[..NONCE_LEN], &raw[NONCE_LEN..], &field_aad(context))
+            .ok_or_else(fail)?;
+        String::from_utf8(plain).map_err(|_| fail())
+    }
+}
+
+/// What a sealed request field's text starts with.
+pub const SEALED_PREFIX: &str = "hr-sealed.v1.";
+
+fn field_aad(context: &str) -> Vec<u8> {
+    let mut aad = b"headroom\0field\0".to_vec();
+    aad.extend_from_slice(context.as_bytes());
+    aad
+}
+
 /// The associated data that binds a ciphertext to its row.
 fn aad(tenant: &str, upstream: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(tenant.len() + 1 + upstream.len());

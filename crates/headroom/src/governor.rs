@@ -200,6 +200,14 @@ impl SharedGovernor {
         self.clock.now()
     }
 
+    /// Ready (`/readyz`): in memory always; with Redis, when it answers a PING.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        match &self.remote {
+            None => Ok(()),
+            Some(remote) => remote.ping().await.map_err(|e| e.to_string()),
+        }
+    }
+
     /// Waits for leave to make a call, at most `max_wait`: from this node's budget, then
     /// (several nodes) from the shared one.
     #[allow(clippy::too_many_arguments)]

@@ -516,6 +516,35 @@ impl RedisGovernor {
         let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
+
+    /// Ready (`/readyz`): Redis answers a PING through the connection calls use.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let (generation, mut conn) = self.connection().await?;
+        match tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let lost = connection_lost(&e);
+                let e = self.error(format!("failed: {e}"));
+                if lost {
+                    self.link.lost(Some(generation), &e);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                let e = self.error(format!(
+                    "did not answer within {}s",
+                    COMMAND_TIMEOUT.as_secs()
+                ));
+                self.link.lost(Some(generation), &e);
+                Err(e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -75,9 +75,12 @@ impl AppState {
         api_token: Option<String>,
         clock: Arc<dyn headroom_core::clock::Clock>,
     ) -> anyhow::Result<AppState> {
-        let credentials = Credentials::open(&config.store)
-            .await
-            .with_context(|| format!("cannot open the store {}", config.store))?;
+        let credentials = Credentials::open(&config.store).await.with_context(|| {
+            format!(
+                "cannot open the store {}",
+                crate::store::pg::redact(&config.store)
+            )
+        })?;
         let api_token = match (api_token.filter(|t| !t.is_empty()), config.auth) {
             (Some(token), _) => Some(token),
             (None, cfg::AuthMode::Token) => {
@@ -155,6 +158,7 @@ pub fn router(state: AppState) -> Router {
     let open = state.api_token.is_none();
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/budgets", get(budgets))
         .merge(credentials::routes())
@@ -185,8 +189,54 @@ async fn not_found(uri: http::Uri) -> crate::error::ApiError {
     ))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process serves requests. Not 200 only when the store's writer is stuck in
+/// a way a restart would cure (see `store::health`); what a restart would not cure (a full
+/// disk, a lost database file, Redis down) is for `/readyz`.
+async fn healthz(State(app): State<AppState>) -> axum::response::Response {
+    match app.store.stuck() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => unavailable("not healthy", &[("store", why)]),
+    }
+}
+
+/// Readiness: the store commits a real write (and on SQLite its file is in place with room
+/// on its disk) and the governor answers (Redis: a PING). 503 names what is not ready.
+async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    let (store, governor) = tokio::join!(app.store.check_ready(), app.governor.check_ready());
+    let failing: Vec<(&str, String)> = [("store", store), ("governor", governor)]
+        .into_iter()
+        .filter_map(|(what, r)| r.err().map(|e| (what, e)))
+        .collect();
+    if failing.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    unavailable("not ready", &failing)
+}
+
+/// A 503 problem naming each check that failed, in `detail` and in `checks`.
+fn unavailable(what: &str, failing: &[(&str, String)]) -> axum::response::Response {
+    let detail = failing
+        .iter()
+        .map(|(k, e)| format!("{k}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let checks: serde_json::Map<String, serde_json::Value> = failing
+        .iter()
+        .map(|(k, e)| (k.to_string(), json!(e)))
+        .collect();
+    let body = json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("{what}: {detail}"),
+        "checks": checks,
+    });
+    (
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        [(CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(

@@ -218,8 +218,14 @@ async fn submit(
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let new = build_job(&app.config, s, tenant, now_millis())?;
-    let (status, job, deduplicated) = match app.store.insert_job(new).await? {
+    let mut new = build_job(&app.config, s, tenant, now_millis())?;
+    super::secrets::seal(
+        &app.credentials,
+        &super::secrets::job_owner(&new.id),
+        &mut new.request,
+    )?;
+    let inserted = app.store.insert_job(new).await.map_err(store_refused)?;
+    let (status, job, deduplicated) = match inserted {
         Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
         Inserted::Duplicate(job) => (StatusCode::OK, job, true),
     };
@@ -229,6 +235,19 @@ async fn submit(
         view["deduplicated"] = json!(true);
     }
     Ok((status, Json(view)).into_response())
+}
+
+/// A write the store could not take (a full disk, a lost database): 503 with a Retry-After,
+/// so that the client knows nothing was stored and sends it again; the cause is logged.
+pub(crate) fn store_refused(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "the store refused a write");
+    ApiError::Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        detail: "nothing was stored: the store cannot take writes right now (see /readyz); \
+                 send it again later"
+            .to_string(),
+        retry_after: Duration::from_secs(5),
+    }
 }
 
 /// The job a submission describes, checked against the config; `tenant` is the one it acts
@@ -402,7 +421,7 @@ pub fn job_view(job: &Job, attempts: Option<&[AttemptRecord]>) -> Value {
         "request": {
             "method": n.request.method,
             "path": n.request.path,
-            "query": n.request.query,
+            "query": n.request.query.as_deref().map(super::secrets::redact_query),
         },
         "attempts": job.attempts,
         "max_attempts": n.max_attempts,

@@ -130,8 +130,17 @@ async fn submit(
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let new = build_batch(&app.config, s, tenant, now_millis())?;
-    let summary = app.store.insert_batch(new).await?;
+    let mut new = build_batch(&app.config, s, tenant, now_millis())?;
+    super::secrets::seal(
+        &app.credentials,
+        &super::secrets::batch_owner(&new.id),
+        &mut new.request,
+    )?;
+    let summary = app
+        .store
+        .insert_batch(new)
+        .await
+        .map_err(super::api::store_refused)?;
     app.batches_wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
@@ -367,8 +376,19 @@ async fn run_chunk(app: &AppState, chunk: Chunk) {
 }
 
 async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
-    let meta = &chunk.batch;
     let fail = |error: String| all(chunk, RecordResult::Failed { error });
+    // Credential-like header values and query parameters are sealed at rest.
+    let meta = &match super::secrets::open(
+        &app.credentials,
+        &super::secrets::batch_owner(&chunk.batch.id),
+        &chunk.batch.request,
+    ) {
+        Ok(request) => BatchMeta {
+            request,
+            ..chunk.batch.clone()
+        },
+        Err(e) => return fail(e),
+    };
     let Some(upstream) = app.config.upstream(&meta.upstream).cloned() else {
         return fail(format!(
             "upstream \"{}\" is no longer configured",

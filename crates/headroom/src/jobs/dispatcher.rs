@@ -53,6 +53,7 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     }
     tokio::spawn(dispatch_loop(app.clone()));
     tokio::spawn(super::batches::run_loop(app.clone()));
+    tokio::spawn(super::retention::run_loop(app.clone()));
     tokio::spawn(crate::callbacks::run(app));
     Ok(())
 }
@@ -149,17 +150,42 @@ async fn run_job(app: &AppState, job: Job) {
     app.observe
         .job_attempt(&job, &outcome, started, attempt.finished_at);
     let id = job.new.id.clone();
-    match app
-        .store
-        .finish_attempt(attempt, transition, now_millis())
-        .await
-    {
+    match record_attempt(app, attempt, transition).await {
         Ok(job) if job.status.is_final() => {
             tracing::info!(job = %id, status = job.status.as_str(), attempts = job.attempts, "job finished");
         }
         Ok(_) => {}
         Err(e) => {
             tracing::error!(job = %id, error = %format!("{e:#}"), "cannot record a job's attempt")
+        }
+    }
+}
+
+/// How long an attempt's outcome is retried while the store cannot take it.
+const RECORD_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Records an attempt, trying again while the store cannot take it (a full disk, a writer
+/// connection being reopened): the call was made, so its outcome must not be lost, nor the
+/// job left `running` until a restart sends it again.
+async fn record_attempt(
+    app: &AppState,
+    attempt: AttemptRecord,
+    transition: Transition,
+) -> anyhow::Result<Job> {
+    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let result = app
+            .store
+            .finish_attempt(attempt.clone(), transition.clone(), now_millis())
+            .await;
+        match result {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(job = %attempt.job_id, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "cannot record a job's attempt yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
         }
     }
 }
@@ -218,6 +244,21 @@ fn retry_or_fail(
 
 async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let mut attempt = blank_attempt(job);
+    // Credential-like header values and query parameters are sealed at rest.
+    let job = &match super::secrets::open(
+        &app.credentials,
+        &super::secrets::job_owner(&job.new.id),
+        &job.new.request,
+    ) {
+        Ok(request) => Job {
+            new: NewJob {
+                request,
+                ..job.new.clone()
+            },
+            ..job.clone()
+        },
+        Err(e) => return failed(attempt, e),
+    };
     let n = &job.new;
     let Some(upstream) = app.config.upstream(&n.upstream).cloned() else {
         return failed(

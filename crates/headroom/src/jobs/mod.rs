@@ -4,5 +4,7 @@ pub mod api;
 pub mod batches;
 pub mod dispatcher;
 pub mod model;
+pub mod retention;
+pub mod secrets;
 
 pub use model::*;

@@ -235,6 +235,29 @@ pub enum Cancelled {
     Unchanged(Job),
 }
 
+/// What a retention prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub attempts: u64,
+    pub dedup_ids: u64,
+    pub batches: u64,
+    pub records: u64,
+}
+
+impl std::ops::Add for Pruned {
+    type Output = Pruned;
+    fn add(self, o: Pruned) -> Pruned {
+        Pruned {
+            jobs: self.jobs + o.jobs,
+            attempts: self.attempts + o.attempts,
+            dedup_ids: self.dedup_ids + o.dedup_ids,
+            batches: self.batches + o.batches,
+            records: self.records + o.records,
+        }
+    }
+}
+
 /// The durable store of jobs. Every backend passes `store::conformance`.
 #[allow(async_fn_in_trait)]
 pub trait JobStore: Send + Sync {
@@ -285,6 +308,10 @@ pub trait JobStore: Send + Sync {
     /// by a limit (behind the other due ones). On a shared store, no other node takes them
     /// before `at` either.
     async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
+    /// Retention: deletes the jobs final and unchanged since `before` whose callback is
+    /// delivered or given up and whose dedup window ended by `now`, with their attempts, and
+    /// the dedup ids whose window ended by `now`.
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned>;
 }
 
 /// A batch to insert: records sent in chunks to a bulk endpoint.
@@ -428,4 +455,7 @@ pub trait BatchStore: Send + Sync {
     async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>>;
     /// Cancels the batch's pending records. `None` if there is no such batch.
     async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>>;
+    /// Retention: deletes the batches final, with nothing in flight, unchanged since
+    /// `before`, with their records.
+    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned>;
 }

@@ -205,7 +205,11 @@ async fn tick_inner(app: &AppState, force: bool) -> anyhow::Result<Tick> {
             break;
         }
         let schedules = &parsed.schedules;
-        let mut decide = |due: &DueSlot| decide(schedules, &config, due, now, started_at);
+        let mut decide = |due: &DueSlot| {
+            let mut decision = decide(schedules, &config, due, now, started_at);
+            seal_run(&app.credentials, &mut decision.action);
+            decision
+        };
         all.extend(app.store.fire_due(now, FIRE_BATCH, &mut decide).await?);
     }
     if all
@@ -392,4 +396,24 @@ fn decide(
         }
     };
     Decision { action, next }
+}
+
+/// Seals the credential-like request fields of what a run enqueues, as the API does
+/// (`jobs::secrets`).
+fn seal_run(credentials: &crate::credentials::Credentials, action: &mut Action) {
+    use crate::jobs::secrets;
+    let Action::Enqueue(enqueue) = action else {
+        return;
+    };
+    let sealed = match &mut **enqueue {
+        Enqueue::Job(j) => secrets::seal(credentials, &secrets::job_owner(&j.id), &mut j.request),
+        Enqueue::Batch(b) => {
+            secrets::seal(credentials, &secrets::batch_owner(&b.id), &mut b.request)
+        }
+    };
+    if let Err(e) = sealed {
+        *action = Action::Fail {
+            reason: format!("cannot seal the request's credentials: {e:#}"),
+        };
+    }
 }

@@ -69,6 +69,21 @@ impl AnyStore {
         }
     }
 
+    /// Whether the store can take work now (`/readyz`): a write commits, and on SQLite the
+    /// database file is the one opened and its disk has room (see `health`).
+    pub async fn check_ready(&self) -> Result<(), String> {
+        each!(self, s => s.check_ready().await)
+    }
+
+    /// Why the store is stuck beyond what a full disk or a lost file explains (`/healthz`:
+    /// a restart is the remedy); `None` when it is not.
+    pub fn stuck(&self) -> Option<String> {
+        match self {
+            AnyStore::Sqlite(s) => s.stuck(),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
     /// Whether several nodes may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -188,6 +203,10 @@ impl JobStore for AnyStore {
     async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
         each!(self, s => s.postpone_callbacks(ids, at).await)
     }
+
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        each!(self, s => s.prune_jobs(before, now).await)
+    }
 }
 
 impl BatchStore for AnyStore {
@@ -220,6 +239,9 @@ impl BatchStore for AnyStore {
     }
     async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
         each!(self, s => s.cancel_batch(id, now).await)
+    }
+    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
+        each!(self, s => s.prune_batches(before).await)
     }
 }
 

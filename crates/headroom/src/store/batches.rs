@@ -539,6 +539,10 @@ impl BatchStore for Store {
         tx.commit().await.context("cannot commit a cancellation")?;
         Ok(out)
     }
+
+    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
+        self.prune_batches_before(before).await
+    }
 }
 
 pub(super) fn insert_records_sql(rows: usize) -> String {

@@ -28,6 +28,7 @@ where
 {
     job_round_trip(&fresh().await).await;
     dedup_window(&fresh().await).await;
+    dedup_per_tenant(&fresh().await).await;
     concurrent_writes(&fresh().await).await;
     list_filters_and_cursor(&fresh().await).await;
     claim_parallel(&fresh().await).await;
@@ -44,6 +45,7 @@ where
     batch_max_attempts(&fresh().await).await;
     batch_requeue_in_flight(&fresh().await).await;
     batch_cancel(&fresh().await).await;
+    retention(&fresh().await).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------
@@ -288,6 +290,61 @@ pub async fn dedup_window<S: JobStore>(store: &S) {
     assert!(
         store.get_job("d1").await.unwrap().is_some(),
         "the old job stays"
+    );
+}
+
+/// Dedup ids are per (queue, tenant): a tenant reusing another tenant's id gets a job of its
+/// own, never the other's; a repeat by the same tenant names its own job; jobs without a
+/// tenant share the '' tenant.
+pub async fn dedup_per_tenant<S: JobStore>(store: &S) {
+    let until = 1_000 + 600_000;
+    let with_id = |id: &str, tenant: &str, at: Millis| {
+        let mut j = new_job(id, "default", tenant, at);
+        j.dedup_id = Some("order-1001".into());
+        j.dedup_until = Some(until);
+        j
+    };
+    insert(store, with_id("b1", "tenant-b", 1_000)).await;
+    let a1 = match store
+        .insert_job(with_id("a1", "tenant-a", 1_001))
+        .await
+        .unwrap()
+    {
+        Inserted::Created(j) => j,
+        Inserted::Duplicate(j) => panic!(
+            "tenant-a's dedup id was answered with {} of tenant {:?}",
+            j.new.id, j.new.tenant
+        ),
+    };
+    assert_eq!(a1.new.tenant.as_deref(), Some("tenant-a"));
+    match store
+        .insert_job(with_id("a2", "tenant-a", 1_002))
+        .await
+        .unwrap()
+    {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "a1", "tenant-a's repeat names its job"),
+        Inserted::Created(_) => panic!("a repeat inside the window must not insert a job"),
+    }
+    match store
+        .insert_job(with_id("b2", "tenant-b", 1_003))
+        .await
+        .unwrap()
+    {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "b1", "tenant-b still holds its id"),
+        Inserted::Created(_) => panic!("tenant-b's repeat must not insert a job"),
+    }
+    // No tenant: its own space ('').
+    insert(store, with_id("n1", "", 1_004)).await;
+    match store.insert_job(with_id("n2", "", 1_005)).await.unwrap() {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "n1"),
+        Inserted::Created(_) => panic!("a tenant-less repeat must not insert a job"),
+    }
+    for id in ["a2", "b2", "n2"] {
+        assert!(store.get_job(id).await.unwrap().is_none(), "{id} stored");
+    }
+    assert_eq!(
+        get(store, "b1").await.new.tenant.as_deref(),
+        Some("tenant-b")
     );
 }
 
@@ -1441,4 +1498,150 @@ pub async fn batch_cancel<S: BatchStore>(store: &S) {
         "a finished batch stays as it is"
     );
     assert!(store.cancel_batch("nope", 3).await.unwrap().is_none());
+}
+
+// ---- retention -------------------------------------------------------------------------
+
+/// Pruning deletes what is finished and older than `before` (jobs whose callback is done,
+/// with their attempts; ended dedup ids; final batches with their records) and keeps
+/// everything else: unfinished work, recent work, a callback still to deliver, a job whose
+/// dedup window still holds (so a repeat is still deduplicated), a batch with records in
+/// flight.
+pub async fn retention<S: JobStore + BatchStore>(store: &S) {
+    let (old, before, recent) = (2_000, 10_000, 20_000);
+    // Finished long ago, no callback: goes.
+    for id in ["p-done", "p-failed-cb", "p-delivered-cb", "p-pending-cb"] {
+        let mut job = new_job(id, "default", "acme", 1_000);
+        if id.ends_with("-cb") {
+            job.callback_url = Some("https://example.com/cb".into());
+        }
+        insert(store, job).await;
+    }
+    let mut dedup = new_job("p-dedup", "default", "acme", 1_000);
+    dedup.dedup_id = Some("evt-1".into());
+    dedup.dedup_until = Some(50_000);
+    insert(store, dedup.clone()).await;
+    insert(store, new_job("p-running", "default", "acme", 1_000)).await;
+    insert(store, new_job("p-retry", "default", "acme", 1_000)).await;
+    insert(store, new_job("p-cancelled", "default", "acme", 1_000)).await;
+    assert!(matches!(
+        store.cancel_job("p-cancelled", old).await.unwrap(),
+        Cancelled::Done(_)
+    ));
+    let claimed = claim(store, old, &[], 100).await;
+    assert_eq!(claimed.len(), 7, "{claimed:?}");
+    for id in [
+        "p-done",
+        "p-failed-cb",
+        "p-delivered-cb",
+        "p-pending-cb",
+        "p-dedup",
+    ] {
+        succeed(store, id, old).await;
+    }
+    retry(store, "p-retry", old, 1_000_000, true).await;
+    store
+        .callback_attempted("p-failed-cb", false, None)
+        .await
+        .unwrap();
+    store
+        .callback_attempted("p-delivered-cb", true, None)
+        .await
+        .unwrap();
+    // Recent, and never run.
+    insert(store, new_job("p-queued", "default", "acme", 500_000)).await;
+    insert(store, new_job("p-recent", "default", "acme", recent)).await;
+    assert_eq!(claim(store, recent, &[], 100).await, ids(&["p-recent"]));
+    succeed(store, "p-recent", recent).await;
+
+    let pruned = store.prune_jobs(before, recent).await.unwrap();
+    assert_eq!(
+        (pruned.jobs, pruned.attempts, pruned.dedup_ids),
+        (4, 3, 0),
+        "{pruned:?} (the cancelled job had no attempt)"
+    );
+    for id in ["p-done", "p-failed-cb", "p-delivered-cb", "p-cancelled"] {
+        assert!(store.get_job(id).await.unwrap().is_none(), "{id} kept");
+        assert!(
+            store.attempts(id).await.unwrap().is_empty(),
+            "{id}'s attempts kept"
+        );
+    }
+    for id in [
+        "p-pending-cb",
+        "p-dedup",
+        "p-running",
+        "p-retry",
+        "p-queued",
+        "p-recent",
+    ] {
+        assert!(store.get_job(id).await.unwrap().is_some(), "{id} pruned");
+    }
+    assert_eq!(store.attempts("p-dedup").await.unwrap().len(), 1);
+    // The dedup window still holds: a repeat names the kept job.
+    let mut repeat = dedup.clone();
+    repeat.id = "p-dedup-2".into();
+    repeat.created_at = 30_000;
+    match store.insert_job(repeat.clone()).await.unwrap() {
+        Inserted::Duplicate(j) => assert_eq!(j.new.id, "p-dedup"),
+        Inserted::Created(_) => panic!("pruning let a duplicate in"),
+    }
+    // Again, later: nothing more, until the dedup window and the callback are over.
+    assert_eq!(
+        store.prune_jobs(before, recent).await.unwrap(),
+        Pruned::default()
+    );
+    store
+        .callback_attempted("p-pending-cb", true, None)
+        .await
+        .unwrap();
+    let pruned = store.prune_jobs(before, 60_000).await.unwrap();
+    assert_eq!(
+        (pruned.jobs, pruned.attempts, pruned.dedup_ids),
+        (2, 2, 1),
+        "{pruned:?}"
+    );
+    assert!(store.get_job("p-dedup").await.unwrap().is_none());
+    assert!(store.get_job("p-pending-cb").await.unwrap().is_none());
+    repeat.created_at = 60_001;
+    repeat.dedup_until = Some(70_000);
+    insert(store, repeat).await;
+
+    // Batches: a finished one goes with its records; an active one and one with records in
+    // flight stay.
+    store
+        .insert_batch(new_batch("b-done", 5, 10, 1_000))
+        .await
+        .unwrap();
+    let c = chunk(store, old, &[]).await;
+    store
+        .finish_chunk(&c, &all_succeeded(&c), old)
+        .await
+        .unwrap();
+    assert_eq!(batch(store, "b-done").await.status, BatchStatus::Succeeded);
+    store
+        .insert_batch(new_batch("b-flight", 5, 10, 1_000))
+        .await
+        .unwrap();
+    let flying = chunk(store, old, &[]).await;
+    assert_eq!(flying.batch.id, "b-flight");
+    store.cancel_batch("b-flight", old).await.unwrap();
+    store
+        .insert_batch(new_batch("b-queued", 5, 10, 1_000))
+        .await
+        .unwrap();
+    let pruned = store.prune_batches(before).await.unwrap();
+    assert_eq!((pruned.batches, pruned.records), (1, 5), "{pruned:?}");
+    assert!(store.get_batch("b-done", 10).await.unwrap().is_none());
+    batch(store, "b-flight").await;
+    batch(store, "b-queued").await;
+    // The records in flight come back: then it goes too.
+    store
+        .finish_chunk(&flying, &all_succeeded(&flying), old)
+        .await
+        .unwrap();
+    let pruned = store.prune_batches(before).await.unwrap();
+    assert_eq!((pruned.batches, pruned.records), (1, 5), "{pruned:?}");
+    assert!(store.get_batch("b-flight", 10).await.unwrap().is_none());
+    batch(store, "b-queued").await;
 }

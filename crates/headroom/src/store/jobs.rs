@@ -150,43 +150,65 @@ pub(super) fn placeholders(n: usize) -> String {
     s
 }
 
+/// The tenant a dedup id belongs to: the job's, or '' for a job without one. Dedup ids are
+/// per (queue, tenant), so that one tenant's id never names (nor hides) another's job.
+pub(super) fn dedup_tenant(job: &NewJob) -> &str {
+    job.tenant.as_deref().unwrap_or("")
+}
+
+/// Whether `holder` (the job a dedup row names) may answer for `job`: same queue and tenant.
+/// The key says so already; this keeps a job the caller cannot see from ever being returned.
+pub(super) fn same_owner(holder: &Job, job: &NewJob) -> bool {
+    holder.new.queue == job.queue && holder.new.tenant == job.tenant
+}
+
+/// Takes (or takes over) a dedup id for a job just inserted (binds: queue, tenant, dedup id,
+/// job id, until).
+pub(super) const CLAIM_DEDUP: &str =
+    "INSERT INTO job_dedup (queue, tenant, dedup_id, job_id, until) VALUES (?, ?, ?, ?, ?) \
+     ON CONFLICT (queue, tenant, dedup_id) DO UPDATE SET \
+     job_id = excluded.job_id, until = excluded.until";
+
+/// The job holding a dedup id (binds: queue, tenant, dedup id).
+pub(super) const HELD_DEDUP: &str =
+    "SELECT job_id, until FROM job_dedup WHERE queue = ? AND tenant = ? AND dedup_id = ?";
+
 /// Inserts a job inside the caller's transaction (see `insert_job`).
 pub(super) async fn insert_job_in(
     conn: &mut SqliteConnection,
     job: &NewJob,
 ) -> anyhow::Result<Inserted> {
     if let Some(dedup_id) = &job.dedup_id {
-        let held =
-            sqlx::query("SELECT job_id, until FROM job_dedup WHERE queue = ? AND dedup_id = ?")
-                .bind(&job.queue)
-                .bind(dedup_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .context("cannot look up a deduplication id")?;
+        let held = sqlx::query(HELD_DEDUP)
+            .bind(&job.queue)
+            .bind(dedup_tenant(job))
+            .bind(dedup_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("cannot look up a deduplication id")?;
         if let Some(row) = held {
             let until: i64 = row.try_get("until")?;
             let holder: String = row.try_get("job_id")?;
             if until > job.created_at {
                 if let Some(existing) = fetch_job(conn, &holder).await? {
-                    return Ok(Inserted::Duplicate(existing));
+                    if same_owner(&existing, job) {
+                        return Ok(Inserted::Duplicate(existing));
+                    }
                 }
             }
         }
     }
     let mut created = insert_jobs_in(conn, &[job]).await?;
     if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
-        sqlx::query(
-            "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (queue, dedup_id) DO UPDATE SET \
-             job_id = excluded.job_id, until = excluded.until",
-        )
-        .bind(&job.queue)
-        .bind(dedup_id)
-        .bind(&job.id)
-        .bind(until)
-        .execute(&mut *conn)
-        .await
-        .context("cannot store a deduplication id")?;
+        sqlx::query(CLAIM_DEDUP)
+            .bind(&job.queue)
+            .bind(dedup_tenant(job))
+            .bind(dedup_id)
+            .bind(&job.id)
+            .bind(until)
+            .execute(&mut *conn)
+            .await
+            .context("cannot store a deduplication id")?;
     }
     Ok(Inserted::Created(created.remove(0)))
 }
@@ -762,5 +784,9 @@ impl JobStore for Store {
             .await
             .context("cannot postpone callbacks")?;
         Ok(())
+    }
+
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        self.prune_jobs_before(before, now).await
     }
 }

@@ -23,8 +23,10 @@ pub mod conformance;
 mod credentials;
 pub mod event_conformance;
 mod events;
+pub mod health;
 mod jobs;
 pub mod pg;
+mod retention;
 mod row;
 pub mod schedule_conformance;
 mod schedules;
@@ -54,6 +56,10 @@ pub struct Store {
     ops: tokio::sync::mpsc::Sender<writer::Op>,
     /// The database file; `None` for an in-memory database.
     path: Option<PathBuf>,
+    /// The file as opened, to notice it deleted or replaced (`health`).
+    file_id: Option<health::FileId>,
+    /// What the writes report (`health`).
+    health: health::WriterHealth,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,7 +111,10 @@ impl Store {
             );
         }
         if !url.starts_with("sqlite:") {
-            anyhow::bail!("store \"{url}\": use a URL like \"sqlite://path/to/file.db\"");
+            anyhow::bail!(
+                "store \"{}\": use a URL like \"sqlite://path/to/file.db\"",
+                pg::redact(url)
+            );
         }
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)
@@ -129,6 +138,7 @@ impl Store {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dir(dir)?;
             }
+            create_private_files(&path)?;
             let options = options
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal);
@@ -155,16 +165,27 @@ impl Store {
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .acquire_timeout(WRITER_WAIT)
+                .after_release(|conn, _| Box::pin(recover_writer(conn)))
                 .connect_with(options)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {url} for writing"))?
         };
-        let ops = writer::spawn(writer.clone());
+        let health = health::WriterHealth::default();
+        let ops = writer::spawn(writer.clone(), health.clone());
+        let file_id = match &path {
+            Some(p) => Some(
+                health::file_id(p)
+                    .with_context(|| format!("cannot look at the database file {}", p.display()))?,
+            ),
+            None => None,
+        };
         Ok(Store {
             pool,
             writer,
             ops,
             path,
+            file_id,
+            health,
         })
     }
 
@@ -205,6 +226,58 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// Creates the database file readable by its owner only (SQLite then gives its `-wal` and
+/// `-shm` files the same mode), and takes group and others' access away from an existing
+/// database and its companions: they hold jobs' requests and responses.
+fn create_private_files(db: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .with_context(|| format!("cannot create the database file {}", db.display()))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| {
+                        format!("cannot make {} private (mode 600)", path.display())
+                    })?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
+}
+
+/// Whether the writer connection may be used again (`after_release`). A COMMIT that fails
+/// (a full disk: SQLite rolls the transaction back itself) leaves sqlx counting a
+/// transaction that is gone; its ROLLBACK then fails too, and every later `BEGIN` on that
+/// connection would fail ("begin_with at non-zero transaction depth"). Such a connection is
+/// closed, and the pool opens a new one for the next write.
+async fn recover_writer(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    // The rollback of a dropped transaction is queued on the connection: let it run first.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "the store's writer connection was left inside a failed transaction; reopening it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`: sortable as text.

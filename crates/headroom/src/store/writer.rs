@@ -13,6 +13,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::WriterHealth;
 use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in, Finish};
 use super::Store;
 use crate::jobs::model::*;
@@ -104,23 +105,24 @@ impl Op {
 }
 
 /// Starts the task that runs grouped writes on `writer`; it ends when every sender is gone.
-pub(super) fn spawn(writer: SqlitePool) -> mpsc::Sender<Op> {
+/// Each group's outcome goes to `health`.
+pub(super) fn spawn(writer: SqlitePool, health: WriterHealth) -> mpsc::Sender<Op> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(writer, rx));
+    tokio::spawn(run(writer, health, rx));
     tx
 }
 
-async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Op>) {
+async fn run(writer: SqlitePool, health: WriterHealth, mut rx: mpsc::Receiver<Op>) {
     let mut ops = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut ops, MAX_GROUP).await > 0 {
-        run_group(&writer, std::mem::take(&mut ops)).await;
+        run_group(&writer, &health, std::mem::take(&mut ops)).await;
     }
 }
 
-async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
+async fn run_group(writer: &SqlitePool, health: &WriterHealth, ops: Vec<Op>) {
     if ops.len() == 1 {
         for op in ops {
-            run_alone(writer, op).await;
+            run_alone(writer, health, op).await;
         }
         return;
     }
@@ -139,6 +141,7 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
     .await;
     match all {
         Ok(()) => {
+            health.record(&Ok(()));
             for (op, done) in ops.into_iter().zip(results) {
                 op.reply(Ok(done));
             }
@@ -147,7 +150,7 @@ async fn run_group(writer: &SqlitePool, ops: Vec<Op>) {
             tracing::debug!(error = %format!("{e:#}"), writes = ops.len(),
                 "a grouped write failed; running each alone");
             for op in ops {
-                run_alone(writer, op).await;
+                run_alone(writer, health, op).await;
             }
         }
     }
@@ -229,7 +232,7 @@ async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<
     Ok(results.into_iter().flatten().collect())
 }
 
-async fn run_alone(writer: &SqlitePool, op: Op) {
+async fn run_alone(writer: &SqlitePool, health: &WriterHealth, op: Op) {
     let result = async {
         if op.is_plain_insert() {
             return op.apply(&mut *writer.acquire().await?).await;
@@ -240,6 +243,7 @@ async fn run_alone(writer: &SqlitePool, op: Op) {
         Ok(done)
     }
     .await;
+    health.record(&result);
     op.reply(result);
 }
 
@@ -251,7 +255,7 @@ impl Store {
         (op, rx): (Op, oneshot::Receiver<anyhow::Result<T>>),
     ) -> anyhow::Result<T> {
         if let Err(mpsc::error::SendError(op)) = self.ops.send(op).await {
-            run_alone(self.writer(), op).await;
+            run_alone(self.writer(), &self.health, op).await;
         }
         match rx.await {
             Ok(result) => result,

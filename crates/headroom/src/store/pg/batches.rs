@@ -425,6 +425,10 @@ impl BatchStore for Store {
         tx.commit().await.context("cannot commit a cancellation")?;
         Ok(out)
     }
+
+    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
+        self.prune_batches_before(before).await
+    }
 }
 
 /// Puts back the records in flight of dead nodes (and of this one if `mine`), counted as

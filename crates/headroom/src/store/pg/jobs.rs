@@ -8,9 +8,10 @@ use super::pg;
 use super::PgStore as Store;
 use crate::jobs::model::*;
 pub(super) use crate::store::jobs::{
-    attempts_sql, bind_attempt, bind_finish, bind_new_job, callback_str, finish_sql, headers_json,
-    insert_failed, insert_jobs_sql, job_from_row, lane_str, moved_jobs, parse_headers,
-    placeholders, queued_job, u32_col, Finish, FINAL, JOB_COLUMNS, UNFINISHED, WAITING,
+    attempts_sql, bind_attempt, bind_finish, bind_new_job, callback_str, dedup_tenant, finish_sql,
+    headers_json, insert_failed, insert_jobs_sql, job_from_row, lane_str, moved_jobs,
+    parse_headers, placeholders, queued_job, same_owner, u32_col, Finish, CLAIM_DEDUP, FINAL,
+    HELD_DEDUP, JOB_COLUMNS, UNFINISHED, WAITING,
 };
 
 /// How long a node holds the callbacks it took (ms): time enough to deliver them.
@@ -39,42 +40,44 @@ pub(super) async fn insert_job_in(
     if let Some(dedup_id) = &job.dedup_id {
         // Two nodes inserting the same dedup id at once: the second waits for the first.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("{}\u{1f}{dedup_id}", job.queue))
+            .bind(format!(
+                "{}\u{1f}{}\u{1f}{dedup_id}",
+                job.queue,
+                dedup_tenant(job)
+            ))
             .execute(&mut *conn)
             .await
             .context("cannot lock a deduplication id")?;
-        let held = sqlx::query(&pg(
-            "SELECT job_id, until FROM job_dedup WHERE queue = ? AND dedup_id = ?",
-        ))
-        .bind(&job.queue)
-        .bind(dedup_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("cannot look up a deduplication id")?;
+        let held = sqlx::query(&pg(HELD_DEDUP))
+            .bind(&job.queue)
+            .bind(dedup_tenant(job))
+            .bind(dedup_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("cannot look up a deduplication id")?;
         if let Some(row) = held {
             let until: i64 = row.try_get("until")?;
             let holder: String = row.try_get("job_id")?;
             if until > job.created_at {
                 if let Some(existing) = fetch_job(conn, &holder).await? {
-                    return Ok(Inserted::Duplicate(existing));
+                    if same_owner(&existing, job) {
+                        return Ok(Inserted::Duplicate(existing));
+                    }
                 }
             }
         }
     }
     let mut created = insert_jobs_in(conn, &[job]).await?;
     if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
-        sqlx::query(&pg(
-            "INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (queue, dedup_id) DO UPDATE SET \
-             job_id = excluded.job_id, until = excluded.until",
-        ))
-        .bind(&job.queue)
-        .bind(dedup_id)
-        .bind(&job.id)
-        .bind(until)
-        .execute(&mut *conn)
-        .await
-        .context("cannot store a deduplication id")?;
+        sqlx::query(&pg(CLAIM_DEDUP))
+            .bind(&job.queue)
+            .bind(dedup_tenant(job))
+            .bind(dedup_id)
+            .bind(&job.id)
+            .bind(until)
+            .execute(&mut *conn)
+            .await
+            .context("cannot store a deduplication id")?;
     }
     Ok(Inserted::Created(created.remove(0)))
 }
@@ -496,6 +499,10 @@ impl JobStore for Store {
             .await
             .context("cannot postpone callbacks")?;
         Ok(())
+    }
+
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+        self.prune_jobs_before(before, now).await
     }
 }
 

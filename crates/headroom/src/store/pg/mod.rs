@@ -19,6 +19,7 @@ mod batches;
 mod credentials;
 mod events;
 mod jobs;
+mod retention;
 mod schedules;
 mod writer;
 
@@ -62,6 +63,11 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection given back inside a transaction (a failed COMMIT) is closed
+            // rather than reused: the next write gets a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect(url)
             .await
             .with_context(|| format!("cannot connect to the PostgreSQL store {shown}"))?;
@@ -106,6 +112,15 @@ impl PgStore {
             .begin()
             .await
             .context("cannot start a write transaction on PostgreSQL")
+    }
+
+    /// Ready (`/readyz`): a write (this node's heartbeat) commits within 5 s.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.heartbeat()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot write: {e:#}")),
+            Err(_) => Err("PostgreSQL did not commit a write within 5s".to_string()),
+        }
     }
 
     /// Says this node is alive, on the database's clock.
@@ -260,14 +275,58 @@ pub(crate) fn pg(sql: &str) -> String {
     out
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages: the userinfo's password and a `password`
+/// query parameter become `***`. Text the URL parser refuses is redacted by hand (whatever
+/// sits between `user:` and the authority's last `@`).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return redact_by_hand(url);
+    };
+    let mut changed = false;
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+        changed = true;
+    }
+    let secret_key = |k: &str| k.to_ascii_lowercase().contains("password");
+    if u.query_pairs().any(|(k, _)| secret_key(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_key(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if changed {
+        u.to_string()
+    } else {
+        url.to_string()
+    }
+}
+
+fn redact_by_hand(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..start],
+                &authority[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -298,5 +357,16 @@ mod tests {
             "postgres://u:***@localhost/db"
         );
         assert_eq!(redact("postgres://localhost/db"), "postgres://localhost/db");
+        assert_eq!(
+            redact("postgres://u@localhost/db?password=secret&sslmode=disable"),
+            "postgres://u@localhost/db?password=***&sslmode=disable"
+        );
+        // Not a URL the parser takes (a space in the port): still redacted.
+        let shown = redact("postgres://u:se@cr:et@local host:5x/db");
+        assert!(
+            !shown.contains("se@cr") && !shown.contains("et@"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("postgres://u:***@local host"), "{shown}");
     }
 }
