@@ -182,7 +182,8 @@ pub enum Wait {
 /// What a budget did with an outcome, for logs and events.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Reaction {
-    /// The whole budget was paused for this long.
+    /// The answer was throttled: the whole budget is now paused for this long (the longest
+    /// of what this answer and earlier ones asked, at most `max_pause`).
     pub paused_for: Option<Duration>,
     /// The breaker changed state to this.
     pub breaker: Option<BreakerState>,
@@ -504,7 +505,8 @@ impl Budget {
         }
         self.consecutive_throttles = self.consecutive_throttles.saturating_add(1);
         self.paused_until = self.paused_until.max(now + pause);
-        pause
+        // The budget's whole pause: an earlier answer may have asked for longer.
+        self.paused_until.saturating_since(now)
     }
 
     pub fn snapshot(&self, now: Timestamp) -> BudgetSnapshot {

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use headroom_core::backoff::Jitter;
 use headroom_core::budget::Outcome;
 use headroom_core::duration::{format_duration, parse_duration};
+use headroom_core::verdict::{verdict, Attempted, RetryReason, RetryRule, Verdict};
 use headroom_core::{interpret, Lane, RejectReason, Rejection};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -559,15 +560,16 @@ async fn forward(
             wait_until: (out_body.replayable() && journey.attempts < upstream.retry.max_attempts)
                 .then_some(deadline),
         };
-        let (mut resp_parts, resp_body, inspected, signals) =
+        let (mut resp_parts, resp_body, inspected, signals, budget_pause) =
             match call_once(app, &call, lease, body, MAX_INSPECTED_BODY, false).await {
                 Answer::Answered {
                     parts,
                     body,
                     inspected,
                     signals,
+                    budget_pause,
                     ..
-                } => (parts, body, inspected, signals),
+                } => (parts, body, inspected, signals, budget_pause),
                 Answer::Unreachable(reason) => {
                     let can_retry = is_idempotent(&parts.method)
                         && out_body.replayable()
@@ -604,53 +606,52 @@ async fn forward(
         // Answer in the client's HTTP version, not the upstream's.
         resp_parts.version = parts.version;
         let response = Response::from_parts(resp_parts, resp_body);
-        let retryable_status = signals.throttled || upstream.retry.on_status.contains(&status);
-        let can_retry = retryable_status
-            && inspected.is_some()
-            && out_body.replayable()
-            && journey.attempts < upstream.retry.max_attempts;
-        // A throttled answer that asks for longer than the caller may still wait gets back
-        // to the caller at once instead of after the wait.
-        let too_long = signals.throttled
-            && signals.asked_wait().is_some_and(|w| {
-                w > upstream.budget_config.max_pause
-                    || tokio::time::Instant::now()
-                        .checked_add(w)
-                        .is_none_or(|at| at >= deadline)
-            });
-        if !can_retry || too_long {
-            break response;
-        }
-        // A throttled call waits for the budget's pause (in the governor); a failed one backs
-        // off first.
-        let delay = if signals.throttled {
-            Duration::ZERO
-        } else {
-            upstream
-                .retry
-                .backoff
-                .delay(journey.attempts - 1, &mut jitter)
+        // What the answer means is the core's verdict; whether the proxy can act on it is the
+        // proxy's: an answer it read, a body it can send again, attempts left (a throttled one
+        // counts here too: the caller is waiting), and time left in the max wait.
+        let rule = RetryRule {
+            max_attempts: upstream.retry.max_attempts,
+            on_status: &upstream.retry.on_status,
+            max_pause: upstream.budget_config.max_pause,
         };
-        if tokio::time::Instant::now() + delay >= deadline {
+        let backoff = upstream
+            .retry
+            .backoff
+            .delay(journey.attempts - 1, &mut jitter);
+        let outcome = Attempted::Answered {
+            status,
+            signals: &signals,
+        };
+        let (after, throttled) =
+            match verdict(outcome, journey.attempts, &rule, budget_pause, backoff) {
+                Verdict::Retry { after, why, .. } => (after, why == RetryReason::Throttled),
+                Verdict::Done | Verdict::GiveUp(_) => break response,
+            };
+        let can_retry = inspected.is_some()
+            && out_body.replayable()
+            && journey.attempts < upstream.retry.max_attempts
+            && tokio::time::Instant::now()
+                .checked_add(after)
+                .is_some_and(|at| at < deadline);
+        if !can_retry {
             break response;
         }
-        let why = if signals.throttled {
+        // A throttled call waits for the budget's pause in the governor; a failed one backs
+        // off here first.
+        let delay = if throttled { Duration::ZERO } else { after };
+        let why = if throttled {
             "throttled"
         } else {
             "retryable status"
         };
-        let wait = signals.retry_after.unwrap_or(delay).max(delay);
-        app.observe.retry(&call, signals.throttled, wait, why);
+        let wait = after;
+        app.observe.retry(&call, throttled, wait, why);
         journey.retried.get_or_insert_with(|| retry_trail(&call));
         app.metrics
             .retries
             .get_or_create(&RetryLabels {
                 upstream: upstream.name.clone(),
-                reason: if signals.throttled {
-                    "throttled"
-                } else {
-                    "status"
-                },
+                reason: if throttled { "throttled" } else { "status" },
             })
             .inc();
         if !delay.is_zero() {
@@ -733,6 +734,8 @@ pub(crate) enum Answer {
         /// With `read_all`: the body was longer than the limit and `inspected` is its start.
         truncated: bool,
         signals: headroom_core::Signals,
+        /// How long the budget is paused after this answer (zero unless it was throttled).
+        budget_pause: Duration,
     },
     /// No answer (connection refused or reset, timeout); the reason says which.
     Unreachable(String),
@@ -855,6 +858,7 @@ pub(crate) async fn call_once(
         inspected,
         truncated,
         signals,
+        budget_pause: reaction.paused_for.unwrap_or_default(),
     }
 }
 

@@ -461,3 +461,93 @@ async fn an_oversized_batch_is_refused_with_a_problem() {
     assert!(r.problem()["detail"].as_str().unwrap().contains("split"));
     server.shutdown().await;
 }
+
+/// After a throttled answer that names no time (no Retry-After, no reset), a job and a
+/// batch's records wait for the budget's own pause (the core's verdict), not a fixed second.
+/// The pause is a jittered backoff of up to 60 s here, so a fixed 1 s is told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_and_a_batch_retry_at_the_budgets_pause() {
+    use headroom::jobs::model::BatchStore;
+    let up = Recorder::start().await;
+    let server = Server::start(
+        r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+breaker = { failure_threshold = 100 }
+retry = { base_delay = "60s", max_delay = "60s" }
+"#,
+        &up.url(),
+    )
+    .await;
+    let paused_until = |budgets: serde_json::Value, tenant: &str| {
+        let b = budgets["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["key"] == format!("tenant:{tenant}"))
+            .cloned()
+            .unwrap_or_default();
+        headroom::jobs::now_millis() + (b["paused_for_s"].as_f64().unwrap_or(0.0) * 1000.0) as i64
+    };
+
+    up.answer(429, &[]);
+    let id = server
+        .post(
+            "/v1/jobs",
+            &json!({"upstream": "up", "tenant": "acme", "request": {"method": "POST", "path": "/j"}}),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
+        if v["status"] == "retry_pending" || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(view["status"], "retry_pending", "{view}");
+    let pause_end = paused_until(server.get("/v1/budgets").await.json(), "acme");
+    let next = chrono::DateTime::parse_from_rfc3339(view["next_attempt_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        (next - pause_end).abs() < 700,
+        "the job retries at the budget's pause: next {next}, pause ends {pause_end}"
+    );
+
+    up.answer(429, &[]);
+    let r = server
+        .post(
+            "/v1/batches",
+            &json!({"upstream": "up", "tenant": "globex", "format": "hubspot",
+                    "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
+                    "records": [{"id": "r1", "properties": {"email": "a@example.com"}}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while up.seen().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The chunk's answer is recorded just after it arrives.
+    let store = &server.state.store;
+    let next = loop {
+        let next = store.next_chunk_at().await.unwrap();
+        if next.is_some() || tokio::time::Instant::now() > deadline {
+            break next;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pause_end = paused_until(server.get("/v1/budgets").await.json(), "globex");
+    let next = next.expect("the record waits for a retry");
+    assert!(
+        (next - pause_end).abs() < 700,
+        "the batch's record retries at the budget's pause: next {next}, pause ends {pause_end}"
+    );
+    server.shutdown().await;
+}

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use headroom_core::batch::{self, Format, Record, RecordOutcome};
+use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryRule, Verdict};
 use headroom_core::RejectReason;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
@@ -524,17 +525,33 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             inspected,
             truncated,
             signals,
+            budget_pause,
             ..
         } => {
             let status = parts.status.as_u16();
             let max_pause = upstream.budget_config.max_pause;
             if signals.throttled {
-                if let Some(asked) = signals.asked_wait().filter(|w| *w > max_pause) {
-                    let error = super::dispatcher::too_long_pause(status, asked, max_pause);
-                    return all(chunk, RecordResult::Failed { error });
-                }
-                let wait = signals.asked_wait().unwrap_or(Duration::from_secs(1));
-                let at = now_millis() + wait.as_millis().max(50) as Millis;
+                // The whole chunk was refused: the core's verdict on a throttled answer (the
+                // records' own retry rules apply to what the upstream did per record).
+                let rule = RetryRule {
+                    max_attempts: u32::MAX,
+                    on_status: &[],
+                    max_pause,
+                };
+                let outcome = Attempted::Answered {
+                    status,
+                    signals: &signals,
+                };
+                let after = match verdict(outcome, attempts, &rule, budget_pause, Duration::ZERO) {
+                    Verdict::GiveUp(GiveUpReason::PauseTooLong(asked)) => {
+                        let error = super::dispatcher::too_long_pause(status, asked, max_pause);
+                        return all(chunk, RecordResult::Failed { error });
+                    }
+                    Verdict::Retry { after, .. } => after,
+                    // A throttled answer is always one of the two above.
+                    _ => budget_pause,
+                };
+                let at = now_millis() + after.max(Duration::from_millis(50)).as_millis() as Millis;
                 let error = format!("throttled by the upstream ({status}), nothing applied");
                 return all(
                     chunk,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use headroom_core::{RejectReason, Signals};
+use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryReason, RetryRule, Verdict};
+use headroom_core::RejectReason;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
 
@@ -215,33 +216,6 @@ fn failed(attempt: AttemptRecord, error: String) -> (Transition, AttemptRecord) 
     )
 }
 
-/// What a failed attempt that may be retried becomes: a retry at the queue's interval, or
-/// final failure once the attempts are spent.
-fn retry_or_fail(
-    job: &Job,
-    queue: &Queue,
-    error: String,
-    response: Option<JobResponse>,
-) -> Transition {
-    let attempts = job.attempts + 1;
-    if attempts >= job.new.max_attempts {
-        Transition::Failed {
-            error: format!("{error} (after {attempts} attempts)"),
-            response,
-        }
-    } else {
-        Transition::Retry {
-            at: now_millis()
-                + queue
-                    .retry_delay(attempts)
-                    .as_millis()
-                    .min(i64::MAX as u128) as Millis,
-            error,
-            burn_attempt: true,
-        }
-    }
-}
-
 async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let mut attempt = blank_attempt(job);
     // Credential-like header values and query parameters are sealed at rest.
@@ -350,12 +324,16 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     match call_once(app, &call, lease, body, MAX_STORED_BODY, true).await {
         Answer::Unreachable(reason) => {
             attempt.error = Some(reason.clone());
+            let outcome = Attempted::Unreachable;
             (
-                retry_or_fail(
+                transition(
                     job,
                     &queue,
-                    format!("cannot reach the upstream: {reason}"),
+                    &upstream,
+                    outcome,
+                    Duration::ZERO,
                     None,
+                    || format!("cannot reach the upstream: {reason}"),
                 ),
                 attempt,
             )
@@ -365,6 +343,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             inspected,
             truncated,
             signals,
+            budget_pause,
             ..
         } => {
             let status = parts.status.as_u16();
@@ -392,53 +371,94 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
                 headers,
                 body: inspected.map(|b| b.to_vec()).unwrap_or_default(),
             };
+            let outcome = Attempted::Answered {
+                status,
+                signals: &signals,
+            };
             (
-                classify(job, &queue, &upstream, status, &signals, response),
+                transition(
+                    job,
+                    &queue,
+                    &upstream,
+                    outcome,
+                    budget_pause,
+                    Some(response),
+                    || format!("the upstream answered {status}"),
+                ),
                 attempt,
             )
         }
     }
 }
 
-/// Where an answered attempt sends the job.
-fn classify(
+/// Where an attempt sends the job: the core's verdict on its outcome, carried out in the
+/// store (a retry waits there, never in a sleeping task). `error` says what went wrong when
+/// something did.
+fn transition(
     job: &Job,
     queue: &Queue,
     upstream: &Upstream,
-    status: u16,
-    signals: &Signals,
-    response: JobResponse,
+    outcome: Attempted<'_>,
+    budget_pause: Duration,
+    response: Option<JobResponse>,
+    error: impl FnOnce() -> String,
 ) -> Transition {
-    if signals.throttled {
-        let max_pause = upstream.budget_config.max_pause;
-        if let Some(asked) = signals.asked_wait().filter(|w| *w > max_pause) {
-            // An answer is untrusted input: a wait beyond the cap would hold the job (and its
-            // caller's callback) for as long as the upstream likes.
-            return Transition::Failed {
-                error: too_long_pause(status, asked, max_pause),
-                response: Some(response),
+    let attempts = job.attempts + 1;
+    let rule = RetryRule {
+        max_attempts: job.new.max_attempts,
+        on_status: &upstream.retry.on_status,
+        max_pause: upstream.budget_config.max_pause,
+    };
+    let backoff = queue.retry_delay(attempts);
+    let at = |after: Duration| {
+        now_millis().saturating_add(after.as_millis().min(i64::MAX as u128) as Millis)
+    };
+    match verdict(outcome, attempts, &rule, budget_pause, backoff) {
+        Verdict::Done => match response {
+            Some(response) => Transition::Succeeded { response },
+            // Only an answer is done; kept total for the type's sake.
+            None => Transition::Failed {
+                error: error(),
+                response: None,
+            },
+        },
+        Verdict::Retry {
+            after,
+            spends_attempt,
+            why,
+        } => Transition::Retry {
+            // A throttled job waits for the budget's time, at least a moment.
+            at: at(if spends_attempt {
+                after
+            } else {
+                after.max(Duration::from_millis(50))
+            }),
+            error: match (why, outcome) {
+                (RetryReason::Throttled, Attempted::Answered { status, .. }) => {
+                    format!("throttled by the upstream ({status})")
+                }
+                _ => error(),
+            },
+            burn_attempt: spends_attempt,
+        },
+        Verdict::GiveUp(GiveUpReason::PauseTooLong(asked)) => {
+            let status = match outcome {
+                Attempted::Answered { status, .. } => status,
+                Attempted::Unreachable => 0,
             };
+            Transition::Failed {
+                error: too_long_pause(status, asked, rule.max_pause),
+                response,
+            }
         }
-        // The budget is paused until the upstream's time; the job waits for it in the store,
-        // without spending an attempt.
-        let wait = signals.asked_wait().unwrap_or(Duration::from_secs(1));
-        return Transition::Retry {
-            at: now_millis() + wait.as_millis().max(50) as Millis,
-            error: format!("throttled by the upstream ({status})"),
-            burn_attempt: false,
-        };
-    }
-    if (200..300).contains(&status) {
-        return Transition::Succeeded { response };
-    }
-    let error = format!("the upstream answered {status}");
-    if upstream.retry.on_status.contains(&status) || status == 408 {
-        retry_or_fail(job, queue, error, Some(response))
-    } else {
-        Transition::Failed {
-            error,
-            response: Some(response),
-        }
+        Verdict::GiveUp(GiveUpReason::AttemptsSpent(_)) => Transition::Failed {
+            error: format!("{} (after {attempts} attempts)", error()),
+            response,
+        },
+        Verdict::GiveUp(GiveUpReason::Final(_)) => Transition::Failed {
+            error: error(),
+            response,
+        },
     }
 }
 
