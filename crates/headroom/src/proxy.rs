@@ -724,6 +724,8 @@ pub(crate) struct Call<'a> {
 }
 
 /// What one call gave.
+// Made and moved once per call: boxing the answer would cost an allocation on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Answer {
     Answered {
         parts: http::response::Parts,
