@@ -5,10 +5,15 @@
 #   HEADROOM_BIN  [target/release/headroom]  the binary to measure
 #   RECORDS       [100000]                   records per batch (~610 bytes each: ~61 MB)
 #   CONCURRENT    ["1 8"]                    batches posted at once, one run each
+#   AUTH_LINE     [auth = "none"]            the config's auth line; set it empty for a binary
+#                                            older than the `auth` key (8daf0f7 and before: they
+#                                            refuse unknown keys, and were open without a token)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${HEADROOM_BIN:-${CARGO_TARGET_DIR:-target}/release/headroom}
 RECORDS=${RECORDS:-100000}
+AUTH_LINE=${AUTH_LINE-auth = \"none\"}
+[ -x "$BIN" ] || { echo "error: no headroom binary at $BIN" >&2; exit 1; }
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 
@@ -31,14 +36,16 @@ for n in ${CONCURRENT:-1 8}; do
     cat >"$dir/headroom.toml" <<TOML
 listen = "127.0.0.1:$port"
 store = "sqlite://$dir/headroom.db"
-auth = "none"
+$AUTH_LINE
 [[upstreams]]
 name = "crm"
 base_url = "http://127.0.0.1:9"
 TOML
     HEADROOM_LOG=warn "$BIN" serve --config "$dir/headroom.toml" 2>"$dir/log" &
     pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    up=0
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
+    [ "$up" = 1 ] || { echo "error: headroom did not start ($BIN):" >&2; cat "$dir/log" >&2; exit 1; }
     start=$(date +%s.%N)
     for _ in $(seq "$n"); do
         curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Proxy overhead: Headroom beside nginx `proxy_pass`, both in front of the same static upstream,
-# measured with wrk in the same run. Prints Markdown tables; writes nothing into the repository.
+# Proxy overhead: Headroom beside nginx `proxy_pass` and a bare hyper reverse proxy (hyper-proxy/),
+# all in front of the same static upstream, measured with wrk in the same run. Prints Markdown
+# tables; writes nothing into the repository.
 #
 #   bench/proxy-overhead/run.sh
 #
@@ -13,6 +14,17 @@
 #                         as Headroom's runtime has one worker thread per core)
 #   HEADROOM_BIN          a headroom binary to measure; unset = build this tree (release)
 #   HEADROOM_LABEL        what to call that binary in the report (e.g. the commit it is from)
+#   AUTH [none]           none = the config says `auth = "none"` (the open-mode guard checks every
+#                         call); token = no auth line, an admin token in HEADROOM_API_TOKEN, sent
+#                         by wrk to Headroom as `Proxy-Authorization: Bearer …`
+#   BARE [1]              1 = also measure a bare hyper reverse proxy: hyper-proxy/, the HTTP
+#                         stack Headroom's proxy is built on and nothing else (built with cargo
+#                         in release unless BARE_BIN is given; it is its own cargo workspace)
+#   BARE_BIN              a bare-hyper-proxy binary to use instead of building one
+#   BASE_BIN              a second headroom binary (e.g. an earlier commit), measured in the same
+#                         run as "headroom-base"; BASE_LABEL names it in the report
+#   BASE_AUTH_LINE        its config's auth line [as Headroom's]; set it empty for a binary older
+#                         than the `auth` key (it refuses unknown keys)
 #   QUIET_TIMEOUT [1800]  seconds to wait for other builds (rustc/cargo) to end before a run
 #   OTHER_MAX [5]         a run during which other processes used more than this % of the
 #                         machine's CPU time (or a build ran) is repeated, up to 5 times
@@ -34,6 +46,14 @@ NGINX_WORKERS=${NGINX_WORKERS:-auto}
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-1800}
 OTHER_MAX=${OTHER_MAX:-5}
 KEEP_TMP=${KEEP_TMP:-0}
+AUTH=${AUTH:-none}
+BARE=${BARE:-1}
+case "$AUTH" in
+none) AUTH_LINE='auth = "none"' ;;
+token) AUTH_LINE='' ;;
+*) echo "error: AUTH is none or token" >&2; exit 1 ;;
+esac
+BASE_AUTH_LINE=${BASE_AUTH_LINE-$AUTH_LINE}
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -70,6 +90,16 @@ if [ -z "${HEADROOM_BIN:-}" ]; then
         HEADROOM_LABEL="$HEADROOM_LABEL with uncommitted changes"
 fi
 [ -x "$HEADROOM_BIN" ] || die "no headroom binary at $HEADROOM_BIN"
+[ -z "${BASE_BIN:-}" ] || [ -x "$BASE_BIN" ] || die "no headroom binary at $BASE_BIN"
+
+# --- the bare hyper proxy ----------------------------------------------------------------------
+if [ "$BARE" = 1 ] && [ -z "${BARE_BIN:-}" ]; then
+    say "building the bare hyper proxy (release)"
+    (cd "$HERE/hyper-proxy" && cargo build --release --quiet)
+    BARE_BIN="$(cd "$HERE/hyper-proxy" && cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release/bare-hyper-proxy"
+fi
+[ "$BARE" != 1 ] || [ -x "$BARE_BIN" ] || die "no bare hyper proxy at $BARE_BIN"
 
 # --- processes and cleanup ---------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/headroom-proxy-overhead.XXXXXX")
@@ -107,8 +137,10 @@ wait_port() { # port name pid
 UP_PORT=$(pick_port)
 NGINX_PORT=$(pick_port)
 HEADROOM_PORT=$(pick_port)
-[ "$UP_PORT" != "$NGINX_PORT" ] && [ "$NGINX_PORT" != "$HEADROOM_PORT" ] &&
-    [ "$UP_PORT" != "$HEADROOM_PORT" ] || die "port clash; run again"
+BARE_PORT=$(pick_port)
+BASE_PORT=$(pick_port)
+[ "$(printf '%s\n' "$UP_PORT" "$NGINX_PORT" "$HEADROOM_PORT" "$BARE_PORT" "$BASE_PORT" | sort -u | wc -l)" = 5 ] ||
+    die "port clash; run again"
 
 # Settings both nginx instances share: no access log, no per-connection request cap (nginx's
 # default closes a keep-alive connection after 1,000 requests; hyper has no such cap).
@@ -174,15 +206,22 @@ EOF
 EOF
 } >"$TMP/nginx/nginx.conf"
 
-cat >"$TMP/headroom.toml" <<EOF
-store = "sqlite://$TMP/headroom.db"
-auth = "none"
+headroom_config() { # dir auth-line
+    mkdir -p "$1"
+    cat >"$1/headroom.toml" <<EOF
+store = "sqlite://$1/headroom.db"
+$2
 
 [[upstreams]]
 name = "up"
 base_url = "http://127.0.0.1:$UP_PORT"
 max_concurrency = 10000
 EOF
+}
+headroom_config "$TMP/headroom" "$AUTH_LINE"
+[ -z "${BASE_BIN:-}" ] || headroom_config "$TMP/headroom-base" "$BASE_AUTH_LINE"
+TOKEN=
+[ "$AUTH" = token ] && TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 
 start_nginx() { # dir port name
     "$NGINX" -e "$1/error.log" -p "$1" -c "$1/nginx.conf" -g 'daemon off;' \
@@ -195,17 +234,21 @@ start_nginx "$TMP/upstream" "$UP_PORT" "upstream nginx"
 UP_PID=$LAST_PID
 start_nginx "$TMP/nginx" "$NGINX_PORT" "nginx"
 NGINX_PID=$LAST_PID
-(
-    cd "$TMP"
-    unset HEADROOM_API_TOKEN
-    HEADROOM_LOG=warn exec "$HEADROOM_BIN" serve --config "$TMP/headroom.toml" \
-        --listen "127.0.0.1:$HEADROOM_PORT" 2>"$TMP/headroom.log"
-) &
-HEADROOM_PID=$!
-PIDS+=("$HEADROOM_PID")
-wait_port "$HEADROOM_PORT" headroom "$HEADROOM_PID"
+start_headroom() { # bin dir port name
+    (
+        cd "$2"
+        if [ -n "$TOKEN" ]; then export HEADROOM_API_TOKEN=$TOKEN; else unset HEADROOM_API_TOKEN; fi
+        HEADROOM_LOG=warn exec "$1" serve --config "$2/headroom.toml" \
+            --listen "127.0.0.1:$3" 2>"$2/headroom.log"
+    ) &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$3" "$4" "$LAST_PID"
+}
+start_headroom "$HEADROOM_BIN" "$TMP/headroom" "$HEADROOM_PORT" headroom
+HEADROOM_PID=$LAST_PID
 
-TARGETS=(direct nginx headroom)
+TARGETS=(direct nginx)
 declare -A URL=(
     [direct]="http://127.0.0.1:$UP_PORT/ok"
     [nginx]="http://127.0.0.1:$NGINX_PORT/ok"
@@ -213,23 +256,56 @@ declare -A URL=(
 )
 # Whose CPU time is reported per request: the proxy's (for direct, the upstream's).
 declare -A SERVER=([direct]=$UP_PID [nginx]=$NGINX_PID [headroom]=$HEADROOM_PID)
+# A header wrk sends to that target only (the token, to Headroom).
+declare -A HEADER=()
+if [ "$BARE" = 1 ]; then
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "http://127.0.0.1:$UP_PORT" >"$TMP/hyper.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$BARE_PORT" "bare hyper proxy" "$LAST_PID"
+    TARGETS+=(hyper)
+    URL[hyper]="http://127.0.0.1:$BARE_PORT/ok"
+    SERVER[hyper]=$LAST_PID
+fi
+TARGETS+=(headroom)
+if [ -n "${BASE_BIN:-}" ]; then
+    start_headroom "$BASE_BIN" "$TMP/headroom-base" "$BASE_PORT" headroom-base
+    TARGETS+=(headroom-base)
+    URL[headroom-base]="http://127.0.0.1:$BASE_PORT/proxy/up/ok"
+    SERVER[headroom-base]=$LAST_PID
+fi
+if [ -n "$TOKEN" ]; then
+    HEADER[headroom]="Proxy-Authorization: Bearer $TOKEN"
+    HEADER[headroom-base]="Proxy-Authorization: Bearer $TOKEN"
+fi
+with_hdr() { # target command...: the command with the target's header (-H …) appended
+    local t=$1
+    shift
+    local -a extra=()
+    [ -z "${HEADER[$t]:-}" ] || extra=(-H "${HEADER[$t]}")
+    "$@" "${extra[@]}"
+}
 for t in "${TARGETS[@]}"; do
-    body=$(curl -fsS "${URL[$t]}") || die "$t: ${URL[$t]} does not answer 200"
+    body=$(with_hdr "$t" curl -fsS "${URL[$t]}") || die "$t: ${URL[$t]} does not answer 200"
     [ "$body" = '{"ok":true}' ] || die "$t: unexpected body $body"
+    if [ -n "${HEADER[$t]:-}" ]; then # and without its token, it refuses
+        code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$t]}")
+        [ "$code" = 401 ] || die "$t: answers $code without a token (401 expected)"
+    fi
 done
 
 # --- profiling (PROFILE=1): a CPU profile of headroom under the saturating load, no table ---
 if [ "${PROFILE:-0}" = 1 ]; then
     command -v perf >/dev/null || die "PROFILE=1 needs perf (apt-get install linux-perf)"
     KEEP_TMP=1
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URL[headroom]}" >/dev/null
+    with_hdr headroom wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URL[headroom]}" >/dev/null
     say "profiling headroom for $DURATION under wrk -t$THREADS -c$CONNECTIONS"
     # cpu-clock: virtual machines often have no hardware counters. DWARF call graphs: the
     # release profile has debug line tables but no frame pointers.
     perf record -q -e cpu-clock -F "${PROFILE_FREQ:-499}" --call-graph dwarf,16384 \
         -p "$HEADROOM_PID" -o "$TMP/perf.data" &
     perf_pid=$!
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[headroom]}" >"$TMP/wrk-profile.txt"
+    with_hdr headroom wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[headroom]}" >"$TMP/wrk-profile.txt"
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
     grep -E 'Requests/sec|50%|99%' "$TMP/wrk-profile.txt" >&2
@@ -338,7 +414,7 @@ measure() { # load round target wrk-args...
         other_snapshot "$TMP/other0"
         total0=$(total_ticks)
         server0=$(group_ticks "${SERVER[$target]}")
-        wrk "$@" "${URL[$target]}" >"$out"
+        with_hdr "$target" wrk "$@" "${URL[$target]}" >"$out"
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
         SAMPLER=
@@ -368,14 +444,14 @@ LOW_ARGS=(-t1 -c1 -d"$LOW_DURATION" --latency)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 say "warming up"
-for t in "${TARGETS[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URL[$t]}" >/dev/null; done
+for t in "${TARGETS[@]}"; do with_hdr "$t" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URL[$t]}" >/dev/null; done
 
 for load in saturated low; do
     say "$load load"
     for round in $(seq 1 "$ROUNDS"); do
-        # Rotate the order so that each target takes each position once every three rounds.
-        for i in 0 1 2; do
-            t=${TARGETS[$(((i + round - 1) % 3))]}
+        # Rotate the order so that each target takes each position once every N rounds.
+        for i in $(seq 0 $((${#TARGETS[@]} - 1))); do
+            t=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
             if [ "$load" = saturated ]; then
                 measure "$load" "$round" "$t" "${SAT_ARGS[@]}"
             else
@@ -387,11 +463,13 @@ done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 for pid in "${PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null || die "a server (upstream, nginx or headroom) died during the run; see $TMP"
+    kill -0 "$pid" 2>/dev/null || die "a server (upstream, a proxy or headroom) died during the run; see $TMP"
 done
-if grep -q '"level":"ERROR"' "$TMP/headroom.log" 2>/dev/null; then
-    say "warning: headroom logged errors; see $TMP/headroom.log (KEEP_TMP=1)"
-fi
+for log in "$TMP"/headroom*/headroom.log; do
+    if grep -q '"level":"ERROR"' "$log" 2>/dev/null; then
+        say "warning: headroom logged errors; see $log (KEEP_TMP=1)"
+    fi
+done
 
 # --- report ------------------------------------------------------------------------------------
 nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
@@ -399,7 +477,7 @@ wrk_version=$( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}')
 headroom_version=$("$HEADROOM_BIN" --version 2>/dev/null || echo headroom)
 
 report() {
-    awk -F'\t' -v rounds="$ROUNDS" -v args_saturated="wrk ${SAT_ARGS[*]}" -v args_low="wrk ${LOW_ARGS[*]}" -v other_max="$OTHER_MAX" '
+    awk -F'\t' -v rounds="$ROUNDS" -v args_saturated="wrk ${SAT_ARGS[*]}" -v args_low="wrk ${LOW_ARGS[*]}" -v other_max="$OTHER_MAX" -v target_list="${TARGETS[*]}" '
         function median(list,   n, v, i, j, t) {
             n = split(list, v, " ")
             for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
@@ -414,27 +492,31 @@ report() {
         }
         END {
             split("saturated low", loads, " ")
-            split("direct nginx headroom", targets, " ")
+            nt = split(target_list, targets, " ")
+            bare = 0
+            for (t = 1; t <= nt; t++) if (targets[t] == "hyper") bare = 1
+            name["direct"] = "direct (no proxy)"; name["nginx"] = "nginx"; name["hyper"] = "bare hyper"
+            name["headroom"] = "Headroom"; name["headroom-base"] = "Headroom (base)"
             title["saturated"] = "Saturated"
             title["low"] = "Low load"
             for (l = 1; l <= 2; l++) {
                 load = loads[l]
                 if (!((load SUBSEP "direct") in rps)) continue
-                for (t = 1; t <= 3; t++) {
+                for (t = 1; t <= nt; t++) {
                     k = load SUBSEP targets[t]
                     R[targets[t]] = median(rps[k]); P50[targets[t]] = median(p50[k]); P99[targets[t]] = median(p99[k]); C[targets[t]] = median(cpu[k])
                 }
                 printf "%s (%s; median of %d runs each)\n\n", title[load], (load == "low" ? args_low : args_saturated), rounds
-                print "| target | req/s | p50 | p99 | added p50 | added p99 | req/s vs nginx | CPU per request |"
-                print "|---|---:|---:|---:|---:|---:|---:|---:|"
-                for (t = 1; t <= 3; t++) {
+                printf "| target | req/s | p50 | p99 | added p50 | added p99 | req/s vs nginx |%s CPU per request |\n", (bare ? " req/s vs bare hyper |" : "")
+                printf "|---|---:|---:|---:|---:|---:|---:|%s---:|\n", (bare ? "---:|" : "")
+                for (t = 1; t <= nt; t++) {
                     n = targets[t]
-                    printf "| %s | %.0f | %s | %s | %s | %s | %.0f %% | %.1f µs |\n", (n == "direct" ? "direct (no proxy)" : n), R[n], ms(P50[n]), ms(P99[n]),
+                    printf "| %s | %.0f | %s | %s | %s | %s | %.0f %% |%s %.1f µs |\n", name[n], R[n], ms(P50[n]), ms(P99[n]),
                         (n == "direct" ? "–" : added(P50[n] - P50["direct"])),
                         (n == "direct" ? "–" : added(P99[n] - P99["direct"])),
-                        100 * R[n] / R["nginx"], C[n]
+                        100 * R[n] / R["nginx"], (bare ? sprintf(" %.0f %% |", 100 * R[n] / R["hyper"]) : ""), C[n]
                 }
-                printf "\nCPU per request: CPU time of the proxy (nginx master and workers, or headroom) per request; for direct, of the upstream.\n"
+                printf "\nCPU per request: CPU time of the proxy (nginx master and workers, the bare hyper proxy, or headroom) per request; for direct, of the upstream.\n"
                 printf "CPU used by anything else during a run: median %s %% of the machine; runs disturbed (a build, or more than %s %%): %d; non-2xx or socket errors: %d\n\n",
                     median(other[load]), other_max, dist[load], bad[load]
             }
@@ -444,7 +526,10 @@ report() {
 {
     echo "## Proxy overhead — $STARTED"
     echo
-    echo "$headroom_version (${HEADROOM_LABEL:-$HEADROOM_BIN}); $nginx_version; wrk $wrk_version; nginx worker_processes $NGINX_WORKERS;"
+    echo "$headroom_version (${HEADROOM_LABEL:-$HEADROOM_BIN}), auth mode: $AUTH$([ "$AUTH" = token ] && echo ' (Proxy-Authorization: Bearer sent by wrk)');"
+    [ -z "${BASE_BIN:-}" ] || echo "base: $("$BASE_BIN" --version 2>/dev/null || echo headroom) (${BASE_LABEL:-$BASE_BIN}), config auth line: '${BASE_AUTH_LINE}';"
+    [ "$BARE" != 1 ] || echo "bare hyper proxy: bench/proxy-overhead/hyper-proxy ($BARE_BIN);"
+    echo "$nginx_version; wrk $wrk_version; nginx worker_processes $NGINX_WORKERS; TOKIO_WORKER_THREADS ${TOKIO_WORKER_THREADS:-unset};"
     echo "$(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1);"
     echo "load average before $LOAD_BEFORE, after $LOAD_AFTER"
     echo

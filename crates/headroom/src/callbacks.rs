@@ -38,7 +38,9 @@ const CALLBACK_ATTEMPTS: u32 = 8;
 /// Due callbacks read at a time.
 const FETCH: u32 = 64;
 /// A callback held back by a limit (its host's or tenant's slots all taken) is looked at
-/// again this much later, behind the other due ones.
+/// again after at least this long, behind the other due ones; at most after a delivery's
+/// timeout, when a slot has surely freed. Sooner would re-read and rewrite a hostile
+/// tenant's backlog of hanging callbacks without pause.
 const HOLD_BACK: Millis = 1_000;
 /// How often to look for due callbacks when nothing wakes the loop earlier.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -572,6 +574,7 @@ pub(crate) async fn run(app: AppState) {
     // A delivery may take the whole timeout; its record is written just after. Read again
     // only after that (a node that stopped meanwhile leaves it to be tried again).
     let in_flight_for = notifier.config.timeout.as_millis() as Millis + 10_000;
+    let hold_back = (notifier.config.timeout.as_millis() as Millis).max(HOLD_BACK);
     loop {
         let now = now_millis();
         let due = app
@@ -601,7 +604,7 @@ pub(crate) async fn run(app: AppState) {
         let mut look_further = fetched == FETCH as usize && !held_back.is_empty();
         if let Err(e) = app
             .store
-            .postpone_callbacks(&held_back, now + HOLD_BACK)
+            .postpone_callbacks(&held_back, now + hold_back)
             .await
         {
             tracing::error!(error = %format!("{e:#}"), "cannot postpone callbacks");

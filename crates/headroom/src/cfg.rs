@@ -67,6 +67,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// A request body to Headroom's own API (not the proxy's, which streams) must arrive
+    /// whole within this long of the request's head.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -75,6 +78,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -303,6 +307,7 @@ struct RawServer {
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
+    body_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +333,9 @@ impl RawServer {
         }
         if let Some(d) = self.idle_timeout {
             limits.idle_timeout = positive("server.idle_timeout", &d)?;
+        }
+        if let Some(d) = self.body_read_timeout {
+            limits.body_read_timeout = positive("server.body_read_timeout", &d)?;
         }
         if let Some(n) = self.max_connections {
             if !(1..=1_000_000).contains(&n) {

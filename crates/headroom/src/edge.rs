@@ -384,3 +384,71 @@ impl Future for HeadSleep {
 }
 
 impl hyper::rt::Sleep for HeadSleep {}
+
+pin_project_lite::pin_project! {
+    /// A request body that must arrive whole by a deadline: a client that announces a body
+    /// and sends it slowly, or never, does not hold its connection (and a slot under the
+    /// connection cap, and any room it was given) for longer than that.
+    pub struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    pub fn new(inner: B, within: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: tokio::time::sleep(within),
+        }
+    }
+}
+
+/// The error a [`DeadlineBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTooSlow;
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware for Headroom's own routes: the request's body must arrive within
+/// `[server] body_read_timeout`.
+pub async fn body_deadline(
+    axum::extract::State(within): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request = request.map(|body| axum::body::Body::new(DeadlineBody::new(body, within)));
+    next.run(request).await
+}

@@ -42,6 +42,8 @@ pub struct App {
     /// MiB of batch submissions being read and checked at once: bounds the memory that
     /// large batches posted together can take.
     pub batch_intake: tokio::sync::Semaphore,
+    /// Each tenant's part of `batch_intake`, capped.
+    pub batch_intake_shares: crate::jobs::batches::IntakeShares,
     /// The admin token: `/v1` and `/proxy` require it (or a scoped token). `None` only with
     /// `auth = "none"`.
     pub api_token: Option<String>,
@@ -122,6 +124,7 @@ impl AppState {
             jobs_wake: tokio::sync::Notify::new(),
             batches_wake: tokio::sync::Notify::new(),
             batch_intake: tokio::sync::Semaphore::new(crate::jobs::batches::INTAKE_MIB),
+            batch_intake_shares: Default::default(),
             api_token,
             scheduler: crate::schedules::Scheduler::new(clock),
         }));
@@ -166,9 +169,14 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::batches::routes())
         .merge(crate::schedules::api::routes())
         .merge(crate::observe::api::routes())
-        // Headroom's own routes only: the proxy passes the upstream's answers through as-is.
+        // Headroom's own routes only: the proxy passes the upstream's answers through as-is
+        // (and streams bodies, with no deadline on them).
         .layer(axum::middleware::map_response(
             crate::error::problem_for_rejections,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.server.body_read_timeout,
+            crate::edge::body_deadline,
         ))
         .route("/proxy/{upstream}", any(proxy::handle))
         .route("/proxy/{upstream}/", any(proxy::handle))
@@ -192,16 +200,31 @@ async fn not_found(uri: http::Uri) -> crate::error::ApiError {
 /// Liveness: the process serves requests. Not 200 only when the store's writer is stuck in
 /// a way a restart would cure (see `store::health`); what a restart would not cure (a full
 /// disk, a lost database file, Redis down) is for `/readyz`.
-async fn healthz(State(app): State<AppState>) -> axum::response::Response {
+async fn healthz(
+    State(app): State<AppState>,
+    headers: http::HeaderMap,
+) -> axum::response::Response {
     match app.store.stuck() {
         None => Json(json!({"status": "ok"})).into_response(),
-        Some(why) => unavailable("not healthy", &[("store", why)]),
+        Some(why) => unavailable(
+            "not healthy",
+            &[("store", why)],
+            admin(&app, &headers).await,
+        ),
     }
+}
+
+/// Whether the caller may see internals (paths, addresses, driver errors): the admin token,
+/// or anyone in the open mode. Probes without a token get the verdict only.
+async fn admin(app: &AppState, headers: &http::HeaderMap) -> bool {
+    authenticate(app, headers, false)
+        .await
+        .is_ok_and(|p| p.require_admin().is_ok())
 }
 
 /// Readiness: the store commits a real write (and on SQLite its file is in place with room
 /// on its disk) and the governor answers (Redis: a PING). 503 names what is not ready.
-async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+async fn readyz(State(app): State<AppState>, headers: http::HeaderMap) -> axum::response::Response {
     let (store, governor) = tokio::join!(app.store.check_ready(), app.governor.check_ready());
     let failing: Vec<(&str, String)> = [("store", store), ("governor", governor)]
         .into_iter()
@@ -210,19 +233,30 @@ async fn readyz(State(app): State<AppState>) -> axum::response::Response {
     if failing.is_empty() {
         return Json(json!({"status": "ready"})).into_response();
     }
-    unavailable("not ready", &failing)
+    unavailable("not ready", &failing, admin(&app, &headers).await)
 }
 
-/// A 503 problem naming each check that failed, in `detail` and in `checks`.
-fn unavailable(what: &str, failing: &[(&str, String)]) -> axum::response::Response {
+/// A 503 problem naming each check that failed, in `detail` and in `checks`; with why only
+/// for `detailed` callers (the log always has it).
+fn unavailable(what: &str, failing: &[(&str, String)], detailed: bool) -> axum::response::Response {
+    for (k, e) in failing {
+        tracing::warn!(check = k, error = %e, "{what}");
+    }
+    let why = |e: &String| {
+        if detailed {
+            e.clone()
+        } else {
+            "failing (details for the admin token, and in the server log)".to_string()
+        }
+    };
     let detail = failing
         .iter()
-        .map(|(k, e)| format!("{k}: {e}"))
+        .map(|(k, e)| format!("{k}: {}", why(e)))
         .collect::<Vec<_>>()
         .join("; ");
     let checks: serde_json::Map<String, serde_json::Value> = failing
         .iter()
-        .map(|(k, e)| (k.to_string(), json!(e)))
+        .map(|(k, e)| (k.to_string(), json!(why(e))))
         .collect();
     let body = json!({
         "type": "about:blank",

@@ -122,8 +122,18 @@ pub(crate) const MAX_JOB_HEADER_BYTES: usize = 16 << 10;
 /// describe Headroom's connection, not the call), `Content-Length` (Headroom frames the body)
 /// and `Headroom-*` (set by the job's fields).
 pub(crate) fn is_reserved_header(name: &str) -> bool {
-    const RESERVED: [&str; 10] = [
+    const RESERVED: [&str; 18] = [
         "host",
+        // Headers many servers and frameworks route on: a job must not pick another
+        // method, path or virtual host than the one it was checked for.
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-host",
+        "x-forwarded-for",
+        "forwarded",
         "connection",
         "keep-alive",
         "proxy-connection",

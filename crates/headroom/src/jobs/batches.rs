@@ -32,6 +32,50 @@ pub const MAX_BATCH_BODY: usize = 64 << 20;
 /// MiB of batch bodies read and checked at once (each takes its size, rounded up, and about
 /// as much again while it is checked); submissions beyond wait for room.
 pub const INTAKE_MIB: usize = 256;
+/// MiB of that room one tenant's submissions may hold at once.
+pub const INTAKE_MIB_PER_TENANT: u32 = INTAKE_MIB as u32 / 4;
+
+/// The room each tenant's batch submissions hold while they are read.
+#[derive(Default)]
+pub struct IntakeShares(Arc<Mutex<HashMap<String, u32>>>);
+
+/// A tenant's hold on intake room, given back when dropped.
+pub struct IntakeShare {
+    shares: Arc<Mutex<HashMap<String, u32>>>,
+    tenant: String,
+    mib: u32,
+}
+
+impl IntakeShares {
+    /// Takes `mib` of `tenant`'s share, if that much is left of it.
+    pub fn take(&self, tenant: &str, mib: u32) -> Option<IntakeShare> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = held.get(tenant).copied().unwrap_or(0);
+        // One submission at a time always fits, even the largest.
+        if now > 0 && now + mib > INTAKE_MIB_PER_TENANT {
+            return None;
+        }
+        held.insert(tenant.to_string(), now + mib);
+        Some(IntakeShare {
+            shares: Arc::clone(&self.0),
+            tenant: tenant.to_string(),
+            mib,
+        })
+    }
+}
+
+impl Drop for IntakeShare {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(now) = held.get_mut(&self.tenant) {
+            *now = now.saturating_sub(self.mib);
+            if *now == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// How long a submission waits for room before it is refused with 503.
 const INTAKE_WAIT: Duration = Duration::from_secs(30);
 /// Chunks of one batch in flight at once (the budget paces them anyway).
@@ -96,6 +140,24 @@ async fn submit(
         .unwrap_or(MAX_BATCH_BODY)
         .min(MAX_BATCH_BODY);
     let mib = (size >> 20) as u32 + 1;
+    // A tenant's share first: one tenant's uploads (fast or never finished) cannot take all
+    // the room and turn every other tenant's batch away.
+    let _share = match &principal {
+        crate::auth::Principal::Tenant(t) => Some(
+            app.batch_intake_shares
+                .take(t, mib)
+                .ok_or_else(|| ApiError::Refused {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    detail: format!(
+                        "tenant \"{t}\" already has {} MiB of batches being submitted; wait for \
+                     them to be read, then retry",
+                        INTAKE_MIB_PER_TENANT
+                    ),
+                    retry_after: Duration::from_secs(5),
+                })?,
+        ),
+        _ => None,
+    };
     let _room = tokio::time::timeout(INTAKE_WAIT, app.batch_intake.acquire_many(mib))
         .await
         .ok()

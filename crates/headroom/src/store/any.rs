@@ -84,6 +84,16 @@ impl AnyStore {
         }
     }
 
+    /// New work is refused (not acknowledged) while the SQLite file it would go to was
+    /// deleted or replaced, or its disk is full: SQLite would take it into a file that is
+    /// gone after a restart.
+    fn durable(&self) -> anyhow::Result<()> {
+        match self {
+            AnyStore::Sqlite(s) => s.check_file().map_err(anyhow::Error::msg),
+            AnyStore::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Whether several nodes may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -148,6 +158,7 @@ impl AnyStore {
 
 impl JobStore for AnyStore {
     async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
+        self.durable()?;
         each!(self, s => s.insert_job(job).await)
     }
     async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
@@ -211,6 +222,7 @@ impl JobStore for AnyStore {
 
 impl BatchStore for AnyStore {
     async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
+        self.durable()?;
         each!(self, s => s.insert_batch(batch).await)
     }
     async fn get_batch(
