@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Batch intake memory: the peak RSS of `headroom serve` while it takes N large batches posted
-# at once (issue: a 61 MB batch took ~260 MB, 8 at once 2.1 GB). Prints one JSON line per run.
+# at once (issue: a 61 MB batch took ~260 MB, 8 at once 2.1 GB). Prints one JSON line per run:
+# the RSS once /healthz answers (idle) and the peak (VmHWM) when the last answer is back.
 #
 #   HEADROOM_BIN  [target/release/headroom]  the binary to measure
 #   RECORDS       [100000]                   records per batch (~610 bytes each: ~61 MB)
@@ -46,6 +47,7 @@ TOML
     up=0
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
     [ "$up" = 1 ] || { echo "error: headroom did not start ($BIN):" >&2; cat "$dir/log" >&2; exit 1; }
+    idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     start=$(date +%s.%N)
     for _ in $(seq "$n"); do
         curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
@@ -56,6 +58,6 @@ TOML
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
     codes=$(sort "$dir/codes" | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=","}')
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    printf '{"batches": %d, "batch_bytes": %d, "peak_rss_mib": %.0f, "seconds": %.1f, "statuses": "%s"}\n' \
-        "$n" "$SIZE" "$(echo "$hwm / 1024" | bc -l)" "$(echo "$end - $start" | bc -l)" "$codes"
+    printf '{"batches": %d, "batch_bytes": %d, "idle_rss_mib": %.0f, "peak_rss_mib": %.0f, "seconds": %.1f, "statuses": "%s"}\n' \
+        "$n" "$SIZE" "$(echo "$idle / 1024" | bc -l)" "$(echo "$hwm / 1024" | bc -l)" "$(echo "$end - $start" | bc -l)" "$codes"
 done

@@ -551,3 +551,31 @@ retry = { base_delay = "60s", max_delay = "60s" }
     );
     server.shutdown().await;
 }
+
+/// Headers many servers route on cannot ride along with a job: it must reach the method,
+/// path and host it was checked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_headers_cannot_reroute_the_call() {
+    let up = Recorder::start().await;
+    let server = Server::start(UPSTREAM, &up.url()).await;
+    for header in [
+        "X-HTTP-Method-Override",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Forwarded-Host",
+        "Forwarded",
+    ] {
+        let r = server
+            .post(
+                "/v1/jobs",
+                &json!({"upstream": "up", "tenant": "acme",
+                        "request": {"method": "GET", "path": "/x", "headers": {header: "/admin"}}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{header}");
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains("request.headers"), "{header}: {detail}");
+    }
+    assert!(up.seen().is_empty());
+    server.shutdown().await;
+}
