@@ -1,6 +1,6 @@
 //! `headroom demo`: the main job, end to end, in one process.
 //!
-//! The demo starts the mock upstream ([`crate::mock`]) and the Headroom server
+//! The demo starts the mock upstream ([`headroom_mock`]) and the Headroom server
 //! ([`crate::server`]) on loopback ports, with the embedded SQLite store in a temporary
 //! directory, and drives real HTTP traffic through the proxy:
 //!
@@ -39,8 +39,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cfg::Config;
-use crate::mock::{self, MockConfig, MockStats, Profile};
 use crate::server::{self, AppState};
+use headroom_mock::{MockConfig, MockStats, Profile};
 
 /// The demo's tenant, and the credential its calls carry to the mock (one bucket there).
 const TENANT: &str = "acme";
@@ -780,7 +780,7 @@ pub async fn execute_until(
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1 for the mock upstream")?;
-    let mock = mock::spawn(
+    let mock = headroom_mock::spawn(
         listener,
         MockConfig {
             profile: opts.profile,

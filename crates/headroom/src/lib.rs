@@ -1,5 +1,5 @@
-//! Headroom's service: the governing proxy, its config, credentials, metrics and the mock
-//! upstream. The rate-limit logic itself lives in `headroom-core`.
+//! Headroom's service: the governing proxy, its config, credentials and metrics. The rate-limit
+//! logic itself lives in `headroom-core`.
 pub mod auth;
 pub mod callbacks;
 pub mod cfg;
@@ -11,7 +11,6 @@ pub mod error;
 pub mod governor;
 pub mod jobs;
 pub mod metrics;
-pub mod mock;
 pub mod observe;
 pub mod proxy;
 pub mod redis_governor;

@@ -1,5 +1,6 @@
 //! The `headroom` command.
 
+mod cli;
 mod explain;
 mod simulate;
 
@@ -69,7 +70,7 @@ enum Command {
     ///
     ///   headroom mock --profile hubspot --limit 100 --window 10s
     #[command(verbatim_doc_comment)]
-    Mock(headroom::mock::Args),
+    Mock(cli::mock::Args),
 
     /// See Headroom work in 30 seconds: a bulk import and real-time calls against a
     /// rate-limited mock API, paced live, with a closing table.
@@ -187,7 +188,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => headroom::server::run(args),
-        Command::Mock(args) => headroom::mock::run(args),
+        Command::Mock(args) => cli::mock::run(args),
         Command::Demo(args) => headroom::demo::run(args),
         Command::Tenants(args) => headroom::tenants_cli::run_tenants(args),
         Command::Tokens(args) => headroom::tenants_cli::run_tokens(args),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use headroom::demo::{self, Options};
-use headroom::mock::Profile;
+use headroom_mock::Profile;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_imports_everything_without_a_throttled_call() {
