@@ -1,21 +1,18 @@
-//! Headroom's service: the governing proxy, its config, credentials, metrics and the mock
-//! upstream. The rate-limit logic itself lives in `headroom-core`.
+//! Headroom's service: the governing proxy, its config, credentials and metrics. The rate-limit
+//! logic itself lives in `headroom-core`.
 pub mod auth;
 pub mod callbacks;
 pub mod cfg;
 pub mod client;
 pub mod credentials;
-pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod governor;
 pub mod jobs;
 pub mod metrics;
-pub mod mock;
 pub mod observe;
 pub mod proxy;
 pub mod redis_governor;
 pub mod schedules;
 pub mod server;
 pub mod store;
-pub mod tenants_cli;

@@ -1,11 +1,12 @@
 //! The `headroom` command.
 
-mod explain;
-mod simulate;
+mod cli;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use cli::{demo, explain, jobs, mock, observe, serve, simulate, tenants};
 
 // A proxy allocates a little for every call on every thread; the system allocator's locking
 // showed as 13 % of the CPU under load (BENCHMARKS.md, proxy overhead).
@@ -56,7 +57,7 @@ enum Command {
     /// for more). With HEADROOM_API_TOKEN set, /v1 wants `Authorization: Bearer <token>` and
     /// /proxy `Proxy-Authorization: Bearer <token>`.
     #[command(verbatim_doc_comment)]
-    Serve(headroom::server::ServeArgs),
+    Serve(serve::ServeArgs),
 
     /// Run a rate-limited mock upstream that speaks a chosen provider's rate-limit headers.
     ///
@@ -69,7 +70,7 @@ enum Command {
     ///
     ///   headroom mock --profile hubspot --limit 100 --window 10s
     #[command(verbatim_doc_comment)]
-    Mock(headroom::mock::Args),
+    Mock(mock::Args),
 
     /// See Headroom work in 30 seconds: a bulk import and real-time calls against a
     /// rate-limited mock API, paced live, with a closing table.
@@ -89,7 +90,7 @@ enum Command {
     ///   headroom demo --profile shopify --hidden-share 0.3
     ///   headroom demo --records 160 --json
     #[command(verbatim_doc_comment)]
-    Demo(headroom::demo::Args),
+    Demo(demo::Args),
 
     /// Manage per-tenant upstream credentials on a running server (stored encrypted,
     /// injected by the proxy, never shown again).
@@ -104,7 +105,7 @@ enum Command {
     ///   headroom tenants unset acme crm
     ///   headroom tenants --server http://10.0.0.5:7878 list acme
     #[command(verbatim_doc_comment)]
-    Tenants(headroom::tenants_cli::TenantsArgs),
+    Tenants(tenants::TenantsArgs),
 
     /// Create, list and revoke API tokens scoped to one tenant.
     ///
@@ -117,13 +118,13 @@ enum Command {
     ///   headroom tokens list --tenant acme
     ///   headroom tokens revoke tok_3f2a9c0b1d4e5f60
     #[command(verbatim_doc_comment)]
-    Tokens(headroom::tenants_cli::TokensArgs),
+    Tokens(tenants::TokensArgs),
 
     /// Submit, show, list and cancel durable jobs on a running server.
-    Jobs(headroom::tenants_cli::JobsArgs),
+    Jobs(jobs::JobsArgs),
 
     /// Submit, show and cancel batches (many records sent in chunks to a bulk endpoint).
-    Batches(headroom::tenants_cli::BatchesArgs),
+    Batches(jobs::BatchesArgs),
 
     /// Create, list, show, pause, resume and delete schedules (per-tenant cron runs of a job
     /// or batch), and list their runs, on a running server. Output is JSON.
@@ -135,7 +136,7 @@ enum Command {
     ///   headroom schedules runs nightly --tenant acme
     ///   headroom schedules pause nightly
     #[command(verbatim_doc_comment)]
-    Schedules(headroom::tenants_cli::SchedulesArgs),
+    Schedules(jobs::SchedulesArgs),
 
     /// Search the event log (throttled responses, retries, backoffs, budget pauses, breaker
     /// changes, exhausted retries, failed jobs), oldest first; --follow keeps printing.
@@ -145,15 +146,15 @@ enum Command {
     ///   headroom events --level warn --upstream crm --since 1h
     ///   headroom events --tenant acme --follow
     #[command(verbatim_doc_comment)]
-    Events(headroom::observe::cli::EventsArgs),
+    Events(observe::EventsArgs),
 
     /// Show per upstream and tenant: utilisation, throttled rate, retry success, average
     /// backoff, queue depths, open alerts, and whether demand fits the budget (with an ETA
     /// for the backlog) or the backlog grows faster than the budget drains.
-    Status(headroom::observe::cli::StatusArgs),
+    Status(observe::StatusArgs),
 
     /// List the configured alerts, what is firing, and what resolved lately (JSON).
-    Alerts(headroom::observe::cli::AlertsArgs),
+    Alerts(observe::AlertsArgs),
 
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
@@ -163,41 +164,23 @@ enum Command {
     },
 }
 
-/// Reads a file argument, where `-` or no argument means standard input.
-fn read_input(path: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context;
-    use std::io::Read;
-    match path {
-        Some(p) if p.as_os_str() != "-" => {
-            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
-        }
-        _ => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read standard input")?;
-            Ok(buf)
-        }
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Serve(args) => headroom::server::run(args),
-        Command::Mock(args) => headroom::mock::run(args),
-        Command::Demo(args) => headroom::demo::run(args),
-        Command::Tenants(args) => headroom::tenants_cli::run_tenants(args),
-        Command::Tokens(args) => headroom::tenants_cli::run_tokens(args),
-        Command::CheckConfig { file } => headroom::server::check_config(&file),
-        Command::Jobs(args) => headroom::tenants_cli::run_jobs(args),
-        Command::Batches(args) => headroom::tenants_cli::run_batches(args),
-        Command::Schedules(args) => headroom::tenants_cli::run_schedules(args),
-        Command::Events(args) => headroom::observe::cli::run_events(args),
-        Command::Status(args) => headroom::observe::cli::run_status(args),
-        Command::Alerts(args) => headroom::observe::cli::run_alerts(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Mock(args) => mock::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Tenants(args) => tenants::run_tenants(args),
+        Command::Tokens(args) => tenants::run_tokens(args),
+        Command::CheckConfig { file } => serve::check_config(&file),
+        Command::Jobs(args) => jobs::run_jobs(args),
+        Command::Batches(args) => jobs::run_batches(args),
+        Command::Schedules(args) => jobs::run_schedules(args),
+        Command::Events(args) => observe::run_events(args),
+        Command::Status(args) => observe::run_status(args),
+        Command::Alerts(args) => observe::run_alerts(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

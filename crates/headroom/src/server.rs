@@ -371,17 +371,6 @@ fn raise_open_files_limit(max_connections: usize) {
 #[cfg(not(unix))]
 fn raise_open_files_limit(_max_connections: usize) {}
 
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// The TOML config (upstreams, limits, store). Without one, Headroom runs with no
-    /// upstreams.
-    #[arg(long, short, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on; overrides `listen` in the config (default 127.0.0.1:7878).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-}
-
 /// JSON logs on stderr (`HEADROOM_LOG`, default `info`), plus OTLP export of traces and
 /// logs when the `OTEL_EXPORTER_OTLP_*` variables ask for it. Keep the guard until the end:
 /// dropping it flushes the exporters.
@@ -415,10 +404,12 @@ pub fn init_logging() -> anyhow::Result<crate::observe::otel::OtelGuard> {
     Ok(guard)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// `headroom serve`: loads the config at `config` (none: no upstreams), listens on `listen`
+/// (none: the config's) and serves until Ctrl-C, then drains in-flight requests.
+pub fn run(config: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let _otel = init_logging()?;
-    let mut config = cfg::load_or_default(args.config.as_ref())?;
-    if let Some(listen) = args.listen {
+    let mut config = cfg::load_or_default(config)?;
+    if let Some(listen) = listen {
         config.listen = listen;
     }
     raise_open_files_limit(config.server.max_connections);
@@ -441,37 +432,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await
     })
-}
-
-/// `headroom check-config FILE`: validates a config and says what it found.
-pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let schedules = if config.schedules.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} schedule{}: {}",
-            config.schedules.len(),
-            if config.schedules.len() == 1 { "" } else { "s" },
-            config
-                .schedules
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    println!(
-        "{}: ok ({} upstream{}: {}{schedules})",
-        path.display(),
-        config.upstreams.len(),
-        if config.upstreams.len() == 1 { "" } else { "s" },
-        config
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
 }

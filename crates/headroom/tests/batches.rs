@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Recorder, Server};
-use headroom::mock::{self, MockConfig, MockHandle, Profile};
+use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -38,7 +38,7 @@ async fn start_mock(limit: u32, window_s: u64, latency_ms: u64) -> MockHandle {
         latency: Duration::from_millis(latency_ms),
         ..MockConfig::default()
     };
-    mock::spawn(listener, config).await.unwrap()
+    headroom_mock::spawn(listener, config).await.unwrap()
 }
 
 fn config(limit: u32, window_s: u64) -> String {

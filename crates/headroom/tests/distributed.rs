@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use headroom::mock::{self, MockConfig, MockHandle, Profile};
 use headroom::redis_governor::RedisGovernor;
 use headroom_core::{Lane, RejectReason};
+use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -126,7 +126,7 @@ impl Cluster {
         let schema = services::PgSchema::create(&pg).await;
         let prefix = services::unique("hrt");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mock = mock::spawn(listener, mock_config).await.unwrap();
+        let mock = headroom_mock::spawn(listener, mock_config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let governor = governor.unwrap_or_else(|| redis.clone());
         let config = format!(
@@ -820,7 +820,7 @@ async fn an_unreachable_redis_is_logged_once_without_its_password() {
         return;
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = mock::spawn(listener, common::mock(Profile::Ietf, 1000, 1))
+    let mock = headroom_mock::spawn(listener, common::mock(Profile::Ietf, 1000, 1))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

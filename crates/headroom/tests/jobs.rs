@@ -283,11 +283,11 @@ async fn cancel_list_and_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_queue_runs_at_most_its_concurrency_in_arrival_order() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = headroom::mock::MockConfig {
-        profile: headroom::mock::Profile::Unlimited,
+    let config = headroom_mock::MockConfig {
+        profile: headroom_mock::Profile::Unlimited,
         ..Default::default()
     };
-    let mock = headroom::mock::spawn(listener, config).await.unwrap();
+    let mock = headroom_mock::spawn(listener, config).await.unwrap();
     let server = Server::start(CONFIG, &mock.url()).await;
     let mut ids = Vec::new();
     for i in 0..6 {

@@ -702,7 +702,7 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
 #[tokio::test]
 async fn a_tenant_token_sees_its_own_events_only() {
     let rig = common::Rig::start_with_token(
-        common::mock(headroom::mock::Profile::RetryAfter, 1, 60),
+        common::mock(headroom_mock::Profile::RetryAfter, 1, 60),
         "retry = { max_attempts = 1, max_wait = \"10ms\" }",
         Some("admin-token"),
     )

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{mock, send, Rig};
-use headroom::mock::Profile;
+use headroom_mock::Profile;
 use http::{Method, StatusCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

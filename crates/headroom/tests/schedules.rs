@@ -768,13 +768,13 @@ async fn the_cli_manages_schedules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_schedule_runs_and_takes_the_batch_outcome() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = headroom::mock::spawn(
+    let mock = headroom_mock::spawn(
         listener,
-        headroom::mock::MockConfig {
-            profile: headroom::mock::Profile::Hubspot,
+        headroom_mock::MockConfig {
+            profile: headroom_mock::Profile::Hubspot,
             limit: 100,
             window: Duration::from_secs(10),
-            ..headroom::mock::MockConfig::default()
+            ..headroom_mock::MockConfig::default()
         },
     )
     .await

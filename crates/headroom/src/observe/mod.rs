@@ -8,7 +8,6 @@
 
 pub mod alerts;
 pub mod api;
-pub mod cli;
 pub mod metrics;
 pub mod model;
 pub mod otel;

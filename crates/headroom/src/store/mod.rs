@@ -19,8 +19,10 @@
 
 mod any;
 mod batches;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod credentials;
+#[cfg(any(test, feature = "conformance"))]
 pub mod event_conformance;
 mod events;
 pub mod health;
@@ -28,6 +30,7 @@ mod jobs;
 pub mod pg;
 mod retention;
 mod row;
+#[cfg(any(test, feature = "conformance"))]
 pub mod schedule_conformance;
 mod schedules;
 mod writer;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use headroom::cfg::Config;
-use headroom::mock::{self, MockConfig, MockHandle, Profile};
 use headroom::server::{self, AppState};
+use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -82,7 +82,7 @@ impl Rig {
         token: Option<&str>,
     ) -> Rig {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mock = mock::spawn(listener, mock_config).await.unwrap();
+        let mock = headroom_mock::spawn(listener, mock_config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
             "store = \"sqlite://{}/headroom.db\"\n{auth}{extra}\n[[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n{upstream}\n",

@@ -1,11 +1,11 @@
-//! `headroom events …` and `headroom status`, against a running server.
+//! `headroom events …`, `headroom status` and `headroom alerts`, against a running server.
 
 use std::time::Duration;
 
 use http::Method;
 use serde_json::Value;
 
-use crate::tenants_cli::{print_json, seg, Api, ServerArgs};
+use super::api::{print_json, seg, Api, ServerArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {

@@ -1,7 +1,7 @@
 //! `headroom demo`: the main job, end to end, in one process.
 //!
-//! The demo starts the mock upstream ([`crate::mock`]) and the Headroom server
-//! ([`crate::server`]) on loopback ports, with the embedded SQLite store in a temporary
+//! The demo starts the mock upstream ([`headroom_mock`]) and the Headroom server
+//! ([`headroom::server`]) on loopback ports, with the embedded SQLite store in a temporary
 //! directory, and drives real HTTP traffic through the proxy:
 //!
 //! - a **bulk import**: `records` POSTs (lane `bulk`, tenant `acme`, a max wait of 10 minutes)
@@ -13,7 +13,7 @@
 //! It shows live progress and ends with a table (or one JSON object): goodput per window
 //! against `headroom × quota` and against the quota, the calls the mock throttled, Headroom's
 //! retries, the real-time wait against the pacing interval and the busiest window at the mock.
-//! [`execute`] runs it and returns a [`DemoReport`]; [`run`] is the command.
+//! [`execute_until`] runs it and returns a [`DemoReport`]; [`run`] is the command.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -38,9 +38,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cfg::Config;
-use crate::mock::{self, MockConfig, MockStats, Profile};
-use crate::server::{self, AppState};
+use headroom::cfg::Config;
+use headroom::server::{self, AppState};
+use headroom_mock::{MockConfig, MockStats, Profile};
 
 /// The demo's tenant, and the credential its calls carry to the mock (one bucket there).
 const TENANT: &str = "acme";
@@ -142,7 +142,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// What [`execute`] runs.
+/// What [`execute_until`] runs.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub profile: Profile,
@@ -763,7 +763,9 @@ fn config_text(opts: &Options, store: &str, mock_url: &str) -> String {
     )
 }
 
-/// Runs the demo to its end. See [`execute_until`].
+/// Runs the demo to its end (the tests' entry; the command stops on Ctrl-C). See
+/// [`execute_until`].
+#[cfg(test)]
 pub async fn execute(opts: &Options) -> anyhow::Result<DemoReport> {
     execute_until(opts, std::future::pending()).await
 }
@@ -780,7 +782,7 @@ pub async fn execute_until(
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1 for the mock upstream")?;
-    let mock = mock::spawn(
+    let mock = headroom_mock::spawn(
         listener,
         MockConfig {
             profile: opts.profile,
@@ -1241,5 +1243,71 @@ mod tests {
         };
         assert!(bad.check().is_err());
         assert!(Options::default().check().is_ok());
+    }
+
+    // The whole demo as a call: the mock, the server and the traffic over real sockets, on a
+    // small, fast setting. Behaviour only, no timing (the machine is shared and noisy).
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_imports_everything_without_a_throttled_call() {
+        let opts = Options {
+            profile: Profile::Ietf,
+            limit: 20,
+            window: Duration::from_secs(2),
+            headroom: 0.8,
+            records: 40,
+            // Two a second: a real-time call surely happens during the ~5 s import (P(none) ≈ 5e-5).
+            realtime_rate: 2.0,
+            concurrency: 16,
+            ..Options::default()
+        };
+        let report = execute(&opts).await.unwrap();
+        let summary = report.table();
+        println!("{summary}");
+
+        assert!(!report.interrupted, "{summary}");
+        assert_eq!(report.records_ok, 40, "{summary}");
+        assert_eq!(report.records_failed, 0, "{summary}");
+        assert_eq!(report.records_unfinished, 0, "{summary}");
+        assert!(report.failures.is_empty(), "{summary}");
+        assert_eq!(report.upstream_throttled, 0, "{summary}");
+        assert_eq!(report.throttled_share, 0.0, "{summary}");
+        assert!(report.max_in_window <= 20, "{summary}");
+        assert!(report.realtime_calls > 0, "{summary}");
+        assert_eq!(
+            report.realtime_ok + report.realtime_failed,
+            report.realtime_calls,
+            "{summary}"
+        );
+        // Every accepted call at the mock is a record or a real-time call: none lost, none twice.
+        assert_eq!(
+            report.upstream_accepted,
+            report.records_ok + report.realtime_ok,
+            "{summary}"
+        );
+
+        // The JSON names what scripts and benchmarks read.
+        let json = serde_json::to_value(&report).unwrap();
+        for field in [
+            "goodput_pct_of_target",
+            "throttled_share",
+            "realtime_wait_p50_ms",
+            "realtime_wait_p99_ms",
+            "max_in_window",
+            "retries",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        assert_eq!(json["profile"], "ietf");
+    }
+
+    #[tokio::test]
+    async fn bad_options_are_refused_before_anything_starts() {
+        let opts = Options {
+            headroom: 0.0,
+            ..Options::default()
+        };
+        let e = execute(&opts).await.unwrap_err();
+        assert!(e.to_string().contains("headroom"), "{e}");
     }
 }

@@ -22,7 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(text) => parse_now(text)?,
         None => system_now(),
     };
-    let input = crate::read_input(args.file.as_ref())?;
+    let input = super::read_input(args.file.as_ref())?;
     let response = RawResponse::parse(&input).context("cannot read the response")?;
     let signals = response.interpret(now);
     println!("{}", serde_json::to_string_pretty(&signals)?);

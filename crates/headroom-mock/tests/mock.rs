@@ -5,8 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use headroom::mock::{self, MockConfig, MockHandle, Profile};
 use headroom_core::signals::{interpret, Signals};
+use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -43,7 +43,7 @@ async fn start(profile: Profile, limit: u32) -> (MockHandle, HttpClient) {
         window: Duration::from_secs(600),
         ..MockConfig::default()
     };
-    let mock = mock::spawn(listener, config).await.unwrap();
+    let mock = headroom_mock::spawn(listener, config).await.unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http();
     (mock, client)
 }
@@ -156,7 +156,7 @@ async fn each_authorization_has_its_own_bucket() {
     let a = &stats.by_tenant["Bearer a"];
     assert_eq!((a.accepted, a.throttled, a.max_in_window), (2, 1, 2));
     assert_eq!(stats.by_tenant["Bearer b"].accepted, 1);
-    assert_eq!(stats.by_tenant[mock::ANONYMOUS].accepted, 1);
+    assert_eq!(stats.by_tenant[headroom_mock::ANONYMOUS].accepted, 1);
 }
 
 #[tokio::test]
@@ -173,11 +173,11 @@ async fn stats_echo_and_reset_over_http() {
     assert_eq!(stats["accepted"], 2);
     assert_eq!(stats["throttled"], 0);
     assert_eq!(stats["max_in_window"], 2);
-    assert_eq!(stats["by_tenant"][mock::ANONYMOUS]["accepted"], 2);
+    assert_eq!(stats["by_tenant"][headroom_mock::ANONYMOUS]["accepted"], 2);
 
     let reset = send(&client, &mock, "POST", "/_mock/reset", None).await;
     assert_eq!(reset.status, StatusCode::OK);
-    assert_eq!(mock.stats(), mock::MockStats::default());
+    assert_eq!(mock.stats(), headroom_mock::MockStats::default());
     let reply = get(&client, &mock, "/x").await;
     assert_eq!(
         reply.signals().limits[0].remaining,
@@ -215,7 +215,7 @@ async fn a_hidden_client_spends_the_quota() {
         hidden_share: 0.5,
         ..MockConfig::default()
     };
-    let mock = mock::spawn(listener, config).await.unwrap();
+    let mock = headroom_mock::spawn(listener, config).await.unwrap();
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     get(&client, &mock, "/").await; // creates the anonymous bucket
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,79 @@
+//! `headroom mock`: serves the mock upstream (`headroom_mock`) until Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use headroom_core::duration::parse_duration;
+use headroom_mock::{MockConfig, Profile};
+use tokio::net::TcpListener;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    /// Which provider's limits and headers to imitate.
+    #[arg(long, value_enum, default_value_t = Profile::Ietf)]
+    pub profile: Profile,
+    /// Calls each tenant may make per window (the bucket size for `shopify`).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// The window of the limit (for `shopify`, the time a full bucket takes to drain).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_window)]
+    pub window: Duration,
+    /// Delay added to every response.
+    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = parse_latency)]
+    pub latency: Duration,
+    /// Share of each tenant's quota (0 to 1) that a hidden client spends, evenly over each
+    /// window, as another integration on the same credential would.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_share)]
+    pub hidden_share: f64,
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("the window must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_latency(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("\"{s}\" is not a share between 0 and 1, like 0.3")),
+    }
+}
+
+/// `headroom mock`: serves until Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let config = MockConfig {
+            profile: args.profile,
+            limit: args.limit,
+            window: args.window,
+            latency: args.latency,
+            hidden_share: args.hidden_share,
+        };
+        let mock = headroom_mock::spawn(listener, config).await?;
+        println!(
+            "mock upstream ({}) listening on {}",
+            mock.config().describe(),
+            mock.url()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        mock.shutdown().await;
+        Ok(())
+    })
+}

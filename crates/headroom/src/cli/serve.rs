@@ -1,0 +1,53 @@
+//! `headroom serve` (the server itself is `headroom::server`) and `headroom check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The TOML config (upstreams, limits, store). Without one, Headroom runs with no
+    /// upstreams.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; overrides `listen` in the config (default 127.0.0.1:7878).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `headroom serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    headroom::server::run(args.config.as_ref(), args.listen)
+}
+
+/// `headroom check-config FILE`: validates a config and says what it found.
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = headroom::cfg::Config::load(path)?;
+    let schedules = if config.schedules.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} schedule{}: {}",
+            config.schedules.len(),
+            if config.schedules.len() == 1 { "" } else { "s" },
+            config
+                .schedules
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    println!(
+        "{}: ok ({} upstream{}: {}{schedules})",
+        path.display(),
+        config.upstreams.len(),
+        if config.upstreams.len() == 1 { "" } else { "s" },
+        config
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
