@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{mock, HttpClient, Reply, Rig};
-use headroom::mock::Profile;
+use headroom_mock::Profile;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
