@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use http::HeaderMap;
 
 use crate::error::{ApiError, ApiResult};
@@ -141,24 +140,7 @@ fn generate_admin_token() -> String {
 
 /// Reads an admin token file, refusing one that others may read.
 pub fn read_admin_token(path: &Path) -> anyhow::Result<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot read the admin token file {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "the admin token file {path} is readable by group or others (mode {:03o}); \
-                 run `chmod 600 {path}` and start again",
-                mode & 0o777,
-                path = path.display()
-            );
-        }
-    }
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+    let token = crate::credentials::read_private(path, "admin token file")?
         .trim()
         .to_string();
     if token.is_empty() || http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
@@ -172,20 +154,7 @@ pub fn read_admin_token(path: &Path) -> anyhow::Result<String> {
 }
 
 fn write_admin_token(path: &Path, token: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create the admin token file {}", path.display()))?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the admin token file {}", path.display()))
+    crate::credentials::write_private(path, &format!("{token}\n"), "admin token file")
 }
 
 /// With `auth = "none"`, refuses requests a web page could make or that did not come to a

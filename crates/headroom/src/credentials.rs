@@ -148,32 +148,31 @@ pub fn key_file_for(db: &Path) -> PathBuf {
     }
 }
 
-/// Reads an existing key file, refusing one that others may read.
-fn read_key_file(path: &Path) -> anyhow::Result<SecretKey> {
+/// Reads a file of secrets (the key file, the admin token file), refusing one that others
+/// may read. `what` names it in errors.
+pub(crate) fn read_private(path: &Path, what: &str) -> anyhow::Result<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot read the secret key file {}", path.display()))?
+            .with_context(|| format!("cannot read the {what} {}", path.display()))?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
             anyhow::bail!(
-                "the secret key file {path} is readable by group or others (mode {:03o}); \
+                "the {what} {path} is readable by group or others (mode {:03o}); \
                  run `chmod 600 {path}` and start again",
                 mode & 0o777,
                 path = path.display()
             );
         }
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the secret key file {}", path.display()))?;
-    SecretKey::parse(&text)
-        .map_err(|e| anyhow::anyhow!("the secret key file {} is not valid: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
-/// Writes a new key file, readable by its owner only; fails if one appeared meanwhile.
-fn write_key_file(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
+/// Writes a new file of secrets, readable by its owner only; fails if one appeared meanwhile.
+pub(crate) fn write_private(path: &Path, text: &str, what: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -184,10 +183,22 @@ fn write_key_file(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("cannot create the secret key file {}", path.display()))?;
-    file.write_all(format!("{}\n", key.to_hex()).as_bytes())
+        .with_context(|| format!("cannot create the {what} {}", path.display()))?;
+    file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the secret key file {}", path.display()))
+        .with_context(|| format!("cannot write the {what} {}", path.display()))
+}
+
+/// Reads an existing key file, refusing one that others may read.
+fn read_key_file(path: &Path) -> anyhow::Result<SecretKey> {
+    let text = read_private(path, "secret key file")?;
+    SecretKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("the secret key file {} is not valid: {e}", path.display()))
+}
+
+/// Writes a new key file, readable by its owner only.
+fn write_key_file(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
+    write_private(path, &format!("{}\n", key.to_hex()), "secret key file")
 }
 
 /// A cache of decrypted credentials. `generation` changes on every write, so that a read of
