@@ -468,7 +468,7 @@ impl RawConfig {
             }
             if governor != "memory" {
                 // Parsed (not connected) here, so that check-config finds a bad URL or option.
-                crate::redis_governor::RedisGovernor::new(&governor, Vec::new())
+                crate::outbound::governor::redis::RedisGovernor::new(&governor, Vec::new())
                     .map_err(|e| format!("governor: {e:#}"))?;
             }
             config.governor = governor;

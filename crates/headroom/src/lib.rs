@@ -3,16 +3,14 @@
 pub mod auth;
 pub mod callbacks;
 pub mod cfg;
-pub mod client;
 pub mod credentials;
 pub mod edge;
 pub mod error;
-pub mod governor;
 pub mod jobs;
 pub mod metrics;
 pub mod observe;
+pub mod outbound;
 pub mod proxy;
-pub mod redis_governor;
 pub mod schedules;
 pub mod server;
 pub mod store;

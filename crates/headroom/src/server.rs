@@ -16,11 +16,11 @@ use tokio::net::TcpListener;
 
 use crate::auth::authenticate;
 use crate::cfg::{self, Config};
-use crate::client::{self, UpstreamClient};
 use crate::credentials::{self, Credentials};
 use crate::error::ApiResult;
-use crate::governor::SharedGovernor;
 use crate::metrics::Metrics;
+use crate::outbound::client::{self, UpstreamClient};
+use crate::outbound::governor::SharedGovernor;
 use crate::proxy;
 
 /// What every handler shares. Cheap to clone.
@@ -102,7 +102,7 @@ impl AppState {
         };
         let remote = match config.governor.as_str() {
             "memory" => None,
-            url => Some(crate::redis_governor::RedisGovernor::new(
+            url => Some(crate::outbound::governor::redis::RedisGovernor::new(
                 url,
                 config.upstreams.iter().map(|u| u.name.clone()).collect(),
             )?),

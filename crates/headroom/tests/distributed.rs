@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use headroom::redis_governor::RedisGovernor;
+use headroom::outbound::governor::redis::RedisGovernor;
 use headroom_core::{Lane, RejectReason};
 use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{Method, StatusCode};

@@ -13,7 +13,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use headroom_core::batch::{self, Format, Record, RecordOutcome};
 use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryRule, Verdict};
-use headroom_core::RejectReason;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,7 +21,7 @@ use super::api::{check_callback, check_request, check_tenant, new_id, parse_json
 use super::model::*;
 use crate::auth::authenticate;
 use crate::error::{ApiError, ApiResult};
-use crate::proxy::{call_once, Answer, Call};
+use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 use crate::server::AppState;
 
 /// Records per batch.
@@ -483,10 +482,6 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         Format::Graph => None,
         _ => meta.request.query.as_deref(),
     };
-    let uri = match crate::proxy::target_uri(&upstream.base_url, &request.path, query) {
-        Ok(u) => u,
-        Err(e) => return fail(e.to_string()),
-    };
     let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
         return fail(format!("\"{}\" is not an HTTP method", request.method));
     };
@@ -502,76 +497,48 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             headers.insert(name, value);
         }
     }
-    if let Err(error) =
-        crate::proxy::inject_credential(app, &upstream, meta.tenant.as_deref(), &mut headers).await
-    {
-        let at = now_millis() + 5_000;
-        return all(
+    // Not the records' fault: they wait without spending an attempt.
+    let wait = |after: Duration, error: String| {
+        let at = now_millis() + after.as_millis().max(50) as Millis;
+        all(
             chunk,
             RecordResult::Retry {
                 at,
                 error,
                 burn_attempt: false,
             },
-        );
-    }
-    let key = (
-        upstream.index,
-        crate::proxy::budget_key(&upstream, meta.tenant.as_deref(), &headers),
-    );
-    let lease = match app
-        .governor
-        .acquire(
-            key.clone(),
-            &upstream.budget_config,
-            meta.lane,
-            1.0,
-            upstream.retry.max_wait,
-            crate::governor::party_of(meta.tenant.as_deref()),
         )
-        .await
-    {
-        Ok(lease) => lease,
-        Err(rejection) => {
-            let error = match rejection.reason {
-                RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
-                RejectReason::Unavailable => "the governor's Redis cannot be reached",
-                _ => "the budget has no room within the wait cap",
-            };
-            let at = now_millis() + rejection.retry_after.as_millis().max(50) as Millis;
-            return all(
-                chunk,
-                RecordResult::Retry {
-                    at,
-                    error: error.into(),
-                    burn_attempt: false,
-                },
-            );
-        }
     };
-    let tenant_label = meta.tenant.clone().unwrap_or_else(|| key.1.to_string());
-    let call = Call {
-        upstream: &upstream,
-        tenant: &tenant_label,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        attempt: chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
+    let prepared = outbound::prepare(
+        app,
+        &upstream,
+        meta.tenant.as_deref(),
+        method,
+        &request.path,
+        query,
+        headers,
+    )
+    .await;
+    let call = match prepared {
+        Ok(call) => call,
+        Err(e @ PrepareError::CredentialUnreadable(_)) => {
+            return wait(Duration::from_secs(5), e.to_string())
+        }
+        Err(e) => return fail(e.to_string()),
+    };
+    let attempts = chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+    let how = outbound::Send {
+        lane: meta.lane,
+        cost: 1.0,
+        max_wait: upstream.retry.max_wait,
+        attempt: attempts,
         queue: None,
         wait_until: None,
+        read: Read::All(MAX_ANSWER),
     };
-    let attempts = call.attempt;
-    match call_once(
-        app,
-        &call,
-        lease,
-        Body::from(request.body),
-        MAX_ANSWER,
-        true,
-    )
-    .await
-    {
-        Answer::Unreachable(reason) => {
+    match call.send(app, Body::from(request.body), how).await {
+        Answer::Refused(rejection) => wait(rejection.retry_after, refusal(&rejection).into()),
+        Answer::Unreachable { reason, .. } => {
             let at = now_millis() + record_backoff(attempts).as_millis() as Millis;
             all(
                 chunk,

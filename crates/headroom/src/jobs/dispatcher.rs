@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryReason, RetryRule, Verdict};
-use headroom_core::RejectReason;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
 
 use super::model::*;
 use crate::cfg::{Queue, Upstream};
-use crate::proxy::{call_once, Answer, Call};
+use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 use crate::server::AppState;
 
 /// Jobs running at once in this process (each waits in the governor or on its upstream).
@@ -216,6 +215,26 @@ fn failed(attempt: AttemptRecord, error: String) -> (Transition, AttemptRecord) 
     )
 }
 
+/// Back to waiting, after `after` (at least a moment), without spending an attempt: for
+/// faults that are not the job's (no room in the budget, the store or Redis unavailable).
+fn wait_without_attempt(
+    attempt: AttemptRecord,
+    error: String,
+    after: Duration,
+) -> (Transition, AttemptRecord) {
+    let mut attempt = attempt;
+    attempt.error = Some(error.clone());
+    let at = now_millis() + after.as_millis().max(100) as Millis;
+    (
+        Transition::Retry {
+            at,
+            error,
+            burn_attempt: false,
+        },
+        attempt,
+    )
+}
+
 async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let mut attempt = blank_attempt(job);
     // Credential-like header values and query parameters are sealed at rest.
@@ -245,14 +264,6 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         .queue(&n.queue)
         .cloned()
         .unwrap_or_else(|| Arc::new(Queue::default()));
-    let uri = match crate::proxy::target_uri(
-        &upstream.base_url,
-        &n.request.path,
-        n.request.query.as_deref(),
-    ) {
-        Ok(u) => u,
-        Err(e) => return failed(attempt, format!("request.path: {e}")),
-    };
     // Checked again here: a job stored before a rule tightened is not sent against it.
     let method = super::api::check_method(&n.request.method)
         .ok()
@@ -263,57 +274,28 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             format!("request.method \"{}\" is not allowed", n.request.method),
         );
     };
-    let headers = match job_headers(app, &upstream, job).await {
+    let headers = match job_headers(&upstream, job) {
         Ok(h) => h,
         Err(e) => return failed(attempt, e),
     };
-    let key = (
-        upstream.index,
-        crate::proxy::budget_key(&upstream, n.tenant.as_deref(), &headers),
-    );
-    let lease = match app
-        .governor
-        .acquire(
-            key.clone(),
-            &upstream.budget_config,
-            n.lane,
-            1.0,
-            upstream.retry.max_wait,
-            crate::governor::party_of(n.tenant.as_deref()),
-        )
-        .await
-    {
-        Ok(lease) => lease,
-        Err(rejection) => {
-            // Not the job's fault: wait for the budget without spending an attempt.
-            let error = match rejection.reason {
-                RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
-                RejectReason::Unavailable => "the governor's Redis cannot be reached",
-                _ => "the budget has no room within the wait cap",
-            };
-            attempt.error = Some(error.to_string());
-            let at = now_millis() + rejection.retry_after.as_millis().max(100) as Millis;
-            return (
-                Transition::Retry {
-                    at,
-                    error: error.to_string(),
-                    burn_attempt: false,
-                },
-                attempt,
-            );
+    let prepared = outbound::prepare(
+        app,
+        &upstream,
+        n.tenant.as_deref(),
+        method,
+        &n.request.path,
+        n.request.query.as_deref(),
+        headers,
+    )
+    .await;
+    let call = match prepared {
+        Ok(call) => call,
+        Err(PrepareError::Target(e)) => return failed(attempt, format!("request.path: {e}")),
+        Err(e @ PrepareError::CredentialUnreadable(_)) => {
+            // The store's fault, not the job's: try again soon without spending an attempt.
+            return wait_without_attempt(attempt, e.to_string(), Duration::from_secs(5));
         }
-    };
-    attempt.wait_ms = lease.waited.as_millis() as u64;
-    let tenant_label = n.tenant.clone().unwrap_or_else(|| key.1.to_string());
-    let call = Call {
-        upstream: &upstream,
-        tenant: &tenant_label,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        attempt: job.attempts + 1,
-        queue: Some(&n.queue),
-        wait_until: None,
+        Err(e) => return failed(attempt, e.to_string()),
     };
     let body = n
         .request
@@ -321,8 +303,22 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         .clone()
         .map(Body::from)
         .unwrap_or_else(Body::empty);
-    match call_once(app, &call, lease, body, MAX_STORED_BODY, true).await {
-        Answer::Unreachable(reason) => {
+    let how = outbound::Send {
+        lane: n.lane,
+        cost: 1.0,
+        max_wait: upstream.retry.max_wait,
+        attempt: job.attempts + 1,
+        queue: Some(&n.queue),
+        wait_until: None,
+        read: Read::All(MAX_STORED_BODY),
+    };
+    match call.send(app, body, how).await {
+        // Not the job's fault: wait for the budget without spending an attempt.
+        Answer::Refused(rejection) => {
+            wait_without_attempt(attempt, refusal(&rejection).into(), rejection.retry_after)
+        }
+        Answer::Unreachable { reason, waited } => {
+            attempt.wait_ms = waited.as_millis() as u64;
             attempt.error = Some(reason.clone());
             let outcome = Attempted::Unreachable;
             (
@@ -344,8 +340,10 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             truncated,
             signals,
             budget_pause,
+            waited,
             ..
         } => {
+            attempt.wait_ms = waited.as_millis() as u64;
             let status = parts.status.as_u16();
             attempt.status = Some(status);
             attempt.rate_limit_headers = parts
@@ -472,8 +470,9 @@ pub(crate) fn too_long_pause(status: u16, asked: Duration, max_pause: Duration) 
     )
 }
 
-/// The job's headers, its tenant's credential and its idempotency key.
-async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
+/// The job's headers and its idempotency key (the tenant's credential goes in when the call
+/// is prepared).
+fn job_headers(upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &job.new.request.headers {
         if super::api::is_reserved_header(k) {
@@ -495,7 +494,6 @@ async fn job_headers(app: &AppState, upstream: &Upstream, job: &Job) -> Result<H
             HeaderValue::from_static("application/json"),
         );
     }
-    crate::proxy::inject_credential(app, upstream, job.new.tenant.as_deref(), &mut headers).await?;
     if let Some(name) = &upstream.idempotency_header {
         if let Ok(v) = HeaderValue::from_str(&job.new.idempotency_key) {
             headers.insert(name.clone(), v);

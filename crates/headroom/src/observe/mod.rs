@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::metrics::{EndpointLabels, KindLabels, ObserveMetrics, QueueLabels, RetryOutcomeLabels};
 use self::model::*;
 use crate::jobs::{Job, Millis, Transition};
-use crate::proxy::Call;
+use crate::outbound::Call;
 use crate::server::AppState;
 
 /// Events waiting for the writer; beyond this they are dropped (and counted).

@@ -1,7 +1,7 @@
 //! The governor's shared half in Redis (`governor = "redis://…"`), so that several nodes
 //! spend one budget together.
 //!
-//! Each node keeps its in-memory governor (`crate::governor`): it queues the node's own
+//! Each node keeps its in-memory governor (`super`): it queues the node's own
 //! calls in lane order, learns from the headers it sees, and computes the pace. Before a
 //! call goes, the node also takes leave from Redis, where one budget's shared state lives:
 //! - the pace slots (`tat`, `tat_bulk`: when the next call of any node may go, as a GCRA

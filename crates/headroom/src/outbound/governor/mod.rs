@@ -2,6 +2,8 @@
 //! that wakes when the next queued call is due, and leases that return their permit with the
 //! call's outcome (or as abandoned when dropped).
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -89,7 +91,7 @@ pub struct SharedGovernor {
     wake: Notify,
     clock: SystemClock,
     /// The budgets' shared half when several nodes govern together (`governor = "redis://…"`).
-    remote: Option<Arc<crate::redis_governor::RedisGovernor>>,
+    remote: Option<Arc<redis::RedisGovernor>>,
     /// With `remote`: each upstream's config as the local half uses it (by the address of
     /// the upstream's config), without its concurrency cap, which Redis keeps for all
     /// nodes. A local cap would let bulk calls waiting for the shared pace hold every local
@@ -106,7 +108,7 @@ pub struct Lease {
     /// How long the call waited for its leave.
     pub waited: Duration,
     /// The call's leave from the shared budget (Redis governor).
-    remote: Option<crate::redis_governor::RemoteLease>,
+    remote: Option<redis::RemoteLease>,
 }
 
 impl Lease {
@@ -172,10 +174,7 @@ impl SharedGovernor {
     }
 
     /// A governor whose budgets are also shared, through `remote`, with other nodes.
-    pub fn with_remote(
-        seed: u64,
-        remote: Option<Arc<crate::redis_governor::RedisGovernor>>,
-    ) -> Arc<Self> {
+    pub fn with_remote(seed: u64, remote: Option<Arc<redis::RedisGovernor>>) -> Arc<Self> {
         Arc::new(SharedGovernor {
             remote,
             local_configs: Mutex::new(HashMap::new()),
@@ -273,7 +272,7 @@ impl SharedGovernor {
     fn release_remote(
         &self,
         key: &BudgetKey,
-        lease: crate::redis_governor::RemoteLease,
+        lease: redis::RemoteLease,
         learned: bool,
         pause: Option<Duration>,
     ) {

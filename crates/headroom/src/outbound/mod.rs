@@ -1,0 +1,196 @@
+//! One governed call to an upstream, the way the proxy, jobs and batches all make it:
+//!
+//! 1. [`prepare`]: the target URI under the upstream's base URL ([`target_uri`]), the
+//!    headers with the tenant's stored credential in, and the budget the call spends;
+//! 2. [`Prepared::send`]: leave from the governor (waiting for the budget's pace, or
+//!    refused), the request out, the answer's rate-limit signals read back into the budget,
+//!    metrics and events recorded;
+//! 3. the caller judges the [`Answer`] with `headroom_core::verdict` and acts on it in its
+//!    own way: the proxy retries while its caller waits, a job or batch record is rescheduled
+//!    in the store.
+//!
+//! Nothing outside this module holds the HTTP client or asks the governor for leave.
+
+pub mod client;
+pub mod governor;
+mod send;
+mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use headroom_core::{Lane, RejectReason, Rejection};
+use http::header::{HeaderMap, HeaderValue};
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::cfg::{BudgetScope, Upstream};
+use crate::server::AppState;
+use governor::BudgetKey;
+
+pub(crate) use send::{read_up_to, Answer, Call, Read};
+pub use target::{target_uri, TargetError};
+
+/// A call ready to be sent: where, with which headers, spending which budget.
+pub(crate) struct Prepared<'a> {
+    pub upstream: &'a Upstream,
+    pub tenant: Option<&'a str>,
+    pub method: Method,
+    pub uri: http::Uri,
+    /// The headers sent, the tenant's credential included.
+    pub headers: HeaderMap,
+    pub key: BudgetKey,
+    /// The tenant, or the budget key when there is none: for metrics and events.
+    pub label: String,
+}
+
+/// Why a call could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    /// The caller's path or query (theirs to fix).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The tenant's credential could not be read now (the store's fault: try again later).
+    #[error("cannot read the tenant's credential: {0}")]
+    CredentialUnreadable(String),
+    /// The stored credential cannot be sent as a header value.
+    #[error("the stored credential is not a valid header value")]
+    CredentialInvalid,
+}
+
+/// How a prepared call is sent.
+pub(crate) struct Send<'a> {
+    pub lane: Lane,
+    /// Points the call spends from its budget (1 unless the caller says otherwise).
+    pub cost: f64,
+    /// How long the call may wait for its budget before it is refused.
+    pub max_wait: Duration,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The job's queue, for events.
+    pub queue: Option<&'a str>,
+    /// The caller's deadline when a retry may follow (the proxy's max wait): reading a
+    /// throttled or failed answer's body gives up there too.
+    pub wait_until: Option<tokio::time::Instant>,
+    pub read: Read,
+}
+
+/// Prepares a call of `method` to `path` (still percent-encoded) and `query` under
+/// `upstream`, with the caller's `headers`, on behalf of `tenant`.
+pub(crate) async fn prepare<'a>(
+    app: &AppState,
+    upstream: &'a Upstream,
+    tenant: Option<&'a str>,
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    mut headers: HeaderMap,
+) -> Result<Prepared<'a>, PrepareError> {
+    let uri = target_uri(&upstream.base_url, path, query)?;
+    inject_credential(app, upstream, tenant, &mut headers).await?;
+    let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
+    let label = tenant.map_or_else(|| key.1.to_string(), str::to_string);
+    Ok(Prepared {
+        upstream,
+        tenant,
+        method,
+        uri,
+        headers,
+        key,
+        label,
+    })
+}
+
+impl Prepared<'_> {
+    /// The call as events describe it.
+    pub fn call<'a>(&'a self, attempt: u32, queue: Option<&'a str>) -> Call<'a> {
+        Call {
+            upstream: self.upstream,
+            tenant: &self.label,
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            attempt,
+            queue,
+        }
+    }
+
+    /// Waits for the budget (or is refused), then sends the call with `body` and reads the
+    /// answer back into the budget.
+    pub async fn send(&self, app: &AppState, body: Body, how: Send<'_>) -> Answer {
+        let lease = match app
+            .governor
+            .acquire(
+                self.key.clone(),
+                &self.upstream.budget_config,
+                how.lane,
+                how.cost,
+                how.max_wait,
+                governor::party_of(self.tenant),
+            )
+            .await
+        {
+            Ok(lease) => lease,
+            Err(rejection) => return Answer::Refused(rejection),
+        };
+        let call = self.call(how.attempt, how.queue);
+        send::send(app, &call, lease, body, how.read, how.wait_until).await
+    }
+}
+
+/// Why the governor refused a call, in a word for a job's or a record's error.
+pub(crate) fn refusal(rejection: &Rejection) -> &'static str {
+    match rejection.reason {
+        RejectReason::BreakerOpen => "the upstream's circuit breaker is open",
+        RejectReason::Unavailable => "the governor's Redis cannot be reached",
+        RejectReason::WaitTooLong | RejectReason::QueueFull => {
+            "the budget has no room within the wait cap"
+        }
+    }
+}
+
+/// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the
+/// credential itself).
+fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) -> Arc<str> {
+    if upstream.budget == BudgetScope::Shared {
+        return Arc::from("shared");
+    }
+    if let Some(t) = tenant {
+        return Arc::from(format!("tenant:{t}"));
+    }
+    match headers.get(&upstream.credential.header) {
+        Some(credential) => {
+            let digest = Sha256::digest(credential.as_bytes());
+            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            Arc::from(format!("credential:{hex}"))
+        }
+        None => Arc::from("anonymous"),
+    }
+}
+/// Puts the tenant's stored credential for the upstream (if any) in the upstream's
+/// credential header, replacing whatever the caller sent there.
+async fn inject_credential(
+    app: &AppState,
+    upstream: &Upstream,
+    tenant: Option<&str>,
+    headers: &mut HeaderMap,
+) -> Result<(), PrepareError> {
+    let Some(tenant) = tenant else {
+        return Ok(());
+    };
+    let credential = match app.credentials.get(tenant, &upstream.name).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(PrepareError::CredentialUnreadable(format!("{e:#}"))),
+    };
+    let value = if upstream.credential.scheme.is_empty() {
+        credential.to_string()
+    } else {
+        format!("{} {credential}", upstream.credential.scheme)
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| PrepareError::CredentialInvalid)?;
+    value.set_sensitive(true);
+    headers.insert(upstream.credential.header.clone(), value);
+    Ok(())
+}

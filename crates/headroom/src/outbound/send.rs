@@ -1,0 +1,292 @@
+//! Sending a prepared call under a lease: the request out, the answer's head and (when it
+//! matters) its body in, its rate-limit signals back into the budget, metrics and events.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use headroom_core::budget::Outcome;
+use headroom_core::duration::format_duration;
+use headroom_core::{interpret, Rejection};
+use http::header::HeaderMap;
+use http::Method;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::governor::Lease;
+use crate::cfg::Upstream;
+use crate::metrics::ResponseLabels;
+use crate::server::AppState;
+
+/// One call to an upstream, as events and logs describe it.
+pub(crate) struct Call<'a> {
+    pub upstream: &'a Upstream,
+    /// The tenant (or budget key) for metrics and logs.
+    pub tenant: &'a str,
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    pub attempt: u32,
+    /// The job's queue, for events.
+    pub queue: Option<&'a str>,
+}
+
+/// How much of an answer's body is read before it is handed back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Read {
+    /// Throttled and failed answers (the ones that may be retried, whose bodies may hold
+    /// signals) up to this many bytes; other bodies are handed back unread, as a stream.
+    Inspect(usize),
+    /// Every body, up to this many bytes (jobs and batches keep or parse it).
+    All(usize),
+}
+
+/// What one governed call gave.
+// Made and moved once per call: boxing the answer would cost an allocation on the hot path.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    /// The governor gave no leave within the wait (no room, breaker open, Redis unreachable);
+    /// nothing was sent.
+    Refused(Rejection),
+    Answered {
+        parts: http::response::Parts,
+        body: Body,
+        /// The body, when it was read (throttled and failed answers, or `Read::All`), up to
+        /// the limit.
+        inspected: Option<Bytes>,
+        /// With `Read::All`: the body was longer than the limit and `inspected` is its start.
+        truncated: bool,
+        signals: headroom_core::Signals,
+        /// How long the budget is paused after this answer (zero unless it was throttled).
+        budget_pause: Duration,
+        /// How long the call waited for its budget.
+        waited: Duration,
+    },
+    /// No answer (connection refused or reset, timeout); the reason says which.
+    Unreachable { reason: String, waited: Duration },
+}
+
+/// Makes the call under `lease`, reads the answer's rate-limit signals back into the budget
+/// (returning the lease), and records metrics and a log line for throttled answers.
+pub(super) async fn send(
+    app: &AppState,
+    call: &Call<'_>,
+    lease: Lease,
+    body: Body,
+    read: Read,
+    wait_until: Option<Instant>,
+) -> Answer {
+    let waited = lease.waited;
+    let (inspect_limit, read_all) = match read {
+        Read::Inspect(limit) => (limit, false),
+        Read::All(limit) => (limit, true),
+    };
+    let upstream = call.upstream;
+    let mut outgoing = http::Request::new(body);
+    *outgoing.method_mut() = call.method.clone();
+    *outgoing.uri_mut() = call.uri.clone();
+    *outgoing.headers_mut() = call.headers.clone();
+    // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
+    // body that stalls is a transport error and gives the lease back.
+    let give_up = Instant::now() + upstream.timeout;
+    let sent = tokio::time::timeout_at(give_up, app.client.request(outgoing)).await;
+    let upstream_response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let reason = match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            return unreachable_upstream(app, call, lease, reason, waited);
+        }
+        Err(_) => {
+            let reason = format!("no answer within {}", format_duration(upstream.timeout));
+            return unreachable_upstream(app, call, lease, reason, waited);
+        }
+    };
+    let (parts, incoming) = upstream_response.into_parts();
+    let status = parts.status.as_u16();
+    let inspect = read_all
+        || matches!(status, 403 | 420 | 429 | 503 | 529)
+        || upstream.retry.on_status.contains(&status);
+    // The caller's deadline only while a retry could still happen in it; past it, the
+    // answer goes back as it is and its body may take the upstream's timeout.
+    let read_until = match wait_until {
+        Some(w) if w > Instant::now() => w.min(give_up),
+        _ => give_up,
+    };
+    let stalled = || {
+        if read_until < give_up {
+            format!("the answer's body ({status}) did not arrive within the call's max wait")
+        } else {
+            format!(
+                "the answer's body ({status}) did not arrive within {}",
+                format_duration(upstream.timeout)
+            )
+        }
+    };
+    let (inspected, truncated, body) = if read_all {
+        match tokio::time::timeout_at(read_until, read_capped(incoming, inspect_limit)).await {
+            Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
+            Ok(Err(e)) => {
+                let reason = format!("the answer broke off: {e}");
+                return unreachable_upstream(app, call, lease, reason, waited);
+            }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled(), waited),
+        }
+    } else if inspect {
+        match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
+            Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Body::from(bytes)),
+            Ok(Ok(Err(stream))) => (None, false, stream),
+            Ok(Err(e)) => {
+                let reason = format!("the answer broke off: {e}");
+                return unreachable_upstream(app, call, lease, reason, waited);
+            }
+            Err(_) => return unreachable_upstream(app, call, lease, stalled(), waited),
+        }
+    } else {
+        (None, false, Body::new(incoming))
+    };
+    let signals = interpret(
+        status,
+        parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        inspected.as_deref().unwrap_or_default(),
+        now_unix(),
+    );
+    let reaction = lease.finish(Outcome::Response {
+        status,
+        signals: &signals,
+    });
+    record_breaker(app, upstream, call.tenant, reaction);
+    app.metrics
+        .upstream_responses
+        .get_or_create(&ResponseLabels {
+            upstream: upstream.name.clone(),
+            status,
+        })
+        .inc();
+    if signals.throttled {
+        app.metrics
+            .throttled
+            .get_or_create(&app.metrics.tenant_labels(&upstream.name, call.tenant))
+            .inc();
+        // The event logs it (with the rate-limit headers) and stores it.
+        app.observe.throttled(
+            call,
+            status,
+            &parts.headers,
+            signals.retry_after,
+            reaction.paused_for,
+        );
+    }
+    Answer::Answered {
+        parts,
+        body,
+        inspected,
+        truncated,
+        signals,
+        budget_pause: reaction.paused_for.unwrap_or_default(),
+        waited,
+    }
+}
+
+fn unreachable_upstream(
+    app: &AppState,
+    call: &Call<'_>,
+    lease: Lease,
+    reason: String,
+    waited: Duration,
+) -> Answer {
+    let reaction = lease.finish(Outcome::TransportError);
+    record_breaker(app, call.upstream, call.tenant, reaction);
+    tracing::warn!(
+        upstream = %call.upstream.name,
+        method = %call.method,
+        path = %call.uri.path(),
+        attempt = call.attempt,
+        error = %reason,
+        "upstream unreachable"
+    );
+    Answer::Unreachable { reason, waited }
+}
+
+fn record_breaker(
+    app: &AppState,
+    upstream: &Upstream,
+    tenant: &str,
+    reaction: headroom_core::budget::Reaction,
+) {
+    use headroom_core::breaker::BreakerState;
+    if let Some(state) = reaction.breaker {
+        let value = match state {
+            BreakerState::Closed { .. } => 0,
+            BreakerState::HalfOpen { .. } => 1,
+            BreakerState::Open { .. } => 2,
+        };
+        app.observe.breaker(&upstream.name, tenant, &state);
+        let labels = app.metrics.tenant_labels(&upstream.name, tenant);
+        // A gauge shared by many tenants would show whichever changed last: none for them.
+        if labels.tenant != crate::metrics::OTHER_TENANT {
+            app.metrics.breaker_state.get_or_create(&labels).set(value);
+        }
+    }
+}
+
+/// Reads a body up to `limit` bytes: the whole of it, or (when larger) a body that yields
+/// what was read followed by the rest.
+pub(crate) async fn read_up_to<B>(
+    mut body: B,
+    limit: usize,
+) -> Result<Result<Bytes, Body>, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        buffer.extend_from_slice(&data);
+        if buffer.len() > limit {
+            let head = futures_util::stream::once(std::future::ready(Ok::<_, axum::BoxError>(
+                http_body::Frame::data(buffer.freeze()),
+            )));
+            let rest = http_body_util::BodyStream::new(body.map_err(Into::into));
+            use futures_util::StreamExt;
+            let stream = head.chain(rest);
+            return Ok(Err(Body::new(http_body_util::StreamBody::new(stream))));
+        }
+    }
+    Ok(Ok(buffer.freeze()))
+}
+
+/// Reads at most `limit` bytes of a body: the whole of it, or its first `limit` bytes and
+/// `true` when it is longer (the rest is not read).
+async fn read_capped<B>(mut body: B, limit: usize) -> Result<(Bytes, bool), B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if buffer.len() + data.len() > limit {
+            buffer.extend_from_slice(&data[..limit - buffer.len()]);
+            return Ok((buffer.freeze(), true));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok((buffer.freeze(), false))
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
