@@ -83,6 +83,36 @@ pub async fn authenticate(
     }
 }
 
+/// A `/v1` handler's caller, as an extractor: the token is checked from the request head,
+/// before the handler reads (or waits for) the body.
+impl axum::extract::FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &AppState,
+    ) -> ApiResult<Principal> {
+        authenticate(app, &parts.headers, false).await
+    }
+}
+
+/// A `/v1` caller with the admin token (or any caller with `auth = "none"`), as an extractor.
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &AppState,
+    ) -> ApiResult<Admin> {
+        authenticate(app, &parts.headers, false)
+            .await?
+            .require_admin()?;
+        Ok(Admin)
+    }
+}
+
 /// The admin token file's name, in the database's directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 

@@ -30,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::jobs::model::*;
+use crate::jobs::*;
 use crate::server::AppState;
 
 /// Callbacks are tried this many times, doubling the wait from one second.
@@ -576,7 +576,7 @@ pub(crate) async fn run(app: AppState) {
     let in_flight_for = notifier.config.timeout.as_millis() as Millis + 10_000;
     let hold_back = (notifier.config.timeout.as_millis() as Millis).max(HOLD_BACK);
     loop {
-        let now = now_millis();
+        let now = app.clock.now_millis();
         let due = app
             .store
             .due_callbacks(now, FETCH)
@@ -660,7 +660,7 @@ async fn deliver(app: &AppState, job: Job, uri: Option<http::Uri>) {
     let next = if delivered || job.callback_attempts + 1 >= CALLBACK_ATTEMPTS {
         None
     } else {
-        Some(now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
+        Some(app.clock.now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
     };
     if !delivered {
         // The reason is the operator's (the log), not the tenant's: the job says only

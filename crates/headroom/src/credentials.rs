@@ -28,12 +28,12 @@ use axum::{Json, Router};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::auth::authenticate;
+use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::{AnyStore, CredentialInfo, SealedCredential, TokenInfo};
@@ -754,10 +754,9 @@ const TOKEN_SHAPE: &str = "{\"tenant\": \"<tenant>\"}";
 async fn put_credential(
     State(app): State<AppState>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    _admin: Admin,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let UrlPath((tenant, upstream)) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
     if app.config.upstream(&upstream).is_none() {
@@ -789,9 +788,8 @@ async fn put_credential(
 async fn delete_credential(
     State(app): State<AppState>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> ApiResult<StatusCode> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let UrlPath((tenant, upstream)) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
     // Not limited to configured upstreams: a credential outlives its upstream's config.
@@ -809,9 +807,8 @@ async fn delete_credential(
 async fn list_credentials(
     State(app): State<AppState>,
     path: Result<UrlPath<String>, PathRejection>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let UrlPath(tenant) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
     let credentials = app.credentials.list(&tenant).await?;
@@ -822,10 +819,9 @@ async fn list_credentials(
 
 async fn create_token(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
-    let principal = authenticate(&app, &headers, false).await?;
     principal.require_admin()?;
     if principal == crate::auth::Principal::Open {
         // A scoped token would be checked by nothing: without an admin token every caller
@@ -861,10 +857,9 @@ struct TokenFilter {
 
 async fn list_tokens(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     query: Result<axum::extract::Query<TokenFilter>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let axum::extract::Query(filter) =
         query.map_err(|e| ApiError::bad_request(format!("query: {e}; use ?tenant=<tenant>")))?;
     if let Some(t) = &filter.tenant {
@@ -880,9 +875,8 @@ async fn list_tokens(
 async fn revoke_token(
     State(app): State<AppState>,
     path: Result<UrlPath<String>, PathRejection>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> ApiResult<StatusCode> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let UrlPath(id) = path.map_err(path_error)?;
     if app.credentials.revoke_token(&id).await? {
         tracing::info!(%id, "API token revoked");

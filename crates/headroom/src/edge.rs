@@ -58,7 +58,7 @@ pub async fn serve(
                         "connection cap reached: new connections wait until one closes \
                          ([server] max_connections)"
                     );
-                    full_since = Some(Instant::now());
+                    full_since = Some(now());
                 }
                 tokio::select! {
                     permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
@@ -121,7 +121,7 @@ async fn serve_connection(
     mut stopping: watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let accepted = Instant::now();
+    let accepted = now();
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Watched {
         inner: tcp,
@@ -162,7 +162,7 @@ async fn serve_connection(
                 };
                 match due {
                     None => watching = false,
-                    Some(due) if Instant::now() >= due => {
+                    Some(due) if now() >= due => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -173,10 +173,15 @@ async fn serve_connection(
     }
 }
 
+/// Now, on tokio's clock (which tests can pause), as the `std` instant hyper's timer takes.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// A process-wide origin for the nanosecond stamps kept in atomics.
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
+    *ORIGIN.get_or_init(now)
 }
 
 /// `now` as nanoseconds after `origin()`, plus one: 0 stands for "never".
@@ -226,7 +231,7 @@ impl Activity {
     }
 
     fn read(&self, bytes: &[u8]) {
-        let now = stamp(Instant::now());
+        let now = stamp(now());
         self.last_io.store(now, Ordering::Relaxed);
         if self.first_read.load(Ordering::Relaxed) == 0 {
             self.first_read.store(now, Ordering::Relaxed);
@@ -249,7 +254,7 @@ impl Activity {
     }
 
     fn wrote(&self) {
-        self.last_io.store(stamp(Instant::now()), Ordering::Relaxed);
+        self.last_io.store(stamp(now()), Ordering::Relaxed);
     }
 }
 
@@ -325,7 +330,7 @@ struct HeadTimer {
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         // Not used for HTTP/1 server connections; a plain sleep.
-        let now = Instant::now();
+        let now = now();
         Box::pin(HeadSleep {
             inner: tokio::time::sleep_until((now + duration).into()),
             waiting: None,
@@ -346,7 +351,7 @@ impl hyper::rt::Timer for HeadTimer {
         Box::pin(HeadSleep {
             inner: tokio::time::sleep_until(deadline.into()),
             waiting,
-            started: Instant::now(),
+            started: now(),
             idle: self.limits.idle_timeout,
             head: self.limits.header_read_timeout,
         })

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod callbacks;
 pub mod cfg;
+pub mod clock;
 pub mod credentials;
 pub mod edge;
 pub mod error;

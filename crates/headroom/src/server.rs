@@ -14,7 +14,7 @@ use http::header::CONTENT_TYPE;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::auth::authenticate;
+use crate::auth::{authenticate, Admin};
 use crate::cfg::{self, Config};
 use crate::credentials::{self, Credentials};
 use crate::error::ApiResult;
@@ -29,6 +29,8 @@ pub struct AppState(Arc<App>);
 
 pub struct App {
     pub config: Arc<Config>,
+    /// Wall-clock time (see `crate::clock`).
+    pub clock: crate::clock::WallClock,
     pub governor: Arc<SharedGovernor>,
     pub client: UpstreamClient,
     pub metrics: Metrics,
@@ -67,11 +69,12 @@ impl AppState {
     /// admin token (`HEADROOM_API_TOKEN`); without one, `auth = "token"` (the default) reads
     /// or generates the one kept next to the database.
     pub async fn new(config: Config, api_token: Option<String>) -> anyhow::Result<AppState> {
-        AppState::with_clock(config, api_token, Arc::new(crate::schedules::UnixClock)).await
+        AppState::with_clock(config, api_token, Arc::new(crate::clock::UnixClock)).await
     }
 
-    /// As `new`, with schedules on `clock` (counted from the Unix epoch), e.g. a manual
-    /// clock in tests.
+    /// As `new`, on `clock` (counted from the Unix epoch) instead of the system's: the time
+    /// jobs, batches, schedules and events are stamped and scheduled with (a manual clock in
+    /// tests). Waits and timeouts keep tokio's clock.
     pub async fn with_clock(
         config: Config,
         api_token: Option<String>,
@@ -110,7 +113,8 @@ impl AppState {
         let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
         let metrics = Metrics::with_max_tenants(config.metrics.max_tenants);
-        let observe = crate::observe::Observer::new(clock.clone(), metrics.observe.clone());
+        let clock = crate::clock::WallClock::new(clock);
+        let observe = crate::observe::Observer::new(clock.clock(), metrics.observe.clone());
         let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
             config: Arc::new(config),
@@ -126,7 +130,8 @@ impl AppState {
             batch_intake: tokio::sync::Semaphore::new(crate::jobs::batches::INTAKE_MIB),
             batch_intake_shares: Default::default(),
             api_token,
-            scheduler: crate::schedules::Scheduler::new(clock),
+            scheduler: crate::schedules::Scheduler::new(clock.clock()),
+            clock,
         }));
         if state.store.is_shared() {
             // Credentials and tokens changed (or revoked) through another node are seen
@@ -273,12 +278,8 @@ fn unavailable(what: &str, failing: &[(&str, String)], detailed: bool) -> axum::
         .into_response()
 }
 
-async fn metrics(
-    State(app): State<AppState>,
-    headers: http::HeaderMap,
-) -> ApiResult<impl IntoResponse> {
+async fn metrics(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
     // Tenant names are in the labels: with tokens on, only the admin token may scrape.
-    authenticate(&app, &headers, false).await?.require_admin()?;
     Ok((
         [(
             CONTENT_TYPE,
@@ -288,11 +289,7 @@ async fn metrics(
     ))
 }
 
-async fn budgets(
-    State(app): State<AppState>,
-    headers: http::HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+async fn budgets(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
     let budgets: Vec<serde_json::Value> = app
         .governor
         .snapshot()

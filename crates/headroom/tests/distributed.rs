@@ -951,7 +951,7 @@ async fn a_dead_nodes_leases_expire() {
         .await
         .unwrap_err();
     assert_eq!(e.reason, RejectReason::WaitTooLong);
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let lease = alive
         .acquire(
             0,
@@ -1011,7 +1011,7 @@ async fn what_one_node_learns_every_node_uses() {
         .await
         .unwrap();
     b.release(&first, None, None).await.unwrap();
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let second = b
         .acquire(
             0,

@@ -9,7 +9,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::{mock, Recorder, Rig, Server};
 use headroom_mock::Profile;
@@ -23,7 +25,7 @@ const GENEROUS: Duration = Duration::from_secs(10);
 /// Reads until the peer closes (or `limit` passes): whether it closed, and what it sent.
 async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> (bool, Vec<u8>) {
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = Instant::now() + limit;
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
@@ -43,7 +45,7 @@ async fn healthz_on(stream: &mut TcpStream, limit: Duration) -> Option<String> {
         .ok()?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = Instant::now() + limit;
     loop {
         let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
             .await

@@ -156,7 +156,7 @@ async fn a_long_retry_after_reschedules_without_burning_an_attempt() {
     let next =
         chrono::DateTime::parse_from_rfc3339(view["next_attempt_at"].as_str().unwrap()).unwrap();
     assert!(
-        next.timestamp_millis() > headroom::jobs::now_millis() + 50 * 60 * 1000,
+        next.timestamp_millis() > headroom::clock::system_millis() + 50 * 60 * 1000,
         "rescheduled at the upstream's time"
     );
     assert_eq!(view["attempts_log"][0]["status"], 429);
@@ -404,7 +404,7 @@ async fn callbacks_to_private_addresses_are_refused_at_submit() {
 /// the job's callback looks exactly like one whose URL is unreachable (no port-scan oracle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_of_a_private_address_is_refused_when_connecting_like_an_unreachable_url() {
-    use headroom::jobs::model::JobStore;
+    use headroom::jobs::JobStore;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
         .trim()

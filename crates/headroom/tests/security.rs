@@ -467,7 +467,7 @@ async fn an_oversized_batch_is_refused_with_a_problem() {
 /// The pause is a jittered backoff of up to 60 s here, so a fixed 1 s is told apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_and_a_batch_retry_at_the_budgets_pause() {
-    use headroom::jobs::model::BatchStore;
+    use headroom::jobs::BatchStore;
     let up = Recorder::start().await;
     let server = Server::start(
         r#"
@@ -488,7 +488,8 @@ retry = { base_delay = "60s", max_delay = "60s" }
             .find(|b| b["key"] == format!("tenant:{tenant}"))
             .cloned()
             .unwrap_or_default();
-        headroom::jobs::now_millis() + (b["paused_for_s"].as_f64().unwrap_or(0.0) * 1000.0) as i64
+        headroom::clock::system_millis()
+            + (b["paused_for_s"].as_f64().unwrap_or(0.0) * 1000.0) as i64
     };
 
     up.answer(429, &[]);

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use headroom::jobs::{BatchStore, Inserted, JobFilter, JobStore};
 use headroom::store::{conformance, AnyStore, Store};

@@ -570,7 +570,7 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         assert_eq!(server.wait_job(&id, LONG).await["status"], "succeeded");
         ids.push(id);
     }
-    let now = headroom::jobs::now_millis();
+    let now = headroom::clock::system_millis();
     let pruned = headroom::jobs::retention::prune(&server.state, now)
         .await
         .unwrap();

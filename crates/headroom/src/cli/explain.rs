@@ -1,7 +1,6 @@
 //! `headroom explain`: what a raw HTTP response says about rate limits.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use headroom_core::signals::{parse_instant, RawResponse};
@@ -45,9 +44,7 @@ fn parse_now(text: &str) -> anyhow::Result<f64> {
 }
 
 fn system_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    headroom::clock::WallClock::system().now_unix_secs()
 }
 
 #[cfg(test)]

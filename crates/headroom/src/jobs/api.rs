@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,8 +12,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::model::*;
-use crate::auth::authenticate;
+use super::*;
+use crate::auth::Principal;
 use crate::cfg::QueueScope;
 use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
@@ -67,7 +67,9 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub(crate) fn new_id(prefix: &str) -> String {
     format!(
         "{prefix}_{:012x}{:016x}",
-        now_millis(),
+        // The system's time, not the server's clock: an id only has to be unique and roughly
+        // ordered.
+        crate::clock::system_millis(),
         rand::random::<u64>()
     )
 }
@@ -219,16 +221,15 @@ pub(crate) fn check_request(
 
 async fn submit(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&app, &headers, false).await?;
     let s: SubmitJob = parse_json(&body)?;
     if let Some(t) = &s.tenant {
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let mut new = build_job(&app.config, s, tenant, now_millis())?;
+    let mut new = build_job(&app.config, s, tenant, app.clock.now_millis())?;
     super::secrets::seal(
         &app.credentials,
         &super::secrets::job_owner(&new.id),
@@ -468,10 +469,9 @@ pub(crate) fn rfc3339(ms: Millis) -> String {
 
 async fn get_one(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let principal = authenticate(&app, &headers, false).await?;
     let job = app
         .store
         .get_job(&id)
@@ -502,10 +502,9 @@ struct ListQuery {
 
 async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let principal = authenticate(&app, &headers, false).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let status = match q.status.as_deref() {
         None => None,
@@ -534,16 +533,15 @@ async fn list(
 
 async fn cancel(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let principal = authenticate(&app, &headers, false).await?;
     if let Some(job) = app.store.get_job(&id).await? {
         if !visible(&principal, job.new.tenant.as_deref()) {
             return Err(ApiError::not_found(format!("no job \"{id}\"")));
         }
     }
-    match app.store.cancel_job(&id, now_millis()).await? {
+    match app.store.cancel_job(&id, app.clock.now_millis()).await? {
         Cancelled::NotFound => Err(ApiError::not_found(format!("no job \"{id}\""))),
         Cancelled::Done(job) => Ok(Json(job_view(&job, None))),
         Cancelled::Unchanged(job) => {

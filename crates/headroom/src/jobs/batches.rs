@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{check_callback, check_request, check_tenant, new_id, parse_json, parse_lane};
-use super::model::*;
-use crate::auth::authenticate;
+use super::*;
+use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 use crate::server::AppState;
@@ -128,10 +128,10 @@ fn record_id(record: &Value, index: usize) -> String {
 
 async fn submit(
     State(app): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&app, &headers, false).await?;
     // Room is taken before the body is read: a body of unknown length counts as the largest.
     let size = headers
         .get(http::header::CONTENT_LENGTH)
@@ -192,7 +192,7 @@ async fn submit(
         check_tenant(t)?;
     }
     let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let mut new = build_batch(&app.config, s, tenant, now_millis())?;
+    let mut new = build_batch(&app.config, s, tenant, app.clock.now_millis())?;
     super::secrets::seal(
         &app.credentials,
         &super::secrets::batch_owner(&new.id),
@@ -330,11 +330,10 @@ struct GetQuery {
 
 async fn get_one(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    principal: Principal,
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<BatchSummary>> {
-    let principal = authenticate(&app, &headers, false).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let limit = q.failures_limit.unwrap_or(1000).min(100_000);
     let summary = app
@@ -348,12 +347,11 @@ async fn get_one(
 
 async fn cancel(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BatchSummary>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     app.store
-        .cancel_batch(&id, now_millis())
+        .cancel_batch(&id, app.clock.now_millis())
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))
@@ -372,7 +370,7 @@ pub async fn run_loop(app: AppState) {
             .map(|(id, _)| id.clone())
             .collect();
         let claimed = if slots.available_permits() > 0 {
-            app.store.claim_chunk(now_millis(), &busy).await
+            app.store.claim_chunk(app.clock.now_millis(), &busy).await
         } else {
             Ok(None)
         };
@@ -411,7 +409,9 @@ pub async fn run_loop(app: AppState) {
         // With batches at their chunk limit, a finishing chunk wakes the runner.
         let wait = match app.store.next_chunk_at().await {
             Ok(Some(_)) if !busy.is_empty() => Duration::from_secs(1),
-            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(5, 1000) as u64),
+            Ok(Some(at)) => {
+                Duration::from_millis((at - app.clock.now_millis()).clamp(5, 1000) as u64)
+            }
             _ => Duration::from_secs(1),
         };
         tokio::select! {
@@ -432,7 +432,11 @@ fn all(chunk: &Chunk, result: RecordResult) -> Vec<RecordResult> {
 
 async fn run_chunk(app: &AppState, chunk: Chunk) {
     let results = chunk_results(app, &chunk).await;
-    if let Err(e) = app.store.finish_chunk(&chunk, &results, now_millis()).await {
+    if let Err(e) = app
+        .store
+        .finish_chunk(&chunk, &results, app.clock.now_millis())
+        .await
+    {
         tracing::error!(batch = %chunk.batch.id, error = %format!("{e:#}"), "cannot record a chunk's outcome");
     }
 }
@@ -499,7 +503,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     }
     // Not the records' fault: they wait without spending an attempt.
     let wait = |after: Duration, error: String| {
-        let at = now_millis() + after.as_millis().max(50) as Millis;
+        let at = app.clock.now_millis() + after.as_millis().max(50) as Millis;
         all(
             chunk,
             RecordResult::Retry {
@@ -539,7 +543,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     match call.send(app, Body::from(request.body), how).await {
         Answer::Refused(rejection) => wait(rejection.retry_after, refusal(&rejection).into()),
         Answer::Unreachable { reason, .. } => {
-            let at = now_millis() + record_backoff(attempts).as_millis() as Millis;
+            let at = app.clock.now_millis() + record_backoff(attempts).as_millis() as Millis;
             all(
                 chunk,
                 RecordResult::Retry {
@@ -580,7 +584,8 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                     // A throttled answer is always one of the two above.
                     _ => budget_pause,
                 };
-                let at = now_millis() + after.max(Duration::from_millis(50)).as_millis() as Millis;
+                let at = app.clock.now_millis()
+                    + after.max(Duration::from_millis(50)).as_millis() as Millis;
                 let error = format!("throttled by the upstream ({status}), nothing applied");
                 return all(
                     chunk,
@@ -629,7 +634,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
                     } => {
                         let wait = retry_after.unwrap_or_else(|| record_backoff(attempts));
                         RecordResult::Retry {
-                            at: now_millis() + wait.as_millis() as Millis,
+                            at: app.clock.now_millis() + wait.as_millis() as Millis,
                             error,
                             burn_attempt: true,
                         }

@@ -10,7 +10,7 @@ use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryReason, Retr
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
 
-use super::model::*;
+use super::*;
 use crate::cfg::{Queue, Upstream};
 use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 use crate::server::AppState;
@@ -37,14 +37,14 @@ fn is_rate_limit_header(name: &str) -> bool {
 
 /// Starts the dispatcher and the callback sender; first puts back what a crash left running.
 pub async fn start(app: AppState) -> anyhow::Result<()> {
-    let requeued = app.store.requeue_running(now_millis()).await?;
+    let requeued = app.store.requeue_running(app.clock.now_millis()).await?;
     if requeued > 0 {
         tracing::warn!(
             requeued,
             "jobs left running by an abrupt stop go again (they may have been sent once)"
         );
     }
-    let records = app.store.requeue_in_flight(now_millis()).await?;
+    let records = app.store.requeue_in_flight(app.clock.now_millis()).await?;
     if records > 0 {
         tracing::warn!(
             records,
@@ -99,7 +99,7 @@ async fn dispatch_loop(app: AppState) {
         last_claim = tokio::time::Instant::now();
         let claimed = match app
             .store
-            .claim_ready(now_millis(), &rules, free as u32)
+            .claim_ready(app.clock.now_millis(), &rules, free as u32)
             .await
         {
             Ok(jobs) => jobs,
@@ -128,7 +128,9 @@ async fn dispatch_loop(app: AppState) {
         let wait = match app.store.next_ready_at().await {
             // A due job may be held back by its queue's mode: wait a little, or for a wake-up
             // (a job arriving or finishing).
-            Ok(Some(at)) => Duration::from_millis((at - now_millis()).clamp(5, 1000) as u64),
+            Ok(Some(at)) => {
+                Duration::from_millis((at - app.clock.now_millis()).clamp(5, 1000) as u64)
+            }
             _ => super::api::IDLE_POLL,
         };
         tokio::select! {
@@ -140,12 +142,12 @@ async fn dispatch_loop(app: AppState) {
 
 /// One attempt of a job, recorded whatever happens.
 async fn run_job(app: &AppState, job: Job) {
-    let started = now_millis();
+    let started = app.clock.now_millis();
     let span = tracing::debug_span!(target: "headroom::trace", "job_attempt", job = %job.new.id, upstream = %job.new.upstream, queue = %job.new.queue, attempt = job.attempts + 1);
     let (transition, mut attempt) =
         tracing::Instrument::instrument(attempt_job(app, &job), span).await;
     attempt.started_at = started;
-    attempt.finished_at = now_millis();
+    attempt.finished_at = app.clock.now_millis();
     let outcome = crate::observe::JobOutcome::of(&transition);
     app.observe
         .job_attempt(&job, &outcome, started, attempt.finished_at);
@@ -177,7 +179,7 @@ async fn record_attempt(
     loop {
         let result = app
             .store
-            .finish_attempt(attempt.clone(), transition.clone(), now_millis())
+            .finish_attempt(attempt.clone(), transition.clone(), app.clock.now_millis())
             .await;
         match result {
             Err(e) if tokio::time::Instant::now() < deadline => {
@@ -215,16 +217,15 @@ fn failed(attempt: AttemptRecord, error: String) -> (Transition, AttemptRecord) 
     )
 }
 
-/// Back to waiting, after `after` (at least a moment), without spending an attempt: for
+/// Back to waiting until `at`, without spending an attempt: for
 /// faults that are not the job's (no room in the budget, the store or Redis unavailable).
 fn wait_without_attempt(
     attempt: AttemptRecord,
     error: String,
-    after: Duration,
+    at: Millis,
 ) -> (Transition, AttemptRecord) {
     let mut attempt = attempt;
     attempt.error = Some(error.clone());
-    let at = now_millis() + after.as_millis().max(100) as Millis;
     (
         Transition::Retry {
             at,
@@ -291,10 +292,8 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let call = match prepared {
         Ok(call) => call,
         Err(PrepareError::Target(e)) => return failed(attempt, format!("request.path: {e}")),
-        Err(e @ PrepareError::CredentialUnreadable(_)) => {
-            // The store's fault, not the job's: try again soon without spending an attempt.
-            return wait_without_attempt(attempt, e.to_string(), Duration::from_secs(5));
-        }
+        // A credential that cannot be read or opened fails the job (as it fails a proxied
+        // call with 500): a sealed value the key cannot open does not heal by waiting.
         Err(e) => return failed(attempt, e.to_string()),
     };
     let body = n
@@ -315,7 +314,9 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     match call.send(app, body, how).await {
         // Not the job's fault: wait for the budget without spending an attempt.
         Answer::Refused(rejection) => {
-            wait_without_attempt(attempt, refusal(&rejection).into(), rejection.retry_after)
+            let after = rejection.retry_after.as_millis().max(100) as Millis;
+            let at = app.clock.now_millis().saturating_add(after);
+            wait_without_attempt(attempt, refusal(&rejection).into(), at)
         }
         Answer::Unreachable { reason, waited } => {
             attempt.wait_ms = waited.as_millis() as u64;
@@ -323,6 +324,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             let outcome = Attempted::Unreachable;
             (
                 transition(
+                    app.clock.now_millis(),
                     job,
                     &queue,
                     &upstream,
@@ -375,6 +377,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             };
             (
                 transition(
+                    app.clock.now_millis(),
                     job,
                     &queue,
                     &upstream,
@@ -392,7 +395,9 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
 /// Where an attempt sends the job: the core's verdict on its outcome, carried out in the
 /// store (a retry waits there, never in a sleeping task). `error` says what went wrong when
 /// something did.
+#[allow(clippy::too_many_arguments)] // one call site each way; a struct would only rename them
 fn transition(
+    now: Millis,
     job: &Job,
     queue: &Queue,
     upstream: &Upstream,
@@ -408,9 +413,8 @@ fn transition(
         max_pause: upstream.budget_config.max_pause,
     };
     let backoff = queue.retry_delay(attempts);
-    let at = |after: Duration| {
-        now_millis().saturating_add(after.as_millis().min(i64::MAX as u128) as Millis)
-    };
+    let at =
+        |after: Duration| now.saturating_add(after.as_millis().min(i64::MAX as u128) as Millis);
     match verdict(outcome, attempts, &rule, budget_pause, backoff) {
         Verdict::Done => match response {
             Some(response) => Transition::Succeeded { response },

@@ -3,8 +3,7 @@
 pub mod api;
 pub mod batches;
 pub mod dispatcher;
-pub mod model;
 pub mod retention;
 pub mod secrets;
 
-pub use model::*;
+pub use crate::store::model::jobs::*;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::model::*;
+use super::*;
 use crate::server::AppState;
 
 /// How often the store is pruned.
@@ -31,7 +31,7 @@ pub async fn prune(app: &AppState, now: Millis) -> anyhow::Result<Pruned> {
 /// Prunes at start, then every `PRUNE_EVERY`.
 pub(crate) async fn run_loop(app: AppState) {
     loop {
-        if let Err(e) = prune(&app, now_millis()).await {
+        if let Err(e) = prune(&app, app.clock.now_millis()).await {
             tracing::error!(error = %format!("{e:#}"), "cannot prune finished jobs and batches; trying again in an hour");
         }
         tokio::time::sleep(PRUNE_EVERY).await;

@@ -7,7 +7,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use super::model::JobRequest;
+use super::JobRequest;
 use crate::credentials::{Credentials, SEALED_PREFIX};
 
 /// What a view shows in place of a credential-like value.

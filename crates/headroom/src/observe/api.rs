@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::*;
-use crate::auth::authenticate;
+use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::Millis;
 use crate::server::AppState;
@@ -56,10 +56,9 @@ pub fn parse_time(key: &str, value: &str, now: Millis) -> Result<Millis, ApiErro
 
 async fn events(
     State(app): State<AppState>,
-    headers: http::HeaderMap,
+    principal: Principal,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let principal = authenticate(&app, &headers, false).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     // A tenant-scoped token sees its own tenant's events only.
     let tenant = principal.tenant_for(q.tenant.as_deref())?;
@@ -154,10 +153,9 @@ struct StatusQuery {
 
 async fn status(
     State(app): State<AppState>,
-    headers: http::HeaderMap,
+    _admin: Admin,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let window = match q.window.as_deref() {
         None => Duration::from_secs(900),
@@ -174,10 +172,6 @@ async fn status(
     Ok(Json(status))
 }
 
-async fn alerts(
-    State(app): State<AppState>,
-    headers: http::HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+async fn alerts(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
     Ok(Json(super::alerts::view(&app).await))
 }

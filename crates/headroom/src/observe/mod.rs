@@ -9,7 +9,7 @@
 pub mod alerts;
 pub mod api;
 pub mod metrics;
-pub mod model;
+pub use crate::store::model::events as model;
 pub mod otel;
 pub mod status;
 

@@ -1,7 +1,7 @@
 //! Sending a prepared call under a lease: the request out, the answer's head and (when it
 //! matters) its body in, its rate-limit signals back into the budget, metrics and events.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -154,7 +154,7 @@ pub(super) async fn send(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes())),
         inspected.as_deref().unwrap_or_default(),
-        now_unix(),
+        app.clock.now_unix_secs(),
     );
     let reaction = lease.finish(Outcome::Response {
         status,
@@ -282,11 +282,4 @@ where
         buffer.extend_from_slice(&data);
     }
     Ok((buffer.freeze(), false))
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::model::*;
-use crate::auth::authenticate;
+use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::api::parse_json;
 use crate::jobs::{BatchStatus, JobStatus, Millis};
@@ -94,12 +94,7 @@ pub fn run_view(run: &Run) -> Value {
     v
 }
 
-async fn create(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+async fn create(State(app): State<AppState>, _admin: Admin, body: Bytes) -> ApiResult<Response> {
     let def: ScheduleDef = parse_json(&body)?;
     let schedule = Schedule::check(def, &app.config).map_err(ApiError::bad_request)?;
     let now = app.scheduler.now();
@@ -123,8 +118,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(schedule_view(&stored))).into_response())
 }
 
-async fn list(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
+async fn list(State(app): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
     let all = app.store.list_schedules().await?;
     Ok(Json(json!({
         "schedules": all.iter().map(schedule_view).collect::<Vec<_>>(),
@@ -140,10 +134,9 @@ async fn find(app: &AppState, name: &str) -> ApiResult<StoredSchedule> {
 
 async fn get_one(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let s = find(&app, &name).await?;
     let slots = app.store.slots(&name).await?;
     let mut v = schedule_view(&s);
@@ -174,28 +167,25 @@ async fn set_paused(app: &AppState, name: &str, paused: bool) -> ApiResult<Json<
 
 async fn pause(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     set_paused(&app, &name, true).await
 }
 
 async fn resume(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     set_paused(&app, &name, false).await
 }
 
 async fn delete(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let s = find(&app, &name).await?;
     if s.from_config {
         return Err(ApiError::Conflict {
@@ -220,11 +210,10 @@ struct RunsQuery {
 
 async fn runs(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    authenticate(&app, &headers, false).await?.require_admin()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let limit = crate::jobs::api::page_limit(q.limit, q.cursor.as_deref())?;
     find(&app, &name).await?;

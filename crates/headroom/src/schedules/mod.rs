@@ -20,7 +20,7 @@ use headroom_core::clock::{Clock, Timestamp};
 
 pub use model::*;
 
-use crate::jobs::{now_millis, Millis};
+use crate::jobs::Millis;
 use crate::server::AppState;
 
 /// Due slots taken per store transaction.
@@ -32,19 +32,6 @@ const RECONCILE_EVERY: Millis = 10_000;
 pub const RUN_RETENTION: Millis = 14 * 86_400_000;
 /// Old runs are deleted this often.
 const PRUNE_EVERY: Millis = 3_600_000;
-
-/// The system clock, counted from the Unix epoch: what schedules run on in production.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnixClock;
-
-impl Clock for UnixClock {
-    fn now(&self) -> Timestamp {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp::ZERO + since
-    }
-}
 
 /// The epoch milliseconds of a timestamp of a clock counted from the Unix epoch.
 pub fn epoch_millis(t: Timestamp) -> Millis {
@@ -388,9 +375,8 @@ fn decide(
             reason: format!("the previous run ({what}) is still in progress (overlap = \"skip\")"),
         }
     } else {
-        // The job is stamped with the dispatcher's time (the wall clock), so that it runs
-        // now whatever clock the scheduler is on.
-        match schedule.enqueue(&slot.tenant, now_millis(), config) {
+        // The dispatcher runs on the same clock: the job is due at once.
+        match schedule.enqueue(&slot.tenant, now, config) {
             Ok(e) => Action::Enqueue(Box::new(e)),
             Err(e) => Action::Fail { reason: e.0 },
         }

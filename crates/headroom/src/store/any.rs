@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::pg::PgStore;
 use super::{CredentialInfo, SealedCredential, Store, TokenInfo};
-use crate::jobs::model::*;
-use crate::schedules::model::*;
+use crate::store::model::jobs::*;
+use crate::store::model::schedules::*;
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -319,16 +319,19 @@ impl ScheduleStore for AnyStore {
     }
 }
 
-impl crate::observe::model::EventStore for AnyStore {
-    async fn insert_events(&self, events: &[crate::observe::model::Event]) -> anyhow::Result<()> {
+impl crate::store::model::events::EventStore for AnyStore {
+    async fn insert_events(
+        &self,
+        events: &[crate::store::model::events::Event],
+    ) -> anyhow::Result<()> {
         each!(self, s => s.insert_events(events).await)
     }
     async fn list_events(
         &self,
-        filter: &crate::observe::model::EventFilter,
+        filter: &crate::store::model::events::EventFilter,
         after: Option<i64>,
         limit: u32,
-    ) -> anyhow::Result<Page<crate::observe::model::StoredEvent>> {
+    ) -> anyhow::Result<Page<crate::store::model::events::StoredEvent>> {
         each!(self, s => s.list_events(filter, after, limit).await)
     }
     async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
@@ -338,10 +341,10 @@ impl crate::observe::model::EventStore for AnyStore {
         &self,
         since: Millis,
         until: Millis,
-    ) -> anyhow::Result<Vec<crate::observe::model::EventStat>> {
+    ) -> anyhow::Result<Vec<crate::store::model::events::EventStat>> {
         each!(self, s => s.event_stats(since, until).await)
     }
-    async fn job_backlog(&self) -> anyhow::Result<Vec<crate::observe::model::Backlog>> {
+    async fn job_backlog(&self) -> anyhow::Result<Vec<crate::store::model::events::Backlog>> {
         each!(self, s => s.job_backlog().await)
     }
 }

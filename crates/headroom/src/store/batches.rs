@@ -12,7 +12,7 @@ use sqlx::{Row, SqliteConnection};
 use super::jobs::{headers_json, lane_str, parse_headers, parse_lane, placeholders, u32_col};
 use super::row::StoreRow;
 use super::Store;
-use crate::jobs::model::*;
+use crate::store::model::jobs::*;
 
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
 pub(super) const INSERT_ROWS: usize = 400;

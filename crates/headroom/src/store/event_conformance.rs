@@ -1,6 +1,6 @@
 //! The conformance suite every `EventStore` backend passes, like `conformance` for jobs:
 //! each property takes an empty store and panics with a message when the backend breaks the
-//! contract of `crate::observe::model`. Times are fixed values; nothing reads the clock.
+//! contract of `crate::store::model::events`. Times are fixed values; nothing reads the clock.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -12,8 +12,8 @@
 use std::future::Future;
 
 use super::conformance::new_job;
-use crate::jobs::{JobStore, Millis};
-use crate::observe::model::*;
+use crate::store::model::events::*;
+use crate::store::model::jobs::{JobStore, Millis};
 
 /// Runs every property, each on a fresh, empty store.
 pub async fn run<S, F, Fut>(mut fresh: F)

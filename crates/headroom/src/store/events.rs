@@ -7,8 +7,8 @@ use anyhow::Context;
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
 use super::Store;
-use crate::jobs::{Millis, Page};
-use crate::observe::model::*;
+use crate::store::model::events::*;
+use crate::store::model::jobs::{Millis, Page};
 
 pub(super) const EVENT_COLUMNS: &str =
     "seq, at, level, kind, upstream, tenant, queue, endpoint, job_id, \
@@ -137,7 +137,7 @@ pub(super) fn headers_text(e: &Event) -> String {
 /// Binds `INSERT_EVENT`, on either backend's query.
 macro_rules! bind_event {
     ($q:expr, $event:expr) => {{
-        let e: &$crate::observe::model::Event = $event;
+        let e: &$crate::store::model::events::Event = $event;
         $q.bind(e.at)
             .bind(e.level.as_str())
             .bind(e.level.rank())

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Store;
 
@@ -152,7 +154,7 @@ impl Store {
                 "INSERT INTO meta (name, value) VALUES ('ready_probe', ?) \
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             )
-            .bind(crate::jobs::now_millis().to_be_bytes().to_vec())
+            .bind(crate::clock::system_millis().to_be_bytes().to_vec())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -9,7 +9,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::row::StoreRow;
 use super::Store;
-use crate::jobs::model::*;
+use crate::store::model::jobs::*;
 
 /// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
 pub(super) const JOB_COLUMNS: &str =
@@ -249,7 +249,7 @@ pub(super) fn insert_jobs_sql(n: usize) -> String {
 /// Binds one row of `insert_jobs_sql`, on either backend's query.
 macro_rules! bind_new_job {
     ($q:expr, $job:expr) => {{
-        let job: &$crate::jobs::model::NewJob = $job;
+        let job: &$crate::store::model::jobs::NewJob = $job;
         $q.bind(&job.id)
             .bind(&job.queue)
             .bind(&job.scope)
@@ -453,7 +453,7 @@ pub(super) fn attempts_sql(n: usize) -> String {
 /// Binds one row of `attempts_sql`, on either backend's query.
 macro_rules! bind_attempt {
     ($q:expr, $attempt:expr) => {{
-        let attempt: &$crate::jobs::model::AttemptRecord = $attempt;
+        let attempt: &$crate::store::model::jobs::AttemptRecord = $attempt;
         $q.bind(&attempt.job_id)
             .bind(i64::from(attempt.number))
             .bind(attempt.started_at)

@@ -27,6 +27,7 @@ pub mod event_conformance;
 mod events;
 pub mod health;
 mod jobs;
+pub mod model;
 pub mod pg;
 mod retention;
 mod row;
@@ -39,7 +40,7 @@ pub use any::AnyStore;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -285,10 +286,7 @@ async fn recover_writer(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx:
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`: sortable as text.
 pub fn now_rfc3339() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(since.as_secs() as i64, since.subsec_millis())
+    rfc3339_millis(crate::clock::system_millis())
 }
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds.

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::jobs::{placeholders, FINAL};
 use super::Store;
-use crate::jobs::model::*;
+use crate::store::model::jobs::*;
 
 /// Jobs deleted per transaction.
 pub(super) const JOB_CHUNK: i64 = 500;

@@ -1,6 +1,6 @@
 //! The conformance suite every `ScheduleStore` backend passes, written once, like
 //! `conformance` for jobs and batches: each property takes an empty store and panics with a
-//! message when the backend breaks the contract of `crate::schedules::model`. Times are fixed
+//! message when the backend breaks the contract of `crate::store::model::schedules`. Times are fixed
 //! values; nothing reads the clock.
 //!
 //! ```no_run
@@ -13,8 +13,8 @@
 use std::future::Future;
 
 use super::conformance::new_job;
-use crate::jobs::model::*;
-use crate::schedules::model::*;
+use crate::store::model::jobs::*;
+use crate::store::model::schedules::*;
 
 /// Runs every property, each on a fresh, empty store.
 pub async fn run<S, F, Fut>(mut fresh: F)

@@ -11,8 +11,8 @@ use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
 use super::row::StoreRow;
 use super::Store;
-use crate::jobs::{Inserted, JobStatus, Millis, Page};
-use crate::schedules::model::*;
+use crate::store::model::jobs::{Inserted, JobStatus, Millis, Page};
+use crate::store::model::schedules::*;
 
 pub(super) const SCHEDULE_COLUMNS: &str =
     "name, definition, from_config, paused, created_at, updated_at";

@@ -61,10 +61,7 @@ pub fn redis() -> Option<String> {
 
 /// A name no other test (nor an earlier run) uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = headroom_core::clock::Clock::now(&headroom::clock::UnixClock).as_nanos();
     format!(
         "{prefix}_{}_{}_{}",
         std::process::id(),

@@ -4,12 +4,12 @@
 use anyhow::Context;
 
 use super::{pg, PgStore};
-use crate::jobs::{Millis, Page};
-use crate::observe::model::*;
 use crate::store::events::{
     backlog_from_row, bind_event, event_from_row, list_sql, stat_from_row, Bind, EVENT_STATS,
     INSERT_EVENT, JOB_BACKLOG, PRUNE_EVENTS,
 };
+use crate::store::model::events::*;
+use crate::store::model::jobs::{Millis, Page};
 
 impl EventStore for PgStore {
     async fn insert_events(&self, events: &[Event]) -> anyhow::Result<()> {

@@ -6,13 +6,13 @@ use sqlx::{PgConnection, Row};
 
 use super::pg;
 use super::PgStore as Store;
-use crate::jobs::model::*;
 pub(super) use crate::store::jobs::{
     attempts_sql, bind_attempt, bind_finish, bind_new_job, callback_str, dedup_tenant, finish_sql,
     headers_json, insert_failed, insert_jobs_sql, job_from_row, lane_str, moved_jobs,
     parse_headers, placeholders, queued_job, same_owner, u32_col, Finish, CLAIM_DEDUP, FINAL,
     HELD_DEDUP, JOB_COLUMNS, UNFINISHED, WAITING,
 };
+use crate::store::model::jobs::*;
 
 /// How long a node holds the callbacks it took (ms): time enough to deliver them.
 const CALLBACK_HOLD: Millis = 60_000;

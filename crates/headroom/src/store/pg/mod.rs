@@ -210,7 +210,9 @@ impl PgStore {
     /// Puts the running jobs and records in flight of dead nodes back in the queue, then
     /// forgets those nodes. Returns (jobs, records).
     pub async fn reap_dead_nodes(&self) -> anyhow::Result<()> {
-        let now = crate::jobs::model::now_millis();
+        // Requeued to run now: the store has no clock of its own; a node's stored times are
+        // the system's in production.
+        let now = crate::clock::system_millis();
         let jobs = jobs::requeue_dead(self, false, now).await?;
         let records = batches::requeue_dead(self, false, now).await?;
         if jobs > 0 || records > 0 {

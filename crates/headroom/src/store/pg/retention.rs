@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::pg;
 use super::PgStore as Store;
-use crate::jobs::model::*;
+use crate::store::model::jobs::*;
 use crate::store::retention::{
     prunable_batches_sql, prune_attempts_sql, prune_batches_sql, prune_jobs_sql, prune_records_sql,
     BATCH_CHUNK, JOB_CHUNK, PRUNE_DEDUP,

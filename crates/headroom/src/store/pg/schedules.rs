@@ -13,8 +13,8 @@ use super::batches::insert_batch_in;
 use super::jobs::insert_job_in;
 use super::pg;
 use super::PgStore as Store;
-use crate::jobs::{Inserted, Millis, Page};
-use crate::schedules::model::*;
+use crate::store::model::jobs::{Inserted, Millis, Page};
+use crate::store::model::schedules::*;
 use crate::store::schedules::{
     run_from_row, schedule_from_row, target_from_row, RUN_COLUMNS, RUN_JOINS, SCHEDULE_COLUMNS,
 };

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::jobs::{Millis, Page};
+use super::jobs::{Millis, Page};
 
 /// How much an event matters. Ordered: `Debug < Info < Warn < Error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

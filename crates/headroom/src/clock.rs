@@ -1,0 +1,84 @@
+//! The service's time, from one place.
+//!
+//! - **Waits and deadlines** use tokio's monotonic clock (`tokio::time::Instant`, `sleep`),
+//!   which tests pause and advance.
+//! - **Wall-clock time** — what is stored (a job's `run_at`, an attempt's times), compared
+//!   across nodes and restarts, and shown — is Unix milliseconds read from the [`WallClock`]
+//!   the server is built with: the system clock in production, a manual clock in tests.
+//!
+//! `SystemTime::now` and `std::time::Instant::now` are read here and nowhere else in the
+//! crate (clippy's `disallowed-methods`, in `clippy.toml`).
+
+use std::sync::Arc;
+
+use headroom_core::clock::{Clock, Timestamp};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The system clock, counted from the Unix epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnixClock;
+
+impl Clock for UnixClock {
+    fn now(&self) -> Timestamp {
+        #[allow(clippy::disallowed_methods)] // the one reading of the system's wall clock
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp::ZERO + since
+    }
+}
+
+/// Wall-clock time, injected: a core [`Clock`] counted from the Unix epoch.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Clock>);
+
+impl WallClock {
+    /// The system's clock.
+    pub fn system() -> WallClock {
+        WallClock(Arc::new(UnixClock))
+    }
+
+    /// `clock`, read as counted from the Unix epoch (e.g. a `ManualClock` in tests).
+    pub fn new(clock: Arc<dyn Clock>) -> WallClock {
+        WallClock(clock)
+    }
+
+    /// The clock, for the parts that keep time in core [`Timestamp`]s (schedules, events).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.0.clone()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+
+    pub fn now_millis(&self) -> Millis {
+        (self.0.now().as_nanos() / 1_000_000) as Millis
+    }
+
+    /// Seconds since the Unix epoch, for reading reset times that upstreams send as such.
+    pub fn now_unix_secs(&self) -> f64 {
+        self.0.now().as_secs_f64()
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::system()
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WallClock")
+    }
+}
+
+/// The system's wall-clock time in Unix milliseconds, for bookkeeping that does not decide
+/// anything (when a credential or token was created, a readiness probe's value) in parts
+/// built without the server's clock (the store).
+pub fn system_millis() -> Millis {
+    WallClock::system().now_millis()
+}
