@@ -13,7 +13,7 @@ use headroom_mock::Profile;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "admin-token-for-review";
 
@@ -110,6 +110,39 @@ async fn one_tenant_cannot_hold_the_batch_intake_with_bodies_it_never_sends() {
         String::from_utf8_lossy(&r.body)
     );
     drop(held);
+    rig.shutdown().await;
+}
+
+/// Without a token, a `/v1` write is refused from its head: the body (announced, never sent)
+/// is not waited for, whatever the body read timeout (30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_a_token_is_refused_before_its_body_is_read() {
+    let rig = Rig::start_with_token(mock(Profile::Ietf, 1000, 1), "", Some(ADMIN)).await;
+    for path in ["/v1/jobs", "/v1/batches", "/v1/schedules", "/v1/tokens"] {
+        let mut s = tokio::net::TcpStream::connect(rig.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: 100000\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 1024];
+            while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            read.is_ok() && text.starts_with("HTTP/1.1 401"),
+            "POST {path} without a token waited for its body instead of answering 401: {text:?}"
+        );
+    }
     rig.shutdown().await;
 }
 
