@@ -324,20 +324,21 @@ async fn forward(
     let ask = read_ask(&parts.headers)?;
     let tenant = principal.tenant_for(ask.tenant.as_deref())?;
     let rest = &path["/proxy/".len() + name.len()..];
-    let mut call = outbound::prepare(
-        app,
-        upstream,
-        tenant.as_deref(),
-        parts.method.clone(),
-        rest,
-        parts.uri.query(),
-        forwarded_headers(&parts.headers),
-    )
-    .await
-    .map_err(|e| match e {
-        PrepareError::Target(e) => ApiError::bad_request(e.to_string()),
-        e => ApiError::Internal(e.into()),
-    })?;
+    let mut call = app
+        .outbound
+        .prepare(
+            upstream,
+            tenant.as_deref(),
+            parts.method.clone(),
+            rest,
+            parts.uri.query(),
+            forwarded_headers(&parts.headers),
+        )
+        .await
+        .map_err(|e| match e {
+            PrepareError::Target(e) => ApiError::bad_request(e.to_string()),
+            e => ApiError::Internal(e.into()),
+        })?;
 
     let mut out_body = match parts.headers.get(header::CONTENT_LENGTH) {
         Some(len)
@@ -393,7 +394,7 @@ async fn forward(
             read: Read::Inspect(MAX_INSPECTED_BODY),
         };
         let (mut resp_parts, resp_body, inspected, signals, budget_pause) = match call
-            .send(app, body, how)
+            .send(body, how)
             .await
         {
             Answer::Refused(rejection) => {

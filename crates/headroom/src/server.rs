@@ -19,7 +19,6 @@ use crate::cfg::{self, Config};
 use crate::credentials::{self, Credentials};
 use crate::error::ApiResult;
 use crate::metrics::Metrics;
-use crate::outbound::client::{self, UpstreamClient};
 use crate::outbound::governor::SharedGovernor;
 use crate::proxy;
 
@@ -32,9 +31,10 @@ pub struct App {
     /// Wall-clock time (see `crate::clock`).
     pub clock: crate::clock::WallClock,
     pub governor: Arc<SharedGovernor>,
-    pub client: UpstreamClient,
-    pub metrics: Metrics,
-    pub credentials: Credentials,
+    /// Makes governed calls to upstreams (the proxy's, jobs', batches').
+    pub outbound: crate::outbound::Outbound,
+    pub metrics: Arc<Metrics>,
+    pub credentials: Arc<Credentials>,
     /// The durable store (jobs, batches, credentials).
     pub store: crate::store::AnyStore,
     /// Wakes the job dispatcher when a job arrives or a slot frees.
@@ -52,7 +52,7 @@ pub struct App {
     /// Runs schedules, on its own (injectable) clock.
     pub scheduler: crate::schedules::Scheduler,
     /// Rate-limit events, sampling and alerts, on the same clock as schedules.
-    pub observe: crate::observe::Observer,
+    pub observe: Arc<crate::observe::Observer>,
     /// Sends job callbacks and alert webhooks (`[callbacks]`: allowed destinations, limits).
     pub notifier: crate::callbacks::Notifier,
 }
@@ -112,14 +112,25 @@ impl AppState {
         };
         let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
-        let metrics = Metrics::with_max_tenants(config.metrics.max_tenants);
+        let metrics = Arc::new(Metrics::with_max_tenants(config.metrics.max_tenants));
         let clock = crate::clock::WallClock::new(clock);
-        let observe = crate::observe::Observer::new(clock.clock(), metrics.observe.clone());
+        let observe = Arc::new(crate::observe::Observer::new(
+            clock.clock(),
+            metrics.observe.clone(),
+        ));
+        let credentials = Arc::new(credentials);
+        let outbound = crate::outbound::Outbound::new(
+            governor.clone(),
+            credentials.clone(),
+            metrics.clone(),
+            observe.clone(),
+            clock.clone(),
+        );
         let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
             config: Arc::new(config),
             governor,
-            client: client::build(),
+            outbound,
             metrics,
             observe,
             notifier,

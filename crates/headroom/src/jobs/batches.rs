@@ -513,16 +513,17 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             },
         )
     };
-    let prepared = outbound::prepare(
-        app,
-        &upstream,
-        meta.tenant.as_deref(),
-        method,
-        &request.path,
-        query,
-        headers,
-    )
-    .await;
+    let prepared = app
+        .outbound
+        .prepare(
+            &upstream,
+            meta.tenant.as_deref(),
+            method,
+            &request.path,
+            query,
+            headers,
+        )
+        .await;
     let call = match prepared {
         Ok(call) => call,
         Err(e @ PrepareError::CredentialUnreadable(_)) => {
@@ -540,7 +541,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         wait_until: None,
         read: Read::All(MAX_ANSWER),
     };
-    match call.send(app, Body::from(request.body), how).await {
+    match call.send(Body::from(request.body), how).await {
         Answer::Refused(rejection) => wait(rejection.retry_after, refusal(&rejection).into()),
         Answer::Unreachable { reason, .. } => {
             let at = app.clock.now_millis() + record_backoff(attempts).as_millis() as Millis;

@@ -279,16 +279,17 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         Ok(h) => h,
         Err(e) => return failed(attempt, e),
     };
-    let prepared = outbound::prepare(
-        app,
-        &upstream,
-        n.tenant.as_deref(),
-        method,
-        &n.request.path,
-        n.request.query.as_deref(),
-        headers,
-    )
-    .await;
+    let prepared = app
+        .outbound
+        .prepare(
+            &upstream,
+            n.tenant.as_deref(),
+            method,
+            &n.request.path,
+            n.request.query.as_deref(),
+            headers,
+        )
+        .await;
     let call = match prepared {
         Ok(call) => call,
         Err(PrepareError::Target(e)) => return failed(attempt, format!("request.path: {e}")),
@@ -311,7 +312,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         wait_until: None,
         read: Read::All(MAX_STORED_BODY),
     };
-    match call.send(app, body, how).await {
+    match call.send(body, how).await {
         // Not the job's fault: wait for the budget without spending an attempt.
         Answer::Refused(rejection) => {
             let after = rejection.retry_after.as_millis().max(100) as Millis;

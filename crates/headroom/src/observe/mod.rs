@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot};
 use self::metrics::{EndpointLabels, KindLabels, ObserveMetrics, QueueLabels, RetryOutcomeLabels};
 use self::model::*;
 use crate::jobs::{Job, Millis, Transition};
-use crate::outbound::Call;
 use crate::server::AppState;
 
 /// Events waiting for the writer; beyond this they are dropped (and counted).
@@ -97,6 +96,19 @@ enum Msg {
     Event(Box<Event>),
     /// Answered once every event sent before it is stored.
     Flush(oneshot::Sender<()>),
+}
+
+/// One call to an upstream (attempt), as events and logs describe it.
+pub(crate) struct Call<'a> {
+    pub upstream: &'a crate::cfg::Upstream,
+    /// The tenant (or budget key) for metrics and logs.
+    pub tenant: &'a str,
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    pub attempt: u32,
+    /// The job's queue, for events.
+    pub queue: Option<&'a str>,
 }
 
 /// Emits events and keeps what sampling and alerts remember. One per server.

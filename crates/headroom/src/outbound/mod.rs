@@ -26,14 +26,77 @@ use http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::cfg::{BudgetScope, Upstream};
-use crate::server::AppState;
-use governor::BudgetKey;
+use crate::clock::WallClock;
+use crate::credentials::Credentials;
+use crate::metrics::Metrics;
+use crate::observe::Observer;
+use client::UpstreamClient;
+use governor::{BudgetKey, SharedGovernor};
 
-pub(crate) use send::{read_up_to, Answer, Call, Read};
+pub(crate) use crate::observe::Call;
+pub(crate) use send::{read_up_to, Answer, Read};
 pub use target::{target_uri, TargetError};
+
+/// What a governed call needs, and nothing else of the server. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    client: UpstreamClient,
+    governor: Arc<SharedGovernor>,
+    credentials: Arc<Credentials>,
+    metrics: Arc<Metrics>,
+    observe: Arc<Observer>,
+    clock: WallClock,
+}
+
+impl Outbound {
+    pub fn new(
+        governor: Arc<SharedGovernor>,
+        credentials: Arc<Credentials>,
+        metrics: Arc<Metrics>,
+        observe: Arc<Observer>,
+        clock: WallClock,
+    ) -> Outbound {
+        Outbound {
+            client: client::build(),
+            governor,
+            credentials,
+            metrics,
+            observe,
+            clock,
+        }
+    }
+
+    /// Prepares a call of `method` to `path` (still percent-encoded) and `query` under
+    /// `upstream`, with the caller's `headers`, on behalf of `tenant`.
+    pub(crate) async fn prepare<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        tenant: Option<&'a str>,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        mut headers: HeaderMap,
+    ) -> Result<Prepared<'a>, PrepareError> {
+        let uri = target_uri(&upstream.base_url, path, query)?;
+        inject_credential(&self.credentials, upstream, tenant, &mut headers).await?;
+        let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
+        let label = tenant.map_or_else(|| key.1.to_string(), str::to_string);
+        Ok(Prepared {
+            outbound: self,
+            upstream,
+            tenant,
+            method,
+            uri,
+            headers,
+            key,
+            label,
+        })
+    }
+}
 
 /// A call ready to be sent: where, with which headers, spending which budget.
 pub(crate) struct Prepared<'a> {
+    outbound: &'a Outbound,
     pub upstream: &'a Upstream,
     pub tenant: Option<&'a str>,
     pub method: Method,
@@ -76,32 +139,6 @@ pub(crate) struct Send<'a> {
     pub read: Read,
 }
 
-/// Prepares a call of `method` to `path` (still percent-encoded) and `query` under
-/// `upstream`, with the caller's `headers`, on behalf of `tenant`.
-pub(crate) async fn prepare<'a>(
-    app: &AppState,
-    upstream: &'a Upstream,
-    tenant: Option<&'a str>,
-    method: Method,
-    path: &str,
-    query: Option<&str>,
-    mut headers: HeaderMap,
-) -> Result<Prepared<'a>, PrepareError> {
-    let uri = target_uri(&upstream.base_url, path, query)?;
-    inject_credential(app, upstream, tenant, &mut headers).await?;
-    let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
-    let label = tenant.map_or_else(|| key.1.to_string(), str::to_string);
-    Ok(Prepared {
-        upstream,
-        tenant,
-        method,
-        uri,
-        headers,
-        key,
-        label,
-    })
-}
-
 impl Prepared<'_> {
     /// The call as events describe it.
     pub fn call<'a>(&'a self, attempt: u32, queue: Option<&'a str>) -> Call<'a> {
@@ -118,8 +155,9 @@ impl Prepared<'_> {
 
     /// Waits for the budget (or is refused), then sends the call with `body` and reads the
     /// answer back into the budget.
-    pub async fn send(&self, app: &AppState, body: Body, how: Send<'_>) -> Answer {
-        let lease = match app
+    pub async fn send(&self, body: Body, how: Send<'_>) -> Answer {
+        let out = self.outbound;
+        let lease = match out
             .governor
             .acquire(
                 self.key.clone(),
@@ -135,7 +173,7 @@ impl Prepared<'_> {
             Err(rejection) => return Answer::Refused(rejection),
         };
         let call = self.call(how.attempt, how.queue);
-        send::send(app, &call, lease, body, how.read, how.wait_until).await
+        send::send(out, &call, lease, body, how.read, how.wait_until).await
     }
 }
 
@@ -171,7 +209,7 @@ fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) ->
 /// Puts the tenant's stored credential for the upstream (if any) in the upstream's
 /// credential header, replacing whatever the caller sent there.
 async fn inject_credential(
-    app: &AppState,
+    credentials: &Credentials,
     upstream: &Upstream,
     tenant: Option<&str>,
     headers: &mut HeaderMap,
@@ -179,7 +217,7 @@ async fn inject_credential(
     let Some(tenant) = tenant else {
         return Ok(());
     };
-    let credential = match app.credentials.get(tenant, &upstream.name).await {
+    let credential = match credentials.get(tenant, &upstream.name).await {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(()),
         Err(e) => return Err(PrepareError::CredentialUnreadable(format!("{e:#}"))),

@@ -8,28 +8,14 @@ use bytes::{Bytes, BytesMut};
 use headroom_core::budget::Outcome;
 use headroom_core::duration::format_duration;
 use headroom_core::{interpret, Rejection};
-use http::header::HeaderMap;
-use http::Method;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::governor::Lease;
+use super::Outbound;
 use crate::cfg::Upstream;
 use crate::metrics::ResponseLabels;
-use crate::server::AppState;
-
-/// One call to an upstream, as events and logs describe it.
-pub(crate) struct Call<'a> {
-    pub upstream: &'a Upstream,
-    /// The tenant (or budget key) for metrics and logs.
-    pub tenant: &'a str,
-    pub method: &'a Method,
-    pub uri: &'a http::Uri,
-    pub headers: &'a HeaderMap,
-    pub attempt: u32,
-    /// The job's queue, for events.
-    pub queue: Option<&'a str>,
-}
+use crate::observe::Call;
 
 /// How much of an answer's body is read before it is handed back.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +55,7 @@ pub(crate) enum Answer {
 /// Makes the call under `lease`, reads the answer's rate-limit signals back into the budget
 /// (returning the lease), and records metrics and a log line for throttled answers.
 pub(super) async fn send(
-    app: &AppState,
+    out: &Outbound,
     call: &Call<'_>,
     lease: Lease,
     body: Body,
@@ -89,7 +75,7 @@ pub(super) async fn send(
     // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
     // body that stalls is a transport error and gives the lease back.
     let give_up = Instant::now() + upstream.timeout;
-    let sent = tokio::time::timeout_at(give_up, app.client.request(outgoing)).await;
+    let sent = tokio::time::timeout_at(give_up, out.client.request(outgoing)).await;
     let upstream_response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -97,11 +83,11 @@ pub(super) async fn send(
                 Some(source) => format!("{e}: {source}"),
                 None => e.to_string(),
             };
-            return unreachable_upstream(app, call, lease, reason, waited);
+            return unreachable_upstream(out, call, lease, reason, waited);
         }
         Err(_) => {
             let reason = format!("no answer within {}", format_duration(upstream.timeout));
-            return unreachable_upstream(app, call, lease, reason, waited);
+            return unreachable_upstream(out, call, lease, reason, waited);
         }
     };
     let (parts, incoming) = upstream_response.into_parts();
@@ -130,9 +116,9 @@ pub(super) async fn send(
             Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
             Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
-                return unreachable_upstream(app, call, lease, reason, waited);
+                return unreachable_upstream(out, call, lease, reason, waited);
             }
-            Err(_) => return unreachable_upstream(app, call, lease, stalled(), waited),
+            Err(_) => return unreachable_upstream(out, call, lease, stalled(), waited),
         }
     } else if inspect {
         match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
@@ -140,9 +126,9 @@ pub(super) async fn send(
             Ok(Ok(Err(stream))) => (None, false, stream),
             Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
-                return unreachable_upstream(app, call, lease, reason, waited);
+                return unreachable_upstream(out, call, lease, reason, waited);
             }
-            Err(_) => return unreachable_upstream(app, call, lease, stalled(), waited),
+            Err(_) => return unreachable_upstream(out, call, lease, stalled(), waited),
         }
     } else {
         (None, false, Body::new(incoming))
@@ -154,14 +140,14 @@ pub(super) async fn send(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes())),
         inspected.as_deref().unwrap_or_default(),
-        app.clock.now_unix_secs(),
+        out.clock.now_unix_secs(),
     );
     let reaction = lease.finish(Outcome::Response {
         status,
         signals: &signals,
     });
-    record_breaker(app, upstream, call.tenant, reaction);
-    app.metrics
+    record_breaker(out, upstream, call.tenant, reaction);
+    out.metrics
         .upstream_responses
         .get_or_create(&ResponseLabels {
             upstream: upstream.name.clone(),
@@ -169,12 +155,12 @@ pub(super) async fn send(
         })
         .inc();
     if signals.throttled {
-        app.metrics
+        out.metrics
             .throttled
-            .get_or_create(&app.metrics.tenant_labels(&upstream.name, call.tenant))
+            .get_or_create(&out.metrics.tenant_labels(&upstream.name, call.tenant))
             .inc();
         // The event logs it (with the rate-limit headers) and stores it.
-        app.observe.throttled(
+        out.observe.throttled(
             call,
             status,
             &parts.headers,
@@ -194,14 +180,14 @@ pub(super) async fn send(
 }
 
 fn unreachable_upstream(
-    app: &AppState,
+    out: &Outbound,
     call: &Call<'_>,
     lease: Lease,
     reason: String,
     waited: Duration,
 ) -> Answer {
     let reaction = lease.finish(Outcome::TransportError);
-    record_breaker(app, call.upstream, call.tenant, reaction);
+    record_breaker(out, call.upstream, call.tenant, reaction);
     tracing::warn!(
         upstream = %call.upstream.name,
         method = %call.method,
@@ -214,7 +200,7 @@ fn unreachable_upstream(
 }
 
 fn record_breaker(
-    app: &AppState,
+    out: &Outbound,
     upstream: &Upstream,
     tenant: &str,
     reaction: headroom_core::budget::Reaction,
@@ -226,11 +212,11 @@ fn record_breaker(
             BreakerState::HalfOpen { .. } => 1,
             BreakerState::Open { .. } => 2,
         };
-        app.observe.breaker(&upstream.name, tenant, &state);
-        let labels = app.metrics.tenant_labels(&upstream.name, tenant);
+        out.observe.breaker(&upstream.name, tenant, &state);
+        let labels = out.metrics.tenant_labels(&upstream.name, tenant);
         // A gauge shared by many tenants would show whichever changed last: none for them.
         if labels.tenant != crate::metrics::OTHER_TENANT {
-            app.metrics.breaker_state.get_or_create(&labels).set(value);
+            out.metrics.breaker_state.get_or_create(&labels).set(value);
         }
     }
 }
