@@ -97,6 +97,90 @@ impl Default for MetricsConfig {
 }
 
 /// How long finished jobs and batches are kept by default.
+/// How long a call's concurrency lease in Redis lasts if its node never returns it (it
+/// died): `?lease_ttl=` on the governor's URL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// The governor's Redis, as its URL says: `redis://host:6379/0?prefix=headroom&lease_ttl=60s`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisUrl {
+    /// The URL the Redis client opens (Headroom's own options taken out).
+    pub client_url: String,
+    /// The URL as logs show it (password hidden).
+    pub shown: String,
+    /// Prefix of Headroom's keys.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+}
+
+impl RedisUrl {
+    /// Reads (does not connect): a bad URL or option is found by `check-config`.
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| format!("\"{}\" is not a URL: {e}", redact_url(url)))?;
+        let mut prefix = "headroom".to_string();
+        let mut lease_ttl = DEFAULT_LEASE_TTL;
+        let mut rest = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            match &*k {
+                "prefix" => prefix = v.to_string(),
+                "lease_ttl" => {
+                    lease_ttl = parse_duration(&v)
+                        .map_err(|e| format!("\"{}\": lease_ttl \"{v}\": {e}", redact_url(url)))?
+                }
+                _ => rest.push((k.to_string(), v.to_string())),
+            }
+        }
+        if rest.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        redis::Client::open(parsed.as_str())
+            .map_err(|e| format!("\"{}\": {e}", redact_url(url)))?;
+        Ok(RedisUrl {
+            shown: redact_url(parsed.as_str()),
+            client_url: parsed.to_string(),
+            prefix,
+            lease_ttl,
+        })
+    }
+}
+
+/// A URL as it may be shown: its password, and query values named like a password
+/// (`pass`, `password`), replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        // Not a URL: hide whatever sits between `://user:` and `@`.
+        return match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+                Some(c) => format!("{}***{}", &url[..s + 3 + c + 1], &url[at..]),
+                None => url.to_string(),
+            },
+            _ => url.to_string(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    let secret = |k: &str| k.to_ascii_lowercase().contains("pass");
+    if u.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Config {
@@ -468,8 +552,7 @@ impl RawConfig {
             }
             if governor != "memory" {
                 // Parsed (not connected) here, so that check-config finds a bad URL or option.
-                crate::outbound::governor::redis::RedisGovernor::new(&governor, Vec::new())
-                    .map_err(|e| format!("governor: {e:#}"))?;
+                RedisUrl::parse(&governor).map_err(|e| format!("governor: {e}"))?;
             }
             config.governor = governor;
         }

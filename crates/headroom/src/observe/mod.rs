@@ -8,7 +8,7 @@
 
 pub mod alerts;
 pub mod api;
-pub mod metrics;
+pub use crate::metrics::observe as metrics;
 pub use crate::store::model::events as model;
 pub mod otel;
 pub mod status;

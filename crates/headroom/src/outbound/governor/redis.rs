@@ -31,10 +31,10 @@ use std::time::Duration;
 use headroom_core::{Lane, RejectReason, Rejection};
 use redis::aio::MultiplexedConnection;
 
+use crate::cfg::RedisUrl;
+
 /// How far ahead of the pace a real-time call may run, in intervals (as in the core).
 const BURST: f64 = 3.0;
-/// How long a call's concurrency lease lasts if its node never returns it (it died).
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 /// A learned spacing is used this long after the last node that saw headers wrote it.
 const LEARNED_TTL: Duration = Duration::from_secs(60);
 /// A budget's keys are dropped after this long without a call.
@@ -261,51 +261,14 @@ impl RedisGovernor {
     /// Parses the URL; connects on first use (a node starts while Redis is down, and
     /// refuses calls until it is up).
     pub fn new(url: &str, upstreams: Vec<String>) -> anyhow::Result<Arc<RedisGovernor>> {
-        let mut parsed = url::Url::parse(url)
-            .map_err(|e| anyhow::anyhow!("governor \"{url}\" is not a URL: {e}"))?;
-        let mut prefix = "headroom".to_string();
-        let mut lease_ttl = DEFAULT_LEASE_TTL;
-        let mut rest = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            match &*k {
-                "prefix" => prefix = v.to_string(),
-                "lease_ttl" => {
-                    lease_ttl = headroom_core::duration::parse_duration(&v).map_err(|e| {
-                        anyhow::anyhow!("governor \"{url}\": lease_ttl \"{v}\": {e}")
-                    })?
-                }
-                _ => rest.push((k.to_string(), v.to_string())),
-            }
-        }
-        if rest.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(rest);
-        }
-        let client = redis::Client::open(parsed.as_str())
-            .map_err(|e| anyhow::anyhow!("governor \"{url}\": {e}"))?;
-        let shown = {
-            let mut u = parsed.clone();
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            // `redis+unix:///…?pass=…` carries it in the query.
-            if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if k == "pass" || k == "password" {
-                            "***".to_string()
-                        } else {
-                            v.to_string()
-                        };
-                        (k.to_string(), v)
-                    })
-                    .collect();
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
-        };
+        let RedisUrl {
+            client_url,
+            shown,
+            prefix,
+            lease_ttl,
+        } = RedisUrl::parse(url).map_err(anyhow::Error::msg)?;
+        let client = redis::Client::open(client_url.as_str())
+            .map_err(|e| anyhow::anyhow!("governor \"{shown}\": {e}"))?;
         Ok(Arc::new(RedisGovernor {
             link: Arc::new(Link {
                 client,

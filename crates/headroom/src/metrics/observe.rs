@@ -1,6 +1,7 @@
-//! The observability metrics, registered beside the proxy's in `crate::metrics`. Labels stay
-//! bounded: endpoints are method + path template (at most `MAX_ENDPOINTS` per upstream),
-//! tenants appear only on throttled counts, and queue labels come from the config.
+//! The observability metrics (events, retries, queues, budgets, alerts), registered beside
+//! the proxy's. Labels stay bounded: endpoints are method + path template (at most
+//! `MAX_ENDPOINTS` per upstream), tenants appear only on throttled counts, and queue labels
+//! come from the config.
 
 use std::sync::atomic::AtomicU64;
 

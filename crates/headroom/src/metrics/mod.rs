@@ -1,6 +1,8 @@
 //! Prometheus metrics, served on `/metrics` in the OpenMetrics text format. Histograms use
 //! explicit buckets so that they aggregate across nodes.
 
+pub mod observe;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -55,8 +57,8 @@ pub struct Metrics {
     pub wait_seconds: Family<LaneLabels, Histogram>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<TenantLabels, Gauge>,
-    /// Rate-limit events, retries, queues, budgets, alerts (`crate::observe`).
-    pub observe: crate::observe::metrics::ObserveMetrics,
+    /// Rate-limit events, retries, queues, budgets, alerts (the observe module).
+    pub observe: observe::ObserveMetrics,
     /// The tenants that have series of their own (at most `max_tenants`); the rest are
     /// counted as `tenant="other"`, so a scrape stays bounded whatever the tenant count.
     tenants: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -112,7 +114,7 @@ impl Metrics {
             "Circuit breaker per budget: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
-        let observe = crate::observe::metrics::ObserveMetrics::register(&mut registry);
+        let observe = observe::ObserveMetrics::register(&mut registry);
         Metrics {
             observe,
             registry,
