@@ -576,6 +576,9 @@ pub(crate) async fn run(app: AppState) {
     let in_flight_for = notifier.config.timeout.as_millis() as Millis + 10_000;
     let hold_back = (notifier.config.timeout.as_millis() as Millis).max(HOLD_BACK);
     loop {
+        if app.shutdown.is_stopping() {
+            return; // deliveries under way finish; the drain waits for them
+        }
         let now = app.clock.now_millis();
         let due = app
             .store
@@ -619,7 +622,9 @@ pub(crate) async fn run(app: AppState) {
             Ok(()) => {
                 for (job, uri, slot) in start {
                     let app = app.clone();
+                    let working = app.shutdown.working();
                     tokio::spawn(async move {
+                        let _working = working;
                         deliver(&app, job, uri).await;
                         drop(slot);
                         app.notifier.done.notify_one();
@@ -635,6 +640,7 @@ pub(crate) async fn run(app: AppState) {
         tokio::select! {
             _ = tokio::time::sleep(IDLE_POLL) => {}
             _ = notifier.done.notified() => {}
+            _ = app.shutdown.stopped() => {}
         }
     }
 }

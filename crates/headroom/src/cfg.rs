@@ -70,6 +70,9 @@ pub struct ServerLimits {
     /// A request body to Headroom's own API (not the proxy's, which streams) must arrive
     /// whole within this long of the request's head.
     pub body_read_timeout: Duration,
+    /// After SIGTERM or SIGINT: how long in-flight requests, job attempts and batch chunks
+    /// may take to finish before the process exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
@@ -79,6 +82,7 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             body_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -96,7 +100,6 @@ impl Default for MetricsConfig {
     }
 }
 
-/// How long finished jobs and batches are kept by default.
 /// How long a call's concurrency lease in Redis lasts if its node never returns it (it
 /// died): `?lease_ttl=` on the governor's URL.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
@@ -181,6 +184,7 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// How long finished jobs and batches are kept by default.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Config {
@@ -392,6 +396,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     max_connections: Option<u64>,
     body_read_timeout: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,6 +425,9 @@ impl RawServer {
         }
         if let Some(d) = self.body_read_timeout {
             limits.body_read_timeout = positive("server.body_read_timeout", &d)?;
+        }
+        if let Some(d) = self.shutdown_grace {
+            limits.shutdown_grace = positive("server.shutdown_grace", &d)?;
         }
         if let Some(n) = self.max_connections {
             if !(1..=1_000_000).contains(&n) {

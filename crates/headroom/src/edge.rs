@@ -94,10 +94,19 @@ pub async fn serve(
         ));
     }
     drop(listener);
-    // Every connection finishes what it is doing and closes; each holds a slot until then.
+    // Every connection finishes what it is doing and closes; each holds a slot until then,
+    // for at most the grace.
     let _ = stop.send(());
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    if tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = limits.max_connections - slots.available_permits(),
+            "connections still busy at the end of the shutdown grace are cut"
+        );
+    }
     Ok(())
 }
 

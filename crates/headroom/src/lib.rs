@@ -14,4 +14,5 @@ pub mod outbound;
 pub mod proxy;
 pub mod schedules;
 pub mod server;
+pub mod shutdown;
 pub mod store;

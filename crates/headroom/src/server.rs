@@ -55,6 +55,8 @@ pub struct App {
     pub observe: Arc<crate::observe::Observer>,
     /// Sends job callbacks and alert webhooks (`[callbacks]`: allowed destinations, limits).
     pub notifier: crate::callbacks::Notifier,
+    /// Stopping: the background loops take no new work once it begins.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 impl std::ops::Deref for AppState {
@@ -142,6 +144,7 @@ impl AppState {
             batch_intake_shares: Default::default(),
             api_token,
             scheduler: crate::schedules::Scheduler::new(clock.clock()),
+            shutdown: Default::default(),
             clock,
         }));
         if state.store.is_shared() {
@@ -434,10 +437,34 @@ pub fn run(config: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Resu
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, upstreams, "headroom listening");
-        serve(state, listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down: draining in-flight requests");
+        let shutdown = state.shutdown.clone();
+        let grace = state.config.server.shutdown_grace;
+        serve(state.clone(), listener, async move {
+            let signal = crate::shutdown::signal().await;
+            tracing::info!(
+                signal,
+                grace_s = grace.as_secs_f64(),
+                "shutting down: no new connections or work; in-flight requests, job attempts \
+                 and batch chunks may finish within the grace ([server] shutdown_grace)"
+            );
+            shutdown.begin();
         })
-        .await
+        .await?;
+        let left = state.shutdown.drain(state.shutdown.grace_left(grace)).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "job attempts or batch chunks still running at the end of the grace: they go \
+                 again at the next start (they may have been sent once)"
+            );
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(5), state.observe.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the event log did not take the last events within 5s");
+        }
+        tracing::info!("stopped");
+        Ok(())
     })
 }

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Recorder, Server};
+use common::{free_port, Process, Recorder, Server};
 use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -145,69 +144,6 @@ async fn bad_batches_are_refused_and_nothing_is_stored() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(up.seen().is_empty(), "nothing was sent");
     server.shutdown().await;
-}
-
-/// `headroom serve` as a process, so that it can be killed with SIGKILL.
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Process {
-    fn start(dir: &std::path::Path, config: &str, port: u16) -> Process {
-        let path = dir.join("headroom.toml");
-        std::fs::write(&path, config).unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_headroom"))
-            .args([
-                "serve",
-                "--config",
-                path.to_str().unwrap(),
-                "--listen",
-                &addr,
-            ])
-            .env("HEADROOM_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("headroom serve starts");
-        Process { child, addr }
-    }
-
-    async fn ready(&self, client: &common::HttpClient) {
-        for _ in 0..200 {
-            let ok = client
-                .get(format!("http://{}/healthz", self.addr).parse().unwrap())
-                .await
-                .is_ok();
-            if ok {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("headroom serve did not come up on {}", self.addr);
-    }
-
-    fn kill9(&mut self) {
-        // SIGKILL: no shutdown, no drain, nothing flushed by Headroom itself.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -621,3 +621,124 @@ async fn upstream_names_are_not_told_before_authentication() {
         .contains("unknown upstream"));
     rig.shutdown().await;
 }
+
+/// An upstream that answers every request after `delay`, counting them.
+async fn slow_upstream(
+    delay: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                loop {
+                    // One request head (these requests have no body), then the slow answer.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// SIGTERM (how systemd, Docker and Kubernetes stop a service) with a proxied call and a job
+/// attempt in flight: both finish, the process exits 0, no new connection is taken meanwhile,
+/// and the job is not sent again at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_and_job_attempts_in_flight_finish_then_exits_0() {
+    let (up, seen) = slow_upstream(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "auth = \"none\"\nstore = \"sqlite://{}/h.db\"\n\
+         [server]\nshutdown_grace = \"20s\"\n\
+         [[upstreams]]\nname = \"slow\"\nbase_url = \"http://{up}\"\ntimeout = \"10s\"\n",
+        dir.path().display()
+    );
+    let port = common::free_port();
+    let mut process = common::Process::start(dir.path(), &config, port);
+    let client: common::HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    process.ready(&client).await;
+    let addr: SocketAddr = process.addr.parse().unwrap();
+
+    let job = common::post_raw(
+        &client,
+        addr,
+        "/v1/jobs",
+        serde_json::to_vec(
+            &json!({"upstream": "slow", "request": {"method": "GET", "path": "/job"}}),
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(job.status, StatusCode::ACCEPTED, "{:?}", job.body);
+    let job_id = job.json()["id"].as_str().unwrap().to_string();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            common::send(&client, addr, Method::GET, "/proxy/slow/call", &[]).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the call and the job never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    process.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a new connection was taken after SIGTERM"
+    );
+    let answer = call.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "the call in flight was cut");
+    assert_eq!(&answer.body[..], b"slow");
+    let status = process.exited(Duration::from_secs(15)).await;
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "headroom did not exit 0 after SIGTERM: {status:?}"
+    );
+
+    // The attempt finished before the exit: at the next start the job is done, not sent again.
+    let process = common::Process::start(dir.path(), &config, port);
+    process.ready(&client).await;
+    let r = common::send(
+        &client,
+        addr,
+        Method::GET,
+        &format!("/v1/jobs/{job_id}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["status"], "succeeded", "{:?}", r.json());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the job was sent again"
+    );
+}

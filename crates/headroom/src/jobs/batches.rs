@@ -362,6 +362,9 @@ pub async fn run_loop(app: AppState) {
     let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CHUNKS));
     loop {
+        if app.shutdown.is_stopping() {
+            return; // the chunks under way finish; the drain waits for them
+        }
         let busy: Vec<String> = in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -387,7 +390,9 @@ pub async fn run_loop(app: AppState) {
                     .entry(batch_id.clone())
                     .or_default() += 1;
                 let (app, in_flight) = (app.clone(), Arc::clone(&in_flight));
+                let working = app.shutdown.working();
                 tokio::spawn(async move {
+                    let _working = working;
                     run_chunk(&app, chunk).await;
                     {
                         let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,6 +422,7 @@ pub async fn run_loop(app: AppState) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = app.batches_wake.notified() => {}
+            _ = app.shutdown.stopped() => {}
         }
     }
 }

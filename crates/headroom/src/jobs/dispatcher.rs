@@ -74,6 +74,9 @@ async fn dispatch_loop(app: AppState) {
     let rules = rules(&app);
     let mut last_claim = tokio::time::Instant::now();
     loop {
+        if app.shutdown.is_stopping() {
+            return; // the attempts under way finish; the drain waits for them
+        }
         let free = slots.available_permits();
         let busy = MAX_RUNNING - free;
         // While plenty of claimed jobs are in hand, claim in batches: one claim (a write) then
@@ -86,6 +89,7 @@ async fn dispatch_loop(app: AppState) {
             tokio::select! {
                 _ = tokio::time::sleep(super::api::IDLE_POLL) => {}
                 _ = app.jobs_wake.notified() => {}
+                _ = app.shutdown.stopped() => {}
             }
             continue;
         }
@@ -93,6 +97,7 @@ async fn dispatch_loop(app: AppState) {
             tokio::select! {
                 _ = tokio::time::sleep_until(last_claim + CLAIM_DELAY) => {}
                 _ = app.jobs_wake.notified() => {}
+                _ = app.shutdown.stopped() => {}
             }
             continue;
         }
@@ -116,9 +121,10 @@ async fn dispatch_loop(app: AppState) {
                 .await
                 .expect("semaphore is never closed");
             let app = app.clone();
+            let working = app.shutdown.working();
             tokio::spawn(async move {
                 run_job(&app, job).await;
-                drop(permit);
+                drop((permit, working));
                 app.jobs_wake.notify_one();
             });
         }
@@ -136,6 +142,7 @@ async fn dispatch_loop(app: AppState) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = app.jobs_wake.notified() => {}
+            _ = app.shutdown.stopped() => {}
         }
     }
 }

@@ -396,3 +396,89 @@ impl Reply {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 }
+
+/// `headroom serve` as a process, so that it can be killed (SIGKILL) or stopped (SIGTERM).
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Process {
+    pub fn start(dir: &std::path::Path, config: &str, port: u16) -> Process {
+        let path = dir.join("headroom.toml");
+        std::fs::write(&path, config).unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args([
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--listen",
+                &addr,
+            ])
+            .env("HEADROOM_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("headroom serve starts");
+        Process { child, addr }
+    }
+
+    pub async fn ready(&self, client: &HttpClient) {
+        for _ in 0..200 {
+            let ok = client
+                .get(format!("http://{}/healthz", self.addr).parse().unwrap())
+                .await
+                .is_ok();
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("headroom serve did not come up on {}", self.addr);
+    }
+
+    /// SIGTERM, as systemd, Docker and Kubernetes stop a service.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if it did not.
+    pub async fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL: no shutdown, no drain, nothing flushed by Headroom itself.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
