@@ -6,14 +6,12 @@
 //! 300 ms is checked within 10 s), or lower bounds that a timer cannot break (a timer does
 //! not fire early).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::{mock, Recorder, Rig, Server};
+use crate::common::{mock, Recorder, Rig, Server};
 use headroom_mock::Profile;
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -301,7 +299,7 @@ timeout = "60s"
 "#;
     let server = Server::start(config, &format!("http://{upstream}")).await;
     let started = Instant::now();
-    let call = common::send(
+    let call = crate::common::send(
         &server.client,
         server.addr,
         Method::GET,
@@ -469,7 +467,7 @@ async fn tomcat_and_double_encoded_escapes_are_refused() {
             .contains("not allowed"));
     }
     // Job paths go through the same check.
-    let r = common::post_raw(
+    let r = crate::common::post_raw(
         &rig.client,
         rig.addr,
         "/v1/jobs",
@@ -547,7 +545,7 @@ retry = { max_attempts = 1 }
     for i in 0..40 {
         recorder.answer(429, &[("retry-after", "0")]);
         let tenant = format!("t{i}");
-        let r = common::send(
+        let r = crate::common::send(
             &server.client,
             server.addr,
             Method::GET,
@@ -575,10 +573,10 @@ async fn errors_axum_makes_itself_are_problem_json() {
     // Over the body limit (2 MB by default on /v1/jobs). On a client of its own: the server
     // closes that connection without reading the body, and a pooled client could otherwise
     // send the next request on it.
-    let own: common::HttpClient =
+    let own: crate::common::HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let r = common::post_raw(&own, server.addr, "/v1/jobs", vec![b' '; 3 << 20]).await;
+    let r = crate::common::post_raw(&own, server.addr, "/v1/jobs", vec![b' '; 3 << 20]).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.problem()["detail"]
         .as_str()
@@ -589,7 +587,7 @@ async fn errors_axum_makes_itself_are_problem_json() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.problem()["detail"].as_str().unwrap().contains("UTF-8"));
     // A method the route does not take.
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::PUT,
@@ -673,15 +671,15 @@ async fn sigterm_lets_calls_and_job_attempts_in_flight_finish_then_exits_0() {
          [[upstreams]]\nname = \"slow\"\nbase_url = \"http://{up}\"\ntimeout = \"10s\"\n",
         dir.path().display()
     );
-    let port = common::free_port();
-    let mut process = common::Process::start(dir.path(), &config, port);
-    let client: common::HttpClient =
+    let port = crate::common::free_port();
+    let mut process = crate::common::Process::start(dir.path(), &config, port);
+    let client: crate::common::HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     process.ready(&client).await;
     let addr: SocketAddr = process.addr.parse().unwrap();
 
-    let job = common::post_raw(
+    let job = crate::common::post_raw(
         &client,
         addr,
         "/v1/jobs",
@@ -696,7 +694,7 @@ async fn sigterm_lets_calls_and_job_attempts_in_flight_finish_then_exits_0() {
     let call = {
         let client = client.clone();
         tokio::spawn(async move {
-            common::send(&client, addr, Method::GET, "/proxy/slow/call", &[]).await
+            crate::common::send(&client, addr, Method::GET, "/proxy/slow/call", &[]).await
         })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -724,9 +722,9 @@ async fn sigterm_lets_calls_and_job_attempts_in_flight_finish_then_exits_0() {
     );
 
     // The attempt finished before the exit: at the next start the job is done, not sent again.
-    let process = common::Process::start(dir.path(), &config, port);
+    let process = crate::common::Process::start(dir.path(), &config, port);
     process.ready(&client).await;
-    let r = common::send(
+    let r = crate::common::send(
         &client,
         addr,
         Method::GET,

@@ -4,11 +4,9 @@
 //! that involve time compare a lane's wait with a flood that takes many seconds, so that a
 //! noisy machine cannot flip them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{mock, send, Rig};
+use crate::common::{mock, send, Rig};
 use headroom_mock::Profile;
 use http::{Method, StatusCode};
 

@@ -8,9 +8,6 @@
 //! `HEADROOM_REQUIRE_SERVICES=1` (CI). Each uses a schema and a Redis key prefix of its own.
 //! Assertions are on counts (calls, records, jobs), with generous time limits.
 
-mod common;
-mod services;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +61,7 @@ impl Node {
         Node { child, addr }
     }
 
-    async fn ready(&mut self, client: &common::HttpClient, log: &std::path::Path) {
+    async fn ready(&mut self, client: &crate::common::HttpClient, log: &std::path::Path) {
         for _ in 0..400 {
             let up = client
                 .get(format!("http://{}/healthz", self.addr).parse().unwrap())
@@ -105,8 +102,8 @@ impl Drop for Node {
 struct Cluster {
     nodes: Vec<Node>,
     mock: MockHandle,
-    client: common::HttpClient,
-    schema: Option<services::PgSchema>,
+    client: crate::common::HttpClient,
+    schema: Option<crate::services::PgSchema>,
     redis: String,
     prefix: String,
     dir: tempfile::TempDir,
@@ -121,10 +118,10 @@ impl Cluster {
         upstream: &str,
         governor: Option<String>,
     ) -> Option<Cluster> {
-        let pg = services::postgres()?;
-        let redis = services::redis()?;
-        let schema = services::PgSchema::create(&pg).await;
-        let prefix = services::unique("hrt");
+        let pg = crate::services::postgres()?;
+        let redis = crate::services::redis()?;
+        let schema = crate::services::PgSchema::create(&pg).await;
+        let prefix = crate::services::unique("hrt");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mock = headroom_mock::spawn(listener, mock_config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -138,7 +135,7 @@ impl Cluster {
         );
         let path = dir.path().join("headroom.toml");
         std::fs::write(&path, config).unwrap();
-        let client: common::HttpClient =
+        let client: crate::common::HttpClient =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         let mut cluster = Cluster {
@@ -162,8 +159,8 @@ impl Cluster {
         Some(cluster)
     }
 
-    async fn post(&self, node: usize, path: &str, body: &Value) -> common::Reply {
-        common::post_raw(
+    async fn post(&self, node: usize, path: &str, body: &Value) -> crate::common::Reply {
+        crate::common::post_raw(
             &self.client,
             self.nodes[node].addr,
             path,
@@ -172,8 +169,8 @@ impl Cluster {
         .await
     }
 
-    async fn get(&self, node: usize, path: &str) -> common::Reply {
-        common::send(&self.client, self.nodes[node].addr, Method::GET, path, &[]).await
+    async fn get(&self, node: usize, path: &str) -> crate::common::Reply {
+        crate::common::send(&self.client, self.nodes[node].addr, Method::GET, path, &[]).await
     }
 
     /// A connection to the cluster's schema, to look at what the nodes stored.
@@ -291,7 +288,7 @@ async fn three_nodes_pace_one_budget_and_run_each_job_once() {
     let Some(cluster) = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await else {
         return;
     };
-    let callbacks = common::Recorder::start().await;
+    let callbacks = crate::common::Recorder::start().await;
     for i in 0..JOBS {
         let mut body = job(i, "bulk");
         body["callback_url"] = json!(format!("{}/done/{i}", callbacks.url()));
@@ -369,7 +366,7 @@ async fn real_time_calls_keep_priority_across_nodes() {
     let mut waits = Vec::new();
     for i in 0..9 {
         let node = i % 3;
-        let r = common::send(
+        let r = crate::common::send(
             &cluster.client,
             cluster.nodes[node].addr,
             Method::GET,
@@ -562,7 +559,7 @@ impl Relay {
 /// everything goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_gives_clear_errors_then_recovers() {
-    let Some(redis_url) = services::redis() else {
+    let Some(redis_url) = crate::services::redis() else {
         return;
     };
     let target = {
@@ -593,7 +590,7 @@ async fn a_redis_restart_gives_clear_errors_then_recovers() {
     let call = |cluster: &Cluster, node: usize| {
         let (client, addr) = (cluster.client.clone(), cluster.nodes[node].addr);
         async move {
-            common::send(
+            crate::common::send(
                 &client,
                 addr,
                 Method::GET,
@@ -750,8 +747,8 @@ async fn a_redis_blip_ends_within_seconds_of_redis_answering() {
         return;
     };
     redis.start().await;
-    let rig = common::Rig::start_full(
-        common::mock(Profile::Ietf, 1000, 1),
+    let rig = crate::common::Rig::start_full(
+        crate::common::mock(Profile::Ietf, 1000, 1),
         &format!("governor = \"{}/?prefix=blip\"\n", redis.url()),
         "limits = [{ quota = 1000, window = \"1s\" }]\n",
         None,
@@ -820,7 +817,7 @@ async fn an_unreachable_redis_is_logged_once_without_its_password() {
         return;
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = headroom_mock::spawn(listener, common::mock(Profile::Ietf, 1000, 1))
+    let mock = headroom_mock::spawn(listener, crate::common::mock(Profile::Ietf, 1000, 1))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -842,12 +839,12 @@ async fn an_unreachable_redis_is_logged_once_without_its_password() {
         "info",
         &[("HEADROOM_API_TOKEN", "t0ken-for-the-test")],
     );
-    let client: common::HttpClient =
+    let client: crate::common::HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     node.ready(&client, &log).await;
     let call = || {
-        common::send(
+        crate::common::send(
             &client,
             node.addr,
             Method::GET,
@@ -917,10 +914,10 @@ fn governor(url: &str, prefix: &str, ttl: &str) -> Arc<RedisGovernor> {
 /// A node that dies holding a concurrency slot gives it back when its lease expires.
 #[tokio::test]
 async fn a_dead_nodes_leases_expire() {
-    let Some(url) = services::redis() else {
+    let Some(url) = crate::services::redis() else {
         return;
     };
-    let prefix = services::unique("hrl");
+    let prefix = crate::services::unique("hrl");
     let dead = governor(&url, &prefix, "1s");
     let alive = governor(&url, &prefix, "1s");
     let held = dead
@@ -973,10 +970,10 @@ async fn a_dead_nodes_leases_expire() {
 /// One node learns a slower pace from headers (and a pause); the other paces by it.
 #[tokio::test]
 async fn what_one_node_learns_every_node_uses() {
-    let Some(url) = services::redis() else {
+    let Some(url) = crate::services::redis() else {
         return;
     };
-    let prefix = services::unique("hrp");
+    let prefix = crate::services::unique("hrp");
     let a = governor(&url, &prefix, "10s");
     let b = governor(&url, &prefix, "10s");
     let fast = Some(Duration::from_millis(1));
@@ -1055,10 +1052,10 @@ async fn what_one_node_learns_every_node_uses() {
 /// Bulk calls wait for the pace; a real-time call from another node goes at once.
 #[tokio::test]
 async fn real_time_goes_ahead_of_bulk_in_redis() {
-    let Some(url) = services::redis() else {
+    let Some(url) = crate::services::redis() else {
         return;
     };
-    let prefix = services::unique("hrr");
+    let prefix = crate::services::unique("hrr");
     let a = governor(&url, &prefix, "10s");
     let b = governor(&url, &prefix, "10s");
     let slow = Some(Duration::from_millis(2_000));

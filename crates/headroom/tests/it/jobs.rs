@@ -1,11 +1,9 @@
 //! Durable jobs over real sockets: submit, run through the governor, retry, reschedule,
 //! deduplicate, cancel, call back, and refuse bad input without storing anything.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Recorder, Server};
+use crate::common::{Recorder, Server};
 use http::StatusCode;
 use serde_json::json;
 

@@ -2,13 +2,11 @@
 //! reviewed code): bodies that never arrive, one tenant holding the batch intake, work
 //! acknowledged into a deleted database, readiness telling strangers internals.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::{mock, HttpClient, Reply, Rig};
 use bytes::Bytes;
-use common::{mock, HttpClient, Reply, Rig};
 use headroom_mock::Profile;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -171,8 +169,8 @@ async fn readyz_tells_an_unauthenticated_caller_nothing_internal() {
 /// although a 202 promises it survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_job_is_acknowledged_into_a_deleted_database() {
-    let up = common::Recorder::start().await;
-    let server = common::Server::start(
+    let up = crate::common::Recorder::start().await;
+    let server = crate::common::Server::start(
         "[[upstreams]]\nname = \"up\"\nbase_url = \"{base}\"\n",
         &up.url(),
     )

@@ -2,12 +2,10 @@
 //! `auth = "none"` still refuses what a web page (cross-site requests, DNS rebinding) could
 //! send.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{HttpClient, Recorder, Reply, Server};
 use bytes::Bytes;
-use common::{HttpClient, Recorder, Reply, Server};
 use headroom::cfg::Config;
 use headroom::server::{self, AppState};
 use http::{Method, Request, StatusCode};
@@ -365,7 +363,7 @@ retry = { max_wait = "30s" }
 }
 
 async fn server_call(server: &Server, tenant: &str) -> Reply {
-    common::send(
+    crate::common::send(
         &server.client,
         server.addr,
         Method::GET,
@@ -396,7 +394,7 @@ limits = [{ quota = 10, window = "1s" }]
     for _ in 0..80 {
         let (client, addr) = (server.client.clone(), server.addr);
         flood.push(tokio::spawn(async move {
-            common::send(
+            crate::common::send(
                 &client,
                 addr,
                 Method::GET,
@@ -413,7 +411,7 @@ limits = [{ quota = 10, window = "1s" }]
     }
     // Let the backlog form (8 calls per second go; 80 are queued).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::GET,

@@ -3,13 +3,11 @@
 //! `/v1/status` with its capacity verdict, and the `events` and `status` commands. Alerts,
 //! pruning and status run on a manual clock; assertions are on counts and contents.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Recorder, Server};
+use crate::common::{Recorder, Server};
 use headroom::store::{event_conformance, Store};
 use headroom_core::clock::{ManualClock, Timestamp};
 use http::Method;
@@ -103,7 +101,7 @@ async fn throttles_retries_and_exhaustion_become_events_and_metrics_without_cred
         ("authorization", "Bearer sekrit-token"),
         ("headroom-tenant", "acme"),
     ];
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::GET,
@@ -116,7 +114,7 @@ async fn throttles_retries_and_exhaustion_become_events_and_metrics_without_cred
     // Two 502s: a backoff, then the retries run out.
     up.answer(502, &[]);
     up.answer(502, &[]);
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::POST,
@@ -224,14 +222,14 @@ async fn events_are_pruned_after_the_retention() {
     )
     .await;
     up.answer(429, &[("retry-after", "1")]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/a", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/a", &[]).await;
     assert_eq!(r.status, 429);
     assert_eq!(events(&server, "").await.len(), 2, "throttled and paused");
     headroom::observe::tick(&server.state).await.unwrap();
     assert_eq!(events(&server, "").await.len(), 2, "within the retention");
     clock.advance(Duration::from_secs(86_400 + 3_600));
     up.answer(429, &[("retry-after", "1")]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/b", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/b", &[]).await;
     assert_eq!(r.status, 429);
     let tick = headroom::observe::tick(&server.state).await.unwrap();
     let left = events(&server, "").await;
@@ -268,7 +266,7 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
     .await;
     up.answer(502, &[]);
     up.answer(502, &[]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
     server.state.observe.record_job_duration("default", 2_500);
 
@@ -500,7 +498,7 @@ async fn the_events_command_prints_and_follows() {
     let up = Recorder::start().await;
     let server = Server::start(&upstream("retry = { max_attempts = 1 }"), &up.url()).await;
     up.answer(429, &[("retry-after", "1")]);
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::GET,
@@ -556,7 +554,7 @@ async fn the_events_command_prints_and_follows() {
     let n = stdout.read(&mut buf).await.unwrap();
     seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     up.answer(429, &[("retry-after", "1")]);
-    let r = common::send(
+    let r = crate::common::send(
         &server.client,
         server.addr,
         Method::GET,
@@ -591,7 +589,7 @@ async fn the_events_command_prints_and_follows() {
 
 #[test]
 fn the_grafana_dashboard_uses_only_metrics_that_exist() {
-    let text = include_str!("../../../deploy/grafana/headroom.json");
+    let text = include_str!("../../../../deploy/grafana/headroom.json");
     let dash: Value = serde_json::from_str(text).expect("the dashboard is JSON");
     assert!(dash["panels"].as_array().unwrap().len() >= 10);
     let rendered = headroom::metrics::Metrics::new().render();
@@ -650,13 +648,14 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
     // Two throttled answers: below min_count, nothing fires.
     for _ in 0..2 {
         up.answer(429, &[("retry-after", "0")]);
-        let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
+        let r =
+            crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
         assert_eq!(r.status, 429);
     }
     headroom::observe::tick(&server.state).await.unwrap();
     assert!(hook.seen().is_empty(), "{:?}", hook.seen());
     up.answer(429, &[("retry-after", "0")]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
     assert_eq!(r.status, 429);
     // A job that fails for good (400), and one that fails an attempt (502) and waits.
     up.answer(400, &[]);
@@ -701,8 +700,8 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
 
 #[tokio::test]
 async fn a_tenant_token_sees_its_own_events_only() {
-    let rig = common::Rig::start_with_token(
-        common::mock(headroom_mock::Profile::RetryAfter, 1, 60),
+    let rig = crate::common::Rig::start_with_token(
+        crate::common::mock(headroom_mock::Profile::RetryAfter, 1, 60),
         "retry = { max_attempts = 1, max_wait = \"10ms\" }",
         Some("admin-token"),
     )
@@ -798,7 +797,7 @@ async fn a_refused_notification_is_sent_again_on_the_next_tick() {
     hook.answer(500, &[]);
     up.answer(502, &[]);
     up.answer(502, &[]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
     headroom::observe::tick(&server.state).await.unwrap();
     // (The background tick may already have sent it again.)
@@ -848,7 +847,7 @@ async fn a_hanging_webhook_does_not_hold_back_the_others() {
     .await;
     up.answer(502, &[]);
     up.answer(502, &[]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
     let state = server.state.clone();
     let started = tokio::time::Instant::now();
@@ -886,7 +885,7 @@ async fn firing_alerts_survive_a_restart() {
     let server = start().await;
     up.answer(502, &[]);
     up.answer(502, &[]);
-    let r = common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
+    let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
     headroom::observe::tick(&server.state).await.unwrap();
     assert_eq!(hook.wait_for(2, Duration::from_secs(10)).await.len(), 2);

@@ -190,7 +190,10 @@ async fn kill_9_loses_no_acknowledged_write() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_writer",
+            // This module's path in the `it` test binary.
+            concat!(module_path!(), "::child_writer")
+                .split_once("::")
+                .map_or("child_writer", |(_, path)| path),
             "--nocapture",
             "--test-threads",
             "1",
@@ -257,14 +260,12 @@ async fn schedule_conformance_in_memory() {
     .await;
 }
 
-mod services;
-
 /// Runs a conformance suite on PostgreSQL, each case in a schema of its own (dropped after).
 async fn on_postgres<Fut>(suite: impl FnOnce(Box<dyn FnMut() -> BoxedStore + Send>) -> Fut)
 where
     Fut: std::future::Future<Output = ()>,
 {
-    let Some(base) = services::postgres() else {
+    let Some(base) = crate::services::postgres() else {
         return;
     };
     let schemas = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -272,7 +273,7 @@ where
     suite(Box::new(move || {
         let (base, made) = (base.clone(), Arc::clone(&made));
         Box::pin(async move {
-            let schema = services::PgSchema::create(&base).await;
+            let schema = crate::services::PgSchema::create(&base).await;
             let store = AnyStore::open(&schema.url()).await.unwrap();
             assert!(store.is_shared());
             made.lock().unwrap().push(schema);

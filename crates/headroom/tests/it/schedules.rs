@@ -2,13 +2,11 @@
 //! test moves, and `schedules::tick` runs what is due at that time. Nothing waits on the
 //! wall clock for a schedule to fire.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Recorder, Server};
+use crate::common::{Recorder, Server};
 use headroom::schedules::{self, timestamp_of, ScheduleStore};
 use headroom_core::clock::ManualClock;
 use http::StatusCode;

@@ -2,15 +2,12 @@
 //! tenant, credential-like request fields sealed at rest and never shown, private database
 //! files, and a store that recovers from a full disk (with `/readyz` saying so meanwhile).
 
-mod common;
-mod services;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{mock, HttpClient, Reply, Rig};
 use bytes::Bytes;
-use common::{mock, HttpClient, Reply, Rig};
 use headroom_mock::Profile;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -251,12 +248,12 @@ fn disk_job(n: usize) -> Value {
     })
 }
 
-async fn readyz(server: &common::Server) -> Reply {
+async fn readyz(server: &crate::common::Server) -> Reply {
     server.get("/readyz").await
 }
 
 /// Counts the jobs in each status (every page).
-async fn statuses(server: &common::Server) -> std::collections::BTreeMap<String, usize> {
+async fn statuses(server: &crate::common::Server) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -363,7 +360,8 @@ async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
         return;
     };
     let up = Gate::start().await;
-    let server = common::Server::start_in(Arc::clone(&tmpfs.dir), JOBS_CONFIG, &up.url()).await;
+    let server =
+        crate::common::Server::start_in(Arc::clone(&tmpfs.dir), JOBS_CONFIG, &up.url()).await;
     let r = readyz(&server).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json(), json!({"status": "ready"}));
@@ -484,8 +482,8 @@ async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
 /// back, and would start an empty database in its place).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_notices_a_deleted_database_file() {
-    let up = common::Recorder::start().await;
-    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    let up = crate::common::Recorder::start().await;
+    let server = crate::common::Server::start(JOBS_CONFIG, &up.url()).await;
     assert_eq!(readyz(&server).await.status, StatusCode::OK);
     let db = server.dir.path().join("headroom.db");
     std::fs::remove_file(&db).unwrap();
@@ -503,13 +501,13 @@ async fn readyz_notices_a_deleted_database_file() {
 /// store; the local Redis (when there is one): ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_pings_a_redis_governor() {
-    let up = common::Recorder::start().await;
+    let up = crate::common::Recorder::start().await;
     // A port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
     let config = format!("governor = \"redis://127.0.0.1:{port}\"\n{JOBS_CONFIG}");
-    let server = common::Server::start(&config, &up.url()).await;
+    let server = crate::common::Server::start(&config, &up.url()).await;
     let r = readyz(&server).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     let problem = r.problem();
@@ -517,14 +515,14 @@ async fn readyz_pings_a_redis_governor() {
     assert!(problem["checks"].get("store").is_none(), "{problem}");
     server.shutdown().await;
 
-    let Some(redis) = services::redis() else {
+    let Some(redis) = crate::services::redis() else {
         return;
     };
     let config = format!(
         "governor = \"{redis}/?prefix={}\"\n{JOBS_CONFIG}",
-        services::unique("readyz")
+        crate::services::unique("readyz")
     );
-    let server = common::Server::start(&config, &up.url()).await;
+    let server = crate::common::Server::start(&config, &up.url()).await;
     let r = readyz(&server).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     server.shutdown().await;
@@ -558,9 +556,9 @@ async fn a_store_password_is_never_printed() {
 /// `retention` property, on both backends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_deleted_after_their_retention() {
-    let up = common::Recorder::start().await;
+    let up = crate::common::Recorder::start().await;
     let config = format!("[jobs]\nretention = \"1h\"\n{JOBS_CONFIG}");
-    let server = common::Server::start(&config, &up.url()).await;
+    let server = crate::common::Server::start(&config, &up.url()).await;
     assert_eq!(server.state.config.job_retention, Duration::from_secs(3600));
     let mut ids = Vec::new();
     for n in 1..=2 {
@@ -608,7 +606,7 @@ fn files_hold(dir: &std::path::Path, needle: &[u8]) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_credentials_are_sealed_at_rest_and_never_shown() {
     let up = Gate::start().await;
-    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    let server = crate::common::Server::start(JOBS_CONFIG, &up.url()).await;
     let secrets = [
         "sk_live_HDR_AUTH",
         "sk_live_HDR_KEY",
@@ -663,8 +661,8 @@ async fn job_credentials_are_sealed_at_rest_and_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_files_are_created_private() {
     use std::os::unix::fs::PermissionsExt;
-    let up = common::Recorder::start().await;
-    let server = common::Server::start(JOBS_CONFIG, &up.url()).await;
+    let up = crate::common::Recorder::start().await;
+    let server = crate::common::Server::start(JOBS_CONFIG, &up.url()).await;
     let r = server.post("/v1/jobs", &disk_job(1)).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     for name in [
@@ -706,12 +704,12 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
             .await
             .unwrap();
     for sql in [
-        include_str!("../migrations/0001_credentials_and_tokens.sql"),
-        include_str!("../migrations/0002_jobs_and_batches.sql"),
-        include_str!("../migrations/0003_schedules.sql"),
-        include_str!("../migrations/0004_events.sql"),
+        include_str!("../../migrations/0001_credentials_and_tokens.sql"),
+        include_str!("../../migrations/0002_jobs_and_batches.sql"),
+        include_str!("../../migrations/0003_schedules.sql"),
+        include_str!("../../migrations/0004_events.sql"),
         BEFORE,
-        include_str!("../migrations/0005_tenant_dedup_and_retention.sql"),
+        include_str!("../../migrations/0005_tenant_dedup_and_retention.sql"),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
@@ -721,18 +719,18 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
         .unwrap();
     assert_eq!(got, want);
 
-    let Some(base) = services::postgres() else {
+    let Some(base) = crate::services::postgres() else {
         return;
     };
-    let schema = services::PgSchema::create(&base).await;
+    let schema = crate::services::PgSchema::create(&base).await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url())
         .await
         .unwrap();
     for sql in [
-        include_str!("../migrations/postgres/0001_schema.sql"),
-        include_str!("../migrations/postgres/0002_events.sql"),
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+        include_str!("../../migrations/postgres/0002_events.sql"),
         BEFORE,
-        include_str!("../migrations/postgres/0003_tenant_dedup_and_retention.sql"),
+        include_str!("../../migrations/postgres/0003_tenant_dedup_and_retention.sql"),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }

@@ -1,11 +1,9 @@
 //! Batches over real sockets: records chunked to a HubSpot-like bulk endpoint, paced under
 //! its limit, partial failures reported, nothing lost or sent twice — also across a kill -9.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{free_port, Process, Recorder, Server};
+use crate::common::{free_port, Process, Recorder, Server};
 use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -158,14 +156,14 @@ async fn a_kill_9_mid_import_loses_nothing_and_reports_what_may_repeat() {
         dir.path().display(),
         config(20, 2).replace("{base}", &mock.url())
     );
-    let client: common::HttpClient =
+    let client: crate::common::HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let port = free_port();
     let mut first = Process::start(dir.path(), &config, port);
     first.ready(&client).await;
     let addr: std::net::SocketAddr = first.addr.parse().unwrap();
-    let r = common::post_raw(
+    let r = crate::common::post_raw(
         &client,
         addr,
         "/v1/batches",
@@ -194,7 +192,7 @@ async fn a_kill_9_mid_import_loses_nothing_and_reports_what_may_repeat() {
     let get = || {
         let (client, id) = (client.clone(), id.clone());
         tokio::spawn(async move {
-            common::send(
+            crate::common::send(
                 &client,
                 addr,
                 http::Method::GET,

@@ -2,13 +2,11 @@
 //! local receiver sends its traces (a job attempt's span) and logs (a rate-limit event) as
 //! HTTP/protobuf; without the variable it sends nothing.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::Recorder;
 use bytes::Bytes;
-use common::Recorder;
 use http::Method;
 use serde_json::json;
 
@@ -102,9 +100,9 @@ async fn serve_and_stop(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = common::send(&client, addr, Method::GET, "/proxy/up/limited", &[]).await;
+    let r = crate::common::send(&client, addr, Method::GET, "/proxy/up/limited", &[]).await;
     assert_eq!(r.status, 429);
-    let job = common::post_raw(
+    let job = crate::common::post_raw(
         &client,
         addr,
         "/v1/jobs",
@@ -117,7 +115,7 @@ async fn serve_and_stop(
     assert_eq!(job.status, 202);
     let id = job.json()["id"].as_str().unwrap().to_string();
     loop {
-        let v = common::send(&client, addr, Method::GET, &format!("/v1/jobs/{id}"), &[])
+        let v = crate::common::send(&client, addr, Method::GET, &format!("/v1/jobs/{id}"), &[])
             .await
             .json();
         if v["status"] == "succeeded" {

@@ -1,0 +1,6 @@
+//! headroom-core's integration and property tests, one binary.
+
+mod batch;
+mod batch_props;
+mod signals_props;
+mod sim_props;

@@ -1,0 +1,20 @@
+//! Headroom's integration tests, one binary: each module is one area, over real sockets,
+//! SQLite files, and (where the module says so) PostgreSQL and Redis on their standard ports.
+
+mod common;
+mod services;
+
+mod batches;
+mod credentials;
+mod distributed;
+mod edge;
+mod explain_fixtures;
+mod hostile;
+mod jobs;
+mod observability;
+mod otlp;
+mod proxy;
+mod schedules;
+mod security;
+mod store_conformance;
+mod store_safety;
