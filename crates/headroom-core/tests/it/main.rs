@@ -2,5 +2,6 @@
 
 mod batch;
 mod batch_props;
+mod header_fixtures;
 mod signals_props;
 mod sim_props;

@@ -8,7 +8,7 @@ mod batches;
 mod credentials;
 mod distributed;
 mod edge;
-mod explain_fixtures;
+mod explain;
 mod hostile;
 mod jobs;
 mod observability;
