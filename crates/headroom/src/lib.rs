@@ -5,6 +5,7 @@ pub mod callbacks;
 pub mod cfg;
 pub mod clock;
 pub mod credentials;
+pub mod destination;
 pub mod edge;
 pub mod error;
 pub mod jobs;

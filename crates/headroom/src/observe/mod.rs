@@ -37,60 +37,7 @@ const TICK_EVERY: Duration = Duration::from_secs(10);
 /// How often old events are pruned.
 const PRUNE_EVERY: Millis = 3_600_000;
 
-/// `[events]` and `[[alerts]]` of the config.
-#[derive(Debug, Clone)]
-pub struct ObserveConfig {
-    /// How long events are kept (default 14 days).
-    pub retention: Duration,
-    pub alerts: Vec<Arc<alerts::AlertRule>>,
-}
-
-impl Default for ObserveConfig {
-    fn default() -> Self {
-        ObserveConfig {
-            retention: Duration::from_secs(14 * 86_400),
-            alerts: Vec::new(),
-        }
-    }
-}
-
-/// `[events]` as written.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEvents {
-    retention: Option<String>,
-}
-
-impl ObserveConfig {
-    /// Checks `[events]` and `[[alerts]]` against the rest of the config.
-    pub(crate) fn from_raw(
-        events: Option<RawEvents>,
-        alerts: Vec<alerts::RawAlert>,
-        config: &crate::cfg::Config,
-    ) -> Result<ObserveConfig, String> {
-        let mut out = ObserveConfig::default();
-        if let Some(r) = events.and_then(|e| e.retention) {
-            out.retention = headroom_core::duration::parse_duration(&r)
-                .map_err(|e| format!("events.retention: {e}"))?;
-            if out.retention.is_zero() {
-                return Err("events.retention: must be longer than zero".into());
-            }
-        }
-        let mut names = HashSet::new();
-        for (i, raw) in alerts.into_iter().enumerate() {
-            let key = format!("alerts[{i}]");
-            let rule = raw.validate(&key, config)?;
-            if !names.insert(rule.name.clone()) {
-                return Err(format!(
-                    "{key}.name: \"{}\" is used by two alerts; names must be unique",
-                    rule.name
-                ));
-            }
-            out.alerts.push(Arc::new(rule));
-        }
-        Ok(out)
-    }
-}
+pub use crate::cfg::alerts::ObserveConfig;
 
 enum Msg {
     Event(Box<Event>),

@@ -409,7 +409,7 @@ async fn a_name_of_a_private_address_is_refused_when_connecting_like_an_unreacha
         .to_string();
     let private = !host.is_empty()
         && std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 80))
-            .map(|mut a| a.any(|a| headroom::callbacks::denied_by_default(a.ip())))
+            .map(|mut a| a.any(|a| headroom::destination::denied_by_default(a.ip())))
             .unwrap_or(false);
     if !private {
         eprintln!(

@@ -4,6 +4,8 @@
 //! error), then `validate` turns them into checked values, naming the file, the key and what
 //! is wrong for anything it refuses.
 
+pub mod alerts;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,9 +46,9 @@ pub struct Config {
     /// `[[schedules]]`: checked against the upstreams and queues above.
     pub schedules: Vec<Arc<crate::schedules::Schedule>>,
     /// `[events]` (retention) and `[[alerts]]`.
-    pub observe: crate::observe::ObserveConfig,
+    pub observe: alerts::ObserveConfig,
     /// `[callbacks]`: where job callbacks and alert webhooks may go, and how they are sent.
-    pub callbacks: crate::callbacks::CallbackConfig,
+    pub callbacks: CallbackConfig,
     /// `[server]`: timeouts and the connection cap of the HTTP listener.
     pub server: ServerLimits,
     /// `[metrics]`: label cardinality of `/metrics`.
@@ -235,7 +237,7 @@ pub enum RetryBackoff {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
     pub name: String,
-    pub mode: crate::jobs::QueueMode,
+    pub mode: crate::store::model::jobs::QueueMode,
     pub scope: QueueScope,
     pub dedup_window: Duration,
     pub max_attempts: u32,
@@ -247,7 +249,7 @@ impl Default for Queue {
     fn default() -> Self {
         Queue {
             name: "default".to_string(),
-            mode: crate::jobs::QueueMode::Parallel,
+            mode: crate::store::model::jobs::QueueMode::Parallel,
             scope: QueueScope::Global,
             dedup_window: Duration::from_secs(600),
             max_attempts: 5,
@@ -373,10 +375,10 @@ struct RawConfig {
     queues: Vec<RawQueue>,
     #[serde(default)]
     schedules: Vec<crate::schedules::ScheduleDef>,
-    events: Option<crate::observe::RawEvents>,
+    events: Option<alerts::RawEvents>,
     #[serde(default)]
-    alerts: Vec<crate::observe::alerts::RawAlert>,
-    callbacks: Option<crate::callbacks::RawCallbacks>,
+    alerts: Vec<alerts::RawAlert>,
+    callbacks: Option<RawCallbacks>,
     server: Option<RawServer>,
     metrics: Option<RawMetrics>,
     jobs: Option<RawJobs>,
@@ -607,8 +609,7 @@ impl RawConfig {
             }
             config.schedules.push(Arc::new(schedule));
         }
-        config.observe =
-            crate::observe::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
+        config.observe = alerts::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
         if let Some(server) = self.server {
             config.server = server.validate()?;
         }
@@ -632,7 +633,7 @@ impl RawConfig {
 
 impl RawQueue {
     fn validate(self, key: &str) -> Result<Queue, String> {
-        use crate::jobs::QueueMode;
+        use crate::store::model::jobs::QueueMode;
         let defaults = Queue::default();
         if !valid_name(&self.name) {
             return Err(format!(
@@ -908,9 +909,125 @@ pub fn load_or_default(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     }
 }
 
+// ---- [callbacks] ----------------------------------------------------------------------
+
+/// `[callbacks]`: where notifications may go, and how they are sent.
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    pub allow: crate::destination::Allowlist,
+    /// Connecting (resolution included) gives up after this long.
+    pub connect_timeout: Duration,
+    /// A delivery (connect, send, response head) gives up after this long.
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub max_per_host: usize,
+    pub max_per_tenant: usize,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            allow: crate::destination::Allowlist::default(),
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+            max_per_host: 4,
+            max_per_tenant: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallbacks {
+    allow: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
+    max_in_flight: Option<usize>,
+    max_per_host: Option<usize>,
+    max_per_tenant: Option<usize>,
+}
+
+impl RawCallbacks {
+    fn validate(self) -> Result<CallbackConfig, String> {
+        let mut c = CallbackConfig::default();
+        for (i, entry) in self.allow.unwrap_or_default().iter().enumerate() {
+            c.allow
+                .add(entry)
+                .map_err(|e| format!("callbacks.allow[{i}]: \"{entry}\" {e}"))?;
+        }
+        let positive = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => match parse_duration(&v) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(format!("callbacks.{key}: must be longer than zero")),
+                Err(e) => Err(format!("callbacks.{key}: {e}")),
+            },
+        };
+        c.timeout = positive("timeout", self.timeout, c.timeout)?;
+        c.connect_timeout = positive(
+            "connect_timeout",
+            self.connect_timeout,
+            c.connect_timeout.min(c.timeout),
+        )?;
+        if c.connect_timeout > c.timeout {
+            return Err(format!(
+                "callbacks.connect_timeout: longer than callbacks.timeout ({}), which it is part of",
+                headroom_core::duration::format_duration(c.timeout)
+            ));
+        }
+        for (key, value, slot) in [
+            ("max_in_flight", self.max_in_flight, &mut c.max_in_flight),
+            ("max_per_host", self.max_per_host, &mut c.max_per_host),
+            ("max_per_tenant", self.max_per_tenant, &mut c.max_per_tenant),
+        ] {
+            match value {
+                Some(n) if !(1..=10_000).contains(&n) => {
+                    return Err(format!(
+                        "callbacks.{key}: {n} is out of range; use 1 to 10000"
+                    ))
+                }
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_keys_are_named() {
+        let err = |raw: RawCallbacks| raw.validate().unwrap_err();
+        let e = err(RawCallbacks {
+            allow: Some(vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()]),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.allow[1]: \"10.0.0.0/33\""), "{e}");
+        let e = err(RawCallbacks {
+            allow: Some(vec!["http://x".into()]),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.allow[0]"), "{e}");
+        let e = err(RawCallbacks {
+            timeout: Some("0s".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.timeout"), "{e}");
+        let e = err(RawCallbacks {
+            connect_timeout: Some("10s".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.connect_timeout"), "{e}");
+        let e = err(RawCallbacks {
+            max_per_host: Some(0),
+            ..Default::default()
+        });
+        assert!(e.starts_with("callbacks.max_per_host: 0"), "{e}");
+    }
 
     const GOOD: &str = r#"
 listen = "127.0.0.1:7878"
@@ -983,7 +1100,7 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = include_str!("../../../examples/headroom.toml");
+        let text = include_str!("../../../../examples/headroom.toml");
         let c = Config::parse(text, "examples/headroom.toml").unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert!(c.upstreams[1].budget_config.limits.is_empty());
@@ -1027,12 +1144,15 @@ mode = "sequential"
         assert_eq!(c.queues.len(), 3);
         assert_eq!(c.queues[0].name, "default");
         let sync = c.queue("sync").unwrap();
-        assert_eq!(sync.mode, crate::jobs::QueueMode::Throttled(3));
+        assert_eq!(
+            sync.mode,
+            crate::store::model::jobs::QueueMode::Throttled(3)
+        );
         assert_eq!(sync.scope, QueueScope::Tenant);
         assert_eq!(sync.retry_delay(3), Duration::from_secs(120));
         assert_eq!(
             c.queue("ordered").unwrap().mode,
-            crate::jobs::QueueMode::Sequential
+            crate::store::model::jobs::QueueMode::Sequential
         );
         assert_eq!(Queue::default().retry_delay(3), Duration::from_secs(240));
         let e = error_of("[[queues]]\nname = \"q\"\nmode = \"throttled\"\n");
