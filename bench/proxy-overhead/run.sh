@@ -82,9 +82,11 @@ fi
 
 # --- headroom --------------------------------------------------------------------------------
 if [ -z "${HEADROOM_BIN:-}" ]; then
-    say "building headroom (release)"
-    (cd "$ROOT" && cargo build --release -p headroom --quiet)
-    HEADROOM_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/headroom"
+    # The release build with symbols (same code as release), so that PROFILE=1 can name
+    # functions.
+    say "building headroom (profiling profile: release with symbols)"
+    (cd "$ROOT" && cargo build --profile profiling -p headroom --quiet)
+    HEADROOM_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/profiling/headroom"
     HEADROOM_LABEL="built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
     (cd "$ROOT" && git status --porcelain 2>/dev/null | grep -q .) &&
         HEADROOM_LABEL="$HEADROOM_LABEL with uncommitted changes"

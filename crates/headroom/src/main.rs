@@ -53,8 +53,8 @@ enum Command {
     /// Point your HTTP client at http://127.0.0.1:7878/proxy/crm/… instead of
     /// https://api.example.com/… and add `Headroom-Tenant: acme` (whose budget it spends),
     /// `Headroom-Lane: bulk` for background work, `Headroom-Max-Wait: 30s` to wait longer.
-    /// Without --config there are no upstreams. Logs are JSON on stderr (HEADROOM_LOG=debug
-    /// for more). With HEADROOM_API_TOKEN set, /v1 wants `Authorization: Bearer <token>` and
+    /// Without --config there are no upstreams. Logs go to stderr, JSON by default
+    /// (--log-format text for people; HEADROOM_LOG=debug for more). With HEADROOM_API_TOKEN set, /v1 wants `Authorization: Bearer <token>` and
     /// /proxy `Proxy-Authorization: Bearer <token>`.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
@@ -162,6 +162,33 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+
+    /// Print a shell completion script for `headroom` on standard output.
+    ///
+    /// Examples:
+    ///
+    ///   headroom completions bash > /etc/bash_completion.d/headroom
+    ///   headroom completions zsh > "${fpath[1]}/_headroom"
+    ///   headroom completions fish > ~/.config/fish/completions/headroom.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff) on standard output.
+    ///
+    /// Example: headroom man > /usr/local/share/man/man1/headroom.1
+    Man,
+}
+
+/// Writes `bytes` to standard output; a reader that stops early (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -181,6 +208,20 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => observe::run_events(args),
         Command::Status(args) => observe::run_status(args),
         Command::Alerts(args) => observe::run_alerts(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "headroom", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_bytes(&page))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -382,10 +382,10 @@ fn raise_open_files_limit(max_connections: usize) {
 #[cfg(not(unix))]
 fn raise_open_files_limit(_max_connections: usize) {}
 
-/// JSON logs on stderr (`HEADROOM_LOG`, default `info`), plus OTLP export of traces and
+/// Logs on stderr, JSON (or `text` for people; `HEADROOM_LOG`, default `info`), plus OTLP export of traces and
 /// logs when the `OTEL_EXPORTER_OTLP_*` variables ask for it. Keep the guard until the end:
 /// dropping it flushes the exporters.
-pub fn init_logging() -> anyhow::Result<crate::observe::otel::OtelGuard> {
+pub fn init_logging(text: bool) -> anyhow::Result<crate::observe::otel::OtelGuard> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter =
@@ -398,12 +398,17 @@ pub fn init_logging() -> anyhow::Result<crate::observe::otel::OtelGuard> {
         filter().add_directive("headroom::trace=debug".parse().expect("a valid directive"));
     let _ = tracing_subscriber::registry()
         .with((!layers.is_empty()).then(|| layers.with_filter(otel_filter)))
-        .with(
+        .with((!text).then(|| {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(std::io::stderr)
-                .with_filter(filter()),
-        )
+                .with_filter(filter())
+        }))
+        .with(text.then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+        }))
         .try_init();
     if guard.enabled() {
         tracing::info!(
@@ -417,8 +422,12 @@ pub fn init_logging() -> anyhow::Result<crate::observe::otel::OtelGuard> {
 
 /// `headroom serve`: loads the config at `config` (none: no upstreams), listens on `listen`
 /// (none: the config's) and serves until Ctrl-C, then drains in-flight requests.
-pub fn run(config: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let _otel = init_logging()?;
+pub fn run(
+    config: Option<&PathBuf>,
+    listen: Option<SocketAddr>,
+    text_logs: bool,
+) -> anyhow::Result<()> {
+    let _otel = init_logging(text_logs)?;
     let mut config = cfg::load_or_default(config)?;
     if let Some(listen) = listen {
         config.listen = listen;

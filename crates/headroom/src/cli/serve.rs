@@ -12,11 +12,27 @@ pub struct ServeArgs {
     /// Address to listen on; overrides `listen` in the config (default 127.0.0.1:7878).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// How logs are written on stderr: `json` (one object per line, for collectors) or
+    /// `text` (for people).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "HEADROOM_LOG_FORMAT",
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 /// `headroom serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    headroom::server::run(args.config.as_ref(), args.listen)
+    let text = matches!(args.log_format, LogFormat::Text);
+    headroom::server::run(args.config.as_ref(), args.listen, text)
 }
 
 /// `headroom check-config FILE`: validates a config and says what it found.

@@ -5,6 +5,7 @@ mod common;
 mod services;
 
 mod batches;
+mod cli;
 mod credentials;
 mod distributed;
 mod edge;
