@@ -343,14 +343,40 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e, text)))?;
+        let deserializer = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            err(toml_message(e.inner(), text, &key))
+        })?;
         raw.validate().map_err(err)
     }
 }
 
-/// A toml error as `line L, column C: message`, naming the key when toml knows it.
-fn toml_message(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().trim().to_string();
+/// A toml error as `line L, column C: key: message`, the wanted type in words.
+fn toml_message(e: &toml::de::Error, text: &str, key: &str) -> String {
+    let mut message = e.message().trim().to_string();
+    for (rust, words) in [
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected u32", "expected a whole number of at least 0"),
+        ("expected u16", "expected a whole number of at least 0"),
+        ("expected usize", "expected a whole number of at least 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a string in quotes"),
+    ] {
+        if let Some(at) = message.find(rust) {
+            // Only the whole word: "expected u64" but not "expected u64s".
+            if !message[at + rust.len()..].starts_with(|c: char| c.is_alphanumeric()) {
+                message.replace_range(at..at + rust.len(), words);
+            }
+        }
+    }
+    // serde_path_to_error says `.` for the top level, and toml already names unknown keys.
+    if !key.is_empty() && key != "." && !message.contains(&format!("`{key}`")) {
+        message = format!("{key}: {message}");
+    }
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -1096,6 +1122,19 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         assert!(e.contains("governor:") && e.contains("lease_ttl"), "{e}");
         let e = error_of("governor = \"redis://[::1\"");
         assert!(e.contains("governor:"), "{e}");
+        // A value of the wrong type: the key, and the type wanted in words.
+        let e = error_of(&GOOD.replace("headroom = 0.8", "headroom = \"a hundred\""));
+        assert!(
+            e.contains(
+                "upstreams[0].headroom: invalid type: string \"a hundred\", expected a number"
+            ),
+            "{e}"
+        );
+        let e = error_of("[server]\nmax_connections = -3\n");
+        assert!(
+            e.contains("server.max_connections:") && e.contains("a whole number"),
+            "{e}"
+        );
     }
 
     #[test]

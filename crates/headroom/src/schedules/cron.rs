@@ -42,7 +42,10 @@ impl CronSpec {
             .parse(expression)
             .map_err(|e| CronSpecError::Cron {
                 expression: expression.to_string(),
-                reason: e.to_string(),
+                reason: out_of_range(expression).unwrap_or_else(|| {
+                    let e = e.to_string();
+                    e.trim_start_matches("Component error: ").to_string()
+                }),
             })?;
         let tz = match timezone {
             None => Tz::UTC,
@@ -70,6 +73,41 @@ impl CronSpec {
         let next = self.cron.find_next_occurrence(&start, false).ok()?;
         Some(next.timestamp_millis())
     }
+}
+
+/// Which field of a 5- or 6-field expression has a number outside its range, said in words
+/// (the parser says only "Number out of bounds").
+fn out_of_range(expression: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day-of-month", 1, 31),
+        ("month", 1, 12),
+        ("day-of-week", 0, 7),
+    ];
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let names = match fields.len() {
+        5 => &FIELDS[1..],
+        6 => &FIELDS[..],
+        _ => return None,
+    };
+    for (field, (name, low, high)) in fields.iter().zip(names) {
+        for part in field.split(',') {
+            // `a-b/step`: the step is a count, not a value of the field.
+            let values = part.split('/').next().unwrap_or(part);
+            for value in values.split('-') {
+                if let Ok(n) = value.parse::<u32>() {
+                    if n < *low || n > *high {
+                        return Some(format!(
+                            "the {name} field has {n}; {name} values are {low} to {high}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +197,17 @@ mod tests {
         assert!(e.to_string().contains("4 fields"), "{e}");
         let e = CronSpec::parse("61 * * * *", None).unwrap_err();
         assert!(e.to_string().starts_with("\"61 * * * *\" is not"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the minute field has 61; minute values are 0 to 59"),
+            "{e}"
+        );
+        let e = CronSpec::parse("0 25 * * *", None).unwrap_err();
+        assert!(e.to_string().contains("the hour field has 25"), "{e}");
+        let e = CronSpec::parse("0 0 1 * 1-9", None).unwrap_err();
+        assert!(e.to_string().contains("the day-of-week field has 9"), "{e}");
+        let e = CronSpec::parse("70 0 1 * * *", None).unwrap_err();
+        assert!(e.to_string().contains("the second field has 70"), "{e}");
         let e = CronSpec::parse("0 0 30 2 *", None).unwrap_err();
         assert!(e.to_string().contains("never matches"), "{e}");
         let e = CronSpec::parse("0 * * * *", Some("Mars/Olympus")).unwrap_err();
