@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use super::pg::PgStore;
+use super::sql::{Db, SqlStore};
 use super::{CredentialInfo, SealedCredential, Store, TokenInfo};
 use crate::store::model::jobs::*;
-use crate::store::model::schedules::*;
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -35,6 +35,15 @@ macro_rules! each {
             AnyStore::Postgres($s) => $call,
         }
     };
+}
+
+impl SqlStore for AnyStore {
+    fn db(&self) -> Db<'_> {
+        match self {
+            AnyStore::Sqlite(s) => Db::Sqlite(s),
+            AnyStore::Postgres(s) => Db::Postgres(s),
+        }
+    }
 }
 
 impl AnyStore {
@@ -113,23 +122,23 @@ impl AnyStore {
         upstream: &str,
         sealed: &SealedCredential,
     ) -> anyhow::Result<()> {
-        each!(self, s => s.put_credential(tenant, upstream, sealed).await)
+        self.db().put_credential(tenant, upstream, sealed).await
     }
     pub async fn get_credential(
         &self,
         tenant: &str,
         upstream: &str,
     ) -> anyhow::Result<Option<SealedCredential>> {
-        each!(self, s => s.get_credential(tenant, upstream).await)
+        self.db().get_credential(tenant, upstream).await
     }
     pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.delete_credential(tenant, upstream).await)
+        self.db().delete_credential(tenant, upstream).await
     }
     pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
-        each!(self, s => s.list_credentials(tenant).await)
+        self.db().list_credentials(tenant).await
     }
     pub async fn count_credentials(&self) -> anyhow::Result<i64> {
-        each!(self, s => s.count_credentials().await)
+        self.db().count_credentials().await
     }
     pub async fn insert_token(
         &self,
@@ -137,22 +146,22 @@ impl AnyStore {
         tenant: &str,
         token_sha256: &[u8],
     ) -> anyhow::Result<TokenInfo> {
-        each!(self, s => s.insert_token(id, tenant, token_sha256).await)
+        self.db().insert_token(id, tenant, token_sha256).await
     }
     pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
-        each!(self, s => s.token_tenant(token_sha256).await)
+        self.db().token_tenant(token_sha256).await
     }
     pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        each!(self, s => s.delete_token(id).await)
+        self.db().delete_token(id).await
     }
     pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
-        each!(self, s => s.list_tokens(tenant).await)
+        self.db().list_tokens(tenant).await
     }
     pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        each!(self, s => s.get_meta(name).await)
+        self.db().get_meta(name).await
     }
     pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
-        each!(self, s => s.put_meta(name, value).await)
+        self.db().put_meta(name, value).await
     }
 }
 
@@ -254,97 +263,5 @@ impl BatchStore for AnyStore {
     }
     async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
         each!(self, s => s.prune_batches(before).await)
-    }
-}
-
-impl ScheduleStore for AnyStore {
-    async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool> {
-        each!(self, s => s.create_schedule(schedule).await)
-    }
-    async fn sync_config_schedules(
-        &self,
-        schedules: &[StoredSchedule],
-        now: Millis,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.sync_config_schedules(schedules, now).await)
-    }
-    async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>> {
-        each!(self, s => s.get_schedule(name).await)
-    }
-    async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>> {
-        each!(self, s => s.list_schedules().await)
-    }
-    async fn set_paused(
-        &self,
-        name: &str,
-        paused: bool,
-        now: Millis,
-    ) -> anyhow::Result<Option<StoredSchedule>> {
-        each!(self, s => s.set_paused(name, paused, now).await)
-    }
-    async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.delete_schedule(name).await)
-    }
-    async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>> {
-        each!(self, s => s.slots(schedule).await)
-    }
-    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()> {
-        each!(self, s => s.update_slots(add, remove).await)
-    }
-    async fn fire_due(
-        &self,
-        now: Millis,
-        limit: u32,
-        decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
-    ) -> anyhow::Result<Vec<Run>> {
-        each!(self, s => s.fire_due(now, limit, decide).await)
-    }
-    async fn next_due_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_due_at().await)
-    }
-    async fn list_runs(
-        &self,
-        schedule: &str,
-        tenant: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> anyhow::Result<Page<Run>> {
-        each!(self, s => s.list_runs(schedule, tenant, after, limit).await)
-    }
-    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.prune_runs(before).await)
-    }
-    async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
-        each!(self, s => s.tenants_with_credential(upstream).await)
-    }
-}
-
-impl crate::store::model::events::EventStore for AnyStore {
-    async fn insert_events(
-        &self,
-        events: &[crate::store::model::events::Event],
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.insert_events(events).await)
-    }
-    async fn list_events(
-        &self,
-        filter: &crate::store::model::events::EventFilter,
-        after: Option<i64>,
-        limit: u32,
-    ) -> anyhow::Result<Page<crate::store::model::events::StoredEvent>> {
-        each!(self, s => s.list_events(filter, after, limit).await)
-    }
-    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.prune_events(before).await)
-    }
-    async fn event_stats(
-        &self,
-        since: Millis,
-        until: Millis,
-    ) -> anyhow::Result<Vec<crate::store::model::events::EventStat>> {
-        each!(self, s => s.event_stats(since, until).await)
-    }
-    async fn job_backlog(&self) -> anyhow::Result<Vec<crate::store::model::events::Backlog>> {
-        each!(self, s => s.job_backlog().await)
     }
 }

@@ -6,6 +6,7 @@
 //! gives the claimed batch the highest `claim_order`, and the active batch with the lowest
 //! one goes next.
 
+use crate::store::sql::SqlStore;
 use anyhow::Context;
 use sqlx::{Row, SqliteConnection};
 
@@ -134,7 +135,7 @@ async fn read_batch(
 }
 
 /// Inserts a batch and its records inside the caller's transaction (see `insert_batch`).
-pub(super) async fn insert_batch_in(
+pub(crate) async fn insert_batch_in(
     conn: &mut SqliteConnection,
     batch: NewBatch,
 ) -> anyhow::Result<BatchSummary> {
@@ -541,7 +542,7 @@ impl BatchStore for Store {
     }
 
     async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
-        self.prune_batches_before(before).await
+        self.db().prune_batches_before(before).await
     }
 }
 

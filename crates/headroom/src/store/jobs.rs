@@ -3,6 +3,7 @@
 //! Jobs carry an arrival sequence (`seq`): throttled and sequential claims and list cursors
 //! follow it. Every write is one transaction on the writer connection (see `super`).
 
+use crate::store::sql::SqlStore;
 use anyhow::Context;
 use headroom_core::Lane;
 use sqlx::{Row, SqliteConnection};
@@ -138,17 +139,7 @@ async fn fetch_job(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<Opti
     row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
 }
 
-/// `?, ?, …` with `n` placeholders.
-pub(super) fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 3);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s
-}
+pub(super) use super::sql::placeholders;
 
 /// The tenant a dedup id belongs to: the job's, or '' for a job without one. Dedup ids are
 /// per (queue, tenant), so that one tenant's id never names (nor hides) another's job.
@@ -174,7 +165,7 @@ pub(super) const HELD_DEDUP: &str =
     "SELECT job_id, until FROM job_dedup WHERE queue = ? AND tenant = ? AND dedup_id = ?";
 
 /// Inserts a job inside the caller's transaction (see `insert_job`).
-pub(super) async fn insert_job_in(
+pub(crate) async fn insert_job_in(
     conn: &mut SqliteConnection,
     job: &NewJob,
 ) -> anyhow::Result<Inserted> {
@@ -787,6 +778,6 @@ impl JobStore for Store {
     }
 
     async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
-        self.prune_jobs_before(before, now).await
+        self.db().prune_jobs_before(before, now).await
     }
 }

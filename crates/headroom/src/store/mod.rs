@@ -34,6 +34,7 @@ mod row;
 #[cfg(any(test, feature = "conformance"))]
 pub mod schedule_conformance;
 mod schedules;
+pub(crate) mod sql;
 mod writer;
 
 pub use any::AnyStore;
@@ -322,6 +323,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::sql::SqlStore;
     use super::*;
 
     #[test]
@@ -342,19 +344,27 @@ mod tests {
             nonce: vec![1; 24],
             ciphertext: vec![2; 40],
         };
-        store.put_credential("acme", "crm", &sealed).await.unwrap();
-        store.put_credential("acme", "crm", &sealed).await.unwrap();
+        store
+            .db()
+            .put_credential("acme", "crm", &sealed)
+            .await
+            .unwrap();
+        store
+            .db()
+            .put_credential("acme", "crm", &sealed)
+            .await
+            .unwrap();
         assert_eq!(
-            store.get_credential("acme", "crm").await.unwrap(),
+            store.db().get_credential("acme", "crm").await.unwrap(),
             Some(sealed)
         );
-        assert_eq!(store.list_credentials("acme").await.unwrap().len(), 1);
+        assert_eq!(store.db().list_credentials("acme").await.unwrap().len(), 1);
         drop(store);
         // Reopening runs the migrations again without harm and keeps the data.
         let store = Store::open(&url).await.unwrap();
-        assert_eq!(store.count_credentials().await.unwrap(), 1);
-        assert!(store.delete_credential("acme", "crm").await.unwrap());
-        assert!(!store.delete_credential("acme", "crm").await.unwrap());
+        assert_eq!(store.db().count_credentials().await.unwrap(), 1);
+        assert!(store.db().delete_credential("acme", "crm").await.unwrap());
+        assert!(!store.db().delete_credential("acme", "crm").await.unwrap());
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(store.pool())
             .await
@@ -366,8 +376,8 @@ mod tests {
     async fn in_memory_and_unsupported_urls() {
         let store = Store::open("sqlite::memory:").await.unwrap();
         assert!(store.path().is_none());
-        store.put_meta("k", b"v").await.unwrap();
-        assert_eq!(store.get_meta("k").await.unwrap(), Some(b"v".to_vec()));
+        store.db().put_meta("k", b"v").await.unwrap();
+        assert_eq!(store.db().get_meta("k").await.unwrap(), Some(b"v".to_vec()));
         let e = Store::open("postgres://localhost/x").await.unwrap_err();
         assert!(e.to_string().contains("AnyStore::open"), "{e}");
     }

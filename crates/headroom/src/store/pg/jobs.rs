@@ -1,6 +1,7 @@
 //! `JobStore` on PostgreSQL: the SQLite statements (`super::super::jobs`), with claims that
 //! several nodes can make at once (see `super`).
 
+use crate::store::sql::SqlStore;
 use anyhow::Context;
 use sqlx::{PgConnection, Row};
 
@@ -33,7 +34,7 @@ async fn fetch_job(conn: &mut PgConnection, id: &str) -> anyhow::Result<Option<J
 }
 
 /// Inserts a job inside the caller's transaction (see `insert_job`).
-pub(super) async fn insert_job_in(
+pub(crate) async fn insert_job_in(
     conn: &mut PgConnection,
     job: &NewJob,
 ) -> anyhow::Result<Inserted> {
@@ -502,7 +503,7 @@ impl JobStore for Store {
     }
 
     async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
-        self.prune_jobs_before(before, now).await
+        self.db().prune_jobs_before(before, now).await
     }
 }
 

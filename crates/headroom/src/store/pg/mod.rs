@@ -15,12 +15,8 @@
 //!
 //! Placeholders are written `?` as in the SQLite code and numbered by `pg` (`$1, $2, …`).
 
-mod batches;
-mod credentials;
-mod events;
-mod jobs;
-mod retention;
-mod schedules;
+pub(super) mod batches;
+pub(super) mod jobs;
 mod writer;
 
 use std::time::Duration;
