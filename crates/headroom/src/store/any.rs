@@ -93,16 +93,6 @@ impl AnyStore {
         }
     }
 
-    /// New work is refused (not acknowledged) while the SQLite file it would go to was
-    /// deleted or replaced, or its disk is full: SQLite would take it into a file that is
-    /// gone after a restart.
-    fn durable(&self) -> anyhow::Result<()> {
-        match self {
-            AnyStore::Sqlite(s) => s.check_file().map_err(anyhow::Error::msg),
-            AnyStore::Postgres(_) => Ok(()),
-        }
-    }
-
     /// Whether several nodes may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -162,70 +152,6 @@ impl AnyStore {
     }
     pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
         self.db().put_meta(name, value).await
-    }
-}
-
-impl JobStore for AnyStore {
-    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
-        self.durable()?;
-        each!(self, s => s.insert_job(job).await)
-    }
-    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
-        each!(self, s => s.get_job(id).await)
-    }
-    async fn list_jobs(
-        &self,
-        filter: &JobFilter,
-        after: Option<&str>,
-        limit: u32,
-    ) -> anyhow::Result<Page<Job>> {
-        each!(self, s => s.list_jobs(filter, after, limit).await)
-    }
-    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
-        each!(self, s => s.cancel_job(id, now).await)
-    }
-    async fn claim_ready(
-        &self,
-        now: Millis,
-        rules: &[QueueRule],
-        limit: u32,
-    ) -> anyhow::Result<Vec<Job>> {
-        each!(self, s => s.claim_ready(now, rules, limit).await)
-    }
-    async fn finish_attempt(
-        &self,
-        attempt: AttemptRecord,
-        transition: Transition,
-        now: Millis,
-    ) -> anyhow::Result<Job> {
-        each!(self, s => s.finish_attempt(attempt, transition, now).await)
-    }
-    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
-        each!(self, s => s.attempts(job_id).await)
-    }
-    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.requeue_running(now).await)
-    }
-    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_ready_at().await)
-    }
-    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
-        each!(self, s => s.due_callbacks(now, limit).await)
-    }
-    async fn callback_attempted(
-        &self,
-        id: &str,
-        delivered: bool,
-        next: Option<Millis>,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.callback_attempted(id, delivered, next).await)
-    }
-    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
-        each!(self, s => s.postpone_callbacks(ids, at).await)
-    }
-
-    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
-        each!(self, s => s.prune_jobs(before, now).await)
     }
 }
 

@@ -176,7 +176,10 @@ impl Store {
                 .with_context(|| format!("cannot open the SQLite database {url} for writing"))?
         };
         let health = health::WriterHealth::default();
-        let ops = writer::spawn(writer.clone(), health.clone());
+        let ops = writer::spawn(writer::Writer::Sqlite {
+            pool: writer.clone(),
+            health: health.clone(),
+        });
         let file_id = match &path {
             Some(p) => Some(
                 health::file_id(p)

@@ -9,11 +9,10 @@
 use anyhow::Context;
 
 use super::batches::parse_batch_status;
+use super::jobs::insert_job_in;
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Tx};
-use crate::store::model::jobs::{
-    BatchSummary, Inserted, JobStatus, Millis, NewBatch, NewJob, Page,
-};
+use crate::store::model::jobs::{BatchSummary, Inserted, JobStatus, Millis, NewBatch, Page};
 use crate::store::model::schedules::*;
 
 const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
@@ -69,14 +68,6 @@ fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
         target: target_from_row(row)?,
     };
     Ok((row.col("seq")?, run))
-}
-
-/// Stores a job in the transaction (until jobs are written once: each backend's own).
-async fn insert_job_in(tx: &mut Tx, job: &NewJob) -> anyhow::Result<Inserted> {
-    match tx {
-        Tx::Sqlite(c) => super::jobs::insert_job_in(c, job).await,
-        Tx::Pg(c) => super::pg::jobs::insert_job_in(c, job).await,
-    }
 }
 
 /// Stores a batch in the transaction (until batches are written once: each backend's own).
@@ -352,7 +343,7 @@ impl<S: SqlStore> ScheduleStore for S {
             let recorded = match decision.action {
                 Action::Enqueue(enqueue) => match *enqueue {
                     Enqueue::Job(job) => {
-                        let job = match insert_job_in(&mut tx, &job).await? {
+                        let job = match insert_job_in(&mut tx.conn(), &job).await? {
                             Inserted::Created(j) | Inserted::Duplicate(j) => j,
                         };
                         Some((

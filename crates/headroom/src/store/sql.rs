@@ -56,6 +56,8 @@ values!(
     Vec<u8> => |v| Value::Bytes(Cow::Owned(v)),
     &'a Option<Vec<u8>> => |v| Value::OptBytes(v.as_deref().map(Cow::Borrowed)),
     Option<Vec<u8>> => |v| Value::OptBytes(v.map(Cow::Owned)),
+    Option<&'a String> => |v| Value::OptText(v.map(|s| Cow::Borrowed(s.as_str()))),
+    Option<&'a [u8]> => |v| Value::OptBytes(v.map(Cow::Borrowed)),
 );
 
 /// A statement with `?` placeholders and its binds, in order.
@@ -288,6 +290,27 @@ impl Conn<'_> {
             .map(Row::from)))
     }
 
+    /// Takes a lock on `key` until the transaction ends, so that nodes doing the same at
+    /// once go one after the other: an advisory lock on PostgreSQL; nothing on SQLite, whose
+    /// one writer goes alone anyway.
+    pub(crate) async fn lock_key(&mut self, key: &str) -> sqlx::Result<()> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(());
+        }
+        let q = Sql::new("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))").bind(key);
+        self.execute(&q).await.map(drop)
+    }
+
+    /// `lock_key` with a number for the key.
+    pub(crate) async fn lock_id(&mut self, id: i64) -> sqlx::Result<()> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(());
+        }
+        self.execute(&Sql::new("SELECT pg_advisory_xact_lock(?)").bind(id))
+            .await
+            .map(drop)
+    }
+
     pub(crate) async fn fetch_one(&mut self, q: &Sql<'_>) -> sqlx::Result<Row> {
         self.fetch_optional(q)
             .await?
@@ -329,10 +352,6 @@ impl Tx {
         self.conn().fetch_optional(q).await
     }
 
-    pub(crate) async fn fetch_one(&mut self, q: &Sql<'_>) -> sqlx::Result<Row> {
-        self.conn().fetch_one(q).await
-    }
-
     /// Wakes every node's dispatcher when (if) the transaction commits: `NOTIFY` on
     /// PostgreSQL; nothing on SQLite, where this process is the only one working.
     pub(crate) async fn wake_nodes(&mut self) -> anyhow::Result<()> {
@@ -362,6 +381,16 @@ impl<'s> Db<'s> {
         match self {
             Db::Sqlite(_) => Dialect::Sqlite,
             Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The node guard: the id of this node, which the rows it holds (running jobs, records
+    /// in flight, callbacks being delivered) name on PostgreSQL; `None` on SQLite, where
+    /// this process is the only one.
+    pub(crate) fn node(self) -> Option<&'s str> {
+        match self {
+            Db::Sqlite(_) => None,
+            Db::Postgres(s) => Some(s.node()),
         }
     }
 

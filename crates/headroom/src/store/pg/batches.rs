@@ -11,13 +11,13 @@ use crate::store::sql::SqlStore;
 use anyhow::Context;
 use sqlx::{PgConnection, Row};
 
-use super::jobs::{headers_json, lane_str, placeholders, u32_col};
 use super::pg;
 use super::PgStore as Store;
 pub(super) use crate::store::batches::{
     batch_status_str, count, insert_records_sql, meta_from_row, parse_batch_status,
     summary_from_row, ACTIVE, BATCH_COLUMNS, FINISH_ROWS, INSERT_ROWS,
 };
+use crate::store::jobs::{headers_json, lane_str, placeholders, u32_col};
 use crate::store::model::jobs::*;
 
 /// The batch with its first `failures_limit` failures.

@@ -16,8 +16,6 @@
 //! Placeholders are written `?` as in the SQLite code and numbered by `pg` (`$1, $2, …`).
 
 pub(super) mod batches;
-pub(super) mod jobs;
-mod writer;
 
 use std::time::Duration;
 
@@ -32,7 +30,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The channel that wakes dispatchers when work arrives.
 pub const WAKE_CHANNEL: &str = "headroom_work";
 /// The advisory lock under which throttled and sequential queues are claimed.
-const CLAIM_LOCK: i64 = 0x6864_726d_636c_6d00; // "hdrmclm"
+pub(crate) const CLAIM_LOCK: i64 = 0x6864_726d_636c_6d00; // "hdrmclm"
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -41,7 +39,7 @@ pub struct PgStore {
     node: std::sync::Arc<str>,
     url: String,
     /// Writes that share transactions (group commit, see `writer`).
-    ops: tokio::sync::mpsc::Sender<writer::Op>,
+    ops: tokio::sync::mpsc::Sender<crate::store::writer::Op>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -78,7 +76,10 @@ impl PgStore {
             rand::random::<u32>()
         )
         .into();
-        let ops = writer::spawn(pool.clone(), node.to_string());
+        let ops = crate::store::writer::spawn(crate::store::writer::Writer::Postgres {
+            pool: pool.clone(),
+            node: node.to_string(),
+        });
         let store = PgStore {
             pool,
             node,
@@ -94,13 +95,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// Where grouped writes are handed (`crate::store::writer`).
+    pub(super) fn ops(&self) -> &tokio::sync::mpsc::Sender<crate::store::writer::Op> {
+        &self.ops
+    }
+
     /// This node's id in `nodes` and on what it claims.
     pub fn node(&self) -> &str {
         &self.node
-    }
-
-    pub(crate) fn writer(&self) -> &PgPool {
-        &self.pool
     }
 
     pub(crate) async fn write(&self) -> anyhow::Result<Transaction<'static, Postgres>> {
@@ -164,7 +166,7 @@ impl PgStore {
 const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// The condition "the node `col` is alive" (one bind: none; uses the timeout constant).
-fn alive(col: &str) -> String {
+pub(crate) fn alive(col: &str) -> String {
     format!(
         "{col} IN (SELECT id FROM nodes WHERE seen_at >= {DB_NOW} - {})",
         NODE_TIMEOUT.as_millis()
@@ -209,7 +211,7 @@ impl PgStore {
         // Requeued to run now: the store has no clock of its own; a node's stored times are
         // the system's in production.
         let now = crate::clock::system_millis();
-        let jobs = jobs::requeue_dead(self, false, now).await?;
+        let jobs = crate::store::jobs::requeue_dead(self, false, now).await?;
         let records = batches::requeue_dead(self, false, now).await?;
         if jobs > 0 || records > 0 {
             tracing::warn!(
