@@ -7,7 +7,6 @@ use std::path::Path;
 use super::pg::PgStore;
 use super::sql::{Db, SqlStore};
 use super::{CredentialInfo, SealedCredential, Store, TokenInfo};
-use crate::store::model::jobs::*;
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -152,42 +151,5 @@ impl AnyStore {
     }
     pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
         self.db().put_meta(name, value).await
-    }
-}
-
-impl BatchStore for AnyStore {
-    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
-        self.durable()?;
-        each!(self, s => s.insert_batch(batch).await)
-    }
-    async fn get_batch(
-        &self,
-        id: &str,
-        failures_limit: u32,
-    ) -> anyhow::Result<Option<BatchSummary>> {
-        each!(self, s => s.get_batch(id, failures_limit).await)
-    }
-    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>> {
-        each!(self, s => s.claim_chunk(now, busy).await)
-    }
-    async fn finish_chunk(
-        &self,
-        chunk: &Chunk,
-        results: &[RecordResult],
-        now: Millis,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.finish_chunk(chunk, results, now).await)
-    }
-    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.requeue_in_flight(now).await)
-    }
-    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_chunk_at().await)
-    }
-    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
-        each!(self, s => s.cancel_batch(id, now).await)
-    }
-    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
-        each!(self, s => s.prune_batches(before).await)
     }
 }

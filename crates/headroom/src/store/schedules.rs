@@ -8,11 +8,11 @@
 
 use anyhow::Context;
 
-use super::batches::parse_batch_status;
+use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Tx};
-use crate::store::model::jobs::{BatchSummary, Inserted, JobStatus, Millis, NewBatch, Page};
+use crate::store::model::jobs::{Inserted, JobStatus, Millis, Page};
 use crate::store::model::schedules::*;
 
 const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
@@ -68,14 +68,6 @@ fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
         target: target_from_row(row)?,
     };
     Ok((row.col("seq")?, run))
-}
-
-/// Stores a batch in the transaction (until batches are written once: each backend's own).
-async fn insert_batch_in(tx: &mut Tx, batch: NewBatch) -> anyhow::Result<BatchSummary> {
-    match tx {
-        Tx::Sqlite(c) => super::batches::insert_batch_in(c, batch).await,
-        Tx::Pg(c) => super::pg::batches::insert_batch_in(c, batch).await,
-    }
 }
 
 /// The last run of (schedule, tenant) that enqueued something, with its status now.
@@ -356,7 +348,7 @@ impl<S: SqlStore> ScheduleStore for S {
                         ))
                     }
                     Enqueue::Batch(batch) => {
-                        let summary = insert_batch_in(&mut tx, batch).await?;
+                        let summary = insert_batch_in(&mut tx.conn(), batch).await?;
                         Some((
                             RunOutcome::Fired,
                             None,

@@ -411,6 +411,14 @@ impl<'s> Db<'s> {
         }
     }
 
+    /// Starts a read transaction on the pool (reads that must agree with each other).
+    pub(crate) async fn read(self) -> anyhow::Result<Tx> {
+        Ok(match self {
+            Db::Sqlite(s) => Tx::Sqlite(s.pool().begin().await?),
+            Db::Postgres(s) => Tx::Pg(s.pool().begin().await?),
+        })
+    }
+
     /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite's writer connection (see
     /// `Store::write`), a transaction from the pool on PostgreSQL.
     pub(crate) async fn begin(self) -> anyhow::Result<Tx> {

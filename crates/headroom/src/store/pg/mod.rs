@@ -15,11 +15,11 @@
 //!
 //! Placeholders are written `?` as in the SQLite code and numbered by `pg` (`$1, $2, …`).
 
-pub(super) mod batches;
-
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::store::sql::SqlStore;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -212,7 +212,7 @@ impl PgStore {
         // the system's in production.
         let now = crate::clock::system_millis();
         let jobs = crate::store::jobs::requeue_dead(self, false, now).await?;
-        let records = batches::requeue_dead(self, false, now).await?;
+        let records = crate::store::batches::requeue_records(self.db(), false, now).await?;
         if jobs > 0 || records > 0 {
             tracing::warn!(
                 jobs,
