@@ -682,14 +682,7 @@ impl<S: SqlStore> JobStore for S {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Page<Job>> {
-        let after: i64 = match after {
-            None | Some("") => 0,
-            Some(c) => c
-                .parse()
-                .ok()
-                .filter(|n: &i64| *n >= 0)
-                .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
-        };
+        let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
         if filter.status.is_some() {
@@ -810,20 +803,7 @@ impl<S: SqlStore> JobStore for S {
     /// PostgreSQL only the jobs of this node and of dead nodes: the other nodes are running
     /// theirs.
     async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
-        match self.db() {
-            Db::Sqlite(_) => {
-                let q = Sql::new(
-                    "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'",
-                )
-                .bind(now);
-                self.db()
-                    .writer()
-                    .execute(&q)
-                    .await
-                    .context("cannot requeue running jobs")
-            }
-            Db::Postgres(s) => requeue_dead(s, true, now).await,
-        }
+        requeue_jobs(self.db(), true, now).await
     }
 
     async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
@@ -950,26 +930,31 @@ impl<S: SqlStore> JobStore for S {
     }
 }
 
-/// Puts back the running jobs of dead nodes (and of this one if `mine`), on PostgreSQL:
-/// jobs a node held when it stopped answering. Returns how many.
-pub(super) async fn requeue_dead(
-    store: &super::pg::PgStore,
-    mine: bool,
-    now: Millis,
-) -> anyhow::Result<u64> {
-    let mut sql = format!(
-        "UPDATE jobs SET status = 'queued', node = NULL, updated_at = ? \
-         WHERE status = 'running' AND (node IS NULL OR NOT {})",
-        super::pg::alive("node")
-    );
-    if mine {
-        sql.push_str(" OR (status = 'running' AND node = ?)");
-    }
-    let q = Sql::new(sql).bind(now).bind_all(mine.then(|| store.node()));
-    store
-        .db()
-        .writer()
+/// Puts running jobs back in the queue. Returns how many.
+///
+/// On SQLite every running job: this process was the only one running them. On PostgreSQL
+/// (the node guard) those of dead nodes, and of this one if `mine`: jobs a node held when it
+/// stopped answering.
+pub(super) async fn requeue_jobs(db: Db<'_>, mine: bool, now: Millis) -> anyhow::Result<u64> {
+    let q = match db.node() {
+        None => {
+            Sql::new("UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'")
+                .bind(now)
+        }
+        Some(node) => {
+            let mut sql = format!(
+                "UPDATE jobs SET status = 'queued', node = NULL, updated_at = ? \
+                 WHERE status = 'running' AND (node IS NULL OR NOT {})",
+                super::pg::alive("node")
+            );
+            if mine {
+                sql.push_str(" OR (status = 'running' AND node = ?)");
+            }
+            Sql::new(sql).bind(now).bind_all(mine.then_some(node))
+        }
+    };
+    db.writer()
         .execute(&q)
         .await
-        .context("cannot requeue the running jobs of stopped nodes")
+        .context("cannot requeue running jobs")
 }

@@ -1,8 +1,11 @@
 //! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
 //!
-//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, which
-//! the PostgreSQL store (`pg`, for several nodes) reuses; `AnyStore` picks one by URL. Values arrive already encrypted where
-//! they need to be: the store never sees a credential in the clear.
+//! Everything Headroom keeps goes through the operations of this module (`jobs`, `batches`,
+//! `schedules`, `events`, `credentials`, `retention`, `writer`), written once with plain,
+//! portable SQL on the SQL layer (`sql`) for this store and the PostgreSQL store (`pg`, for
+//! several nodes); what differs between the two is named at `sql`'s seam (`Dialect`,
+//! `Db::node`, `Tx::wake_nodes`). `AnyStore` picks one by URL. Values arrive already
+//! encrypted where they need to be: the store never sees a credential in the clear.
 //!
 //! Writes: SQLite has one writer at a time. Every write transaction of the jobs and batches
 //! goes through one dedicated writer connection (`Store::write`), which queues writers in

@@ -12,7 +12,7 @@ use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Tx};
-use crate::store::model::jobs::{Inserted, JobStatus, Millis, Page};
+use crate::store::model::jobs::{parse_cursor, Inserted, JobStatus, Millis, Page};
 use crate::store::model::schedules::*;
 
 const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
@@ -448,14 +448,7 @@ impl<S: SqlStore> ScheduleStore for S {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Page<Run>> {
-        let after: i64 = match after {
-            None | Some("") => 0,
-            Some(c) => c
-                .parse()
-                .ok()
-                .filter(|n: &i64| *n >= 0)
-                .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
-        };
+        let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql =
             format!("SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.seq > ?");

@@ -13,13 +13,15 @@
 //! - a job or batch stored wakes every node's dispatcher through `NOTIFY` (LISTEN/NOTIFY),
 //!   so that work stored through one node starts at once on any of them.
 //!
-//! Placeholders are written `?` as in the SQLite code and numbered by `pg` (`$1, $2, …`).
+//! The operations themselves are written once for both backends (`super::sql` and the
+//! modules beside it); what is PostgreSQL's alone is here: the connection, this node's
+//! heartbeat and the reaping of dead nodes, and LISTEN/NOTIFY.
 
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::store::sql::SqlStore;
+use crate::store::sql::{Sql, SqlStore};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -123,14 +125,16 @@ impl PgStore {
 
     /// Says this node is alive, on the database's clock.
     async fn heartbeat(&self) -> anyhow::Result<()> {
-        sqlx::query(&pg(&format!(
+        let q = Sql::new(format!(
             "INSERT INTO nodes (id, seen_at) VALUES (?, {DB_NOW}) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
-        )))
-        .bind(&*self.node)
-        .execute(&self.pool)
-        .await
-        .with_context(|| format!("node {}: cannot write its heartbeat", self.node))?;
+        ))
+        .bind(&*self.node);
+        self.db()
+            .pool()
+            .execute(&q)
+            .await
+            .with_context(|| format!("node {}: cannot write its heartbeat", self.node))?;
         Ok(())
     }
 
@@ -211,7 +215,7 @@ impl PgStore {
         // Requeued to run now: the store has no clock of its own; a node's stored times are
         // the system's in production.
         let now = crate::clock::system_millis();
-        let jobs = crate::store::jobs::requeue_dead(self, false, now).await?;
+        let jobs = crate::store::jobs::requeue_jobs(self.db(), false, now).await?;
         let records = crate::store::batches::requeue_records(self.db(), false, now).await?;
         if jobs > 0 || records > 0 {
             tracing::warn!(
@@ -221,13 +225,13 @@ impl PgStore {
             );
             self.notify().await?;
         }
-        sqlx::query(&pg(&format!(
-            "DELETE FROM nodes WHERE seen_at < {DB_NOW} - ?"
-        )))
-        .bind(NODE_TIMEOUT.as_millis() as i64 * 6)
-        .execute(&self.pool)
-        .await
-        .context("cannot forget dead nodes")?;
+        let q = Sql::new(format!("DELETE FROM nodes WHERE seen_at < {DB_NOW} - ?"))
+            .bind(NODE_TIMEOUT.as_millis() as i64 * 6);
+        self.db()
+            .pool()
+            .execute(&q)
+            .await
+            .context("cannot forget dead nodes")?;
         Ok(())
     }
 
@@ -250,29 +254,6 @@ pub(super) async fn notify_in(conn: &mut sqlx::PgConnection) -> anyhow::Result<(
         .await
         .context("cannot NOTIFY the other nodes")?;
     Ok(())
-}
-
-/// Numbers the `?` placeholders of a statement written for SQLite (`$1, $2, …`), outside
-/// quoted text.
-pub(crate) fn pg(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    let mut quoted = false;
-    for c in sql.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '?' if !quoted => {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            }
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// The URL without its password, for messages: the userinfo's password and a `password`
@@ -341,14 +322,6 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_numbered_outside_quotes() {
-        assert_eq!(
-            pg("SELECT '?' FROM t WHERE a = ? AND b IN (?, ?)"),
-            "SELECT '?' FROM t WHERE a = $1 AND b IN ($2, $3)"
-        );
-    }
 
     #[test]
     fn passwords_are_not_shown() {
