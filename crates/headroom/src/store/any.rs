@@ -1,6 +1,8 @@
 //! The store a server runs on, chosen by the URL of `store` in the config: the embedded
 //! SQLite store (`sqlite://…`, the default) or PostgreSQL (`postgres://…`, for several
-//! nodes). Every method goes to the backend's; both pass the same conformance suites.
+//! nodes). The store traits (`JobStore`, `BatchStore`, `ScheduleStore`, `EventStore`) and
+//! the credential, token and meta operations are written once for either (`super::sql`);
+//! what is left here is what only one backend has. Both pass the same conformance suites.
 
 use std::path::Path;
 

@@ -341,7 +341,7 @@ pub(super) async fn finish_attempts_in(
     Ok(jobs)
 }
 
-/// The statement that moves `n` jobs on (binds: `bind_finish!` for each, then those of
+/// The statement that moves `n` jobs on (binds: `bind_finish` for each, then those of
 /// `also`, a condition added to the jobs it may move).
 fn finish_sql(n: usize, also: &str) -> String {
     // A final transition sets the outcome (response columns included, even to NULL) and
@@ -422,7 +422,7 @@ fn moved_jobs<R: StoreRow>(rows: &[R]) -> anyhow::Result<std::collections::HashM
     Ok(moved)
 }
 
-/// The statement that records `n` attempts (binds: `bind_attempt!` for each).
+/// The statement that records `n` attempts (binds: `bind_attempt` for each).
 fn attempts_sql(n: usize) -> String {
     format!(
         "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \

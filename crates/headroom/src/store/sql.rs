@@ -318,7 +318,8 @@ impl Conn<'_> {
     }
 }
 
-/// A write transaction of either backend. Dropped without `commit`, it rolls back.
+/// A transaction of either backend (`Db::begin` for writes, `Db::read` for reads that must
+/// agree). Dropped without `commit`, it rolls back.
 pub(crate) enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
     Pg(Transaction<'static, Postgres>),
