@@ -1,13 +1,14 @@
 //! The store a server runs on, chosen by the URL of `store` in the config: the embedded
 //! SQLite store (`sqlite://…`, the default) or PostgreSQL (`postgres://…`, for several
-//! nodes). Every method goes to the backend's; both pass the same conformance suites.
+//! nodes). The store traits (`JobStore`, `BatchStore`, `ScheduleStore`, `EventStore`) and
+//! the credential, token and meta operations are written once for either (`super::sql`);
+//! what is left here is what only one backend has. Both pass the same conformance suites.
 
 use std::path::Path;
 
 use super::pg::PgStore;
+use super::sql::{Db, SqlStore};
 use super::{CredentialInfo, SealedCredential, Store, TokenInfo};
-use crate::store::model::jobs::*;
-use crate::store::model::schedules::*;
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -35,6 +36,15 @@ macro_rules! each {
             AnyStore::Postgres($s) => $call,
         }
     };
+}
+
+impl SqlStore for AnyStore {
+    fn db(&self) -> Db<'_> {
+        match self {
+            AnyStore::Sqlite(s) => Db::Sqlite(s),
+            AnyStore::Postgres(s) => Db::Postgres(s),
+        }
+    }
 }
 
 impl AnyStore {
@@ -84,16 +94,6 @@ impl AnyStore {
         }
     }
 
-    /// New work is refused (not acknowledged) while the SQLite file it would go to was
-    /// deleted or replaced, or its disk is full: SQLite would take it into a file that is
-    /// gone after a restart.
-    fn durable(&self) -> anyhow::Result<()> {
-        match self {
-            AnyStore::Sqlite(s) => s.check_file().map_err(anyhow::Error::msg),
-            AnyStore::Postgres(_) => Ok(()),
-        }
-    }
-
     /// Whether several nodes may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -113,23 +113,23 @@ impl AnyStore {
         upstream: &str,
         sealed: &SealedCredential,
     ) -> anyhow::Result<()> {
-        each!(self, s => s.put_credential(tenant, upstream, sealed).await)
+        self.db().put_credential(tenant, upstream, sealed).await
     }
     pub async fn get_credential(
         &self,
         tenant: &str,
         upstream: &str,
     ) -> anyhow::Result<Option<SealedCredential>> {
-        each!(self, s => s.get_credential(tenant, upstream).await)
+        self.db().get_credential(tenant, upstream).await
     }
     pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.delete_credential(tenant, upstream).await)
+        self.db().delete_credential(tenant, upstream).await
     }
     pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
-        each!(self, s => s.list_credentials(tenant).await)
+        self.db().list_credentials(tenant).await
     }
     pub async fn count_credentials(&self) -> anyhow::Result<i64> {
-        each!(self, s => s.count_credentials().await)
+        self.db().count_credentials().await
     }
     pub async fn insert_token(
         &self,
@@ -137,214 +137,21 @@ impl AnyStore {
         tenant: &str,
         token_sha256: &[u8],
     ) -> anyhow::Result<TokenInfo> {
-        each!(self, s => s.insert_token(id, tenant, token_sha256).await)
+        self.db().insert_token(id, tenant, token_sha256).await
     }
     pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
-        each!(self, s => s.token_tenant(token_sha256).await)
+        self.db().token_tenant(token_sha256).await
     }
     pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        each!(self, s => s.delete_token(id).await)
+        self.db().delete_token(id).await
     }
     pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
-        each!(self, s => s.list_tokens(tenant).await)
+        self.db().list_tokens(tenant).await
     }
     pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        each!(self, s => s.get_meta(name).await)
+        self.db().get_meta(name).await
     }
     pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
-        each!(self, s => s.put_meta(name, value).await)
-    }
-}
-
-impl JobStore for AnyStore {
-    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
-        self.durable()?;
-        each!(self, s => s.insert_job(job).await)
-    }
-    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
-        each!(self, s => s.get_job(id).await)
-    }
-    async fn list_jobs(
-        &self,
-        filter: &JobFilter,
-        after: Option<&str>,
-        limit: u32,
-    ) -> anyhow::Result<Page<Job>> {
-        each!(self, s => s.list_jobs(filter, after, limit).await)
-    }
-    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
-        each!(self, s => s.cancel_job(id, now).await)
-    }
-    async fn claim_ready(
-        &self,
-        now: Millis,
-        rules: &[QueueRule],
-        limit: u32,
-    ) -> anyhow::Result<Vec<Job>> {
-        each!(self, s => s.claim_ready(now, rules, limit).await)
-    }
-    async fn finish_attempt(
-        &self,
-        attempt: AttemptRecord,
-        transition: Transition,
-        now: Millis,
-    ) -> anyhow::Result<Job> {
-        each!(self, s => s.finish_attempt(attempt, transition, now).await)
-    }
-    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
-        each!(self, s => s.attempts(job_id).await)
-    }
-    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.requeue_running(now).await)
-    }
-    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_ready_at().await)
-    }
-    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
-        each!(self, s => s.due_callbacks(now, limit).await)
-    }
-    async fn callback_attempted(
-        &self,
-        id: &str,
-        delivered: bool,
-        next: Option<Millis>,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.callback_attempted(id, delivered, next).await)
-    }
-    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
-        each!(self, s => s.postpone_callbacks(ids, at).await)
-    }
-
-    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
-        each!(self, s => s.prune_jobs(before, now).await)
-    }
-}
-
-impl BatchStore for AnyStore {
-    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
-        self.durable()?;
-        each!(self, s => s.insert_batch(batch).await)
-    }
-    async fn get_batch(
-        &self,
-        id: &str,
-        failures_limit: u32,
-    ) -> anyhow::Result<Option<BatchSummary>> {
-        each!(self, s => s.get_batch(id, failures_limit).await)
-    }
-    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>> {
-        each!(self, s => s.claim_chunk(now, busy).await)
-    }
-    async fn finish_chunk(
-        &self,
-        chunk: &Chunk,
-        results: &[RecordResult],
-        now: Millis,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.finish_chunk(chunk, results, now).await)
-    }
-    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.requeue_in_flight(now).await)
-    }
-    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_chunk_at().await)
-    }
-    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
-        each!(self, s => s.cancel_batch(id, now).await)
-    }
-    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
-        each!(self, s => s.prune_batches(before).await)
-    }
-}
-
-impl ScheduleStore for AnyStore {
-    async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool> {
-        each!(self, s => s.create_schedule(schedule).await)
-    }
-    async fn sync_config_schedules(
-        &self,
-        schedules: &[StoredSchedule],
-        now: Millis,
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.sync_config_schedules(schedules, now).await)
-    }
-    async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>> {
-        each!(self, s => s.get_schedule(name).await)
-    }
-    async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>> {
-        each!(self, s => s.list_schedules().await)
-    }
-    async fn set_paused(
-        &self,
-        name: &str,
-        paused: bool,
-        now: Millis,
-    ) -> anyhow::Result<Option<StoredSchedule>> {
-        each!(self, s => s.set_paused(name, paused, now).await)
-    }
-    async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.delete_schedule(name).await)
-    }
-    async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>> {
-        each!(self, s => s.slots(schedule).await)
-    }
-    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()> {
-        each!(self, s => s.update_slots(add, remove).await)
-    }
-    async fn fire_due(
-        &self,
-        now: Millis,
-        limit: u32,
-        decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
-    ) -> anyhow::Result<Vec<Run>> {
-        each!(self, s => s.fire_due(now, limit, decide).await)
-    }
-    async fn next_due_at(&self) -> anyhow::Result<Option<Millis>> {
-        each!(self, s => s.next_due_at().await)
-    }
-    async fn list_runs(
-        &self,
-        schedule: &str,
-        tenant: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> anyhow::Result<Page<Run>> {
-        each!(self, s => s.list_runs(schedule, tenant, after, limit).await)
-    }
-    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.prune_runs(before).await)
-    }
-    async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
-        each!(self, s => s.tenants_with_credential(upstream).await)
-    }
-}
-
-impl crate::store::model::events::EventStore for AnyStore {
-    async fn insert_events(
-        &self,
-        events: &[crate::store::model::events::Event],
-    ) -> anyhow::Result<()> {
-        each!(self, s => s.insert_events(events).await)
-    }
-    async fn list_events(
-        &self,
-        filter: &crate::store::model::events::EventFilter,
-        after: Option<i64>,
-        limit: u32,
-    ) -> anyhow::Result<Page<crate::store::model::events::StoredEvent>> {
-        each!(self, s => s.list_events(filter, after, limit).await)
-    }
-    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
-        each!(self, s => s.prune_events(before).await)
-    }
-    async fn event_stats(
-        &self,
-        since: Millis,
-        until: Millis,
-    ) -> anyhow::Result<Vec<crate::store::model::events::EventStat>> {
-        each!(self, s => s.event_stats(since, until).await)
-    }
-    async fn job_backlog(&self) -> anyhow::Result<Vec<crate::store::model::events::Backlog>> {
-        each!(self, s => s.job_backlog().await)
+        self.db().put_meta(name, value).await
     }
 }

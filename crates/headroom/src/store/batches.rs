@@ -1,32 +1,34 @@
-//! `BatchStore` on SQLite.
+//! `BatchStore`, on either backend.
 //!
 //! A batch row keeps its record counts by status (pending, in flight, succeeded, failed,
 //! cancelled), updated in the same transaction that moves the records, so that reading a
 //! batch of 35,000 records costs one row and its failures. Batches take turns: each claim
 //! gives the claimed batch the highest `claim_order`, and the active batch with the lowest
 //! one goes next.
+//!
+//! On PostgreSQL several nodes claim at once: a claim locks the batch it takes (`FOR UPDATE
+//! OF b SKIP LOCKED`, so that no other node claims from it meanwhile), records in flight
+//! name the node sending them (the node guard), and a stored batch wakes every node.
 
 use anyhow::Context;
-use sqlx::{Row, SqliteConnection};
 
 use super::jobs::{headers_json, lane_str, parse_headers, parse_lane, placeholders, u32_col};
 use super::row::StoreRow;
-use super::Store;
+use super::sql::{Conn, Db, Sql, SqlStore};
 use crate::store::model::jobs::*;
 
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
-pub(super) const INSERT_ROWS: usize = 400;
+const INSERT_ROWS: usize = 400;
 /// Records per UPDATE statement when finishing a chunk.
-pub(super) const FINISH_ROWS: usize = 500;
+const FINISH_ROWS: usize = 500;
 
-pub(super) const BATCH_COLUMNS: &str =
-    "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
+const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_size, method, \
      path, query, headers, max_attempts, status, total, succeeded, failed, pending, in_flight, \
      calls, possibly_duplicated, created_at, updated_at";
 
-pub(super) const ACTIVE: &str = "status IN ('queued', 'running')";
+const ACTIVE: &str = "status IN ('queued', 'running')";
 
-pub(super) fn batch_status_str(s: BatchStatus) -> &'static str {
+fn batch_status_str(s: BatchStatus) -> &'static str {
     match s {
         BatchStatus::Queued => "queued",
         BatchStatus::Running => "running",
@@ -47,13 +49,13 @@ pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
     })
 }
 
-pub(crate) fn count<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u64> {
+fn count<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u64> {
     let v: i64 = row.col(name)?;
     u64::try_from(v).with_context(|| format!("stored {name} {v} is negative"))
 }
 
 /// The batch's row as a summary (failures not yet filled in), and its sequence.
-pub(crate) fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, BatchSummary)> {
+fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, BatchSummary)> {
     Ok((
         row.col("seq")?,
         BatchSummary {
@@ -74,7 +76,7 @@ pub(crate) fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Bat
     ))
 }
 
-pub(crate) fn meta_from_row<R: StoreRow>(row: &R) -> anyhow::Result<BatchMeta> {
+fn meta_from_row<R: StoreRow>(row: &R) -> anyhow::Result<BatchMeta> {
     Ok(BatchMeta {
         id: row.col("id")?,
         upstream: row.col("upstream")?,
@@ -96,13 +98,13 @@ pub(crate) fn meta_from_row<R: StoreRow>(row: &R) -> anyhow::Result<BatchMeta> {
 
 /// The batch with its first `failures_limit` failures.
 async fn read_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     id: &str,
     failures_limit: u32,
 ) -> anyhow::Result<Option<BatchSummary>> {
-    let Some(row) = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
+    let q = Sql::new(format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?")).bind(id);
+    let Some(row) = conn
+        .fetch_optional(&q)
         .await
         .context("cannot read a batch")?
     else {
@@ -110,22 +112,23 @@ async fn read_batch(
     };
     let (seq, mut summary) = summary_from_row(&row)?;
     if failures_limit > 0 && summary.failed > 0 {
-        let rows = sqlx::query(
+        let q = Sql::new(
             "SELECT idx, record_id, error FROM batch_records \
              WHERE batch_seq = ? AND status = 'failed' ORDER BY idx LIMIT ?",
         )
         .bind(seq)
-        .bind(i64::from(failures_limit))
-        .fetch_all(&mut *conn)
-        .await
-        .context("cannot read a batch's failures")?;
+        .bind(i64::from(failures_limit));
+        let rows = conn
+            .fetch_all(&q)
+            .await
+            .context("cannot read a batch's failures")?;
         summary.failures = rows
             .iter()
             .map(|r| {
                 Ok(RecordFailure {
                     index: count(r, "idx")?,
-                    record_id: r.try_get("record_id")?,
-                    error: r.try_get::<Option<String>, _>("error")?.unwrap_or_default(),
+                    record_id: r.col("record_id")?,
+                    error: r.col::<Option<String>>("error")?.unwrap_or_default(),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -134,8 +137,8 @@ async fn read_batch(
 }
 
 /// Inserts a batch and its records inside the caller's transaction (see `insert_batch`).
-pub(super) async fn insert_batch_in(
-    conn: &mut SqliteConnection,
+pub(crate) async fn insert_batch_in(
+    conn: &mut Conn<'_>,
     batch: NewBatch,
 ) -> anyhow::Result<BatchSummary> {
     let total = batch.records.len() as i64;
@@ -144,7 +147,7 @@ pub(super) async fn insert_batch_in(
     } else {
         BatchStatus::Queued
     };
-    let seq: i64 = sqlx::query_scalar(
+    let q = Sql::new(
         "INSERT INTO batches (id, upstream, tenant, lane, format, max_batch_size, method, \
          path, query, headers, max_attempts, callback_url, status, total, pending, \
          created_at, updated_at) \
@@ -166,20 +169,19 @@ pub(super) async fn insert_batch_in(
     .bind(total)
     .bind(total)
     .bind(batch.created_at)
-    .bind(batch.created_at)
-    .fetch_one(&mut *conn)
-    .await
-    .with_context(|| format!("cannot store the batch {}", batch.id))?;
+    .bind(batch.created_at);
+    let seq: i64 = conn
+        .fetch_one(&q)
+        .await
+        .with_context(|| format!("cannot store the batch {}", batch.id))?
+        .col("seq")?;
     let full_sql = insert_records_sql(INSERT_ROWS);
     for (n, part) in batch.records.chunks(INSERT_ROWS).enumerate() {
-        let partial_sql;
-        let sql = if part.len() == INSERT_ROWS {
-            &full_sql
+        let mut q = if part.len() == INSERT_ROWS {
+            Sql::new(full_sql.as_str())
         } else {
-            partial_sql = insert_records_sql(part.len());
-            &partial_sql
+            Sql::new(insert_records_sql(part.len()))
         };
-        let mut q = sqlx::query(sql);
         for (i, record) in part.iter().enumerate() {
             q = q
                 .bind(seq)
@@ -188,7 +190,7 @@ pub(super) async fn insert_batch_in(
                 .bind(&record.payload)
                 .bind(batch.created_at);
         }
-        q.execute(&mut *conn)
+        conn.execute(&q)
             .await
             .context("cannot store a batch's records")?;
     }
@@ -209,12 +211,15 @@ pub(super) async fn insert_batch_in(
     })
 }
 
-impl BatchStore for Store {
+impl<S: SqlStore> BatchStore for S {
     /// One transaction: the batch row, then its records in multi-row INSERTs of
-    /// `INSERT_ROWS`. Committed (durable) before this returns.
+    /// `INSERT_ROWS`. Committed (durable) before this returns; on PostgreSQL the commit
+    /// wakes every node. New work is refused while the SQLite file is gone or full.
     async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
-        let mut tx = self.write().await?;
-        let summary = insert_batch_in(&mut tx, batch).await?;
+        self.durable()?;
+        let mut tx = self.db().begin().await?;
+        let summary = insert_batch_in(&mut tx.conn(), batch).await?;
+        tx.wake_nodes().await?;
         tx.commit().await.context("cannot commit a batch")?;
         Ok(summary)
     }
@@ -225,14 +230,16 @@ impl BatchStore for Store {
         failures_limit: u32,
     ) -> anyhow::Result<Option<BatchSummary>> {
         // One read transaction, so that the counts and the failures agree.
-        let mut tx = self.pool().begin().await?;
-        let out = read_batch(&mut tx, id, failures_limit).await?;
+        let mut tx = self.db().read().await?;
+        let out = read_batch(&mut tx.conn(), id, failures_limit).await?;
         tx.commit().await?;
         Ok(out)
     }
 
     async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>> {
-        let mut tx = self.write().await?;
+        let db = self.db();
+        let dialect = db.dialect();
+        let mut tx = db.begin().await?;
         let mut sql = format!(
             "SELECT seq, id, upstream, tenant, lane, format, max_batch_size, method, path, \
              query, headers, max_attempts FROM batches AS b WHERE b.{ACTIVE}"
@@ -240,64 +247,73 @@ impl BatchStore for Store {
         if !busy.is_empty() {
             sql.push_str(&format!(" AND b.id NOT IN ({})", placeholders(busy.len())));
         }
-        sql.push_str(
+        sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM batch_records AS r WHERE r.batch_seq = b.seq \
              AND r.status = 'pending' AND r.next_attempt_at <= ?) \
-             ORDER BY b.claim_order, b.seq LIMIT 1",
-        );
-        let mut q = sqlx::query(&sql);
-        for id in busy {
-            q = q.bind(id);
-        }
-        let Some(row) = q
-            .bind(now)
-            .fetch_optional(&mut *tx)
+             ORDER BY b.claim_order, b.seq LIMIT 1{}",
+            dialect.skip_locked_of("b")
+        ));
+        let q = Sql::new(sql).bind_all(busy).bind(now);
+        let Some(row) = tx
+            .fetch_optional(&q)
             .await
             .context("cannot pick a batch to send")?
         else {
             return Ok(None);
         };
-        let seq: i64 = row.try_get("seq")?;
+        let seq: i64 = row.col("seq")?;
         let meta = meta_from_row(&row)?;
-        let order: i64 = sqlx::query_scalar(&format!(
-            "SELECT COALESCE(MAX(claim_order), 0) + 1 FROM batches WHERE {ACTIVE}"
-        ))
-        .fetch_one(&mut *tx)
-        .await
-        .context("cannot order batches")?;
+        let q = Sql::new(format!(
+            "SELECT COALESCE(MAX(claim_order), 0) + 1 AS n FROM batches WHERE {ACTIVE}"
+        ));
+        let order: i64 = tx
+            .fetch_optional(&q)
+            .await
+            .context("cannot order batches")?
+            .context("cannot order batches: no row")?
+            .col("n")?;
         let chunk_id = format!("{}/{order}", meta.id);
-        // SQLite only: `INDEXED BY` makes the planner walk the batch's pending records in
-        // index order (stopping at the chunk's size) instead of sorting all the due ones.
-        let rows = sqlx::query(
-            "UPDATE batch_records SET status = 'in_flight', chunk_id = ? \
-             WHERE batch_seq = ? AND idx IN (\
-             SELECT idx FROM batch_records INDEXED BY batch_records_status \
+        // SQLite: `INDEXED BY` makes the planner walk the batch's pending records in index
+        // order (stopping at the chunk's size) instead of sorting all the due ones.
+        // PostgreSQL: the batch row is locked, so no other node claims from this batch
+        // meanwhile; the records name this node (the node guard).
+        let (node_set, still_pending) = match db.node() {
+            None => ("", ""),
+            Some(_) => (", node = ?", " AND status = 'pending'"),
+        };
+        let q = Sql::new(format!(
+            "UPDATE batch_records SET status = 'in_flight', chunk_id = ?{node_set} \
+             WHERE batch_seq = ?{still_pending} AND idx IN (\
+             SELECT idx FROM batch_records {} \
              WHERE batch_seq = ? AND status = 'pending' \
              AND next_attempt_at <= ? ORDER BY idx LIMIT ?) \
              RETURNING idx, record_id, payload, attempts",
-        )
+            dialect.indexed_by("batch_records_status")
+        ))
         .bind(&chunk_id)
+        .bind_all(db.node())
         .bind(seq)
         .bind(seq)
         .bind(now)
-        .bind(i64::from(meta.max_batch_size.max(1)))
-        .fetch_all(&mut *tx)
-        .await
-        .context("cannot claim a batch's records")?;
+        .bind(i64::from(meta.max_batch_size.max(1)));
+        let rows = tx
+            .fetch_all(&q)
+            .await
+            .context("cannot claim a batch's records")?;
         let mut records = rows
             .iter()
             .map(|r| {
                 Ok(ChunkRecord {
                     index: count(r, "idx")?,
-                    record_id: r.try_get("record_id")?,
-                    payload: r.try_get("payload")?,
+                    record_id: r.col("record_id")?,
+                    payload: r.col("payload")?,
                     attempts: u32_col(r, "attempts")?,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         records.sort_by_key(|r| r.index);
         let n = records.len() as i64;
-        sqlx::query(
+        let q = Sql::new(
             "UPDATE batches SET status = 'running', pending = pending - ?, \
              in_flight = in_flight + ?, claim_order = ?, updated_at = ? WHERE seq = ?",
         )
@@ -305,10 +321,10 @@ impl BatchStore for Store {
         .bind(n)
         .bind(order)
         .bind(now)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await
-        .context("cannot update a batch's counts")?;
+        .bind(seq);
+        tx.execute(&q)
+            .await
+            .context("cannot update a batch's counts")?;
         tx.commit().await.context("cannot commit a chunk")?;
         Ok(Some(Chunk {
             chunk_id,
@@ -333,16 +349,17 @@ impl BatchStore for Store {
                 chunk.records.len()
             );
         }
-        let mut tx = self.write().await?;
-        let row = sqlx::query("SELECT seq, status, max_attempts FROM batches WHERE id = ?")
-            .bind(&chunk.batch.id)
-            .fetch_optional(&mut *tx)
+        let mut tx = self.db().begin().await?;
+        let q = Sql::new("SELECT seq, status, max_attempts FROM batches WHERE id = ?")
+            .bind(&chunk.batch.id);
+        let row = tx
+            .fetch_optional(&q)
             .await
             .context("cannot read a batch")?
             .with_context(|| format!("no batch \"{}\"", chunk.batch.id))?;
-        let seq: i64 = row.try_get("seq")?;
-        let cancelled = row.try_get::<String, _>("status")? == "cancelled";
-        let max_attempts: i64 = row.try_get("max_attempts")?;
+        let seq: i64 = row.col("seq")?;
+        let cancelled = row.col::<String>("status")? == "cancelled";
+        let max_attempts: i64 = row.col("max_attempts")?;
 
         // Records with the same outcome (and error, retry time) move in one statement: a
         // chunk that went through is one UPDATE, a throttled call one more.
@@ -379,25 +396,23 @@ impl BatchStore for Store {
                      AND idx IN ({}) RETURNING status",
                     placeholders(part.len())
                 );
-                let mut q = sqlx::query(&sql);
+                let mut q = Sql::new(sql);
                 if at.is_some() {
                     q = q.bind(cancelled).bind(burn).bind(max_attempts);
                 }
-                q = q
+                let q = q
                     .bind(burn)
                     .bind(error)
                     .bind(at)
                     .bind(seq)
-                    .bind(&chunk.chunk_id);
-                for index in part {
-                    q = q.bind(*index);
-                }
-                let rows = q
-                    .fetch_all(&mut *tx)
+                    .bind(&chunk.chunk_id)
+                    .bind_all(part.iter().copied());
+                let rows = tx
+                    .fetch_all(&q)
                     .await
                     .context("cannot record a chunk's outcome")?;
                 for r in &rows {
-                    match r.try_get::<&str, _>("status")? {
+                    match r.col::<String>("status")?.as_str() {
                         "succeeded" => succeeded += 1,
                         "failed" => failed += 1,
                         "pending" => pending += 1,
@@ -408,7 +423,7 @@ impl BatchStore for Store {
         }
         let moved = succeeded + failed + pending + gone;
         if moved > 0 {
-            sqlx::query(
+            let q = Sql::new(
                 "UPDATE batches SET \
                  status = CASE \
                    WHEN status = 'cancelled' THEN status \
@@ -428,10 +443,10 @@ impl BatchStore for Store {
             .bind(gone)
             .bind(moved)
             .bind(now)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .context("cannot update a batch's counts")?;
+            .bind(seq);
+            tx.execute(&q)
+                .await
+                .context("cannot update a batch's counts")?;
         }
         tx.commit()
             .await
@@ -440,115 +455,149 @@ impl BatchStore for Store {
     }
 
     /// Records in flight in a cancelled batch are cancelled instead (they were not sent
-    /// again, so they are not counted as possibly duplicated).
+    /// again, so they are not counted as possibly duplicated). On PostgreSQL only the
+    /// records of this node and of dead nodes: the other nodes are sending theirs.
     async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64> {
-        let mut tx = self.write().await?;
-        let batches = sqlx::query("SELECT seq, status FROM batches WHERE in_flight > 0")
-            .fetch_all(&mut *tx)
-            .await
-            .context("cannot find batches in flight")?;
-        let mut requeued = 0u64;
-        for b in &batches {
-            let seq: i64 = b.try_get("seq")?;
-            let cancelled = b.try_get::<String, _>("status")? == "cancelled";
-            let to = if cancelled { "cancelled" } else { "pending" };
-            let n = sqlx::query(
-                "UPDATE batch_records SET status = ?, chunk_id = NULL \
-                 WHERE batch_seq = ? AND status = 'in_flight'",
-            )
-            .bind(to)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .context("cannot requeue records in flight")?
-            .rows_affected() as i64;
-            let (pending, cancelled_n, duplicated) = if cancelled { (0, n, 0) } else { (n, 0, n) };
-            sqlx::query(
-                "UPDATE batches SET in_flight = in_flight - ?, pending = pending + ?, \
-                 cancelled = cancelled + ?, possibly_duplicated = possibly_duplicated + ?, \
-                 updated_at = ? WHERE seq = ?",
-            )
-            .bind(n)
-            .bind(pending)
-            .bind(cancelled_n)
-            .bind(duplicated)
-            .bind(now)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .context("cannot update a batch's counts")?;
-            if !cancelled {
-                requeued += n as u64;
-            }
-        }
-        tx.commit()
-            .await
-            .context("cannot commit requeued records")?;
-        Ok(requeued)
+        requeue_records(self.db(), true, now).await
     }
 
     async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>> {
-        let at: Option<i64> = sqlx::query_scalar(&format!(
+        let q = Sql::new(format!(
             "SELECT MIN((SELECT MIN(r.next_attempt_at) FROM batch_records AS r \
-             WHERE r.batch_seq = b.seq AND r.status = 'pending')) \
+             WHERE r.batch_seq = b.seq AND r.status = 'pending')) AS at \
              FROM batches AS b WHERE b.{ACTIVE}"
-        ))
-        .fetch_one(self.pool())
-        .await
-        .context("cannot read when the next chunk is due")?;
-        Ok(at)
+        ));
+        let row = self
+            .db()
+            .pool()
+            .fetch_one(&q)
+            .await
+            .context("cannot read when the next chunk is due")?;
+        row.col("at")
     }
 
     /// Pending records become cancelled; records in flight finish (a retry among them is
     /// cancelled then). A batch already finished keeps its status.
     async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
-        let mut tx = self.write().await?;
-        let Some(row) = sqlx::query("SELECT seq, status FROM batches WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let mut tx = self.db().begin().await?;
+        let Some(row) = tx
+            .fetch_optional(&Sql::new("SELECT seq, status FROM batches WHERE id = ?").bind(id))
             .await
             .context("cannot read a batch")?
         else {
             return Ok(None);
         };
-        let seq: i64 = row.try_get("seq")?;
-        let status = parse_batch_status(row.try_get("status")?)?;
+        let seq: i64 = row.col("seq")?;
+        let status = parse_batch_status(&row.col::<String>("status")?)?;
         if matches!(status, BatchStatus::Queued | BatchStatus::Running) {
-            let n = sqlx::query(
+            let q = Sql::new(
                 "UPDATE batch_records SET status = 'cancelled' \
                  WHERE batch_seq = ? AND status = 'pending'",
             )
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .context("cannot cancel a batch's records")?
-            .rows_affected() as i64;
-            sqlx::query(
+            .bind(seq);
+            let n = tx
+                .execute(&q)
+                .await
+                .context("cannot cancel a batch's records")? as i64;
+            let q = Sql::new(
                 "UPDATE batches SET status = 'cancelled', pending = pending - ?, \
                  cancelled = cancelled + ?, updated_at = ? WHERE seq = ?",
             )
             .bind(n)
             .bind(n)
             .bind(now)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .context("cannot cancel a batch")?;
+            .bind(seq);
+            tx.execute(&q).await.context("cannot cancel a batch")?;
         }
-        let out = read_batch(&mut tx, id, 100).await?;
+        let out = read_batch(&mut tx.conn(), id, 100).await?;
         tx.commit().await.context("cannot commit a cancellation")?;
         Ok(out)
     }
 
     async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
-        self.prune_batches_before(before).await
+        self.db().prune_batches_before(before).await
     }
 }
 
-pub(super) fn insert_records_sql(rows: usize) -> String {
+fn insert_records_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, 'pending', 0, ?)"; rows].join(", ");
     format!(
         "INSERT INTO batch_records (batch_seq, idx, record_id, payload, status, attempts, \
          next_attempt_at) VALUES {values}"
     )
+}
+
+/// Puts back records in flight, counted as possibly duplicated; records of a cancelled
+/// batch are cancelled instead. Returns how many went back.
+///
+/// On SQLite every record in flight: this process was the only one sending them. On
+/// PostgreSQL (the node guard) those of dead nodes, and of this one if `mine`: records a
+/// node held when it stopped answering. Only the batches that hold such records are
+/// touched there: locking the others would make claims that skip locked batches miss them.
+pub(super) async fn requeue_records(db: Db<'_>, mine: bool, now: Millis) -> anyhow::Result<u64> {
+    let held = db.node().map(|node| {
+        let cond = format!(
+            " AND (node IS NULL OR NOT {} OR node = ?)",
+            super::pg::alive("node")
+        );
+        (cond, if mine { node } else { "" })
+    });
+    let (cond, holder) = match &held {
+        Some((cond, holder)) => (cond.as_str(), Some(*holder)),
+        None => ("", None),
+    };
+    let mut tx = db.begin().await?;
+    let mut sql = "SELECT seq, status FROM batches WHERE in_flight > 0".to_string();
+    if held.is_some() {
+        sql.push_str(&format!(
+            " AND seq IN (SELECT batch_seq FROM batch_records WHERE status = 'in_flight'{cond})"
+        ));
+    }
+    let batches = tx
+        .fetch_all(&Sql::new(sql).bind_all(holder))
+        .await
+        .context("cannot find batches in flight")?;
+    let release = if held.is_some() { ", node = NULL" } else { "" };
+    let mut requeued = 0u64;
+    for b in &batches {
+        let seq: i64 = b.col("seq")?;
+        let cancelled = b.col::<String>("status")? == "cancelled";
+        let to = if cancelled { "cancelled" } else { "pending" };
+        let q = Sql::new(format!(
+            "UPDATE batch_records SET status = ?, chunk_id = NULL{release} \
+             WHERE batch_seq = ? AND status = 'in_flight'{cond}"
+        ))
+        .bind(to)
+        .bind(seq)
+        .bind_all(holder);
+        let n = tx
+            .execute(&q)
+            .await
+            .context("cannot requeue records in flight")? as i64;
+        if n == 0 {
+            continue;
+        }
+        let (pending, cancelled_n, duplicated) = if cancelled { (0, n, 0) } else { (n, 0, n) };
+        let q = Sql::new(
+            "UPDATE batches SET in_flight = in_flight - ?, pending = pending + ?, \
+             cancelled = cancelled + ?, possibly_duplicated = possibly_duplicated + ?, \
+             updated_at = ? WHERE seq = ?",
+        )
+        .bind(n)
+        .bind(pending)
+        .bind(cancelled_n)
+        .bind(duplicated)
+        .bind(now)
+        .bind(seq);
+        tx.execute(&q)
+            .await
+            .context("cannot update a batch's counts")?;
+        if !cancelled {
+            requeued += n as u64;
+        }
+    }
+    tx.commit()
+        .await
+        .context("cannot commit requeued records")?;
+    Ok(requeued)
 }

@@ -1,21 +1,22 @@
-//! Credentials, API tokens and small named values.
+//! Credentials, API tokens and small named values, on either backend.
 
 use anyhow::Context;
-use sqlx::Row;
 
-use super::{now_rfc3339, CredentialInfo, SealedCredential, Store, TokenInfo};
+use super::row::StoreRow;
+use super::sql::{Db, Sql};
+use super::{now_rfc3339, CredentialInfo, SealedCredential, TokenInfo};
 
-impl Store {
+impl Db<'_> {
     // ---- credentials -------------------------------------------------------------------
 
     /// Inserts or replaces the sealed credential of (tenant, upstream).
-    pub async fn put_credential(
-        &self,
+    pub(crate) async fn put_credential(
+        self,
         tenant: &str,
         upstream: &str,
         sealed: &SealedCredential,
     ) -> anyhow::Result<()> {
-        sqlx::query(
+        let q = Sql::new(
             "INSERT INTO credentials (tenant, upstream, nonce, ciphertext, updated_at) \
              VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (tenant, upstream) DO UPDATE SET \
@@ -26,91 +27,106 @@ impl Store {
         .bind(upstream)
         .bind(&sealed.nonce)
         .bind(&sealed.ciphertext)
-        .bind(now_rfc3339())
-        .execute(&self.pool)
-        .await
-        .context("cannot store a credential")?;
+        .bind(now_rfc3339());
+        self.pool()
+            .execute(&q)
+            .await
+            .context("cannot store a credential")?;
         Ok(())
     }
 
-    pub async fn get_credential(
-        &self,
+    pub(crate) async fn get_credential(
+        self,
         tenant: &str,
         upstream: &str,
     ) -> anyhow::Result<Option<SealedCredential>> {
-        let row = sqlx::query(
-            "SELECT nonce, ciphertext FROM credentials WHERE tenant = ? AND upstream = ?",
-        )
-        .bind(tenant)
-        .bind(upstream)
-        .fetch_optional(&self.pool)
-        .await
-        .context("cannot read a credential")?;
+        let q =
+            Sql::new("SELECT nonce, ciphertext FROM credentials WHERE tenant = ? AND upstream = ?")
+                .bind(tenant)
+                .bind(upstream);
+        let row = self
+            .pool()
+            .fetch_optional(&q)
+            .await
+            .context("cannot read a credential")?;
         row.map(|r| {
             Ok(SealedCredential {
-                nonce: r.try_get("nonce")?,
-                ciphertext: r.try_get("ciphertext")?,
+                nonce: r.col("nonce")?,
+                ciphertext: r.col("ciphertext")?,
             })
         })
         .transpose()
     }
 
     /// Deletes the credential of (tenant, upstream); false if there was none.
-    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM credentials WHERE tenant = ? AND upstream = ?")
+    pub(crate) async fn delete_credential(
+        self,
+        tenant: &str,
+        upstream: &str,
+    ) -> anyhow::Result<bool> {
+        let q = Sql::new("DELETE FROM credentials WHERE tenant = ? AND upstream = ?")
             .bind(tenant)
-            .bind(upstream)
-            .execute(&self.pool)
+            .bind(upstream);
+        let deleted = self
+            .pool()
+            .execute(&q)
             .await
             .context("cannot delete a credential")?;
-        Ok(done.rows_affected() > 0)
+        Ok(deleted > 0)
     }
 
-    pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
-        let rows = sqlx::query(
+    pub(crate) async fn list_credentials(
+        self,
+        tenant: &str,
+    ) -> anyhow::Result<Vec<CredentialInfo>> {
+        let q = Sql::new(
             "SELECT upstream, updated_at FROM credentials WHERE tenant = ? ORDER BY upstream",
         )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await
-        .context("cannot list credentials")?;
-        rows.into_iter()
+        .bind(tenant);
+        let rows = self
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot list credentials")?;
+        rows.iter()
             .map(|r| {
                 Ok(CredentialInfo {
-                    upstream: r.try_get("upstream")?,
-                    updated_at: r.try_get("updated_at")?,
+                    upstream: r.col("upstream")?,
+                    updated_at: r.col("updated_at")?,
                 })
             })
             .collect()
     }
 
-    pub async fn count_credentials(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM credentials")
-            .fetch_one(&self.pool)
+    pub(crate) async fn count_credentials(self) -> anyhow::Result<i64> {
+        let row = self
+            .pool()
+            .fetch_one(&Sql::new("SELECT COUNT(*) AS n FROM credentials"))
             .await
             .context("cannot count credentials")?;
-        Ok(row.try_get("n")?)
+        row.col("n")
     }
 
     // ---- API tokens --------------------------------------------------------------------
 
-    pub async fn insert_token(
-        &self,
+    pub(crate) async fn insert_token(
+        self,
         id: &str,
         tenant: &str,
         token_sha256: &[u8],
     ) -> anyhow::Result<TokenInfo> {
         let created_at = now_rfc3339();
-        sqlx::query(
+        let q = Sql::new(
             "INSERT INTO api_tokens (id, tenant, token_sha256, created_at) VALUES (?, ?, ?, ?)",
         )
         .bind(id)
         .bind(tenant)
         .bind(token_sha256)
-        .bind(&created_at)
-        .execute(&self.pool)
-        .await
-        .context("cannot store an API token")?;
+        .bind(&created_at);
+        self.pool()
+            .execute(&q)
+            .await
+            .context("cannot store an API token")?;
         Ok(TokenInfo {
             id: id.to_string(),
             tenant: tenant.to_string(),
@@ -119,47 +135,50 @@ impl Store {
     }
 
     /// The tenant of the token with this SHA-256, if there is one.
-    pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
-        let row = sqlx::query("SELECT tenant FROM api_tokens WHERE token_sha256 = ?")
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
+    pub(crate) async fn token_tenant(self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
+        let q = Sql::new("SELECT tenant FROM api_tokens WHERE token_sha256 = ?").bind(token_sha256);
+        let row = self
+            .pool()
+            .fetch_optional(&q)
             .await
             .context("cannot look up an API token")?;
-        Ok(row.map(|r| r.try_get("tenant")).transpose()?)
+        row.map(|r| r.col("tenant")).transpose()
     }
 
     /// Deletes a token; its SHA-256 if it existed.
-    pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let row = sqlx::query("DELETE FROM api_tokens WHERE id = ? RETURNING token_sha256")
-            .bind(id)
-            .fetch_optional(&self.pool)
+    pub(crate) async fn delete_token(self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let q = Sql::new("DELETE FROM api_tokens WHERE id = ? RETURNING token_sha256").bind(id);
+        let row = self
+            .pool()
+            .fetch_optional(&q)
             .await
             .context("cannot delete an API token")?;
-        Ok(row.map(|r| r.try_get("token_sha256")).transpose()?)
+        row.map(|r| r.col("token_sha256")).transpose()
     }
 
     /// Every token (or a tenant's), oldest first.
-    pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
-        let query = match tenant {
-            Some(t) => sqlx::query(
+    pub(crate) async fn list_tokens(self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
+        let q = match tenant {
+            Some(t) => Sql::new(
                 "SELECT id, tenant, created_at FROM api_tokens WHERE tenant = ? \
                  ORDER BY created_at, id",
             )
             .bind(t),
             None => {
-                sqlx::query("SELECT id, tenant, created_at FROM api_tokens ORDER BY created_at, id")
+                Sql::new("SELECT id, tenant, created_at FROM api_tokens ORDER BY created_at, id")
             }
         };
-        let rows = query
-            .fetch_all(&self.pool)
+        let rows = self
+            .pool()
+            .fetch_all(&q)
             .await
             .context("cannot list API tokens")?;
-        rows.into_iter()
+        rows.iter()
             .map(|r| {
                 Ok(TokenInfo {
-                    id: r.try_get("id")?,
-                    tenant: r.try_get("tenant")?,
-                    created_at: r.try_get("created_at")?,
+                    id: r.col("id")?,
+                    tenant: r.col("tenant")?,
+                    created_at: r.col("created_at")?,
                 })
             })
             .collect()
@@ -167,25 +186,27 @@ impl Store {
 
     // ---- meta --------------------------------------------------------------------------
 
-    pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT value FROM meta WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
+    pub(crate) async fn get_meta(self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let q = Sql::new("SELECT value FROM meta WHERE name = ?").bind(name);
+        let row = self
+            .pool()
+            .fetch_optional(&q)
             .await
             .context("cannot read the store's meta table")?;
-        Ok(row.map(|r| r.try_get("value")).transpose()?)
+        row.map(|r| r.col("value")).transpose()
     }
 
-    pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
-        sqlx::query(
+    pub(crate) async fn put_meta(self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+        let q = Sql::new(
             "INSERT INTO meta (name, value) VALUES (?, ?) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )
         .bind(name)
-        .bind(value)
-        .execute(&self.pool)
-        .await
-        .context("cannot write the store's meta table")?;
+        .bind(value);
+        self.pool()
+            .execute(&q)
+            .await
+            .context("cannot write the store's meta table")?;
         Ok(())
     }
 }

@@ -188,6 +188,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::SqlStore;
 
     #[tokio::test]
     async fn stuck_only_when_writes_fail_long_with_nothing_to_explain_it() {
@@ -228,7 +229,7 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
-        store.put_meta("k", b"v").await.unwrap();
+        store.db().put_meta("k", b"v").await.unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let path = format!("{}{suffix}", db.display());
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

@@ -1,14 +1,17 @@
-//! `JobStore` on SQLite.
+//! `JobStore`, on either backend.
 //!
 //! Jobs carry an arrival sequence (`seq`): throttled and sequential claims and list cursors
-//! follow it. Every write is one transaction on the writer connection (see `super`).
+//! follow it. Every write is one transaction (on SQLite, on the writer connection, see
+//! `super`). Where the backends differ, it is said at the seam (`Dialect`, `Db::node`):
+//! on PostgreSQL several nodes claim at once, so claims lock what they take (`FOR UPDATE
+//! SKIP LOCKED`, and an advisory lock for throttled and sequential queues and for dedup
+//! ids), and a running job, or a callback being delivered, names the node that holds it.
 
 use anyhow::Context;
 use headroom_core::Lane;
-use sqlx::{Row, SqliteConnection};
 
 use super::row::StoreRow;
-use super::Store;
+use super::sql::{Conn, Db, Dialect, Sql, SqlStore};
 use crate::store::model::jobs::*;
 
 /// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
@@ -28,11 +31,14 @@ pub(super) const FINAL: &str = "status IN ('succeeded', 'failed', 'cancelled')";
 // SQLite only: on a young database the planner has no statistics and takes the listing
 // indexes ((status, seq), (queue, seq)) for the hot queries below, which then read every
 // job ever run. `INDEXED BY` pins the partial index made for each (and fails loudly if it
-// cannot be used). Another backend leaves these out.
-const BY_WAITING: &str = "INDEXED BY jobs_waiting";
-const BY_UNFINISHED: &str = "INDEXED BY jobs_unfinished";
-const BY_CALLBACK: &str = "INDEXED BY jobs_callbacks";
-const BY_RUNNING: &str = "INDEXED BY jobs_running";
+// cannot be used); PostgreSQL's planner picks them itself (`Dialect::indexed_by`).
+const BY_WAITING: &str = "jobs_waiting";
+const BY_UNFINISHED: &str = "jobs_unfinished";
+const BY_CALLBACK: &str = "jobs_callbacks";
+const BY_RUNNING: &str = "jobs_running";
+
+/// How long a PostgreSQL node holds the callbacks it took (ms): time enough to deliver them.
+const CALLBACK_HOLD: Millis = 60_000;
 
 pub(super) fn lane_str(lane: Lane) -> &'static str {
     match lane {
@@ -129,26 +135,7 @@ pub(crate) fn u32_col<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u32> {
     u32::try_from(v).with_context(|| format!("stored {name} {v} is out of range"))
 }
 
-async fn fetch_job(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<Option<Job>> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
-        .context("cannot read a job")?;
-    row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
-}
-
-/// `?, ?, …` with `n` placeholders.
-pub(super) fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 3);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s
-}
+pub(super) use super::sql::placeholders;
 
 /// The tenant a dedup id belongs to: the job's, or '' for a job without one. Dedup ids are
 /// per (queue, tenant), so that one tenant's id never names (nor hides) another's job.
@@ -173,22 +160,31 @@ pub(super) const CLAIM_DEDUP: &str =
 pub(super) const HELD_DEDUP: &str =
     "SELECT job_id, until FROM job_dedup WHERE queue = ? AND tenant = ? AND dedup_id = ?";
 
+async fn fetch_job(conn: &mut Conn<'_>, id: &str) -> anyhow::Result<Option<Job>> {
+    let q = Sql::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")).bind(id);
+    let row = conn.fetch_optional(&q).await.context("cannot read a job")?;
+    row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
+}
+
 /// Inserts a job inside the caller's transaction (see `insert_job`).
-pub(super) async fn insert_job_in(
-    conn: &mut SqliteConnection,
-    job: &NewJob,
-) -> anyhow::Result<Inserted> {
+pub(crate) async fn insert_job_in(conn: &mut Conn<'_>, job: &NewJob) -> anyhow::Result<Inserted> {
     if let Some(dedup_id) = &job.dedup_id {
-        let held = sqlx::query(HELD_DEDUP)
+        // Two nodes inserting the same dedup id at once: the second waits for the first.
+        let key = format!("{}\u{1f}{}\u{1f}{dedup_id}", job.queue, dedup_tenant(job));
+        conn.lock_key(&key)
+            .await
+            .context("cannot lock a deduplication id")?;
+        let q = Sql::new(HELD_DEDUP)
             .bind(&job.queue)
             .bind(dedup_tenant(job))
-            .bind(dedup_id)
-            .fetch_optional(&mut *conn)
+            .bind(dedup_id);
+        let held = conn
+            .fetch_optional(&q)
             .await
             .context("cannot look up a deduplication id")?;
         if let Some(row) = held {
-            let until: i64 = row.try_get("until")?;
-            let holder: String = row.try_get("job_id")?;
+            let until: i64 = row.col("until")?;
+            let holder: String = row.col("job_id")?;
             if until > job.created_at {
                 if let Some(existing) = fetch_job(conn, &holder).await? {
                     if same_owner(&existing, job) {
@@ -200,13 +196,13 @@ pub(super) async fn insert_job_in(
     }
     let mut created = insert_jobs_in(conn, &[job]).await?;
     if let (Some(dedup_id), Some(until)) = (&job.dedup_id, job.dedup_until) {
-        sqlx::query(CLAIM_DEDUP)
+        let q = Sql::new(CLAIM_DEDUP)
             .bind(&job.queue)
             .bind(dedup_tenant(job))
             .bind(dedup_id)
             .bind(&job.id)
-            .bind(until)
-            .execute(&mut *conn)
+            .bind(until);
+        conn.execute(&q)
             .await
             .context("cannot store a deduplication id")?;
     }
@@ -217,25 +213,24 @@ pub(super) async fn insert_job_in(
 /// dedup ids (`insert_job_in` does that). One statement for many rows is what makes a group
 /// commit cheap: each statement is a round trip to the connection's thread.
 pub(super) async fn insert_jobs_in(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     jobs: &[&NewJob],
 ) -> anyhow::Result<Vec<Job>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = insert_jobs_sql(jobs.len());
-    let mut q = sqlx::query(&sql);
+    let mut q = Sql::new(insert_jobs_sql(jobs.len()));
     for job in jobs {
-        q = bind_new_job!(q, job);
+        q = bind_new_job(q, job);
     }
-    q.execute(&mut *conn)
+    conn.execute(&q)
         .await
         .with_context(|| insert_failed(jobs))?;
     Ok(jobs.iter().map(|job| queued_job(job)).collect())
 }
 
-/// The statement that inserts `n` jobs (binds: `bind_new_job!` for each).
-pub(super) fn insert_jobs_sql(n: usize) -> String {
+/// The statement that inserts `n` jobs (binds: `bind_new_job` for each).
+fn insert_jobs_sql(n: usize) -> String {
     let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, 0, 0)";
     format!(
         "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, path, query, \
@@ -246,36 +241,30 @@ pub(super) fn insert_jobs_sql(n: usize) -> String {
     )
 }
 
-/// Binds one row of `insert_jobs_sql`, on either backend's query.
-macro_rules! bind_new_job {
-    ($q:expr, $job:expr) => {{
-        let job: &$crate::store::model::jobs::NewJob = $job;
-        $q.bind(&job.id)
-            .bind(&job.queue)
-            .bind(&job.scope)
-            .bind(&job.upstream)
-            .bind(&job.tenant)
-            .bind($crate::store::jobs::lane_str(job.lane))
-            .bind(&job.request.method)
-            .bind(&job.request.path)
-            .bind(&job.request.query)
-            .bind($crate::store::jobs::headers_json(&job.request.headers))
-            .bind(&job.request.body)
-            .bind(job.request.body_is_json)
-            .bind(&job.dedup_id)
-            .bind(job.dedup_until)
-            .bind(&job.callback_url)
-            .bind(i64::from(job.max_attempts))
-            .bind(&job.idempotency_key)
-            .bind(job.created_at)
-            .bind(job.created_at)
-            .bind(job.created_at)
-            .bind($crate::store::jobs::callback_str(
-                $crate::store::jobs::callback_of(job),
-            ))
-    }};
+/// Binds one row of `insert_jobs_sql`.
+fn bind_new_job<'a>(q: Sql<'a>, job: &'a NewJob) -> Sql<'a> {
+    q.bind(&job.id)
+        .bind(&job.queue)
+        .bind(&job.scope)
+        .bind(&job.upstream)
+        .bind(&job.tenant)
+        .bind(lane_str(job.lane))
+        .bind(&job.request.method)
+        .bind(&job.request.path)
+        .bind(&job.request.query)
+        .bind(headers_json(&job.request.headers))
+        .bind(&job.request.body)
+        .bind(job.request.body_is_json)
+        .bind(&job.dedup_id)
+        .bind(job.dedup_until)
+        .bind(&job.callback_url)
+        .bind(i64::from(job.max_attempts))
+        .bind(&job.idempotency_key)
+        .bind(job.created_at)
+        .bind(job.created_at)
+        .bind(job.created_at)
+        .bind(callback_str(callback_of(job)))
 }
-pub(super) use bind_new_job;
 
 pub(super) fn insert_failed(jobs: &[&NewJob]) -> String {
     match jobs {
@@ -316,22 +305,24 @@ pub(super) type Finish<'a> = (&'a AttemptRecord, &'a Transition, Millis);
 /// `insert_jobs_in` for why). A job that is not running (any more) is left as it is; its
 /// attempt is recorded all the same. Each job appears at most once (a job has one running
 /// attempt). Returns the jobs in the order of `finishes`.
+///
+/// The node guard: with `node` (PostgreSQL), only the jobs that node runs move; one given
+/// back after the node was taken for dead may be running on another node now.
 pub(super) async fn finish_attempts_in(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     finishes: &[Finish<'_>],
+    node: Option<&str>,
 ) -> anyhow::Result<Vec<Job>> {
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = finish_sql(finishes.len(), "");
-    let mut q = sqlx::query(&sql);
+    let also = if node.is_some() { " AND node = ?" } else { "" };
+    let mut q = Sql::new(finish_sql(finishes.len(), also));
     for finish in finishes {
-        q = bind_finish!(q, finish);
+        q = bind_finish(q, finish);
     }
-    let rows = q
-        .fetch_all(&mut *conn)
-        .await
-        .context("cannot move jobs on")?;
+    let q = q.bind_all(node);
+    let rows = conn.fetch_all(&q).await.context("cannot move jobs on")?;
     let mut moved = moved_jobs(&rows)?;
     let mut jobs = Vec::with_capacity(finishes.len());
     for (attempt, _, _) in finishes {
@@ -342,20 +333,17 @@ pub(super) async fn finish_attempts_in(
                 .with_context(|| format!("no job \"{}\"", attempt.job_id))?,
         });
     }
-    let sql = attempts_sql(finishes.len());
-    let mut q = sqlx::query(&sql);
+    let mut q = Sql::new(attempts_sql(finishes.len()));
     for (attempt, _, _) in finishes {
-        q = bind_attempt!(q, attempt);
+        q = bind_attempt(q, attempt);
     }
-    q.execute(&mut *conn)
-        .await
-        .context("cannot record attempts")?;
+    conn.execute(&q).await.context("cannot record attempts")?;
     Ok(jobs)
 }
 
-/// The statement that moves `n` jobs on (binds: `bind_finish!` for each, then those of
+/// The statement that moves `n` jobs on (binds: `bind_finish` for each, then those of
 /// `also`, a condition added to the jobs it may move).
-pub(super) fn finish_sql(n: usize, also: &str) -> String {
+fn finish_sql(n: usize, also: &str) -> String {
     // A final transition sets the outcome (response columns included, even to NULL) and
     // starts the callback clock; a retry keeps them and sets the next attempt's time.
     format!(
@@ -375,7 +363,7 @@ pub(super) fn finish_sql(n: usize, also: &str) -> String {
 
 /// The columns a transition sets: status, attempts burnt, next attempt time, error, and
 /// response (final transitions only).
-pub(super) fn transition_columns(
+fn transition_columns(
     transition: &Transition,
 ) -> (
     JobStatus,
@@ -409,30 +397,23 @@ pub(super) fn transition_columns(
     }
 }
 
-/// Binds one row of `finish_sql`, on either backend's query.
-macro_rules! bind_finish {
-    ($q:expr, $finish:expr) => {{
-        let (attempt, transition, now): &$crate::store::jobs::Finish<'_> = $finish;
-        let (status, burn, at, error, response) =
-            $crate::store::jobs::transition_columns(transition);
-        $q.bind(&attempt.job_id)
-            .bind(status.as_str())
-            .bind(i64::from(burn))
-            .bind(at)
-            .bind(*now)
-            .bind(error)
-            .bind(at.is_none())
-            .bind(response.map(|r| i64::from(r.status)))
-            .bind(response.map(|r| $crate::store::jobs::headers_json(&r.headers)))
-            .bind(response.map(|r| r.body.as_slice()))
-    }};
+/// Binds one row of `finish_sql`.
+fn bind_finish<'a>(q: Sql<'a>, (attempt, transition, now): &Finish<'a>) -> Sql<'a> {
+    let (status, burn, at, error, response) = transition_columns(transition);
+    q.bind(&attempt.job_id)
+        .bind(status.as_str())
+        .bind(i64::from(burn))
+        .bind(at)
+        .bind(*now)
+        .bind(error)
+        .bind(at.is_none())
+        .bind(response.map(|r| i64::from(r.status)))
+        .bind(response.map(|r| headers_json(&r.headers)))
+        .bind(response.map(|r| r.body.as_slice()))
 }
-pub(super) use bind_finish;
 
 /// The jobs `finish_sql` returned, by id.
-pub(super) fn moved_jobs<R: StoreRow>(
-    rows: &[R],
-) -> anyhow::Result<std::collections::HashMap<String, Job>> {
+fn moved_jobs<R: StoreRow>(rows: &[R]) -> anyhow::Result<std::collections::HashMap<String, Job>> {
     let mut moved = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let (_, job) = job_from_row(row)?;
@@ -441,8 +422,8 @@ pub(super) fn moved_jobs<R: StoreRow>(
     Ok(moved)
 }
 
-/// The statement that records `n` attempts (binds: `bind_attempt!` for each).
-pub(super) fn attempts_sql(n: usize) -> String {
+/// The statement that records `n` attempts (binds: `bind_attempt` for each).
+fn attempts_sql(n: usize) -> String {
     format!(
         "INSERT INTO job_attempts (job_id, number, started_at, finished_at, status, \
          wait_ms, rate_limit_headers, error) VALUES {}",
@@ -450,36 +431,248 @@ pub(super) fn attempts_sql(n: usize) -> String {
     )
 }
 
-/// Binds one row of `attempts_sql`, on either backend's query.
-macro_rules! bind_attempt {
-    ($q:expr, $attempt:expr) => {{
-        let attempt: &$crate::store::model::jobs::AttemptRecord = $attempt;
-        $q.bind(&attempt.job_id)
-            .bind(i64::from(attempt.number))
-            .bind(attempt.started_at)
-            .bind(attempt.finished_at)
-            .bind(attempt.status.map(i64::from))
-            .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
-            .bind($crate::store::jobs::headers_json(
-                &attempt.rate_limit_headers,
-            ))
-            .bind(&attempt.error)
-    }};
+/// Binds one row of `attempts_sql`.
+fn bind_attempt<'a>(q: Sql<'a>, attempt: &'a AttemptRecord) -> Sql<'a> {
+    q.bind(&attempt.job_id)
+        .bind(i64::from(attempt.number))
+        .bind(attempt.started_at)
+        .bind(attempt.finished_at)
+        .bind(attempt.status.map(i64::from))
+        .bind(i64::try_from(attempt.wait_ms).unwrap_or(i64::MAX))
+        .bind(headers_json(&attempt.rate_limit_headers))
+        .bind(&attempt.error)
 }
-pub(super) use bind_attempt;
 
-impl JobStore for Store {
+/// The queues whose claims depend on what runs (throttled, sequential; the first rule of a
+/// name wins): (name, mode, cap).
+fn restricted_queues(rules: &[QueueRule]) -> Vec<(&str, &'static str, i64)> {
+    let mut named: Vec<(&str, &'static str, i64)> = Vec::new();
+    for rule in rules {
+        if named.iter().any(|(n, _, _)| *n == rule.name) {
+            continue;
+        }
+        named.push(match rule.mode {
+            QueueMode::Parallel => (&rule.name, "parallel", 0),
+            QueueMode::Throttled(n) => (&rule.name, "throttled", n.into()),
+            QueueMode::Sequential => (&rule.name, "sequential", 1),
+        });
+    }
+    named.retain(|(_, mode, _)| *mode != "parallel");
+    named
+}
+
+/// `WITH RECURSIVE … restricted(seq, next_attempt_at) AS (…)`: the candidates of throttled
+/// and sequential queues. For each scope of each such queue (walked through the index, one
+/// step per scope rather than per job), the running count and the first jobs in arrival
+/// order. Binds: `bind_restricted`.
+fn restricted_cte(dialect: Dialect, n: usize) -> String {
+    let values = vec!["(?, ?, ?)"; n].join(", ");
+    let by_unfinished = dialect.indexed_by(BY_UNFINISHED);
+    let by_running = dialect.indexed_by(BY_RUNNING);
+    format!(
+        "WITH RECURSIVE \
+         rules(name, mode, cap) AS (VALUES {values}), \
+         scopes(queue, mode, cap, scope) AS (\
+           SELECT r.name, r.mode, r.cap, (SELECT MIN(scope) FROM jobs {by_unfinished} \
+             WHERE queue = r.name AND {UNFINISHED}) FROM rules AS r \
+           UNION ALL \
+           SELECT s.queue, s.mode, s.cap, (SELECT MIN(scope) FROM jobs {by_unfinished} \
+             WHERE queue = s.queue AND scope > s.scope AND {UNFINISHED}) \
+           FROM scopes AS s WHERE s.scope IS NOT NULL), \
+         heads AS (\
+           SELECT s.queue, s.mode, s.cap, s.scope, \
+             (SELECT COUNT(*) FROM jobs {by_running} WHERE queue = s.queue \
+               AND scope = s.scope AND status = 'running') AS running \
+           FROM scopes AS s WHERE s.scope IS NOT NULL), \
+         throttled AS (\
+           SELECT h.queue, h.scope, h.cap, h.running, j.seq, j.next_attempt_at \
+           FROM heads AS h CROSS JOIN jobs AS j \
+           WHERE h.mode = 'throttled' AND h.running < h.cap AND j.seq IN (\
+             SELECT seq FROM jobs {by_unfinished} WHERE queue = h.queue \
+               AND scope = h.scope AND {UNFINISHED} AND status <> 'running' \
+               AND next_attempt_at <= ? ORDER BY seq LIMIT ?)), \
+         restricted(seq, next_attempt_at) AS (\
+           SELECT seq, next_attempt_at FROM (\
+             SELECT seq, next_attempt_at, cap, running, \
+               ROW_NUMBER() OVER (PARTITION BY queue, scope ORDER BY seq) AS rn \
+             FROM throttled) AS t WHERE t.rn + t.running <= t.cap \
+           UNION ALL \
+           SELECT j.seq, j.next_attempt_at FROM heads AS h CROSS JOIN jobs AS j \
+           WHERE h.mode = 'sequential' AND h.running = 0 \
+             AND j.seq = (SELECT MIN(seq) FROM jobs {by_unfinished} \
+               WHERE queue = h.queue AND scope = h.scope AND {UNFINISHED}) \
+             AND j.status <> 'running' AND j.next_attempt_at <= ?) "
+    )
+}
+
+/// The binds of `restricted_cte`.
+fn bind_restricted<'a>(
+    mut q: Sql<'a>,
+    restricted: &[(&'a str, &'static str, i64)],
+    now: Millis,
+) -> Sql<'a> {
+    // Candidates looked at per throttled scope: its cap at most.
+    let most = restricted.iter().map(|(_, _, cap)| *cap).max().unwrap_or(0);
+    for (name, mode, cap) in restricted {
+        q = q.bind(*name).bind(*mode).bind(*cap);
+    }
+    q.bind(now).bind(most).bind(now)
+}
+
+/// ` AND queue NOT IN (…)` for the restricted queues (binds: their names), or nothing.
+fn not_restricted(restricted: &[(&str, &'static str, i64)]) -> String {
+    if restricted.is_empty() {
+        return String::new();
+    }
+    format!(" AND queue NOT IN ({})", placeholders(restricted.len()))
+}
+
+/// The claimed rows, earliest due first.
+fn claimed(rows: &[super::sql::Row]) -> anyhow::Result<Vec<Job>> {
+    let mut claimed = rows
+        .iter()
+        .map(job_from_row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    claimed.sort_by_key(|(seq, job)| (job.next_attempt_at, *seq));
+    Ok(claimed.into_iter().map(|(_, job)| job).collect())
+}
+
+/// SQLite's claim, one statement on the one writer: the candidates of parallel queues (the
+/// earliest due jobs, index by time) and of throttled and sequential queues together; the
+/// `limit` earliest are marked running and returned.
+async fn claim_on_sqlite(
+    db: Db<'_>,
+    now: Millis,
+    restricted: &[(&str, &'static str, i64)],
+    limit: u32,
+) -> anyhow::Result<Vec<Job>> {
+    let dialect = db.dialect();
+    let mut sql = String::new();
+    if !restricted.is_empty() {
+        sql.push_str(&restricted_cte(dialect, restricted.len()));
+    }
+    sql.push_str(&format!(
+        "UPDATE jobs SET status = 'running', updated_at = ? WHERE seq IN (\
+         SELECT seq FROM (\
+         SELECT seq, next_attempt_at FROM (\
+         SELECT seq, next_attempt_at FROM jobs {} \
+         WHERE {WAITING} AND next_attempt_at <= ?{} \
+         ORDER BY next_attempt_at, seq LIMIT ?) AS parallel",
+        dialect.indexed_by(BY_WAITING),
+        not_restricted(restricted),
+    ));
+    if !restricted.is_empty() {
+        sql.push_str(" UNION ALL SELECT seq, next_attempt_at FROM restricted");
+    }
+    sql.push_str(&format!(
+        ") AS candidates ORDER BY next_attempt_at, seq LIMIT ?) RETURNING {JOB_COLUMNS}"
+    ));
+    let mut q = Sql::new(sql);
+    if !restricted.is_empty() {
+        q = bind_restricted(q, restricted, now);
+    }
+    let q = q
+        .bind(now)
+        .bind(now)
+        .bind_all(restricted.iter().map(|(name, _, _)| *name))
+        .bind(i64::from(limit))
+        .bind(i64::from(limit));
+    let rows = db
+        .writer()
+        .fetch_all(&q)
+        .await
+        .context("cannot claim jobs")?;
+    claimed(&rows)
+}
+
+/// PostgreSQL's claim, one transaction among nodes claiming at once: the candidates of
+/// throttled and sequential queues as on SQLite, under the claim lock (whether they may run
+/// depends on what runs: one node at a time decides, on what the nodes before it
+/// committed); those of parallel queues locked with `FOR UPDATE SKIP LOCKED`. The `limit`
+/// earliest are marked running by this node (`node`) and returned.
+async fn claim_on_postgres(
+    db: Db<'_>,
+    node: &str,
+    now: Millis,
+    restricted: &[(&str, &'static str, i64)],
+    limit: u32,
+) -> anyhow::Result<Vec<Job>> {
+    let dialect = db.dialect();
+    let mut tx = db.begin().await?;
+    // (seq, next_attempt_at) of the candidates.
+    let mut candidates: Vec<(i64, i64)> = Vec::new();
+    let pair = |r: &super::sql::Row| -> anyhow::Result<(i64, i64)> {
+        Ok((r.col("seq")?, r.col("next_attempt_at")?))
+    };
+    if !restricted.is_empty() {
+        tx.conn()
+            .lock_id(super::pg::CLAIM_LOCK)
+            .await
+            .context("cannot take the claim lock")?;
+        let sql = format!(
+            "{}SELECT seq, next_attempt_at FROM restricted",
+            restricted_cte(dialect, restricted.len())
+        );
+        let q = bind_restricted(Sql::new(sql), restricted, now);
+        for row in tx
+            .fetch_all(&q)
+            .await
+            .context("cannot find throttled and sequential jobs to claim")?
+        {
+            candidates.push(pair(&row)?);
+        }
+    }
+    // Parallel queues: the earliest due jobs that no other node is claiming right now.
+    let sql = format!(
+        "SELECT seq, next_attempt_at FROM jobs WHERE {WAITING} AND next_attempt_at <= ?{} \
+         ORDER BY next_attempt_at, seq LIMIT ?{}",
+        not_restricted(restricted),
+        dialect.skip_locked()
+    );
+    let q = Sql::new(sql)
+        .bind(now)
+        .bind_all(restricted.iter().map(|(name, _, _)| *name))
+        .bind(i64::from(limit));
+    for row in tx
+        .fetch_all(&q)
+        .await
+        .context("cannot find jobs to claim")?
+    {
+        candidates.push(pair(&row)?);
+    }
+    candidates.sort_by_key(|&(seq, at)| (at, seq));
+    candidates.truncate(limit as usize);
+    if candidates.is_empty() {
+        tx.commit().await.context("cannot end a claim")?;
+        return Ok(Vec::new());
+    }
+    let q = Sql::new(format!(
+        "UPDATE jobs SET status = 'running', updated_at = ?, node = ? \
+         WHERE seq IN ({}) AND {WAITING} RETURNING {JOB_COLUMNS}",
+        placeholders(candidates.len())
+    ))
+    .bind(now)
+    .bind(node)
+    .bind_all(candidates.iter().map(|&(seq, _)| seq));
+    let rows = tx.fetch_all(&q).await.context("cannot claim jobs")?;
+    tx.commit().await.context("cannot commit a claim")?;
+    claimed(&rows)
+}
+
+impl<S: SqlStore> JobStore for S {
     /// Inserts the job in a transaction committed before this returns: the job survives the
-    /// process being killed right after (the WAL is written; see `super` about power loss).
-    /// The dedup check and the insert are in the same transaction, so two jobs with the same
-    /// dedup id never both get in. Concurrent inserts share transactions (`super::writer`).
+    /// process being killed right after (on SQLite the WAL is written; see `super` about
+    /// power loss). The dedup check and the insert are in the same transaction (on
+    /// PostgreSQL under a lock on the dedup id), so two jobs with the same dedup id never
+    /// both get in, whichever nodes they arrive at. Concurrent inserts share transactions
+    /// (`super::writer`). New work is refused while the SQLite file is gone or full.
     async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
-        self.grouped(super::writer::Op::insert(job)).await
+        self.durable()?;
+        self.db().grouped(super::writer::Op::insert(job)).await
     }
 
     async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
-        let mut conn = self.pool().acquire().await?;
-        fetch_job(&mut conn, id).await
+        fetch_job(&mut self.db().pool(), id).await
     }
 
     /// The cursor is the arrival sequence of the page's last job, as decimal text.
@@ -489,14 +682,7 @@ impl JobStore for Store {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Page<Job>> {
-        let after: i64 = match after {
-            None | Some("") => 0,
-            Some(c) => c
-                .parse()
-                .ok()
-                .filter(|n: &i64| *n >= 0)
-                .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
-        };
+        let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
         if filter.status.is_some() {
@@ -509,39 +695,34 @@ impl JobStore for Store {
             sql.push_str(" AND queue = ?");
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
-        let mut q = sqlx::query(&sql).bind(after);
-        if let Some(s) = filter.status {
-            q = q.bind(s.as_str());
-        }
-        if let Some(t) = &filter.tenant {
-            q = q.bind(t);
-        }
-        if let Some(queue) = &filter.queue {
-            q = q.bind(queue);
-        }
-        let rows = q
-            .bind(i64::from(limit) + 1)
-            .fetch_all(self.pool())
+        let q = Sql::new(sql)
+            .bind(after)
+            .bind_all(filter.status.map(|s| s.as_str()))
+            .bind_all(&filter.tenant)
+            .bind_all(&filter.queue)
+            .bind(i64::from(limit) + 1);
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
             .await
             .context("cannot list jobs")?;
         Page::from_rows(&rows, limit, job_from_row)
     }
 
     async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
-        let mut tx = self.write().await?;
-        let row = sqlx::query(&format!(
+        let mut tx = self.db().begin().await?;
+        let q = Sql::new(format!(
             "UPDATE jobs SET status = 'cancelled', updated_at = ?, next_callback_at = ? \
              WHERE id = ? AND {WAITING} RETURNING {JOB_COLUMNS}"
         ))
         .bind(now)
         .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("cannot cancel a job")?;
+        .bind(id);
+        let row = tx.fetch_optional(&q).await.context("cannot cancel a job")?;
         let out = match row {
             Some(row) => Cancelled::Done(job_from_row(&row)?.1),
-            None => match fetch_job(&mut tx, id).await? {
+            None => match fetch_job(&mut tx.conn(), id).await? {
                 Some(job) => Cancelled::Unchanged(job),
                 None => Cancelled::NotFound,
             },
@@ -550,11 +731,10 @@ impl JobStore for Store {
         Ok(out)
     }
 
-    /// One statement. Candidates of parallel queues: the earliest due jobs (index by time).
-    /// Candidates of throttled and sequential queues: for each scope of each such queue
-    /// (walked through the index, one step per scope rather than per job), the running
-    /// count and the first jobs in arrival order. Together, the `limit` earliest are marked
-    /// running and returned, earliest first.
+    /// The `limit` earliest due jobs that may run (parallel queues: any; throttled and
+    /// sequential queues: as many as their scopes have room for) are marked running and
+    /// returned, earliest first. How differs by backend: see `claim_on_sqlite` and
+    /// `claim_on_postgres`.
     async fn claim_ready(
         &self,
         now: Millis,
@@ -564,183 +744,131 @@ impl JobStore for Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Queues with a rule other than parallel (the first rule of a name wins).
-        let mut named: Vec<(&str, &'static str, i64)> = Vec::new();
-        for rule in rules {
-            if named.iter().any(|(n, _, _)| *n == rule.name) {
-                continue;
-            }
-            named.push(match rule.mode {
-                QueueMode::Parallel => (&rule.name, "parallel", 0),
-                QueueMode::Throttled(n) => (&rule.name, "throttled", n.into()),
-                QueueMode::Sequential => (&rule.name, "sequential", 1),
-            });
+        let restricted = restricted_queues(rules);
+        let db = self.db();
+        match db.node() {
+            None => claim_on_sqlite(db, now, &restricted, limit).await,
+            Some(node) => claim_on_postgres(db, node, now, &restricted, limit).await,
         }
-        named.retain(|(_, mode, _)| *mode != "parallel");
-        let restricted = named;
-        // Candidates looked at per throttled scope: its cap at most.
-        let most = restricted.iter().map(|(_, _, cap)| *cap).max().unwrap_or(0);
-
-        let mut sql = String::new();
-        if !restricted.is_empty() {
-            let values = vec!["(?, ?, ?)"; restricted.len()].join(", ");
-            sql.push_str(&format!(
-                "WITH RECURSIVE \
-                 rules(name, mode, cap) AS (VALUES {values}), \
-                 scopes(queue, mode, cap, scope) AS (\
-                   SELECT r.name, r.mode, r.cap, (SELECT MIN(scope) FROM jobs {BY_UNFINISHED} \
-                     WHERE queue = r.name AND {UNFINISHED}) FROM rules AS r \
-                   UNION ALL \
-                   SELECT s.queue, s.mode, s.cap, (SELECT MIN(scope) FROM jobs {BY_UNFINISHED} \
-                     WHERE queue = s.queue AND scope > s.scope AND {UNFINISHED}) \
-                   FROM scopes AS s WHERE s.scope IS NOT NULL), \
-                 heads AS (\
-                   SELECT s.queue, s.mode, s.cap, s.scope, \
-                     (SELECT COUNT(*) FROM jobs {BY_RUNNING} WHERE queue = s.queue \
-                       AND scope = s.scope AND status = 'running') AS running \
-                   FROM scopes AS s WHERE s.scope IS NOT NULL), \
-                 throttled AS (\
-                   SELECT h.queue, h.scope, h.cap, h.running, j.seq, j.next_attempt_at \
-                   FROM heads AS h CROSS JOIN jobs AS j \
-                   WHERE h.mode = 'throttled' AND h.running < h.cap AND j.seq IN (\
-                     SELECT seq FROM jobs {BY_UNFINISHED} WHERE queue = h.queue \
-                       AND scope = h.scope AND {UNFINISHED} AND status <> 'running' \
-                       AND next_attempt_at <= ? ORDER BY seq LIMIT ?)), \
-                 restricted(seq, next_attempt_at) AS (\
-                   SELECT seq, next_attempt_at FROM (\
-                     SELECT seq, next_attempt_at, cap, running, \
-                       ROW_NUMBER() OVER (PARTITION BY queue, scope ORDER BY seq) AS rn \
-                     FROM throttled) AS t WHERE t.rn + t.running <= t.cap \
-                   UNION ALL \
-                   SELECT j.seq, j.next_attempt_at FROM heads AS h CROSS JOIN jobs AS j \
-                   WHERE h.mode = 'sequential' AND h.running = 0 \
-                     AND j.seq = (SELECT MIN(seq) FROM jobs {BY_UNFINISHED} \
-                       WHERE queue = h.queue AND scope = h.scope AND {UNFINISHED}) \
-                     AND j.status <> 'running' AND j.next_attempt_at <= ?) "
-            ));
-        }
-        sql.push_str(&format!(
-            "UPDATE jobs SET status = 'running', updated_at = ? WHERE seq IN (\
-             SELECT seq FROM (\
-             SELECT seq, next_attempt_at FROM (\
-             SELECT seq, next_attempt_at FROM jobs {BY_WAITING} \
-             WHERE {WAITING} AND next_attempt_at <= ?"
-        ));
-        if !restricted.is_empty() {
-            sql.push_str(&format!(
-                " AND queue NOT IN ({})",
-                placeholders(restricted.len())
-            ));
-        }
-        sql.push_str(" ORDER BY next_attempt_at, seq LIMIT ?) AS parallel");
-        if !restricted.is_empty() {
-            sql.push_str(" UNION ALL SELECT seq, next_attempt_at FROM restricted");
-        }
-        sql.push_str(&format!(
-            ") AS candidates ORDER BY next_attempt_at, seq LIMIT ?) RETURNING {JOB_COLUMNS}"
-        ));
-
-        let mut q = sqlx::query(&sql);
-        if !restricted.is_empty() {
-            for (name, mode, cap) in &restricted {
-                q = q.bind(*name).bind(*mode).bind(*cap);
-            }
-            q = q.bind(now).bind(most).bind(now);
-        }
-        q = q.bind(now).bind(now);
-        for (name, _, _) in &restricted {
-            q = q.bind(*name);
-        }
-        q = q.bind(i64::from(limit)).bind(i64::from(limit));
-        let rows = q
-            .fetch_all(self.writer())
-            .await
-            .context("cannot claim jobs")?;
-        let mut claimed = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        claimed.sort_by_key(|(seq, job)| (job.next_attempt_at, *seq));
-        Ok(claimed.into_iter().map(|(_, job)| job).collect())
     }
 
     /// A job that is not running (any more) is left as it is; the attempt is recorded all
-    /// the same. Concurrent calls share transactions (`super::writer`).
+    /// the same. Concurrent calls share transactions (`super::writer`); on PostgreSQL the
+    /// group's commit notifies the other nodes (a finished job may free a throttled or
+    /// sequential slot another node waits for).
     async fn finish_attempt(
         &self,
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
     ) -> anyhow::Result<Job> {
-        self.grouped(super::writer::Op::finish(attempt, transition, now))
+        self.db()
+            .grouped(super::writer::Op::finish(attempt, transition, now))
             .await
     }
 
     async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
+        let q = Sql::new(
             "SELECT job_id, number, started_at, finished_at, status, wait_ms, \
              rate_limit_headers, error FROM job_attempts WHERE job_id = ? ORDER BY seq",
         )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await
-        .context("cannot read a job's attempts")?;
+        .bind(job_id);
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot read a job's attempts")?;
         rows.iter()
             .map(|r| {
                 Ok(AttemptRecord {
-                    job_id: r.try_get("job_id")?,
+                    job_id: r.col("job_id")?,
                     number: u32_col(r, "number")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
+                    started_at: r.col("started_at")?,
+                    finished_at: r.col("finished_at")?,
                     status: r
-                        .try_get::<Option<i64>, _>("status")?
+                        .col::<Option<i64>>("status")?
                         .map(u16::try_from)
                         .transpose()
                         .context("stored attempt status")?,
-                    wait_ms: u64::try_from(r.try_get::<i64, _>("wait_ms")?).unwrap_or(0),
-                    rate_limit_headers: parse_headers(r.try_get("rate_limit_headers")?)?,
-                    error: r.try_get("error")?,
+                    wait_ms: u64::try_from(r.col::<i64>("wait_ms")?).unwrap_or(0),
+                    rate_limit_headers: parse_headers(&r.col::<String>("rate_limit_headers")?)?,
+                    error: r.col("error")?,
                 })
             })
             .collect()
     }
 
+    /// On SQLite every running job: this process is the only one running them. On
+    /// PostgreSQL only the jobs of this node and of dead nodes: the other nodes are running
+    /// theirs.
     async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'",
-        )
-        .bind(now)
-        .execute(self.writer())
-        .await
-        .context("cannot requeue running jobs")?;
-        Ok(done.rows_affected())
+        requeue_jobs(self.db(), true, now).await
     }
 
     async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
-        let at: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(next_attempt_at) FROM jobs {BY_WAITING} WHERE {WAITING}"
-        ))
-        .fetch_one(self.pool())
-        .await
-        .context("cannot read when the next job is ready")?;
-        Ok(at)
+        let db = self.db();
+        let q = Sql::new(format!(
+            "SELECT MIN(next_attempt_at) AS at FROM jobs {} WHERE {WAITING}",
+            db.dialect().indexed_by(BY_WAITING)
+        ));
+        let row = db
+            .pool()
+            .fetch_one(&q)
+            .await
+            .context("cannot read when the next job is ready")?;
+        row.col("at")
     }
 
+    /// On PostgreSQL the due callbacks are taken for `CALLBACK_HOLD` by this node: another
+    /// node does not deliver them meanwhile (this one may ask again and gets them again).
     async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs {BY_CALLBACK} WHERE callback = 'pending' AND {FINAL} \
-             AND next_callback_at <= ? ORDER BY next_callback_at, seq LIMIT ?"
-        ))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .context("cannot read due callbacks")?;
-        rows.iter()
-            .map(|r| job_from_row(r).map(|(_, j)| j))
-            .collect()
+        let db = self.db();
+        let rows = match db.node() {
+            None => {
+                let q = Sql::new(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs {} WHERE callback = 'pending' AND {FINAL} \
+                     AND next_callback_at <= ? ORDER BY next_callback_at, seq LIMIT ?",
+                    db.dialect().indexed_by(BY_CALLBACK)
+                ))
+                .bind(now)
+                .bind(i64::from(limit));
+                db.pool()
+                    .fetch_all(&q)
+                    .await
+                    .context("cannot read due callbacks")?
+            }
+            Some(node) => {
+                let q = Sql::new(format!(
+                    "UPDATE jobs SET callback_node = ?, callback_until = ? WHERE seq IN (\
+                     SELECT seq FROM jobs WHERE callback = 'pending' AND {FINAL} \
+                     AND next_callback_at <= ? \
+                     AND (callback_until IS NULL OR callback_until <= ? OR callback_node = ?) \
+                     ORDER BY next_callback_at, seq LIMIT ?{}) \
+                     RETURNING {JOB_COLUMNS}",
+                    db.dialect().skip_locked()
+                ))
+                .bind(node)
+                .bind(now + CALLBACK_HOLD)
+                .bind(now)
+                .bind(now)
+                .bind(node)
+                .bind(i64::from(limit));
+                db.pool()
+                    .fetch_all(&q)
+                    .await
+                    .context("cannot take due callbacks")?
+            }
+        };
+        let mut due = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        due.sort_by_key(|(seq, j)| (j.next_callback_at, *seq));
+        Ok(due.into_iter().map(|(_, j)| j).collect())
     }
 
+    /// On PostgreSQL the node's hold on the callback ends.
     async fn callback_attempted(
         &self,
         id: &str,
@@ -752,41 +880,81 @@ impl JobStore for Store {
             (false, Some(_)) => CallbackState::Pending,
             (false, None) => CallbackState::Failed,
         };
-        let done = sqlx::query(
+        let db = self.db();
+        let release = match db.node() {
+            None => "",
+            Some(_) => ", callback_node = NULL, callback_until = NULL",
+        };
+        let q = Sql::new(format!(
             "UPDATE jobs SET callback = ?, callback_attempts = callback_attempts + 1, \
-             next_callback_at = COALESCE(?, next_callback_at) WHERE id = ?",
-        )
+             next_callback_at = COALESCE(?, next_callback_at){release} WHERE id = ?"
+        ))
         .bind(callback_str(state))
         .bind(next)
-        .bind(id)
-        .execute(self.writer())
-        .await
-        .context("cannot record a callback")?;
-        if done.rows_affected() == 0 {
+        .bind(id);
+        let done = db
+            .writer()
+            .execute(&q)
+            .await
+            .context("cannot record a callback")?;
+        if done == 0 {
             anyhow::bail!("no job \"{id}\"");
         }
         Ok(())
     }
 
+    /// On PostgreSQL the hold lasts until `at` too: another node may take them then.
     async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "UPDATE jobs SET next_callback_at = ? WHERE callback = 'pending' AND id IN ({})",
+        let db = self.db();
+        let hold = db.node().is_some();
+        let q = Sql::new(format!(
+            "UPDATE jobs SET next_callback_at = ?{} WHERE callback = 'pending' AND id IN ({})",
+            if hold { ", callback_until = ?" } else { "" },
             placeholders(ids.len())
-        );
-        let mut q = sqlx::query(&sql).bind(at);
-        for id in ids {
-            q = q.bind(id);
-        }
-        q.execute(self.writer())
+        ))
+        .bind(at)
+        .bind_all(hold.then_some(at))
+        .bind_all(ids);
+        db.writer()
+            .execute(&q)
             .await
             .context("cannot postpone callbacks")?;
         Ok(())
     }
 
     async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
-        self.prune_jobs_before(before, now).await
+        self.db().prune_jobs_before(before, now).await
     }
+}
+
+/// Puts running jobs back in the queue. Returns how many.
+///
+/// On SQLite every running job: this process was the only one running them. On PostgreSQL
+/// (the node guard) those of dead nodes, and of this one if `mine`: jobs a node held when it
+/// stopped answering.
+pub(super) async fn requeue_jobs(db: Db<'_>, mine: bool, now: Millis) -> anyhow::Result<u64> {
+    let q = match db.node() {
+        None => {
+            Sql::new("UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'")
+                .bind(now)
+        }
+        Some(node) => {
+            let mut sql = format!(
+                "UPDATE jobs SET status = 'queued', node = NULL, updated_at = ? \
+                 WHERE status = 'running' AND (node IS NULL OR NOT {})",
+                super::pg::alive("node")
+            );
+            if mine {
+                sql.push_str(" OR (status = 'running' AND node = ?)");
+            }
+            Sql::new(sql).bind(now).bind_all(mine.then_some(node))
+        }
+    };
+    db.writer()
+        .execute(&q)
+        .await
+        .context("cannot requeue running jobs")
 }

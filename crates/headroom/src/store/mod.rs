@@ -1,8 +1,11 @@
 //! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
 //!
-//! Everything Headroom keeps goes through the methods here, with plain, portable SQL, which
-//! the PostgreSQL store (`pg`, for several nodes) reuses; `AnyStore` picks one by URL. Values arrive already encrypted where
-//! they need to be: the store never sees a credential in the clear.
+//! Everything Headroom keeps goes through the operations of this module (`jobs`, `batches`,
+//! `schedules`, `events`, `credentials`, `retention`, `writer`), written once with plain,
+//! portable SQL on the SQL layer (`sql`) for this store and the PostgreSQL store (`pg`, for
+//! several nodes); what differs between the two is named at `sql`'s seam (`Dialect`,
+//! `Db::node`, `Tx::wake_nodes`). `AnyStore` picks one by URL. Values arrive already
+//! encrypted where they need to be: the store never sees a credential in the clear.
 //!
 //! Writes: SQLite has one writer at a time. Every write transaction of the jobs and batches
 //! goes through one dedicated writer connection (`Store::write`), which queues writers in
@@ -34,6 +37,7 @@ mod row;
 #[cfg(any(test, feature = "conformance"))]
 pub mod schedule_conformance;
 mod schedules;
+pub(crate) mod sql;
 mod writer;
 
 pub use any::AnyStore;
@@ -175,7 +179,10 @@ impl Store {
                 .with_context(|| format!("cannot open the SQLite database {url} for writing"))?
         };
         let health = health::WriterHealth::default();
-        let ops = writer::spawn(writer.clone(), health.clone());
+        let ops = writer::spawn(writer::Writer::Sqlite {
+            pool: writer.clone(),
+            health: health.clone(),
+        });
         let file_id = match &path {
             Some(p) => Some(
                 health::file_id(p)
@@ -322,6 +329,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::sql::SqlStore;
     use super::*;
 
     #[test]
@@ -342,19 +350,27 @@ mod tests {
             nonce: vec![1; 24],
             ciphertext: vec![2; 40],
         };
-        store.put_credential("acme", "crm", &sealed).await.unwrap();
-        store.put_credential("acme", "crm", &sealed).await.unwrap();
+        store
+            .db()
+            .put_credential("acme", "crm", &sealed)
+            .await
+            .unwrap();
+        store
+            .db()
+            .put_credential("acme", "crm", &sealed)
+            .await
+            .unwrap();
         assert_eq!(
-            store.get_credential("acme", "crm").await.unwrap(),
+            store.db().get_credential("acme", "crm").await.unwrap(),
             Some(sealed)
         );
-        assert_eq!(store.list_credentials("acme").await.unwrap().len(), 1);
+        assert_eq!(store.db().list_credentials("acme").await.unwrap().len(), 1);
         drop(store);
         // Reopening runs the migrations again without harm and keeps the data.
         let store = Store::open(&url).await.unwrap();
-        assert_eq!(store.count_credentials().await.unwrap(), 1);
-        assert!(store.delete_credential("acme", "crm").await.unwrap());
-        assert!(!store.delete_credential("acme", "crm").await.unwrap());
+        assert_eq!(store.db().count_credentials().await.unwrap(), 1);
+        assert!(store.db().delete_credential("acme", "crm").await.unwrap());
+        assert!(!store.db().delete_credential("acme", "crm").await.unwrap());
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(store.pool())
             .await
@@ -366,8 +382,8 @@ mod tests {
     async fn in_memory_and_unsupported_urls() {
         let store = Store::open("sqlite::memory:").await.unwrap();
         assert!(store.path().is_none());
-        store.put_meta("k", b"v").await.unwrap();
-        assert_eq!(store.get_meta("k").await.unwrap(), Some(b"v".to_vec()));
+        store.db().put_meta("k", b"v").await.unwrap();
+        assert_eq!(store.db().get_meta("k").await.unwrap(), Some(b"v".to_vec()));
         let e = Store::open("postgres://localhost/x").await.unwrap_err();
         assert!(e.to_string().contains("AnyStore::open"), "{e}");
     }

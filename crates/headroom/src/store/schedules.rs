@@ -1,30 +1,28 @@
-//! `ScheduleStore` on SQLite.
+//! `ScheduleStore`, on either backend.
 //!
-//! A run is taken, enqueued, recorded and its slot moved on in one transaction on the writer
-//! connection (see `super`): a crash before the commit leaves the slot due (it runs after
-//! the restart), a crash after it leaves the slot moved on (it does not run twice).
+//! A run is taken, enqueued, recorded and its slot moved on in one transaction (on SQLite,
+//! on the writer connection, see `super`): a crash before the commit leaves the slot due (it
+//! runs after the restart), a crash after it leaves the slot moved on (it does not run
+//! twice). On PostgreSQL due slots are taken with `FOR UPDATE SKIP LOCKED`, so that nodes
+//! firing at once take each slot once, and the work a run stores wakes every node.
 
 use anyhow::Context;
-use sqlx::{Row, SqliteConnection};
 
 use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
 use super::row::StoreRow;
-use super::Store;
-use crate::store::model::jobs::{Inserted, JobStatus, Millis, Page};
+use super::sql::{Sql, SqlStore, Tx};
+use crate::store::model::jobs::{parse_cursor, Inserted, JobStatus, Millis, Page};
 use crate::store::model::schedules::*;
 
-pub(super) const SCHEDULE_COLUMNS: &str =
-    "name, definition, from_config, paused, created_at, updated_at";
+const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
 /// The columns of a run with its job's and batch's status, as `run_from_row` reads them.
-pub(super) const RUN_COLUMNS: &str =
-    "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.recorded_at, \
+const RUN_COLUMNS: &str = "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.recorded_at, \
      r.outcome, r.reason, r.job_id, r.batch_id, j.status AS job_status, b.status AS batch_status";
-pub(super) const RUN_JOINS: &str =
-    "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
+const RUN_JOINS: &str = "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
      LEFT JOIN batches AS b ON b.id = r.batch_id";
 
-pub(crate) fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSchedule> {
+fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSchedule> {
     Ok(StoredSchedule {
         name: row.col("name")?,
         definition: row.col("definition")?,
@@ -35,7 +33,7 @@ pub(crate) fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSc
     })
 }
 
-pub(crate) fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Target>> {
+fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Target>> {
     if let Some(id) = row.col::<Option<String>>("job_id")? {
         let status = row
             .col::<Option<String>>("job_status")?
@@ -56,7 +54,7 @@ pub(crate) fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Tar
     Ok(None)
 }
 
-pub(crate) fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
+fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
     let outcome: String = row.col("outcome")?;
     let run = Run {
         schedule: row.col("schedule")?,
@@ -73,50 +71,39 @@ pub(crate) fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
 }
 
 /// The last run of (schedule, tenant) that enqueued something, with its status now.
-async fn last_fired(
-    conn: &mut SqliteConnection,
-    schedule: &str,
-    tenant: &str,
-) -> anyhow::Result<Option<Target>> {
-    let row = sqlx::query(&format!(
+async fn last_fired(tx: &mut Tx, schedule: &str, tenant: &str) -> anyhow::Result<Option<Target>> {
+    let q = Sql::new(format!(
         "SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.tenant = ? \
          AND r.outcome = 'fired' ORDER BY r.seq DESC LIMIT 1"
     ))
     .bind(schedule)
-    .bind(tenant)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("cannot read a schedule's last run")?;
+    .bind(tenant);
+    let row = tx
+        .fetch_optional(&q)
+        .await
+        .context("cannot read a schedule's last run")?;
     match row {
         Some(row) => target_from_row(&row),
         None => Ok(None),
     }
 }
 
-async fn delete_in(conn: &mut SqliteConnection, name: &str) -> anyhow::Result<bool> {
-    sqlx::query("DELETE FROM schedule_runs WHERE schedule = ?")
-        .bind(name)
-        .execute(&mut *conn)
+async fn delete_in(tx: &mut Tx, name: &str) -> anyhow::Result<bool> {
+    tx.execute(&Sql::new("DELETE FROM schedule_runs WHERE schedule = ?").bind(name))
         .await
         .context("cannot delete a schedule's runs")?;
-    sqlx::query("DELETE FROM schedule_slots WHERE schedule = ?")
-        .bind(name)
-        .execute(&mut *conn)
+    tx.execute(&Sql::new("DELETE FROM schedule_slots WHERE schedule = ?").bind(name))
         .await
         .context("cannot delete a schedule's slots")?;
-    let done = sqlx::query("DELETE FROM schedules WHERE name = ?")
-        .bind(name)
-        .execute(&mut *conn)
+    let deleted = tx
+        .execute(&Sql::new("DELETE FROM schedules WHERE name = ?").bind(name))
         .await
         .context("cannot delete a schedule")?;
-    Ok(done.rows_affected() > 0)
+    Ok(deleted > 0)
 }
 
-async fn insert_schedule_in(
-    conn: &mut SqliteConnection,
-    s: &StoredSchedule,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+async fn insert_schedule_in(tx: &mut Tx, s: &StoredSchedule) -> anyhow::Result<bool> {
+    let q = Sql::new(
         "INSERT INTO schedules (name, definition, from_config, paused, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
     )
@@ -125,16 +112,28 @@ async fn insert_schedule_in(
     .bind(s.from_config)
     .bind(s.paused)
     .bind(s.created_at)
-    .bind(s.updated_at)
-    .execute(&mut *conn)
-    .await
-    .with_context(|| format!("cannot store the schedule {}", s.name))?;
-    Ok(done.rows_affected() > 0)
+    .bind(s.updated_at);
+    let inserted = tx
+        .execute(&q)
+        .await
+        .with_context(|| format!("cannot store the schedule {}", s.name))?;
+    Ok(inserted > 0)
 }
 
-impl ScheduleStore for Store {
+fn slot_from_row<R: StoreRow>(r: &R) -> anyhow::Result<Slot> {
+    Ok(Slot {
+        schedule: r.col("schedule")?,
+        tenant: r.col("tenant")?,
+        fire_at: r.col("fire_at")?,
+        due_at: r.col("due_at")?,
+    })
+}
+
+const REMOVE_SLOT: &str = "DELETE FROM schedule_slots WHERE schedule = ? AND tenant = ?";
+
+impl<S: SqlStore> ScheduleStore for S {
     async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool> {
-        let mut tx = self.write().await?;
+        let mut tx = self.db().begin().await?;
         let created = insert_schedule_in(&mut tx, schedule).await?;
         tx.commit().await.context("cannot commit a schedule")?;
         Ok(created)
@@ -145,15 +144,16 @@ impl ScheduleStore for Store {
         schedules: &[StoredSchedule],
         now: Millis,
     ) -> anyhow::Result<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.db().begin().await?;
         for s in schedules {
-            let row = sqlx::query(&format!(
+            let q = Sql::new(format!(
                 "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
             ))
-            .bind(&s.name)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("cannot read a schedule")?;
+            .bind(&s.name);
+            let row = tx
+                .fetch_optional(&q)
+                .await
+                .context("cannot read a schedule")?;
             match row.map(|r| schedule_from_row(&r)).transpose()? {
                 None => {
                     insert_schedule_in(&mut tx, s).await?;
@@ -166,28 +166,29 @@ impl ScheduleStore for Store {
                 ),
                 Some(stored) if stored.definition != s.definition => {
                     // Changed: the old slots were computed from the old cron and tenants.
-                    sqlx::query("DELETE FROM schedule_slots WHERE schedule = ?")
-                        .bind(&s.name)
-                        .execute(&mut *tx)
-                        .await
-                        .context("cannot reset a schedule's slots")?;
-                    sqlx::query(
+                    tx.execute(
+                        &Sql::new("DELETE FROM schedule_slots WHERE schedule = ?").bind(&s.name),
+                    )
+                    .await
+                    .context("cannot reset a schedule's slots")?;
+                    let q = Sql::new(
                         "UPDATE schedules SET definition = ?, updated_at = ? WHERE name = ?",
                     )
                     .bind(&s.definition)
                     .bind(now)
-                    .bind(&s.name)
-                    .execute(&mut *tx)
-                    .await
-                    .context("cannot update a schedule")?;
+                    .bind(&s.name);
+                    tx.execute(&q).await.context("cannot update a schedule")?;
                 }
                 Some(_) => {}
             }
         }
-        let stale: Vec<String> = sqlx::query_scalar("SELECT name FROM schedules WHERE from_config")
-            .fetch_all(&mut *tx)
+        let stale: Vec<String> = tx
+            .fetch_all(&Sql::new("SELECT name FROM schedules WHERE from_config"))
             .await
-            .context("cannot list config schedules")?;
+            .context("cannot list config schedules")?
+            .iter()
+            .map(|r| r.col("name"))
+            .collect::<anyhow::Result<_>>()?;
         for name in stale {
             if !schedules.iter().any(|s| s.name == name) {
                 delete_in(&mut tx, &name).await?;
@@ -200,23 +201,29 @@ impl ScheduleStore for Store {
     }
 
     async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>> {
-        let row = sqlx::query(&format!(
+        let q = Sql::new(format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
         ))
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await
-        .context("cannot read a schedule")?;
+        .bind(name);
+        let row = self
+            .db()
+            .pool()
+            .fetch_optional(&q)
+            .await
+            .context("cannot read a schedule")?;
         row.map(|r| schedule_from_row(&r)).transpose()
     }
 
     async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>> {
-        let rows = sqlx::query(&format!(
+        let q = Sql::new(format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
-        ))
-        .fetch_all(self.pool())
-        .await
-        .context("cannot list schedules")?;
+        ));
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot list schedules")?;
         rows.iter().map(schedule_from_row).collect()
     }
 
@@ -226,21 +233,20 @@ impl ScheduleStore for Store {
         paused: bool,
         now: Millis,
     ) -> anyhow::Result<Option<StoredSchedule>> {
-        let mut tx = self.write().await?;
-        let row = sqlx::query(&format!(
+        let mut tx = self.db().begin().await?;
+        let q = Sql::new(format!(
             "UPDATE schedules SET paused = ?, updated_at = ? WHERE name = ? \
              RETURNING {SCHEDULE_COLUMNS}"
         ))
         .bind(paused)
         .bind(now)
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("cannot pause or resume a schedule")?;
+        .bind(name);
+        let row = tx
+            .fetch_optional(&q)
+            .await
+            .context("cannot pause or resume a schedule")?;
         if row.is_some() && !paused {
-            sqlx::query("DELETE FROM schedule_slots WHERE schedule = ?")
-                .bind(name)
-                .execute(&mut *tx)
+            tx.execute(&Sql::new("DELETE FROM schedule_slots WHERE schedule = ?").bind(name))
                 .await
                 .context("cannot reset a schedule's slots")?;
         }
@@ -249,7 +255,7 @@ impl ScheduleStore for Store {
     }
 
     async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool> {
-        let mut tx = self.write().await?;
+        let mut tx = self.db().begin().await?;
         let deleted = delete_in(&mut tx, name).await?;
         tx.commit()
             .await
@@ -258,24 +264,18 @@ impl ScheduleStore for Store {
     }
 
     async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>> {
-        let rows = sqlx::query(
+        let q = Sql::new(
             "SELECT schedule, tenant, fire_at, due_at FROM schedule_slots WHERE schedule = ? \
              ORDER BY due_at, tenant",
         )
-        .bind(schedule)
-        .fetch_all(self.pool())
-        .await
-        .context("cannot read a schedule's slots")?;
-        rows.iter()
-            .map(|r| {
-                Ok(Slot {
-                    schedule: r.try_get("schedule")?,
-                    tenant: r.try_get("tenant")?,
-                    fire_at: r.try_get("fire_at")?,
-                    due_at: r.try_get("due_at")?,
-                })
-            })
-            .collect()
+        .bind(schedule);
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot read a schedule's slots")?;
+        rows.iter().map(slot_from_row).collect()
     }
 
     /// A slot of a schedule deleted meanwhile is not added.
@@ -283,9 +283,9 @@ impl ScheduleStore for Store {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write().await?;
+        let mut tx = self.db().begin().await?;
         for slot in add {
-            sqlx::query(
+            let q = Sql::new(
                 "INSERT INTO schedule_slots (schedule, tenant, fire_at, due_at) \
                  SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM schedules WHERE name = ?) \
                  ON CONFLICT (schedule, tenant) DO NOTHING",
@@ -294,16 +294,11 @@ impl ScheduleStore for Store {
             .bind(&slot.tenant)
             .bind(slot.fire_at)
             .bind(slot.due_at)
-            .bind(&slot.schedule)
-            .execute(&mut *tx)
-            .await
-            .context("cannot add a schedule slot")?;
+            .bind(&slot.schedule);
+            tx.execute(&q).await.context("cannot add a schedule slot")?;
         }
         for (schedule, tenant) in remove {
-            sqlx::query("DELETE FROM schedule_slots WHERE schedule = ? AND tenant = ?")
-                .bind(schedule)
-                .bind(tenant)
-                .execute(&mut *tx)
+            tx.execute(&Sql::new(REMOVE_SLOT).bind(schedule).bind(tenant))
                 .await
                 .context("cannot remove a schedule slot")?;
         }
@@ -317,25 +312,22 @@ impl ScheduleStore for Store {
         limit: u32,
         decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
     ) -> anyhow::Result<Vec<Run>> {
-        let mut tx = self.write().await?;
-        let rows = sqlx::query(
+        let mut tx = self.db().begin().await?;
+        let q = Sql::new(format!(
             "SELECT s.schedule, s.tenant, s.fire_at, s.due_at FROM schedule_slots AS s \
              JOIN schedules AS d ON d.name = s.schedule \
-             WHERE s.due_at <= ? AND NOT d.paused ORDER BY s.due_at, s.schedule, s.tenant LIMIT ?",
-        )
+             WHERE s.due_at <= ? AND NOT d.paused ORDER BY s.due_at, s.schedule, s.tenant LIMIT ?{}",
+            tx.dialect().skip_locked_of("s")
+        ))
         .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .context("cannot read due schedule slots")?;
+        .bind(i64::from(limit));
+        let rows = tx
+            .fetch_all(&q)
+            .await
+            .context("cannot read due schedule slots")?;
         let mut runs = Vec::with_capacity(rows.len());
         for row in rows {
-            let slot = Slot {
-                schedule: row.try_get("schedule")?,
-                tenant: row.try_get("tenant")?,
-                fire_at: row.try_get("fire_at")?,
-                due_at: row.try_get("due_at")?,
-            };
+            let slot = slot_from_row(&row)?;
             let previous = last_fired(&mut tx, &slot.schedule, &slot.tenant).await?;
             let due = DueSlot { slot, previous };
             let decision = decide(&due);
@@ -343,7 +335,7 @@ impl ScheduleStore for Store {
             let recorded = match decision.action {
                 Action::Enqueue(enqueue) => match *enqueue {
                     Enqueue::Job(job) => {
-                        let job = match insert_job_in(&mut tx, &job).await? {
+                        let job = match insert_job_in(&mut tx.conn(), &job).await? {
                             Inserted::Created(j) | Inserted::Duplicate(j) => j,
                         };
                         Some((
@@ -356,7 +348,7 @@ impl ScheduleStore for Store {
                         ))
                     }
                     Enqueue::Batch(batch) => {
-                        let summary = insert_batch_in(&mut tx, batch).await?;
+                        let summary = insert_batch_in(&mut tx.conn(), batch).await?;
                         Some((
                             RunOutcome::Fired,
                             None,
@@ -377,7 +369,7 @@ impl ScheduleStore for Store {
                     Some(Target::Batch { id, .. }) => (None, Some(id.clone())),
                     None => (None, None),
                 };
-                sqlx::query(
+                let q = Sql::new(
                     "INSERT INTO schedule_runs (schedule, tenant, fire_at, due_at, recorded_at, \
                      outcome, reason, job_id, batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
@@ -389,10 +381,8 @@ impl ScheduleStore for Store {
                 .bind(outcome.as_str())
                 .bind(&reason)
                 .bind(&job_id)
-                .bind(&batch_id)
-                .execute(&mut *tx)
-                .await
-                .context("cannot record a run")?;
+                .bind(&batch_id);
+                tx.execute(&q).await.context("cannot record a run")?;
                 runs.push(Run {
                     schedule: slot.schedule.clone(),
                     tenant: slot.tenant.clone(),
@@ -406,41 +396,48 @@ impl ScheduleStore for Store {
             }
             match decision.next {
                 Some((fire_at, due_at)) => {
-                    sqlx::query(
+                    let q = Sql::new(
                         "UPDATE schedule_slots SET fire_at = ?, due_at = ? \
                          WHERE schedule = ? AND tenant = ?",
                     )
                     .bind(fire_at)
                     .bind(due_at)
                     .bind(&slot.schedule)
-                    .bind(&slot.tenant)
-                    .execute(&mut *tx)
-                    .await
-                    .context("cannot move a schedule slot on")?;
+                    .bind(&slot.tenant);
+                    tx.execute(&q)
+                        .await
+                        .context("cannot move a schedule slot on")?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM schedule_slots WHERE schedule = ? AND tenant = ?")
-                        .bind(&slot.schedule)
-                        .bind(&slot.tenant)
-                        .execute(&mut *tx)
-                        .await
-                        .context("cannot remove a schedule slot")?;
+                    tx.execute(
+                        &Sql::new(REMOVE_SLOT)
+                            .bind(&slot.schedule)
+                            .bind(&slot.tenant),
+                    )
+                    .await
+                    .context("cannot remove a schedule slot")?;
                 }
             }
+        }
+        if !runs.is_empty() {
+            tx.wake_nodes().await?;
         }
         tx.commit().await.context("cannot commit schedule runs")?;
         Ok(runs)
     }
 
     async fn next_due_at(&self) -> anyhow::Result<Option<Millis>> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(s.due_at) FROM schedule_slots AS s \
+        let q = Sql::new(
+            "SELECT MIN(s.due_at) AS at FROM schedule_slots AS s \
              JOIN schedules AS d ON d.name = s.schedule WHERE NOT d.paused",
-        )
-        .fetch_one(self.pool())
-        .await
-        .context("cannot read when the next run is due")?;
-        Ok(at)
+        );
+        let row = self
+            .db()
+            .pool()
+            .fetch_one(&q)
+            .await
+            .context("cannot read when the next run is due")?;
+        row.col("at")
     }
 
     /// The cursor is the sequence number of the page's last run, as decimal text.
@@ -451,14 +448,7 @@ impl ScheduleStore for Store {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Page<Run>> {
-        let after: i64 = match after {
-            None | Some("") => 0,
-            Some(c) => c
-                .parse()
-                .ok()
-                .filter(|n: &i64| *n >= 0)
-                .with_context(|| format!("cursor \"{c}\" is not one this server gave"))?,
-        };
+        let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql =
             format!("SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.seq > ?");
@@ -466,36 +456,44 @@ impl ScheduleStore for Store {
             sql.push_str(" AND r.tenant = ?");
         }
         sql.push_str(" ORDER BY r.seq LIMIT ?");
-        let mut q = sqlx::query(&sql).bind(schedule).bind(after);
-        if let Some(t) = tenant {
-            q = q.bind(t);
-        }
-        let rows = q
-            .bind(i64::from(limit) + 1)
-            .fetch_all(self.pool())
+        let q = Sql::new(sql)
+            .bind(schedule)
+            .bind(after)
+            .bind_all(tenant)
+            .bind(i64::from(limit) + 1);
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
             .await
             .context("cannot list runs")?;
         Page::from_rows(&rows, limit, run_from_row)
     }
 
     async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
-        let done = sqlx::query(
+        let q = Sql::new(
             "DELETE FROM schedule_runs WHERE recorded_at < ? AND seq NOT IN (\
              SELECT MAX(seq) FROM schedule_runs WHERE outcome = 'fired' \
              GROUP BY schedule, tenant)",
         )
-        .bind(before)
-        .execute(self.writer())
-        .await
-        .context("cannot delete old runs")?;
-        Ok(done.rows_affected())
+        .bind(before);
+        self.db()
+            .writer()
+            .execute(&q)
+            .await
+            .context("cannot delete old runs")
     }
 
     async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
-        sqlx::query_scalar("SELECT tenant FROM credentials WHERE upstream = ? ORDER BY tenant")
-            .bind(upstream)
-            .fetch_all(self.pool())
+        let q = Sql::new("SELECT tenant FROM credentials WHERE upstream = ? ORDER BY tenant")
+            .bind(upstream);
+        self.db()
+            .pool()
+            .fetch_all(&q)
             .await
-            .context("cannot list the tenants of an upstream")
+            .context("cannot list the tenants of an upstream")?
+            .iter()
+            .map(|r| r.col("tenant"))
+            .collect()
     }
 }

@@ -1,21 +1,28 @@
-//! Group commit for the busiest writes (inserting jobs, finishing attempts).
+//! Group commit for the busiest writes (inserting jobs, finishing attempts), on either
+//! backend.
 //!
-//! Callers hand their write to one task that owns the turn on the writer connection: it takes
-//! every write waiting (up to `MAX_GROUP`), runs them in one transaction with as few
-//! statements as they allow (many rows per statement), commits, and only then answers each caller. A lone write is a transaction of
-//! its own, with no added wait; under load, one commit (and one trip through the writer's
-//! queue) serves many writes. If any write of a group fails, the group is rolled back and
-//! each of its writes is run again in its own transaction, so that one bad write fails
-//! alone.
+//! Callers hand their write to one task that owns the turn on the writer (SQLite's writer
+//! connection; PostgreSQL's pool): it takes every write waiting (up to `MAX_GROUP`), runs
+//! them in one transaction with as few statements as they allow (many rows per statement),
+//! commits, and only then answers each caller. A lone write is a transaction of its own,
+//! with no added wait; under load, one commit (and one trip through the writer's queue)
+//! serves many writes. If any write of a group fails, the group is rolled back and each of
+//! its writes is run again in its own transaction, so that one bad write fails alone.
+//!
+//! What differs by backend is in `Writer`: on SQLite writes without a dedup id are one
+//! statement, atomic on its own, and run without BEGIN and COMMIT, and every outcome goes
+//! to the writer's health (`health`); on PostgreSQL each commit wakes the other nodes
+//! (`NOTIFY`) and attempts finish under the node guard.
 //!
 //! A write whose caller stops waiting (a dropped future) is still carried out.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::WriterHealth;
 use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in, Finish};
-use super::Store;
+use super::sql::{Conn, Db, Tx};
 use crate::store::model::jobs::*;
 
 /// Writes in one transaction at most.
@@ -64,7 +71,7 @@ impl Op {
         )
     }
 
-    async fn apply(&self, conn: &mut SqliteConnection) -> anyhow::Result<Done> {
+    async fn apply(&self, conn: &mut Conn<'_>, node: Option<&str>) -> anyhow::Result<Done> {
         Ok(match self {
             Op::Insert { job, .. } => Done::Inserted(insert_job_in(conn, job).await?),
             Op::Finish {
@@ -72,11 +79,14 @@ impl Op {
                 transition,
                 now,
                 ..
-            } => Done::Job(
-                finish_attempts_in(conn, &[(attempt, transition, *now)])
-                    .await?
-                    .remove(0),
-            ),
+            } => {
+                let mut jobs =
+                    finish_attempts_in(conn, &[(attempt, transition, *now)], node).await?;
+                Done::Job(
+                    jobs.pop()
+                        .ok_or_else(|| anyhow::anyhow!("no job \"{}\"", attempt.job_id))?,
+                )
+            }
         })
     }
 
@@ -104,44 +114,90 @@ impl Op {
     }
 }
 
-/// Starts the task that runs grouped writes on `writer`; it ends when every sender is gone.
-/// Each group's outcome goes to `health`.
-pub(super) fn spawn(writer: SqlitePool, health: WriterHealth) -> mpsc::Sender<Op> {
+/// Where grouped writes go, and what differs there by backend.
+#[derive(Clone)]
+pub(super) enum Writer {
+    /// SQLite's writer connection, and what its writes report.
+    Sqlite {
+        pool: SqlitePool,
+        health: WriterHealth,
+    },
+    /// PostgreSQL's pool, and this node (the node guard of the attempts it finishes).
+    Postgres { pool: PgPool, node: String },
+}
+
+impl Writer {
+    fn node(&self) -> Option<&str> {
+        match self {
+            Writer::Sqlite { .. } => None,
+            Writer::Postgres { node, .. } => Some(node),
+        }
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, see `Store::write`).
+    async fn begin(&self) -> anyhow::Result<Tx> {
+        Ok(match self {
+            Writer::Sqlite { pool, .. } => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Writer::Postgres { pool, .. } => Tx::Pg(pool.begin().await?),
+        })
+    }
+
+    /// A connection to run writes that are one statement each on without a transaction
+    /// around them, where the backend lets them (SQLite: plain inserts, atomic on their
+    /// own, two round trips fewer); `None` where they need a transaction.
+    async fn autocommit(&self, plain: bool) -> anyhow::Result<Option<PoolConnection<Sqlite>>> {
+        match self {
+            Writer::Sqlite { pool, .. } if plain => Ok(Some(pool.acquire().await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// What a write's outcome tells about the writer (SQLite's health).
+    fn record<T>(&self, result: &anyhow::Result<T>) {
+        if let Writer::Sqlite { health, .. } = self {
+            health.record(result);
+        }
+    }
+}
+
+/// Starts the task that runs grouped writes; it ends when every sender is gone.
+pub(super) fn spawn(writer: Writer) -> mpsc::Sender<Op> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(writer, health, rx));
+    tokio::spawn(run(writer, rx));
     tx
 }
 
-async fn run(writer: SqlitePool, health: WriterHealth, mut rx: mpsc::Receiver<Op>) {
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Op>) {
     let mut ops = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut ops, MAX_GROUP).await > 0 {
-        run_group(&writer, &health, std::mem::take(&mut ops)).await;
+        run_group(&writer, std::mem::take(&mut ops)).await;
     }
 }
 
-async fn run_group(writer: &SqlitePool, health: &WriterHealth, ops: Vec<Op>) {
+async fn run_group(writer: &Writer, ops: Vec<Op>) {
     if ops.len() == 1 {
         for op in ops {
-            run_alone(writer, health, op).await;
+            run_alone(writer, op).await;
         }
         return;
     }
-    let mut results = Vec::new();
-    let all: anyhow::Result<()> = async {
-        if ops.iter().all(Op::is_plain_insert) {
-            // One statement, atomic on its own: no BEGIN and COMMIT, two round trips fewer.
-            results = apply_group(&mut *writer.acquire().await?, &ops).await?;
-            return Ok(());
+    let node = writer.node();
+    let all: anyhow::Result<Vec<Done>> = async {
+        if let Some(mut conn) = writer
+            .autocommit(ops.iter().all(Op::is_plain_insert))
+            .await?
+        {
+            return apply_group(&mut Conn::Sqlite(&mut conn), &ops, node).await;
         }
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        results = apply_group(&mut tx, &ops).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut tx = writer.begin().await?;
+        let results = apply_group(&mut tx.conn(), &ops, node).await?;
+        commit(tx).await?;
+        Ok(results)
     }
     .await;
     match all {
-        Ok(()) => {
-            health.record(&Ok(()));
+        Ok(results) => {
+            writer.record(&Ok(()));
             for (op, done) in ops.into_iter().zip(results) {
                 op.reply(Ok(done));
             }
@@ -150,7 +206,7 @@ async fn run_group(writer: &SqlitePool, health: &WriterHealth, ops: Vec<Op>) {
             tracing::debug!(error = %format!("{e:#}"), writes = ops.len(),
                 "a grouped write failed; running each alone");
             for op in ops {
-                run_alone(writer, health, op).await;
+                run_alone(writer, op).await;
             }
         }
     }
@@ -219,43 +275,69 @@ impl<'a> Plan<'a> {
     }
 }
 
-async fn apply_group(conn: &mut SqliteConnection, ops: &[Op]) -> anyhow::Result<Vec<Done>> {
+async fn apply_group(
+    conn: &mut Conn<'_>,
+    ops: &[Op],
+    node: Option<&str>,
+) -> anyhow::Result<Vec<Done>> {
     let plan = Plan::of(ops)?;
     let inserted = insert_jobs_in(conn, &plan.jobs()).await?;
-    let moved = finish_attempts_in(conn, &plan.finishes()).await?;
+    let moved = finish_attempts_in(conn, &plan.finishes(), node).await?;
     let mut results = plan.place(ops.len(), inserted, moved);
     for (result, op) in results.iter_mut().zip(ops) {
         if result.is_none() {
-            *result = Some(op.apply(conn).await?);
+            *result = Some(op.apply(conn, node).await?);
         }
     }
     Ok(results.into_iter().flatten().collect())
 }
 
-async fn run_alone(writer: &SqlitePool, health: &WriterHealth, op: Op) {
+/// Commits a group's transaction; on PostgreSQL the commit wakes the other nodes.
+async fn commit(mut tx: Tx) -> anyhow::Result<()> {
+    tx.wake_nodes().await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn run_alone(writer: &Writer, op: Op) {
+    let node = writer.node();
     let result = async {
-        if op.is_plain_insert() {
-            return op.apply(&mut *writer.acquire().await?).await;
+        if let Some(mut conn) = writer.autocommit(op.is_plain_insert()).await? {
+            return op.apply(&mut Conn::Sqlite(&mut conn), node).await;
         }
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let done = op.apply(&mut tx).await?;
-        tx.commit().await?;
+        let mut tx = writer.begin().await?;
+        let done = op.apply(&mut tx.conn(), node).await?;
+        commit(tx).await?;
         Ok(done)
     }
     .await;
-    health.record(&result);
+    writer.record(&result);
     op.reply(result);
 }
 
-impl Store {
+impl Db<'_> {
     /// Hands a write to the group-commit task and waits for its commit. Without the task
     /// (a store used from another runtime than the one that opened it), runs it alone.
     pub(super) async fn grouped<T>(
-        &self,
+        self,
         (op, rx): (Op, oneshot::Receiver<anyhow::Result<T>>),
     ) -> anyhow::Result<T> {
-        if let Err(mpsc::error::SendError(op)) = self.ops.send(op).await {
-            run_alone(self.writer(), &self.health, op).await;
+        let ops = match self {
+            Db::Sqlite(s) => &s.ops,
+            Db::Postgres(s) => s.ops(),
+        };
+        if let Err(mpsc::error::SendError(op)) = ops.send(op).await {
+            let writer = match self {
+                Db::Sqlite(s) => Writer::Sqlite {
+                    pool: s.writer().clone(),
+                    health: s.health.clone(),
+                },
+                Db::Postgres(s) => Writer::Postgres {
+                    pool: s.pool().clone(),
+                    node: s.node().to_string(),
+                },
+            };
+            run_alone(&writer, op).await;
         }
         match rx.await {
             Ok(result) => result,

@@ -196,6 +196,19 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// The sequence number a page's cursor names (0 for the first page): decimal text, as
+/// `Page::from_rows` gives it.
+pub(crate) fn parse_cursor(after: Option<&str>) -> anyhow::Result<i64> {
+    match after {
+        None | Some("") => Ok(0),
+        Some(c) => c
+            .parse()
+            .ok()
+            .filter(|n: &i64| *n >= 0)
+            .ok_or_else(|| anyhow::anyhow!("cursor \"{c}\" is not one this server gave")),
+    }
+}
+
 impl<T> Page<T> {
     /// A page from up to `limit + 1` rows fetched in cursor order: the extra row only says
     /// there is a next page, whose cursor is the sequence number of this page's last item.

@@ -13,19 +13,15 @@
 //! - a job or batch stored wakes every node's dispatcher through `NOTIFY` (LISTEN/NOTIFY),
 //!   so that work stored through one node starts at once on any of them.
 //!
-//! Placeholders are written `?` as in the SQLite code and numbered by `pg` (`$1, $2, …`).
-
-mod batches;
-mod credentials;
-mod events;
-mod jobs;
-mod retention;
-mod schedules;
-mod writer;
+//! The operations themselves are written once for both backends (`super::sql` and the
+//! modules beside it); what is PostgreSQL's alone is here: the connection, this node's
+//! heartbeat and the reaping of dead nodes, and LISTEN/NOTIFY.
 
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::store::sql::{Sql, SqlStore};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -36,7 +32,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The channel that wakes dispatchers when work arrives.
 pub const WAKE_CHANNEL: &str = "headroom_work";
 /// The advisory lock under which throttled and sequential queues are claimed.
-const CLAIM_LOCK: i64 = 0x6864_726d_636c_6d00; // "hdrmclm"
+pub(crate) const CLAIM_LOCK: i64 = 0x6864_726d_636c_6d00; // "hdrmclm"
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -45,7 +41,7 @@ pub struct PgStore {
     node: std::sync::Arc<str>,
     url: String,
     /// Writes that share transactions (group commit, see `writer`).
-    ops: tokio::sync::mpsc::Sender<writer::Op>,
+    ops: tokio::sync::mpsc::Sender<crate::store::writer::Op>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -82,7 +78,10 @@ impl PgStore {
             rand::random::<u32>()
         )
         .into();
-        let ops = writer::spawn(pool.clone(), node.to_string());
+        let ops = crate::store::writer::spawn(crate::store::writer::Writer::Postgres {
+            pool: pool.clone(),
+            node: node.to_string(),
+        });
         let store = PgStore {
             pool,
             node,
@@ -98,13 +97,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// Where grouped writes are handed (`crate::store::writer`).
+    pub(super) fn ops(&self) -> &tokio::sync::mpsc::Sender<crate::store::writer::Op> {
+        &self.ops
+    }
+
     /// This node's id in `nodes` and on what it claims.
     pub fn node(&self) -> &str {
         &self.node
-    }
-
-    pub(crate) fn writer(&self) -> &PgPool {
-        &self.pool
     }
 
     pub(crate) async fn write(&self) -> anyhow::Result<Transaction<'static, Postgres>> {
@@ -125,14 +125,16 @@ impl PgStore {
 
     /// Says this node is alive, on the database's clock.
     async fn heartbeat(&self) -> anyhow::Result<()> {
-        sqlx::query(&pg(&format!(
+        let q = Sql::new(format!(
             "INSERT INTO nodes (id, seen_at) VALUES (?, {DB_NOW}) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
-        )))
-        .bind(&*self.node)
-        .execute(&self.pool)
-        .await
-        .with_context(|| format!("node {}: cannot write its heartbeat", self.node))?;
+        ))
+        .bind(&*self.node);
+        self.db()
+            .pool()
+            .execute(&q)
+            .await
+            .with_context(|| format!("node {}: cannot write its heartbeat", self.node))?;
         Ok(())
     }
 
@@ -168,7 +170,7 @@ impl PgStore {
 const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// The condition "the node `col` is alive" (one bind: none; uses the timeout constant).
-fn alive(col: &str) -> String {
+pub(crate) fn alive(col: &str) -> String {
     format!(
         "{col} IN (SELECT id FROM nodes WHERE seen_at >= {DB_NOW} - {})",
         NODE_TIMEOUT.as_millis()
@@ -213,8 +215,8 @@ impl PgStore {
         // Requeued to run now: the store has no clock of its own; a node's stored times are
         // the system's in production.
         let now = crate::clock::system_millis();
-        let jobs = jobs::requeue_dead(self, false, now).await?;
-        let records = batches::requeue_dead(self, false, now).await?;
+        let jobs = crate::store::jobs::requeue_jobs(self.db(), false, now).await?;
+        let records = crate::store::batches::requeue_records(self.db(), false, now).await?;
         if jobs > 0 || records > 0 {
             tracing::warn!(
                 jobs,
@@ -223,13 +225,13 @@ impl PgStore {
             );
             self.notify().await?;
         }
-        sqlx::query(&pg(&format!(
-            "DELETE FROM nodes WHERE seen_at < {DB_NOW} - ?"
-        )))
-        .bind(NODE_TIMEOUT.as_millis() as i64 * 6)
-        .execute(&self.pool)
-        .await
-        .context("cannot forget dead nodes")?;
+        let q = Sql::new(format!("DELETE FROM nodes WHERE seen_at < {DB_NOW} - ?"))
+            .bind(NODE_TIMEOUT.as_millis() as i64 * 6);
+        self.db()
+            .pool()
+            .execute(&q)
+            .await
+            .context("cannot forget dead nodes")?;
         Ok(())
     }
 
@@ -252,29 +254,6 @@ pub(super) async fn notify_in(conn: &mut sqlx::PgConnection) -> anyhow::Result<(
         .await
         .context("cannot NOTIFY the other nodes")?;
     Ok(())
-}
-
-/// Numbers the `?` placeholders of a statement written for SQLite (`$1, $2, …`), outside
-/// quoted text.
-pub(crate) fn pg(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    let mut quoted = false;
-    for c in sql.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '?' if !quoted => {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            }
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// The URL without its password, for messages: the userinfo's password and a `password`
@@ -343,14 +322,6 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_numbered_outside_quotes() {
-        assert_eq!(
-            pg("SELECT '?' FROM t WHERE a = ? AND b IN (?, ?)"),
-            "SELECT '?' FROM t WHERE a = $1 AND b IN ($2, $3)"
-        );
-    }
 
     #[test]
     fn passwords_are_not_shown() {
