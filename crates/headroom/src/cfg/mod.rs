@@ -122,7 +122,7 @@ impl RedisUrl {
     /// Reads (does not connect): a bad URL or option is found by `check-config`.
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
         let mut parsed = url::Url::parse(url)
-            .map_err(|e| format!("\"{}\" is not a URL: {e}", redact_url(url)))?;
+            .map_err(|e| format!("\"{}\" is not a URL: {e}", crate::store::pg::redact(url)))?;
         let mut prefix = "headroom".to_string();
         let mut lease_ttl = DEFAULT_LEASE_TTL;
         let mut rest = Vec::new();
@@ -130,8 +130,12 @@ impl RedisUrl {
             match &*k {
                 "prefix" => prefix = v.to_string(),
                 "lease_ttl" => {
-                    lease_ttl = parse_duration(&v)
-                        .map_err(|e| format!("\"{}\": lease_ttl \"{v}\": {e}", redact_url(url)))?
+                    lease_ttl = parse_duration(&v).map_err(|e| {
+                        format!(
+                            "\"{}\": lease_ttl \"{v}\": {e}",
+                            crate::store::pg::redact(url)
+                        )
+                    })?
                 }
                 _ => rest.push((k.to_string(), v.to_string())),
             }
@@ -142,48 +146,14 @@ impl RedisUrl {
             parsed.query_pairs_mut().clear().extend_pairs(rest);
         }
         redis::Client::open(parsed.as_str())
-            .map_err(|e| format!("\"{}\": {e}", redact_url(url)))?;
+            .map_err(|e| format!("\"{}\": {e}", crate::store::pg::redact(url)))?;
         Ok(RedisUrl {
-            shown: redact_url(parsed.as_str()),
+            shown: crate::store::pg::redact(parsed.as_str()),
             client_url: parsed.to_string(),
             prefix,
             lease_ttl,
         })
     }
-}
-
-/// A URL as it may be shown: its password, and query values named like a password
-/// (`pass`, `password`), replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        // Not a URL: hide whatever sits between `://user:` and `@`.
-        return match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-                Some(c) => format!("{}***{}", &url[..s + 3 + c + 1], &url[at..]),
-                None => url.to_string(),
-            },
-            _ => url.to_string(),
-        };
-    };
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    let secret = |k: &str| k.to_ascii_lowercase().contains("pass");
-    if u.query_pairs().any(|(k, _)| secret(&k)) {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret(&k) {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
 }
 
 /// How long finished jobs and batches are kept by default.

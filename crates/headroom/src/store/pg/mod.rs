@@ -256,8 +256,9 @@ pub(super) async fn notify_in(conn: &mut sqlx::PgConnection) -> anyhow::Result<(
     Ok(())
 }
 
-/// The URL without its password, for messages: the userinfo's password and a `password`
-/// query parameter become `***`. Text the URL parser refuses is redacted by hand (whatever
+/// The URL without its password, for messages (a store or a governor URL): the userinfo's
+/// password and any query parameter named like a password (`password`, `pass`) become
+/// `***`. Text the URL parser refuses is redacted by hand (whatever
 /// sits between `user:` and the authority's last `@`).
 pub fn redact(url: &str) -> String {
     let Ok(mut u) = url::Url::parse(url) else {
@@ -268,7 +269,8 @@ pub fn redact(url: &str) -> String {
         let _ = u.set_password(Some("***"));
         changed = true;
     }
-    let secret_key = |k: &str| k.to_ascii_lowercase().contains("password");
+    // `password=` (libpq), `pass=` (redis+unix): any key naming a password.
+    let secret_key = |k: &str| k.to_ascii_lowercase().contains("pass");
     if u.query_pairs().any(|(k, _)| secret_key(&k)) {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
