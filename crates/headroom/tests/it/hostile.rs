@@ -2,66 +2,15 @@
 //! reviewed code): bodies that never arrive, one tenant holding the batch intake, work
 //! acknowledged into a deleted database, readiness telling strangers internals.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::common::{mock, HttpClient, Reply, Rig};
-use bytes::Bytes;
+use crate::common::{call, mock, Rig};
 use headroom_mock::Profile;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use serde_json::{json, Value};
+use http::{Method, StatusCode};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "admin-token-for-review";
-
-async fn call(
-    client: &HttpClient,
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let body = match body {
-        Some(v) => {
-            request = request.header("content-type", "application/json");
-            Bytes::from(serde_json::to_vec(v).unwrap())
-        }
-        None => Bytes::new(),
-    };
-    let response = client
-        .request(request.body(Full::new(body)).unwrap())
-        .await
-        .expect("Headroom answers");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-async fn mint(rig: &Rig, tenant: &str) -> String {
-    let admin = format!("Bearer {ADMIN}");
-    let r = call(
-        &rig.client,
-        rig.addr,
-        Method::POST,
-        "/v1/tokens",
-        &[("authorization", &admin)],
-        Some(&json!({ "tenant": tenant })),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    format!("Bearer {}", r.json()["token"].as_str().unwrap())
-}
 
 /// Tenant A opens four `POST /v1/batches` with a 63 MiB Content-Length and never sends the
 /// body: the intake room (256 MiB in all) is taken before the body is read and the body read
@@ -70,7 +19,10 @@ async fn mint(rig: &Rig, tenant: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_hold_the_batch_intake_with_bodies_it_never_sends() {
     let rig = Rig::start_with_token(mock(Profile::Ietf, 1000, 1), "", Some(ADMIN)).await;
-    let (a, b) = (mint(&rig, "tenant-a").await, mint(&rig, "tenant-b").await);
+    let (a, b) = (
+        crate::common::mint(&rig, ADMIN, "tenant-a").await,
+        crate::common::mint(&rig, ADMIN, "tenant-b").await,
+    );
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(rig.addr).await.unwrap();

@@ -6,66 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{mock, HttpClient, Reply, Rig};
-use bytes::Bytes;
+use crate::common::{call, mock, Reply, Rig};
 use headroom_mock::Profile;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-store-safety";
 const LONG: Duration = Duration::from_secs(60);
-
-/// Any request, with headers and a JSON body.
-async fn call(
-    client: &HttpClient,
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let body = match body {
-        Some(v) => {
-            request = request.header("content-type", "application/json");
-            Bytes::from(serde_json::to_vec(v).unwrap())
-        }
-        None => Bytes::new(),
-    };
-    let response = client
-        .request(request.body(Full::new(body)).unwrap())
-        .await
-        .expect("Headroom answers");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-/// Mints a token scoped to `tenant` through the API (as the admin).
-async fn mint(rig: &Rig, tenant: &str) -> String {
-    let admin = format!("Bearer {ADMIN}");
-    let r = call(
-        &rig.client,
-        rig.addr,
-        Method::POST,
-        "/v1/tokens",
-        &[("authorization", &admin)],
-        Some(&json!({ "tenant": tenant })),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let token = r.json()["token"].as_str().unwrap().to_string();
-    format!("Bearer {token}")
-}
 
 /// Tenant B holds dedup id "order-1001"; tenant A, with its own scoped token, submits the
 /// same id: A gets a job of its own (202) and sees nothing of B's; A's repeat is
@@ -73,7 +20,10 @@ async fn mint(rig: &Rig, tenant: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedup_ids_never_cross_tenants() {
     let rig = Rig::start_with_token(mock(Profile::Ietf, 1000, 1), "", Some(ADMIN)).await;
-    let (a, b) = (mint(&rig, "tenant-a").await, mint(&rig, "tenant-b").await);
+    let (a, b) = (
+        crate::common::mint(&rig, ADMIN, "tenant-a").await,
+        crate::common::mint(&rig, ADMIN, "tenant-b").await,
+    );
     let submit = |token: String, body: Value| {
         let (client, addr) = (rig.client.clone(), rig.addr);
         async move {

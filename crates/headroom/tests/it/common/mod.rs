@@ -482,3 +482,53 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Any request, with headers and (when given) a JSON body.
+pub async fn call(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let body = match body {
+        Some(v) => {
+            request = request.header("content-type", "application/json");
+            Bytes::from(serde_json::to_vec(v).unwrap())
+        }
+        None => Bytes::new(),
+    };
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .expect("Headroom answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// Mints a token scoped to `tenant` through the API with the `admin` token; returns it as
+/// an `Authorization` value.
+pub async fn mint(rig: &Rig, admin: &str, tenant: &str) -> String {
+    let r = call(
+        &rig.client,
+        rig.addr,
+        Method::POST,
+        "/v1/tokens",
+        &[("authorization", &format!("Bearer {admin}"))],
+        Some(&serde_json::json!({ "tenant": tenant })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    format!("Bearer {}", r.json()["token"].as_str().unwrap())
+}
