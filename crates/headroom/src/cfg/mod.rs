@@ -297,29 +297,124 @@ impl Config {
         self.queues.iter().find(|q| q.name == name)
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, with the process environment: `${VAR}` references
+    /// in the file and the `HEADROOM_LISTEN`, `HEADROOM_STORE` and `HEADROOM_GOVERNOR`
+    /// overrides (see [`Config::parse_with`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
             message: format!("cannot read the file: {e}"),
         })?;
-        Config::parse(&text, &file)
+        Config::parse_with(&text, &file, &process_env)
     }
 
-    /// Parses and validates config text; `file` names it in errors.
+    /// Parses and validates config text as written (no environment); `file` names it in
+    /// errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, &|_| None)
+    }
+
+    /// Parses and validates config text with `env` as the environment: each `${VAR}` (or
+    /// `${VAR:-default}`) outside comments is replaced by the variable's value first (an unset
+    /// variable without a default is an error; `$${` is a literal `${`), and
+    /// `HEADROOM_LISTEN`, `HEADROOM_STORE` and `HEADROOM_GOVERNOR`, when set, replace
+    /// `listen`, `store` and `governor` (so that a password need not sit in the file).
+    pub fn parse_with(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             file: file.to_string(),
             message,
         };
-        let deserializer = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let text = expand_env(text, env).map_err(err)?;
+        let deserializer = toml::Deserializer::new(&text);
+        let mut raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            err(toml_message(e.inner(), text, &key))
+            err(toml_message(e.inner(), &text, &key))
         })?;
-        raw.validate().map_err(err)
+        let mut overridden = Vec::new();
+        for (key, var, slot) in [
+            ("listen", "HEADROOM_LISTEN", &mut raw.listen),
+            ("store", "HEADROOM_STORE", &mut raw.store),
+            ("governor", "HEADROOM_GOVERNOR", &mut raw.governor),
+        ] {
+            if let Some(value) = env(var).filter(|v| !v.trim().is_empty()) {
+                *slot = Some(value);
+                overridden.push((key, var));
+            }
+        }
+        raw.validate().map_err(|message| {
+            // An overridden value at fault is named by its variable, not by the file.
+            let message = overridden
+                .iter()
+                .find(|(key, _)| message.starts_with(&format!("{key}:")))
+                .map(|(key, var)| format!("{key} (from {var}){}", &message[key.len()..]))
+                .unwrap_or(message);
+            err(message)
+        })
     }
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` with the variable's value, except on comment
+/// lines; `$${` stays a literal `${`.
+fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !text.contains("${") {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("${") {
+            if rest[..at].ends_with('$') {
+                out.push_str(&rest[..at - 1]);
+                out.push_str("${");
+                rest = &rest[at + 2..];
+                continue;
+            }
+            out.push_str(&rest[..at]);
+            let Some(end) = rest[at..].find('}') else {
+                return Err(format!("line {}: \"${{\" without a closing \"}}\"", n + 1));
+            };
+            let inner = &rest[at + 2..at + end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "line {}: \"${{{inner}}}\" is not a variable reference; write ${{NAME}} or \
+                     ${{NAME:-default}}",
+                    n + 1
+                ));
+            }
+            match env(name).or_else(|| default.map(str::to_string)) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    return Err(format!(
+                        "line {}: ${{{name}}} is not set; set the environment variable, or give \
+                         a default as ${{{name}:-value}}",
+                        n + 1
+                    ))
+                }
+            }
+            rest = &rest[at + end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
 }
 
 /// A toml error as `line L, column C: key: message`, the wanted type in words.
@@ -901,7 +996,8 @@ impl RawUpstream {
 pub fn load_or_default(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => Config::load(p),
-        None => Ok(Config::default()),
+        // No file: the defaults, with the environment's overrides.
+        None => Config::parse_with("", "(no config file)", &process_env),
     }
 }
 
@@ -1059,6 +1155,43 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
 
     fn error_of(text: &str) -> String {
         Config::parse(text, "h.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_environment_fills_references_and_overrides_keys() {
+        let env = |name: &str| match name {
+            "DB_PASSWORD" => Some("s3cret".to_string()),
+            "HEADROOM_LISTEN" => Some("127.0.0.1:9999".to_string()),
+            _ => None,
+        };
+        let text = "# ${NOT_SET} in a comment is left alone\n\
+                    store = \"postgres://headroom:${DB_PASSWORD}@db/headroom\"\n\
+                    governor = \"${GOVERNOR_URL:-memory}\"\n\
+                    listen = \"0.0.0.0:7878\"\nauth = \"token\"\n";
+        let c = Config::parse_with(text, "h.toml", &env).unwrap();
+        assert_eq!(c.store, "postgres://headroom:s3cret@db/headroom");
+        assert_eq!(c.governor, "memory");
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:9999",
+            "HEADROOM_LISTEN wins"
+        );
+        // As written, without the environment: the reference is an error that names it.
+        let e = Config::parse(text, "h.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2: ${DB_PASSWORD} is not set"), "{e}");
+        let e = Config::parse_with("store = \"${db password}\"\n", "h.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a variable reference"), "{e}");
+        // `$${` is a literal.
+        let c = Config::parse_with("store = \"sqlite://a$${b}.db\"\n", "h.toml", &env);
+        assert_eq!(c.unwrap().store, "sqlite://a${b}.db");
+        // A bad override is named by its variable.
+        let bad = |name: &str| (name == "HEADROOM_LISTEN").then(|| "nowhere".to_string());
+        let e = Config::parse_with("", "h.toml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen (from HEADROOM_LISTEN):"), "{e}");
     }
 
     #[test]
