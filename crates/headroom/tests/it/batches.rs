@@ -69,9 +69,6 @@ async fn wait_batch(get: impl Fn() -> tokio::task::JoinHandle<Value>, limit: Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_chunked_paced_and_every_record_accounted_for() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("debug,sqlx=warn,hyper=info")
-        .try_init();
     let mock = start_mock(20, 2, 0).await;
     let server = Server::start(&config(20, 2), &mock.url()).await;
     let r = server.post("/v1/batches", &batch(1000)).await;
