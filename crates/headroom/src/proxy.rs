@@ -404,7 +404,16 @@ async fn forward(
                 if rejection.reason == RejectReason::BreakerOpen {
                     tracing::warn!(upstream = %upstream.name, budget = %call.key.1, "breaker open: call refused");
                 }
-                return Err(refused(upstream, &call.key.1, max_wait, rejection));
+                let error = refused(upstream, &call.key.1, max_wait, rejection);
+                if let ApiError::Refused { status, .. } = &error {
+                    app.observe.refused(
+                        &call.call(attempt, None),
+                        status.as_u16(),
+                        rejection.retry_after,
+                        outbound::refusal(&rejection),
+                    );
+                }
+                return Err(error);
             }
             Answer::Answered {
                 parts,

@@ -13,7 +13,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub level: Option<String>,
     /// throttled, retry, backoff, budget_paused, breaker, retry_succeeded, retry_exhausted,
-    /// job_failed or job_retry_pending.
+    /// job_failed, job_retry_pending or refused.
     #[arg(long)]
     pub kind: Option<String>,
     #[arg(long)]
@@ -171,6 +171,7 @@ pub fn status_table(status: &Value) -> String {
         "TENANT",
         "UTIL",
         "THROTTLED/MIN",
+        "REFUSED",
         "RETRY OK",
         "AVG BACKOFF",
         "QUEUED",
@@ -191,6 +192,7 @@ pub fn status_table(status: &Value) -> String {
             r["tenant"].as_str().unwrap_or("").to_string(),
             pct(&r["utilisation"]),
             format!("{:.2}", r["throttled_per_min"].as_f64().unwrap_or(0.0)),
+            n("refused"),
             pct(&r["retry_success_ratio"]),
             r["avg_backoff_ms"]
                 .as_f64()

@@ -181,6 +181,16 @@ impl Observer {
     }
 
     /// A call goes again: after the budget's pause (`throttled`) or a backoff.
+    /// Headroom refused a proxied call itself (the upstream was not called): `why` in words,
+    /// the status the caller got, and when it may try again.
+    pub(crate) fn refused(&self, call: &Call<'_>, status: u16, retry_after: Duration, why: &str) {
+        let mut e = self.call_event(call, Level::Warn, Kind::Refused, "refused");
+        e.status = Some(status);
+        e.wait_ms = Some(millis(retry_after));
+        e.message = format!("{} ({why}); answered {status}", e.message);
+        self.emit(e);
+    }
+
     pub(crate) fn retry(&self, call: &Call<'_>, throttled: bool, wait: Duration, why: &str) {
         let kind = if throttled {
             Kind::Retry

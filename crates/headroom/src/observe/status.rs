@@ -291,6 +291,8 @@ pub struct Row {
     pub limits: Vec<LimitUse>,
     pub throttled: u64,
     pub throttled_per_min: f64,
+    /// Calls Headroom refused itself (429/503 without calling the upstream) in the span.
+    pub refused: u64,
     pub retries_succeeded: u64,
     pub retries_exhausted: u64,
     pub retry_success_ratio: Option<f64>,
@@ -315,6 +317,7 @@ impl Row {
             limits: Vec::new(),
             throttled: 0,
             throttled_per_min: 0.0,
+            refused: 0,
             retries_succeeded: 0,
             retries_exhausted: 0,
             retry_success_ratio: None,
@@ -408,6 +411,7 @@ pub async fn compute(app: &AppState, window: std::time::Duration) -> anyhow::Res
         let r = rows.get_mut(&key).expect("row made above");
         match s.kind {
             Kind::Throttled => r.throttled += s.count,
+            Kind::Refused => r.refused += s.count,
             Kind::RetrySucceeded => r.retries_succeeded += s.count,
             Kind::RetryExhausted => r.retries_exhausted += s.count,
             Kind::Retry | Kind::Backoff => {

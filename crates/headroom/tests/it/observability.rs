@@ -916,3 +916,61 @@ async fn firing_alerts_survive_a_restart() {
     }
     server.shutdown().await;
 }
+
+/// A call Headroom refuses itself (429 without calling the upstream: no room within its max
+/// wait) is an event, and `headroom status` counts it per upstream and tenant.
+#[tokio::test]
+async fn refusals_are_events_and_counted_in_status() {
+    let clock = clock();
+    let up = Recorder::start().await;
+    let server = Server::start_with_clock(
+        Arc::new(tempfile::tempdir().unwrap()),
+        "[[upstreams]]\nname = \"up\"\nbase_url = \"{base}\"\nlimits = [{ quota = 1, window = \"1h\" }]\n",
+        &up.url(),
+        Some(Arc::new(clock.clone())),
+    )
+    .await;
+    let tenant = [("headroom-tenant", "acme"), ("headroom-max-wait", "1s")];
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = crate::common::send(
+            &server.client,
+            server.addr,
+            Method::GET,
+            "/proxy/up/x",
+            &tenant,
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+    }
+    let refused_calls = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused_calls >= 1, "{statuses:?}");
+    assert_eq!(
+        up.seen().len(),
+        5 - refused_calls,
+        "refused calls did not reach the upstream"
+    );
+
+    let refused = events(&server, "kind=refused").await;
+    assert_eq!(refused.len(), refused_calls, "{refused:#?}");
+    assert_eq!(refused[0]["status"], 429);
+    assert_eq!(refused[0]["tenant"], "acme");
+    assert_eq!(refused[0]["upstream"], "up");
+    assert!(
+        refused[0]["wait_ms"].as_u64().unwrap() > 0,
+        "{:#}",
+        refused[0]
+    );
+
+    headroom::observe::tick(&server.state).await.unwrap();
+    let status = server.get("/v1/status").await.json();
+    let row = status["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["upstream"] == "up" && r["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .clone();
+    assert_eq!(row["refused"], refused_calls as u64, "{row:#}");
+    server.shutdown().await;
+}

@@ -61,10 +61,13 @@ pub enum Kind {
     JobFailed,
     /// A job failed an attempt and waits for its retry.
     JobRetryPending,
+    /// Headroom itself refused a proxied call without calling the upstream (no room in the
+    /// budget within the call's max wait, too many waiting, breaker open, Redis unreachable).
+    Refused,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Throttled,
         Kind::Retry,
         Kind::Backoff,
@@ -74,6 +77,7 @@ impl Kind {
         Kind::RetryExhausted,
         Kind::JobFailed,
         Kind::JobRetryPending,
+        Kind::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +91,7 @@ impl Kind {
             Kind::RetryExhausted => "retry_exhausted",
             Kind::JobFailed => "job_failed",
             Kind::JobRetryPending => "job_retry_pending",
+            Kind::Refused => "refused",
         }
     }
 
