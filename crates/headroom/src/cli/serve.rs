@@ -53,17 +53,19 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
                 .join(", ")
         )
     };
-    println!(
-        "{}: ok ({} upstream{}: {}{schedules})",
-        path.display(),
-        config.upstreams.len(),
-        if config.upstreams.len() == 1 { "" } else { "s" },
-        config
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let upstreams = match config.upstreams.len() {
+        0 => "no upstreams".to_string(),
+        n => format!(
+            "{n} upstream{}: {}",
+            if n == 1 { "" } else { "s" },
+            config
+                .upstreams
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    println!("{}: ok ({upstreams}{schedules})", path.display());
     Ok(())
 }
