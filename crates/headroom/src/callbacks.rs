@@ -325,7 +325,7 @@ pub(crate) async fn run(app: AppState) {
             return; // deliveries under way finish; the drain waits for them
         }
         let now = app.clock.now_millis();
-        let due = app
+        let jobs = app
             .store
             .due_callbacks(now, FETCH)
             .await
@@ -333,44 +333,44 @@ pub(crate) async fn run(app: AppState) {
                 tracing::error!(error = %format!("{e:#}"), "cannot read due callbacks");
                 Vec::new()
             });
-        let fetched = due.len();
+        let batches = app
+            .store
+            .due_batch_callbacks(now, FETCH)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %format!("{e:#}"), "cannot read due batch callbacks");
+                Vec::new()
+            });
+        let full = jobs.len() == FETCH as usize || batches.len() == FETCH as usize;
+        let due = jobs
+            .into_iter()
+            .map(Due::Job)
+            .chain(batches.into_iter().map(Due::Batch));
         let mut start = Vec::new();
         let mut held_back = Vec::new();
-        for job in due {
-            let uri = job.new.callback_url.as_deref().and_then(callback_uri);
+        for due in due {
+            let uri = callback_uri(due.url());
             let key = uri.as_ref().map(host_key).unwrap_or_default();
-            match notifier
-                .limits
-                .try_take(&key, Some(job.new.tenant.as_deref().unwrap_or("")))
-            {
-                Some(slot) => start.push((job, uri, slot)),
-                None => held_back.push(job.new.id),
+            match notifier.limits.try_take(&key, Some(due.tenant())) {
+                Some(slot) => start.push((due, uri, slot)),
+                None => held_back.push(due),
             }
         }
         // Behind the other due callbacks, so that the next read reaches other tenants' and
         // hosts' callbacks rather than these again.
-        let mut look_further = fetched == FETCH as usize && !held_back.is_empty();
-        if let Err(e) = app
-            .store
-            .postpone_callbacks(&held_back, now + hold_back)
-            .await
-        {
+        let mut look_further = full && !held_back.is_empty();
+        if let Err(e) = postpone(&app, held_back.iter(), now + hold_back).await {
             tracing::error!(error = %format!("{e:#}"), "cannot postpone callbacks");
             look_further = false;
         }
-        let ids: Vec<String> = start.iter().map(|(j, ..)| j.new.id.clone()).collect();
-        match app
-            .store
-            .postpone_callbacks(&ids, now + in_flight_for)
-            .await
-        {
+        match postpone(&app, start.iter().map(|(d, ..)| d), now + in_flight_for).await {
             Ok(()) => {
-                for (job, uri, slot) in start {
+                for (due, uri, slot) in start {
                     let app = app.clone();
                     let working = app.shutdown.working();
                     tokio::spawn(async move {
                         let _working = working;
-                        deliver(&app, job, uri).await;
+                        deliver(&app, due, uri).await;
                         drop(slot);
                         app.notifier.done.notify_one();
                     });
@@ -390,42 +390,117 @@ pub(crate) async fn run(app: AppState) {
     }
 }
 
+/// A callback due: a final job's or a final batch's.
+// Made once per delivery, beside an HTTP request: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Due {
+    Job(Job),
+    Batch(DueBatchCallback),
+}
+
+impl Due {
+    fn id(&self) -> &str {
+        match self {
+            Due::Job(job) => &job.new.id,
+            Due::Batch(batch) => &batch.id,
+        }
+    }
+
+    fn tenant(&self) -> &str {
+        match self {
+            Due::Job(job) => job.new.tenant.as_deref().unwrap_or(""),
+            Due::Batch(batch) => batch.tenant.as_deref().unwrap_or(""),
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Due::Job(job) => job.new.callback_url.as_deref().unwrap_or(""),
+            Due::Batch(batch) => &batch.callback_url,
+        }
+    }
+
+    fn attempts(&self) -> u32 {
+        match self {
+            Due::Job(job) => job.callback_attempts,
+            Due::Batch(batch) => batch.attempts,
+        }
+    }
+}
+
+/// Moves due callbacks to `at`, jobs' and batches' each in one statement.
+async fn postpone<'a>(
+    app: &AppState,
+    due: impl Iterator<Item = &'a Due>,
+    at: Millis,
+) -> anyhow::Result<()> {
+    let (mut jobs, mut batches) = (Vec::new(), Vec::new());
+    for d in due {
+        match d {
+            Due::Job(_) => jobs.push(d.id().to_string()),
+            Due::Batch(_) => batches.push(d.id().to_string()),
+        }
+    }
+    app.store.postpone_callbacks(&jobs, at).await?;
+    app.store.postpone_batch_callbacks(&batches, at).await
+}
+
 /// The URL as submitted, normalized as the submit check read it.
 fn callback_uri(url: &str) -> Option<http::Uri> {
     url::Url::parse(url).ok()?.as_str().parse().ok()
 }
 
-/// One delivery attempt of a job's callback, recorded with its next time.
-async fn deliver(app: &AppState, job: Job, uri: Option<http::Uri>) {
-    let outcome = match uri {
-        Some(uri) => {
-            let body =
-                serde_json::to_vec(&crate::jobs::api::job_view(&job, None)).unwrap_or_default();
-            app.notifier
-                .post(uri, &[("headroom-job-id", job.new.id.as_str())], body)
-                .await
-        }
-        None => Outcome::NoAnswer("the callback URL is not valid".into()),
+/// One delivery attempt of a job's or a batch's callback (the job as `GET /v1/jobs/{id}`
+/// shows it, the batch as `GET /v1/batches/{id}` does), recorded with its next time.
+async fn deliver(app: &AppState, due: Due, uri: Option<http::Uri>) {
+    let body = match &due {
+        Due::Job(job) => serde_json::to_vec(&crate::jobs::api::job_view(job, None)).ok(),
+        Due::Batch(batch) => match app.store.get_batch(&batch.id, 100).await {
+            Ok(Some(summary)) => serde_json::to_vec(&summary).ok(),
+            Ok(None) => None, // deleted meanwhile: nothing to say
+            Err(e) => {
+                tracing::error!(batch = %batch.id, error = %format!("{e:#}"), "cannot read a batch for its callback");
+                return; // tried again once its hold ends
+            }
+        },
+    };
+    let header = match &due {
+        Due::Job(_) => "headroom-job-id",
+        Due::Batch(_) => "headroom-batch-id",
+    };
+    let outcome = match (uri, body) {
+        (Some(uri), Some(body)) => app.notifier.post(uri, &[(header, due.id())], body).await,
+        (None, _) => Outcome::NoAnswer("the callback URL is not valid".into()),
+        (_, None) => Outcome::NoAnswer("the batch is gone".into()),
     };
     let delivered = matches!(outcome, Outcome::Delivered);
-    let next = if delivered || job.callback_attempts + 1 >= CALLBACK_ATTEMPTS {
+    let attempts = due.attempts();
+    let next = if delivered || attempts + 1 >= CALLBACK_ATTEMPTS {
         None
     } else {
-        Some(app.clock.now_millis() + 1000 * (1i64 << job.callback_attempts.min(20)))
+        Some(app.clock.now_millis() + 1000 * (1i64 << attempts.min(20)))
     };
     if !delivered {
-        // The reason is the operator's (the log), not the tenant's: the job says only
-        // `pending` or `failed`, whatever the cause.
-        tracing::debug!(job = %job.new.id, outcome = ?outcome, "callback not delivered");
+        // The reason is the operator's (the log), not the tenant's: the job or batch says
+        // only that its callback is pending or failed, whatever the cause.
+        tracing::debug!(id = %due.id(), outcome = ?outcome, "callback not delivered");
         if next.is_none() {
-            tracing::warn!(job = %job.new.id, outcome = ?outcome, "callback failed after its retries");
+            tracing::warn!(id = %due.id(), outcome = ?outcome, "callback failed after its retries");
         }
     }
-    if let Err(e) = app
-        .store
-        .callback_attempted(&job.new.id, delivered, next)
-        .await
-    {
+    let recorded = match &due {
+        Due::Job(job) => {
+            app.store
+                .callback_attempted(&job.new.id, delivered, next)
+                .await
+        }
+        Due::Batch(batch) => {
+            app.store
+                .batch_callback_attempted(&batch.id, delivered, next)
+                .await
+        }
+    };
+    if let Err(e) = recorded {
         tracing::error!(error = %format!("{e:#}"), "cannot record a callback");
     }
 }

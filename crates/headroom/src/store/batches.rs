@@ -149,9 +149,9 @@ pub(crate) async fn insert_batch_in(
     };
     let q = Sql::new(
         "INSERT INTO batches (id, upstream, tenant, lane, format, max_batch_size, method, \
-         path, query, headers, max_attempts, callback_url, status, total, pending, \
+         path, query, headers, max_attempts, callback_url, callback, status, total, pending, \
          created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
     )
     .bind(&batch.id)
     .bind(&batch.upstream)
@@ -165,6 +165,11 @@ pub(crate) async fn insert_batch_in(
     .bind(headers_json(&batch.request.headers))
     .bind(i64::from(batch.max_attempts))
     .bind(&batch.callback_url)
+    .bind(if batch.callback_url.is_some() {
+        "pending"
+    } else {
+        "none"
+    })
     .bind(batch_status_str(status))
     .bind(total)
     .bind(total)
@@ -517,7 +522,116 @@ impl<S: SqlStore> BatchStore for S {
     async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
         self.db().prune_batches_before(before).await
     }
+
+    async fn due_batch_callbacks(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> anyhow::Result<Vec<DueBatchCallback>> {
+        let db = self.db();
+        const DUE: &str = "callback = 'pending' AND in_flight = 0 \
+             AND status IN ('succeeded', 'completed_with_failures', 'cancelled') \
+             AND next_callback_at <= ?";
+        const COLUMNS: &str = "seq, id, tenant, callback_url, callback_attempts, next_callback_at";
+        let q = match db.node() {
+            None => Sql::new(format!(
+                "SELECT {COLUMNS} FROM batches {} WHERE {DUE} \
+                 ORDER BY next_callback_at, seq LIMIT ?",
+                db.dialect().indexed_by("batches_callbacks")
+            ))
+            .bind(now)
+            .bind(i64::from(limit)),
+            Some(node) => Sql::new(format!(
+                "UPDATE batches SET callback_node = ?, callback_until = ? WHERE seq IN (\
+                 SELECT seq FROM batches WHERE {DUE} \
+                 AND (callback_until IS NULL OR callback_until <= ? OR callback_node = ?) \
+                 ORDER BY next_callback_at, seq LIMIT ?{}) RETURNING {COLUMNS}",
+                db.dialect().skip_locked()
+            ))
+            .bind(node)
+            .bind(now + BATCH_CALLBACK_HOLD)
+            .bind(now)
+            .bind(now)
+            .bind(node)
+            .bind(i64::from(limit)),
+        };
+        let rows = db
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot read due batch callbacks")?;
+        let mut due = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    (r.col::<i64>("next_callback_at")?, r.col::<i64>("seq")?),
+                    DueBatchCallback {
+                        id: r.col("id")?,
+                        tenant: r.col("tenant")?,
+                        callback_url: r.col::<Option<String>>("callback_url")?.unwrap_or_default(),
+                        attempts: u32_col(r, "callback_attempts")?,
+                    },
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        due.sort_by_key(|(order, _)| *order);
+        Ok(due.into_iter().map(|(_, d)| d).collect())
+    }
+
+    async fn batch_callback_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        next: Option<Millis>,
+    ) -> anyhow::Result<()> {
+        let state = match (delivered, next) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "pending",
+            (false, None) => "failed",
+        };
+        let db = self.db();
+        let release = match db.node() {
+            None => "",
+            Some(_) => ", callback_node = NULL, callback_until = NULL",
+        };
+        let q = Sql::new(format!(
+            "UPDATE batches SET callback = ?, callback_attempts = callback_attempts + 1, \
+             next_callback_at = COALESCE(?, next_callback_at){release} WHERE id = ?"
+        ))
+        .bind(state)
+        .bind(next)
+        .bind(id);
+        db.writer()
+            .execute(&q)
+            .await
+            .context("cannot record a batch callback")?;
+        Ok(())
+    }
+
+    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let db = self.db();
+        let hold = db.node().is_some();
+        let q = Sql::new(format!(
+            "UPDATE batches SET next_callback_at = ?{} WHERE callback = 'pending' AND id IN ({})",
+            if hold { ", callback_until = ?" } else { "" },
+            placeholders(ids.len())
+        ))
+        .bind(at)
+        .bind_all(hold.then_some(at))
+        .bind_all(ids);
+        db.writer()
+            .execute(&q)
+            .await
+            .context("cannot postpone batch callbacks")?;
+        Ok(())
+    }
 }
+
+/// How long a PostgreSQL node holds the batch callbacks it took (ms), as for jobs.
+const BATCH_CALLBACK_HOLD: Millis = 60_000;
 
 fn insert_records_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, 'pending', 0, ?)"; rows].join(", ");

@@ -45,6 +45,7 @@ where
     batch_max_attempts(&fresh().await).await;
     batch_requeue_in_flight(&fresh().await).await;
     batch_cancel(&fresh().await).await;
+    batch_callbacks(&fresh().await).await;
     retention(&fresh().await).await;
 }
 
@@ -1498,6 +1499,77 @@ pub async fn batch_cancel<S: BatchStore>(store: &S) {
         "a finished batch stays as it is"
     );
     assert!(store.cancel_batch("nope", 3).await.unwrap().is_none());
+}
+
+/// A batch's callback is due once the batch is final with nothing in flight, not before; a
+/// failed delivery waits for its next time; a delivered one is not due again; a batch without
+/// a callback URL never is; a final batch with its callback pending is kept by retention.
+pub async fn batch_callbacks<S: BatchStore>(store: &S) {
+    let mut with = new_batch("cb", 150, 100, 0);
+    with.callback_url = Some("https://hooks.example.com/done".into());
+    store.insert_batch(with).await.unwrap();
+    store
+        .insert_batch(new_batch("quiet", 5, 100, 0))
+        .await
+        .unwrap();
+    assert!(store.due_batch_callbacks(10, 10).await.unwrap().is_empty());
+    let mut now = 1;
+    let mut before_final = 0;
+    while let Some(c) = store.claim_chunk(now, &[]).await.unwrap() {
+        store
+            .finish_chunk(&c, &all_succeeded(&c), now)
+            .await
+            .unwrap();
+        now += 1;
+        if batch(store, "cb").await.status != BatchStatus::Succeeded {
+            before_final += 1;
+            assert!(
+                store.due_batch_callbacks(now, 10).await.unwrap().is_empty(),
+                "not before the batch is final"
+            );
+        }
+    }
+    assert!(before_final >= 1, "the batch took more than one chunk");
+    let due = store.due_batch_callbacks(10, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "only the batch with a callback URL: {due:?}");
+    assert_eq!(due[0].id, "cb");
+    assert_eq!(due[0].tenant.as_deref(), Some("acme"));
+    assert_eq!(due[0].callback_url, "https://hooks.example.com/done");
+    assert_eq!(due[0].attempts, 0);
+
+    store
+        .batch_callback_attempted("cb", false, Some(1_000))
+        .await
+        .unwrap();
+    assert!(store.due_batch_callbacks(999, 10).await.unwrap().is_empty());
+    let due = store.due_batch_callbacks(1_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    store
+        .postpone_batch_callbacks(&["cb".into()], 2_000)
+        .await
+        .unwrap();
+    assert!(store
+        .due_batch_callbacks(1_500, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.prune_batches(1_000_000).await.unwrap().batches,
+        1,
+        "the quiet batch goes; the one whose callback is pending stays"
+    );
+    assert!(store.get_batch("cb", 0).await.unwrap().is_some());
+    store
+        .batch_callback_attempted("cb", true, None)
+        .await
+        .unwrap();
+    assert!(store
+        .due_batch_callbacks(10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.prune_batches(1_000_000).await.unwrap().batches, 1);
 }
 
 // ---- retention -------------------------------------------------------------------------

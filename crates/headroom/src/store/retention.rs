@@ -46,7 +46,8 @@ fn prunable_batches_sql(by: &str) -> String {
     format!(
         "SELECT seq FROM batches {by} \
          WHERE status IN ('succeeded', 'completed_with_failures', 'cancelled') \
-         AND in_flight = 0 AND updated_at < ? ORDER BY updated_at LIMIT ?"
+         AND in_flight = 0 AND callback <> 'pending' AND updated_at < ? \
+         ORDER BY updated_at LIMIT ?"
     )
 }
 

@@ -230,3 +230,50 @@ async fn a_kill_9_mid_import_loses_nothing_and_reports_what_may_repeat() {
     );
     assert_eq!(stats.throttled, 0);
 }
+
+/// A batch's `callback_url` gets the finished batch, as `GET /v1/batches/{id}` shows it, once
+/// it is final; a failed delivery is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_batch_is_posted_to_its_callback() {
+    let mock = start_mock(1000, 1, 0).await;
+    let hook = Recorder::start().await;
+    hook.answer(500, &[]); // the first delivery fails and is retried
+    let config = format!(
+        "[callbacks]\nallow = [\"127.0.0.1/32\"]\n{}",
+        config(1000, 1)
+    );
+    let server = Server::start(&config, &mock.url()).await;
+    let mut body = batch(150);
+    body["callback_url"] = json!(format!("{}/batch-done", hook.url()));
+    let r = server.post("/v1/batches", &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let calls = hook.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(calls.len(), 2, "delivered on the second try");
+    let delivered: Value = serde_json::from_slice(&calls[1].body).unwrap();
+    assert_eq!(delivered["id"], id.as_str());
+    // Final, every record accounted for (the mock fails a few records for good).
+    assert!(
+        delivered["status"] == "succeeded" || delivered["status"] == "completed_with_failures",
+        "{delivered:#}"
+    );
+    let (ok, failed) = (
+        delivered["succeeded"].as_u64().unwrap(),
+        delivered["failed"].as_u64().unwrap(),
+    );
+    assert_eq!(ok + failed, 150, "{delivered:#}");
+    assert_eq!(delivered["pending"], 0);
+    assert_eq!(
+        delivered["failures"]
+            .as_array()
+            .map_or(0, |f| f.len() as u64),
+        failed,
+        "the failures are listed"
+    );
+    assert_eq!(calls[1].headers["headroom-batch-id"], id.as_str());
+    assert_eq!(calls[1].path, "/batch-done");
+    // Delivered: not sent again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hook.seen().len(), 2);
+    server.shutdown().await;
+}

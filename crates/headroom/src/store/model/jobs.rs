@@ -462,6 +462,32 @@ pub trait BatchStore: Send + Sync {
     /// Cancels the batch's pending records. `None` if there is no such batch.
     async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>>;
     /// Retention: deletes the batches final, with nothing in flight, unchanged since
-    /// `before`, with their records.
+    /// `before`, whose callback is not still to be delivered, with their records.
     async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned>;
+    /// Final batches (nothing in flight) whose callback is due, oldest first. On PostgreSQL
+    /// this node takes them for a while: another node does not deliver them meanwhile.
+    async fn due_batch_callbacks(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> anyhow::Result<Vec<DueBatchCallback>>;
+    /// Records a batch callback delivery attempt: delivered, or retry at `next` (None: give up).
+    async fn batch_callback_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        next: Option<Millis>,
+    ) -> anyhow::Result<()>;
+    /// Moves the due batch callbacks `ids` to `at` (held back by a limit, or being delivered).
+    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
+}
+
+/// A batch whose callback is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueBatchCallback {
+    pub id: String,
+    pub tenant: Option<String>,
+    pub callback_url: String,
+    /// Deliveries tried so far.
+    pub attempts: u32,
 }
