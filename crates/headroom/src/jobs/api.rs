@@ -544,14 +544,16 @@ async fn cancel(
     match app.store.cancel_job(&id, app.clock.now_millis()).await? {
         Cancelled::NotFound => Err(ApiError::not_found(format!("no job \"{id}\""))),
         Cancelled::Done(job) => Ok(Json(job_view(&job, None))),
-        Cancelled::Unchanged(job) => {
-            let mut v = job_view(&job, None);
-            v["detail"] = json!(format!(
-                "the job is {}; only queued or retry_pending jobs can be cancelled",
-                job.status.as_str()
-            ));
-            Ok(Json(v))
+        // Cancelling again is fine; anything else already under way or over is a conflict.
+        Cancelled::Unchanged(job) if job.status == JobStatus::Cancelled => {
+            Ok(Json(job_view(&job, None)))
         }
+        Cancelled::Unchanged(job) => Err(ApiError::Conflict {
+            detail: format!(
+                "job \"{id}\" is {}; only queued or retry_pending jobs can be cancelled",
+                job.status.as_str()
+            ),
+        }),
     }
 }
 

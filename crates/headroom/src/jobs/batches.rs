@@ -350,11 +350,23 @@ async fn cancel(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BatchSummary>> {
-    app.store
+    let summary = app
+        .store
         .cancel_batch(&id, app.clock.now_millis())
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))
+        .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))?;
+    match summary.status {
+        BatchStatus::Succeeded | BatchStatus::CompletedWithFailures => Err(ApiError::Conflict {
+            detail: format!(
+                "batch \"{id}\" is finished ({}); only a queued or running batch can be cancelled",
+                match summary.status {
+                    BatchStatus::Succeeded => "succeeded",
+                    _ => "completed_with_failures",
+                }
+            ),
+        }),
+        _ => Ok(Json(summary)),
+    }
 }
 
 /// Sends claimed chunks through the governor, at most a few per batch at once.

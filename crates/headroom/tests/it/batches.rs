@@ -275,5 +275,10 @@ async fn a_finished_batch_is_posted_to_its_callback() {
     // Delivered: not sent again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(hook.seen().len(), 2);
+    // A finished batch cannot be cancelled: 409, saying why.
+    let r = server.delete(&format!("/v1/batches/{id}")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let detail = r.problem()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("is finished"), "{detail}");
     server.shutdown().await;
 }

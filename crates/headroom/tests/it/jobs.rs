@@ -179,6 +179,14 @@ async fn a_final_outcome_is_posted_to_the_callback() {
     assert_eq!(delivered["id"], id.as_str());
     assert_eq!(delivered["status"], "succeeded");
     assert_eq!(calls[1].headers["headroom-job-id"], id.as_str());
+    // A finished job cannot be cancelled: 409, saying why.
+    let r = server.delete(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let detail = r.problem()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("is succeeded") && detail.contains("can be cancelled"),
+        "{detail}"
+    );
     server.shutdown().await;
 }
 
@@ -251,6 +259,9 @@ async fn cancel_list_and_bad_input() {
         server.delete("/v1/jobs/job_nope").await.status,
         StatusCode::NOT_FOUND
     );
+    // Again: still cancelled, still 200 (a repeated DELETE is harmless).
+    let r = server.delete(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK);
 
     // Listing: filters and cursor pages.
     for i in 0..5 {
