@@ -263,6 +263,12 @@ async fn a_finished_batch_is_posted_to_its_callback() {
     );
     assert_eq!(ok + failed, 150, "{delivered:#}");
     assert_eq!(delivered["pending"], 0);
+    // Times are RFC 3339, as a job's are.
+    let created = delivered["created_at"].as_str().unwrap_or_default();
+    assert!(
+        created.len() == 24 && created.ends_with('Z') && created.contains('T'),
+        "{delivered:#}"
+    );
     assert_eq!(
         delivered["failures"]
             .as_array()

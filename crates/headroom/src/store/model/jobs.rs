@@ -381,8 +381,16 @@ pub struct BatchSummary {
     /// applied once already and were sent again.
     pub possibly_duplicated: u64,
     pub failures: Vec<RecordFailure>,
+    /// Shown as RFC 3339 (as a job's times are); kept as Unix milliseconds.
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: Millis,
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: Millis,
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`.
+fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::store::rfc3339_millis(*ms))
 }
 
 /// The batch a chunk belongs to.
