@@ -86,7 +86,7 @@ const MAX_ANSWER: usize = 16 << 20;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/batches", axum::routing::post(submit))
+        .route("/v1/batches", axum::routing::post(submit).get(list))
         .route("/v1/batches/{id}", get(get_one).delete(cancel))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
 }
@@ -326,6 +326,57 @@ pub(crate) fn batch_from_value(
 #[serde(deny_unknown_fields)]
 struct GetQuery {
     failures_limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    tenant: Option<String>,
+    upstream: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/batches?status=&tenant=&upstream=&cursor=&limit=`: batches in submission order,
+/// without their failures (`GET /v1/batches/{id}` has them); a tenant's token sees its own.
+async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("queued") => Some(BatchStatus::Queued),
+        Some("running") => Some(BatchStatus::Running),
+        Some("succeeded") => Some(BatchStatus::Succeeded),
+        Some("completed_with_failures") => Some(BatchStatus::CompletedWithFailures),
+        Some("cancelled") => Some(BatchStatus::Cancelled),
+        Some(s) => {
+            return Err(ApiError::bad_request(format!(
+                "status: \"{s}\" is not a batch status; use queued, running, succeeded, \
+                 completed_with_failures or cancelled"
+            )))
+        }
+    };
+    if let Some(t) = &q.tenant {
+        check_tenant(t)?;
+    }
+    let tenant = principal.tenant_for(q.tenant.as_deref())?;
+    let limit = super::api::page_limit(q.limit, q.cursor.as_deref())?;
+    let filter = BatchFilter {
+        status,
+        tenant,
+        upstream: q.upstream,
+    };
+    let page = app
+        .store
+        .list_batches(&filter, q.cursor.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        json!({ "batches": page.items, "next_cursor": page.next }),
+    ))
 }
 
 async fn get_one(

@@ -523,6 +523,40 @@ impl<S: SqlStore> BatchStore for S {
         self.db().prune_batches_before(before).await
     }
 
+    async fn list_batches(
+        &self,
+        filter: &BatchFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<BatchSummary>> {
+        let after = parse_cursor(after)?;
+        let limit = limit.max(1);
+        let mut sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq > ?");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.tenant.is_some() {
+            sql.push_str(" AND tenant = ?");
+        }
+        if filter.upstream.is_some() {
+            sql.push_str(" AND upstream = ?");
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        let q = Sql::new(sql)
+            .bind(after)
+            .bind_all(filter.status.map(batch_status_str))
+            .bind_all(&filter.tenant)
+            .bind_all(&filter.upstream)
+            .bind(i64::from(limit) + 1);
+        let rows = self
+            .db()
+            .pool()
+            .fetch_all(&q)
+            .await
+            .context("cannot list batches")?;
+        Page::from_rows(&rows, limit, summary_from_row)
+    }
+
     async fn due_batch_callbacks(
         &self,
         now: Millis,

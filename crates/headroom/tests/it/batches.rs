@@ -288,3 +288,95 @@ async fn a_finished_batch_is_posted_to_its_callback() {
     assert!(detail.contains("is finished"), "{detail}");
     server.shutdown().await;
 }
+
+/// `GET /v1/batches` lists batches in submission order with filters and cursor pages; a
+/// tenant's token lists its own tenant's only and cannot ask for another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_listed_per_tenant_with_filters_and_pages() {
+    const ADMIN: &str = "admin-token-for-batch-listing";
+    let rig = crate::common::Rig::start_with_token(
+        crate::common::mock(Profile::Hubspot, 1000, 1),
+        "",
+        Some(ADMIN),
+    )
+    .await;
+    let admin = format!("Bearer {ADMIN}");
+    let a = crate::common::mint(&rig, ADMIN, "tenant-a").await;
+    let b = crate::common::mint(&rig, ADMIN, "tenant-b").await;
+    let list = |token: String, query: &'static str| {
+        let rig = &rig;
+        async move {
+            crate::common::call(
+                &rig.client,
+                rig.addr,
+                http::Method::GET,
+                &format!("/v1/batches{query}"),
+                &[("authorization", &token)],
+                None,
+            )
+            .await
+        }
+    };
+    let mut ids = Vec::new();
+    for token in [&a, &a, &b] {
+        let mut body = batch(3);
+        body["upstream"] = json!("up");
+        body.as_object_mut().unwrap().remove("tenant");
+        let r = crate::common::call(
+            &rig.client,
+            rig.addr,
+            http::Method::POST,
+            "/v1/batches",
+            &[("authorization", token)],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let listed = |r: &crate::common::Reply| -> Vec<String> {
+        r.json()["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mine = list(a.clone(), "").await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(listed(&mine), ids[..2].to_vec(), "tenant A sees its two");
+    assert_eq!(listed(&list(b.clone(), "").await), ids[2..].to_vec());
+    assert_eq!(
+        list(a.clone(), "?tenant=tenant-b").await.status,
+        StatusCode::FORBIDDEN,
+        "a tenant's token cannot list another tenant's batches"
+    );
+    // The admin sees all, a page at a time.
+    let first = list(admin.clone(), "?limit=2").await;
+    assert_eq!(listed(&first), ids[..2].to_vec());
+    let cursor = first.json()["next_cursor"].as_str().unwrap().to_string();
+    let next = crate::common::call(
+        &rig.client,
+        rig.addr,
+        http::Method::GET,
+        &format!("/v1/batches?limit=2&cursor={cursor}"),
+        &[("authorization", &admin)],
+        None,
+    )
+    .await;
+    assert_eq!(listed(&next), ids[2..].to_vec());
+    assert!(next.json()["next_cursor"].is_null());
+    assert_eq!(
+        listed(&list(admin.clone(), "?tenant=tenant-b").await),
+        ids[2..].to_vec()
+    );
+    assert!(listed(&list(admin.clone(), "?upstream=nope").await).is_empty());
+    let bad = list(admin.clone(), "?status=done").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.problem()["detail"].as_str().unwrap().contains("status"));
+    assert!(
+        mine.json()["batches"][0].get("failures").is_some(),
+        "a listed batch has the summary's fields"
+    );
+    rig.shutdown().await;
+}

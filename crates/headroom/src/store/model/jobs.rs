@@ -488,6 +488,21 @@ pub trait BatchStore: Send + Sync {
     ) -> anyhow::Result<()>;
     /// Moves the due batch callbacks `ids` to `at` (held back by a limit, or being delivered).
     async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
+    /// Batches in submission order after the cursor `after`, without their failures.
+    async fn list_batches(
+        &self,
+        filter: &BatchFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Page<BatchSummary>>;
+}
+
+/// Which batches a listing shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchFilter {
+    pub status: Option<BatchStatus>,
+    pub tenant: Option<String>,
+    pub upstream: Option<String>,
 }
 
 /// A batch whose callback is due.
