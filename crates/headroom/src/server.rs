@@ -292,15 +292,32 @@ fn unavailable(what: &str, failing: &[(&str, String)], detailed: bool) -> axum::
         .into_response()
 }
 
-async fn metrics(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
+async fn metrics(
+    State(app): State<AppState>,
+    _admin: Admin,
+    headers: http::HeaderMap,
+) -> ApiResult<impl IntoResponse> {
     // Tenant names are in the labels: with tokens on, only the admin token may scrape.
-    Ok((
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    ))
+    // OpenMetrics for those who ask for it (Prometheus does), the older text format else.
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            app.metrics.render(),
+        )
+    } else {
+        (
+            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            app.metrics.render_prometheus(),
+        )
+    })
 }
 
 async fn budgets(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {

@@ -148,4 +148,51 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The same in the Prometheus text format (0.0.4), for scrapers and tools that do not ask
+    /// for OpenMetrics (`promtool check metrics`, curl): a counter family is named with
+    /// `_total`, as its samples are, and there is no `# EOF` or `# UNIT`.
+    pub fn render_prometheus(&self) -> String {
+        prometheus_text(&self.render())
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format (0.0.4).
+fn prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 16 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => {
+                // A counter's `_created` sample has no place in the older format.
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                if name
+                    .strip_suffix("_created")
+                    .is_some_and(|family| counters.contains(family))
+                {
+                    continue;
+                }
+                out.push_str(line);
+            }
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -501,10 +501,25 @@ async fn metrics_want_the_admin_token_when_tokens_are_on() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = rig
-        .get("/metrics", &[("authorization", "Bearer s3cret")])
+        .get(
+            "/metrics",
+            &[
+                ("authorization", "Bearer s3cret"),
+                ("accept", "application/openmetrics-text;version=1.0.0"),
+            ],
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&r.body).contains("# EOF"));
+    // Without asking for OpenMetrics: the Prometheus text format.
+    let r = rig
+        .get("/metrics", &[("authorization", "Bearer s3cret")])
+        .await;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        text.contains("# TYPE headroom_proxy_requests_total counter") && !text.contains("# EOF"),
+        "{text}"
+    );
     // A tenant-scoped token would see other tenants' names there: not enough.
     let request = http::Request::post(format!("http://{}/v1/tokens", rig.addr))
         .header("authorization", "Bearer s3cret")

@@ -974,3 +974,51 @@ async fn refusals_are_events_and_counted_in_status() {
     assert_eq!(row["refused"], refused_calls as u64, "{row:#}");
     server.shutdown().await;
 }
+
+/// `promtool check metrics` finds nothing wrong with `/metrics` (every family with its help
+/// text, names as Prometheus wants them) after calls that fill most families.
+#[tokio::test]
+async fn promtool_finds_nothing_wrong_with_the_metrics() {
+    let Some(promtool) = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("HEADROOM_REQUIRE_SERVICES").is_none(),
+            "promtool is not installed (apt-get install prometheus) but HEADROOM_REQUIRE_SERVICES is set"
+        );
+        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    let up = Recorder::start().await;
+    up.answer(429, &[("retry-after", "1")]);
+    let server = Server::start(&upstream(""), &up.url()).await;
+    for path in ["/proxy/up/a", "/proxy/up/b"] {
+        crate::common::send(
+            &server.client,
+            server.addr,
+            Method::GET,
+            path,
+            &[("headroom-tenant", "acme")],
+        )
+        .await;
+    }
+    let text = server.get("/metrics").await.body.to_vec();
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown().await;
+}
