@@ -42,6 +42,9 @@ use crate::store::{AnyStore, CredentialInfo, SealedCredential, TokenInfo};
 pub const SECRET_KEY_ENV: &str = "HEADROOM_SECRET_KEY";
 /// The key file's name, in the database's directory.
 pub const KEY_FILE_NAME: &str = "secret.key";
+/// Where a tenant's webhook signing secret is kept, sealed like a credential: a name no
+/// upstream can have (upstream names are letters, digits, '-', '_' and '.').
+pub const WEBHOOK_SECRET: &str = ":webhook-signing";
 /// The longest credential accepted, in bytes.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 /// The largest request body the credential API reads.
@@ -686,6 +689,10 @@ pub fn routes() -> Router<AppState> {
             "/v1/tenants/{tenant}/credentials/{upstream}",
             put(put_credential).delete(delete_credential),
         )
+        .route(
+            "/v1/tenants/{tenant}/webhook-secret",
+            axum::routing::post(rotate_webhook_secret),
+        )
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
 }
@@ -811,9 +818,42 @@ async fn list_credentials(
 ) -> ApiResult<impl IntoResponse> {
     let UrlPath(tenant) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
-    let credentials = app.credentials.list(&tenant).await?;
+    let mut credentials = app.credentials.list(&tenant).await?;
+    credentials.retain(|c| c.upstream != WEBHOOK_SECRET);
     Ok(Json(
         json!({ "tenant": tenant, "credentials": credentials }),
+    ))
+}
+
+/// `POST /v1/tenants/{tenant}/webhook-secret`: a new secret (Standard Webhooks, `whsec_…`)
+/// that signs the tenant's job and batch callbacks from now on; shown once. The admin token,
+/// or the tenant's own.
+async fn rotate_webhook_secret(
+    State(app): State<AppState>,
+    path: Result<UrlPath<String>, PathRejection>,
+    principal: Principal,
+) -> ApiResult<impl IntoResponse> {
+    let UrlPath(tenant) = path.map_err(path_error)?;
+    check_tenant("tenant", &tenant)?;
+    principal.tenant_for(Some(&tenant))?;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    app.credentials
+        .set(&tenant, WEBHOOK_SECRET, &secret)
+        .await?;
+    tracing::info!(%tenant, "webhook signing secret rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "tenant": tenant,
+            "secret": secret,
+            "detail": "shown once: the tenant's callbacks are signed with it from now on \
+                       (webhook-id, webhook-timestamp, webhook-signature headers)",
+        })),
     ))
 }
 

@@ -559,3 +559,88 @@ async fn hanging_callbacks_do_not_delay_another_tenants() {
     eprintln!("B's callback arrived {took:?} after its job finished");
     server.shutdown().await;
 }
+
+/// A tenant's callbacks are signed the Standard Webhooks way once it has a signing secret
+/// (`POST /v1/tenants/{tenant}/webhook-secret`, shown once): its own token may rotate its own
+/// secret, not another tenant's; another tenant's callbacks are not signed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_signed_with_the_tenants_own_secret() {
+    const ADMIN: &str = "admin-token-for-signing";
+    let rig = crate::common::Rig::start_full(
+        crate::common::mock(headroom_mock::Profile::Ietf, 1000, 1),
+        "[callbacks]\nallow = [\"127.0.0.1/32\"]\n",
+        "",
+        Some(ADMIN),
+    )
+    .await;
+    let a = crate::common::mint(&rig, ADMIN, "tenant-a").await;
+    let b = crate::common::mint(&rig, ADMIN, "tenant-b").await;
+    let post = |token: String, path: String, body: Option<serde_json::Value>| {
+        let rig = &rig;
+        async move {
+            crate::common::call(
+                &rig.client,
+                rig.addr,
+                http::Method::POST,
+                &path,
+                &[("authorization", &token)],
+                body.as_ref(),
+            )
+            .await
+        }
+    };
+    let other = post(
+        a.clone(),
+        "/v1/tenants/tenant-b/webhook-secret".into(),
+        None,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "A rotates B's secret");
+    let made = post(
+        a.clone(),
+        "/v1/tenants/tenant-a/webhook-secret".into(),
+        None,
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.body);
+    let secret = made.json()["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+
+    let hook = Recorder::start().await;
+    let job = json!({"upstream": "up", "request": {"method": "GET", "path": "/x"},
+                     "callback_url": format!("{}/done", hook.url())});
+    let id_a = post(a.clone(), "/v1/jobs".into(), Some(job.clone()))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let calls = hook.wait_for(1, LONG).await;
+    let signed = &calls[0];
+    let (id, ts, sig) = (
+        signed.headers["webhook-id"].to_str().unwrap(),
+        signed.headers["webhook-timestamp"].to_str().unwrap(),
+        signed.headers["webhook-signature"].to_str().unwrap(),
+    );
+    assert_eq!(id, format!("msg_{id_a}"));
+    assert_eq!(
+        headroom::callbacks::sign(&secret, id, ts, &signed.body).as_deref(),
+        Some(sig),
+        "the signature verifies with the tenant's secret"
+    );
+    post(b.clone(), "/v1/jobs".into(), Some(job)).await;
+    let calls = hook.wait_for(2, LONG).await;
+    assert!(
+        !calls[1].headers.contains_key("webhook-signature"),
+        "tenant B has no secret: its callback is not signed with A's"
+    );
+    // The secret is not listed among the tenant's credentials.
+    let listed = rig
+        .get(
+            "/v1/tenants/tenant-a/credentials",
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+        )
+        .await;
+    assert_eq!(listed.json()["credentials"], json!([]));
+    rig.shutdown().await;
+}
