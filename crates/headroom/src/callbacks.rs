@@ -283,9 +283,14 @@ impl Notifier {
     }
 
     /// POSTs an alert notification, waiting for a slot of the webhook's host.
-    pub async fn post_webhook(&self, uri: &http::Uri, body: Vec<u8>) -> Outcome {
+    pub async fn post_webhook(
+        &self,
+        uri: &http::Uri,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Outcome {
         let _slot = self.limits.take(&host_key(uri), None).await;
-        self.post(uri.clone(), &[], body).await
+        self.post(uri.clone(), headers, body).await
     }
 }
 

@@ -82,6 +82,8 @@ pub struct RawAlert {
     trend_factor: Option<f64>,
     #[serde(default)]
     webhooks: Vec<String>,
+    /// Signs the notifications (Standard Webhooks), e.g. "${ALERTS_WEBHOOK_SECRET}".
+    webhook_secret: Option<String>,
 }
 
 /// What an alert watches.
@@ -132,6 +134,8 @@ pub struct AlertRule {
     pub queue: Option<String>,
     pub window: Duration,
     pub webhooks: Vec<http::Uri>,
+    /// `whsec_…`: the notifications carry webhook-id, webhook-timestamp, webhook-signature.
+    pub webhook_secret: Option<String>,
 }
 
 impl RawAlert {
@@ -224,6 +228,23 @@ impl RawAlert {
                 return Err(format!("{key}.queue: \"{q}\" is not a configured queue"));
             }
         }
+        let webhook_secret = match self.webhook_secret {
+            None => None,
+            Some(s) => {
+                use base64::Engine;
+                let decoded = s
+                    .strip_prefix("whsec_")
+                    .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok());
+                if decoded.is_none_or(|k| k.len() < 16) {
+                    return Err(format!(
+                        "{key}.webhook_secret: not a Standard Webhooks secret; write \"whsec_\" \
+                         and at least 16 bytes in base64 (e.g. \"whsec_$(openssl rand -base64 \
+                         32)\"), preferably as ${{VARIABLE}}"
+                    ));
+                }
+                Some(s)
+            }
+        };
         let mut webhooks = Vec::new();
         for (i, w) in self.webhooks.iter().enumerate() {
             // The same destination policy as job callbacks (`[callbacks] allow`).
@@ -245,6 +266,7 @@ impl RawAlert {
             queue: self.queue,
             window,
             webhooks,
+            webhook_secret,
         })
     }
 }

@@ -246,12 +246,13 @@ async fn events_are_pruned_after_the_retention() {
 
 #[tokio::test]
 async fn alerts_fire_once_and_resolve_to_a_webhook() {
+    const ALERT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let clock = clock();
     let up = Recorder::start().await;
     let hook = Recorder::start().await;
     let config = format!(
         "{}\n\
-         [[alerts]]\nname = \"retries\"\nrule = \"retry_exhaustion\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n\
+         [[alerts]]\nname = \"retries\"\nrule = \"retry_exhaustion\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\nwebhook_secret = \"{ALERT_SECRET}\"\n\
          [[alerts]]\nname = \"errors\"\nrule = \"event_level\"\nlevel = \"error\"\nupstream = \"up\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n\
          [[alerts]]\nname = \"slow\"\nrule = \"duration\"\nmax_duration = \"1s\"\nwindow = \"5m\"\nwebhooks = [\"{hook}/hook\"]\n",
         upstream("retry = { max_attempts = 2, base_delay = \"10ms\", on_status = [502] }"),
@@ -280,6 +281,27 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
     for b in &bodies {
         assert_eq!(b["status"], "firing");
         assert!(b["text"].as_str().unwrap().contains("FIRING"), "{b}");
+    }
+    // The rule with a webhook_secret signs its notifications (Standard Webhooks); the others
+    // do not.
+    for (r, b) in seen.iter().zip(&bodies) {
+        let signed = r.headers.get("webhook-signature");
+        if b["alert"] == "retries" {
+            let (id, ts) = (&r.headers["webhook-id"], &r.headers["webhook-timestamp"]);
+            assert_eq!(
+                headroom::callbacks::sign(
+                    ALERT_SECRET,
+                    id.to_str().unwrap(),
+                    ts.to_str().unwrap(),
+                    &r.body
+                )
+                .as_deref(),
+                signed.and_then(|s| s.to_str().ok()),
+                "{b}"
+            );
+        } else {
+            assert!(signed.is_none(), "{b}");
+        }
     }
     let mut names: Vec<&str> = bodies
         .iter()
@@ -368,6 +390,10 @@ async fn alert_config_errors_name_the_key() {
             "callbacks.allow[0]: \"10.0.0.0/40\"",
         ),
         ("[events]\nretention = \"forever\"\n", "events.retention"),
+        (
+            "[[alerts]]\nname = \"a\"\nrule = \"execution_failed\"\nwebhook_secret = \"hunter2\"\n",
+            "alerts[0].webhook_secret",
+        ),
     ] {
         let e = headroom::cfg::Config::parse(toml, "h.toml")
             .unwrap_err()
