@@ -67,6 +67,21 @@ pub enum BatchesCommand {
     },
     /// Show a batch: counts and every failed record with its error.
     Get { id: String },
+    /// List batches, oldest first, one page at a time (JSON with `next_cursor`).
+    List {
+        /// queued, running, succeeded, completed_with_failures or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        upstream: Option<String>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Cancel a batch's pending records.
     Cancel { id: String },
 }
@@ -134,6 +149,30 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
             "/v1/batches",
             Some(read_json(file.as_deref())?),
         )?,
+        BatchesCommand::List {
+            status,
+            tenant,
+            upstream,
+            cursor,
+            limit,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (k, v) in [
+                ("status", status),
+                ("tenant", tenant),
+                ("upstream", upstream),
+                ("cursor", cursor),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", seg(&v)));
+                }
+            }
+            api.call(
+                Method::GET,
+                &format!("/v1/batches?{}", query.join("&")),
+                None,
+            )?
+        }
         BatchesCommand::Get { id } => {
             api.call(Method::GET, &format!("/v1/batches/{}", seg(&id)), None)?
         }
