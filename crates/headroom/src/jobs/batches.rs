@@ -348,17 +348,12 @@ async fn list(
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let status = match q.status.as_deref() {
         None => None,
-        Some("queued") => Some(BatchStatus::Queued),
-        Some("running") => Some(BatchStatus::Running),
-        Some("succeeded") => Some(BatchStatus::Succeeded),
-        Some("completed_with_failures") => Some(BatchStatus::CompletedWithFailures),
-        Some("cancelled") => Some(BatchStatus::Cancelled),
-        Some(s) => {
-            return Err(ApiError::bad_request(format!(
+        Some(s) => Some(BatchStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
                 "status: \"{s}\" is not a batch status; use queued, running, succeeded, \
                  completed_with_failures or cancelled"
-            )))
-        }
+            ))
+        })?),
     };
     if let Some(t) = &q.tenant {
         check_tenant(t)?;
@@ -410,10 +405,7 @@ async fn cancel(
         BatchStatus::Succeeded | BatchStatus::CompletedWithFailures => Err(ApiError::Conflict {
             detail: format!(
                 "batch \"{id}\" is finished ({}); only a queued or running batch can be cancelled",
-                match summary.status {
-                    BatchStatus::Succeeded => "succeeded",
-                    _ => "completed_with_failures",
-                }
+                summary.status.as_str()
             ),
         }),
         _ => Ok(Json(summary)),

@@ -12,7 +12,10 @@
 
 use anyhow::Context;
 
-use super::jobs::{headers_json, lane_str, parse_headers, parse_lane, placeholders, u32_col};
+use super::jobs::{
+    headers_json, lane_str, parse_headers, parse_lane, placeholders, postpone_callbacks_in,
+    record_callback_attempt, u32_col, CALLBACK_HOLD,
+};
 use super::row::StoreRow;
 use super::sql::{Conn, Db, Sql, SqlStore};
 use crate::store::model::jobs::*;
@@ -28,25 +31,9 @@ const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_
 
 const ACTIVE: &str = "status IN ('queued', 'running')";
 
-fn batch_status_str(s: BatchStatus) -> &'static str {
-    match s {
-        BatchStatus::Queued => "queued",
-        BatchStatus::Running => "running",
-        BatchStatus::Succeeded => "succeeded",
-        BatchStatus::CompletedWithFailures => "completed_with_failures",
-        BatchStatus::Cancelled => "cancelled",
-    }
-}
-
 pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
-    Ok(match s {
-        "queued" => BatchStatus::Queued,
-        "running" => BatchStatus::Running,
-        "succeeded" => BatchStatus::Succeeded,
-        "completed_with_failures" => BatchStatus::CompletedWithFailures,
-        "cancelled" => BatchStatus::Cancelled,
-        other => anyhow::bail!("unknown batch status \"{other}\" in the store"),
-    })
+    BatchStatus::parse(s)
+        .ok_or_else(|| anyhow::anyhow!("unknown batch status \"{s}\" in the store"))
 }
 
 fn count<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u64> {
@@ -170,7 +157,7 @@ pub(crate) async fn insert_batch_in(
     } else {
         "none"
     })
-    .bind(batch_status_str(status))
+    .bind(status.as_str())
     .bind(total)
     .bind(total)
     .bind(batch.created_at)
@@ -544,7 +531,7 @@ impl<S: SqlStore> BatchStore for S {
         sql.push_str(" ORDER BY seq LIMIT ?");
         let q = Sql::new(sql)
             .bind(after)
-            .bind_all(filter.status.map(batch_status_str))
+            .bind_all(filter.status.map(BatchStatus::as_str))
             .bind_all(&filter.tenant)
             .bind_all(&filter.upstream)
             .bind(i64::from(limit) + 1);
@@ -583,7 +570,7 @@ impl<S: SqlStore> BatchStore for S {
                 db.dialect().skip_locked()
             ))
             .bind(node)
-            .bind(now + BATCH_CALLBACK_HOLD)
+            .bind(now + CALLBACK_HOLD)
             .bind(now)
             .bind(now)
             .bind(node)
@@ -618,54 +605,14 @@ impl<S: SqlStore> BatchStore for S {
         delivered: bool,
         next: Option<Millis>,
     ) -> anyhow::Result<()> {
-        let state = match (delivered, next) {
-            (true, _) => "delivered",
-            (false, Some(_)) => "pending",
-            (false, None) => "failed",
-        };
-        let db = self.db();
-        let release = match db.node() {
-            None => "",
-            Some(_) => ", callback_node = NULL, callback_until = NULL",
-        };
-        let q = Sql::new(format!(
-            "UPDATE batches SET callback = ?, callback_attempts = callback_attempts + 1, \
-             next_callback_at = COALESCE(?, next_callback_at){release} WHERE id = ?"
-        ))
-        .bind(state)
-        .bind(next)
-        .bind(id);
-        db.writer()
-            .execute(&q)
-            .await
-            .context("cannot record a batch callback")?;
+        record_callback_attempt(self.db(), "batches", id, delivered, next).await?;
         Ok(())
     }
 
     async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let db = self.db();
-        let hold = db.node().is_some();
-        let q = Sql::new(format!(
-            "UPDATE batches SET next_callback_at = ?{} WHERE callback = 'pending' AND id IN ({})",
-            if hold { ", callback_until = ?" } else { "" },
-            placeholders(ids.len())
-        ))
-        .bind(at)
-        .bind_all(hold.then_some(at))
-        .bind_all(ids);
-        db.writer()
-            .execute(&q)
-            .await
-            .context("cannot postpone batch callbacks")?;
-        Ok(())
+        postpone_callbacks_in(self.db(), "batches", ids, at).await
     }
 }
-
-/// How long a PostgreSQL node holds the batch callbacks it took (ms), as for jobs.
-const BATCH_CALLBACK_HOLD: Millis = 60_000;
 
 fn insert_records_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, 'pending', 0, ?)"; rows].join(", ");

@@ -38,7 +38,7 @@ const BY_CALLBACK: &str = "jobs_callbacks";
 const BY_RUNNING: &str = "jobs_running";
 
 /// How long a PostgreSQL node holds the callbacks it took (ms): time enough to deliver them.
-const CALLBACK_HOLD: Millis = 60_000;
+pub(super) const CALLBACK_HOLD: Millis = 60_000;
 
 pub(super) fn lane_str(lane: Lane) -> &'static str {
     match lane {
@@ -875,28 +875,7 @@ impl<S: SqlStore> JobStore for S {
         delivered: bool,
         next: Option<Millis>,
     ) -> anyhow::Result<()> {
-        let state = match (delivered, next) {
-            (true, _) => CallbackState::Delivered,
-            (false, Some(_)) => CallbackState::Pending,
-            (false, None) => CallbackState::Failed,
-        };
-        let db = self.db();
-        let release = match db.node() {
-            None => "",
-            Some(_) => ", callback_node = NULL, callback_until = NULL",
-        };
-        let q = Sql::new(format!(
-            "UPDATE jobs SET callback = ?, callback_attempts = callback_attempts + 1, \
-             next_callback_at = COALESCE(?, next_callback_at){release} WHERE id = ?"
-        ))
-        .bind(callback_str(state))
-        .bind(next)
-        .bind(id);
-        let done = db
-            .writer()
-            .execute(&q)
-            .await
-            .context("cannot record a callback")?;
+        let done = record_callback_attempt(self.db(), "jobs", id, delivered, next).await?;
         if done == 0 {
             anyhow::bail!("no job \"{id}\"");
         }
@@ -905,29 +884,71 @@ impl<S: SqlStore> JobStore for S {
 
     /// On PostgreSQL the hold lasts until `at` too: another node may take them then.
     async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let db = self.db();
-        let hold = db.node().is_some();
-        let q = Sql::new(format!(
-            "UPDATE jobs SET next_callback_at = ?{} WHERE callback = 'pending' AND id IN ({})",
-            if hold { ", callback_until = ?" } else { "" },
-            placeholders(ids.len())
-        ))
-        .bind(at)
-        .bind_all(hold.then_some(at))
-        .bind_all(ids);
-        db.writer()
-            .execute(&q)
-            .await
-            .context("cannot postpone callbacks")?;
-        Ok(())
+        postpone_callbacks_in(self.db(), "jobs", ids, at).await
     }
 
     async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
         self.db().prune_jobs_before(before, now).await
     }
+}
+
+/// Records a delivery attempt of the callback of job or batch `id` (`table`: `jobs` or
+/// `batches`): delivered, or retry at `next` (None: given up); on PostgreSQL the node's hold on
+/// it ends. Returns the rows changed.
+pub(super) async fn record_callback_attempt(
+    db: Db<'_>,
+    table: &str,
+    id: &str,
+    delivered: bool,
+    next: Option<Millis>,
+) -> anyhow::Result<u64> {
+    let state = match (delivered, next) {
+        (true, _) => CallbackState::Delivered,
+        (false, Some(_)) => CallbackState::Pending,
+        (false, None) => CallbackState::Failed,
+    };
+    let release = match db.node() {
+        None => "",
+        Some(_) => ", callback_node = NULL, callback_until = NULL",
+    };
+    let q = Sql::new(format!(
+        "UPDATE {table} SET callback = ?, callback_attempts = callback_attempts + 1, \
+         next_callback_at = COALESCE(?, next_callback_at){release} WHERE id = ?"
+    ))
+    .bind(callback_str(state))
+    .bind(next)
+    .bind(id);
+    db.writer()
+        .execute(&q)
+        .await
+        .context("cannot record a callback")
+}
+
+/// Moves the pending callbacks of the jobs or batches `ids` (`table`) to `at`; on PostgreSQL
+/// this node's hold on them lasts until then too.
+pub(super) async fn postpone_callbacks_in(
+    db: Db<'_>,
+    table: &str,
+    ids: &[String],
+    at: Millis,
+) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let hold = db.node().is_some();
+    let q = Sql::new(format!(
+        "UPDATE {table} SET next_callback_at = ?{} WHERE callback = 'pending' AND id IN ({})",
+        if hold { ", callback_until = ?" } else { "" },
+        placeholders(ids.len())
+    ))
+    .bind(at)
+    .bind_all(hold.then_some(at))
+    .bind_all(ids);
+    db.writer()
+        .execute(&q)
+        .await
+        .context("cannot postpone callbacks")?;
+    Ok(())
 }
 
 /// Puts running jobs back in the queue. Returns how many.

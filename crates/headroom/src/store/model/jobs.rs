@@ -357,6 +357,29 @@ pub enum BatchStatus {
     Cancelled,
 }
 
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Queued => "queued",
+            BatchStatus::Running => "running",
+            BatchStatus::Succeeded => "succeeded",
+            BatchStatus::CompletedWithFailures => "completed_with_failures",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BatchStatus> {
+        Some(match s {
+            "queued" => BatchStatus::Queued,
+            "running" => BatchStatus::Running,
+            "succeeded" => BatchStatus::Succeeded,
+            "completed_with_failures" => BatchStatus::CompletedWithFailures,
+            "cancelled" => BatchStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordFailure {
     pub index: u64,
