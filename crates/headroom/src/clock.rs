@@ -55,7 +55,7 @@ impl WallClock {
     }
 
     pub fn now_millis(&self) -> Millis {
-        (self.0.now().as_nanos() / 1_000_000) as Millis
+        millis(self.0.now())
     }
 
     /// Seconds since the Unix epoch, for reading reset times that upstreams send as such.
@@ -80,5 +80,9 @@ impl std::fmt::Debug for WallClock {
 /// anything (when a credential or token was created, a readiness probe's value) in parts
 /// built without the server's clock (the store).
 pub fn system_millis() -> Millis {
-    WallClock::system().now_millis()
+    millis(UnixClock.now())
+}
+
+fn millis(t: Timestamp) -> Millis {
+    (t.as_nanos() / 1_000_000) as Millis
 }
