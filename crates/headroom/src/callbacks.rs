@@ -450,6 +450,40 @@ async fn postpone<'a>(
     app.store.postpone_batch_callbacks(&batches, at).await
 }
 
+/// A message's Standard Webhooks headers.
+pub(crate) struct Signed {
+    id: String,
+    timestamp: String,
+    signature: String,
+}
+
+impl Signed {
+    /// The headers of message `id` with `body` sent at `now`, signed with `secret`; `None`
+    /// without a secret (or with one not of the `whsec_` form).
+    pub(crate) fn new(
+        secret: Option<&str>,
+        id: String,
+        now: Millis,
+        body: &[u8],
+    ) -> Option<Signed> {
+        let timestamp = (now / 1000).to_string();
+        let signature = sign(secret?, &id, &timestamp, body)?;
+        Some(Signed {
+            id,
+            timestamp,
+            signature,
+        })
+    }
+
+    pub(crate) fn headers(&self) -> [(&str, &str); 3] {
+        [
+            ("webhook-id", &self.id),
+            ("webhook-timestamp", &self.timestamp),
+            ("webhook-signature", &self.signature),
+        ]
+    }
+}
+
 /// The Standard Webhooks signature of a message: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` under the secret's key (`whsec_` + base64). `None` for a secret
 /// that is not of that form.
@@ -507,19 +541,14 @@ async fn deliver(app: &AppState, due: Due, uri: Option<http::Uri>) {
     };
     let outcome = match (uri, body) {
         (Some(uri), Some(body)) => {
-            let message_id = format!("msg_{}", due.id());
-            let timestamp = (app.clock.now_millis() / 1000).to_string();
-            let signature = secret
-                .as_deref()
-                .and_then(|s| sign(s, &message_id, &timestamp, &body));
+            let signed = Signed::new(
+                secret.as_deref(),
+                format!("msg_{}", due.id()),
+                app.clock.now_millis(),
+                &body,
+            );
             let mut headers = vec![(header, due.id())];
-            if let Some(signature) = &signature {
-                headers.extend([
-                    ("webhook-id", message_id.as_str()),
-                    ("webhook-timestamp", timestamp.as_str()),
-                    ("webhook-signature", signature.as_str()),
-                ]);
-            }
+            headers.extend(signed.as_ref().map(Signed::headers).into_iter().flatten());
             app.notifier.post(uri, &headers, body).await
         }
         (None, _) => Outcome::NoAnswer("the callback URL is not valid".into()),

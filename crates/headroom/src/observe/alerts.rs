@@ -453,20 +453,15 @@ async fn notify(app: &AppState, rule: &AlertRule, firing: &Firing, status: &str)
     // All webhooks at once (a hanging one does not delay the others), under the limits
     // and timeouts of `[callbacks]`.
     // Signed when the rule has a secret: one message id per notification, on every webhook.
-    let message_id = format!("msg_alert_{}_{}_{}", rule.name, status, firing.since);
-    let timestamp = (app.clock.now_millis() / 1000).to_string();
-    let signature = rule
-        .webhook_secret
-        .as_deref()
-        .and_then(|s| crate::callbacks::sign(s, &message_id, &timestamp, body.as_bytes()));
-    let headers: Vec<(&str, &str)> = match &signature {
-        Some(signature) => vec![
-            ("webhook-id", message_id.as_str()),
-            ("webhook-timestamp", timestamp.as_str()),
-            ("webhook-signature", signature.as_str()),
-        ],
-        None => Vec::new(),
-    };
+    let signed = crate::callbacks::Signed::new(
+        rule.webhook_secret.as_deref(),
+        format!("msg_alert_{}_{}_{}", rule.name, status, firing.since),
+        app.clock.now_millis(),
+        body.as_bytes(),
+    );
+    let headers: Vec<(&str, &str)> = signed
+        .as_ref()
+        .map_or_else(Vec::new, |s| s.headers().to_vec());
     let sent = rule.webhooks.iter().map(|uri| {
         let body = body.clone().into_bytes();
         let headers = &headers;
