@@ -86,3 +86,19 @@ pub fn system_millis() -> Millis {
 fn millis(t: Timestamp) -> Millis {
     (t.as_nanos() / 1_000_000) as Millis
 }
+
+pub(crate) fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The epoch milliseconds of a timestamp of a clock counted from the Unix epoch.
+pub fn epoch_millis(t: Timestamp) -> Millis {
+    i64::try_from(t.as_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The timestamp of epoch milliseconds (for setting a manual clock).
+pub fn timestamp_of(ms: Millis) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
+}

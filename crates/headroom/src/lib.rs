@@ -1,5 +1,11 @@
-//! Headroom's service: the governing proxy, its config, credentials and metrics. The rate-limit
-//! logic itself lives in `headroom-core`.
+//! Headroom's service: the governing proxy, durable jobs, batches and schedules, and what it
+//! observes. The rate-limit logic itself lives in `headroom-core`.
+//!
+//! Layers, each using only those below it: `http` (the API and the proxy's edge) and `work`
+//! (the background loops) over `app` (the state they share), over the parts — `outbound`
+//! (one governed call), `jobs`, `schedules`, `callbacks`, `observe`, `credentials`, `auth`,
+//! `metrics` — over `cfg` and `store`.
+pub mod app;
 pub mod auth;
 pub mod callbacks;
 pub mod cfg;
@@ -8,12 +14,13 @@ pub mod credentials;
 pub mod destination;
 pub mod edge;
 pub mod error;
+pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;
-pub mod proxy;
 pub mod schedules;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod work;

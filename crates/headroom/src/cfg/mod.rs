@@ -5,6 +5,9 @@
 //! is wrong for anything it refuses.
 
 pub mod alerts;
+mod schedules;
+
+pub use schedules::{ScheduleDef, TenantsDef};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -43,8 +46,9 @@ pub struct Config {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Job queues (flows); always holds `default` (parallel).
     pub queues: Vec<Arc<Queue>>,
-    /// `[[schedules]]`: checked against the upstreams and queues above.
-    pub schedules: Vec<Arc<crate::schedules::Schedule>>,
+    /// `[[schedules]]` as written (names unique); `schedules::from_config` checks them
+    /// against the upstreams and queues above.
+    pub schedules: Vec<ScheduleDef>,
     /// `[events]` (retention) and `[[alerts]]`.
     pub observe: alerts::ObserveConfig,
     /// `[callbacks]`: where job callbacks and alert webhooks may go, and how they are sent.
@@ -465,7 +469,7 @@ struct RawConfig {
     #[serde(default)]
     queues: Vec<RawQueue>,
     #[serde(default)]
-    schedules: Vec<crate::schedules::ScheduleDef>,
+    schedules: Vec<ScheduleDef>,
     events: Option<alerts::RawEvents>,
     #[serde(default)]
     alerts: Vec<alerts::RawAlert>,
@@ -689,16 +693,13 @@ impl RawConfig {
         config.callbacks = self.callbacks.unwrap_or_default().validate()?;
         let mut schedule_names = HashSet::new();
         for (i, def) in self.schedules.into_iter().enumerate() {
-            let key = format!("schedules[{i}]");
-            let schedule = crate::schedules::Schedule::check(def, &config)
-                .map_err(|e| format!("{key}.{e}"))?;
-            if !schedule_names.insert(schedule.name().to_string()) {
+            if !schedule_names.insert(def.name.clone()) {
                 return Err(format!(
-                    "{key}.name: \"{}\" is used by two schedules; names must be unique",
-                    schedule.name()
+                    "schedules[{i}].name: \"{}\" is used by two schedules; names must be unique",
+                    def.name
                 ));
             }
-            config.schedules.push(Arc::new(schedule));
+            config.schedules.push(def);
         }
         config.observe = alerts::ObserveConfig::from_raw(self.events, self.alerts, &config)?;
         if let Some(server) = self.server {
@@ -1247,7 +1248,7 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
         assert_eq!(c.upstreams.len(), 2);
         assert!(c.upstreams[1].budget_config.limits.is_empty());
         assert_eq!(c.schedules.len(), 1);
-        assert_eq!(c.schedules[0].name(), "nightly-sync");
+        assert_eq!(c.schedules[0].name, "nightly-sync");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use headroom::cfg::Config;
-use headroom::server::{self, AppState};
+use headroom::server;
 use headroom_mock::{MockConfig, MockStats, Profile};
 
 /// The demo's tenant, and the credential its calls carry to the mock (one bucket there).
@@ -799,7 +799,7 @@ pub async fn execute_until(
     let text = config_text(opts, &store, &mock.url());
     let config = Config::parse(&text, "demo config")?;
     let token = format!("hr_demo_{:032x}", rand::random::<u128>());
-    let state = AppState::new(config, Some(token.clone())).await?;
+    let state = server::start(config, Some(token.clone())).await?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1 for Headroom")?;

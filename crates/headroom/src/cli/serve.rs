@@ -38,6 +38,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// `headroom check-config FILE`: validates a config and says what it found.
 pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = headroom::cfg::Config::load(path)?;
+    headroom::schedules::from_config(&config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let schedules = if config.schedules.is_empty() {
         String::new()
     } else {
@@ -48,7 +50,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             config
                 .schedules
                 .iter()
-                .map(|s| s.name())
+                .map(|s| s.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         )

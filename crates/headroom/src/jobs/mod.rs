@@ -1,9 +1,8 @@
-//! Durable jobs, flows (queues) and batches.
+//! Durable jobs, flows (queues) and batches: what a submission is and how it is checked. The
+//! API is `http::{jobs, batches}`; running them is `work::{dispatcher, batches}`.
 
-pub mod api;
 pub mod batches;
-pub mod dispatcher;
-pub mod retention;
+pub mod request;
 pub mod secrets;
 
 pub use crate::store::model::jobs::*;

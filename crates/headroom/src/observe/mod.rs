@@ -7,7 +7,6 @@
 //! but not stored, and `headroom_events_dropped_total` counts it.
 
 pub mod alerts;
-pub mod api;
 pub use crate::metrics::observe as metrics;
 pub use crate::store::model::events as model;
 pub mod otel;
@@ -23,23 +22,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::metrics::{EndpointLabels, KindLabels, ObserveMetrics, QueueLabels, RetryOutcomeLabels};
 use self::model::*;
-use crate::jobs::{Job, Millis, Transition};
-use crate::server::AppState;
+use crate::clock::Millis;
+use crate::store::model::jobs::{Job, Transition};
 
 /// Events waiting for the writer; beyond this they are dropped (and counted).
 const CHANNEL: usize = 8192;
-/// Events stored in one transaction at most.
-const BATCH: usize = 512;
 /// Endpoint templates per upstream in metric labels; later ones count as `other`.
 const MAX_ENDPOINTS: usize = 64;
-/// How often the background loop samples, prunes and evaluates alerts.
-const TICK_EVERY: Duration = Duration::from_secs(10);
-/// How often old events are pruned.
-const PRUNE_EVERY: Millis = 3_600_000;
 
 pub use crate::cfg::alerts::ObserveConfig;
 
-enum Msg {
+pub(crate) enum Msg {
     Event(Box<Event>),
     /// Answered once every event sent before it is stored.
     Flush(oneshot::Sender<()>),
@@ -63,7 +56,7 @@ pub struct Observer {
     /// Counted from the Unix epoch; the scheduler's clock (a manual one in tests).
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<Msg>,
-    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    pub(crate) rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     metrics: ObserveMetrics,
     /// Endpoint templates seen per upstream, to bound metric labels.
     endpoints: Mutex<HashMap<String, HashSet<String>>>,
@@ -75,7 +68,7 @@ pub struct Observer {
 
 #[derive(Default)]
 pub(crate) struct TickState {
-    last_prune: Option<Millis>,
+    pub(crate) last_prune: Option<Millis>,
     pub(crate) samples: status::Samples,
     pub(crate) alerts: alerts::AlertStates,
 }
@@ -96,7 +89,7 @@ impl Observer {
 
     /// Now on the observer's clock, in Unix milliseconds.
     pub fn now(&self) -> Millis {
-        crate::schedules::epoch_millis(self.clock.now())
+        crate::clock::epoch_millis(self.clock.now())
     }
 
     /// Logs an event and hands it to the event log without waiting.
@@ -515,78 +508,6 @@ fn log(e: &Event) {
         Level::Warn => at!(tracing::Level::WARN),
         Level::Error => at!(tracing::Level::ERROR),
     }
-}
-
-/// Starts the event writer and the periodic tick (pruning, sampling, alerts).
-pub fn start(app: &AppState) {
-    let rx = app.observe.rx.lock().ok().and_then(|mut rx| rx.take());
-    if let Some(rx) = rx {
-        tokio::spawn(write_loop(app.store.clone(), rx));
-    }
-    let app = app.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(TICK_EVERY).await;
-            if let Err(e) = tick(&app).await {
-                tracing::error!(error = %format!("{e:#}"), "observability tick failed");
-            }
-        }
-    });
-}
-
-async fn write_loop(store: crate::store::AnyStore, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
-    let mut flushes = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        // Take whatever else is waiting, up to a batch.
-        while let Some(msg) = next {
-            match msg {
-                Msg::Event(e) => batch.push(*e),
-                Msg::Flush(done) => flushes.push(done),
-            }
-            next = if batch.len() < BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if let Err(e) = store.insert_events(&batch).await {
-            tracing::error!(error = %format!("{e:#}"), events = batch.len(), "cannot store events");
-        }
-        batch.clear();
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// What one tick did.
-#[derive(Debug, Default)]
-pub struct Tick {
-    pub pruned: u64,
-    pub notifications: usize,
-}
-
-/// Stores pending events, prunes past the retention (hourly), samples budgets and queues,
-/// and evaluates the alerts, all at the observer clock's now. Tests call it after moving a
-/// manual clock.
-pub async fn tick(app: &AppState) -> anyhow::Result<Tick> {
-    app.observe.flush().await;
-    let mut state = app.observe.state.lock().await;
-    let now = app.observe.now();
-    let mut out = Tick::default();
-    if state
-        .last_prune
-        .is_none_or(|last| now - last >= PRUNE_EVERY || now < last)
-    {
-        let before = now - app.config.observe.retention.as_millis() as Millis;
-        out.pruned = app.store.prune_events(before).await?;
-        state.last_prune = Some(now);
-    }
-    status::sample(app, &mut state.samples, now).await?;
-    out.notifications = alerts::evaluate(app, &mut state, now).await?;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-use crate::jobs::Millis;
+use crate::clock::Millis;
 
 /// A parsed cron expression and the time zone its fields are read in.
 #[derive(Debug, Clone)]

@@ -3,82 +3,14 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::cron::CronSpec;
 use crate::cfg::Config;
-use crate::jobs::Millis;
+pub use crate::cfg::{ScheduleDef, TenantsDef};
+use crate::clock::Millis;
 pub use crate::store::model::schedules::*;
-
-/// A schedule as written: `[[schedules]]` in the config or the body of `POST /v1/schedules`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleDef {
-    pub name: String,
-    /// 5 fields (POSIX), or 6 with seconds first.
-    pub cron: String,
-    /// IANA time zone the cron fields are read in; UTC when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    pub tenants: TenantsDef,
-    /// A duration like "5m": each tenant's run is offset by a stable amount in [0, stagger).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stagger: Option<String>,
-    /// "skip" (default) or "allow".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlap: Option<String>,
-    /// "skip" (default) or "once".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub catch_up: Option<String>,
-    /// A job as `POST /v1/jobs` takes it, without `tenant`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<Value>,
-    /// A batch as `POST /v1/batches` takes it, without `tenant`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<Value>,
-}
-
-/// The tenants a schedule runs for.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum TenantsDef {
-    List(Vec<String>),
-    /// Every tenant holding a credential for this upstream (looked up as they change).
-    WithCredential {
-        with_credential: String,
-    },
-}
-
-// By hand: an untagged enum's error ("did not match any variant") does not say what to write.
-impl<'de> Deserialize<'de> for TenantsDef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let wrong = || {
-            D::Error::custom(
-                "tenants: give a list of tenants, like [\"acme\", \"globex\"], or \
-                 { with_credential = \"UPSTREAM\" } for every tenant holding a credential for it",
-            )
-        };
-        match Value::deserialize(d)? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(|item| match item {
-                    Value::String(s) => Ok(s),
-                    _ => Err(wrong()),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(TenantsDef::List),
-            Value::Object(map) if map.len() == 1 => match map.get("with_credential") {
-                Some(Value::String(upstream)) => Ok(TenantsDef::WithCredential {
-                    with_credential: upstream.clone(),
-                }),
-                _ => Err(wrong()),
-            },
-            _ => Err(wrong()),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,7 +75,7 @@ impl Schedule {
                 }
                 let mut seen = std::collections::HashSet::new();
                 for (i, t) in list.iter().enumerate() {
-                    crate::jobs::api::check_tenant(t)
+                    crate::jobs::request::check_tenant(t)
                         .map_err(|e| format!("tenants[{i}]: {}", strip_key(&e.to_string())))?;
                     if !seen.insert(t) {
                         return Err(format!("tenants[{i}]: \"{t}\" is listed twice"));
@@ -232,9 +164,8 @@ impl Schedule {
             )));
         }
         match &self.template {
-            Template::Job(v) => {
-                crate::jobs::api::job_from_value(config, v, tenant, created_at).map(Enqueue::Job)
-            }
+            Template::Job(v) => crate::jobs::request::job_from_value(config, v, tenant, created_at)
+                .map(Enqueue::Job),
             Template::Batch(v) => {
                 crate::jobs::batches::batch_from_value(config, v, tenant, created_at)
                     .map(Enqueue::Batch)

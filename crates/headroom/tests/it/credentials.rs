@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use headroom::cfg::Config;
-use headroom::server::{serve, AppState};
+use headroom::server::{self, serve};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -75,7 +75,7 @@ impl Headroom {
             dir.display()
         );
         let config = Config::parse(&text, "test.toml").unwrap();
-        let state = AppState::new(config, Some(ADMIN.to_string()))
+        let state = server::start(config, Some(ADMIN.to_string()))
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -225,13 +225,13 @@ async fn events_are_pruned_after_the_retention() {
     let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/a", &[]).await;
     assert_eq!(r.status, 429);
     assert_eq!(events(&server, "").await.len(), 2, "throttled and paused");
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     assert_eq!(events(&server, "").await.len(), 2, "within the retention");
     clock.advance(Duration::from_secs(86_400 + 3_600));
     up.answer(429, &[("retry-after", "1")]);
     let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/b", &[]).await;
     assert_eq!(r.status, 429);
-    let tick = headroom::observe::tick(&server.state).await.unwrap();
+    let tick = headroom::work::observe::tick(&server.state).await.unwrap();
     let left = events(&server, "").await;
     assert_eq!(
         left.iter()
@@ -271,7 +271,7 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
     assert_eq!(r.status, 502);
     server.state.observe.record_job_duration("default", 2_500);
 
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let seen = hook.wait_for(3, Duration::from_secs(10)).await;
     let bodies: Vec<Value> = seen
         .iter()
@@ -317,7 +317,7 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
 
     // Deduplicated: still firing, nothing new sent.
     clock.advance(Duration::from_secs(60));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let alerts = server.get("/v1/alerts").await.json();
     let states: Vec<(&str, &str)> = alerts["alerts"]
         .as_array()
@@ -337,7 +337,7 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
 
     // Past the window: every alert resolves, once.
     clock.advance(Duration::from_secs(600));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let seen = hook.wait_for(6, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 6);
     for r in &seen[3..] {
@@ -345,7 +345,7 @@ async fn alerts_fire_once_and_resolve_to_a_webhook() {
         assert_eq!(b["status"], "resolved", "{b}");
         assert!(b["text"].as_str().unwrap().contains("RESOLVED"));
     }
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     assert_eq!(hook.seen().len(), 6, "resolved once");
     let alerts = server.get("/v1/alerts").await.json();
     assert!(alerts["alerts"]
@@ -432,10 +432,10 @@ async fn status_gives_a_capacity_verdict_and_the_commands_show_it() {
         }
     };
     submit(5).await;
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     clock.advance(Duration::from_secs(60));
     submit(5).await;
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
 
     let status = server.get("/v1/status").await.json();
     let rows = status["rows"].as_array().unwrap();
@@ -463,9 +463,9 @@ async fn status_gives_a_capacity_verdict_and_the_commands_show_it() {
     // Nothing new arrives for a while: the backlog holds, so it fits with an ETA at the
     // budget's pace.
     clock.advance(Duration::from_secs(700));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     clock.advance(Duration::from_secs(60));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let status = server.get("/v1/status?window=1h").await.json();
     let row = status["rows"]
         .as_array()
@@ -678,7 +678,7 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
             crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
         assert_eq!(r.status, 429);
     }
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     assert!(hook.seen().is_empty(), "{:?}", hook.seen());
     up.answer(429, &[("retry-after", "0")]);
     let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/s", &[]).await;
@@ -693,7 +693,7 @@ async fn spike_failed_and_retry_pending_alerts_fire() {
     assert_eq!(server.post("/v1/jobs", &job).await.status, 202);
     wait_for_kind(&server, "job_retry_pending").await;
 
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let seen = hook.wait_for(3, Duration::from_secs(10)).await;
     let mut got: Vec<(String, Value)> = seen
         .iter()
@@ -825,13 +825,13 @@ async fn a_refused_notification_is_sent_again_on_the_next_tick() {
     up.answer(502, &[]);
     let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     // (The background tick may already have sent it again.)
     assert!(!hook.wait_for(1, Duration::from_secs(10)).await.is_empty());
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let seen = hook.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "sent again after the 500");
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     assert_eq!(hook.seen().len(), 2, "and not a third time once taken");
     for r in &seen {
         let b: Value = serde_json::from_slice(&r.body).unwrap();
@@ -877,7 +877,7 @@ async fn a_hanging_webhook_does_not_hold_back_the_others() {
     assert_eq!(r.status, 502);
     let state = server.state.clone();
     let started = tokio::time::Instant::now();
-    let tick = tokio::spawn(async move { headroom::observe::tick(&state).await });
+    let tick = tokio::spawn(async move { headroom::work::observe::tick(&state).await });
     let seen = hook.wait_for(1, Duration::from_secs(30)).await;
     let took = started.elapsed();
     assert_eq!(seen.len(), 1);
@@ -913,14 +913,14 @@ async fn firing_alerts_survive_a_restart() {
     up.answer(502, &[]);
     let r = crate::common::send(&server.client, server.addr, Method::GET, "/proxy/up/x", &[]).await;
     assert_eq!(r.status, 502);
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     assert_eq!(hook.wait_for(2, Duration::from_secs(10)).await.len(), 2);
     server.shutdown().await;
 
     // Restarted while the events that fire both alerts are still in the window.
     let server = start().await;
     clock.advance(Duration::from_secs(60));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let alerts = server.get("/v1/alerts").await.json();
     assert!(
         alerts["alerts"]
@@ -933,7 +933,7 @@ async fn firing_alerts_survive_a_restart() {
     assert_eq!(hook.seen().len(), 2, "not notified again after the restart");
 
     clock.advance(Duration::from_secs(600));
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let seen = hook.wait_for(4, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 4);
     for r in &seen[2..] {
@@ -988,7 +988,7 @@ async fn refusals_are_events_and_counted_in_status() {
         refused[0]
     );
 
-    headroom::observe::tick(&server.state).await.unwrap();
+    headroom::work::observe::tick(&server.state).await.unwrap();
     let status = server.get("/v1/status").await.json();
     let row = status["rows"]
         .as_array()

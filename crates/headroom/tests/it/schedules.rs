@@ -1,5 +1,5 @@
 //! Schedules over real sockets, in virtual time: the scheduler's clock is a manual clock the
-//! test moves, and `schedules::tick` runs what is due at that time. Nothing waits on the
+//! test moves, and `work::scheduler::tick` runs what is due at that time. Nothing waits on the
 //! wall clock for a schedule to fire.
 
 use std::collections::{BTreeMap, HashMap};
@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Recorder, Server};
-use headroom::schedules::{self, timestamp_of, ScheduleStore};
+use headroom::clock::timestamp_of;
+use headroom::schedules::ScheduleStore;
+use headroom::work::scheduler;
 use headroom_core::clock::ManualClock;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -48,7 +50,7 @@ async fn start_in(
 /// some of them (it runs on the same clock); either way they are recorded at this time, and
 /// once `tick` returns every run due now is recorded.
 async fn tick(server: &Server, names: &[&str]) -> Vec<(String, String)> {
-    schedules::tick(&server.state).await.expect("tick");
+    scheduler::tick(&server.state).await.expect("tick");
     let now = server.state.scheduler.now();
     let mut out = Vec::new();
     for name in names {
@@ -611,45 +613,41 @@ fn bad_config_schedules_name_the_key_and_the_expression() {
              job = {{ upstream = \"up\", request = {{ method = \"GET\", path = \"/x\" }} }}\n{extra}"
         )
     };
-    let e = headroom::cfg::Config::parse(&table("cron = \"*/5 * * *\""), "h.toml")
-        .unwrap_err()
-        .to_string();
+    // The file's shape and values first, then each schedule against the rest of the config.
+    let check = |text: &str| {
+        let config = headroom::cfg::Config::parse(text, "h.toml").map_err(|e| e.to_string())?;
+        let schedules =
+            headroom::schedules::from_config(&config).map_err(|e| format!("h.toml: {e}"))?;
+        Ok::<_, String>(schedules)
+    };
+    let e = check(&table("cron = \"*/5 * * *\"")).unwrap_err();
     assert!(
         e.starts_with("h.toml: schedules[0].cron: \"*/5 * * *\" is not a cron expression"),
         "{e}"
     );
-    let e = headroom::cfg::Config::parse(
-        &table("cron = \"0 2 * * *\"\ntimezone = \"Europe/Atlantis\""),
-        "h.toml",
-    )
-    .unwrap_err()
-    .to_string();
+    let e = check(&table(
+        "cron = \"0 2 * * *\"\ntimezone = \"Europe/Atlantis\"",
+    ))
+    .unwrap_err();
     assert!(
         e.starts_with("h.toml: schedules[0].timezone: \"Europe/Atlantis\""),
         "{e}"
     );
-    let e =
-        headroom::cfg::Config::parse(&table("cron = \"0 2 * * *\"\ncatchup = \"once\""), "h.toml")
-            .unwrap_err()
-            .to_string();
+    let e = check(&table("cron = \"0 2 * * *\"\ncatchup = \"once\"")).unwrap_err();
     assert!(e.contains("catchup") && e.contains("line"), "{e}");
-    let e = headroom::cfg::Config::parse(
-        &table("cron = \"0 2 * * *\"").replace("tenants = [\"acme\"]", "tenants = \"acme\""),
-        "h.toml",
-    )
-    .unwrap_err()
-    .to_string();
+    let e =
+        check(&table("cron = \"0 2 * * *\"").replace("tenants = [\"acme\"]", "tenants = \"acme\""))
+            .unwrap_err();
     assert!(
         e.contains("tenants: give a list of tenants") && e.contains("line 7"),
         "{e}"
     );
-    let ok = headroom::cfg::Config::parse(
-        &table("cron = \"0 0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstagger = \"10m\""),
-        "h.toml",
-    )
+    let ok = check(&table(
+        "cron = \"0 0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstagger = \"10m\"",
+    ))
     .unwrap();
-    assert_eq!(ok.schedules.len(), 1);
-    assert_eq!(ok.schedules[0].stagger, Duration::from_secs(600));
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].stagger, Duration::from_secs(600));
 }
 
 /// A config schedule cannot be deleted through the API (the config owns it), and a name

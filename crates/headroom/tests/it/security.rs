@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::{HttpClient, Recorder, Reply, Server};
 use bytes::Bytes;
 use headroom::cfg::Config;
-use headroom::server::{self, AppState};
+use headroom::server;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -75,7 +75,7 @@ async fn the_default_generates_an_admin_token_and_requires_it() {
     let mut tokens = Vec::new();
     for _ in 0..2 {
         let config = Config::parse(&toml, "test.toml").unwrap();
-        let state = AppState::new(config, None).await.unwrap();
+        let state = server::start(config, None).await.unwrap();
         let token = state.api_token.clone().expect("an admin token was made");
         let file = dir.path().join("admin.token");
         assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
@@ -303,7 +303,7 @@ async fn the_open_mode_does_not_start_beyond_loopback() {
         dir.path().display()
     );
     let config = Config::parse(&toml, "test.toml").unwrap();
-    let e = AppState::new(config, None).await.err().expect("refused");
+    let e = server::start(config, None).await.err().expect("refused");
     assert!(format!("{e:#}").contains("loopback"), "{e:#}");
     let e = Config::parse("auth = \"open\"\n", "h.toml").unwrap_err();
     assert!(e.to_string().contains("auth: \"open\""), "{e}");

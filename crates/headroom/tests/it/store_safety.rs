@@ -484,7 +484,7 @@ async fn readyz_pings_a_redis_governor() {
 async fn a_store_password_is_never_printed() {
     let toml = "store = \"postgres://headroom:hunter2-pw@127.0.0.1:1/db\"\n";
     let config = headroom::cfg::Config::parse(toml, "t.toml").unwrap();
-    let e = match headroom::server::AppState::new(config, None).await {
+    let e = match headroom::server::start(config, None).await {
         Ok(_) => panic!("nothing listens on port 1"),
         Err(e) => e,
     };
@@ -519,7 +519,7 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         ids.push(id);
     }
     let now = headroom::clock::system_millis();
-    let pruned = headroom::jobs::retention::prune(&server.state, now)
+    let pruned = headroom::work::retention::prune(&server.state, now)
         .await
         .unwrap();
     assert_eq!(pruned.jobs, 0, "{pruned:?}");
@@ -527,7 +527,7 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         let r = server.get(&format!("/v1/jobs/{id}")).await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    let pruned = headroom::jobs::retention::prune(&server.state, now + 2 * 3_600_000)
+    let pruned = headroom::work::retention::prune(&server.state, now + 2 * 3_600_000)
         .await
         .unwrap();
     assert_eq!((pruned.jobs, pruned.attempts), (2, 2), "{pruned:?}");

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use headroom::app::AppState;
 use headroom::cfg::Config;
-use headroom::server::{self, AppState};
+use headroom::server;
 use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -92,7 +93,7 @@ impl Rig {
             extra = top_level
         );
         let config = Config::parse(&toml, "test.toml").expect("a valid test config");
-        let state = AppState::new(config, token.map(str::to_string))
+        let state = server::start(config, token.map(str::to_string))
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,8 +308,8 @@ impl Server {
         );
         let config = Config::parse(&toml, "test.toml").expect("a valid test config");
         let state = match clock {
-            Some(clock) => AppState::with_clock(config, None, clock).await.unwrap(),
-            None => AppState::new(config, None).await.unwrap(),
+            Some(clock) => server::start_with_clock(config, None, clock).await.unwrap(),
+            None => server::start(config, None).await.unwrap(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

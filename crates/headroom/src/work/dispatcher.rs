@@ -10,10 +10,13 @@ use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryReason, Retr
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
 
-use super::*;
+use crate::app::AppState;
 use crate::cfg::{Queue, Upstream};
+use crate::jobs::*;
 use crate::outbound::{self, refusal, Answer, PrepareError, Read};
-use crate::server::AppState;
+
+/// Sleeps at most this long between looks for ready jobs, even with nothing scheduled.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Jobs running at once in this process (each waits in the governor or on its upstream).
 const MAX_RUNNING: usize = 512;
@@ -54,7 +57,7 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     tokio::spawn(dispatch_loop(app.clone()));
     tokio::spawn(super::batches::run_loop(app.clone()));
     tokio::spawn(super::retention::run_loop(app.clone()));
-    tokio::spawn(crate::callbacks::run(app));
+    tokio::spawn(super::callbacks::run(app));
     Ok(())
 }
 
@@ -87,7 +90,7 @@ async fn dispatch_loop(app: AppState) {
         if free == 0 {
             // A job finishing frees a slot and wakes us; the timeout covers one that panicked.
             tokio::select! {
-                _ = tokio::time::sleep(super::api::IDLE_POLL) => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
                 _ = app.jobs_wake.notified() => {}
                 _ = app.shutdown.stopped() => {}
             }
@@ -137,7 +140,7 @@ async fn dispatch_loop(app: AppState) {
             Ok(Some(at)) => {
                 Duration::from_millis((at - app.clock.now_millis()).clamp(5, 1000) as u64)
             }
-            _ => super::api::IDLE_POLL,
+            _ => IDLE_POLL,
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -246,9 +249,9 @@ fn wait_without_attempt(
 async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     let mut attempt = blank_attempt(job);
     // Credential-like header values and query parameters are sealed at rest.
-    let job = &match super::secrets::open(
+    let job = &match crate::jobs::secrets::open(
         &app.credentials,
-        &super::secrets::job_owner(&job.new.id),
+        &crate::jobs::secrets::job_owner(&job.new.id),
         &job.new.request,
     ) {
         Ok(request) => Job {
@@ -273,7 +276,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         .cloned()
         .unwrap_or_else(|| Arc::new(Queue::default()));
     // Checked again here: a job stored before a rule tightened is not sent against it.
-    let method = super::api::check_method(&n.request.method)
+    let method = crate::jobs::request::check_method(&n.request.method)
         .ok()
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
     let Some(method) = method else {
@@ -487,7 +490,7 @@ pub(crate) fn too_long_pause(status: u16, asked: Duration, max_pause: Duration) 
 fn job_headers(upstream: &Upstream, job: &Job) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &job.new.request.headers {
-        if super::api::is_reserved_header(k) {
+        if crate::jobs::request::is_reserved_header(k) {
             // Refused at submission; a job stored before that rule still never sets them.
             continue;
         }

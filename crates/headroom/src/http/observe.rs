@@ -10,11 +10,12 @@ use headroom_core::duration::parse_duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::*;
-use crate::auth::{Admin, Principal};
+use super::auth::Admin;
+use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::Millis;
-use crate::server::AppState;
+use crate::observe::model::*;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -104,7 +105,7 @@ async fn events(
             .map(|s| parse_time("until", s, now))
             .transpose()?,
     };
-    let limit = crate::jobs::api::page_limit(q.limit, q.cursor.as_deref())?;
+    let limit = super::page_limit(q.limit, q.cursor.as_deref())?;
     // Checked by page_limit: a cursor is a sequence number.
     let after = q
         .cursor
@@ -168,10 +169,10 @@ async fn status(
                 ))
             })?,
     };
-    let status = super::status::compute(&app, window).await?;
+    let status = crate::work::status::compute(&app, window).await?;
     Ok(Json(status))
 }
 
 async fn alerts(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
-    Ok(Json(super::alerts::view(&app).await))
+    Ok(Json(crate::work::alerts::view(&app).await))
 }

@@ -18,12 +18,12 @@ use headroom_core::{Lane, RejectReason, Rejection};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::auth::authenticate;
+use super::auth::authenticate;
+use crate::app::AppState;
 use crate::cfg::Upstream;
 use crate::error::ApiError;
 use crate::metrics::{LaneLabels, RequestLabels, RetryLabels};
 use crate::outbound::{self, read_up_to, Answer, Call, PrepareError, Read};
-use crate::server::AppState;
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
 /// streamed and sent at most once.

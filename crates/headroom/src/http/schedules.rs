@@ -10,12 +10,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::model::*;
-use crate::auth::Admin;
+use super::auth::Admin;
+use super::parse_json;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::api::parse_json;
 use crate::jobs::{BatchStatus, JobStatus, Millis};
-use crate::server::AppState;
+use crate::schedules::*;
 
 /// Upcoming runs shown with a schedule.
 const NEXT_RUNS_SHOWN: usize = 100;
@@ -30,7 +30,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 pub(crate) fn rfc3339(ms: Millis) -> String {
-    crate::jobs::api::rfc3339(ms)
+    crate::clock::rfc3339(ms)
 }
 
 /// A schedule as the API shows it: its definition, where it comes from and its state.
@@ -215,7 +215,7 @@ async fn runs(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
-    let limit = crate::jobs::api::page_limit(q.limit, q.cursor.as_deref())?;
+    let limit = super::page_limit(q.limit, q.cursor.as_deref())?;
     find(&app, &name).await?;
     let page = app
         .store

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::*;
-use crate::server::AppState;
+use crate::app::AppState;
+use crate::jobs::*;
 
 /// How often the store is pruned.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);

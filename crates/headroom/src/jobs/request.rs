@@ -1,38 +1,22 @@
 //! `/v1/jobs`: submit, read, list and cancel jobs.
 
-use std::time::Duration;
-
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::auth::Principal;
 use crate::cfg::QueueScope;
+use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::server::AppState;
 
 /// A job's request body may be at most this large.
 pub const MAX_JOB_BODY: usize = 1 << 20;
-const MAX_PAGE: u32 = 500;
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", get(list).post(submit))
-        .route("/v1/jobs/{id}", get(get_one).delete(cancel))
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJob {
     upstream: String,
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     queue: Option<String>,
     lane: Option<String>,
     dedup_id: Option<String>,
@@ -51,17 +35,6 @@ struct SubmitRequest {
     headers: std::collections::BTreeMap<String, String>,
     body: Option<Value>,
     body_base64: Option<String>,
-}
-
-/// Parses a JSON body into `T`, with a 400 that names the field serde could not read.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "the request body is empty; send a JSON object",
-        ));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
 }
 
 pub(crate) fn new_id(prefix: &str) -> String {
@@ -217,48 +190,6 @@ pub(crate) fn check_request(
         })?;
     }
     Ok(())
-}
-
-async fn submit(
-    State(app): State<AppState>,
-    principal: Principal,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let s: SubmitJob = parse_json(&body)?;
-    if let Some(t) = &s.tenant {
-        check_tenant(t)?;
-    }
-    let tenant = principal.tenant_for(s.tenant.as_deref())?;
-    let mut new = build_job(&app.config, s, tenant, app.clock.now_millis())?;
-    super::secrets::seal(
-        &app.credentials,
-        &super::secrets::job_owner(&new.id),
-        &mut new.request,
-    )?;
-    let inserted = app.store.insert_job(new).await.map_err(store_refused)?;
-    let (status, job, deduplicated) = match inserted {
-        Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
-        Inserted::Duplicate(job) => (StatusCode::OK, job, true),
-    };
-    app.jobs_wake.notify_one();
-    let mut view = job_view(&job, None);
-    if deduplicated {
-        view["deduplicated"] = json!(true);
-    }
-    Ok((status, Json(view)).into_response())
-}
-
-/// A write the store could not take (a full disk, a lost database): 503 with a Retry-After,
-/// so that the client knows nothing was stored and sends it again; the cause is logged.
-pub(crate) fn store_refused(e: anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "the store refused a write");
-    ApiError::Refused {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        detail: "nothing was stored: the store cannot take writes right now (see /readyz); \
-                 send it again later"
-            .to_string(),
-        retry_after: Duration::from_secs(5),
-    }
 }
 
 /// The job a submission describes, checked against the config; `tenant` is the one it acts
@@ -461,118 +392,10 @@ pub fn job_view(job: &Job, attempts: Option<&[AttemptRecord]>) -> Value {
     v
 }
 
-pub(crate) fn rfc3339(ms: Millis) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-async fn get_one(
-    State(app): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let job = app
-        .store
-        .get_job(&id)
-        .await?
-        .filter(|j| visible(&principal, j.new.tenant.as_deref()))
-        .ok_or_else(|| ApiError::not_found(format!("no job \"{id}\"")))?;
-    let attempts = app.store.attempts(&id).await?;
-    Ok(Json(job_view(&job, Some(&attempts))))
-}
-
 /// Whether a principal may see something of `tenant`: a scoped token sees its tenant's only.
 pub(crate) fn visible(principal: &crate::auth::Principal, tenant: Option<&str>) -> bool {
     match principal {
         crate::auth::Principal::Tenant(t) => tenant == Some(t.as_str()),
         _ => true,
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
-    tenant: Option<String>,
-    queue: Option<String>,
-    cursor: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn list(
-    State(app): State<AppState>,
-    principal: Principal,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status: \"{s}\" is not a job status; use queued, running, retry_pending, succeeded, failed or cancelled"
-            ))
-        })?),
-    };
-    let tenant = principal.tenant_for(q.tenant.as_deref())?;
-    let limit = page_limit(q.limit, q.cursor.as_deref())?;
-    let filter = JobFilter {
-        status,
-        tenant,
-        queue: q.queue,
-    };
-    let page = app
-        .store
-        .list_jobs(&filter, q.cursor.as_deref(), limit)
-        .await?;
-    Ok(Json(json!({
-        "jobs": page.items.iter().map(|j| job_view(j, None)).collect::<Vec<_>>(),
-        "next_cursor": page.next,
-    })))
-}
-
-async fn cancel(
-    State(app): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    if let Some(job) = app.store.get_job(&id).await? {
-        if !visible(&principal, job.new.tenant.as_deref()) {
-            return Err(ApiError::not_found(format!("no job \"{id}\"")));
-        }
-    }
-    match app.store.cancel_job(&id, app.clock.now_millis()).await? {
-        Cancelled::NotFound => Err(ApiError::not_found(format!("no job \"{id}\""))),
-        Cancelled::Done(job) => Ok(Json(job_view(&job, None))),
-        // Cancelling again is fine; anything else already under way or over is a conflict.
-        Cancelled::Unchanged(job) if job.status == JobStatus::Cancelled => {
-            Ok(Json(job_view(&job, None)))
-        }
-        Cancelled::Unchanged(job) => Err(ApiError::Conflict {
-            detail: format!(
-                "job \"{id}\" is {}; only queued or retry_pending jobs can be cancelled",
-                job.status.as_str()
-            ),
-        }),
-    }
-}
-
-/// Sleeps at most this long between looks for ready jobs, even with nothing scheduled.
-pub const IDLE_POLL: Duration = Duration::from_secs(1);
-
-/// Checks a listing's `limit` (default 100) and `cursor`, and gives the limit.
-pub(crate) fn page_limit(limit: Option<u32>, cursor: Option<&str>) -> Result<u32, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
-    }
-    // Cursors are what a previous page gave: the sequence number of its last item.
-    if let Some(c) = cursor {
-        if c.parse::<i64>().map_or(true, |n| n < 0) {
-            return Err(ApiError::bad_request(format!(
-                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
-            )));
-        }
-    }
-    Ok(limit)
 }

@@ -1,0 +1,105 @@
+//! The HTTP edge: the router, one module per resource, the auth extractors, and the helpers
+//! every handler shares (JSON bodies, paging, store refusals). Handlers check what they are
+//! given and call the parts below; they hold no state of their own.
+
+pub mod auth;
+pub mod batches;
+pub mod credentials;
+pub mod health;
+pub mod jobs;
+pub mod observe;
+pub mod proxy;
+pub mod schedules;
+
+use std::time::Duration;
+
+use axum::routing::{any, get};
+use axum::Router;
+use http::StatusCode;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use health::{budgets, healthz, metrics, readyz};
+
+const MAX_PAGE: u32 = 500;
+
+/// Parses a JSON body into `T`, with a 400 that names the field serde could not read.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
+}
+
+/// A write the store could not take (a full disk, a lost database): 503 with a Retry-After,
+/// so that the client knows nothing was stored and sends it again; the cause is logged.
+pub(crate) fn store_refused(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "the store refused a write");
+    ApiError::Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        detail: "nothing was stored: the store cannot take writes right now (see /readyz); \
+                 send it again later"
+            .to_string(),
+        retry_after: Duration::from_secs(5),
+    }
+}
+
+/// Checks a listing's `limit` (default 100) and `cursor`, and gives the limit.
+pub(crate) fn page_limit(limit: Option<u32>, cursor: Option<&str>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: use 1 to {MAX_PAGE}")));
+    }
+    // Cursors are what a previous page gave: the sequence number of its last item.
+    if let Some(c) = cursor {
+        if c.parse::<i64>().map_or(true, |n| n < 0) {
+            return Err(ApiError::bad_request(format!(
+                "cursor: \"{c}\" is not a cursor this server gave; use next_cursor from the previous page"
+            )));
+        }
+    }
+    Ok(limit)
+}
+
+pub fn router(state: AppState) -> Router {
+    let open = state.api_token.is_none();
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/budgets", get(budgets))
+        .merge(credentials::routes())
+        .merge(jobs::routes())
+        .merge(batches::routes())
+        .merge(schedules::routes())
+        .merge(observe::routes())
+        // Headroom's own routes only: the proxy passes the upstream's answers through as-is
+        // (and streams bodies, with no deadline on them).
+        .layer(axum::middleware::map_response(
+            crate::error::problem_for_rejections,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.server.body_read_timeout,
+            crate::edge::body_deadline,
+        ))
+        .route("/proxy/{upstream}", any(proxy::handle))
+        .route("/proxy/{upstream}/", any(proxy::handle))
+        .route("/proxy/{upstream}/{*path}", any(proxy::handle))
+        .fallback(not_found)
+        .with_state(state);
+    if open {
+        router.layer(axum::middleware::from_fn(auth::open_guard))
+    } else {
+        router
+    }
+}
+
+async fn not_found(uri: http::Uri) -> crate::error::ApiError {
+    crate::error::ApiError::not_found(format!(
+        "no route for {}; the proxy is at /proxy/{{upstream}}/{{path}}, the API under /v1",
+        uri.path()
+    ))
+}
