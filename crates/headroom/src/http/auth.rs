@@ -1,10 +1,11 @@
 //! Who is calling, as axum extractors (`Principal`, `Admin`), and the guard that keeps
 //! `auth = "none"` to local clients (see `crate::auth`).
 
+use http::HeaderMap;
+
 use crate::app::AppState;
 use crate::auth::*;
 use crate::error::{ApiError, ApiResult};
-use http::HeaderMap;
 
 /// A `/v1` handler's caller, as an extractor: the token is checked from the request head,
 /// before the handler reads (or waits for) the body.

@@ -1,13 +1,7 @@
 //! `/v1/batches`: submit, read, list and cancel batches.
 
-use super::auth::Admin;
-use super::parse_json;
-use crate::app::AppState;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
-use crate::jobs::batches::*;
-use crate::jobs::request::*;
-use crate::jobs::*;
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +10,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::Duration;
+
+use super::auth::Admin;
+use super::parse_json;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::batches::*;
+use crate::jobs::request::*;
+use crate::jobs::*;
 
 /// How long a submission waits for room before it is refused with 503.
 const INTAKE_WAIT: Duration = Duration::from_secs(30);

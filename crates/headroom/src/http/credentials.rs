@@ -1,11 +1,6 @@
 //! `/v1/tenants/{tenant}/credentials`, the webhook signing secret and `/v1/tokens`: set,
 //! list and delete tenants' credentials, and mint, list and revoke scoped API tokens.
 
-use super::auth::Admin;
-use crate::app::AppState;
-use crate::auth::Principal;
-use crate::credentials::*;
-use crate::error::{ApiError, ApiResult};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path as UrlPath, State};
@@ -16,6 +11,17 @@ use base64::Engine;
 use http::StatusCode;
 use rand::RngCore;
 use serde_json::{json, Value};
+
+use super::auth::Admin;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::credentials::*;
+use crate::error::{ApiError, ApiResult};
+
+/// The largest request body the credential API reads.
+const MAX_BODY: usize = 64 * 1024;
+const CREDENTIAL_SHAPE: &str = "{\"credential\": \"<the secret for the upstream>\"}";
+const TOKEN_SHAPE: &str = "{\"tenant\": \"<tenant>\"}";
 
 fn check_tenant(field: &str, tenant: &str) -> ApiResult<()> {
     if valid_tenant(tenant) {
@@ -274,10 +280,3 @@ async fn revoke_token(
         Err(ApiError::not_found(format!("id: no API token \"{shown}\"")))
     }
 }
-
-/// The largest request body the credential API reads.
-const MAX_BODY: usize = 64 * 1024;
-
-const CREDENTIAL_SHAPE: &str = "{\"credential\": \"<the secret for the upstream>\"}";
-
-const TOKEN_SHAPE: &str = "{\"tenant\": \"<tenant>\"}";

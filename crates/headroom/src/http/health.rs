@@ -1,13 +1,14 @@
 //! `/healthz`, `/readyz`, `/metrics` and `/v1/budgets`.
 
-use super::auth::{authenticate, Admin};
-use crate::app::AppState;
-use crate::error::ApiResult;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
 use http::header::CONTENT_TYPE;
 use serde_json::json;
+
+use super::auth::{authenticate, Admin};
+use crate::app::AppState;
+use crate::error::ApiResult;
 
 /// Liveness: the process serves requests. Not 200 only when the store's writer is stuck in
 /// a way a restart would cure (see `store::health`); what a restart would not cure (a full

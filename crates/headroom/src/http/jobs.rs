@@ -1,11 +1,5 @@
 //! `/v1/jobs`: submit, read, list and cancel jobs.
 
-use super::{page_limit, parse_json, store_refused};
-use crate::app::AppState;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
-use crate::jobs::request::*;
-use crate::jobs::*;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,6 +8,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use super::{page_limit, parse_json, store_refused};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::request::*;
+use crate::jobs::*;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

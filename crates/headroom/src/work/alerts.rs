@@ -1,14 +1,19 @@
 //! Evaluates the alert rules on each observer tick and sends their webhooks.
 
+use std::collections::BTreeMap;
+
+use headroom_core::duration::format_duration;
+use serde_json::json;
+
 use crate::app::AppState;
 use crate::callbacks::Outcome;
 use crate::jobs::Millis;
 use crate::observe::alerts::*;
 use crate::observe::model::*;
 use crate::observe::TickState;
-use headroom_core::duration::format_duration;
-use serde_json::json;
-use std::collections::BTreeMap;
+
+/// Resolved alerts kept for `GET /v1/alerts`.
+const HISTORY: usize = 200;
 
 /// What a rule finds now: subject → (value, threshold, message).
 type Found = BTreeMap<String, (f64, f64, String)>;
@@ -324,6 +329,3 @@ pub(crate) async fn view(app: &AppState) -> serde_json::Value {
     let recent: Vec<serde_json::Value> = state.alerts.history.iter().map(firing_view).collect();
     json!({ "alerts": rules, "resolved": recent })
 }
-
-/// Resolved alerts kept for `GET /v1/alerts`.
-const HISTORY: usize = 200;

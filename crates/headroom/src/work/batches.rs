@@ -1,18 +1,20 @@
 //! The batch runner: takes ready chunks of records from the store, sends each chunk as one
 //! governed call in the batch's format, and records each record's outcome.
 
-use crate::app::AppState;
-use crate::jobs::*;
-use crate::outbound::{self, refusal, Answer, PrepareError, Read};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::HeaderMap;
 use headroom_core::batch::{self, Format, Record, RecordOutcome};
 use headroom_core::verdict::{verdict, Attempted, GiveUpReason, RetryRule, Verdict};
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use crate::app::AppState;
+use crate::jobs::*;
+use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 
 /// Chunks of one batch in flight at once (the budget paces them anyway).
 const CHUNKS_PER_BATCH: usize = 4;

@@ -1,10 +1,23 @@
 //! Delivers due job and batch callbacks, with their durable retry schedule in the store
 //! (see `crate::callbacks` for the destination policy, limits and signatures).
 
+use std::time::Duration;
+
 use crate::app::AppState;
 use crate::callbacks::*;
 use crate::jobs::*;
-use std::time::Duration;
+
+/// A callback held back by a limit (its host's or tenant's slots all taken) is looked at
+/// again after at least this long, behind the other due ones; at most after a delivery's
+/// timeout, when a slot has surely freed. Sooner would re-read and rewrite a hostile
+/// tenant's backlog of hanging callbacks without pause.
+const HOLD_BACK: Millis = 1_000;
+/// Due callbacks read at a time.
+const FETCH: u32 = 64;
+/// How often to look for due callbacks when nothing wakes the loop earlier.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Callbacks are tried this many times, doubling the wait from one second.
+const CALLBACK_ATTEMPTS: u32 = 8;
 
 /// POSTs final outcomes to callback URLs, concurrently under the limits, with retries kept in
 /// the store.
@@ -223,18 +236,3 @@ async fn deliver(app: &AppState, due: Due, uri: Option<http::Uri>) {
         tracing::error!(error = %format!("{e:#}"), "cannot record a callback");
     }
 }
-
-/// A callback held back by a limit (its host's or tenant's slots all taken) is looked at
-/// again after at least this long, behind the other due ones; at most after a delivery's
-/// timeout, when a slot has surely freed. Sooner would re-read and rewrite a hostile
-/// tenant's backlog of hanging callbacks without pause.
-const HOLD_BACK: Millis = 1_000;
-
-/// Due callbacks read at a time.
-const FETCH: u32 = 64;
-
-/// How often to look for due callbacks when nothing wakes the loop earlier.
-const IDLE_POLL: Duration = Duration::from_millis(250);
-
-/// Callbacks are tried this many times, doubling the wait from one second.
-const CALLBACK_ATTEMPTS: u32 = 8;

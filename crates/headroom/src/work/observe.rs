@@ -1,11 +1,20 @@
 //! The event writer and the observer's periodic tick: pruning, sampling, alerts.
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use crate::app::AppState;
 use crate::jobs::Millis;
 use crate::observe::model::*;
 use crate::observe::*;
-use std::time::Duration;
-use tokio::sync::mpsc;
+
+/// How often the background loop samples, prunes and evaluates alerts.
+const TICK_EVERY: Duration = Duration::from_secs(10);
+/// Events stored in one transaction at most.
+const BATCH: usize = 512;
+/// How often old events are pruned.
+const PRUNE_EVERY: Millis = 3_600_000;
 
 /// Starts the event writer and the periodic tick (pruning, sampling, alerts).
 pub fn start(app: &AppState) {
@@ -78,12 +87,3 @@ pub async fn tick(app: &AppState) -> anyhow::Result<Tick> {
     out.notifications = super::alerts::evaluate(app, &mut state, now).await?;
     Ok(out)
 }
-
-/// How often the background loop samples, prunes and evaluates alerts.
-const TICK_EVERY: Duration = Duration::from_secs(10);
-
-/// Events stored in one transaction at most.
-const BATCH: usize = 512;
-
-/// How often old events are pruned.
-const PRUNE_EVERY: Millis = 3_600_000;

@@ -1,12 +1,13 @@
 //! The scheduler loop: reconciles stored schedules into slots and fires due runs.
 
-use crate::app::AppState;
-use crate::jobs::Millis;
-use crate::schedules::*;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::app::AppState;
+use crate::jobs::Millis;
+use crate::schedules::*;
 
 /// Due slots taken per store transaction.
 const FIRE_BATCH: u32 = 200;

@@ -1,12 +1,16 @@
 //! Budget and queue sampling (each observer tick) and `GET /v1/status`'s report.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::app::AppState;
 use crate::cfg::BudgetScope;
 use crate::jobs::Millis;
 use crate::observe::metrics::{DepthLabels, LimitLabels};
 use crate::observe::model::*;
 use crate::observe::status::*;
-use std::collections::{BTreeMap, HashMap};
+
+/// The shortest span a trend is computed over.
+const MIN_TREND_SPAN: Millis = 20_000;
 
 /// The tenant label a job's backlog counts under: `shared` on a shared budget.
 fn backlog_tenant(app: &AppState, b: &Backlog) -> String {
@@ -315,6 +319,3 @@ fn limit_label(l: &headroom_core::limit::LimitSnapshot) -> String {
 fn tenant_of_key(key: &str) -> &str {
     key.strip_prefix("tenant:").unwrap_or(key)
 }
-
-/// The shortest span a trend is computed over.
-const MIN_TREND_SPAN: Millis = 20_000;
