@@ -87,7 +87,9 @@ fn millis(t: Timestamp) -> Millis {
     (t.as_nanos() / 1_000_000) as Millis
 }
 
-pub(crate) fn rfc3339(ms: Millis) -> String {
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-03-02T10:00:00.000Z`), as the
+/// API shows every time.
+pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
@@ -101,4 +103,17 @@ pub fn epoch_millis(t: Timestamp) -> Millis {
 /// The timestamp of epoch milliseconds (for setting a manual clock).
 pub fn timestamp_of(ms: Millis) -> Timestamp {
     Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_005), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_740_830_461_999), "2025-03-01T12:01:01.999Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
 }

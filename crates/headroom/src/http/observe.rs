@@ -129,10 +129,7 @@ async fn events(
 fn event_view(e: &StoredEvent) -> serde_json::Value {
     let mut v = serde_json::to_value(e).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "time".into(),
-            json!(crate::store::rfc3339_millis(e.event.at)),
-        );
+        obj.insert("time".into(), json!(crate::clock::rfc3339(e.event.at)));
         obj.insert(
             "headers".into(),
             e.event

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use super::auth::Admin;
 use super::parse_json;
 use crate::app::AppState;
+use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{BatchStatus, JobStatus, Millis};
+use crate::jobs::{BatchStatus, JobStatus};
 use crate::schedules::*;
 
 /// Upcoming runs shown with a schedule.
@@ -27,10 +28,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/schedules/{name}/pause", post(pause))
         .route("/v1/schedules/{name}/resume", post(resume))
         .route("/v1/schedules/{name}/runs", get(runs))
-}
-
-pub(crate) fn rfc3339(ms: Millis) -> String {
-    crate::clock::rfc3339(ms)
 }
 
 /// A schedule as the API shows it: its definition, where it comes from and its state.

@@ -204,11 +204,11 @@ pub(crate) fn firing_view(f: &Firing) -> serde_json::Value {
         "alert": f.alert,
         "rule": f.rule,
         "subject": f.subject,
-        "since": crate::store::rfc3339_millis(f.since),
+        "since": crate::clock::rfc3339(f.since),
         "value": f.value,
         "threshold": f.threshold,
         "message": f.message,
-        "resolved_at": f.resolved_at.map(crate::store::rfc3339_millis),
+        "resolved_at": f.resolved_at.map(crate::clock::rfc3339),
     })
 }
 

@@ -261,8 +261,8 @@ async fn notify(app: &AppState, rule: &AlertRule, firing: &Firing, status: &str)
         "value": firing.value,
         "threshold": firing.threshold,
         "message": firing.message,
-        "since": crate::store::rfc3339_millis(firing.since),
-        "resolved_at": firing.resolved_at.map(crate::store::rfc3339_millis),
+        "since": crate::clock::rfc3339(firing.since),
+        "resolved_at": firing.resolved_at.map(crate::clock::rfc3339),
     })
     .to_string();
     tracing::warn!(alert = %rule.name, subject = %firing.subject, status, "{}", firing.message);

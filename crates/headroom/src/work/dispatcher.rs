@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::app::AppState;
 use crate::cfg::{Queue, Upstream};
 use crate::jobs::*;
+use crate::observe::is_rate_limit_header;
 use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 
 /// Sleeps at most this long between looks for ready jobs, even with nothing scheduled.
@@ -27,16 +28,6 @@ const CLAIM_DELAY: Duration = Duration::from_millis(20);
 /// A job keeps at most this much of the upstream's answer (the rest is not read; the stored
 /// headers then say `Headroom-Body-Truncated`).
 const MAX_STORED_BODY: usize = 1 << 20;
-
-/// Rate-limit headers worth keeping with an attempt.
-fn is_rate_limit_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.contains("ratelimit")
-        || n.contains("rate-limit")
-        || n == "retry-after"
-        || n == "sforce-limit-info"
-        || n == "x-shopify-shop-api-call-limit"
-}
 
 /// Starts the dispatcher and the callback sender; first puts back what a crash left running.
 pub async fn start(app: AppState) -> anyhow::Result<()> {

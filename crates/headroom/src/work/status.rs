@@ -261,7 +261,7 @@ pub async fn compute(app: &AppState, window: std::time::Duration) -> anyhow::Res
         .map(crate::observe::alerts::firing_view)
         .collect();
     Ok(Status {
-        at: crate::store::rfc3339_millis(now),
+        at: crate::clock::rfc3339(now),
         window_s: window.as_secs_f64(),
         rows: rows.into_values().collect(),
         alerts,

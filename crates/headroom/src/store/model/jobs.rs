@@ -413,7 +413,7 @@ pub struct BatchSummary {
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`.
 fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::store::rfc3339_millis(*ms))
+    s.serialize_str(&crate::clock::rfc3339(*ms))
 }
 
 /// The batch a chunk belongs to.
