@@ -7,14 +7,14 @@
 //!   the server is built with: the system clock in production, a manual clock in tests.
 //!
 //! `SystemTime::now` and `std::time::Instant::now` are read here and nowhere else in the
-//! crate (clippy's `disallowed-methods`, in `clippy.toml`).
+//! crate (clippy's `disallowed-methods`, in `clippy.toml`). The store, built without the
+//! server's clock, reads the system's time for its own bookkeeping (`headroom_store::time`).
 
 use std::sync::Arc;
 
 use headroom_core::clock::{Clock, Timestamp};
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+pub use headroom_store::time::{rfc3339, system_millis, Millis};
 
 /// The system clock, counted from the Unix epoch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,7 +55,7 @@ impl WallClock {
     }
 
     pub fn now_millis(&self) -> Millis {
-        millis(self.0.now())
+        epoch_millis(self.0.now())
     }
 
     /// Seconds since the Unix epoch, for reading reset times that upstreams send as such.
@@ -76,25 +76,6 @@ impl std::fmt::Debug for WallClock {
     }
 }
 
-/// The system's wall-clock time in Unix milliseconds, for bookkeeping that does not decide
-/// anything (when a credential or token was created, a readiness probe's value) in parts
-/// built without the server's clock (the store).
-pub fn system_millis() -> Millis {
-    millis(UnixClock.now())
-}
-
-fn millis(t: Timestamp) -> Millis {
-    (t.as_nanos() / 1_000_000) as Millis
-}
-
-/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-03-02T10:00:00.000Z`), as the
-/// API shows every time.
-pub fn rfc3339(ms: Millis) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
 /// The epoch milliseconds of a timestamp of a clock counted from the Unix epoch.
 pub fn epoch_millis(t: Timestamp) -> Millis {
     i64::try_from(t.as_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -103,17 +84,4 @@ pub fn epoch_millis(t: Timestamp) -> Millis {
 /// The timestamp of epoch milliseconds (for setting a manual clock).
 pub fn timestamp_of(ms: Millis) -> Timestamp {
     Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_utc_with_milliseconds() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_005), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_740_830_461_999), "2025-03-01T12:01:01.999Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
-    }
 }

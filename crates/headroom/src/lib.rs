@@ -22,5 +22,6 @@ pub mod outbound;
 pub mod schedules;
 pub mod server;
 pub mod shutdown;
-pub mod store;
+/// The store, its own crate (`headroom-store`).
+pub use headroom_store as store;
 pub mod work;

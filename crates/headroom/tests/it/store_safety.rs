@@ -654,12 +654,12 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
             .await
             .unwrap();
     for sql in [
-        include_str!("../../migrations/0001_credentials_and_tokens.sql"),
-        include_str!("../../migrations/0002_jobs_and_batches.sql"),
-        include_str!("../../migrations/0003_schedules.sql"),
-        include_str!("../../migrations/0004_events.sql"),
+        include_str!("../../../headroom-store/migrations/0001_credentials_and_tokens.sql"),
+        include_str!("../../../headroom-store/migrations/0002_jobs_and_batches.sql"),
+        include_str!("../../../headroom-store/migrations/0003_schedules.sql"),
+        include_str!("../../../headroom-store/migrations/0004_events.sql"),
         BEFORE,
-        include_str!("../../migrations/0005_tenant_dedup_and_retention.sql"),
+        include_str!("../../../headroom-store/migrations/0005_tenant_dedup_and_retention.sql"),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
@@ -677,10 +677,12 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
         .await
         .unwrap();
     for sql in [
-        include_str!("../../migrations/postgres/0001_schema.sql"),
-        include_str!("../../migrations/postgres/0002_events.sql"),
+        include_str!("../../../headroom-store/migrations/postgres/0001_schema.sql"),
+        include_str!("../../../headroom-store/migrations/postgres/0002_events.sql"),
         BEFORE,
-        include_str!("../../migrations/postgres/0003_tenant_dedup_and_retention.sql"),
+        include_str!(
+            "../../../headroom-store/migrations/postgres/0003_tenant_dedup_and_retention.sql"
+        ),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }

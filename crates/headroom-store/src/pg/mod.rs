@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::store::sql::{Sql, SqlStore};
+use crate::sql::{Sql, SqlStore};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -41,7 +41,7 @@ pub struct PgStore {
     node: std::sync::Arc<str>,
     url: String,
     /// Writes that share transactions (group commit, see `writer`).
-    ops: tokio::sync::mpsc::Sender<crate::store::writer::Op>,
+    ops: tokio::sync::mpsc::Sender<crate::writer::Op>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -78,7 +78,7 @@ impl PgStore {
             rand::random::<u32>()
         )
         .into();
-        let ops = crate::store::writer::spawn(crate::store::writer::Writer::Postgres {
+        let ops = crate::writer::spawn(crate::writer::Writer::Postgres {
             pool: pool.clone(),
             node: node.to_string(),
         });
@@ -97,8 +97,8 @@ impl PgStore {
         &self.pool
     }
 
-    /// Where grouped writes are handed (`crate::store::writer`).
-    pub(super) fn ops(&self) -> &tokio::sync::mpsc::Sender<crate::store::writer::Op> {
+    /// Where grouped writes are handed (`crate::writer`).
+    pub(super) fn ops(&self) -> &tokio::sync::mpsc::Sender<crate::writer::Op> {
         &self.ops
     }
 
@@ -214,9 +214,9 @@ impl PgStore {
     pub async fn reap_dead_nodes(&self) -> anyhow::Result<()> {
         // Requeued to run now: the store has no clock of its own; a node's stored times are
         // the system's in production.
-        let now = crate::clock::system_millis();
-        let jobs = crate::store::jobs::requeue_jobs(self.db(), false, now).await?;
-        let records = crate::store::batches::requeue_records(self.db(), false, now).await?;
+        let now = crate::time::system_millis();
+        let jobs = crate::jobs::requeue_jobs(self.db(), false, now).await?;
+        let records = crate::batches::requeue_records(self.db(), false, now).await?;
         if jobs > 0 || records > 0 {
             tracing::warn!(
                 jobs,

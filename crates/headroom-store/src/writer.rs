@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::WriterHealth;
 use super::jobs::{finish_attempts_in, insert_job_in, insert_jobs_in, Finish};
 use super::sql::{Conn, Db, Tx};
-use crate::store::model::jobs::*;
+use crate::model::jobs::*;
 
 /// Writes in one transaction at most.
 pub(super) const MAX_GROUP: usize = 128;

@@ -1,4 +1,8 @@
-//! The embedded store: one SQLite file (WAL journal) through sqlx, migrated on open.
+//! Headroom's store: what it keeps (`model`: jobs, batches, schedules, events, credentials,
+//! and the traits every backend implements) on SQLite (embedded, the default) or PostgreSQL
+//! (`pg`, for several nodes). It knows nothing of HTTP or the config.
+//!
+//! The embedded store is one SQLite file (WAL journal) through sqlx, migrated on open.
 //!
 //! Everything Headroom keeps goes through the operations of this module (`jobs`, `batches`,
 //! `schedules`, `events`, `credentials`, `retention`, `writer`), written once with plain,
@@ -38,6 +42,7 @@ mod row;
 pub mod schedule_conformance;
 mod schedules;
 pub(crate) mod sql;
+pub mod time;
 mod writer;
 
 pub use any::AnyStore;
@@ -293,7 +298,7 @@ async fn recover_writer(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx:
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`: sortable as text.
 pub fn now_rfc3339() -> String {
-    crate::clock::rfc3339(crate::clock::system_millis())
+    crate::time::rfc3339(crate::time::system_millis())
 }
 
 #[cfg(test)]

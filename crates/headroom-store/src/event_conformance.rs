@@ -1,10 +1,10 @@
 //! The conformance suite every `EventStore` backend passes, like `conformance` for jobs:
 //! each property takes an empty store and panics with a message when the backend breaks the
-//! contract of `crate::store::model::events`. Times are fixed values; nothing reads the clock.
+//! contract of `crate::model::events`. Times are fixed values; nothing reads the clock.
 //!
 //! ```no_run
 //! # async fn f() {
-//! use headroom::store::{event_conformance, Store};
+//! use headroom_store::{event_conformance, Store};
 //! event_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
 //! # }
 //! ```
@@ -12,8 +12,8 @@
 use std::future::Future;
 
 use super::conformance::new_job;
-use crate::store::model::events::*;
-use crate::store::model::jobs::{JobStore, Millis};
+use crate::model::events::*;
+use crate::model::jobs::{JobStore, Millis};
 
 /// Runs every property, each on a fresh, empty store.
 pub async fn run<S, F, Fut>(mut fresh: F)

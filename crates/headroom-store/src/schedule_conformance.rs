@@ -1,11 +1,11 @@
 //! The conformance suite every `ScheduleStore` backend passes, written once, like
 //! `conformance` for jobs and batches: each property takes an empty store and panics with a
-//! message when the backend breaks the contract of `crate::store::model::schedules`. Times are fixed
+//! message when the backend breaks the contract of `crate::model::schedules`. Times are fixed
 //! values; nothing reads the clock.
 //!
 //! ```no_run
 //! # async fn f() {
-//! use headroom::store::{schedule_conformance, Store};
+//! use headroom_store::{schedule_conformance, Store};
 //! schedule_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
 //! # }
 //! ```
@@ -13,8 +13,8 @@
 use std::future::Future;
 
 use super::conformance::new_job;
-use crate::store::model::jobs::*;
-use crate::store::model::schedules::*;
+use crate::model::jobs::*;
+use crate::model::schedules::*;
 
 /// Runs every property, each on a fresh, empty store.
 pub async fn run<S, F, Fut>(mut fresh: F)

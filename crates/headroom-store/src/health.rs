@@ -154,7 +154,7 @@ impl Store {
                 "INSERT INTO meta (name, value) VALUES ('ready_probe', ?) \
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             )
-            .bind(crate::clock::system_millis().to_be_bytes().to_vec())
+            .bind(crate::time::system_millis().to_be_bytes().to_vec())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -188,7 +188,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sql::SqlStore;
+    use crate::sql::SqlStore;
 
     #[tokio::test]
     async fn stuck_only_when_writes_fail_long_with_nothing_to_explain_it() {

@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Value};
-use crate::store::model::events::*;
-use crate::store::model::jobs::{Millis, Page};
+use crate::model::events::*;
+use crate::model::jobs::{Millis, Page};
 
 const EVENT_COLUMNS: &str = "seq, at, level, kind, upstream, tenant, queue, endpoint, job_id, \
      attempt, status, wait_ms, outcome, headers, message";

@@ -12,8 +12,8 @@ use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Tx};
-use crate::store::model::jobs::{parse_cursor, Inserted, JobStatus, Millis, Page};
-use crate::store::model::schedules::*;
+use crate::model::jobs::{parse_cursor, Inserted, JobStatus, Millis, Page};
+use crate::model::schedules::*;
 
 const SCHEDULE_COLUMNS: &str = "name, definition, from_config, paused, created_at, updated_at";
 /// The columns of a run with its job's and batch's status, as `run_from_row` reads them.

@@ -1,13 +1,13 @@
 //! The conformance suite every `JobStore + BatchStore` backend passes, written once.
 //!
 //! Each property is a function that takes an empty store and panics (with a message that
-//! says what went wrong) when the backend breaks the contract of `crate::store::model::jobs`.
+//! says what went wrong) when the backend breaks the contract of `crate::model::jobs`.
 //! `run` calls them all, each on a fresh store from the factory it is given. Times are fixed
 //! values passed as `now`: nothing here reads the clock or sleeps.
 //!
 //! ```no_run
 //! # async fn f() {
-//! use headroom::store::{conformance, Store};
+//! use headroom_store::{conformance, Store};
 //! conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
 //! # }
 //! ```
@@ -17,7 +17,7 @@ use std::future::Future;
 
 use headroom_core::Lane;
 
-use crate::store::model::jobs::*;
+use crate::model::jobs::*;
 
 /// Runs every property, each on a fresh, empty store.
 pub async fn run<S, F, Fut>(mut fresh: F)

@@ -18,7 +18,7 @@ use super::jobs::{
 };
 use super::row::StoreRow;
 use super::sql::{Conn, Db, Sql, SqlStore};
-use crate::store::model::jobs::*;
+use crate::model::jobs::*;
 
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
 const INSERT_ROWS: usize = 400;

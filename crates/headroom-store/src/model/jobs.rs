@@ -6,7 +6,7 @@
 use headroom_core::Lane;
 use serde::{Deserialize, Serialize};
 
-pub use crate::clock::Millis;
+pub use crate::time::Millis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -413,7 +413,7 @@ pub struct BatchSummary {
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2025-03-01T12:00:00.123Z`.
 fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::clock::rfc3339(*ms))
+    s.serialize_str(&crate::time::rfc3339(*ms))
 }
 
 /// The batch a chunk belongs to.

@@ -12,7 +12,7 @@ use anyhow::Context;
 use super::jobs::FINAL;
 use super::row::StoreRow;
 use super::sql::{placeholders, Db, Sql};
-use crate::store::model::jobs::*;
+use crate::model::jobs::*;
 
 /// Jobs deleted per transaction.
 const JOB_CHUNK: i64 = 500;

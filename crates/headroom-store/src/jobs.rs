@@ -12,7 +12,7 @@ use headroom_core::Lane;
 
 use super::row::StoreRow;
 use super::sql::{Conn, Db, Dialect, Sql, SqlStore};
-use crate::store::model::jobs::*;
+use crate::model::jobs::*;
 
 /// The columns of `jobs` that make a `Job`, in the order `job_from_row` reads them.
 pub(super) const JOB_COLUMNS: &str =
