@@ -49,7 +49,7 @@ impl SqlStore for AnyStore {
 
 impl AnyStore {
     /// Opens `sqlite://…` / `sqlite::memory:` or `postgres://…` / `postgresql://…`.
-    pub async fn open(url: &str) -> anyhow::Result<AnyStore> {
+    pub async fn open(url: &str) -> crate::Result<AnyStore> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(AnyStore::Postgres(PgStore::open(url).await?))
         } else {
@@ -112,23 +112,23 @@ impl AnyStore {
         tenant: &str,
         upstream: &str,
         sealed: &SealedCredential,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         self.db().put_credential(tenant, upstream, sealed).await
     }
     pub async fn get_credential(
         &self,
         tenant: &str,
         upstream: &str,
-    ) -> anyhow::Result<Option<SealedCredential>> {
+    ) -> crate::Result<Option<SealedCredential>> {
         self.db().get_credential(tenant, upstream).await
     }
-    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
+    pub async fn delete_credential(&self, tenant: &str, upstream: &str) -> crate::Result<bool> {
         self.db().delete_credential(tenant, upstream).await
     }
-    pub async fn list_credentials(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
+    pub async fn list_credentials(&self, tenant: &str) -> crate::Result<Vec<CredentialInfo>> {
         self.db().list_credentials(tenant).await
     }
-    pub async fn count_credentials(&self) -> anyhow::Result<i64> {
+    pub async fn count_credentials(&self) -> crate::Result<i64> {
         self.db().count_credentials().await
     }
     pub async fn insert_token(
@@ -136,22 +136,22 @@ impl AnyStore {
         id: &str,
         tenant: &str,
         token_sha256: &[u8],
-    ) -> anyhow::Result<TokenInfo> {
+    ) -> crate::Result<TokenInfo> {
         self.db().insert_token(id, tenant, token_sha256).await
     }
-    pub async fn token_tenant(&self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
+    pub async fn token_tenant(&self, token_sha256: &[u8]) -> crate::Result<Option<String>> {
         self.db().token_tenant(token_sha256).await
     }
-    pub async fn delete_token(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub async fn delete_token(&self, id: &str) -> crate::Result<Option<Vec<u8>>> {
         self.db().delete_token(id).await
     }
-    pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
+    pub async fn list_tokens(&self, tenant: Option<&str>) -> crate::Result<Vec<TokenInfo>> {
         self.db().list_tokens(tenant).await
     }
-    pub async fn get_meta(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub async fn get_meta(&self, name: &str) -> crate::Result<Option<Vec<u8>>> {
         self.db().get_meta(name).await
     }
-    pub async fn put_meta(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+    pub async fn put_meta(&self, name: &str, value: &[u8]) -> crate::Result<()> {
         self.db().put_meta(name, value).await
     }
 }

@@ -10,7 +10,7 @@
 //! OF b SKIP LOCKED`, so that no other node claims from it meanwhile), records in flight
 //! name the node sending them (the node guard), and a stored batch wakes every node.
 
-use anyhow::Context;
+use crate::error::Context;
 
 use super::jobs::{
     headers_json, lane_str, parse_headers, parse_lane, placeholders, postpone_callbacks_in,
@@ -31,18 +31,19 @@ const BATCH_COLUMNS: &str = "seq, id, upstream, tenant, lane, format, max_batch_
 
 const ACTIVE: &str = "status IN ('queued', 'running')";
 
-pub(super) fn parse_batch_status(s: &str) -> anyhow::Result<BatchStatus> {
-    BatchStatus::parse(s)
-        .ok_or_else(|| anyhow::anyhow!("unknown batch status \"{s}\" in the store"))
+pub(super) fn parse_batch_status(s: &str) -> crate::Result<BatchStatus> {
+    BatchStatus::parse(s).ok_or_else(|| {
+        crate::StoreError::internal(format!("unknown batch status \"{s}\" in the store"))
+    })
 }
 
-fn count<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u64> {
+fn count<R: StoreRow>(row: &R, name: &str) -> crate::Result<u64> {
     let v: i64 = row.col(name)?;
     u64::try_from(v).with_context(|| format!("stored {name} {v} is negative"))
 }
 
 /// The batch's row as a summary (failures not yet filled in), and its sequence.
-fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, BatchSummary)> {
+fn summary_from_row<R: StoreRow>(row: &R) -> crate::Result<(i64, BatchSummary)> {
     Ok((
         row.col("seq")?,
         BatchSummary {
@@ -63,7 +64,7 @@ fn summary_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, BatchSummary)>
     ))
 }
 
-fn meta_from_row<R: StoreRow>(row: &R) -> anyhow::Result<BatchMeta> {
+fn meta_from_row<R: StoreRow>(row: &R) -> crate::Result<BatchMeta> {
     Ok(BatchMeta {
         id: row.col("id")?,
         upstream: row.col("upstream")?,
@@ -88,7 +89,7 @@ async fn read_batch(
     conn: &mut Conn<'_>,
     id: &str,
     failures_limit: u32,
-) -> anyhow::Result<Option<BatchSummary>> {
+) -> crate::Result<Option<BatchSummary>> {
     let q = Sql::new(format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?")).bind(id);
     let Some(row) = conn
         .fetch_optional(&q)
@@ -118,7 +119,7 @@ async fn read_batch(
                     error: r.col::<Option<String>>("error")?.unwrap_or_default(),
                 })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<crate::Result<_>>()?;
     }
     Ok(Some(summary))
 }
@@ -127,7 +128,7 @@ async fn read_batch(
 pub(crate) async fn insert_batch_in(
     conn: &mut Conn<'_>,
     batch: NewBatch,
-) -> anyhow::Result<BatchSummary> {
+) -> crate::Result<BatchSummary> {
     let total = batch.records.len() as i64;
     let status = if total == 0 {
         BatchStatus::Succeeded
@@ -207,7 +208,7 @@ impl<S: SqlStore> BatchStore for S {
     /// One transaction: the batch row, then its records in multi-row INSERTs of
     /// `INSERT_ROWS`. Committed (durable) before this returns; on PostgreSQL the commit
     /// wakes every node. New work is refused while the SQLite file is gone or full.
-    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary> {
+    async fn insert_batch(&self, batch: NewBatch) -> crate::Result<BatchSummary> {
         self.durable()?;
         let mut tx = self.db().begin().await?;
         let summary = insert_batch_in(&mut tx.conn(), batch).await?;
@@ -220,7 +221,7 @@ impl<S: SqlStore> BatchStore for S {
         &self,
         id: &str,
         failures_limit: u32,
-    ) -> anyhow::Result<Option<BatchSummary>> {
+    ) -> crate::Result<Option<BatchSummary>> {
         // One read transaction, so that the counts and the failures agree.
         let mut tx = self.db().read().await?;
         let out = read_batch(&mut tx.conn(), id, failures_limit).await?;
@@ -228,7 +229,7 @@ impl<S: SqlStore> BatchStore for S {
         Ok(out)
     }
 
-    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>> {
+    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> crate::Result<Option<Chunk>> {
         let db = self.db();
         let dialect = db.dialect();
         let mut tx = db.begin().await?;
@@ -302,7 +303,7 @@ impl<S: SqlStore> BatchStore for S {
                     attempts: u32_col(r, "attempts")?,
                 })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         records.sort_by_key(|r| r.index);
         let n = records.len() as i64;
         let q = Sql::new(
@@ -332,9 +333,9 @@ impl<S: SqlStore> BatchStore for S {
         chunk: &Chunk,
         results: &[RecordResult],
         now: Millis,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         if results.len() != chunk.records.len() {
-            anyhow::bail!(
+            crate::error::bail!(
                 "chunk {}: {} results for {} records",
                 chunk.chunk_id,
                 results.len(),
@@ -449,11 +450,11 @@ impl<S: SqlStore> BatchStore for S {
     /// Records in flight in a cancelled batch are cancelled instead (they were not sent
     /// again, so they are not counted as possibly duplicated). On PostgreSQL only the
     /// records of this node and of dead nodes: the other nodes are sending theirs.
-    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64> {
+    async fn requeue_in_flight(&self, now: Millis) -> crate::Result<u64> {
         requeue_records(self.db(), true, now).await
     }
 
-    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>> {
+    async fn next_chunk_at(&self) -> crate::Result<Option<Millis>> {
         let q = Sql::new(format!(
             "SELECT MIN((SELECT MIN(r.next_attempt_at) FROM batch_records AS r \
              WHERE r.batch_seq = b.seq AND r.status = 'pending')) AS at \
@@ -470,7 +471,7 @@ impl<S: SqlStore> BatchStore for S {
 
     /// Pending records become cancelled; records in flight finish (a retry among them is
     /// cancelled then). A batch already finished keeps its status.
-    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>> {
+    async fn cancel_batch(&self, id: &str, now: Millis) -> crate::Result<Option<BatchSummary>> {
         let mut tx = self.db().begin().await?;
         let Some(row) = tx
             .fetch_optional(&Sql::new("SELECT seq, status FROM batches WHERE id = ?").bind(id))
@@ -506,7 +507,7 @@ impl<S: SqlStore> BatchStore for S {
         Ok(out)
     }
 
-    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned> {
+    async fn prune_batches(&self, before: Millis) -> crate::Result<Pruned> {
         self.db().prune_batches_before(before).await
     }
 
@@ -515,7 +516,7 @@ impl<S: SqlStore> BatchStore for S {
         filter: &BatchFilter,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<BatchSummary>> {
+    ) -> crate::Result<Page<BatchSummary>> {
         let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq > ?");
@@ -548,7 +549,7 @@ impl<S: SqlStore> BatchStore for S {
         &self,
         now: Millis,
         limit: u32,
-    ) -> anyhow::Result<Vec<DueBatchCallback>> {
+    ) -> crate::Result<Vec<DueBatchCallback>> {
         let db = self.db();
         const DUE: &str = "callback = 'pending' AND in_flight = 0 \
              AND status IN ('succeeded', 'completed_with_failures', 'cancelled') \
@@ -594,7 +595,7 @@ impl<S: SqlStore> BatchStore for S {
                     },
                 ))
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         due.sort_by_key(|(order, _)| *order);
         Ok(due.into_iter().map(|(_, d)| d).collect())
     }
@@ -604,12 +605,12 @@ impl<S: SqlStore> BatchStore for S {
         id: &str,
         delivered: bool,
         next: Option<Millis>,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         record_callback_attempt(self.db(), "batches", id, delivered, next).await?;
         Ok(())
     }
 
-    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> crate::Result<()> {
         postpone_callbacks_in(self.db(), "batches", ids, at).await
     }
 }
@@ -629,7 +630,7 @@ fn insert_records_sql(rows: usize) -> String {
 /// PostgreSQL (the node guard) those of dead nodes, and of this one if `mine`: records a
 /// node held when it stopped answering. Only the batches that hold such records are
 /// touched there: locking the others would make claims that skip locked batches miss them.
-pub(super) async fn requeue_records(db: Db<'_>, mine: bool, now: Millis) -> anyhow::Result<u64> {
+pub(super) async fn requeue_records(db: Db<'_>, mine: bool, now: Millis) -> crate::Result<u64> {
     let held = db.node().map(|node| {
         let cond = format!(
             " AND (node IS NULL OR NOT {} OR node = ?)",

@@ -2,52 +2,15 @@
 //!
 //! Each property is a function that takes an empty store and panics (with a message that
 //! says what went wrong) when the backend breaks the contract of `crate::model::jobs`.
-//! `run` calls them all, each on a fresh store from the factory it is given. Times are fixed
-//! values passed as `now`: nothing here reads the clock or sleeps.
+//! Times are fixed values passed as `now`: nothing here reads the clock or sleeps.
 //!
-//! ```no_run
-//! # async fn f() {
-//! use headroom_store::{conformance, Store};
-//! conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
-//! # }
-//! ```
+//! Every backend runs it as one named test per property: see [`crate::conformance_tests`].
 
 use std::collections::BTreeSet;
-use std::future::Future;
 
 use headroom_core::Lane;
 
 use crate::model::jobs::*;
-
-/// Runs every property, each on a fresh, empty store.
-pub async fn run<S, F, Fut>(mut fresh: F)
-where
-    S: JobStore + BatchStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    job_round_trip(&fresh().await).await;
-    dedup_window(&fresh().await).await;
-    dedup_per_tenant(&fresh().await).await;
-    concurrent_writes(&fresh().await).await;
-    list_filters_and_cursor(&fresh().await).await;
-    claim_parallel(&fresh().await).await;
-    claim_throttled(&fresh().await).await;
-    claim_sequential(&fresh().await).await;
-    finish_attempt_transitions(&fresh().await).await;
-    cancel_job(&fresh().await).await;
-    requeue_running(&fresh().await).await;
-    next_ready_at(&fresh().await).await;
-    callbacks(&fresh().await).await;
-    batch_insert_and_claim(&fresh().await).await;
-    batch_finish_counts_and_completion(&fresh().await).await;
-    batch_turns(&fresh().await).await;
-    batch_max_attempts(&fresh().await).await;
-    batch_requeue_in_flight(&fresh().await).await;
-    batch_cancel(&fresh().await).await;
-    batch_callbacks(&fresh().await).await;
-    retention(&fresh().await).await;
-}
 
 // ---- helpers ---------------------------------------------------------------------------
 

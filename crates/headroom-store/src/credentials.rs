@@ -1,6 +1,6 @@
 //! Credentials, API tokens and small named values, on either backend.
 
-use anyhow::Context;
+use crate::error::Context;
 
 use super::row::StoreRow;
 use super::sql::{Db, Sql};
@@ -15,7 +15,7 @@ impl Db<'_> {
         tenant: &str,
         upstream: &str,
         sealed: &SealedCredential,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let q = Sql::new(
             "INSERT INTO credentials (tenant, upstream, nonce, ciphertext, updated_at) \
              VALUES (?, ?, ?, ?, ?) \
@@ -39,7 +39,7 @@ impl Db<'_> {
         self,
         tenant: &str,
         upstream: &str,
-    ) -> anyhow::Result<Option<SealedCredential>> {
+    ) -> crate::Result<Option<SealedCredential>> {
         let q =
             Sql::new("SELECT nonce, ciphertext FROM credentials WHERE tenant = ? AND upstream = ?")
                 .bind(tenant)
@@ -63,7 +63,7 @@ impl Db<'_> {
         self,
         tenant: &str,
         upstream: &str,
-    ) -> anyhow::Result<bool> {
+    ) -> crate::Result<bool> {
         let q = Sql::new("DELETE FROM credentials WHERE tenant = ? AND upstream = ?")
             .bind(tenant)
             .bind(upstream);
@@ -75,10 +75,7 @@ impl Db<'_> {
         Ok(deleted > 0)
     }
 
-    pub(crate) async fn list_credentials(
-        self,
-        tenant: &str,
-    ) -> anyhow::Result<Vec<CredentialInfo>> {
+    pub(crate) async fn list_credentials(self, tenant: &str) -> crate::Result<Vec<CredentialInfo>> {
         let q = Sql::new(
             "SELECT upstream, updated_at FROM credentials WHERE tenant = ? ORDER BY upstream",
         )
@@ -98,7 +95,7 @@ impl Db<'_> {
             .collect()
     }
 
-    pub(crate) async fn count_credentials(self) -> anyhow::Result<i64> {
+    pub(crate) async fn count_credentials(self) -> crate::Result<i64> {
         let row = self
             .pool()
             .fetch_one(&Sql::new("SELECT COUNT(*) AS n FROM credentials"))
@@ -114,7 +111,7 @@ impl Db<'_> {
         id: &str,
         tenant: &str,
         token_sha256: &[u8],
-    ) -> anyhow::Result<TokenInfo> {
+    ) -> crate::Result<TokenInfo> {
         let created_at = now_rfc3339();
         let q = Sql::new(
             "INSERT INTO api_tokens (id, tenant, token_sha256, created_at) VALUES (?, ?, ?, ?)",
@@ -135,7 +132,7 @@ impl Db<'_> {
     }
 
     /// The tenant of the token with this SHA-256, if there is one.
-    pub(crate) async fn token_tenant(self, token_sha256: &[u8]) -> anyhow::Result<Option<String>> {
+    pub(crate) async fn token_tenant(self, token_sha256: &[u8]) -> crate::Result<Option<String>> {
         let q = Sql::new("SELECT tenant FROM api_tokens WHERE token_sha256 = ?").bind(token_sha256);
         let row = self
             .pool()
@@ -146,7 +143,7 @@ impl Db<'_> {
     }
 
     /// Deletes a token; its SHA-256 if it existed.
-    pub(crate) async fn delete_token(self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub(crate) async fn delete_token(self, id: &str) -> crate::Result<Option<Vec<u8>>> {
         let q = Sql::new("DELETE FROM api_tokens WHERE id = ? RETURNING token_sha256").bind(id);
         let row = self
             .pool()
@@ -157,7 +154,7 @@ impl Db<'_> {
     }
 
     /// Every token (or a tenant's), oldest first.
-    pub(crate) async fn list_tokens(self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
+    pub(crate) async fn list_tokens(self, tenant: Option<&str>) -> crate::Result<Vec<TokenInfo>> {
         let q = match tenant {
             Some(t) => Sql::new(
                 "SELECT id, tenant, created_at FROM api_tokens WHERE tenant = ? \
@@ -186,7 +183,7 @@ impl Db<'_> {
 
     // ---- meta --------------------------------------------------------------------------
 
-    pub(crate) async fn get_meta(self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub(crate) async fn get_meta(self, name: &str) -> crate::Result<Option<Vec<u8>>> {
         let q = Sql::new("SELECT value FROM meta WHERE name = ?").bind(name);
         let row = self
             .pool()
@@ -196,7 +193,7 @@ impl Db<'_> {
         row.map(|r| r.col("value")).transpose()
     }
 
-    pub(crate) async fn put_meta(self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+    pub(crate) async fn put_meta(self, name: &str, value: &[u8]) -> crate::Result<()> {
         let q = Sql::new(
             "INSERT INTO meta (name, value) VALUES (?, ?) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",

@@ -2,32 +2,11 @@
 //! each property takes an empty store and panics with a message when the backend breaks the
 //! contract of `crate::model::events`. Times are fixed values; nothing reads the clock.
 //!
-//! ```no_run
-//! # async fn f() {
-//! use headroom_store::{event_conformance, Store};
-//! event_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
-//! # }
-//! ```
-
-use std::future::Future;
+//! Every backend runs it as one named test per property: see [`crate::conformance_tests`].
 
 use super::conformance::new_job;
 use crate::model::events::*;
 use crate::model::jobs::{JobStore, Millis};
-
-/// Runs every property, each on a fresh, empty store.
-pub async fn run<S, F, Fut>(mut fresh: F)
-where
-    S: EventStore + JobStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    round_trip(&fresh().await).await;
-    filters_and_cursor(&fresh().await).await;
-    prune_by_time(&fresh().await).await;
-    stats_group_and_sum(&fresh().await).await;
-    backlog_counts_unfinished_jobs(&fresh().await).await;
-}
 
 pub fn event(at: Millis, level: Level, kind: Kind, upstream: &str, tenant: &str) -> Event {
     let mut e = Event::new(at, level, kind, "throttled", format!("{kind:?} at {at}"));

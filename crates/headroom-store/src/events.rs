@@ -3,7 +3,7 @@
 //! Events arrive in batches from the observer's background writer: one transaction on the
 //! writer connection per batch, so the event log never adds a commit per event.
 
-use anyhow::Context;
+use crate::error::Context;
 
 use super::row::StoreRow;
 use super::sql::{Sql, SqlStore, Value};
@@ -13,7 +13,7 @@ use crate::model::jobs::{Millis, Page};
 const EVENT_COLUMNS: &str = "seq, at, level, kind, upstream, tenant, queue, endpoint, job_id, \
      attempt, status, wait_ms, outcome, headers, message";
 
-fn event_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredEvent> {
+fn event_from_row<R: StoreRow>(row: &R) -> crate::Result<StoredEvent> {
     let level: String = row.col("level")?;
     let kind: String = row.col("kind")?;
     let headers: String = row.col("headers")?;
@@ -71,7 +71,7 @@ fn list_sql(filter: &EventFilter, after: i64, limit: i64) -> Sql<'static> {
 
 /// One row of `EVENT_STATS`; `None` for a kind or level this build does not know (a newer
 /// node's), which is left out rather than fatal.
-fn stat_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<EventStat>> {
+fn stat_from_row<R: StoreRow>(row: &R) -> crate::Result<Option<EventStat>> {
     let kind: String = row.col("kind")?;
     let level: String = row.col("level")?;
     let (Some(kind), Some(level)) = (Kind::parse(&kind), Level::parse(&level)) else {
@@ -89,7 +89,7 @@ fn stat_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<EventStat>> {
 }
 
 /// One row of `JOB_BACKLOG`.
-fn backlog_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Backlog> {
+fn backlog_from_row<R: StoreRow>(row: &R) -> crate::Result<Backlog> {
     Ok(Backlog {
         upstream: row.col("upstream")?,
         tenant: row.col("tenant")?,
@@ -161,7 +161,7 @@ fn where_clause(filter: &EventFilter) -> (String, Vec<Value<'static>>) {
 impl<S: SqlStore> EventStore for S {
     /// One transaction per batch of events (on SQLite's writer connection), so the event
     /// log never adds a commit per event.
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<()> {
+    async fn insert_events(&self, events: &[Event]) -> crate::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -180,7 +180,7 @@ impl<S: SqlStore> EventStore for S {
         filter: &EventFilter,
         after: Option<i64>,
         limit: u32,
-    ) -> anyhow::Result<Page<StoredEvent>> {
+    ) -> crate::Result<Page<StoredEvent>> {
         let limit = limit.max(1);
         let q = list_sql(filter, after.unwrap_or(0), i64::from(limit) + 1);
         let rows = self
@@ -195,7 +195,7 @@ impl<S: SqlStore> EventStore for S {
         })
     }
 
-    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64> {
+    async fn prune_events(&self, before: Millis) -> crate::Result<u64> {
         self.db()
             .writer()
             .execute(&Sql::new(PRUNE_EVENTS).bind(before))
@@ -203,7 +203,7 @@ impl<S: SqlStore> EventStore for S {
             .context("cannot prune events")
     }
 
-    async fn event_stats(&self, since: Millis, until: Millis) -> anyhow::Result<Vec<EventStat>> {
+    async fn event_stats(&self, since: Millis, until: Millis) -> crate::Result<Vec<EventStat>> {
         let q = Sql::new(EVENT_STATS).bind(since).bind(until);
         let rows = self
             .db()
@@ -216,7 +216,7 @@ impl<S: SqlStore> EventStore for S {
             .collect()
     }
 
-    async fn job_backlog(&self) -> anyhow::Result<Vec<Backlog>> {
+    async fn job_backlog(&self) -> crate::Result<Vec<Backlog>> {
         let rows = self
             .db()
             .pool()

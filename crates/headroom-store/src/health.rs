@@ -29,7 +29,7 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(120);
 pub(crate) struct WriterHealth(Arc<Mutex<Option<(Instant, String)>>>);
 
 impl WriterHealth {
-    pub(crate) fn record<T>(&self, result: &anyhow::Result<T>) {
+    pub(crate) fn record<T>(&self, result: &crate::Result<T>) {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(_) => {
@@ -158,14 +158,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            anyhow::Ok(())
+            Ok::<(), crate::StoreError>(())
         };
         let result = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!(
+            Err(_) => Err(crate::StoreError::unavailable(format!(
                 "a write did not commit within {}s",
                 PROBE_TIMEOUT.as_secs()
-            )),
+            ))),
         };
         self.health.record(&result);
         result.map_err(|e| format!("cannot write: {e:#}"))
@@ -201,7 +201,9 @@ mod tests {
         assert_eq!(store.check_ready().await, Ok(()));
         assert_eq!(store.stuck(), None);
         // Failing, but not for long.
-        store.health.record::<()>(&Err(anyhow::anyhow!("boom")));
+        store
+            .health
+            .record::<()>(&Err(crate::StoreError::internal("boom")));
         assert_eq!(store.stuck(), None);
         // Failing for longer than STUCK_AFTER.
         let long_ago = Instant::now()

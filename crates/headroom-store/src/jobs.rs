@@ -7,7 +7,7 @@
 //! SKIP LOCKED`, and an advisory lock for throttled and sequential queues and for dedup
 //! ids), and a running job, or a callback being delivered, names the node that holds it.
 
-use anyhow::Context;
+use crate::error::Context;
 use headroom_core::Lane;
 
 use super::row::StoreRow;
@@ -47,15 +47,15 @@ pub(super) fn lane_str(lane: Lane) -> &'static str {
     }
 }
 
-pub(super) fn parse_lane(s: &str) -> anyhow::Result<Lane> {
-    s.parse::<Lane>().map_err(anyhow::Error::msg)
+pub(super) fn parse_lane(s: &str) -> crate::Result<Lane> {
+    s.parse::<Lane>().map_err(crate::StoreError::internal)
 }
 
 pub(super) fn headers_json(headers: &[(String, String)]) -> String {
     serde_json::to_string(headers).expect("pairs of strings always serialise")
 }
 
-pub(super) fn parse_headers(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+pub(super) fn parse_headers(s: &str) -> crate::Result<Vec<(String, String)>> {
     serde_json::from_str(s).context("stored headers are not a JSON list of pairs")
 }
 
@@ -68,17 +68,17 @@ pub(super) fn callback_str(c: CallbackState) -> &'static str {
     }
 }
 
-pub(super) fn parse_callback(s: &str) -> anyhow::Result<CallbackState> {
+pub(super) fn parse_callback(s: &str) -> crate::Result<CallbackState> {
     Ok(match s {
         "none" => CallbackState::None,
         "pending" => CallbackState::Pending,
         "delivered" => CallbackState::Delivered,
         "failed" => CallbackState::Failed,
-        other => anyhow::bail!("unknown callback state \"{other}\" in the store"),
+        other => crate::error::bail!("unknown callback state \"{other}\" in the store"),
     })
 }
 
-pub(crate) fn job_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Job)> {
+pub(crate) fn job_from_row<R: StoreRow>(row: &R) -> crate::Result<(i64, Job)> {
     let status: String = row.col("status")?;
     let response = match row.col::<Option<i64>>("response_status")? {
         Some(code) => Some(JobResponse {
@@ -130,7 +130,7 @@ pub(crate) fn job_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Job)> {
     Ok((row.col("seq")?, job))
 }
 
-pub(crate) fn u32_col<R: StoreRow>(row: &R, name: &str) -> anyhow::Result<u32> {
+pub(crate) fn u32_col<R: StoreRow>(row: &R, name: &str) -> crate::Result<u32> {
     let v: i64 = row.col(name)?;
     u32::try_from(v).with_context(|| format!("stored {name} {v} is out of range"))
 }
@@ -160,14 +160,14 @@ pub(super) const CLAIM_DEDUP: &str =
 pub(super) const HELD_DEDUP: &str =
     "SELECT job_id, until FROM job_dedup WHERE queue = ? AND tenant = ? AND dedup_id = ?";
 
-async fn fetch_job(conn: &mut Conn<'_>, id: &str) -> anyhow::Result<Option<Job>> {
+async fn fetch_job(conn: &mut Conn<'_>, id: &str) -> crate::Result<Option<Job>> {
     let q = Sql::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")).bind(id);
     let row = conn.fetch_optional(&q).await.context("cannot read a job")?;
     row.map(|r| job_from_row(&r).map(|(_, j)| j)).transpose()
 }
 
 /// Inserts a job inside the caller's transaction (see `insert_job`).
-pub(crate) async fn insert_job_in(conn: &mut Conn<'_>, job: &NewJob) -> anyhow::Result<Inserted> {
+pub(crate) async fn insert_job_in(conn: &mut Conn<'_>, job: &NewJob) -> crate::Result<Inserted> {
     if let Some(dedup_id) = &job.dedup_id {
         // Two nodes inserting the same dedup id at once: the second waits for the first.
         let key = format!("{}\u{1f}{}\u{1f}{dedup_id}", job.queue, dedup_tenant(job));
@@ -215,7 +215,7 @@ pub(crate) async fn insert_job_in(conn: &mut Conn<'_>, job: &NewJob) -> anyhow::
 pub(super) async fn insert_jobs_in(
     conn: &mut Conn<'_>,
     jobs: &[&NewJob],
-) -> anyhow::Result<Vec<Job>> {
+) -> crate::Result<Vec<Job>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -312,7 +312,7 @@ pub(super) async fn finish_attempts_in(
     conn: &mut Conn<'_>,
     finishes: &[Finish<'_>],
     node: Option<&str>,
-) -> anyhow::Result<Vec<Job>> {
+) -> crate::Result<Vec<Job>> {
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
@@ -413,7 +413,7 @@ fn bind_finish<'a>(q: Sql<'a>, (attempt, transition, now): &Finish<'a>) -> Sql<'
 }
 
 /// The jobs `finish_sql` returned, by id.
-fn moved_jobs<R: StoreRow>(rows: &[R]) -> anyhow::Result<std::collections::HashMap<String, Job>> {
+fn moved_jobs<R: StoreRow>(rows: &[R]) -> crate::Result<std::collections::HashMap<String, Job>> {
     let mut moved = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let (_, job) = job_from_row(row)?;
@@ -528,11 +528,11 @@ fn not_restricted(restricted: &[(&str, &'static str, i64)]) -> String {
 }
 
 /// The claimed rows, earliest due first.
-fn claimed(rows: &[super::sql::Row]) -> anyhow::Result<Vec<Job>> {
+fn claimed(rows: &[super::sql::Row]) -> crate::Result<Vec<Job>> {
     let mut claimed = rows
         .iter()
         .map(job_from_row)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     claimed.sort_by_key(|(seq, job)| (job.next_attempt_at, *seq));
     Ok(claimed.into_iter().map(|(_, job)| job).collect())
 }
@@ -545,7 +545,7 @@ async fn claim_on_sqlite(
     now: Millis,
     restricted: &[(&str, &'static str, i64)],
     limit: u32,
-) -> anyhow::Result<Vec<Job>> {
+) -> crate::Result<Vec<Job>> {
     let dialect = db.dialect();
     let mut sql = String::new();
     if !restricted.is_empty() {
@@ -596,12 +596,12 @@ async fn claim_on_postgres(
     now: Millis,
     restricted: &[(&str, &'static str, i64)],
     limit: u32,
-) -> anyhow::Result<Vec<Job>> {
+) -> crate::Result<Vec<Job>> {
     let dialect = db.dialect();
     let mut tx = db.begin().await?;
     // (seq, next_attempt_at) of the candidates.
     let mut candidates: Vec<(i64, i64)> = Vec::new();
-    let pair = |r: &super::sql::Row| -> anyhow::Result<(i64, i64)> {
+    let pair = |r: &super::sql::Row| -> crate::Result<(i64, i64)> {
         Ok((r.col("seq")?, r.col("next_attempt_at")?))
     };
     if !restricted.is_empty() {
@@ -666,12 +666,12 @@ impl<S: SqlStore> JobStore for S {
     /// PostgreSQL under a lock on the dedup id), so two jobs with the same dedup id never
     /// both get in, whichever nodes they arrive at. Concurrent inserts share transactions
     /// (`super::writer`). New work is refused while the SQLite file is gone or full.
-    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted> {
+    async fn insert_job(&self, job: NewJob) -> crate::Result<Inserted> {
         self.durable()?;
         self.db().grouped(super::writer::Op::insert(job)).await
     }
 
-    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>> {
+    async fn get_job(&self, id: &str) -> crate::Result<Option<Job>> {
         fetch_job(&mut self.db().pool(), id).await
     }
 
@@ -681,7 +681,7 @@ impl<S: SqlStore> JobStore for S {
         filter: &JobFilter,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<Job>> {
+    ) -> crate::Result<Page<Job>> {
         let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
@@ -710,7 +710,7 @@ impl<S: SqlStore> JobStore for S {
         Page::from_rows(&rows, limit, job_from_row)
     }
 
-    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled> {
+    async fn cancel_job(&self, id: &str, now: Millis) -> crate::Result<Cancelled> {
         let mut tx = self.db().begin().await?;
         let q = Sql::new(format!(
             "UPDATE jobs SET status = 'cancelled', updated_at = ?, next_callback_at = ? \
@@ -740,7 +740,7 @@ impl<S: SqlStore> JobStore for S {
         now: Millis,
         rules: &[QueueRule],
         limit: u32,
-    ) -> anyhow::Result<Vec<Job>> {
+    ) -> crate::Result<Vec<Job>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -761,13 +761,13 @@ impl<S: SqlStore> JobStore for S {
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
-    ) -> anyhow::Result<Job> {
+    ) -> crate::Result<Job> {
         self.db()
             .grouped(super::writer::Op::finish(attempt, transition, now))
             .await
     }
 
-    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>> {
+    async fn attempts(&self, job_id: &str) -> crate::Result<Vec<AttemptRecord>> {
         let q = Sql::new(
             "SELECT job_id, number, started_at, finished_at, status, wait_ms, \
              rate_limit_headers, error FROM job_attempts WHERE job_id = ? ORDER BY seq",
@@ -802,11 +802,11 @@ impl<S: SqlStore> JobStore for S {
     /// On SQLite every running job: this process is the only one running them. On
     /// PostgreSQL only the jobs of this node and of dead nodes: the other nodes are running
     /// theirs.
-    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64> {
+    async fn requeue_running(&self, now: Millis) -> crate::Result<u64> {
         requeue_jobs(self.db(), true, now).await
     }
 
-    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>> {
+    async fn next_ready_at(&self) -> crate::Result<Option<Millis>> {
         let db = self.db();
         let q = Sql::new(format!(
             "SELECT MIN(next_attempt_at) AS at FROM jobs {} WHERE {WAITING}",
@@ -822,7 +822,7 @@ impl<S: SqlStore> JobStore for S {
 
     /// On PostgreSQL the due callbacks are taken for `CALLBACK_HOLD` by this node: another
     /// node does not deliver them meanwhile (this one may ask again and gets them again).
-    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>> {
+    async fn due_callbacks(&self, now: Millis, limit: u32) -> crate::Result<Vec<Job>> {
         let db = self.db();
         let rows = match db.node() {
             None => {
@@ -863,7 +863,7 @@ impl<S: SqlStore> JobStore for S {
         let mut due = rows
             .iter()
             .map(job_from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         due.sort_by_key(|(seq, j)| (j.next_callback_at, *seq));
         Ok(due.into_iter().map(|(_, j)| j).collect())
     }
@@ -874,20 +874,20 @@ impl<S: SqlStore> JobStore for S {
         id: &str,
         delivered: bool,
         next: Option<Millis>,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let done = record_callback_attempt(self.db(), "jobs", id, delivered, next).await?;
         if done == 0 {
-            anyhow::bail!("no job \"{id}\"");
+            crate::error::bail!(Invalid, "no job \"{id}\"");
         }
         Ok(())
     }
 
     /// On PostgreSQL the hold lasts until `at` too: another node may take them then.
-    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()> {
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> crate::Result<()> {
         postpone_callbacks_in(self.db(), "jobs", ids, at).await
     }
 
-    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned> {
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> crate::Result<Pruned> {
         self.db().prune_jobs_before(before, now).await
     }
 }
@@ -901,7 +901,7 @@ pub(super) async fn record_callback_attempt(
     id: &str,
     delivered: bool,
     next: Option<Millis>,
-) -> anyhow::Result<u64> {
+) -> crate::Result<u64> {
     let state = match (delivered, next) {
         (true, _) => CallbackState::Delivered,
         (false, Some(_)) => CallbackState::Pending,
@@ -931,7 +931,7 @@ pub(super) async fn postpone_callbacks_in(
     table: &str,
     ids: &[String],
     at: Millis,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -956,7 +956,7 @@ pub(super) async fn postpone_callbacks_in(
 /// On SQLite every running job: this process was the only one running them. On PostgreSQL
 /// (the node guard) those of dead nodes, and of this one if `mine`: jobs a node held when it
 /// stopped answering.
-pub(super) async fn requeue_jobs(db: Db<'_>, mine: bool, now: Millis) -> anyhow::Result<u64> {
+pub(super) async fn requeue_jobs(db: Db<'_>, mine: bool, now: Millis) -> crate::Result<u64> {
     let q = match db.node() {
         None => {
             Sql::new("UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'")

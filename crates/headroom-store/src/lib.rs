@@ -29,6 +29,7 @@ mod batches;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod credentials;
+pub mod error;
 #[cfg(any(test, feature = "conformance"))]
 pub mod event_conformance;
 mod events;
@@ -46,12 +47,70 @@ pub mod time;
 mod writer;
 
 pub use any::AnyStore;
+pub use error::{ErrorKind, Result, StoreError};
+
+/// One `#[tokio::test]` per property of the conformance suites (`conformance` for jobs and
+/// batches, `schedule_conformance`, `event_conformance`), in modules `jobs`, `schedules` and
+/// `events`, for the backend of the module it is expanded in. That module provides
+/// `async fn fresh() -> Option<F>`, an empty store per test (`None`: the backend cannot be
+/// reached and the test skips, having said why), where `F` has a `store` field and an
+/// `async fn finish(self)` run after the property (dropping a schema, say).
+///
+/// ```ignore
+/// mod sqlite_memory {
+///     struct Fresh { store: headroom_store::Store }
+///     impl Fresh { async fn finish(self) {} }
+///     async fn fresh() -> Option<Fresh> {
+///         Some(Fresh { store: headroom_store::Store::open("sqlite::memory:").await.unwrap() })
+///     }
+///     headroom_store::conformance_tests!();
+/// }
+/// ```
+#[cfg(any(test, feature = "conformance"))]
+#[macro_export]
+macro_rules! conformance_tests {
+    () => {
+        mod jobs {
+            $crate::conformance_tests!(@properties conformance:
+                job_round_trip dedup_window dedup_per_tenant concurrent_writes
+                list_filters_and_cursor claim_parallel claim_throttled claim_sequential
+                finish_attempt_transitions cancel_job requeue_running next_ready_at callbacks
+                batch_insert_and_claim batch_finish_counts_and_completion batch_turns
+                batch_max_attempts batch_requeue_in_flight batch_cancel batch_callbacks
+                retention);
+        }
+        mod schedules {
+            $crate::conformance_tests!(@properties schedule_conformance:
+                schedule_round_trip config_sync slots_add_and_remove
+                fire_due_claims_and_advances previous_run_status
+                concurrent_fires_take_a_slot_once runs_cursor resume_resets_slots
+                prune_keeps_the_last_fired_run);
+        }
+        mod events {
+            $crate::conformance_tests!(@properties event_conformance:
+                round_trip filters_and_cursor prune_by_time stats_group_and_sum
+                backlog_counts_unfinished_jobs);
+        }
+    };
+    (@properties $suite:ident: $($property:ident)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $property() {
+                let Some(fresh) = super::fresh().await else {
+                    return;
+                };
+                $crate::$suite::$property(&fresh.store).await;
+                fresh.finish().await;
+            }
+        )*
+    };
+}
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
@@ -116,15 +175,17 @@ impl Store {
     /// Opens (creating it and its directory if needed) the SQLite database of a
     /// `sqlite://path/to/file.db` URL, or an in-memory one for `sqlite::memory:`, and brings
     /// its schema up to date.
-    pub async fn open(url: &str) -> anyhow::Result<Store> {
+    pub async fn open(url: &str) -> crate::Result<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            anyhow::bail!(
+            crate::error::bail!(
+                Invalid,
                 "store \"{}\": this is the SQLite store; open PostgreSQL with `AnyStore::open`",
                 pg::redact(url)
             );
         }
         if !url.starts_with("sqlite:") {
-            anyhow::bail!(
+            crate::error::bail!(
+                Invalid,
                 "store \"{}\": use a URL like \"sqlite://path/to/file.db\"",
                 pg::redact(url)
             );
@@ -208,7 +269,7 @@ impl Store {
     /// Starts a write transaction on the writer connection, waiting for the writers before
     /// it. Nothing may be read through `pool` while it is open (in memory they are the same
     /// connection): read through the transaction.
-    pub(crate) async fn write(&self) -> anyhow::Result<Transaction<'static, Sqlite>> {
+    pub(crate) async fn write(&self) -> crate::Result<Transaction<'static, Sqlite>> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -231,7 +292,7 @@ impl Store {
 }
 
 /// Creates a directory (and its parents), readable by its owner only where it is new.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+fn create_private_dir(dir: &Path) -> crate::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -247,7 +308,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// Creates the database file readable by its owner only (SQLite then gives its `-wal` and
 /// `-shm` files the same mode), and takes group and others' access away from an existing
 /// database and its companions: they hold jobs' requests and responses.
-fn create_private_files(db: &Path) -> anyhow::Result<()> {
+fn create_private_files(db: &Path) -> crate::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

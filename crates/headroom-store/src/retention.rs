@@ -7,7 +7,7 @@
 //! goes when it is final with no record in flight and has not changed since `before`; its
 //! records go with it.
 
-use anyhow::Context;
+use crate::error::Context;
 
 use super::jobs::FINAL;
 use super::row::StoreRow;
@@ -67,7 +67,7 @@ impl Db<'_> {
         self,
         before: Millis,
         now: Millis,
-    ) -> anyhow::Result<Pruned> {
+    ) -> crate::Result<Pruned> {
         let mut out = Pruned::default();
         let sql = prune_jobs_sql(&self.dialect().indexed_by("jobs_finished"));
         loop {
@@ -79,7 +79,7 @@ impl Db<'_> {
                 .context("cannot delete finished jobs")?
                 .iter()
                 .map(|r| r.col("id"))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<crate::Result<_>>()?;
             if !ids.is_empty() {
                 let q = Sql::new(prune_attempts_sql(ids.len())).bind_all(&ids);
                 out.attempts += tx
@@ -101,7 +101,7 @@ impl Db<'_> {
         Ok(out)
     }
 
-    pub(super) async fn prune_batches_before(self, before: Millis) -> anyhow::Result<Pruned> {
+    pub(super) async fn prune_batches_before(self, before: Millis) -> crate::Result<Pruned> {
         let mut out = Pruned::default();
         // Locked on PostgreSQL so that two nodes pruning at once do not trip over the same
         // batches.
@@ -119,7 +119,7 @@ impl Db<'_> {
                 .context("cannot find finished batches")?
                 .iter()
                 .map(|r| r.col("seq"))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<crate::Result<_>>()?;
             if seqs.is_empty() {
                 break;
             }

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 /// A row of either store.
 pub(crate) trait StoreRow {
-    fn col<T: Column>(&self, name: &str) -> anyhow::Result<T>;
+    fn col<T: Column>(&self, name: &str) -> crate::Result<T>;
 }
 
 /// A Rust type both backends read a column as.
@@ -40,13 +40,13 @@ columns!(
 );
 
 impl StoreRow for SqliteRow {
-    fn col<T: Column>(&self, name: &str) -> anyhow::Result<T> {
+    fn col<T: Column>(&self, name: &str) -> crate::Result<T> {
         Ok(T::from_sqlite(self, name)?)
     }
 }
 
 impl StoreRow for PgRow {
-    fn col<T: Column>(&self, name: &str) -> anyhow::Result<T> {
+    fn col<T: Column>(&self, name: &str) -> crate::Result<T> {
         Ok(T::from_pg(self, name)?)
     }
 }

@@ -3,36 +3,11 @@
 //! message when the backend breaks the contract of `crate::model::schedules`. Times are fixed
 //! values; nothing reads the clock.
 //!
-//! ```no_run
-//! # async fn f() {
-//! use headroom_store::{schedule_conformance, Store};
-//! schedule_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
-//! # }
-//! ```
-
-use std::future::Future;
+//! Every backend runs it as one named test per property: see [`crate::conformance_tests`].
 
 use super::conformance::new_job;
 use crate::model::jobs::*;
 use crate::model::schedules::*;
-
-/// Runs every property, each on a fresh, empty store.
-pub async fn run<S, F, Fut>(mut fresh: F)
-where
-    S: ScheduleStore + JobStore + BatchStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    schedule_round_trip(&fresh().await).await;
-    config_sync(&fresh().await).await;
-    slots_add_and_remove(&fresh().await).await;
-    fire_due_claims_and_advances(&fresh().await).await;
-    previous_run_status(&fresh().await).await;
-    concurrent_fires_take_a_slot_once(&fresh().await).await;
-    runs_cursor(&fresh().await).await;
-    resume_resets_slots(&fresh().await).await;
-    prune_keeps_the_last_fired_run(&fresh().await).await;
-}
 
 pub fn stored(name: &str, from_config: bool, at: Millis) -> StoredSchedule {
     StoredSchedule {

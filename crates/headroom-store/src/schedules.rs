@@ -6,7 +6,7 @@
 //! twice). On PostgreSQL due slots are taken with `FOR UPDATE SKIP LOCKED`, so that nodes
 //! firing at once take each slot once, and the work a run stores wakes every node.
 
-use anyhow::Context;
+use crate::error::Context;
 
 use super::batches::{insert_batch_in, parse_batch_status};
 use super::jobs::insert_job_in;
@@ -22,7 +22,7 @@ const RUN_COLUMNS: &str = "r.seq, r.schedule, r.tenant, r.fire_at, r.due_at, r.r
 const RUN_JOINS: &str = "FROM schedule_runs AS r LEFT JOIN jobs AS j ON j.id = r.job_id \
      LEFT JOIN batches AS b ON b.id = r.batch_id";
 
-fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSchedule> {
+fn schedule_from_row<R: StoreRow>(row: &R) -> crate::Result<StoredSchedule> {
     Ok(StoredSchedule {
         name: row.col("name")?,
         definition: row.col("definition")?,
@@ -33,7 +33,7 @@ fn schedule_from_row<R: StoreRow>(row: &R) -> anyhow::Result<StoredSchedule> {
     })
 }
 
-fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Target>> {
+fn target_from_row<R: StoreRow>(row: &R) -> crate::Result<Option<Target>> {
     if let Some(id) = row.col::<Option<String>>("job_id")? {
         let status = row
             .col::<Option<String>>("job_status")?
@@ -54,7 +54,7 @@ fn target_from_row<R: StoreRow>(row: &R) -> anyhow::Result<Option<Target>> {
     Ok(None)
 }
 
-fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
+fn run_from_row<R: StoreRow>(row: &R) -> crate::Result<(i64, Run)> {
     let outcome: String = row.col("outcome")?;
     let run = Run {
         schedule: row.col("schedule")?,
@@ -71,7 +71,7 @@ fn run_from_row<R: StoreRow>(row: &R) -> anyhow::Result<(i64, Run)> {
 }
 
 /// The last run of (schedule, tenant) that enqueued something, with its status now.
-async fn last_fired(tx: &mut Tx, schedule: &str, tenant: &str) -> anyhow::Result<Option<Target>> {
+async fn last_fired(tx: &mut Tx, schedule: &str, tenant: &str) -> crate::Result<Option<Target>> {
     let q = Sql::new(format!(
         "SELECT {RUN_COLUMNS} {RUN_JOINS} WHERE r.schedule = ? AND r.tenant = ? \
          AND r.outcome = 'fired' ORDER BY r.seq DESC LIMIT 1"
@@ -88,7 +88,7 @@ async fn last_fired(tx: &mut Tx, schedule: &str, tenant: &str) -> anyhow::Result
     }
 }
 
-async fn delete_in(tx: &mut Tx, name: &str) -> anyhow::Result<bool> {
+async fn delete_in(tx: &mut Tx, name: &str) -> crate::Result<bool> {
     tx.execute(&Sql::new("DELETE FROM schedule_runs WHERE schedule = ?").bind(name))
         .await
         .context("cannot delete a schedule's runs")?;
@@ -102,7 +102,7 @@ async fn delete_in(tx: &mut Tx, name: &str) -> anyhow::Result<bool> {
     Ok(deleted > 0)
 }
 
-async fn insert_schedule_in(tx: &mut Tx, s: &StoredSchedule) -> anyhow::Result<bool> {
+async fn insert_schedule_in(tx: &mut Tx, s: &StoredSchedule) -> crate::Result<bool> {
     let q = Sql::new(
         "INSERT INTO schedules (name, definition, from_config, paused, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -120,7 +120,7 @@ async fn insert_schedule_in(tx: &mut Tx, s: &StoredSchedule) -> anyhow::Result<b
     Ok(inserted > 0)
 }
 
-fn slot_from_row<R: StoreRow>(r: &R) -> anyhow::Result<Slot> {
+fn slot_from_row<R: StoreRow>(r: &R) -> crate::Result<Slot> {
     Ok(Slot {
         schedule: r.col("schedule")?,
         tenant: r.col("tenant")?,
@@ -132,7 +132,7 @@ fn slot_from_row<R: StoreRow>(r: &R) -> anyhow::Result<Slot> {
 const REMOVE_SLOT: &str = "DELETE FROM schedule_slots WHERE schedule = ? AND tenant = ?";
 
 impl<S: SqlStore> ScheduleStore for S {
-    async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool> {
+    async fn create_schedule(&self, schedule: &StoredSchedule) -> crate::Result<bool> {
         let mut tx = self.db().begin().await?;
         let created = insert_schedule_in(&mut tx, schedule).await?;
         tx.commit().await.context("cannot commit a schedule")?;
@@ -143,7 +143,7 @@ impl<S: SqlStore> ScheduleStore for S {
         &self,
         schedules: &[StoredSchedule],
         now: Millis,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let mut tx = self.db().begin().await?;
         for s in schedules {
             let q = Sql::new(format!(
@@ -158,7 +158,8 @@ impl<S: SqlStore> ScheduleStore for S {
                 None => {
                     insert_schedule_in(&mut tx, s).await?;
                 }
-                Some(stored) if !stored.from_config => anyhow::bail!(
+                Some(stored) if !stored.from_config => crate::error::bail!(
+                    Invalid,
                     "schedule \"{}\" is in the config file and was also created through the \
                      API; delete the API one (`headroom schedules delete {}`) or rename one",
                     s.name,
@@ -188,7 +189,7 @@ impl<S: SqlStore> ScheduleStore for S {
             .context("cannot list config schedules")?
             .iter()
             .map(|r| r.col("name"))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<crate::Result<_>>()?;
         for name in stale {
             if !schedules.iter().any(|s| s.name == name) {
                 delete_in(&mut tx, &name).await?;
@@ -200,7 +201,7 @@ impl<S: SqlStore> ScheduleStore for S {
         Ok(())
     }
 
-    async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>> {
+    async fn get_schedule(&self, name: &str) -> crate::Result<Option<StoredSchedule>> {
         let q = Sql::new(format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
         ))
@@ -214,7 +215,7 @@ impl<S: SqlStore> ScheduleStore for S {
         row.map(|r| schedule_from_row(&r)).transpose()
     }
 
-    async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>> {
+    async fn list_schedules(&self) -> crate::Result<Vec<StoredSchedule>> {
         let q = Sql::new(format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
         ));
@@ -232,7 +233,7 @@ impl<S: SqlStore> ScheduleStore for S {
         name: &str,
         paused: bool,
         now: Millis,
-    ) -> anyhow::Result<Option<StoredSchedule>> {
+    ) -> crate::Result<Option<StoredSchedule>> {
         let mut tx = self.db().begin().await?;
         let q = Sql::new(format!(
             "UPDATE schedules SET paused = ?, updated_at = ? WHERE name = ? \
@@ -254,7 +255,7 @@ impl<S: SqlStore> ScheduleStore for S {
         row.map(|r| schedule_from_row(&r)).transpose()
     }
 
-    async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool> {
+    async fn delete_schedule(&self, name: &str) -> crate::Result<bool> {
         let mut tx = self.db().begin().await?;
         let deleted = delete_in(&mut tx, name).await?;
         tx.commit()
@@ -263,7 +264,7 @@ impl<S: SqlStore> ScheduleStore for S {
         Ok(deleted)
     }
 
-    async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>> {
+    async fn slots(&self, schedule: &str) -> crate::Result<Vec<Slot>> {
         let q = Sql::new(
             "SELECT schedule, tenant, fire_at, due_at FROM schedule_slots WHERE schedule = ? \
              ORDER BY due_at, tenant",
@@ -279,7 +280,7 @@ impl<S: SqlStore> ScheduleStore for S {
     }
 
     /// A slot of a schedule deleted meanwhile is not added.
-    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()> {
+    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> crate::Result<()> {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
@@ -311,7 +312,7 @@ impl<S: SqlStore> ScheduleStore for S {
         now: Millis,
         limit: u32,
         decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
-    ) -> anyhow::Result<Vec<Run>> {
+    ) -> crate::Result<Vec<Run>> {
         let mut tx = self.db().begin().await?;
         let q = Sql::new(format!(
             "SELECT s.schedule, s.tenant, s.fire_at, s.due_at FROM schedule_slots AS s \
@@ -426,7 +427,7 @@ impl<S: SqlStore> ScheduleStore for S {
         Ok(runs)
     }
 
-    async fn next_due_at(&self) -> anyhow::Result<Option<Millis>> {
+    async fn next_due_at(&self) -> crate::Result<Option<Millis>> {
         let q = Sql::new(
             "SELECT MIN(s.due_at) AS at FROM schedule_slots AS s \
              JOIN schedules AS d ON d.name = s.schedule WHERE NOT d.paused",
@@ -447,7 +448,7 @@ impl<S: SqlStore> ScheduleStore for S {
         tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<Run>> {
+    ) -> crate::Result<Page<Run>> {
         let after = parse_cursor(after)?;
         let limit = limit.max(1);
         let mut sql =
@@ -470,7 +471,7 @@ impl<S: SqlStore> ScheduleStore for S {
         Page::from_rows(&rows, limit, run_from_row)
     }
 
-    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64> {
+    async fn prune_runs(&self, before: Millis) -> crate::Result<u64> {
         let q = Sql::new(
             "DELETE FROM schedule_runs WHERE recorded_at < ? AND seq NOT IN (\
              SELECT MAX(seq) FROM schedule_runs WHERE outcome = 'fired' \
@@ -484,7 +485,7 @@ impl<S: SqlStore> ScheduleStore for S {
             .context("cannot delete old runs")
     }
 
-    async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>> {
+    async fn tenants_with_credential(&self, upstream: &str) -> crate::Result<Vec<String>> {
         let q = Sql::new("SELECT tenant FROM credentials WHERE upstream = ? ORDER BY tenant")
             .bind(upstream);
         self.db()

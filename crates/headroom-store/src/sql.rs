@@ -211,7 +211,7 @@ impl From<PgRow> for Row {
 }
 
 impl StoreRow for Row {
-    fn col<T: Column>(&self, name: &str) -> anyhow::Result<T> {
+    fn col<T: Column>(&self, name: &str) -> crate::Result<T> {
         match self {
             Row::Sqlite(r) => r.col(name),
             Row::Pg(r) => r.col(name),
@@ -355,7 +355,7 @@ impl Tx {
 
     /// Wakes every node's dispatcher when (if) the transaction commits: `NOTIFY` on
     /// PostgreSQL; nothing on SQLite, where this process is the only one working.
-    pub(crate) async fn wake_nodes(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn wake_nodes(&mut self) -> crate::Result<()> {
         match self {
             Tx::Sqlite(_) => Ok(()),
             Tx::Pg(tx) => super::pg::notify_in(tx).await,
@@ -413,7 +413,7 @@ impl<'s> Db<'s> {
     }
 
     /// Starts a read transaction on the pool (reads that must agree with each other).
-    pub(crate) async fn read(self) -> anyhow::Result<Tx> {
+    pub(crate) async fn read(self) -> crate::Result<Tx> {
         Ok(match self {
             Db::Sqlite(s) => Tx::Sqlite(s.pool().begin().await?),
             Db::Postgres(s) => Tx::Pg(s.pool().begin().await?),
@@ -422,7 +422,7 @@ impl<'s> Db<'s> {
 
     /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite's writer connection (see
     /// `Store::write`), a transaction from the pool on PostgreSQL.
-    pub(crate) async fn begin(self) -> anyhow::Result<Tx> {
+    pub(crate) async fn begin(self) -> crate::Result<Tx> {
         Ok(match self {
             Db::Sqlite(s) => Tx::Sqlite(s.write().await?),
             Db::Postgres(s) => Tx::Pg(s.write().await?),
@@ -439,9 +439,9 @@ pub(crate) trait SqlStore: Send + Sync {
     /// New work is refused (not acknowledged) while the SQLite file it would go to was
     /// deleted or replaced, or its disk is full: SQLite would take it into a file that is
     /// gone after a restart.
-    fn durable(&self) -> anyhow::Result<()> {
+    fn durable(&self) -> crate::Result<()> {
         match self.db() {
-            Db::Sqlite(s) => s.check_file().map_err(anyhow::Error::msg),
+            Db::Sqlite(s) => s.check_file().map_err(crate::StoreError::unavailable),
             Db::Postgres(_) => Ok(()),
         }
     }

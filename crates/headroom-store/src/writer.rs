@@ -33,13 +33,13 @@ pub(super) const QUEUE: usize = 4096;
 pub(super) enum Op {
     Insert {
         job: NewJob,
-        reply: oneshot::Sender<anyhow::Result<Inserted>>,
+        reply: oneshot::Sender<crate::Result<Inserted>>,
     },
     Finish {
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
-        reply: oneshot::Sender<anyhow::Result<Job>>,
+        reply: oneshot::Sender<crate::Result<Job>>,
     },
 }
 
@@ -49,7 +49,7 @@ pub(super) enum Done {
 }
 
 impl Op {
-    pub(super) fn insert(job: NewJob) -> (Op, oneshot::Receiver<anyhow::Result<Inserted>>) {
+    pub(super) fn insert(job: NewJob) -> (Op, oneshot::Receiver<crate::Result<Inserted>>) {
         let (reply, rx) = oneshot::channel();
         (Op::Insert { job, reply }, rx)
     }
@@ -58,7 +58,7 @@ impl Op {
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
-    ) -> (Op, oneshot::Receiver<anyhow::Result<Job>>) {
+    ) -> (Op, oneshot::Receiver<crate::Result<Job>>) {
         let (reply, rx) = oneshot::channel();
         (
             Op::Finish {
@@ -71,7 +71,7 @@ impl Op {
         )
     }
 
-    async fn apply(&self, conn: &mut Conn<'_>, node: Option<&str>) -> anyhow::Result<Done> {
+    async fn apply(&self, conn: &mut Conn<'_>, node: Option<&str>) -> crate::Result<Done> {
         Ok(match self {
             Op::Insert { job, .. } => Done::Inserted(insert_job_in(conn, job).await?),
             Op::Finish {
@@ -82,10 +82,9 @@ impl Op {
             } => {
                 let mut jobs =
                     finish_attempts_in(conn, &[(attempt, transition, *now)], node).await?;
-                Done::Job(
-                    jobs.pop()
-                        .ok_or_else(|| anyhow::anyhow!("no job \"{}\"", attempt.job_id))?,
-                )
+                Done::Job(jobs.pop().ok_or_else(|| {
+                    crate::StoreError::invalid(format!("no job \"{}\"", attempt.job_id))
+                })?)
             }
         })
     }
@@ -96,18 +95,18 @@ impl Op {
     }
 
     /// Answers the caller (who may have stopped waiting).
-    pub(super) fn reply(self, result: anyhow::Result<Done>) {
+    pub(super) fn reply(self, result: crate::Result<Done>) {
         match self {
             Op::Insert { reply, .. } => {
                 let _ = reply.send(result.and_then(|d| match d {
                     Done::Inserted(i) => Ok(i),
-                    Done::Job(_) => anyhow::bail!("a job insert answered with a job"),
+                    Done::Job(_) => crate::error::bail!("a job insert answered with a job"),
                 }));
             }
             Op::Finish { reply, .. } => {
                 let _ = reply.send(result.and_then(|d| match d {
                     Done::Job(j) => Ok(j),
-                    Done::Inserted(_) => anyhow::bail!("an attempt answered with an insert"),
+                    Done::Inserted(_) => crate::error::bail!("an attempt answered with an insert"),
                 }));
             }
         }
@@ -135,7 +134,7 @@ impl Writer {
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, see `Store::write`).
-    async fn begin(&self) -> anyhow::Result<Tx> {
+    async fn begin(&self) -> crate::Result<Tx> {
         Ok(match self {
             Writer::Sqlite { pool, .. } => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Writer::Postgres { pool, .. } => Tx::Pg(pool.begin().await?),
@@ -145,7 +144,7 @@ impl Writer {
     /// A connection to run writes that are one statement each on without a transaction
     /// around them, where the backend lets them (SQLite: plain inserts, atomic on their
     /// own, two round trips fewer); `None` where they need a transaction.
-    async fn autocommit(&self, plain: bool) -> anyhow::Result<Option<PoolConnection<Sqlite>>> {
+    async fn autocommit(&self, plain: bool) -> crate::Result<Option<PoolConnection<Sqlite>>> {
         match self {
             Writer::Sqlite { pool, .. } if plain => Ok(Some(pool.acquire().await?)),
             _ => Ok(None),
@@ -153,7 +152,7 @@ impl Writer {
     }
 
     /// What a write's outcome tells about the writer (SQLite's health).
-    fn record<T>(&self, result: &anyhow::Result<T>) {
+    fn record<T>(&self, result: &crate::Result<T>) {
         if let Writer::Sqlite { health, .. } = self {
             health.record(result);
         }
@@ -182,7 +181,7 @@ async fn run_group(writer: &Writer, ops: Vec<Op>) {
         return;
     }
     let node = writer.node();
-    let all: anyhow::Result<Vec<Done>> = async {
+    let all: crate::Result<Vec<Done>> = async {
         if let Some(mut conn) = writer
             .autocommit(ops.iter().all(Op::is_plain_insert))
             .await?
@@ -221,7 +220,7 @@ pub(super) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub(super) fn of(ops: &'a [Op]) -> anyhow::Result<Plan<'a>> {
+    pub(super) fn of(ops: &'a [Op]) -> crate::Result<Plan<'a>> {
         let mut plan = Plan {
             plain: Vec::new(),
             finishes: Vec::new(),
@@ -238,11 +237,12 @@ impl<'a> Plan<'a> {
                 } => {
                     // A job has one running attempt, so its id is never twice in a group; if
                     // it were, the statement could not tell the two apart.
-                    anyhow::ensure!(
-                        ids.insert(attempt.job_id.as_str()),
-                        "two attempts of the job {} in one group",
-                        attempt.job_id
-                    );
+                    if !ids.insert(attempt.job_id.as_str()) {
+                        crate::error::bail!(
+                            "two attempts of the job {} in one group",
+                            attempt.job_id
+                        );
+                    }
                     plan.finishes.push((i, (attempt, transition, *now)));
                 }
                 Op::Insert { .. } => {}
@@ -279,7 +279,7 @@ async fn apply_group(
     conn: &mut Conn<'_>,
     ops: &[Op],
     node: Option<&str>,
-) -> anyhow::Result<Vec<Done>> {
+) -> crate::Result<Vec<Done>> {
     let plan = Plan::of(ops)?;
     let inserted = insert_jobs_in(conn, &plan.jobs()).await?;
     let moved = finish_attempts_in(conn, &plan.finishes(), node).await?;
@@ -293,7 +293,7 @@ async fn apply_group(
 }
 
 /// Commits a group's transaction; on PostgreSQL the commit wakes the other nodes.
-async fn commit(mut tx: Tx) -> anyhow::Result<()> {
+async fn commit(mut tx: Tx) -> crate::Result<()> {
     tx.wake_nodes().await?;
     tx.commit().await?;
     Ok(())
@@ -320,8 +320,8 @@ impl Db<'_> {
     /// (a store used from another runtime than the one that opened it), runs it alone.
     pub(super) async fn grouped<T>(
         self,
-        (op, rx): (Op, oneshot::Receiver<anyhow::Result<T>>),
-    ) -> anyhow::Result<T> {
+        (op, rx): (Op, oneshot::Receiver<crate::Result<T>>),
+    ) -> crate::Result<T> {
         let ops = match self {
             Db::Sqlite(s) => &s.ops,
             Db::Postgres(s) => s.ops(),
@@ -341,7 +341,9 @@ impl Db<'_> {
         }
         match rx.await {
             Ok(result) => result,
-            Err(_) => anyhow::bail!("the store's writer stopped before answering"),
+            Err(_) => {
+                crate::error::bail!(Unavailable, "the store's writer stopped before answering")
+            }
         }
     }
 }

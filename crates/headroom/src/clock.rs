@@ -1,7 +1,8 @@
 //! The service's time, from one place.
 //!
-//! - **Waits and deadlines** use tokio's monotonic clock (`tokio::time::Instant`, `sleep`),
-//!   which tests pause and advance.
+//! - **Waits, deadlines and pacing** use tokio's monotonic clock (`tokio::time::Instant`,
+//!   `sleep`; the governor reads it as a core [`Clock`] through [`MonotonicClock`]), which
+//!   tests pause and advance.
 //! - **Wall-clock time** — what is stored (a job's `run_at`, an attempt's times), compared
 //!   across nodes and restarts, and shown — is Unix milliseconds read from the [`WallClock`]
 //!   the server is built with: the system clock in production, a manual clock in tests.
@@ -27,6 +28,33 @@ impl Clock for UnixClock {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         Timestamp::ZERO + since
+    }
+}
+
+/// Monotonic time for pacing (the governor's budgets, pauses and turns): tokio's clock, so that
+/// tests can pause it and advance it, counted from when this clock was made.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    origin: tokio::time::Instant,
+}
+
+impl MonotonicClock {
+    pub fn new() -> MonotonicClock {
+        MonotonicClock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::ZERO + self.origin.elapsed()
     }
 }
 

@@ -346,7 +346,7 @@ impl Credentials {
         let (nonce, ciphertext) = self.seal_raw(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD)?;
         let mut value = nonce.to_vec();
         value.extend_from_slice(&ciphertext);
-        self.store.put_meta(KEY_CHECK_META, &value).await
+        Ok(self.store.put_meta(KEY_CHECK_META, &value).await?)
     }
 
     pub fn store(&self) -> &AnyStore {
@@ -482,7 +482,7 @@ impl Credentials {
 
     /// Which upstreams `tenant` holds a credential for, and when each was set.
     pub async fn list(&self, tenant: &str) -> anyhow::Result<Vec<CredentialInfo>> {
-        self.store.list_credentials(tenant).await
+        Ok(self.store.list_credentials(tenant).await?)
     }
 
     /// Creates an API token scoped to `tenant`. The token is in the result and nowhere else.
@@ -515,7 +515,7 @@ impl Credentials {
     }
 
     pub async fn list_tokens(&self, tenant: Option<&str>) -> anyhow::Result<Vec<TokenInfo>> {
-        self.store.list_tokens(tenant).await
+        Ok(self.store.list_tokens(tenant).await?)
     }
 
     /// The tenant an API token is scoped to, if it is a scoped token.

@@ -41,7 +41,45 @@ pub enum ApiError {
     Status { status: StatusCode, detail: String },
     /// Anything else: logged, not shown.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// A store failure: 503 with a `Retry-After` when trying again later can help, else a 500
+/// that is logged, not shown.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::store_unavailable(&e)
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+/// Anything else: a 500 that is logged, not shown; but a store failure anywhere in the chain
+/// that trying again can help is a 503 (see `From<StoreError>`).
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        match e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
+        {
+            Some(store) if store.is_unavailable() => ApiError::store_unavailable(store),
+            _ => ApiError::Internal(e),
+        }
+    }
+}
+
+/// An error and its causes on one line (`what was done: why: …`).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 impl ApiError {
@@ -54,6 +92,19 @@ impl ApiError {
     pub fn not_found(detail: impl Into<String>) -> Self {
         ApiError::NotFound {
             detail: detail.into(),
+        }
+    }
+
+    /// The store cannot take a write or answer a read now: 503 with a `Retry-After`, so that
+    /// the client knows nothing was stored and sends it again; the cause is logged.
+    pub fn store_unavailable(e: &crate::store::StoreError) -> Self {
+        tracing::error!(error = %crate::error::chain(e), "the store is unavailable");
+        ApiError::Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: "the store cannot be used right now (see /readyz); nothing was stored, \
+                     send it again later"
+                .to_string(),
+            retry_after: Duration::from_secs(5),
         }
     }
 

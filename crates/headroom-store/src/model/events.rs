@@ -199,19 +199,19 @@ pub struct Backlog {
 #[allow(async_fn_in_trait)]
 pub trait EventStore: Send + Sync {
     /// Appends events, in order, in one transaction.
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<()>;
+    async fn insert_events(&self, events: &[Event]) -> crate::Result<()>;
     /// Events in log order after the cursor `after` (a `seq`).
     async fn list_events(
         &self,
         filter: &EventFilter,
         after: Option<i64>,
         limit: u32,
-    ) -> anyhow::Result<Page<StoredEvent>>;
+    ) -> crate::Result<Page<StoredEvent>>;
     /// Deletes the events before `before`; returns how many.
-    async fn prune_events(&self, before: Millis) -> anyhow::Result<u64>;
+    async fn prune_events(&self, before: Millis) -> crate::Result<u64>;
     /// Counts of the events in `[since, until)`, grouped by kind, level, upstream, tenant
     /// and queue.
-    async fn event_stats(&self, since: Millis, until: Millis) -> anyhow::Result<Vec<EventStat>>;
+    async fn event_stats(&self, since: Millis, until: Millis) -> crate::Result<Vec<EventStat>>;
     /// The unfinished jobs (queued, running, retry_pending), counted by group.
-    async fn job_backlog(&self) -> anyhow::Result<Vec<Backlog>>;
+    async fn job_backlog(&self) -> crate::Result<Vec<Backlog>>;
 }

@@ -198,14 +198,12 @@ pub struct Page<T> {
 
 /// The sequence number a page's cursor names (0 for the first page): decimal text, as
 /// `Page::from_rows` gives it.
-pub(crate) fn parse_cursor(after: Option<&str>) -> anyhow::Result<i64> {
+pub(crate) fn parse_cursor(after: Option<&str>) -> crate::Result<i64> {
     match after {
         None | Some("") => Ok(0),
-        Some(c) => c
-            .parse()
-            .ok()
-            .filter(|n: &i64| *n >= 0)
-            .ok_or_else(|| anyhow::anyhow!("cursor \"{c}\" is not one this server gave")),
+        Some(c) => c.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
+            crate::StoreError::invalid(format!("cursor \"{c}\" is not one this server gave"))
+        }),
     }
 }
 
@@ -215,8 +213,8 @@ impl<T> Page<T> {
     pub(crate) fn from_rows<R>(
         rows: &[R],
         limit: u32,
-        read: impl Fn(&R) -> anyhow::Result<(i64, T)>,
-    ) -> anyhow::Result<Page<T>> {
+        read: impl Fn(&R) -> crate::Result<(i64, T)>,
+    ) -> crate::Result<Page<T>> {
         let limit = limit as usize;
         let mut items = Vec::with_capacity(rows.len().min(limit));
         let mut last = 0;
@@ -268,16 +266,16 @@ impl std::ops::Add for Pruned {
 #[allow(async_fn_in_trait)]
 pub trait JobStore: Send + Sync {
     /// Stores a job (durably, before this returns) unless its dedup id is taken.
-    async fn insert_job(&self, job: NewJob) -> anyhow::Result<Inserted>;
-    async fn get_job(&self, id: &str) -> anyhow::Result<Option<Job>>;
+    async fn insert_job(&self, job: NewJob) -> crate::Result<Inserted>;
+    async fn get_job(&self, id: &str) -> crate::Result<Option<Job>>;
     /// Jobs in insertion order, after the cursor `after`.
     async fn list_jobs(
         &self,
         filter: &JobFilter,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<Job>>;
-    async fn cancel_job(&self, id: &str, now: Millis) -> anyhow::Result<Cancelled>;
+    ) -> crate::Result<Page<Job>>;
+    async fn cancel_job(&self, id: &str, now: Millis) -> crate::Result<Cancelled>;
     /// Marks up to `limit` jobs whose time has come `running` and returns them, honouring
     /// each queue's mode per scope (queues not in `rules` run in parallel): throttled queues
     /// keep at most N running per scope, taking the oldest first; sequential queues run a
@@ -287,37 +285,37 @@ pub trait JobStore: Send + Sync {
         now: Millis,
         rules: &[QueueRule],
         limit: u32,
-    ) -> anyhow::Result<Vec<Job>>;
+    ) -> crate::Result<Vec<Job>>;
     /// Records an attempt and moves the (running) job on.
     async fn finish_attempt(
         &self,
         attempt: AttemptRecord,
         transition: Transition,
         now: Millis,
-    ) -> anyhow::Result<Job>;
-    async fn attempts(&self, job_id: &str) -> anyhow::Result<Vec<AttemptRecord>>;
+    ) -> crate::Result<Job>;
+    async fn attempts(&self, job_id: &str) -> crate::Result<Vec<AttemptRecord>>;
     /// After a crash: jobs left `running` go back to `queued`. Returns how many.
-    async fn requeue_running(&self, now: Millis) -> anyhow::Result<u64>;
+    async fn requeue_running(&self, now: Millis) -> crate::Result<u64>;
     /// The earliest `next_attempt_at` of a waiting job, to know when to look again.
-    async fn next_ready_at(&self) -> anyhow::Result<Option<Millis>>;
+    async fn next_ready_at(&self) -> crate::Result<Option<Millis>>;
     /// Final jobs whose callback is due.
-    async fn due_callbacks(&self, now: Millis, limit: u32) -> anyhow::Result<Vec<Job>>;
+    async fn due_callbacks(&self, now: Millis, limit: u32) -> crate::Result<Vec<Job>>;
     /// Records a callback delivery attempt: delivered, or retry at `next` (None: give up).
     async fn callback_attempted(
         &self,
         id: &str,
         delivered: bool,
         next: Option<Millis>,
-    ) -> anyhow::Result<()>;
+    ) -> crate::Result<()>;
     /// Moves pending callbacks to `at` without counting an attempt: those being delivered
     /// (read again only if the node stops before recording the attempt), and those held back
     /// by a limit (behind the other due ones). On a shared store, no other node takes them
     /// before `at` either.
-    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
+    async fn postpone_callbacks(&self, ids: &[String], at: Millis) -> crate::Result<()>;
     /// Retention: deletes the jobs final and unchanged since `before` whose callback is
     /// delivered or given up and whose dedup window ended by `now`, with their attempts, and
     /// the dedup ids whose window ended by `now`.
-    async fn prune_jobs(&self, before: Millis, now: Millis) -> anyhow::Result<Pruned>;
+    async fn prune_jobs(&self, before: Millis, now: Millis) -> crate::Result<Pruned>;
 }
 
 /// A batch to insert: records sent in chunks to a bulk endpoint.
@@ -466,17 +464,14 @@ pub enum RecordResult {
 #[allow(async_fn_in_trait)]
 pub trait BatchStore: Send + Sync {
     /// Stores a batch and all its records in one transaction.
-    async fn insert_batch(&self, batch: NewBatch) -> anyhow::Result<BatchSummary>;
+    async fn insert_batch(&self, batch: NewBatch) -> crate::Result<BatchSummary>;
     /// The batch with up to `failures_limit` failures listed (lowest index first).
-    async fn get_batch(
-        &self,
-        id: &str,
-        failures_limit: u32,
-    ) -> anyhow::Result<Option<BatchSummary>>;
+    async fn get_batch(&self, id: &str, failures_limit: u32)
+        -> crate::Result<Option<BatchSummary>>;
     /// Claims up to `max_batch_size` pending records of one batch whose time has come
     /// (lowest index first), skipping batches in `busy` (already at their concurrency), and
     /// marks them in flight.
-    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> anyhow::Result<Option<Chunk>>;
+    async fn claim_chunk(&self, now: Millis, busy: &[String]) -> crate::Result<Option<Chunk>>;
     /// Records the call's outcome for every record of the chunk (same order as
     /// `chunk.records`) and counts the call.
     async fn finish_chunk(
@@ -484,40 +479,40 @@ pub trait BatchStore: Send + Sync {
         chunk: &Chunk,
         results: &[RecordResult],
         now: Millis,
-    ) -> anyhow::Result<()>;
+    ) -> crate::Result<()>;
     /// After a crash: records left in flight go back to pending and are counted as possibly
     /// duplicated. Returns how many.
-    async fn requeue_in_flight(&self, now: Millis) -> anyhow::Result<u64>;
+    async fn requeue_in_flight(&self, now: Millis) -> crate::Result<u64>;
     /// The earliest time a pending record becomes claimable.
-    async fn next_chunk_at(&self) -> anyhow::Result<Option<Millis>>;
+    async fn next_chunk_at(&self) -> crate::Result<Option<Millis>>;
     /// Cancels the batch's pending records. `None` if there is no such batch.
-    async fn cancel_batch(&self, id: &str, now: Millis) -> anyhow::Result<Option<BatchSummary>>;
+    async fn cancel_batch(&self, id: &str, now: Millis) -> crate::Result<Option<BatchSummary>>;
     /// Retention: deletes the batches final, with nothing in flight, unchanged since
     /// `before`, whose callback is not still to be delivered, with their records.
-    async fn prune_batches(&self, before: Millis) -> anyhow::Result<Pruned>;
+    async fn prune_batches(&self, before: Millis) -> crate::Result<Pruned>;
     /// Final batches (nothing in flight) whose callback is due, oldest first. On PostgreSQL
     /// this node takes them for a while: another node does not deliver them meanwhile.
     async fn due_batch_callbacks(
         &self,
         now: Millis,
         limit: u32,
-    ) -> anyhow::Result<Vec<DueBatchCallback>>;
+    ) -> crate::Result<Vec<DueBatchCallback>>;
     /// Records a batch callback delivery attempt: delivered, or retry at `next` (None: give up).
     async fn batch_callback_attempted(
         &self,
         id: &str,
         delivered: bool,
         next: Option<Millis>,
-    ) -> anyhow::Result<()>;
+    ) -> crate::Result<()>;
     /// Moves the due batch callbacks `ids` to `at` (held back by a limit, or being delivered).
-    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> anyhow::Result<()>;
+    async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> crate::Result<()>;
     /// Batches in submission order after the cursor `after`, without their failures.
     async fn list_batches(
         &self,
         filter: &BatchFilter,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<BatchSummary>>;
+    ) -> crate::Result<Page<BatchSummary>>;
 }
 
 /// Which batches a listing shows.

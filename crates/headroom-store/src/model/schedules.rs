@@ -141,7 +141,7 @@ pub enum Action {
 #[allow(async_fn_in_trait)]
 pub trait ScheduleStore: Send + Sync {
     /// Stores a new schedule; false (and nothing stored) if the name is taken.
-    async fn create_schedule(&self, schedule: &StoredSchedule) -> anyhow::Result<bool>;
+    async fn create_schedule(&self, schedule: &StoredSchedule) -> crate::Result<bool>;
     /// Makes the config's schedules the stored config schedules: new ones are added,
     /// changed ones replaced (their slots dropped, to be recomputed; paused kept), those no
     /// longer in the config removed with their slots and runs. A name taken by an API
@@ -150,10 +150,10 @@ pub trait ScheduleStore: Send + Sync {
         &self,
         schedules: &[StoredSchedule],
         now: Millis,
-    ) -> anyhow::Result<()>;
-    async fn get_schedule(&self, name: &str) -> anyhow::Result<Option<StoredSchedule>>;
+    ) -> crate::Result<()>;
+    async fn get_schedule(&self, name: &str) -> crate::Result<Option<StoredSchedule>>;
     /// Every schedule, by name.
-    async fn list_schedules(&self) -> anyhow::Result<Vec<StoredSchedule>>;
+    async fn list_schedules(&self) -> crate::Result<Vec<StoredSchedule>>;
     /// Pauses or resumes. Resuming drops the slots, so that runs start again from now
     /// rather than catching up the pause. `None` if there is no such schedule.
     async fn set_paused(
@@ -161,14 +161,14 @@ pub trait ScheduleStore: Send + Sync {
         name: &str,
         paused: bool,
         now: Millis,
-    ) -> anyhow::Result<Option<StoredSchedule>>;
+    ) -> crate::Result<Option<StoredSchedule>>;
     /// Deletes a schedule, its slots and its runs; false if there was none.
-    async fn delete_schedule(&self, name: &str) -> anyhow::Result<bool>;
+    async fn delete_schedule(&self, name: &str) -> crate::Result<bool>;
     /// The slots of a schedule, earliest due first.
-    async fn slots(&self, schedule: &str) -> anyhow::Result<Vec<Slot>>;
+    async fn slots(&self, schedule: &str) -> crate::Result<Vec<Slot>>;
     /// Adds slots (a slot that exists already is left as it is) and removes the slots of
     /// `remove` (schedule, tenant).
-    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> anyhow::Result<()>;
+    async fn update_slots(&self, add: &[Slot], remove: &[(String, String)]) -> crate::Result<()>;
     /// In one transaction: takes up to `limit` slots of unpaused schedules due at `now`
     /// (earliest due first), asks `decide` what each does, enqueues and records that, and
     /// moves each slot on. Two callers at once never both take a slot. Returns the runs
@@ -178,9 +178,9 @@ pub trait ScheduleStore: Send + Sync {
         now: Millis,
         limit: u32,
         decide: &mut (dyn FnMut(&DueSlot) -> Decision + Send),
-    ) -> anyhow::Result<Vec<Run>>;
+    ) -> crate::Result<Vec<Run>>;
     /// The earliest due time of a slot of an unpaused schedule.
-    async fn next_due_at(&self) -> anyhow::Result<Option<Millis>>;
+    async fn next_due_at(&self) -> crate::Result<Option<Millis>>;
     /// A schedule's runs, oldest first, after the cursor `after`, optionally one tenant's.
     async fn list_runs(
         &self,
@@ -188,10 +188,10 @@ pub trait ScheduleStore: Send + Sync {
         tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
-    ) -> anyhow::Result<Page<Run>>;
+    ) -> crate::Result<Page<Run>>;
     /// Deletes the runs recorded before `before`, except the last fired run of each
     /// (schedule, tenant), which `overlap = "skip"` reads. Returns how many.
-    async fn prune_runs(&self, before: Millis) -> anyhow::Result<u64>;
+    async fn prune_runs(&self, before: Millis) -> crate::Result<u64>;
     /// Tenants holding a credential for `upstream`, by name.
-    async fn tenants_with_credential(&self, upstream: &str) -> anyhow::Result<Vec<String>>;
+    async fn tenants_with_credential(&self, upstream: &str) -> crate::Result<Vec<String>>;
 }

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Context;
 
 use crate::sql::{Sql, SqlStore};
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -54,7 +54,7 @@ impl PgStore {
     /// Connects to a `postgres://` URL, brings the schema up to date (migrations run under
     /// sqlx's advisory lock, so nodes starting together do not collide), registers this node
     /// and starts its heartbeat.
-    pub async fn open(url: &str) -> anyhow::Result<PgStore> {
+    pub async fn open(url: &str) -> crate::Result<PgStore> {
         let shown = redact(url);
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -107,7 +107,7 @@ impl PgStore {
         &self.node
     }
 
-    pub(crate) async fn write(&self) -> anyhow::Result<Transaction<'static, Postgres>> {
+    pub(crate) async fn write(&self) -> crate::Result<Transaction<'static, Postgres>> {
         self.pool
             .begin()
             .await
@@ -124,7 +124,7 @@ impl PgStore {
     }
 
     /// Says this node is alive, on the database's clock.
-    async fn heartbeat(&self) -> anyhow::Result<()> {
+    async fn heartbeat(&self) -> crate::Result<()> {
         let q = Sql::new(format!(
             "INSERT INTO nodes (id, seen_at) VALUES (?, {DB_NOW}) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
@@ -211,7 +211,7 @@ async fn heartbeat_loop(store: PgStore) {
 impl PgStore {
     /// Puts the running jobs and records in flight of dead nodes back in the queue, then
     /// forgets those nodes. Returns (jobs, records).
-    pub async fn reap_dead_nodes(&self) -> anyhow::Result<()> {
+    pub async fn reap_dead_nodes(&self) -> crate::Result<()> {
         // Requeued to run now: the store has no clock of its own; a node's stored times are
         // the system's in production.
         let now = crate::time::system_millis();
@@ -236,7 +236,7 @@ impl PgStore {
     }
 
     /// Wakes every node's dispatcher.
-    pub(crate) async fn notify(&self) -> anyhow::Result<()> {
+    pub(crate) async fn notify(&self) -> crate::Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(WAKE_CHANNEL)
             .execute(&self.pool)
@@ -247,7 +247,7 @@ impl PgStore {
 }
 
 /// `NOTIFY` inside a transaction: delivered when (if) it commits.
-pub(super) async fn notify_in(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+pub(super) async fn notify_in(conn: &mut sqlx::PgConnection) -> crate::Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WAKE_CHANNEL)
         .execute(conn)

@@ -102,11 +102,7 @@ async fn submit(
         &crate::jobs::secrets::batch_owner(&new.id),
         &mut new.request,
     )?;
-    let summary = app
-        .store
-        .insert_batch(new)
-        .await
-        .map_err(super::store_refused)?;
+    let summary = app.store.insert_batch(new).await?;
     app.batches_wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,

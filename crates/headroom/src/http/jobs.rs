@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{page_limit, parse_json, store_refused};
+use super::{page_limit, parse_json};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -38,7 +38,7 @@ async fn submit(
         &crate::jobs::secrets::job_owner(&new.id),
         &mut new.request,
     )?;
-    let inserted = app.store.insert_job(new).await.map_err(store_refused)?;
+    let inserted = app.store.insert_job(new).await?;
     let (status, job, deduplicated) = match inserted {
         Inserted::Created(job) => (StatusCode::ACCEPTED, job, false),
         Inserted::Duplicate(job) => (StatusCode::OK, job, true),

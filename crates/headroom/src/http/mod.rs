@@ -11,11 +11,8 @@ pub mod observe;
 pub mod proxy;
 pub mod schedules;
 
-use std::time::Duration;
-
 use axum::routing::{any, get};
 use axum::Router;
-use http::StatusCode;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -32,19 +29,6 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
-}
-
-/// A write the store could not take (a full disk, a lost database): 503 with a Retry-After,
-/// so that the client knows nothing was stored and sends it again; the cause is logged.
-pub(crate) fn store_refused(e: anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "the store refused a write");
-    ApiError::Refused {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        detail: "nothing was stored: the store cannot take writes right now (see /readyz); \
-                 send it again later"
-            .to_string(),
-        retry_after: Duration::from_secs(5),
-    }
 }
 
 /// Checks a listing's `limit` (default 100) and `cursor`, and gives the limit.

@@ -149,7 +149,7 @@ async fn postpone<'a>(
         }
     }
     app.store.postpone_callbacks(&jobs, at).await?;
-    app.store.postpone_batch_callbacks(&batches, at).await
+    Ok(app.store.postpone_batch_callbacks(&batches, at).await?)
 }
 
 /// The URL as submitted, normalized as the submit check read it.

@@ -188,7 +188,7 @@ async fn record_attempt(
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
-            other => return other,
+            other => return Ok(other?),
         }
     }
 }

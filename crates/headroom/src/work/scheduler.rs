@@ -216,7 +216,7 @@ async fn reconcile(
             }
         }
     }
-    app.store.update_slots(&add, &remove).await
+    Ok(app.store.update_slots(&add, &remove).await?)
 }
 
 /// What a due slot does, and where it goes next (the first due time after now: runs missed

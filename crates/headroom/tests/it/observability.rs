@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{Recorder, Server};
-use headroom::store::{event_conformance, Store};
 use headroom_core::clock::{ManualClock, Timestamp};
 use http::Method;
 use serde_json::{json, Value};
@@ -53,19 +52,6 @@ impl Write for Logs {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-#[tokio::test]
-async fn event_conformance_in_memory_and_on_a_file() {
-    event_conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    event_conformance::run(|| {
-        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let url = format!("sqlite://{}", dir.path().join(format!("e{i}.db")).display());
-        async move { Store::open(&url).await.unwrap() }
-    })
-    .await;
 }
 
 // Current-thread runtime: the server's tasks run on this thread, under this test's logger.

@@ -1,5 +1,6 @@
-//! The store conformance suite against the embedded SQLite store (a WAL file and memory),
-//! plus what only a real file shows: concurrent writers, a 35,000-record batch.
+//! The store conformance suites, one test per property, on each backend: SQLite in memory
+//! and in a WAL file, and PostgreSQL (a schema per test); plus what only a real file shows:
+//! concurrent writers, a 35,000-record batch, a kill -9.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,18 +15,6 @@ async fn file_store(dir: &std::path::Path) -> Store {
     let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
     let url = format!("sqlite://{}", dir.join(format!("s{n}.db")).display());
     Store::open(&url).await.unwrap()
-}
-
-#[tokio::test]
-async fn conformance_on_a_wal_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    conformance::run(|| file_store(&path)).await;
-}
-
-#[tokio::test]
-async fn conformance_in_memory() {
-    conformance::run(|| async { Store::open("sqlite::memory:").await.unwrap() }).await;
 }
 
 #[tokio::test]
@@ -245,61 +234,68 @@ async fn kill_9_loses_no_acknowledged_write() {
     }
 }
 
-#[tokio::test]
-async fn schedule_conformance_on_a_wal_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    headroom::store::schedule_conformance::run(|| file_store(&path)).await;
+/// A fresh, empty store for one conformance property, and what to clean up after it.
+struct Fresh {
+    store: AnyStore,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<crate::services::PgSchema>,
 }
 
-#[tokio::test]
-async fn schedule_conformance_in_memory() {
-    headroom::store::schedule_conformance::run(|| async {
-        Store::open("sqlite::memory:").await.unwrap()
-    })
-    .await;
-}
-
-/// Runs a conformance suite on PostgreSQL, each case in a schema of its own (dropped after).
-async fn on_postgres<Fut>(suite: impl FnOnce(Box<dyn FnMut() -> BoxedStore + Send>) -> Fut)
-where
-    Fut: std::future::Future<Output = ()>,
-{
-    let Some(base) = crate::services::postgres() else {
-        return;
-    };
-    let schemas = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let made = Arc::clone(&schemas);
-    suite(Box::new(move || {
-        let (base, made) = (base.clone(), Arc::clone(&made));
-        Box::pin(async move {
-            let schema = crate::services::PgSchema::create(&base).await;
-            let store = AnyStore::open(&schema.url()).await.unwrap();
-            assert!(store.is_shared());
-            made.lock().unwrap().push(schema);
-            store
-        })
-    }))
-    .await;
-    let schemas: Vec<_> = std::mem::take(&mut *schemas.lock().unwrap());
-    for schema in schemas {
-        schema.drop().await;
+impl Fresh {
+    async fn finish(self) {
+        if let Some(schema) = self.schema {
+            schema.drop().await;
+        }
     }
 }
 
-type BoxedStore = std::pin::Pin<Box<dyn std::future::Future<Output = AnyStore> + Send>>;
+mod sqlite_memory {
+    use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_on_postgres() {
-    on_postgres(conformance::run).await;
+    async fn fresh() -> Option<Fresh> {
+        let store = AnyStore::open("sqlite::memory:").await.unwrap();
+        Some(Fresh {
+            store,
+            _dir: None,
+            schema: None,
+        })
+    }
+
+    headroom::store::conformance_tests!();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schedule_conformance_on_postgres() {
-    on_postgres(headroom::store::schedule_conformance::run).await;
+mod sqlite_file {
+    use super::*;
+
+    async fn fresh() -> Option<Fresh> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        Some(Fresh {
+            store,
+            _dir: Some(dir),
+            schema: None,
+        })
+    }
+
+    headroom::store::conformance_tests!();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_conformance_on_postgres() {
-    on_postgres(headroom::store::event_conformance::run).await;
+mod postgres {
+    use super::*;
+
+    /// A schema of its own (dropped after), or `None` where PostgreSQL cannot be reached.
+    async fn fresh() -> Option<Fresh> {
+        let base = crate::services::postgres()?;
+        let schema = crate::services::PgSchema::create(&base).await;
+        let store = AnyStore::open(&schema.url()).await.unwrap();
+        assert!(store.is_shared());
+        Some(Fresh {
+            store,
+            _dir: None,
+            schema: Some(schema),
+        })
+    }
+
+    headroom::store::conformance_tests!();
 }

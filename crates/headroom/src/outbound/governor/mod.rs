@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use headroom_core::budget::{BudgetSnapshot, Outcome, Reaction};
 use headroom_core::{
-    Admission, BudgetConfig, Clock, Decision, Governor, Lane, Permit, Rejection, SystemClock,
-    Timestamp,
+    Admission, BudgetConfig, Clock, Decision, Governor, Lane, Permit, Rejection, Timestamp,
 };
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
@@ -89,7 +88,8 @@ impl Inner {
 pub struct SharedGovernor {
     inner: Mutex<Inner>,
     wake: Notify,
-    clock: SystemClock,
+    /// Pacing time: tokio's (pausable) monotonic clock.
+    clock: crate::clock::MonotonicClock,
     /// The budgets' shared half when several nodes govern together (`governor = "redis://…"`).
     remote: Option<Arc<redis::RedisGovernor>>,
     /// With `remote`: each upstream's config as the local half uses it (by the address of
@@ -185,7 +185,7 @@ impl SharedGovernor {
                 decisions: Vec::new(),
             }),
             wake: Notify::new(),
-            clock: SystemClock::new(),
+            clock: crate::clock::MonotonicClock::new(),
         })
     }
 
@@ -435,5 +435,50 @@ impl SharedGovernor {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use headroom_core::limit::LimitConfig;
+    use headroom_core::signals::Signals;
+
+    use super::*;
+
+    /// Pacing runs on tokio's clock: on paused time, ten calls against 5 per second (4 with
+    /// the default 80 % headroom) wait for their turns in virtual time, and the test takes no
+    /// real time. On a clock of its own the governor would never see the paused time move.
+    #[tokio::test(start_paused = true)]
+    async fn pacing_runs_on_pausable_time() {
+        let governor = SharedGovernor::new(1);
+        governor.spawn_driver();
+        let config = Arc::new(BudgetConfig {
+            limits: vec![LimitConfig::new(5.0, Duration::from_secs(1))],
+            ..Default::default()
+        });
+        let key: BudgetKey = (0, Arc::from("acme"));
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            let lease = governor
+                .acquire(
+                    key.clone(),
+                    &config,
+                    Lane::Bulk,
+                    1.0,
+                    Duration::from_secs(60),
+                    0,
+                )
+                .await
+                .expect("a turn within the wait");
+            lease.finish(Outcome::Response {
+                status: 200,
+                signals: &Signals::default(),
+            });
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took <= Duration::from_secs(3),
+            "ten calls at 4/s took {took:?} of (virtual) time"
+        );
     }
 }
