@@ -180,6 +180,14 @@ enum Command {
     ///
     /// Example: headroom man > /usr/local/share/man/man1/headroom.1
     Man,
+
+    /// Print the OpenAPI 3.1 document of the HTTP API (as a server serves it at /openapi.json).
+    ///
+    /// Generate a client from it, or check a change of the API against the committed
+    /// openapi.json.
+    ///
+    /// Example: headroom openapi > openapi.json
+    Openapi,
 }
 
 /// Writes `bytes` to standard output; a reader that stops early (`| head`) is not an error.
@@ -214,6 +222,7 @@ fn main() -> std::process::ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "headroom", &mut script);
             print_bytes(&script)
         }
+        Command::Openapi => print_bytes(headroom::http::openapi::json().as_bytes()),
         Command::Man => {
             use clap::CommandFactory;
             let mut page = Vec::new();

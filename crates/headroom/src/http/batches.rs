@@ -6,12 +6,14 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
+use super::openapi::{Batch, BatchAccepted, BatchList, BatchSubmission, Problem};
 use super::parse_json;
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -23,13 +25,25 @@ use crate::jobs::*;
 /// How long a submission waits for room before it is refused with 503.
 const INTAKE_WAIT: Duration = Duration::from_secs(30);
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/batches", axum::routing::post(submit).get(list))
-        .route("/v1/batches/{id}", get(get_one).delete(cancel))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(get_one, cancel))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
 }
 
+/// Submits a batch of records (JSON, or NDJSON for large ones): stored before the answer, then
+/// sent through the upstream's batch endpoint in chunks, each record's outcome kept.
+#[utoipa::path(post, path = "/v1/batches", tag = "batches",
+    request_body(content = BatchSubmission, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored: it runs as the budget allows", body = BatchAccepted),
+        (status = 400, description = "The submission is wrong; `detail` names the field or line", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the body or record limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No room or the store cannot take it now; nothing was stored", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn submit(
     State(app): State<AppState>,
     principal: Principal,
@@ -129,6 +143,20 @@ struct ListQuery {
 
 /// `GET /v1/batches?status=&tenant=&upstream=&cursor=&limit=`: batches in submission order,
 /// without their failures (`GET /v1/batches/{id}` has them); a tenant's token sees its own.
+#[utoipa::path(get, path = "/v1/batches", tag = "batches",
+    params(
+        ("status" = Option<String>, Query, description = "queued, running, succeeded, completed_with_failures or cancelled"),
+        ("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$"),
+        ("upstream" = Option<String>, Query),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of batches", body = BatchList),
+        (status = 400, description = "A filter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(
     State(app): State<AppState>,
     principal: Principal,
@@ -163,6 +191,18 @@ async fn list(
     ))
 }
 
+/// A batch with its counts and failed records.
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches",
+    params(
+        ("id" = String, Path, description = "The batch's id"),
+        ("failures_limit" = Option<u32>, Query, description = "At most this many failures (all if left out)"),
+    ),
+    responses(
+        (status = 200, description = "The batch", body = Batch),
+        (status = 400, description = "A parameter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch (or not the token's tenant's)", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_one(
     State(app): State<AppState>,
     principal: Principal,
@@ -180,6 +220,16 @@ async fn get_one(
     Ok(Json(summary))
 }
 
+/// Cancels an unfinished batch: its pending records are not sent (admin token).
+#[utoipa::path(delete, path = "/v1/batches/{id}", tag = "batches",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Batch),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The batch is over", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn cancel(
     State(app): State<AppState>,
     _admin: Admin,

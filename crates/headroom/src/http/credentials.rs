@@ -5,14 +5,19 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, put};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use http::StatusCode;
 use rand::RngCore;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
+use super::openapi::{
+    CredentialList, CredentialSubmission, NewToken, Problem, TokenList, TokenSubmission,
+    WebhookSecret,
+};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::credentials::*;
@@ -39,19 +44,13 @@ fn check_tenant(field: &str, tenant: &str) -> ApiResult<()> {
 }
 
 /// `/v1/tenants/…` and `/v1/tokens` routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/credentials", get(list_credentials))
-        .route(
-            "/v1/tenants/{tenant}/credentials/{upstream}",
-            put(put_credential).delete(delete_credential),
-        )
-        .route(
-            "/v1/tenants/{tenant}/webhook-secret",
-            axum::routing::post(rotate_webhook_secret),
-        )
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_credentials))
+        .routes(routes!(put_credential, delete_credential))
+        .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
 fn path_error(e: PathRejection) -> ApiError {
@@ -112,6 +111,18 @@ fn string_field<'a>(
     }
 }
 
+/// Sets a tenant's credential for an upstream: sealed at rest, never shown again, injected
+/// into the tenant's calls (admin token).
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/credentials/{upstream}", tag = "tenants",
+    params(("tenant" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$"), ("upstream" = String, Path, description = "A configured upstream")),
+    request_body = CredentialSubmission,
+    responses(
+        (status = 204, description = "Set"),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such upstream", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn put_credential(
     State(app): State<AppState>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
@@ -146,6 +157,16 @@ async fn put_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deletes a tenant's credential for an upstream (admin token).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/credentials/{upstream}", tag = "tenants",
+    params(("tenant" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$"), ("upstream" = String, Path, description = "A configured upstream")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The tenant has no credential for it", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn delete_credential(
     State(app): State<AppState>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
@@ -165,6 +186,15 @@ async fn delete_credential(
     }
 }
 
+/// The upstreams a tenant has a credential for (never the credentials) (admin token).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/credentials", tag = "tenants",
+    params(("tenant" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$")),
+    responses(
+        (status = 200, description = "The tenant's credentials", body = CredentialList),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_credentials(
     State(app): State<AppState>,
     path: Result<UrlPath<String>, PathRejection>,
@@ -182,6 +212,14 @@ async fn list_credentials(
 /// `POST /v1/tenants/{tenant}/webhook-secret`: a new secret (Standard Webhooks, `whsec_…`)
 /// that signs the tenant's job and batch callbacks from now on; shown once. The admin token,
 /// or the tenant's own.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhook-secret", tag = "tenants",
+    params(("tenant" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$")),
+    responses(
+        (status = 201, description = "The new secret, shown once", body = WebhookSecret),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn rotate_webhook_secret(
     State(app): State<AppState>,
     path: Result<UrlPath<String>, PathRejection>,
@@ -211,6 +249,16 @@ async fn rotate_webhook_secret(
     ))
 }
 
+/// Mints an API token scoped to a tenant: it acts as that tenant only (admin token).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tenants",
+    request_body = TokenSubmission,
+    responses(
+        (status = 201, description = "The token, shown once", body = NewToken),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Headroom runs with auth = \"none\"", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn create_token(
     State(app): State<AppState>,
     principal: Principal,
@@ -249,6 +297,15 @@ struct TokenFilter {
     tenant: Option<String>,
 }
 
+/// API tokens (never the tokens themselves) (admin token).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tenants",
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "Only this tenant's")),
+    responses(
+        (status = 200, description = "The tokens", body = TokenList),
+        (status = 400, description = "A parameter or the body is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_tokens(
     State(app): State<AppState>,
     _admin: Admin,
@@ -266,6 +323,15 @@ async fn list_tokens(
     Ok(Json(json!({ "tokens": tokens })))
 }
 
+/// Revokes an API token (admin token).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn revoke_token(
     State(app): State<AppState>,
     path: Result<UrlPath<String>, PathRejection>,

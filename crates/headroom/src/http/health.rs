@@ -7,12 +7,18 @@ use http::header::CONTENT_TYPE;
 use serde_json::json;
 
 use super::auth::{authenticate, Admin};
+use super::openapi::{Budgets, Health, Problem};
 use crate::app::AppState;
 use crate::error::ApiResult;
 
 /// Liveness: the process serves requests. Not 200 only when the store's writer is stuck in
 /// a way a restart would cure (see `store::health`); what a restart would not cure (a full
 /// disk, a lost database file, Redis down) is for `/readyz`.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Alive", body = Health),
+        (status = 503, description = "Stuck in a way a restart would cure", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn healthz(
     State(app): State<AppState>,
     headers: http::HeaderMap,
@@ -37,6 +43,11 @@ async fn admin(app: &AppState, headers: &http::HeaderMap) -> bool {
 
 /// Readiness: the store commits a real write (and on SQLite its file is in place with room
 /// on its disk) and the governor answers (Redis: a PING). 503 names what is not ready.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready: `checks` names what fails", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn readyz(
     State(app): State<AppState>,
     headers: http::HeaderMap,
@@ -89,6 +100,13 @@ fn unavailable(what: &str, failing: &[(&str, String)], detailed: bool) -> axum::
         .into_response()
 }
 
+/// Prometheus metrics (OpenMetrics when asked for) (admin token: tenants are in the labels).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     _admin: Admin,
@@ -117,6 +135,13 @@ pub(crate) async fn metrics(
     })
 }
 
+/// Every budget the governor holds (admin token).
+#[utoipa::path(get, path = "/v1/budgets", tag = "observe",
+    responses(
+        (status = 200, description = "The budgets", body = Budgets),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn budgets(
     State(app): State<AppState>,
     _admin: Admin,

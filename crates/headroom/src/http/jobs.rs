@@ -4,11 +4,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{Job, JobList, JobSubmission, Problem};
 use super::{page_limit, parse_json};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -16,12 +18,24 @@ use crate::error::{ApiError, ApiResult};
 use crate::jobs::request::*;
 use crate::jobs::*;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", get(list).post(submit))
-        .route("/v1/jobs/{id}", get(get_one).delete(cancel))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, submit))
+        .routes(routes!(get_one, cancel))
 }
 
+/// Submits a job: stored before the answer, then sent as its queue and the upstream's budget
+/// allow, and retried as the answer says.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobSubmission,
+    responses(
+        (status = 202, description = "Stored: it runs as its queue allows", body = Job),
+        (status = 200, description = "A job with this dedup_id was submitted within the window", body = Job),
+        (status = 400, description = "The submission is wrong; `detail` names the field", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn submit(
     State(app): State<AppState>,
     principal: Principal,
@@ -51,6 +65,14 @@ async fn submit(
     Ok((status, Json(view)).into_response())
 }
 
+/// A job with every attempt.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or not the token's tenant's)", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_one(
     State(app): State<AppState>,
     principal: Principal,
@@ -76,6 +98,21 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
+/// Jobs, newest first, filtered; a scoped token sees its tenant's only.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "queued, running, retry_pending, succeeded, failed or cancelled"),
+        ("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$"),
+        ("queue" = Option<String>, Query),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "A filter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(
     State(app): State<AppState>,
     principal: Principal,
@@ -107,6 +144,15 @@ async fn list(
     })))
 }
 
+/// Cancels a queued or retry_pending job (cancelling a cancelled job again is fine).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Job),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is running or over", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn cancel(
     State(app): State<AppState>,
     principal: Principal,

@@ -8,15 +8,20 @@ pub mod credentials;
 pub mod health;
 pub mod jobs;
 pub mod observe;
+pub mod openapi;
 pub mod proxy;
 pub mod schedules;
 
+use std::sync::Arc;
+
 use axum::routing::{any, get};
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use health::{budgets, healthz, metrics, readyz};
 
 const MAX_PAGE: u32 = 500;
 
@@ -48,18 +53,79 @@ pub(crate) fn page_limit(limit: Option<u32>, cursor: Option<&str>) -> Result<u32
     Ok(limit)
 }
 
-pub fn router(state: AppState) -> Router {
-    let open = state.api_token.is_none();
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/budgets", get(budgets))
+/// The documented routes: the API and health, each registered with its OpenAPI operation.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::budgets))
         .merge(credentials::routes())
         .merge(jobs::routes())
         .merge(batches::routes())
         .merge(schedules::routes())
         .merge(observe::routes())
+}
+
+/// The documented routes' router and their document. Operation ids are prefixed with their
+/// tag (`jobs_submit`, `batches_submit`), as handlers of different resources share names.
+pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = api_routes().split_for_parts();
+    for item in document.paths.paths.values_mut() {
+        let methods = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("options", &mut item.options),
+            ("head", &mut item.head),
+            ("patch", &mut item.patch),
+            ("trace", &mut item.trace),
+        ];
+        // One handler for several methods (the proxy) gets one id per method.
+        let shared = methods.iter().filter(|(_, op)| op.is_some()).count() > 1
+            && methods
+                .iter()
+                .filter_map(|(_, op)| op.as_ref().and_then(|o| o.operation_id.clone()))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 1;
+        for (method, op) in methods {
+            let Some(op) = op else { continue };
+            if let (Some(tag), Some(id)) =
+                (op.tags.as_ref().and_then(|t| t.first()), &op.operation_id)
+            {
+                op.operation_id = Some(if shared {
+                    format!("{tag}_{method}")
+                } else {
+                    format!("{tag}_{id}")
+                });
+            }
+        }
+    }
+    (router, document)
+}
+
+pub fn router(state: AppState) -> Router {
+    let open = state.api_token.is_none();
+    let (api, document) = api();
+    let document: Arc<str> = document
+        .to_pretty_json()
+        .expect("the document always serialises")
+        .into();
+    let router = api
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
         // Headroom's own routes only: the proxy passes the upstream's answers through as-is
         // (and streams bodies, with no deadline on them).
         .layer(axum::middleware::map_response(

@@ -4,24 +4,26 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use headroom_core::duration::parse_duration;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
+use super::openapi::{Alerts, Events, Problem, Status};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::Millis;
 use crate::observe::model::*;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(events))
-        .route("/v1/status", get(status))
-        .route("/v1/alerts", get(alerts))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(status))
+        .routes(routes!(alerts))
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +57,26 @@ pub fn parse_time(key: &str, value: &str, now: Millis) -> Result<Millis, ApiErro
     )))
 }
 
+/// Rate-limit events (throttled answers, retries, pauses, refusals, failures), newest last;
+/// a scoped token sees its tenant's only.
+#[utoipa::path(get, path = "/v1/events", tag = "observe",
+    params(
+        ("level" = Option<String>, Query, description = "info, warn or error: this level and above"),
+        ("kind" = Option<String>, Query),
+        ("upstream" = Option<String>, Query),
+        ("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$"),
+        ("queue" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "RFC 3339, or a duration back from now (`15m`)"),
+        ("until" = Option<String>, Query, description = "RFC 3339, or a duration back from now"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = Events),
+        (status = 400, description = "A parameter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn events(
     State(app): State<AppState>,
     principal: Principal,
@@ -149,6 +171,16 @@ struct StatusQuery {
     window: Option<String>,
 }
 
+/// Per upstream and tenant: spend against the limits, throttled and refused calls, retries,
+/// backlog and whether it fits (admin token).
+#[utoipa::path(get, path = "/v1/status", tag = "observe",
+    params(("window" = Option<String>, Query, description = "A duration (`15m`)")),
+    responses(
+        (status = 200, description = "The status", body = Status),
+        (status = 400, description = "A parameter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn status(
     State(app): State<AppState>,
     _admin: Admin,
@@ -170,6 +202,13 @@ async fn status(
     Ok(Json(status))
 }
 
+/// The alert rules, what is firing and recent history (admin token).
+#[utoipa::path(get, path = "/v1/alerts", tag = "observe",
+    responses(
+        (status = 200, description = "The alerts", body = Alerts),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn alerts(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
     Ok(Json(crate::work::alerts::view(&app).await))
 }

@@ -58,6 +58,31 @@ struct Journey {
     retried: Option<Box<(String, String, String)>>,
 }
 
+/// The proxy's contract, for the OpenAPI document (`handle` serves it, for any method).
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/proxy/{upstream}/{path}",
+    tag = "proxy",
+    security(("proxy_bearer" = [])),
+    params(
+        ("upstream" = String, Path, description = "A configured upstream"),
+        ("path" = String, Path, description = "The path under the upstream's base URL"),
+        ("Headroom-Tenant" = Option<String>, Header, description = "Whose credential and budget the call uses (a scoped token's own, if left out)"),
+        ("Headroom-Lane" = Option<String>, Header, description = "realtime (the default) or bulk"),
+        ("Headroom-Cost" = Option<f64>, Header, description = "What the call spends of cost-metered limits"),
+        ("Headroom-Max-Wait" = Option<String>, Header, description = "How long the call may wait for its turn (a duration)"),
+    ),
+    responses(
+        (status = "default", description = "The upstream's answer, passed through as it came"),
+        (status = 400, description = "A Headroom-* header is wrong; `detail` names it", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Headroom's own refusal: the budget cannot admit the call within its wait (`Retry-After` says when)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Headroom's own refusal: the upstream's breaker is open", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The upstream could not be reached", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[allow(dead_code)] // documentation only
+pub(crate) fn documented() {}
+
 pub async fn handle(State(app): State<AppState>, request: Request) -> Response {
     let mut journey = Journey::default();
     let lane_hint = lane_label(request.headers());

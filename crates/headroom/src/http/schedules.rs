@@ -5,12 +5,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
+use super::openapi::{
+    Problem, Schedule as ScheduleView, ScheduleDeleted, ScheduleList, ScheduleRuns,
+    ScheduleSubmission,
+};
 use super::parse_json;
 use crate::app::AppState;
 use crate::clock::rfc3339;
@@ -21,13 +26,13 @@ use crate::schedules::*;
 /// Upcoming runs shown with a schedule.
 const NEXT_RUNS_SHOWN: usize = 100;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/schedules", get(list).post(create))
-        .route("/v1/schedules/{name}", get(get_one).delete(delete))
-        .route("/v1/schedules/{name}/pause", post(pause))
-        .route("/v1/schedules/{name}/resume", post(resume))
-        .route("/v1/schedules/{name}/runs", get(runs))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(runs))
 }
 
 /// A schedule as the API shows it: its definition, where it comes from and its state.
@@ -91,6 +96,16 @@ pub fn run_view(run: &Run) -> Value {
     v
 }
 
+/// Creates a schedule (admin token).
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules",
+    request_body = ScheduleSubmission,
+    responses(
+        (status = 201, description = "Created; its tenants' first runs are set", body = ScheduleView),
+        (status = 400, description = "The definition is wrong; `detail` names the key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn create(State(app): State<AppState>, _admin: Admin, body: Bytes) -> ApiResult<Response> {
     let def: ScheduleDef = parse_json(&body)?;
     let schedule = Schedule::check(def, &app.config).map_err(ApiError::bad_request)?;
@@ -115,6 +130,13 @@ async fn create(State(app): State<AppState>, _admin: Admin, body: Bytes) -> ApiR
     Ok((StatusCode::CREATED, Json(schedule_view(&stored))).into_response())
 }
 
+/// Every schedule, from the config and the API (admin token).
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    responses(
+        (status = 200, description = "The schedules", body = ScheduleList),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(State(app): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
     let all = app.store.list_schedules().await?;
     Ok(Json(json!({
@@ -129,6 +151,15 @@ async fn find(app: &AppState, name: &str) -> ApiResult<StoredSchedule> {
         .ok_or_else(|| ApiError::not_found(format!("no schedule \"{name}\"")))
 }
 
+/// A schedule with its tenants' next runs (admin token).
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleView),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_one(
     State(app): State<AppState>,
     _admin: Admin,
@@ -162,6 +193,15 @@ async fn set_paused(app: &AppState, name: &str, paused: bool) -> ApiResult<Json<
     Ok(Json(schedule_view(&s)))
 }
 
+/// Pauses a schedule: no runs until it is resumed (admin token).
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 200, description = "Paused", body = ScheduleView),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn pause(
     State(app): State<AppState>,
     _admin: Admin,
@@ -170,6 +210,15 @@ async fn pause(
     set_paused(&app, &name, true).await
 }
 
+/// Resumes a schedule from now: runs missed while paused are not made up (admin token).
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 200, description = "Resumed", body = ScheduleView),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn resume(
     State(app): State<AppState>,
     _admin: Admin,
@@ -178,6 +227,16 @@ async fn resume(
     set_paused(&app, &name, false).await
 }
 
+/// Deletes a schedule made through the API (admin token).
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 200, description = "Deleted", body = ScheduleDeleted),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The schedule belongs to the config file", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn delete(
     State(app): State<AppState>,
     _admin: Admin,
@@ -205,6 +264,21 @@ struct RunsQuery {
     limit: Option<u32>,
 }
 
+/// A schedule's runs, newest first (admin token).
+#[utoipa::path(get, path = "/v1/schedules/{name}/runs", tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+        ("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of runs", body = ScheduleRuns),
+        (status = 400, description = "A parameter is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn runs(
     State(app): State<AppState>,
     _admin: Admin,

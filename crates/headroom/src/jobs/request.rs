@@ -48,11 +48,7 @@ pub(crate) fn new_id(prefix: &str) -> String {
 }
 
 pub(crate) fn check_tenant(t: &str) -> ApiResult<()> {
-    let ok = !t.is_empty()
-        && t.len() <= 128
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
-    if ok {
+    if crate::credentials::valid_tenant(t) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(

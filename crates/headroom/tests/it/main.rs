@@ -6,6 +6,7 @@ mod services;
 
 mod batches;
 mod cli;
+mod contract;
 mod credentials;
 mod distributed;
 mod edge;
