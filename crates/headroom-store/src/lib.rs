@@ -52,11 +52,12 @@ pub use error::{ErrorKind, Result, StoreError};
 /// One `#[tokio::test]` per property of the conformance suites (`conformance` for jobs and
 /// batches, `schedule_conformance`, `event_conformance`), in modules `jobs`, `schedules` and
 /// `events`, for the backend of the module it is expanded in. That module provides
-/// `async fn fresh() -> Option<F>`, an empty store per test (`None`: the backend cannot be
-/// reached and the test skips, having said why), where `F` has a `store` field and an
-/// `async fn finish(self)` run after the property (dropping a schema, say).
+/// `async fn fresh() -> Option<F>`, an empty store per test (`None`: the test ends there),
+/// where `F` has a `store` field and an `async fn finish(self)` run after the property
+/// (dropping a schema, say). Attributes given are put on every test (`#[ignore = "needs
+/// PostgreSQL"]`, say).
 ///
-/// ```ignore
+/// ```text
 /// mod sqlite_memory {
 ///     struct Fresh { store: headroom_store::Store }
 ///     impl Fresh { async fn finish(self) {} }
@@ -69,9 +70,9 @@ pub use error::{ErrorKind, Result, StoreError};
 #[cfg(any(test, feature = "conformance"))]
 #[macro_export]
 macro_rules! conformance_tests {
-    () => {
+    ($(#[$attr:meta])*) => {
         mod jobs {
-            $crate::conformance_tests!(@properties conformance:
+            $crate::conformance_tests!(@properties [$(#[$attr])*] conformance:
                 job_round_trip dedup_window dedup_per_tenant concurrent_writes
                 list_filters_and_cursor claim_parallel claim_throttled claim_sequential
                 finish_attempt_transitions cancel_job requeue_running next_ready_at callbacks
@@ -80,29 +81,33 @@ macro_rules! conformance_tests {
                 retention);
         }
         mod schedules {
-            $crate::conformance_tests!(@properties schedule_conformance:
+            $crate::conformance_tests!(@properties [$(#[$attr])*] schedule_conformance:
                 schedule_round_trip config_sync slots_add_and_remove
                 fire_due_claims_and_advances previous_run_status
                 concurrent_fires_take_a_slot_once runs_cursor resume_resets_slots
                 prune_keeps_the_last_fired_run);
         }
         mod events {
-            $crate::conformance_tests!(@properties event_conformance:
+            $crate::conformance_tests!(@properties [$(#[$attr])*] event_conformance:
                 round_trip filters_and_cursor prune_by_time stats_group_and_sum
                 backlog_counts_unfinished_jobs);
         }
     };
-    (@properties $suite:ident: $($property:ident)*) => {
+    (@properties $attrs:tt $suite:ident: $($property:ident)*) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $property() {
-                let Some(fresh) = super::fresh().await else {
-                    return;
-                };
-                $crate::$suite::$property(&fresh.store).await;
-                fresh.finish().await;
-            }
+            $crate::conformance_tests!(@property $attrs $suite $property);
         )*
+    };
+    (@property [$($attr:tt)*] $suite:ident $property:ident) => {
+        $($attr)*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $property() {
+            let Some(fresh) = super::fresh().await else {
+                return;
+            };
+            $crate::$suite::$property(&fresh.store).await;
+            fresh.finish().await;
+        }
     };
 }
 

@@ -67,7 +67,11 @@ impl AppState {
         clock: Arc<dyn headroom_core::clock::Clock>,
     ) -> anyhow::Result<AppState> {
         let schedules = crate::schedules::from_config(&config).map_err(anyhow::Error::msg)?;
-        let credentials = Credentials::open(&config.store).await.with_context(|| {
+        let opened = async {
+            let store = crate::store::AnyStore::open(&config.store).await?;
+            Credentials::open(store).await
+        };
+        let credentials = opened.await.with_context(|| {
             format!(
                 "cannot open the store {}",
                 crate::store::pg::redact(&config.store)

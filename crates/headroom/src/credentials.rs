@@ -247,9 +247,9 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Opens the credential store at `store` (a `sqlite://` URL), with the key from
-    /// `HEADROOM_SECRET_KEY` or the key file next to the database.
-    pub async fn open(store: &str) -> anyhow::Result<Self> {
+    /// The credentials kept in `store`, sealed with the key from `HEADROOM_SECRET_KEY` or the
+    /// key file next to the database.
+    pub async fn open(store: AnyStore) -> anyhow::Result<Self> {
         let env_key = match std::env::var(SECRET_KEY_ENV) {
             Ok(v) if v.trim().is_empty() => None,
             Ok(v) => Some(v),
@@ -259,7 +259,6 @@ impl Credentials {
                 SecretKey::FORM
             ),
         };
-        let store = AnyStore::open(store).await?;
         Self::open_with_key(store, env_key.as_deref()).await
     }
 

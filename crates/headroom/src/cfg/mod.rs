@@ -26,12 +26,24 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_STORE: &str = "sqlite://headroom-data/headroom.db";
 
-/// A config error: the file, the key at fault and what to fix.
+/// A config error: the file, the key at fault and what to fix; one line per error when the
+/// file has several (every error the file shows is reported at once, not only the first).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
 pub struct ConfigError {
     pub file: String,
     pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, line) in self.message.lines().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {line}", self.file)?;
+        }
+        Ok(())
+    }
 }
 
 /// The whole validated config.
@@ -337,7 +349,16 @@ impl Config {
         let deserializer = toml::Deserializer::new(&text);
         let mut raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            err(toml_message(e.inner(), &text, &key))
+            let mut messages = vec![toml_message(e.inner(), &text, &key)];
+            // The first error has its line; the others the file shows are found by reading
+            // each key (each entry of an array of tables) on its own.
+            messages.extend(
+                shape_errors(&text)
+                    .into_iter()
+                    .filter(|(path, _)| *path != key)
+                    .map(|(_, message)| message),
+            );
+            err(messages.join("\n"))
         })?;
         let mut overridden = Vec::new();
         for (key, var, slot) in [
@@ -350,16 +371,56 @@ impl Config {
                 overridden.push((key, var));
             }
         }
-        raw.validate().map_err(|message| {
+        raw.validate().map_err(|messages| {
             // An overridden value at fault is named by its variable, not by the file.
-            let message = overridden
-                .iter()
-                .find(|(key, _)| message.starts_with(&format!("{key}:")))
-                .map(|(key, var)| format!("{key} (from {var}){}", &message[key.len()..]))
-                .unwrap_or(message);
-            err(message)
+            let messages: Vec<String> = messages
+                .into_iter()
+                .map(|message| {
+                    overridden
+                        .iter()
+                        .find(|(key, _)| message.starts_with(&format!("{key}:")))
+                        .map(|(key, var)| format!("{key} (from {var}){}", &message[key.len()..]))
+                        .unwrap_or(message)
+                })
+                .collect();
+            err(messages.join("\n"))
         })
     }
+}
+
+/// Every shape error of the file (a value of the wrong type, an unknown key) by key path, each
+/// top-level key and each entry of an array of tables read on its own (without line numbers:
+/// they are read from the parsed file).
+fn shape_errors(text: &str) -> Vec<(String, String)> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new(); // a syntax error: the first error is all there is to say
+    };
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let parts: Vec<(String, toml::Value)> = match value {
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| (format!("{key}[{i}]"), toml::Value::Array(vec![item])))
+                .collect(),
+            value => vec![(key.clone(), value)],
+        };
+        for (name, value) in parts {
+            let mut one = toml::Table::new();
+            one.insert(key.clone(), value);
+            if let Err(e) =
+                serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(one))
+            {
+                let path = e.path().to_string();
+                let path = match path.strip_prefix(&format!("{key}[0]")) {
+                    Some(rest) if name != key => format!("{name}{rest}"),
+                    _ => path,
+                };
+                out.push((path.clone(), toml_message(e.inner(), "", &path)));
+            }
+        }
+    }
+    out
 }
 
 fn process_env(name: &str) -> Option<String> {
@@ -615,7 +676,21 @@ fn duration(key: &str, value: &str) -> Result<Duration, String> {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, String> {
+    /// The config, or every error found: each upstream and queue is checked even after one
+    /// fails; the other sections stop at their first.
+    fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        match self.validate_into(&mut errors) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.push(e);
+                Err(errors)
+            }
+        }
+    }
+
+    fn validate_into(self, errors: &mut Vec<String>) -> Result<Config, String> {
         let mut config = Config::default();
         if let Some(listen) = self.listen {
             config.listen = listen.parse().map_err(|_| {
@@ -664,24 +739,38 @@ impl RawConfig {
         let mut names = HashSet::new();
         for (i, raw) in self.upstreams.into_iter().enumerate() {
             let key = format!("upstreams[{i}]");
-            let upstream = raw.validate(&key, i as u32)?;
+            let upstream = match raw.validate(&key, i as u32) {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             if !names.insert(upstream.name.clone()) {
-                return Err(format!(
+                errors.push(format!(
                     "{key}.name: \"{}\" is used by two upstreams; names must be unique",
                     upstream.name
                 ));
+                continue;
             }
             config.upstreams.push(Arc::new(upstream));
         }
         let mut queue_names = HashSet::new();
         for (i, raw) in self.queues.into_iter().enumerate() {
             let key = format!("queues[{i}]");
-            let queue = raw.validate(&key)?;
+            let queue = match raw.validate(&key) {
+                Ok(queue) => queue,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             if !queue_names.insert(queue.name.clone()) {
-                return Err(format!(
+                errors.push(format!(
                     "{key}.name: \"{}\" is used by two queues; names must be unique",
                     queue.name
                 ));
+                continue;
             }
             if queue.name == "default" {
                 config.queues[0] = Arc::new(queue);
@@ -1193,6 +1282,43 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen (from HEADROOM_LISTEN):"), "{e}");
+    }
+
+    /// Every error the file shows comes in one run: shape errors of several keys (the first
+    /// with its line), and value errors of several upstreams and queues.
+    #[test]
+    fn every_error_comes_at_once() {
+        let text = "listen = 7878\n\
+                    [[upstreams]]\nname = \"a\"\nbase_url = \"http://a\"\nheadroom = \"most\"\n\
+                    [[upstreams]]\nname = \"b\"\nbase_url = \"http://b\"\ncolour = \"red\"\n\
+                    [server]\nmax_connections = \"many\"\n";
+        let e = error_of(text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(lines.iter().all(|l| l.starts_with("h.toml: ")), "{e}");
+        assert!(
+            lines[0].contains("line 1") && lines[0].contains("listen"),
+            "{e}"
+        );
+        for wanted in [
+            "upstreams[0].headroom",
+            "unknown field `colour`",
+            "server.max_connections",
+        ] {
+            assert!(e.contains(wanted), "{wanted} missing from: {e}");
+        }
+        let text = "[[upstreams]]\nname = \"a\"\nbase_url = \"ftp://a\"\n\
+                    [[upstreams]]\nname = \"b\"\nbase_url = \"http://b\"\nheadroom = 1.5\n\
+                    [[queues]]\nname = \"q\"\nmode = \"sideways\"\n";
+        let e = error_of(text);
+        assert_eq!(e.lines().count(), 3, "{e}");
+        for wanted in [
+            "upstreams[0].base_url",
+            "upstreams[1].headroom",
+            "queues[0].mode",
+        ] {
+            assert!(e.contains(wanted), "{wanted} missing from: {e}");
+        }
     }
 
     #[test]

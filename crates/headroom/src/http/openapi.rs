@@ -311,18 +311,22 @@ pub struct BatchSubmission {
     pub callback_url: Option<String>,
 }
 
-/// A schedule: its definition as written, where it comes from and its state.
+/// `POST /v1/schedules`: a schedule as `[[schedules]]` in the config takes it.
 #[derive(ToSchema)]
-pub struct Schedule {
+pub struct ScheduleSubmission {
     pub name: String,
     /// 5 fields (POSIX), or 6 with seconds first.
     pub cron: String,
+    /// The IANA time zone the cron fields are read in (UTC if left out).
     pub timezone: Option<String>,
     /// A list of tenants, or `{"with_credential": "UPSTREAM"}`.
     #[schema(value_type = Object)]
     pub tenants: Value,
+    /// A duration: each tenant's run is offset by a stable amount below it.
     pub stagger: Option<String>,
+    /// `skip` (the default) or `allow`.
     pub overlap: Option<String>,
+    /// `skip` (the default) or `once`.
     pub catch_up: Option<String>,
     /// A job as `POST /v1/jobs` takes it, without `tenant`.
     #[schema(value_type = Option<Object>)]
@@ -330,6 +334,13 @@ pub struct Schedule {
     /// A batch as `POST /v1/batches` takes it, without `tenant`.
     #[schema(value_type = Option<Object>)]
     pub batch: Option<Value>,
+}
+
+/// A schedule: its definition as written, where it comes from and its state.
+#[derive(ToSchema)]
+pub struct Schedule {
+    #[serde(flatten)]
+    pub definition: ScheduleSubmission,
     /// `config` or `api`.
     pub source: String,
     pub paused: bool,
@@ -341,23 +352,6 @@ pub struct Schedule {
     pub tenant_count: Option<u64>,
     /// …and the next runs (none while paused).
     pub next_runs: Option<Vec<NextRun>>,
-}
-
-/// `POST /v1/schedules`: a schedule as `[[schedules]]` in the config takes it.
-#[derive(ToSchema)]
-pub struct ScheduleSubmission {
-    pub name: String,
-    pub cron: String,
-    pub timezone: Option<String>,
-    #[schema(value_type = Object)]
-    pub tenants: Value,
-    pub stagger: Option<String>,
-    pub overlap: Option<String>,
-    pub catch_up: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub job: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub batch: Option<Value>,
 }
 
 /// Every schedule.

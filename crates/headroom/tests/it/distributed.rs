@@ -3,9 +3,9 @@
 //! its own: leases of a dead node expire, what one node learns every node uses, real-time
 //! runs ahead of bulk.
 //!
-//! These tests need PostgreSQL and Redis on their standard local ports (see `services`); they
-//! skip with a message where those are missing, and fail instead when
-//! `HEADROOM_REQUIRE_SERVICES=1` (CI). Each uses a schema and a Redis key prefix of its own.
+//! These tests need PostgreSQL and Redis on their standard local ports (see `services`), or a
+//! `redis-server` binary: they are `#[ignore = "needs …"]`, run by `-- --include-ignored`
+//! (the README's test command, CI). Each uses a schema and a Redis key prefix of its own.
 //! Assertions are on counts (calls, records, jobs), with generous time limits.
 
 use std::net::SocketAddr;
@@ -110,16 +110,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `None` when PostgreSQL or Redis is missing (the test skips). `governor` overrides
-    /// the Redis URL the nodes use (e.g. through a proxy that can cut it).
+    /// `governor` overrides the Redis URL the nodes use (e.g. through a proxy that can cut
+    /// it).
     async fn start(
         nodes: usize,
         mock_config: MockConfig,
         upstream: &str,
         governor: Option<String>,
-    ) -> Option<Cluster> {
-        let pg = crate::services::postgres()?;
-        let redis = crate::services::redis()?;
+    ) -> Cluster {
+        let pg = crate::services::postgres();
+        let redis = crate::services::redis();
         let schema = crate::services::PgSchema::create(&pg).await;
         let prefix = crate::services::unique("hrt");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -156,7 +156,7 @@ impl Cluster {
             .await;
             cluster.nodes.push(node);
         }
-        Some(cluster)
+        cluster
     }
 
     async fn post(&self, node: usize, path: &str, body: &Value) -> crate::common::Reply {
@@ -275,6 +275,7 @@ fn upstream(quota: u32, window_s: u64, concurrency: u32) -> String {
 /// Three nodes take jobs from one queue and pace one budget together: the upstream never
 /// sees more than its quota in a window, under 1 % of calls are throttled, and each job
 /// runs exactly once (the upstream accepted exactly as many calls as there are jobs).
+#[ignore = "needs PostgreSQL and Redis (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_pace_one_budget_and_run_each_job_once() {
     const JOBS: usize = 120;
@@ -285,9 +286,7 @@ async fn three_nodes_pace_one_budget_and_run_each_job_once() {
         latency: Duration::from_millis(20),
         ..MockConfig::default()
     };
-    let Some(cluster) = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await else {
-        return;
-    };
+    let cluster = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await;
     let callbacks = crate::common::Recorder::start().await;
     for i in 0..JOBS {
         let mut body = job(i, "bulk");
@@ -344,6 +343,7 @@ async fn three_nodes_pace_one_budget_and_run_each_job_once() {
 
 /// Under a saturating bulk load from three nodes, real-time calls through any node go
 /// ahead of the queued bulk jobs.
+#[ignore = "needs PostgreSQL and Redis (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_time_calls_keep_priority_across_nodes() {
     // 16 calls/s: about 20 s of bulk work, far more than the test takes.
@@ -354,9 +354,7 @@ async fn real_time_calls_keep_priority_across_nodes() {
         window: Duration::from_secs(2),
         ..MockConfig::default()
     };
-    let Some(cluster) = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await else {
-        return;
-    };
+    let cluster = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await;
     for i in 0..JOBS {
         let r = cluster.post(i % 3, "/v1/jobs", &job(i, "bulk")).await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
@@ -409,6 +407,7 @@ fn records(n: usize) -> Vec<Value> {
 /// kill -9 of a node in the middle of an import: the batch and every job still finish,
 /// every record is applied, and records sent again are no more than those reported as
 /// possibly duplicated.
+#[ignore = "needs PostgreSQL and Redis (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_node_mid_import_loses_nothing() {
     const RECORDS: usize = 2_000;
@@ -420,9 +419,7 @@ async fn killing_a_node_mid_import_loses_nothing() {
         latency: Duration::from_millis(150),
         ..MockConfig::default()
     };
-    let Some(mut cluster) = Cluster::start(3, mock_config, &upstream(20, 2, 8), None).await else {
-        return;
-    };
+    let mut cluster = Cluster::start(3, mock_config, &upstream(20, 2, 8), None).await;
     let r = cluster
         .post(
             0,
@@ -557,11 +554,10 @@ impl Relay {
 /// Redis goes away (and comes back empty, as a restart without persistence does): calls
 /// are refused with a message naming Redis, jobs wait, no node exits; once Redis is back,
 /// everything goes on.
+#[ignore = "needs PostgreSQL and Redis (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_gives_clear_errors_then_recovers() {
-    let Some(redis_url) = crate::services::redis() else {
-        return;
-    };
+    let redis_url = crate::services::redis();
     let target = {
         let u = url::Url::parse(&redis_url).unwrap();
         let host = u.host_str().unwrap_or("127.0.0.1").to_string();
@@ -577,16 +573,13 @@ async fn a_redis_restart_gives_clear_errors_then_recovers() {
         window: Duration::from_secs(2),
         ..MockConfig::default()
     };
-    let Some(mut cluster) = Cluster::start(
+    let mut cluster = Cluster::start(
         2,
         mock_config,
         &upstream(100, 2, 8),
         Some(format!("redis://{}", relay.addr)),
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     let call = |cluster: &Cluster, node: usize| {
         let (client, addr) = (cluster.client.clone(), cluster.nodes[node].addr);
         async move {
@@ -655,34 +648,29 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
-    /// `None` (the test skips, saying why) when there is no `redis-server` binary, unless
-    /// `HEADROOM_REQUIRE_SERVICES=1`.
-    fn new(extra: &[&str]) -> Option<OwnRedis> {
+    /// A Redis of the test's own (panics, saying so, without a `redis-server` binary).
+    fn new(extra: &[&str]) -> OwnRedis {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("HEADROOM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-                panic!(
-                    "redis-server is not installed, and HEADROOM_REQUIRE_SERVICES=1 requires it"
-                );
-            }
-            eprintln!("SKIPPED: redis-server is not installed; this test starts and stops its own");
-            return None;
-        }
+        assert!(
+            found,
+            "redis-server is not installed (apt-get install redis-server): this test starts \
+             and stops its own"
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        Some(OwnRedis {
+        OwnRedis {
             port,
             args: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-        })
+        }
     }
 
     fn url(&self) -> String {
@@ -741,11 +729,10 @@ impl Drop for OwnRedis {
 /// about two minutes after a 2-second blip, and over three after 12 seconds: the redis
 /// crate's reconnect backoff, awaited under each call's timeout). While Redis is down,
 /// calls are refused at once with a problem naming Redis.
+#[ignore = "needs redis-server installed (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_blip_ends_within_seconds_of_redis_answering() {
-    let Some(mut redis) = OwnRedis::new(&[]) else {
-        return;
-    };
+    let mut redis = OwnRedis::new(&[]);
     redis.start().await;
     let rig = crate::common::Rig::start_full(
         crate::common::mock(Profile::Ietf, 1000, 1),
@@ -811,11 +798,10 @@ async fn a_redis_blip_ends_within_seconds_of_redis_answering() {
 
 /// A node whose Redis cannot be reached from the start says so in its log, once, naming
 /// the URL without its password; and says when Redis answers again.
+#[ignore = "needs redis-server installed (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_logged_once_without_its_password() {
-    let Some(mut redis) = OwnRedis::new(&["--requirepass", "s3cret-pw"]) else {
-        return;
-    };
+    let mut redis = OwnRedis::new(&["--requirepass", "s3cret-pw"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = headroom_mock::spawn(listener, crate::common::mock(Profile::Ietf, 1000, 1))
         .await
@@ -912,11 +898,10 @@ fn governor(url: &str, prefix: &str, ttl: &str) -> Arc<RedisGovernor> {
 }
 
 /// A node that dies holding a concurrency slot gives it back when its lease expires.
+#[ignore = "needs Redis (README: Run the tests)"]
 #[tokio::test]
 async fn a_dead_nodes_leases_expire() {
-    let Some(url) = crate::services::redis() else {
-        return;
-    };
+    let url = crate::services::redis();
     let prefix = crate::services::unique("hrl");
     let dead = governor(&url, &prefix, "1s");
     let alive = governor(&url, &prefix, "1s");
@@ -968,11 +953,10 @@ async fn a_dead_nodes_leases_expire() {
 }
 
 /// One node learns a slower pace from headers (and a pause); the other paces by it.
+#[ignore = "needs Redis (README: Run the tests)"]
 #[tokio::test]
 async fn what_one_node_learns_every_node_uses() {
-    let Some(url) = crate::services::redis() else {
-        return;
-    };
+    let url = crate::services::redis();
     let prefix = crate::services::unique("hrp");
     let a = governor(&url, &prefix, "10s");
     let b = governor(&url, &prefix, "10s");
@@ -1050,11 +1034,10 @@ async fn what_one_node_learns_every_node_uses() {
 }
 
 /// Bulk calls wait for the pace; a real-time call from another node goes at once.
+#[ignore = "needs Redis (README: Run the tests)"]
 #[tokio::test]
 async fn real_time_goes_ahead_of_bulk_in_redis() {
-    let Some(url) = crate::services::redis() else {
-        return;
-    };
+    let url = crate::services::redis();
     let prefix = crate::services::unique("hrr");
     let a = governor(&url, &prefix, "10s");
     let b = governor(&url, &prefix, "10s");

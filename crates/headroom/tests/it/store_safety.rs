@@ -101,10 +101,6 @@ async fn dedup_ids_never_cross_tenants() {
     rig.shutdown().await;
 }
 
-fn services_required() -> bool {
-    std::env::var("HEADROOM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
 /// A tmpfs mounted on a temporary directory, unmounted (lazily: the server may still hold
 /// its files) when dropped, whatever happened.
 struct Tmpfs {
@@ -112,9 +108,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// `None` (the test skips, saying why) where mounting is not allowed, unless
-    /// `HEADROOM_REQUIRE_SERVICES=1`, where that is a failure.
-    fn mount(size: &str) -> Option<Tmpfs> {
+    /// Panics, saying why, where mounting is not allowed (the test needs root).
+    fn mount(size: &str) -> Tmpfs {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let out = std::process::Command::new("mount")
             .args([
@@ -127,22 +122,13 @@ impl Tmpfs {
             .arg(dir.path())
             .output();
         match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) if o.status.success() => Tmpfs { dir },
             other => {
                 let why = match other {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                     Err(e) => e.to_string(),
                 };
-                if services_required() {
-                    panic!(
-                        "cannot mount a tmpfs ({why}), and HEADROOM_REQUIRE_SERVICES=1 requires it"
-                    );
-                }
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs for the full-disk test ({why}); it needs root \
-                     (set HEADROOM_REQUIRE_SERVICES=1 to make that a failure)"
-                );
-                None
+                panic!("cannot mount a tmpfs for the full-disk test ({why}); it needs root");
             }
         }
     }
@@ -304,11 +290,10 @@ impl Gate {
 /// and `/readyz` says the store is not ready; once space is freed, the same process takes
 /// and runs new jobs to `succeeded`, every job acknowledged before or during the outage
 /// finishes (none stays `running`, none is sent twice), and `/readyz` is 200 again.
+#[ignore = "needs root: mounts a tmpfs (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_cleanly_and_the_store_recovers() {
-    let Some(tmpfs) = Tmpfs::mount("12m") else {
-        return;
-    };
+    let tmpfs = Tmpfs::mount("12m");
     let up = Gate::start().await;
     let server =
         crate::common::Server::start_in(Arc::clone(&tmpfs.dir), JOBS_CONFIG, &up.url()).await;
@@ -449,6 +434,7 @@ async fn readyz_notices_a_deleted_database_file() {
 
 /// A Redis governor that does not answer: `/readyz` names the governor (PING), not the
 /// store; the local Redis (when there is one): ready.
+#[ignore = "needs Redis (README: Run the tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_pings_a_redis_governor() {
     let up = crate::common::Recorder::start().await;
@@ -465,9 +451,7 @@ async fn readyz_pings_a_redis_governor() {
     assert!(problem["checks"].get("store").is_none(), "{problem}");
     server.shutdown().await;
 
-    let Some(redis) = crate::services::redis() else {
-        return;
-    };
+    let redis = crate::services::redis();
     let config = format!(
         "governor = \"{redis}/?prefix={}\"\n{JOBS_CONFIG}",
         crate::services::unique("readyz")
@@ -628,11 +612,8 @@ async fn database_files_are_created_private() {
     server.shutdown().await;
 }
 
-/// The dedup migration keeps existing dedup ids, each under its job's tenant ('' for a job
-/// without one), on SQLite and on PostgreSQL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
-    const BEFORE: &str = "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, \
+/// Jobs and dedup ids as the schema before the dedup migration kept them…
+const DEDUP_BEFORE: &str = "INSERT INTO jobs (id, queue, scope, upstream, tenant, lane, method, \
         path, headers, body_is_json, max_attempts, idempotency_key, created_at, status, \
         next_attempt_at, updated_at, callback) VALUES \
         ('j1', 'default', '', 'up', 'acme', 'bulk', 'GET', '/', '[]', FALSE, 5, 'j1', 1, \
@@ -642,10 +623,15 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
         INSERT INTO job_dedup (queue, dedup_id, job_id, until) VALUES \
         ('default', 'e1', 'j1', 100), ('default', 'e2', 'j2', 100), \
         ('default', 'e3', 'gone', 100);";
-    const AFTER: &str = "SELECT tenant || '/' || dedup_id || '/' || job_id FROM job_dedup \
+/// …and what the migration made of them.
+const DEDUP_AFTER: &str = "SELECT tenant || '/' || dedup_id || '/' || job_id FROM job_dedup \
         ORDER BY dedup_id";
-    let want = vec!["acme/e1/j1", "/e2/j2", "/e3/gone"];
+const DEDUP_WANT: [&str; 3] = ["acme/e1/j1", "/e2/j2", "/e3/gone"];
 
+/// The dedup migration keeps existing dedup ids, each under its job's tenant ('' for a job
+/// without one), on SQLite…
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
@@ -658,20 +644,23 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
         include_str!("../../../headroom-store/migrations/0002_jobs_and_batches.sql"),
         include_str!("../../../headroom-store/migrations/0003_schedules.sql"),
         include_str!("../../../headroom-store/migrations/0004_events.sql"),
-        BEFORE,
+        DEDUP_BEFORE,
         include_str!("../../../headroom-store/migrations/0005_tenant_dedup_and_retention.sql"),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
-    let got: Vec<String> = sqlx::query_scalar(AFTER)
+    let got: Vec<String> = sqlx::query_scalar(DEDUP_AFTER)
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(got, want);
+    assert_eq!(got, DEDUP_WANT);
+}
 
-    let Some(base) = crate::services::postgres() else {
-        return;
-    };
+/// …and on PostgreSQL.
+#[ignore = "needs PostgreSQL (README: Run the tests)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_migration_keeps_existing_ids_under_their_tenant_on_postgres() {
+    let base = crate::services::postgres();
     let schema = crate::services::PgSchema::create(&base).await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url())
         .await
@@ -679,18 +668,18 @@ async fn the_dedup_migration_keeps_existing_ids_under_their_tenant() {
     for sql in [
         include_str!("../../../headroom-store/migrations/postgres/0001_schema.sql"),
         include_str!("../../../headroom-store/migrations/postgres/0002_events.sql"),
-        BEFORE,
+        DEDUP_BEFORE,
         include_str!(
             "../../../headroom-store/migrations/postgres/0003_tenant_dedup_and_retention.sql"
         ),
     ] {
         sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
     }
-    let got: Vec<String> = sqlx::query_scalar(AFTER)
+    let got: Vec<String> = sqlx::query_scalar(DEDUP_AFTER)
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(got, want);
+    assert_eq!(got, DEDUP_WANT);
     drop(conn);
     schema.drop().await;
 }

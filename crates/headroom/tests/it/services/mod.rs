@@ -1,8 +1,8 @@
-//! PostgreSQL and Redis for the distributed tests: on their standard local ports (or at
+//! PostgreSQL and Redis for the tests that need them: on their standard local ports (or at
 //! `HEADROOM_TEST_POSTGRES` / `HEADROOM_TEST_REDIS`), each test in a schema or key prefix of
-//! its own, so that tests run in parallel and again. Where a service cannot be reached the
-//! test skips with a message saying so, unless `HEADROOM_REQUIRE_SERVICES=1` (CI), where it
-//! fails.
+//! its own, so that tests run in parallel and again. Those tests are `#[ignore = "needs …"]`:
+//! `cargo test` lists them as ignored, saying what each needs, and `-- --include-ignored`
+//! runs them; a service that cannot be reached is then a failure that names it.
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -13,13 +13,9 @@ use sqlx::Connection;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-fn required() -> bool {
-    std::env::var("HEADROOM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-/// Whether `host:port` accepts connections; if not, skips (prints why) or, when services
-/// are required, fails.
-fn reachable(what: &str, url: &str) -> bool {
+/// Panics, naming the service and where it was looked for, unless `host:port` accepts
+/// connections.
+fn reachable(what: &str, url: &str) {
     let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{what} URL {url}: {e}"));
     let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
     let port = parsed.port_or_known_default().unwrap_or(match what {
@@ -33,30 +29,27 @@ fn reachable(what: &str, url: &str) -> bool {
     let up = addrs
         .iter()
         .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok());
-    if !up {
-        if required() {
-            panic!("{what} is not reachable at {host}:{port}, and HEADROOM_REQUIRE_SERVICES=1 requires it");
-        }
-        eprintln!(
-            "SKIPPED: {what} is not reachable at {host}:{port}; this test needs it (set \
-             HEADROOM_REQUIRE_SERVICES=1 to make that a failure)"
-        );
-    }
-    up
+    assert!(
+        up,
+        "{what} is not reachable at {host}:{port}: this test needs it (see the README's \
+         test command), or run `cargo test` without `--include-ignored` to leave it out"
+    );
 }
 
-/// The PostgreSQL server's URL, or `None` (the test skips) when it is not reachable.
-pub fn postgres() -> Option<String> {
+/// The PostgreSQL server's URL (it answers).
+pub fn postgres() -> String {
     let url = std::env::var("HEADROOM_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    reachable("PostgreSQL", &url).then_some(url)
+    reachable("PostgreSQL", &url);
+    url
 }
 
-/// The Redis server's URL, or `None` (the test skips) when it is not reachable.
-pub fn redis() -> Option<String> {
+/// The Redis server's URL (it answers).
+pub fn redis() -> String {
     let url =
         std::env::var("HEADROOM_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    reachable("Redis", &url).then_some(url)
+    reachable("Redis", &url);
+    url
 }
 
 /// A name no other test (nor an earlier run) uses.
