@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The API contract test: schemathesis (PyPI) generates requests from the served
-# /openapi.json against a live `headroom serve` (with a mock upstream) and fails on any 5xx,
-# any answer that breaks the document (status, content type, headers, body schema), and any
-# problem+json without a `detail` (hooks in .ci/contract_hooks.py).
+# The API contract test, against a live `headroom serve` (with a mock upstream): a Python client
+# generated from the served /openapi.json (openapi-python-client, PyPI) submits, reads and lists
+# a job (.ci/client_check.py); then schemathesis (PyPI) generates requests from the document
+# and fails on any 5xx, any answer that breaks the document (status, content type, headers,
+# body schema), and any problem+json without a `detail` (hooks in .ci/contract_hooks.py).
 #
 #   .ci/contract.sh [path/to/headroom]     (default: target/debug/headroom of CARGO_TARGET_DIR)
 set -euo pipefail
@@ -10,9 +11,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${1:-${CARGO_TARGET_DIR:-$HERE/../target}/debug/headroom}
 MAX_EXAMPLES=${MAX_EXAMPLES:-25}
 
-if ! command -v schemathesis >/dev/null 2>&1; then
-    echo "installing schemathesis (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
+if ! command -v schemathesis >/dev/null 2>&1 || ! command -v openapi-python-client >/dev/null 2>&1; then
+    echo "installing schemathesis and openapi-python-client (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' \
+        'openapi-python-client>=0.20'
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -52,6 +54,12 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+echo "-- a client generated from /openapi.json"
+curl -fsS "http://127.0.0.1:$PORT/openapi.json" -o "$DIR/openapi.json"
+openapi-python-client generate --path "$DIR/openapi.json" --output-path "$DIR/client" >/dev/null
+python3 "$HERE/client_check.py" "$DIR/client" "http://127.0.0.1:$PORT" "$TOKEN"
+
+echo "-- schemathesis"
 status=0
 SCHEMATHESIS_HOOKS=contract_hooks PYTHONPATH="$HERE" schemathesis run \
     "http://127.0.0.1:$PORT/openapi.json" \
