@@ -317,16 +317,19 @@ pub(crate) struct Signed {
 }
 
 impl Signed {
-    /// The headers of message `id` with `body` sent at `now`, signed with `secret`; `None`
-    /// without a secret (or with one not of the `whsec_` form).
-    pub(crate) fn new(
-        secret: Option<&str>,
-        id: String,
-        now: Millis,
-        body: &[u8],
-    ) -> Option<Signed> {
+    /// The headers of message `id` with `body` sent at `now`, signed with each of `secrets`
+    /// (several while a rotation overlaps: space-separated signatures, any of which verifies);
+    /// `None` without a secret of the `whsec_` form.
+    pub(crate) fn new(secrets: &[&str], id: String, now: Millis, body: &[u8]) -> Option<Signed> {
         let timestamp = (now / 1000).to_string();
-        let signature = sign(secret?, &id, &timestamp, body)?;
+        let signatures: Vec<String> = secrets
+            .iter()
+            .filter_map(|secret| sign(secret, &id, &timestamp, body))
+            .collect();
+        if signatures.is_empty() {
+            return None;
+        }
+        let signature = signatures.join(" ");
         Some(Signed {
             id,
             timestamp,

@@ -34,6 +34,17 @@ pub const KEY_FILE_NAME: &str = "secret.key";
 /// Where a tenant's webhook signing secret is kept, sealed like a credential: a name no
 /// upstream can have (upstream names are letters, digits, '-', '_' and '.').
 pub const WEBHOOK_SECRET: &str = ":webhook-signing";
+/// The secret a rotation replaced, kept as `{valid until, Unix ms} {secret}`: callbacks are
+/// signed with both until then, so that receivers can switch secrets without dropping any.
+pub const WEBHOOK_SECRET_PREVIOUS: &str = ":webhook-signing-previous";
+/// How long a replaced webhook secret still signs (beside the new one).
+pub const WEBHOOK_SECRET_OVERLAP: crate::clock::Millis = 24 * 3_600_000;
+
+/// The replaced secret kept at `WEBHOOK_SECRET_PREVIOUS`, if it still signs at `now`.
+pub fn previous_webhook_secret(kept: &str, now: crate::clock::Millis) -> Option<&str> {
+    let (until, secret) = kept.split_once(' ')?;
+    (until.parse::<crate::clock::Millis>().ok()? > now).then_some(secret)
+}
 /// The longest credential accepted, in bytes.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 /// Cached (tenant, upstream) entries beyond which the cache starts over.
@@ -655,6 +666,15 @@ pub fn check_credential_value(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_webhook_secret_signs_until_its_time() {
+        let kept = "1000 whsec_b2xk";
+        assert_eq!(previous_webhook_secret(kept, 999), Some("whsec_b2xk"));
+        assert_eq!(previous_webhook_secret(kept, 1000), None);
+        assert_eq!(previous_webhook_secret("soon whsec_b2xk", 0), None);
+        assert_eq!(previous_webhook_secret("whsec_b2xk", 0), None);
+    }
     use crate::store::Store;
 
     const HEX_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

@@ -203,7 +203,8 @@ async fn list_credentials(
     let UrlPath(tenant) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
     let mut credentials = app.credentials.list(&tenant).await?;
-    credentials.retain(|c| c.upstream != WEBHOOK_SECRET);
+    // Webhook signing secrets are kept beside credentials, under names no upstream can have.
+    credentials.retain(|c| !c.upstream.starts_with(':'));
     Ok(Json(
         json!({ "tenant": tenant, "credentials": credentials }),
     ))
@@ -234,6 +235,18 @@ async fn rotate_webhook_secret(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
+    // The replaced secret keeps signing beside the new one for a while (two signatures in
+    // `webhook-signature`), so that receivers switch without dropping a callback.
+    let previous_until = match app.credentials.get(&tenant, WEBHOOK_SECRET).await? {
+        Some(old) => {
+            let until = app.clock.now_millis() + WEBHOOK_SECRET_OVERLAP;
+            app.credentials
+                .set(&tenant, WEBHOOK_SECRET_PREVIOUS, &format!("{until} {old}"))
+                .await?;
+            Some(until)
+        }
+        None => None,
+    };
     app.credentials
         .set(&tenant, WEBHOOK_SECRET, &secret)
         .await?;
@@ -243,8 +256,10 @@ async fn rotate_webhook_secret(
         Json(json!({
             "tenant": tenant,
             "secret": secret,
+            "previous_valid_until": previous_until.map(crate::clock::rfc3339),
             "detail": "shown once: the tenant's callbacks are signed with it from now on \
-                       (webhook-id, webhook-timestamp, webhook-signature headers)",
+                       (webhook-id, webhook-timestamp, webhook-signature headers); the \
+                       secret it replaces, if any, also signs them until previous_valid_until",
         })),
     ))
 }

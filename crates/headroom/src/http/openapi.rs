@@ -433,6 +433,9 @@ pub struct WebhookSecret {
     pub tenant: String,
     /// `whsec_…` (Standard Webhooks).
     pub secret: String,
+    /// Until when the secret it replaced also signs (none if there was none).
+    #[schema(format = DateTime)]
+    pub previous_valid_until: Option<String>,
     pub detail: String,
 }
 

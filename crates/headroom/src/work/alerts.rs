@@ -270,7 +270,7 @@ async fn notify(app: &AppState, rule: &AlertRule, firing: &Firing, status: &str)
     // and timeouts of `[callbacks]`.
     // Signed when the rule has a secret: one message id per notification, on every webhook.
     let signed = crate::callbacks::Signed::new(
-        rule.webhook_secret.as_deref(),
+        rule.webhook_secret.as_deref().as_slice(),
         format!("msg_alert_{}_{}_{}", rule.name, status, firing.since),
         app.clock.now_millis(),
         body.as_bytes(),

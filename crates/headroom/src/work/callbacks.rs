@@ -175,29 +175,41 @@ async fn deliver(app: &AppState, due: Due, uri: Option<http::Uri>) {
         Due::Job(_) => "headroom-job-id",
         Due::Batch(_) => "headroom-batch-id",
     };
-    // Signed (Standard Webhooks) when the tenant has a signing secret.
-    let secret = match due.tenant() {
-        "" => None,
-        tenant => match app
-            .credentials
-            .get(tenant, crate::credentials::WEBHOOK_SECRET)
-            .await
-        {
-            Ok(secret) => secret,
-            Err(e) => {
-                tracing::error!(id = %due.id(), error = %format!("{e:#}"), "cannot read the tenant's webhook secret");
-                return; // not sent unsigned: tried again once its hold ends
+    // Signed (Standard Webhooks) when the tenant has a signing secret; also with the one a
+    // rotation replaced, for a while.
+    let now = app.clock.now_millis();
+    let (secret, previous) = match due.tenant() {
+        "" => (None, None),
+        tenant => {
+            let current = app
+                .credentials
+                .get(tenant, crate::credentials::WEBHOOK_SECRET)
+                .await;
+            let previous = app
+                .credentials
+                .get(tenant, crate::credentials::WEBHOOK_SECRET_PREVIOUS)
+                .await;
+            match (current, previous) {
+                (Ok(current), Ok(previous)) => (current, previous),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(id = %due.id(), error = %format!("{e:#}"), "cannot read the tenant's webhook secret");
+                    return; // not sent unsigned: tried again once its hold ends
+                }
             }
-        },
+        }
     };
+    let secrets: Vec<&str> = secret
+        .as_deref()
+        .into_iter()
+        .chain(
+            previous
+                .as_deref()
+                .and_then(|kept| crate::credentials::previous_webhook_secret(kept, now)),
+        )
+        .collect();
     let outcome = match (uri, body) {
         (Some(uri), Some(body)) => {
-            let signed = Signed::new(
-                secret.as_deref(),
-                format!("msg_{}", due.id()),
-                app.clock.now_millis(),
-                &body,
-            );
+            let signed = Signed::new(&secrets, format!("msg_{}", due.id()), now, &body);
             let mut headers = vec![(header, due.id())];
             headers.extend(signed.as_ref().map(Signed::headers).into_iter().flatten());
             app.notifier.post(uri, &headers, body).await

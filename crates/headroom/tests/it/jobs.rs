@@ -628,12 +628,42 @@ async fn callbacks_are_signed_with_the_tenants_own_secret() {
         Some(sig),
         "the signature verifies with the tenant's secret"
     );
-    post(b.clone(), "/v1/jobs".into(), Some(job)).await;
+    post(b.clone(), "/v1/jobs".into(), Some(job.clone())).await;
     let calls = hook.wait_for(2, LONG).await;
     assert!(
         !calls[1].headers.contains_key("webhook-signature"),
         "tenant B has no secret: its callback is not signed with A's"
     );
+    // A rotation: the new secret signs, and the replaced one too for a day (two signatures,
+    // the new first), so that a receiver switching over drops nothing.
+    let rotated = post(
+        a.clone(),
+        "/v1/tenants/tenant-a/webhook-secret".into(),
+        None,
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let new_secret = rotated.json()["secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    assert!(rotated.json()["previous_valid_until"].is_string());
+    let id_a2 = post(a.clone(), "/v1/jobs".into(), Some(job)).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let calls = hook.wait_for(3, LONG).await;
+    let signed = &calls[2];
+    let (id, ts, sig) = (
+        signed.headers["webhook-id"].to_str().unwrap(),
+        signed.headers["webhook-timestamp"].to_str().unwrap(),
+        signed.headers["webhook-signature"].to_str().unwrap(),
+    );
+    assert_eq!(id, format!("msg_{id_a2}"));
+    let want = [
+        headroom::callbacks::sign(&new_secret, id, ts, &signed.body).unwrap(),
+        headroom::callbacks::sign(&secret, id, ts, &signed.body).unwrap(),
+    ]
+    .join(" ");
+    assert_eq!(sig, want, "signed with the new secret and the replaced one");
     // The secret is not listed among the tenant's credentials.
     let listed = rig
         .get(
