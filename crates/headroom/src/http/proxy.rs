@@ -270,7 +270,18 @@ fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Removes an answer's hop-by-hop headers, and those its `Connection` lists. One look over
+/// the names first, then a removal only of what is there: most answers carry one or none,
+/// and a removal by name hashes it (by a `&str` name, parses it too).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return; // no `Connection` either: it is one of them
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -278,10 +289,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter() {
-        headers.remove(*name);
-    }
-    for name in listed {
+    for name in present.into_iter().chain(listed) {
         headers.remove(name);
     }
 }
@@ -561,6 +569,22 @@ fn retry_trail(call: &Call<'_>) -> Box<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answers_hop_by_hop_headers_are_removed_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
+        let untouched = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Private"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+    }
 
     #[test]
     fn hop_by_hop_and_headroom_headers_are_not_forwarded() {
