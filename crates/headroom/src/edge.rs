@@ -24,24 +24,50 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cfg::ServerLimits;
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// What serves each connection's requests (`crate::http::Service`).
+pub trait RequestService:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RequestService for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// connection finish the requests in progress, and returns once all are closed.
-pub async fn serve(
-    router: Router,
+pub async fn serve<S>(
+    service: S,
     listener: TcpListener,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: RequestService,
+{
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop, stopping) = watch::channel(());
@@ -87,7 +113,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         tokio::spawn(serve_connection(
             tcp,
-            router.clone(),
+            service.clone(),
             Arc::clone(&limits),
             stopping.clone(),
             permit,
@@ -123,9 +149,9 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn serve_connection(
+async fn serve_connection<S: RequestService>(
     tcp: TcpStream,
-    router: Router,
+    service: S,
     limits: Arc<ServerLimits>,
     mut stopping: watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
@@ -145,7 +171,6 @@ async fn serve_connection(
             first_done: AtomicBool::new(false),
         })
         .header_read_timeout(limits.header_read_timeout);
-    let service = TowerToHyperService::new(router);
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
     // HTTP/1 waits are timed by hyper with `HeadTimer`; this covers a connection that has not
     // sent a byte yet, and HTTP/2.

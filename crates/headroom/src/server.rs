@@ -38,7 +38,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = state.config.server.clone();
-    crate::edge::serve(crate::http::router(state), listener, limits, shutdown)
+    crate::edge::serve(crate::http::Service::new(state), listener, limits, shutdown)
         .await
         .context("server failed")
 }

@@ -287,12 +287,39 @@ pub struct RetryPolicy {
     pub on_status: Vec<u16>,
 }
 
+/// An upstream's base URL as a call's target is built from it: scheme and authority ready to
+/// be shared by every call (cloning them copies no bytes), the path without its last '/'.
+#[derive(Debug, Clone)]
+pub struct BaseUri {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub path: String,
+}
+
+impl BaseUri {
+    /// Takes an http(s) URL with a host apart; `None` when its host cannot be an authority.
+    pub fn try_new(url: &url::Url) -> Option<BaseUri> {
+        let host = url.host_str()?;
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Some(BaseUri {
+            scheme: url.scheme().parse().ok()?,
+            authority: authority.parse().ok()?,
+            path: url.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
 /// One upstream API.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
     pub index: u32,
     pub base_url: url::Url,
+    /// `base_url` taken apart once, for building each call's target URI.
+    pub base: BaseUri,
     pub budget: BudgetScope,
     pub budget_config: Arc<BudgetConfig>,
     pub retry: RetryPolicy,
@@ -927,6 +954,12 @@ impl RawUpstream {
                 self.base_url
             ));
         }
+        let base = BaseUri::try_new(&base_url).ok_or_else(|| {
+            format!(
+                "{key}.base_url: \"{}\" has a host that cannot be sent as an HTTP authority",
+                self.base_url
+            )
+        })?;
         let budget = match self.budget.as_deref() {
             None | Some("tenant") => BudgetScope::Tenant,
             Some("shared") => BudgetScope::Shared,
@@ -1072,6 +1105,7 @@ impl RawUpstream {
             name: self.name,
             index,
             base_url,
+            base,
             budget,
             budget_config: Arc::new(budget_config),
             retry,

@@ -86,7 +86,7 @@ pub async fn open_guard(
     }
 }
 
-fn check_open_request(request: &axum::extract::Request) -> ApiResult<()> {
+pub(crate) fn check_open_request(request: &axum::extract::Request) -> ApiResult<()> {
     const HINT: &str = "Headroom runs with auth = \"none\", which serves only local clients; \
                         configure an API token to serve anything else";
     let headers = request.headers();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use headroom_core::backoff::Jitter;
@@ -83,7 +83,7 @@ struct Journey {
 #[allow(dead_code)] // documentation only
 pub(crate) fn documented() {}
 
-pub async fn handle(State(app): State<AppState>, request: Request) -> Response {
+pub async fn handle(app: AppState, request: Request) -> Response {
     let mut journey = Journey::default();
     let lane_hint = lane_label(request.headers());
     let upstream_hint = upstream_name(request.uri().path())
@@ -578,7 +578,10 @@ mod tests {
         let untouched = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, untouched);
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -150,7 +150,7 @@ pub(crate) fn check_request(
             "request.path: \"{path}\" must start with '/'"
         )));
     }
-    crate::outbound::target_uri(&upstream.base_url, path, query)
+    crate::outbound::target_uri(&upstream.base, path, query)
         .map_err(|e| ApiError::bad_request(format!("request.path: {e}")))?;
     if headers.len() > MAX_JOB_HEADERS {
         return Err(ApiError::bad_request(format!(

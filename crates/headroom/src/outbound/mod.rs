@@ -77,7 +77,7 @@ impl Outbound {
         query: Option<&str>,
         mut headers: HeaderMap,
     ) -> Result<Prepared<'a>, PrepareError> {
-        let uri = target_uri(&upstream.base_url, path, query)?;
+        let uri = target_uri(&upstream.base, path, query)?;
         inject_credential(&self.credentials, upstream, tenant, &mut headers).await?;
         let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
         let label = tenant.map_or_else(|| key.1.to_string(), str::to_string);

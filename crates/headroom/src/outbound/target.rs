@@ -2,6 +2,8 @@
 
 use percent_encoding::percent_decode;
 
+use crate::cfg::BaseUri;
+
 /// Why a path cannot be sent to an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -18,15 +20,17 @@ pub enum TargetError {
 /// The upstream URI for `rest` (the path after `/proxy/{upstream}`, still percent-encoded)
 /// under the upstream's base URL. Refuses any segment that could climb out of the base path.
 pub fn target_uri(
-    base: &url::Url,
+    base: &BaseUri,
     rest: &str,
     query: Option<&str>,
 ) -> Result<http::Uri, TargetError> {
     if let Some(segment) = rest.split('/').find(|s| !segment_is_safe(s)) {
         return Err(TargetError::UnsafeSegment(segment.to_string()));
     }
-    let base_path = base.path().trim_end_matches('/');
-    let mut path = format!("{base_path}{rest}");
+    let mut path =
+        String::with_capacity(base.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    path.push_str(&base.path);
+    path.push_str(rest);
     if path.is_empty() {
         path.push('/');
     }
@@ -34,16 +38,13 @@ pub fn target_uri(
         path.push('?');
         path.push_str(q);
     }
-    let authority = match base.port() {
-        Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
-        None => base.host_str().unwrap_or_default().to_string(),
-    };
-    http::Uri::builder()
-        .scheme(base.scheme())
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| TargetError::Invalid(e.to_string()))
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme.clone());
+    parts.authority = Some(base.authority.clone());
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path).map_err(|e| TargetError::Invalid(e.to_string()))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| TargetError::Invalid(e.to_string()))
 }
 
 /// Whether a raw path segment stays a plain name for every server behind the upstream: not
@@ -80,8 +81,8 @@ fn segment_is_safe(segment: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn base() -> url::Url {
-        url::Url::parse("https://api.example.com/v2").unwrap()
+    fn base() -> BaseUri {
+        BaseUri::try_new(&url::Url::parse("https://api.example.com/v2").unwrap()).unwrap()
     }
 
     #[test]
