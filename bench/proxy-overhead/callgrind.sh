@@ -72,7 +72,8 @@ count() {
         "$@" > "$DIR/$name.$n.log" 2>&1 &
     local pid=$!
     python3 "$DIR/client.py" "$port" "$path" "$n"
-    kill -INT "$pid"; wait "$pid" || true
+    # SIGTERM: a background job of a script ignores SIGINT, and both proxies stop on TERM.
+    kill -TERM "$pid"; wait "$pid" || true
     sed -n 's/.*I *refs: *//p' "$DIR/$name.$n.log" | tr -d ,
 }
 per_call() {

@@ -103,7 +103,10 @@ impl AppState {
         };
         let governor = SharedGovernor::with_remote(rand::random(), remote);
         governor.spawn_driver();
-        let metrics = Arc::new(Metrics::with_max_tenants(config.metrics.max_tenants));
+        let metrics = Arc::new(Metrics::with_limits(
+            config.metrics.max_tenants,
+            config.upstreams.len(),
+        ));
         let clock = crate::clock::WallClock::new(clock);
         let observe = Arc::new(crate::observe::Observer::new(
             clock.clock(),

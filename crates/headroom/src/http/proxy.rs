@@ -22,7 +22,7 @@ use super::auth::authenticate;
 use crate::app::AppState;
 use crate::cfg::Upstream;
 use crate::error::ApiError;
-use crate::metrics::{LaneLabels, RequestLabels, RetryLabels};
+use crate::metrics::RetryLabels;
 use crate::outbound::{self, read_up_to, Answer, Call, PrepareError, Read};
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
@@ -86,11 +86,10 @@ pub(crate) fn documented() {}
 pub async fn handle(app: AppState, request: Request) -> Response {
     let mut journey = Journey::default();
     let lane_hint = lane_label(request.headers());
-    let upstream_hint = upstream_name(request.uri().path())
-        .unwrap_or("")
-        .to_string();
+    let upstream = upstream_name(request.uri().path()).and_then(|name| app.config.upstream(name));
     // Exported to OTLP when asked for; otherwise disabled at the call site (no cost).
-    let span = tracing::debug_span!(target: "headroom::trace", "proxy", upstream = %upstream_hint, method = %request.method());
+    let span = tracing::debug_span!(target: "headroom::trace", "proxy",
+        upstream = upstream.map_or("", |u| u.name.as_str()), method = %request.method());
     let result = tracing::Instrument::instrument(forward(&app, request, &mut journey), span).await;
     let outcome = match &result {
         Ok(_) => "forwarded",
@@ -98,15 +97,8 @@ pub async fn handle(app: AppState, request: Request) -> Response {
         Err(ApiError::BadGateway { .. }) => "error",
         Err(_) => "invalid",
     };
-    if app.config.upstream(&upstream_hint).is_some() {
-        app.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                upstream: upstream_hint,
-                lane: lane_hint,
-                outcome,
-            })
-            .inc();
+    if let Some(upstream) = upstream {
+        app.metrics.proxy_request(upstream, lane_hint, outcome);
     }
     if let Some(trail) = journey.retried.take() {
         let (upstream, tenant, endpoint) = *trail;
@@ -136,7 +128,8 @@ pub async fn handle(app: AppState, request: Request) -> Response {
 }
 
 fn lane_label(headers: &HeaderMap) -> &'static str {
-    match headers.get("headroom-lane").and_then(|v| v.to_str().ok()) {
+    const LANE: HeaderName = HeaderName::from_static("headroom-lane");
+    match headers.get(LANE).and_then(|v| v.to_str().ok()) {
         Some(v) if v.eq_ignore_ascii_case("bulk") => "bulk",
         _ => "realtime",
     }
@@ -157,8 +150,8 @@ struct Ask {
     cost: f64,
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
+fn header_str<'a>(name: &str, value: Option<&'a HeaderValue>) -> Result<Option<&'a str>, ApiError> {
+    match value {
         None => Ok(None),
         Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
             ApiError::bad_request(format!("header {name}: the value is not visible ASCII"))
@@ -167,7 +160,23 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 }
 
 fn read_ask(headers: &HeaderMap) -> Result<Ask, ApiError> {
-    let tenant = match header_str(headers, "headroom-tenant")? {
+    // One look over the names (most calls carry none or one of these) instead of a lookup
+    // per header; the first value of a repeated header counts, as `HeaderMap::get` would.
+    let [mut tenant, mut lane, mut max_wait, mut cost] = [None; 4];
+    for (name, value) in headers {
+        let Some(which) = name.as_str().strip_prefix("headroom-") else {
+            continue;
+        };
+        let slot = match which {
+            "tenant" => &mut tenant,
+            "lane" => &mut lane,
+            "max-wait" => &mut max_wait,
+            "cost" => &mut cost,
+            _ => continue,
+        };
+        slot.get_or_insert(value);
+    }
+    let tenant = match header_str("headroom-tenant", tenant)? {
         None => None,
         Some(t) => {
             let ok = !t.is_empty()
@@ -182,13 +191,13 @@ fn read_ask(headers: &HeaderMap) -> Result<Ask, ApiError> {
             Some(t.to_string())
         }
     };
-    let lane = match header_str(headers, "headroom-lane")? {
+    let lane = match header_str("headroom-lane", lane)? {
         None => Lane::Realtime,
         Some(l) => l
             .parse()
             .map_err(|e| ApiError::bad_request(format!("header Headroom-Lane: {e}")))?,
     };
-    let max_wait = match header_str(headers, "headroom-max-wait")? {
+    let max_wait = match header_str("headroom-max-wait", max_wait)? {
         None => None,
         Some(w) => {
             let d = parse_duration(w)
@@ -203,7 +212,7 @@ fn read_ask(headers: &HeaderMap) -> Result<Ask, ApiError> {
             Some(d)
         }
     };
-    let cost = match header_str(headers, "headroom-cost")? {
+    let cost = match header_str("headroom-cost", cost)? {
         None => 1.0,
         Some(c) => match c.parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_COST => v,
@@ -282,11 +291,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present.is_empty() {
         return; // no `Connection` either: it is one of them
     }
+    // `Connection: keep-alive` (or `close`), the usual value, names nothing more to remove.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .flat_map(|v| v.split(',').map(str::trim))
+        .filter(|s| {
+            !s.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|h| s.eq_ignore_ascii_case(h))
+        })
         .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
         .collect();
     for name in present.into_iter().chain(listed) {
@@ -548,12 +562,7 @@ async fn forward(
         last = Some(response);
     };
     app.metrics
-        .wait_seconds
-        .get_or_create(&LaneLabels {
-            upstream: upstream.name.clone(),
-            lane: lane_name,
-        })
-        .observe(journey.waited.as_secs_f64());
+        .proxy_wait(upstream, lane_name, journey.waited.as_secs_f64());
     Ok(response)
 }
 

@@ -3,12 +3,16 @@
 
 pub mod observe;
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::cfg::Upstream;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -48,8 +52,36 @@ const WAIT_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Handles on the series every proxied call touches, for one upstream, each made on first
+/// use (so `/metrics` shows only series that happened). A family lookup clones the labels'
+/// strings and hashes them under a lock; a handle shares the series' atomic.
+struct UpstreamSeries {
+    /// By lane (realtime, bulk) and outcome (forwarded, refused, error, invalid).
+    requests: [[OnceLock<Counter>; 4]; 2],
+    /// By lane.
+    wait: [OnceLock<Histogram>; 2],
+    /// By status, 100 to 599.
+    responses: Box<[OnceLock<Counter>]>,
+}
+
+impl UpstreamSeries {
+    fn new() -> UpstreamSeries {
+        UpstreamSeries {
+            requests: Default::default(),
+            wait: Default::default(),
+            responses: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+fn lane_slot(lane: &str) -> usize {
+    usize::from(lane == "bulk")
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// By upstream index (see [`UpstreamSeries`]).
+    series: Vec<UpstreamSeries>,
     pub requests: Family<RequestLabels, Counter>,
     pub upstream_responses: Family<ResponseLabels, Counter>,
     pub throttled: Family<TenantLabels, Counter>,
@@ -76,10 +108,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        Metrics::with_max_tenants(crate::cfg::MetricsConfig::default().max_tenants)
+        Metrics::with_limits(crate::cfg::MetricsConfig::default().max_tenants, 0)
     }
 
-    pub fn with_max_tenants(max_tenants: usize) -> Self {
+    /// Metrics for `upstreams` configured upstreams, with at most `max_tenants` tenants'
+    /// own series.
+    pub fn with_limits(max_tenants: usize, upstreams: usize) -> Self {
         let mut registry = Registry::with_prefix("headroom");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -118,6 +152,7 @@ impl Metrics {
         Metrics {
             observe,
             registry,
+            series: (0..upstreams).map(|_| UpstreamSeries::new()).collect(),
             requests,
             upstream_responses,
             throttled,
@@ -127,6 +162,67 @@ impl Metrics {
             tenants: Default::default(),
             max_tenants,
         }
+    }
+
+    /// Counts a proxied call of `upstream` in `lane` (`realtime` or `bulk`) by `outcome`
+    /// (`forwarded`, `refused`, `error` or `invalid`).
+    pub fn proxy_request(&self, upstream: &Upstream, lane: &'static str, outcome: &'static str) {
+        let labels = || RequestLabels {
+            upstream: upstream.name.clone(),
+            lane,
+            outcome,
+        };
+        let slot = match outcome {
+            "forwarded" => 0,
+            "refused" => 1,
+            "error" => 2,
+            "invalid" => 3,
+            _ => {
+                self.requests.get_or_create(&labels()).inc();
+                return;
+            }
+        };
+        match self.series_of(upstream) {
+            Some(s) => s.requests[lane_slot(lane)][slot]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+    }
+
+    /// Counts an upstream's answer by status.
+    pub fn upstream_response(&self, upstream: &Upstream, status: u16) {
+        let labels = || ResponseLabels {
+            upstream: upstream.name.clone(),
+            status,
+        };
+        let slot = self
+            .series_of(upstream)
+            .and_then(|s| s.responses.get(usize::from(status).checked_sub(100)?));
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| self.upstream_responses.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.upstream_responses.get_or_create(&labels()).inc(),
+        };
+    }
+
+    /// Records how long a proxied call of `upstream` in `lane` waited in Headroom.
+    pub fn proxy_wait(&self, upstream: &Upstream, lane: &'static str, seconds: f64) {
+        let labels = || LaneLabels {
+            upstream: upstream.name.clone(),
+            lane,
+        };
+        match self.series_of(upstream) {
+            Some(s) => s.wait[lane_slot(lane)]
+                .get_or_init(|| self.wait_seconds.get_or_create(&labels()).clone())
+                .observe(seconds),
+            None => self.wait_seconds.get_or_create(&labels()).observe(seconds),
+        }
+    }
+
+    fn series_of(&self, upstream: &Upstream) -> Option<&UpstreamSeries> {
+        self.series.get(upstream.index as usize)
     }
 
     /// The labels for a tenant's series: its own name while fewer than `max_tenants` have

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use super::governor::Lease;
 use super::Outbound;
 use crate::cfg::Upstream;
-use crate::metrics::ResponseLabels;
 use crate::observe::Call;
 
 /// How much of an answer's body is read before it is handed back.
@@ -147,13 +146,7 @@ pub(super) async fn send(
         signals: &signals,
     });
     record_breaker(out, upstream, call.tenant, reaction);
-    out.metrics
-        .upstream_responses
-        .get_or_create(&ResponseLabels {
-            upstream: upstream.name.clone(),
-            status,
-        })
-        .inc();
+    out.metrics.upstream_response(upstream, status);
     if signals.throttled {
         out.metrics
             .throttled

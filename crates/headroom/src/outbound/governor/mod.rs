@@ -43,6 +43,20 @@ struct Inner {
     waiters: HashMap<u64, (Waiter, BudgetKey)>,
     next_id: u64,
     decisions: Vec<Decision<u64>>,
+    /// When the driver wakes next by itself (`None`: it is awake). A change to the governor
+    /// wakes it only when it brings the next timer before this: on the common path a call's
+    /// completion wakes nobody.
+    driver_until: Option<Timestamp>,
+}
+
+impl Inner {
+    /// Whether the driver must wake to see a timer sooner than it would by itself.
+    fn driver_late(&self) -> bool {
+        match (self.governor.next_wakeup(), self.driver_until) {
+            (Some(next), Some(until)) => next < until,
+            _ => false,
+        }
+    }
 }
 
 impl Inner {
@@ -183,6 +197,7 @@ impl SharedGovernor {
                 waiters: HashMap::new(),
                 next_id: 0,
                 decisions: Vec::new(),
+                driver_until: None,
             }),
             wake: Notify::new(),
             clock: crate::clock::MonotonicClock::new(),
@@ -322,11 +337,13 @@ impl SharedGovernor {
                 Admission::Queued => {
                     let (tx, rx) = oneshot::channel();
                     inner.waiters.insert(id, (tx, key.clone()));
+                    if inner.driver_late() {
+                        self.wake.notify_one();
+                    }
                     (id, rx)
                 }
             }
         };
-        self.wake.notify_one();
         let mut guard = QueuedGuard {
             governor: self,
             key: key.clone(),
@@ -382,9 +399,11 @@ impl SharedGovernor {
             let reaction = inner.governor.complete(now, key, permit, outcome, &mut out);
             inner.decisions = out;
             inner.deliver(self, now);
+            if inner.driver_late() {
+                self.wake.notify_one();
+            }
             reaction
         };
-        self.wake.notify_one();
         reaction
     }
 
@@ -394,17 +413,25 @@ impl SharedGovernor {
         tokio::spawn(async move {
             let mut last_sweep = this.now();
             loop {
-                let next = this.lock().governor.next_wakeup();
-                let sleep_for = next
-                    .map(|t| t.saturating_since(this.now()))
-                    .unwrap_or(EVICTION_SWEEP)
-                    .min(EVICTION_SWEEP);
+                let sleep_for = {
+                    let mut inner = this.lock();
+                    let now = this.now();
+                    let sleep_for = inner
+                        .governor
+                        .next_wakeup()
+                        .map(|t| t.saturating_since(now))
+                        .unwrap_or(EVICTION_SWEEP)
+                        .min(EVICTION_SWEEP);
+                    inner.driver_until = Some(now + sleep_for);
+                    sleep_for
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(sleep_for) => {}
                     _ = this.wake.notified() => {}
                 }
                 let now = this.now();
                 let mut inner = this.lock();
+                inner.driver_until = None;
                 let mut out = std::mem::take(&mut inner.decisions);
                 inner.governor.poll(now, &mut out);
                 inner.decisions = out;
