@@ -28,6 +28,13 @@
 #   QUIET_TIMEOUT [1800]  seconds to wait for other builds (rustc/cargo) to end before a run
 #   OTHER_MAX [5]         a run during which other processes used more than this % of the
 #                         machine's CPU time (or a build ran) is repeated, up to 5 times
+#   LIMITS [0]            1 = a limited budget: Headroom's upstream has a configured limit (far
+#                         above the load, so nothing waits) and every upstream answer carries
+#                         X-RateLimit-Limit/-Remaining/-Reset, which Headroom reads back into the
+#                         budget on every call (nginx and the bare proxy pass them through)
+#   TENANTS [0]           N > 0 = each request names one of N tenants at random in
+#                         Headroom-Tenant (a wrk Lua script, the same for every target): Headroom
+#                         keeps a budget per tenant, so this measures N budgets
 #   KEEP_TMP [0]          1 = keep the temporary directory (configs, logs, raw wrk output)
 #   PROFILE [0]           1 = instead of the tables, record a perf CPU profile of headroom
 #                         under the saturating load for DURATION (kept in the temp directory)
@@ -48,6 +55,8 @@ OTHER_MAX=${OTHER_MAX:-5}
 KEEP_TMP=${KEEP_TMP:-0}
 AUTH=${AUTH:-none}
 BARE=${BARE:-1}
+LIMITS=${LIMITS:-0}
+TENANTS=${TENANTS:-0}
 case "$AUTH" in
 none) AUTH_LINE='auth = "none"' ;;
 token) AUTH_LINE='' ;;
@@ -178,6 +187,11 @@ mkdir -p "$TMP/upstream" "$TMP/nginx"
         listen 127.0.0.1:$UP_PORT;
         location / {
             default_type application/json;
+$(if [ "$LIMITS" = 1 ]; then
+        echo "            add_header X-RateLimit-Limit 100000000 always;"
+        echo "            add_header X-RateLimit-Remaining 99999999 always;"
+        echo "            add_header X-RateLimit-Reset 1 always;"
+    fi)
             return 200 '{"ok":true}';
         }
     }
@@ -218,6 +232,7 @@ $2
 name = "up"
 base_url = "http://127.0.0.1:$UP_PORT"
 max_concurrency = 10000
+$([ "$LIMITS" = 1 ] && echo 'limits = [{ quota = 100000000, window = "1s" }]')
 EOF
 }
 headroom_config "$TMP/headroom" "$AUTH_LINE"
@@ -440,13 +455,27 @@ measure() { # load round target wrk-args...
     say "  $load round $round $target: $(cut -f1-3 <<<"$row" | awk -F'\t' '{printf "%.0f req/s, p50 %.0f us, p99 %.0f us", $1, $2, $3}'), $cpu_us us CPU/request, other CPU $other %"
 }
 
-SAT_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
-LOW_ARGS=(-t1 -c1 -d"$LOW_DURATION" --latency)
+WRK_SCRIPT=()
+if [ "$TENANTS" -gt 0 ]; then
+    # A random tenant per request, beside the headers given with -H (the token).
+    cat >"$TMP/tenants.lua" <<LUA
+math.randomseed(os.time())
+request = function()
+    local headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers["Headroom-Tenant"] = "t" .. math.random($TENANTS)
+    return wrk.format(nil, nil, headers)
+end
+LUA
+    WRK_SCRIPT=(-s "$TMP/tenants.lua")
+fi
+SAT_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${WRK_SCRIPT[@]}")
+LOW_ARGS=(-t1 -c1 -d"$LOW_DURATION" --latency "${WRK_SCRIPT[@]}")
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 say "warming up"
-for t in "${TARGETS[@]}"; do with_hdr "$t" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URL[$t]}" >/dev/null; done
+for t in "${TARGETS[@]}"; do with_hdr "$t" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" "${URL[$t]}" >/dev/null; done
 
 for load in saturated low; do
     say "$load load"
@@ -531,6 +560,8 @@ report() {
     echo "$headroom_version (${HEADROOM_LABEL:-$HEADROOM_BIN}), auth mode: $AUTH$([ "$AUTH" = token ] && echo ' (Proxy-Authorization: Bearer sent by wrk)');"
     [ -z "${BASE_BIN:-}" ] || echo "base: $("$BASE_BIN" --version 2>/dev/null || echo headroom) (${BASE_LABEL:-$BASE_BIN}), config auth line: '${BASE_AUTH_LINE}';"
     [ "$BARE" != 1 ] || echo "bare hyper proxy: bench/proxy-overhead/hyper-proxy ($BARE_BIN);"
+    [ "$LIMITS" != 1 ] || echo "limited budget: a configured limit of 100,000,000 per 1s and X-RateLimit-* headers on every answer;"
+    [ "$TENANTS" = 0 ] || echo "tenants: one of $TENANTS at random per request (Headroom-Tenant, a wrk Lua script for every target);"
     echo "$nginx_version; wrk $wrk_version; nginx worker_processes $NGINX_WORKERS; TOKIO_WORKER_THREADS ${TOKIO_WORKER_THREADS:-unset};"
     echo "$(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1);"
     echo "load average before $LOAD_BEFORE, after $LOAD_AFTER"

@@ -11,7 +11,7 @@ pub(crate) struct Headers {
 
 /// Whether a dialect reader may read a header of this name: every one it knows has "limit",
 /// "retry" or "reset" in its name (`RateLimit`, `X-RateLimit-*`, `Sforce-Limit-Info`,
-/// `X-Shopify-Shop-Api-Call-Limit`, `Retry-After`, `X-MS-Retry-After-Ms`, …), or is `Date`.
+/// `X-Shopify-Shop-Api-Call-Limit`, `Retry-After`, `X-MS-Retry-After-Ms`, …).
 /// Matched without regard to case and without allocating.
 fn may_matter(name: &str) -> bool {
     let name = name.trim().as_bytes();
@@ -19,23 +19,33 @@ fn may_matter(name: &str) -> bool {
         name.windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word))
     };
-    name.eq_ignore_ascii_case(b"date") || has(b"limit") || has(b"retry") || has(b"reset")
+    has(b"limit") || has(b"retry") || has(b"reset")
 }
 
 impl Headers {
     /// Keeps only the lines a dialect reader may look at ([`may_matter`]): a response
     /// carries a dozen other headers, and this runs on every proxied call.
+    /// `Date` is kept only beside another such line (it dates their resets): an answer with
+    /// nothing about limits allocates nothing.
     pub(crate) fn collect<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
-        let lines = headers
-            .into_iter()
-            .filter(|(name, _)| may_matter(name))
-            .map(|(name, value)| {
-                (
-                    name.trim().to_ascii_lowercase(),
-                    String::from_utf8_lossy(value).trim().to_string(),
-                )
-            })
-            .collect();
+        let line = |(name, value): (&str, &[u8])| {
+            (
+                name.trim().to_ascii_lowercase(),
+                String::from_utf8_lossy(value).trim().to_string(),
+            )
+        };
+        let mut date = None;
+        let mut lines = Vec::new();
+        for (name, value) in headers {
+            if name.trim().eq_ignore_ascii_case("date") {
+                date.get_or_insert((name, value)); // the first, as `first` reads
+            } else if may_matter(name) {
+                lines.push(line((name, value)));
+            }
+        }
+        if let Some(date) = date.filter(|_| !lines.is_empty()) {
+            lines.push(line(date));
+        }
         Headers { lines }
     }
 
@@ -138,7 +148,6 @@ mod tests {
             "Sforce-Limit-Info",
             "retry-after",
             "X-MS-Retry-After-Ms",
-            "DATE",
         ] {
             assert!(may_matter(name), "{name}");
         }
@@ -148,6 +157,15 @@ mod tests {
         let h = Headers::collect([("Content-Type", &b"text/plain"[..]), ("Date", &b"x"[..])]);
         assert!(h.says_nothing());
         assert_eq!(h.first("content-type"), None);
+        assert_eq!(h.first("date"), None, "a Date alone is not kept");
+        // Beside a line about limits, the first Date is kept (it dates their resets).
+        let h = Headers::collect([
+            ("DATE", &b"first"[..]),
+            ("X-RateLimit-Reset", &b"5"[..]),
+            ("Date", &b"second"[..]),
+        ]);
+        assert_eq!(h.first("date"), Some("first"));
+        assert_eq!(h.first("x-ratelimit-reset"), Some("5"));
     }
 
     #[test]
