@@ -14,7 +14,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::breaker::{Breaker, BreakerConfig, BreakerRefusal, BreakerState};
 use crate::clock::{secs_to_duration, Timestamp};
 use crate::limit::{Limit, LimitConfig, LimitSnapshot, Pace};
-use crate::signals::{Signals, Unit};
+use crate::signals::{LimitSignal, Signals, Unit};
 
 /// A budget holds at most this many limits; more learned from odd headers are ignored.
 const MAX_LIMITS: usize = 8;
@@ -470,7 +470,12 @@ impl Budget {
                 }
                 continue;
             }
-            let index = match self.limits.iter().position(|l| l.matches(sig)) {
+            let index = match self
+                .limits
+                .iter()
+                .position(|l| l.matches(sig))
+                .or_else(|| self.only_limit_for(sig))
+            {
                 Some(i) => i,
                 None if self.limits.len() < MAX_LIMITS => match Limit::learned(sig) {
                     Some(l) => {
@@ -484,6 +489,24 @@ impl Budget {
             let limit = &mut self.limits[index];
             let spent_at = permit.spent_at.of(limit.unit());
             limit.observe(now, sig, permit.seq, spent_at);
+        }
+    }
+
+    /// A response's limit that names neither itself nor its window, and matches no limit by
+    /// quota, is the budget's only limit of its unit when it has just one: the API changed
+    /// that limit's quota (a plan change, a vendor tightening limits), it did not add a new one.
+    fn only_limit_for(&self, sig: &LimitSignal) -> Option<usize> {
+        if sig.name.is_some() || sig.window.is_some() {
+            return None;
+        }
+        let mut same_unit = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.unit() == sig.unit);
+        match (same_unit.next(), same_unit.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
         }
     }
 
@@ -554,7 +577,6 @@ fn spacing(cost: f64, rate: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::LimitSignal;
 
     fn t(secs: f64) -> Timestamp {
         Timestamp::from_secs_f64(secs)
@@ -589,6 +611,49 @@ mod tests {
             Err(Wait::Until(t(1.25)))
         );
         b.complete(t(0.1), p, Outcome::Abandoned, &mut Jitter::new(1));
+    }
+
+    #[test]
+    fn a_lower_quota_in_the_headers_replaces_the_configured_one_and_a_higher_one_does_not() {
+        let mut b = budget(vec![LimitConfig::new(20.0, Duration::from_secs(2))]);
+        let report = |quota: f64, remaining: f64| Signals {
+            limits: vec![crate::LimitSignal {
+                quota: Some(quota),
+                remaining: Some(remaining),
+                ..Default::default()
+            }],
+            ..Signals::default()
+        };
+        let mut j = Jitter::new(1);
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        let signals = report(10.0, 9.0);
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        b.complete(t(0.1), p, ok, &mut j);
+        // The same limit, now 10: no second limit beside the configured one.
+        let snap = b.snapshot(t(0.1));
+        assert_eq!(snap.limits.len(), 1, "{:?}", snap.limits);
+        assert_eq!(snap.limits[0].quota, 10.0);
+        assert_eq!(snap.limits[0].source, "config");
+        // 0.8 × 10 / 2 s: the even pace of the new quota at once.
+        assert_eq!(snap.limits[0].pace_per_s, Some(4.0));
+        // A report without a reset describes one window at most: none stays stuck.
+        let later = b.snapshot(t(2.2));
+        assert_eq!(later.limits[0].remaining, None);
+        assert_eq!(later.limits[0].pace_per_s, Some(4.0));
+        // A higher figure is capped at the config (it may keep room for other clients).
+        let p = b.try_acquire(t(3.0), Lane::Bulk, 1.0).unwrap();
+        let signals = report(50.0, 49.0);
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        b.complete(t(3.1), p, ok, &mut j);
+        let snap = b.snapshot(t(3.1));
+        assert_eq!(snap.limits.len(), 1);
+        assert_eq!(snap.limits[0].quota, 20.0);
     }
 
     #[test]

@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::clock::Timestamp;
 use crate::signals::{LimitSignal, Unit};
 
+/// How long a report without a reset time describes a limit whose window is not known.
+const MAX_REPORT_AGE: Duration = Duration::from_secs(60);
+
 /// A limit as configured: `quota` units per `window`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitConfig {
@@ -69,7 +72,9 @@ pub(crate) struct Limit {
     quota: f64,
     window: Option<Duration>,
     unit: Unit,
-    configured: bool,
+    /// The configured quota: a ceiling for what the headers report (a lower figure wins at
+    /// once; a higher one is not taken: the config may keep room for other clients).
+    ceiling: Option<f64>,
     report: Option<Report>,
     /// GCRA: the theoretical time of the next call at the pace, for any lane and for bulk.
     tat: Timestamp,
@@ -98,7 +103,7 @@ impl Limit {
             quota: c.quota,
             window: Some(c.window),
             unit: c.unit,
-            configured: true,
+            ceiling: Some(c.quota),
             report: None,
             tat: Timestamp::ZERO,
             tat_bulk: Timestamp::ZERO,
@@ -114,7 +119,7 @@ impl Limit {
             quota,
             window: sig.window.filter(|w| !w.is_zero()),
             unit: sig.unit,
-            configured: false,
+            ceiling: None,
             report: None,
             tat: Timestamp::ZERO,
             tat_bulk: Timestamp::ZERO,
@@ -183,10 +188,10 @@ impl Limit {
     /// response answers.
     pub(crate) fn observe(&mut self, now: Timestamp, sig: &LimitSignal, seq: u64, spent_at: f64) {
         if let Some(q) = sig.quota.filter(|q| q.is_finite() && *q > 0.0) {
-            // The API's own figure beats a configured guess.
-            self.quota = q;
+            // The API's own figure beats a configured guess where it is stricter.
+            self.quota = self.ceiling.map_or(q, |c| q.min(c));
         }
-        if !self.configured || self.window.is_none() {
+        if self.ceiling.is_none() || self.window.is_none() {
             if let Some(w) = sig.window.filter(|w| !w.is_zero()) {
                 self.window = Some(w);
             }
@@ -255,15 +260,21 @@ impl Limit {
         self.fresh_report(now).and_then(|r| r.reset_at)
     }
 
+    /// The last report while it can still describe the window: until its reset, or, when it
+    /// gave none, for one window after it came (`MAX_REPORT_AGE` when the window is not
+    /// known). A report that outlived its window would hold the limit at what remained then
+    /// for ever: a limit whose headers stopped matching it (the API changed its quota) was
+    /// stuck at `remaining 0`, probing one call at a time.
     fn fresh_report(&self, now: Timestamp) -> Option<&Report> {
-        self.report
-            .as_ref()
-            .filter(|r| r.reset_at.is_none_or(|reset| now < reset))
+        self.report.as_ref().filter(|r| match r.reset_at {
+            Some(reset) => now < reset,
+            None => now < r.observed_at + self.window.unwrap_or(MAX_REPORT_AGE),
+        })
     }
 
     /// The pace this limit allows now for a call counting `cost` units, when `spent` units have
     /// been sent in total and `headroom` of the quota is the target, of which the call may also
-    /// spend the fraction `margin` of the rest (and at least itself, when `margin` is not 0).
+    /// spend the fraction `margin` of the rest.
     pub(crate) fn pace(
         &self,
         now: Timestamp,
@@ -284,12 +295,9 @@ impl Limit {
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
         let reserve = (1.0 - headroom) * self.quota;
-        // At least one call's worth, so that small quotas still leave real-time calls some.
-        let usable = if margin > 0.0 {
-            (margin * reserve).max(cost.min(reserve))
-        } else {
-            0.0
-        };
+        // Only the fraction itself, rounded down by the calls' cost: a floor of one call's
+        // worth spent a whole call of a small quota's margin (17 of 20 at headroom 0.8).
+        let usable = margin * reserve;
         let reserve = reserve - usable;
         let allowance = estimate - reserve;
         match report.reset_at {
@@ -341,7 +349,11 @@ impl Limit {
             quota: self.quota,
             window_s: self.window.map(|w| w.as_secs_f64()),
             unit: self.unit,
-            source: if self.configured { "config" } else { "headers" },
+            source: if self.ceiling.is_some() {
+                "config"
+            } else {
+                "headers"
+            },
             remaining: self.estimated_remaining(now, spent),
             reset_in_s: self
                 .reset_at(now)

@@ -47,6 +47,9 @@ pub struct Scenario {
     pub bulk_backlog: usize,
     pub windows: u32,
     pub seed: u64,
+    /// At the start of window `.0` the upstream's quota becomes `.1` (Headroom's config, if
+    /// any, still says `quota`).
+    pub quota_change: Option<(u32, u32)>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -73,6 +76,7 @@ impl Scenario {
             bulk_backlog: 50,
             windows: 60,
             seed: 1,
+            quota_change: None,
         }
     }
 
@@ -150,6 +154,66 @@ impl Scenario {
                 out.push(s);
             }
         }
+        out.extend(Scenario::moving());
+        out
+    }
+
+    /// Limits that move or that the config does not state: the API halves its quota in the
+    /// middle of the run (configured or learned; 20 per 2 s, whose resets in whole seconds
+    /// say little, and 100 per 10 s), and a small learned limit with real-time traffic only.
+    pub fn moving() -> Vec<Scenario> {
+        let mut out = Vec::new();
+        for (name, dialect, configured, quota, window) in [
+            (
+                "fixed/x-ratelimit-delta, 20 per 2 s, quota halves",
+                Dialect::XRateLimitDelta,
+                true,
+                20,
+                2,
+            ),
+            (
+                "fixed/x-ratelimit-delta, unconfigured, 20 per 2 s, quota halves",
+                Dialect::XRateLimitDelta,
+                false,
+                20,
+                2,
+            ),
+            (
+                "fixed/x-ratelimit-delta, quota halves",
+                Dialect::XRateLimitDelta,
+                true,
+                100,
+                10,
+            ),
+            (
+                "fixed/hubspot, quota halves",
+                Dialect::HubSpot,
+                true,
+                100,
+                10,
+            ),
+        ] {
+            let mut s = Scenario::new(name, Model::FixedWindow, dialect);
+            s.configured = configured;
+            s.quota = quota;
+            s.window = Duration::from_secs(window);
+            s.realtime_rate = 0.04 * quota as f64 / window as f64;
+            s.quota_change = Some((20, quota / 2));
+            out.push(s);
+        }
+        // 20 per 2 s learned from headers, real-time calls only (the proxy's default lane).
+        let mut s = Scenario::new(
+            "fixed/x-ratelimit-delta, unconfigured, 20 per 2 s, real-time only",
+            Model::FixedWindow,
+            Dialect::XRateLimitDelta,
+        );
+        s.configured = false;
+        s.quota = 20;
+        s.window = Duration::from_secs(2);
+        s.bulk_backlog = 0;
+        s.realtime_rate = 40.0;
+        s.windows = 200;
+        out.push(s);
         out
     }
 }
@@ -174,6 +238,11 @@ pub struct Report {
     pub realtime_p50_wait_s: f64,
     pub realtime_p99_wait_s: f64,
     pub pacing_interval_s: f64,
+    /// With a quota change: accepted calls from two windows after it to the end, over
+    /// `headroom ×` the new quota per window.
+    pub utilisation_after_change: Option<f64>,
+    /// With a quota change: the most Headroom sent in one window from the change on.
+    pub max_sent_after_change: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -253,7 +322,13 @@ pub fn run(s: &Scenario) -> Report {
         realtime_p50_wait_s: 0.0,
         realtime_p99_wait_s: 0.0,
         pacing_interval_s: s.pacing_interval().as_secs_f64(),
+        utilisation_after_change: None,
+        max_sent_after_change: None,
     };
+    let change_at = s.quota_change.map(|(w, q)| (window_f(s, w), q));
+    let mut changed = false;
+    let mut accepted_after_change = 0u64;
+    let mut max_after_change = 0u64;
     let mut accepted_after_first = 0u64;
     let mut accepted_bulk = 0u64;
     let mut realtime_waits: Vec<f64> = Vec::new();
@@ -311,6 +386,12 @@ pub fn run(s: &Scenario) -> Report {
             break;
         }
         now = t;
+        if let Some((at, quota)) = change_at.filter(|(at, _)| !changed && now.as_secs_f64() >= *at)
+        {
+            let _ = at;
+            upstream.set_quota(quota);
+            changed = true;
+        }
         if next_wake.is_some_and(|w| w <= now) {
             governor.poll(now, &mut decisions);
         }
@@ -379,6 +460,9 @@ pub fn run(s: &Scenario) -> Report {
                             sent_fixed.1 += 1;
                             report.max_sent_per_window =
                                 report.max_sent_per_window.max(sent_fixed.1);
+                            if changed {
+                                max_after_change = max_after_change.max(sent_fixed.1);
+                            }
                         }
                         _ => {
                             sent_log.push_back(secs);
@@ -387,6 +471,9 @@ pub fn run(s: &Scenario) -> Report {
                             }
                             report.max_sent_per_window =
                                 report.max_sent_per_window.max(sent_log.len() as u64);
+                            if changed {
+                                max_after_change = max_after_change.max(sent_log.len() as u64);
+                            }
                         }
                     }
                     let accepted = upstream.call(secs);
@@ -397,6 +484,9 @@ pub fn run(s: &Scenario) -> Report {
                         report.accepted += 1;
                         if secs >= window_s {
                             accepted_after_first += 1;
+                        }
+                        if change_at.is_some_and(|(at, _)| secs >= at + 2.0 * window_s) {
+                            accepted_after_change += 1;
                         }
                         if call.lane == Lane::Bulk {
                             accepted_bulk += 1;
@@ -460,7 +550,18 @@ pub fn run(s: &Scenario) -> Report {
     realtime_waits.sort_by(f64::total_cmp);
     report.realtime_p50_wait_s = percentile(&realtime_waits, 0.50);
     report.realtime_p99_wait_s = percentile(&realtime_waits, 0.99);
+    if let Some((at_window, quota)) = s.quota_change {
+        let windows = s.windows.saturating_sub(at_window + 2).max(1) as f64;
+        report.utilisation_after_change =
+            Some(accepted_after_change as f64 / (s.headroom * quota as f64 * windows));
+        report.max_sent_after_change = Some(max_after_change);
+    }
     report
+}
+
+/// The start of window `index`, in seconds.
+fn window_f(s: &Scenario, index: u32) -> f64 {
+    s.window.as_secs_f64() * index as f64
 }
 
 #[allow(clippy::too_many_arguments)]

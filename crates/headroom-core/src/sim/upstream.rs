@@ -70,6 +70,11 @@ impl Upstream {
         }
     }
 
+    /// Changes the quota from now on (a plan change, a vendor tightening its limits).
+    pub fn set_quota(&mut self, quota: u32) {
+        self.quota = quota as f64;
+    }
+
     /// Counts a call at `now` (seconds); returns whether it was accepted.
     pub fn call(&mut self, now: f64) -> bool {
         self.advance(now);

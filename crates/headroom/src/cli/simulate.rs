@@ -44,8 +44,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "{:<52} {:>11} {:>9} {:>10} {:>12} {:>12}",
-            "scenario", "utilisation", "throttled", "max/window", "rt p99 wait", "interval"
+            "{:<68} {:>11} {:>9} {:>10} {:>12} {:>12} {:>18}",
+            "scenario",
+            "utilisation",
+            "throttled",
+            "max/window",
+            "rt p99 wait",
+            "interval",
+            "after change"
         );
     }
     for s in &scenarios {
@@ -53,14 +59,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
+            // Utilisation of the new quota and the most sent in a window, after it changed.
+            let after = match (r.utilisation_after_change, r.max_sent_after_change) {
+                (Some(u), Some(m)) => format!("{:.1}% / {m}", u * 100.0),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:<52} {:>10.1}% {:>8.2}% {:>10} {:>10.0}ms {:>10.0}ms",
+                "{:<68} {:>10.1}% {:>8.2}% {:>10} {:>10.0}ms {:>10.0}ms {:>18}",
                 r.scenario,
                 r.utilisation * 100.0,
                 r.throttled_share * 100.0,
                 r.max_sent_per_window,
                 r.realtime_p99_wait_s * 1000.0,
                 r.pacing_interval_s * 1000.0,
+                after,
             );
         }
     }
