@@ -324,6 +324,8 @@ impl Budget {
                 Pace::Blocked(until) => at = at.max(until),
                 Pace::Rate(rate) => {
                     let (tat, tat_bulk) = limit.slots();
+                    // A long window's quota may be spent ahead of its even pace.
+                    let (tat, tat_bulk) = (tat - limit.burst(), tat_bulk - limit.burst());
                     at = match lane {
                         // A real-time call may run up to three intervals ahead of the pace (a
                         // burst of four), so that neither bulk nor a short burst of real-time
@@ -600,10 +602,10 @@ mod tests {
 
     #[test]
     fn every_limit_must_allow_the_call() {
-        // 8/s from the first limit, 0.8 × 3600 / 3600 s = 0.8/s from the second.
+        // 8/s from the first limit, 0.8 × 60 / 60 s = 0.8/s from the second.
         let mut b = budget(vec![
             LimitConfig::new(100.0, Duration::from_secs(10)),
-            LimitConfig::new(3600.0, Duration::from_secs(3600)),
+            LimitConfig::new(60.0, Duration::from_secs(60)),
         ]);
         let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
         assert_eq!(
@@ -654,6 +656,61 @@ mod tests {
         let snap = b.snapshot(t(3.1));
         assert_eq!(snap.limits.len(), 1);
         assert_eq!(snap.limits[0].quota, 20.0);
+    }
+
+    /// Sends bulk calls one after another as early as the budget allows, each answered at
+    /// once, until `until`; gives the times they went.
+    fn flood(b: &mut Budget, n: usize, until: Timestamp) -> Vec<Timestamp> {
+        let mut sent = Vec::new();
+        let mut now = t(0.0);
+        let mut j = Jitter::new(1);
+        while sent.len() < n && now < until {
+            now = b.earliest(now, Lane::Bulk, 1.0);
+            let p = b.try_acquire(now, Lane::Bulk, 1.0).unwrap();
+            b.complete(
+                now,
+                p,
+                Outcome::Response {
+                    status: 200,
+                    signals: &ok(200),
+                },
+                &mut j,
+            );
+            sent.push(now);
+        }
+        sent
+    }
+
+    #[test]
+    fn a_long_window_is_a_quota_to_last_not_a_rate() {
+        // The Quickstart's limits: 200 calls go at the 10-s limit's 8/s, not the day's 2.3/s.
+        let mut b = budget(vec![
+            LimitConfig::new(100.0, Duration::from_secs(10)),
+            LimitConfig::new(250_000.0, Duration::from_secs(86_400)),
+        ]);
+        let sent = flood(&mut b, 200, t(3600.0));
+        let last = sent.last().unwrap().as_secs_f64();
+        assert!(
+            (24.0..=25.0).contains(&last),
+            "the 200th call went at {last} s"
+        );
+    }
+
+    #[test]
+    fn a_long_window_still_bounds_what_is_spent_in_it() {
+        // An hourly 1,000 alone, a backlog that never ends: a burst of a tenth of the target
+        // at first, then the even pace; over the hour at most 1.1 × 0.8 × 1,000.
+        let mut b = budget(vec![LimitConfig::new(1000.0, Duration::from_secs(3600))]);
+        let sent = flood(&mut b, 100_000, t(7200.0));
+        let first_hour = sent.iter().filter(|s| s.as_secs_f64() < 3600.0).count();
+        assert!(
+            (800..=880).contains(&first_hour),
+            "{first_hour} in the first hour"
+        );
+        let burst = sent.iter().filter(|s| s.as_secs_f64() < 1.0).count();
+        assert!((70..=90).contains(&burst), "{burst} at once");
+        let second_hour = sent.len() - first_hour;
+        assert!(second_hour <= 801, "{second_hour} in the second hour: the even pace");
     }
 
     #[test]

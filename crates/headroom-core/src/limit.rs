@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::clock::Timestamp;
 use crate::signals::{LimitSignal, Unit};
 
+/// A window at least this long is a quota rather than a rate (see [`Limit::burst`]).
+const LONG_WINDOW: Duration = Duration::from_secs(3600);
+
 /// How long a report without a reset time describes a limit whose window is not known.
 const MAX_REPORT_AGE: Duration = Duration::from_secs(60);
 
@@ -151,6 +154,21 @@ impl Limit {
         }
         if let Some(bulk_gap) = bulk_gap {
             self.tat_bulk = self.tat_bulk.max(now) + bulk_gap;
+        }
+    }
+
+    /// How far ahead of its pace this limit lets calls run. A long window (an hour or more:
+    /// hourly, daily, monthly quotas) is a quota to last until its reset, not a rate: paced
+    /// evenly, a daily 250,000 held every call to 2.3/s beside a 100-per-10-s limit that
+    /// allows 8/s, and refused floods that left the day's quota almost untouched. It may run
+    /// a tenth of its window ahead (a burst of a tenth of its target), so it slows calls only
+    /// when they keep spending faster than what remains can last; over any window it still
+    /// sends at most `1.1 × headroom` of the quota (88 % at the default headroom), and with a
+    /// fresh report never more than what remains above the reserve.
+    pub(crate) fn burst(&self) -> Duration {
+        match self.window {
+            Some(w) if w >= LONG_WINDOW => w / 10,
+            _ => Duration::ZERO,
         }
     }
 
