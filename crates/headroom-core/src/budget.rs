@@ -710,7 +710,10 @@ mod tests {
         let burst = sent.iter().filter(|s| s.as_secs_f64() < 1.0).count();
         assert!((70..=90).contains(&burst), "{burst} at once");
         let second_hour = sent.len() - first_hour;
-        assert!(second_hour <= 801, "{second_hour} in the second hour: the even pace");
+        assert!(
+            second_hour <= 801,
+            "{second_hour} in the second hour: the even pace"
+        );
     }
 
     #[test]

@@ -201,6 +201,15 @@ impl Scenario {
             s.quota_change = Some((20, quota / 2));
             out.push(s);
         }
+        // Only Retry-After on a 429, no limit in the config: nothing to learn the quota from
+        // but the throttles themselves (a known gap: see BENCHMARKS §1).
+        let mut s = Scenario::new(
+            "fixed/retry-after, unconfigured",
+            Model::FixedWindow,
+            Dialect::RetryAfter,
+        );
+        s.configured = false;
+        out.push(s);
         // 20 per 2 s learned from headers, real-time calls only (the proxy's default lane).
         let mut s = Scenario::new(
             "fixed/x-ratelimit-delta, unconfigured, 20 per 2 s, real-time only",
@@ -377,6 +386,8 @@ pub fn run(s: &Scenario) -> Report {
         let next_event = events.peek().map(|Reverse((t, _))| *t);
         let next_wake = governor.next_wakeup();
         let t = match (next_event, next_wake) {
+            // Grants made at once (by the first submissions) go out before anything else.
+            _ if !decisions.is_empty() => now,
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
             (None, Some(b)) => b,
