@@ -128,6 +128,9 @@ impl AnyStore {
     pub async fn list_credentials(&self, tenant: &str) -> crate::Result<Vec<CredentialInfo>> {
         self.db().list_credentials(tenant).await
     }
+    pub async fn credential_holders(&self) -> crate::Result<Vec<(String, String)>> {
+        self.db().credential_holders().await
+    }
     pub async fn count_credentials(&self) -> crate::Result<i64> {
         self.db().count_credentials().await
     }

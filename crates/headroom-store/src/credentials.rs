@@ -95,6 +95,18 @@ impl Db<'_> {
             .collect()
     }
 
+    /// Every (tenant, upstream) that holds a credential: names only, no secret.
+    pub(crate) async fn credential_holders(self) -> crate::Result<Vec<(String, String)>> {
+        let rows = self
+            .pool()
+            .fetch_all(&Sql::new("SELECT tenant, upstream FROM credentials"))
+            .await
+            .context("cannot list who holds credentials")?;
+        rows.iter()
+            .map(|r| Ok((r.col("tenant")?, r.col("upstream")?)))
+            .collect()
+    }
+
     pub(crate) async fn count_credentials(self) -> crate::Result<i64> {
         let row = self
             .pool()

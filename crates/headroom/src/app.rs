@@ -147,7 +147,12 @@ impl AppState {
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     match app.upgrade() {
-                        Some(app) => app.credentials.forget_cached(),
+                        Some(app) => {
+                            app.credentials.forget_cached();
+                            if let Err(e) = app.credentials.reload_holders().await {
+                                tracing::warn!(error = format!("{e:#}"), "cannot read who holds credentials; every tenant's credential is read from the store until the next try");
+                            }
+                        }
                         None => return,
                     }
                 }

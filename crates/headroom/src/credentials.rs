@@ -14,7 +14,7 @@
 //!
 //! No credential value is ever logged, returned by the API, or printed by `Debug`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -233,6 +233,21 @@ impl Cache {
     }
 }
 
+/// Which tenants hold a credential for which upstreams (names only), so that a call for a
+/// tenant with none — most of them, when a team sends calls for 100,000 customers — is
+/// answered without a store read. Unset (every miss reads the store) above `MAX_INDEXED`
+/// credentials, or after a reload failed.
+#[derive(Default)]
+struct Holders {
+    /// Changes on every write, so that a reload that raced with one is dropped.
+    generation: u64,
+    /// tenant → upstreams.
+    pairs: Option<HashMap<String, HashSet<String>>>,
+}
+
+/// The most credentials whose holders are kept in memory (about 100 bytes each).
+const MAX_INDEXED: i64 = 1_000_000;
+
 /// Scoped API tokens known to be valid, by SHA-256.
 #[derive(Default)]
 struct TokenCache {
@@ -245,6 +260,7 @@ pub struct Credentials {
     cipher: XChaCha20Poly1305,
     key_source: KeySource,
     cache: RwLock<Cache>,
+    holders: RwLock<Holders>,
     tokens: RwLock<TokenCache>,
 }
 
@@ -327,9 +343,11 @@ impl Credentials {
             cipher: XChaCha20Poly1305::new((&key.0).into()),
             key_source,
             cache: RwLock::new(Cache::default()),
+            holders: RwLock::new(Holders::default()),
             tokens: RwLock::new(TokenCache::default()),
         };
         credentials.check_key().await?;
+        credentials.reload_holders().await?;
         Ok(credentials)
     }
 
@@ -445,6 +463,14 @@ impl Credentials {
             }
             cache.generation
         };
+        {
+            let holders = self.holders.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(pairs) = &holders.pairs {
+                if !pairs.get(tenant).is_some_and(|u| u.contains(upstream)) {
+                    return Ok(None);
+                }
+            }
+        }
         let value = match self.store.get_credential(tenant, upstream).await? {
             Some(sealed) => Some(self.unseal(tenant, upstream, &sealed)?),
             None => None,
@@ -461,10 +487,60 @@ impl Credentials {
     pub async fn set(&self, tenant: &str, upstream: &str, credential: &str) -> anyhow::Result<()> {
         let sealed = self.seal(tenant, upstream, credential)?;
         self.store.put_credential(tenant, upstream, &sealed).await?;
+        self.note_holder(tenant, upstream, true);
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.generation += 1;
         cache.set(tenant, upstream, Some(Arc::from(credential)));
         Ok(())
+    }
+
+    /// Reads again which tenants hold credentials (another node may have written some). On a
+    /// failure, or above `MAX_INDEXED`, every miss reads the store until the next reload.
+    pub async fn reload_holders(&self) -> anyhow::Result<()> {
+        let generation = self
+            .holders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        let read = async {
+            if self.store.count_credentials().await? > MAX_INDEXED {
+                return Ok(None);
+            }
+            let mut pairs: HashMap<String, HashSet<String>> = HashMap::new();
+            for (tenant, upstream) in self.store.credential_holders().await? {
+                pairs.entry(tenant).or_default().insert(upstream);
+            }
+            Ok::<_, headroom_store::StoreError>(Some(pairs))
+        };
+        let result = read.await;
+        let mut holders = self.holders.write().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(pairs) if holders.generation == generation => holders.pairs = pairs,
+            Ok(_) => {} // a write came in between: the next reload sees it
+            Err(e) => {
+                holders.pairs = None;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn note_holder(&self, tenant: &str, upstream: &str, holds: bool) {
+        let mut holders = self.holders.write().unwrap_or_else(|e| e.into_inner());
+        holders.generation += 1;
+        if let Some(pairs) = &mut holders.pairs {
+            if holds {
+                pairs
+                    .entry(tenant.to_string())
+                    .or_default()
+                    .insert(upstream.to_string());
+            } else if let Some(upstreams) = pairs.get_mut(tenant) {
+                upstreams.remove(upstream);
+                if upstreams.is_empty() {
+                    pairs.remove(tenant);
+                }
+            }
+        }
     }
 
     /// Forgets every cached credential and token. On a store shared by several nodes, a
@@ -484,6 +560,7 @@ impl Credentials {
     /// Deletes the credential of (tenant, upstream); false if there was none.
     pub async fn remove(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
         let removed = self.store.delete_credential(tenant, upstream).await?;
+        self.note_holder(tenant, upstream, false);
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.generation += 1;
         cache.set(tenant, upstream, None);
@@ -732,16 +809,19 @@ mod tests {
             .unwrap();
         assert_eq!(sealed.nonce.len(), 24);
         assert!(!sealed.ciphertext.windows(11).any(|w| w == b"sk_live_abc"));
-        // The same ciphertext under another tenant (or upstream) does not open.
+        // The same ciphertext under another tenant (or upstream) does not open (written
+        // behind `Credentials`' back, as another node would, and seen after a reload).
         c.store
             .put_credential("globex", "crm", &sealed)
             .await
             .unwrap();
+        c.reload_holders().await.unwrap();
         assert!(c.get("globex", "crm").await.is_err());
         c.store
             .put_credential("acme", "erp", &sealed)
             .await
             .unwrap();
+        c.reload_holders().await.unwrap();
         assert!(c.get("acme", "erp").await.is_err());
         // A fresh nonce per write.
         c.set("acme", "crm", "sk_live_abc").await.unwrap();
@@ -753,6 +833,39 @@ mod tests {
             .unwrap();
         assert_ne!(again.nonce, sealed.nonce);
         assert!(!format!("{c:?}").contains("sk_live"));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_without_a_credential_is_answered_from_memory() {
+        let c = memory(Some(HEX_KEY)).await;
+        c.set("acme", "crm", "sk_live_abc").await.unwrap();
+        let sealed = c
+            .store
+            .get_credential("acme", "crm")
+            .await
+            .unwrap()
+            .unwrap();
+        // Written behind `Credentials`' back (as another node would): the index of holders
+        // says globex has none, so no store read finds it…
+        c.store
+            .put_credential("globex", "erp", &sealed)
+            .await
+            .unwrap();
+        assert_eq!(c.get("globex", "erp").await.unwrap(), None);
+        // …until the holders are read again (every 5 s on a shared store). The row then
+        // does not open: it was sealed for acme/crm.
+        c.reload_holders().await.unwrap();
+        assert!(c.get("globex", "erp").await.is_err());
+        // Writes and deletes through `Credentials` keep the index right at once.
+        c.set("initech", "crm", "k").await.unwrap();
+        assert_eq!(c.get("initech", "crm").await.unwrap().as_deref(), Some("k"));
+        c.remove("initech", "crm").await.unwrap();
+        assert_eq!(c.get("initech", "crm").await.unwrap(), None);
+        c.set("initech", "crm", "k2").await.unwrap();
+        assert_eq!(
+            c.get("initech", "crm").await.unwrap().as_deref(),
+            Some("k2")
+        );
     }
 
     #[tokio::test]
