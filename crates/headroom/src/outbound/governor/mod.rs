@@ -445,25 +445,37 @@ impl SharedGovernor {
     }
 
     /// Every budget, for `/v1/budgets`.
+    /// Taken a chunk of budgets at a time, the lock let go in between: the observer samples
+    /// every budget each second, and with 100,000 tenants one pass under the lock held every
+    /// call for tens of milliseconds (the p99 of a proxied call at one connection was 42 ms).
     pub fn snapshot(&self) -> Vec<BudgetView> {
-        let now = self.now();
-        let inner = self.lock();
-        inner
-            .governor
-            .iter()
-            .map(|(key, budget)| {
+        let keys: Vec<BudgetKey> = {
+            let inner = self.lock();
+            inner.governor.iter().map(|(key, _)| key.clone()).collect()
+        };
+        let mut views = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(SNAPSHOT_CHUNK) {
+            let now = self.now();
+            let inner = self.lock();
+            // A budget evicted since the keys were taken is left out.
+            views.extend(chunk.iter().filter_map(|key| {
+                let budget = inner.governor.budget(key)?;
                 let (queued_realtime, queued_bulk) = inner.governor.queued(key);
-                BudgetView {
+                Some(BudgetView {
                     upstream_index: key.0,
                     key: key.1.to_string(),
                     budget: budget.snapshot(now),
                     queued_realtime,
                     queued_bulk,
-                }
-            })
-            .collect()
+                })
+            }));
+        }
+        views
     }
 }
+
+/// How many budgets a snapshot reads under one hold of the lock.
+const SNAPSHOT_CHUNK: usize = 512;
 
 #[cfg(test)]
 mod tests {
