@@ -239,7 +239,13 @@ impl Limit {
                 shape.longest_ms = shape.longest_ms.max(r_ms);
             }
         }
-        let mut reset_at = sig.reset_in.filter(|r| !coarse(r)).map(|r| now + r);
+        // A window resets within its length: a reset beyond it (an API's bug, or a hostile
+        // one) would block a known limit until then, where a pause is capped by max_pause.
+        let within_window = |r: Duration| self.window.map_or(r, |w| r.min(w));
+        let mut reset_at = sig
+            .reset_in
+            .filter(|r| !coarse(r))
+            .map(|r| now + within_window(r));
         let newer = match self.report {
             None => true,
             Some(old) => {
@@ -467,6 +473,15 @@ mod tests {
         assert_eq!(l.pace(t(5.0), 0.8, 41.0, 1.0, 0.0), Pace::Blocked(t(10.0)));
         // After the reset the report is stale and the even pace returns.
         assert_eq!(l.pace(t(10.0), 0.8, 41.0, 1.0, 0.0), Pace::Rate(8.0));
+    }
+
+    #[test]
+    fn a_reset_beyond_the_window_is_cut_to_it() {
+        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        // "Nothing left until next year" from a 10-s limit: blocked for one window at most.
+        l.observe(t(1.0), &report(0.0, Some(3.0e7)), 1, 1.0);
+        assert_eq!(l.pace(t(1.0), 0.8, 1.0, 1.0, 0.0), Pace::Blocked(t(11.0)));
+        assert_eq!(l.pace(t(11.0), 0.8, 1.0, 1.0, 0.0), Pace::Rate(8.0));
     }
 
     #[test]
