@@ -325,7 +325,8 @@ impl Budget {
                 Pace::Rate(rate) => {
                     let (tat, tat_bulk) = limit.slots();
                     // A long window's quota may be spent ahead of its even pace.
-                    let (tat, tat_bulk) = (tat - limit.burst(), tat_bulk - limit.burst());
+                    let burst = limit.burst();
+                    let (tat, tat_bulk) = (tat - burst, tat_bulk - burst);
                     at = match lane {
                         // A real-time call may run up to three intervals ahead of the pace (a
                         // burst of four), so that neither bulk nor a short burst of real-time

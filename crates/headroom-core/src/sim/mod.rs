@@ -334,7 +334,10 @@ pub fn run(s: &Scenario) -> Report {
         utilisation_after_change: None,
         max_sent_after_change: None,
     };
-    let change_at = s.quota_change.map(|(w, q)| (window_f(s, w), q));
+    // (start of the window in seconds, new quota)
+    let change_at = s
+        .quota_change
+        .map(|(w, q)| (s.window.as_secs_f64() * w as f64, q));
     let mut changed = false;
     let mut accepted_after_change = 0u64;
     let mut max_after_change = 0u64;
@@ -397,9 +400,7 @@ pub fn run(s: &Scenario) -> Report {
             break;
         }
         now = t;
-        if let Some((at, quota)) = change_at.filter(|(at, _)| !changed && now.as_secs_f64() >= *at)
-        {
-            let _ = at;
+        if let Some((_, quota)) = change_at.filter(|(at, _)| !changed && now.as_secs_f64() >= *at) {
             upstream.set_quota(quota);
             changed = true;
         }
@@ -462,30 +463,26 @@ pub fn run(s: &Scenario) -> Report {
                 Event::Arrive(token) => {
                     report.calls += 1;
                     // Headroom's own sends per window, the way the upstream counts windows.
-                    match s.model {
+                    let in_window = match s.model {
                         Model::FixedWindow => {
                             let index = (secs / window_s).floor() as u64;
                             if index != sent_fixed.0 {
                                 sent_fixed = (index, 0);
                             }
                             sent_fixed.1 += 1;
-                            report.max_sent_per_window =
-                                report.max_sent_per_window.max(sent_fixed.1);
-                            if changed {
-                                max_after_change = max_after_change.max(sent_fixed.1);
-                            }
+                            sent_fixed.1
                         }
                         _ => {
                             sent_log.push_back(secs);
                             while sent_log.front().is_some_and(|t| *t <= secs - window_s) {
                                 sent_log.pop_front();
                             }
-                            report.max_sent_per_window =
-                                report.max_sent_per_window.max(sent_log.len() as u64);
-                            if changed {
-                                max_after_change = max_after_change.max(sent_log.len() as u64);
-                            }
+                            sent_log.len() as u64
                         }
+                    };
+                    report.max_sent_per_window = report.max_sent_per_window.max(in_window);
+                    if changed {
+                        max_after_change = max_after_change.max(in_window);
                     }
                     let accepted = upstream.call(secs);
                     let call = calls.get_mut(&token).expect("call exists");
@@ -568,11 +565,6 @@ pub fn run(s: &Scenario) -> Report {
         report.max_sent_after_change = Some(max_after_change);
     }
     report
-}
-
-/// The start of window `index`, in seconds.
-fn window_f(s: &Scenario, index: u32) -> f64 {
-    s.window.as_secs_f64() * index as f64
 }
 
 #[allow(clippy::too_many_arguments)]

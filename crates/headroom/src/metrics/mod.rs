@@ -74,6 +74,24 @@ impl UpstreamSeries {
     }
 }
 
+/// Applies `f` to a series: through its handle when there is one (made from the family on
+/// first use), else looked up in the family by its labels.
+fn with_series<L, M, C>(
+    handle: Option<&OnceLock<M>>,
+    family: &Family<L, M, C>,
+    labels: impl FnOnce() -> L,
+    f: impl FnOnce(&M),
+) where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    match handle {
+        Some(handle) => f(handle.get_or_init(|| family.get_or_create(&labels()).clone())),
+        None => f(&family.get_or_create(&labels())),
+    }
+}
+
 fn lane_slot(lane: &str) -> usize {
     usize::from(lane == "bulk")
 }
@@ -167,58 +185,47 @@ impl Metrics {
     /// Counts a proxied call of `upstream` in `lane` (`realtime` or `bulk`) by `outcome`
     /// (`forwarded`, `refused`, `error` or `invalid`).
     pub fn proxy_request(&self, upstream: &Upstream, lane: &'static str, outcome: &'static str) {
+        let slot = match outcome {
+            "forwarded" => Some(0),
+            "refused" => Some(1),
+            "error" => Some(2),
+            "invalid" => Some(3),
+            _ => None,
+        };
+        let handle =
+            slot.and_then(|o| Some(&self.series_of(upstream)?.requests[lane_slot(lane)][o]));
         let labels = || RequestLabels {
             upstream: upstream.name.clone(),
             lane,
             outcome,
         };
-        let slot = match outcome {
-            "forwarded" => 0,
-            "refused" => 1,
-            "error" => 2,
-            "invalid" => 3,
-            _ => {
-                self.requests.get_or_create(&labels()).inc();
-                return;
-            }
-        };
-        match self.series_of(upstream) {
-            Some(s) => s.requests[lane_slot(lane)][slot]
-                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
-                .inc(),
-            None => self.requests.get_or_create(&labels()).inc(),
-        };
+        with_series(handle, &self.requests, labels, |c| {
+            c.inc();
+        });
     }
 
     /// Counts an upstream's answer by status.
     pub fn upstream_response(&self, upstream: &Upstream, status: u16) {
+        let handle = self
+            .series_of(upstream)
+            .and_then(|s| s.responses.get(usize::from(status).checked_sub(100)?));
         let labels = || ResponseLabels {
             upstream: upstream.name.clone(),
             status,
         };
-        let slot = self
-            .series_of(upstream)
-            .and_then(|s| s.responses.get(usize::from(status).checked_sub(100)?));
-        match slot {
-            Some(slot) => slot
-                .get_or_init(|| self.upstream_responses.get_or_create(&labels()).clone())
-                .inc(),
-            None => self.upstream_responses.get_or_create(&labels()).inc(),
-        };
+        with_series(handle, &self.upstream_responses, labels, |c| {
+            c.inc();
+        });
     }
 
     /// Records how long a proxied call of `upstream` in `lane` waited in Headroom.
     pub fn proxy_wait(&self, upstream: &Upstream, lane: &'static str, seconds: f64) {
+        let handle = self.series_of(upstream).map(|s| &s.wait[lane_slot(lane)]);
         let labels = || LaneLabels {
             upstream: upstream.name.clone(),
             lane,
         };
-        match self.series_of(upstream) {
-            Some(s) => s.wait[lane_slot(lane)]
-                .get_or_init(|| self.wait_seconds.get_or_create(&labels()).clone())
-                .observe(seconds),
-            None => self.wait_seconds.get_or_create(&labels()).observe(seconds),
-        }
+        with_series(handle, &self.wait_seconds, labels, |h| h.observe(seconds));
     }
 
     fn series_of(&self, upstream: &Upstream) -> Option<&UpstreamSeries> {
