@@ -24,6 +24,9 @@ const DECREASE: f64 = 0.5;
 const REALTIME_BURST: f64 = 3.0;
 /// The pace never drops below this fraction of what the limits allow.
 const MIN_FACTOR: f64 = 0.05;
+/// The window of a limit learned from throttles is the pause asked, within these bounds.
+const MIN_LEARNED_WINDOW: Duration = Duration::from_secs(1);
+const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The priority of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -226,6 +229,9 @@ pub struct Budget {
     consecutive_throttles: u32,
     breaker: Breaker,
     last_active: Timestamp,
+    /// When the first call since the last throttle went, and the requests spent before it:
+    /// what an API that states no limit let through before it said no.
+    since_throttle: Option<(Timestamp, f64)>,
 }
 
 impl Budget {
@@ -245,6 +251,7 @@ impl Budget {
             consecutive_throttles: 0,
             breaker: Breaker::default(),
             last_active: Timestamp::ZERO,
+            since_throttle: None,
         }
     }
 
@@ -403,6 +410,9 @@ impl Budget {
             }
         }
         self.seq += 1;
+        if self.since_throttle.is_none() {
+            self.since_throttle = Some((now, self.spent.requests));
+        }
         self.spent.requests += 1.0;
         self.spent.points += cost;
         self.in_flight += 1;
@@ -440,8 +450,9 @@ impl Budget {
         match outcome {
             Outcome::Response { status, signals } => {
                 self.learn(now, &permit, signals);
+                self.limits.retain(|l| !l.outgrown(now));
                 if signals.throttled {
-                    reaction.paused_for = Some(self.throttled(now, signals, jitter));
+                    reaction.paused_for = Some(self.throttled(now, &permit, signals, jitter));
                 } else {
                     self.consecutive_throttles = 0;
                     if status >= 500 {
@@ -514,7 +525,13 @@ impl Budget {
     }
 
     /// Pauses the whole budget and slows its pace after a throttled response.
-    fn throttled(&mut self, now: Timestamp, signals: &Signals, jitter: &mut Jitter) -> Duration {
+    fn throttled(
+        &mut self,
+        now: Timestamp,
+        permit: &Permit,
+        signals: &Signals,
+        jitter: &mut Jitter,
+    ) -> Duration {
         let pause = signals
             .asked_wait()
             .unwrap_or_else(|| {
@@ -525,14 +542,56 @@ impl Budget {
             .min(self.config.max_pause);
         // Responses to calls already in flight report the same overload: slow down once per
         // pause, not once per response.
-        if now >= self.paused_until {
+        if now >= self.paused_until && !self.learn_from_throttle(permit, signals, pause) {
             self.factor = (self.factor(now) * DECREASE).max(MIN_FACTOR);
             self.factor_since = now;
         }
+        self.since_throttle = None;
         self.consecutive_throttles = self.consecutive_throttles.saturating_add(1);
         self.paused_until = self.paused_until.max(now + pause);
         // The budget's whole pause: an earlier answer may have asked for longer.
         self.paused_until.saturating_since(now)
+    }
+
+    /// An API that states no limit (a bare 429, or only Retry-After) still shows one by what
+    /// it let through: the calls that went before the throttled one since the last throttle,
+    /// over the time they took or the pause asked, whichever is longer (a fixed window's
+    /// Retry-After is the rest of its window). That becomes the budget's limit, so the calls
+    /// queued behind the pause go at what passed times the headroom instead of all at once
+    /// into the next throttle. It replaces the halving of the pace: it is the decrease.
+    fn learn_from_throttle(&mut self, permit: &Permit, signals: &Signals, pause: Duration) -> bool {
+        let paces = |unit: Unit| matches!(unit, Unit::Requests | Unit::Points);
+        if signals.limits.iter().any(|l| paces(l.unit))
+            || self
+                .limits
+                .iter()
+                .any(|l| l.paces() && !l.is_from_throttles())
+        {
+            return false;
+        }
+        let Some((from, spent_from)) = self.since_throttle else {
+            return false;
+        };
+        let taken = permit.spent_at.requests - 1.0 - spent_from;
+        if taken < 1.0 {
+            return false;
+        }
+        let window = pause.clamp(MIN_LEARNED_WINDOW, MAX_LEARNED_WINDOW);
+        let elapsed = permit.granted_at.saturating_since(from).max(window);
+        let mut quota = taken * window.as_secs_f64() / elapsed.as_secs_f64();
+        let earlier = self.limits.iter().position(Limit::is_from_throttles);
+        if let Some(rate) = earlier.and_then(|i| self.limits[i].rate_at(permit.granted_at)) {
+            // A throttle soon after a pause counts only the few calls since it, while the
+            // window also holds those before: fall at most by half per throttle.
+            quota = quota.max(DECREASE * rate * window.as_secs_f64());
+        }
+        let limit = Limit::from_throttle(permit.granted_at, quota, window);
+        match earlier {
+            Some(i) => self.limits[i] = limit,
+            None if self.limits.len() < MAX_LIMITS => self.limits.push(limit),
+            None => return false,
+        }
+        true
     }
 
     pub fn snapshot(&self, now: Timestamp) -> BudgetSnapshot {
@@ -992,5 +1051,106 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("limits[0].quota"));
+    }
+
+    /// A fixed window of 10 calls per 2 s that answers a 429 with only `Retry-After` (the rest
+    /// of its window, in whole seconds) and says nothing on a success. Sends bulk calls as
+    /// early as the budget allows, each answered at once, until `n` have passed; gives the
+    /// times of the throttled ones.
+    fn retry_after_only_api(b: &mut Budget, n: usize) -> Vec<Timestamp> {
+        let mut throttled = Vec::new();
+        let (mut now, mut passed) = (t(0.0), 0);
+        let (mut window, mut in_window) = (0u64, 0);
+        let mut j = Jitter::new(1);
+        while passed < n {
+            now = b.earliest(now, Lane::Bulk, 1.0);
+            let p = b.try_acquire(now, Lane::Bulk, 1.0).unwrap();
+            let w = (now.as_secs_f64() / 2.0) as u64;
+            if w != window {
+                (window, in_window) = (w, 0);
+            }
+            let signals = if in_window >= 10 {
+                throttled.push(now);
+                let reset = (w + 1) as f64 * 2.0 - now.as_secs_f64();
+                Signals {
+                    throttled: true,
+                    retry_after: Some(Duration::from_secs(reset.ceil() as u64)),
+                    ..Signals::default()
+                }
+            } else {
+                in_window += 1;
+                passed += 1;
+                Signals::default()
+            };
+            let status = if signals.throttled { 429 } else { 200 };
+            let outcome = Outcome::Response {
+                status,
+                signals: &signals,
+            };
+            b.complete(now, p, outcome, &mut j);
+        }
+        throttled
+    }
+
+    #[test]
+    fn an_api_that_states_no_limit_is_paced_at_what_it_let_through() {
+        let mut b = budget(Vec::new());
+        let throttled = retry_after_only_api(&mut b, 60);
+        // The first burst meets the limit once; after it, the budget goes at 0.8 × 10 per 2 s
+        // (learned from the ten that passed), not at the whole queue after every pause.
+        assert_eq!(throttled, vec![t(0.0)]);
+        let snap = b.snapshot(t(20.0));
+        assert_eq!(snap.limits.len(), 1, "{:?}", snap.limits);
+        assert_eq!(snap.limits[0].source, "throttles");
+        assert_eq!(snap.limits[0].window_s, Some(2.0));
+        // The learned limit replaces the halving of the pace.
+        assert_eq!(snap.pace_factor, 1.0);
+    }
+
+    #[test]
+    fn a_limit_learned_from_throttles_grows_back_and_is_forgotten() {
+        let mut b = budget(Vec::new());
+        retry_after_only_api(&mut b, 20);
+        let quota = |b: &Budget, at: f64| b.snapshot(t(at)).limits.first().map(|l| l.quota);
+        assert_eq!(quota(&b, 0.0), Some(10.0));
+        assert_eq!(quota(&b, 60.0), Some(11.0));
+        // Doubled after ten minutes without a throttle: the next answer forgets it.
+        let p = b.try_acquire(t(600.0), Lane::Bulk, 1.0).unwrap();
+        let signals = Signals::default();
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        b.complete(t(600.0), p, ok, &mut Jitter::new(1));
+        assert_eq!(quota(&b, 600.0), None);
+    }
+
+    #[test]
+    fn a_throttle_beside_a_stated_limit_teaches_no_new_one() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        let p2 = b.try_acquire(t(0.2), Lane::Bulk, 1.0).unwrap();
+        b.complete(
+            t(0.2),
+            p,
+            Outcome::Response {
+                status: 200,
+                signals: &ok(200),
+            },
+            &mut Jitter::new(1),
+        );
+        b.complete(
+            t(0.3),
+            p2,
+            Outcome::Response {
+                status: 429,
+                signals: &ok(429),
+            },
+            &mut Jitter::new(1),
+        );
+        let snap = b.snapshot(t(0.3));
+        assert_eq!(snap.limits.len(), 1);
+        assert_eq!(snap.limits[0].source, "config");
+        assert_eq!(snap.pace_factor, 0.5);
     }
 }

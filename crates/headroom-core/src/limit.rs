@@ -20,6 +20,12 @@ const LONG_WINDOW: Duration = Duration::from_secs(3600);
 /// How long a report without a reset time describes a limit whose window is not known.
 const MAX_REPORT_AGE: Duration = Duration::from_secs(60);
 
+/// A limit learned from throttled answers alone grows by this fraction of its quota…
+const THROTTLE_GROWTH: f64 = 0.1;
+/// …every this long without another throttle, and is forgotten once it has doubled: the API
+/// may have raised its limit, and the next throttle teaches it again.
+const THROTTLE_GROWTH_PERIOD: Duration = Duration::from_secs(60);
+
 /// A limit as configured: `quota` units per `window`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitConfig {
@@ -86,6 +92,9 @@ pub(crate) struct Limit {
     last_sent: Timestamp,
     /// Whether the resets look like a sliding window's (see `observe`).
     resets: ResetShape,
+    /// When the limit was learned from a throttled answer that said nothing of the limit (see
+    /// [`Limit::from_throttle`]); `None` for limits from config or headers.
+    throttled_at: Option<Timestamp>,
 }
 
 /// The longest reset reported over each span of one window: a fixed window reports resets
@@ -112,6 +121,7 @@ impl Limit {
             tat_bulk: Timestamp::ZERO,
             last_sent: Timestamp::ZERO,
             resets: ResetShape::default(),
+            throttled_at: None,
         }
     }
 
@@ -128,7 +138,57 @@ impl Limit {
             tat_bulk: Timestamp::ZERO,
             last_sent: Timestamp::ZERO,
             resets: ResetShape::default(),
+            throttled_at: None,
         })
+    }
+
+    /// A limit an API never stated, learned from its throttles: `quota` calls per `window`
+    /// is what it let through before it said no. It grows back slowly (see
+    /// [`Limit::quota_at`]), so a limit that was raised is found again.
+    pub(crate) fn from_throttle(now: Timestamp, quota: f64, window: Duration) -> Self {
+        Limit {
+            throttled_at: Some(now),
+            ..Limit::learned(&LimitSignal {
+                quota: Some(quota.max(1.0)),
+                window: Some(window),
+                ..LimitSignal::default()
+            })
+            .expect("a positive quota makes a limit")
+        }
+    }
+
+    /// Whether this limit was learned from throttles alone.
+    pub(crate) fn is_from_throttles(&self) -> bool {
+        self.throttled_at.is_some()
+    }
+
+    /// A limit learned from throttles that has grown back to twice what it was, without
+    /// another throttle, says nothing any more.
+    pub(crate) fn outgrown(&self, now: Timestamp) -> bool {
+        self.throttled_at.is_some_and(|at| {
+            let periods =
+                now.saturating_since(at).as_secs_f64() / THROTTLE_GROWTH_PERIOD.as_secs_f64();
+            periods * THROTTLE_GROWTH >= 1.0
+        })
+    }
+
+    /// The quota per second now, when the window is known.
+    pub(crate) fn rate_at(&self, now: Timestamp) -> Option<f64> {
+        self.window
+            .map(|w| self.quota_at(now) / w.as_secs_f64().max(1e-3))
+    }
+
+    /// The quota now: as stated, or, for a limit learned from throttles, grown by
+    /// `THROTTLE_GROWTH` of it per `THROTTLE_GROWTH_PERIOD` since.
+    fn quota_at(&self, now: Timestamp) -> f64 {
+        match self.throttled_at {
+            None => self.quota,
+            Some(at) => {
+                let periods =
+                    now.saturating_since(at).as_secs_f64() / THROTTLE_GROWTH_PERIOD.as_secs_f64();
+                self.quota * (1.0 + THROTTLE_GROWTH * periods).min(2.0)
+            }
+        }
     }
 
     pub(crate) fn unit(&self) -> Unit {
@@ -310,15 +370,16 @@ impl Limit {
         if !self.paces() {
             return Pace::Unpaced;
         }
+        let quota = self.quota_at(now);
         let nominal = self
             .window
-            .map(|w| headroom * self.quota / w.as_secs_f64().max(1e-3));
+            .map(|w| headroom * quota / w.as_secs_f64().max(1e-3));
         let Some(report) = self.fresh_report(now) else {
             return nominal.map_or(Pace::Unpaced, Pace::Rate);
         };
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
-        let reserve = (1.0 - headroom) * self.quota;
+        let reserve = (1.0 - headroom) * quota;
         // Only the fraction itself, rounded down by the calls' cost: a floor of one call's
         // worth spent a whole call of a small quota's margin (17 of 20 at headroom 0.8).
         let usable = margin * reserve;
@@ -370,11 +431,13 @@ impl Limit {
         };
         LimitSnapshot {
             name: self.name.as_deref().map(str::to_string),
-            quota: self.quota,
+            quota: self.quota_at(now),
             window_s: self.window.map(|w| w.as_secs_f64()),
             unit: self.unit,
             source: if self.ceiling.is_some() {
                 "config"
+            } else if self.throttled_at.is_some() {
+                "throttles"
             } else {
                 "headers"
             },
@@ -394,7 +457,8 @@ pub struct LimitSnapshot {
     pub quota: f64,
     pub window_s: Option<f64>,
     pub unit: Unit,
-    /// `config` or `headers`.
+    /// `config`, `headers` or `throttles` (learned from what passed before a throttled
+    /// answer that stated no limit).
     pub source: &'static str,
     /// The remaining count estimated from the last report, when one is fresh.
     pub remaining: Option<f64>,

@@ -201,15 +201,34 @@ impl Scenario {
             s.quota_change = Some((20, quota / 2));
             out.push(s);
         }
-        // Only Retry-After on a 429, no limit in the config: nothing to learn the quota from
-        // but the throttles themselves (a known gap: see BENCHMARKS §1).
-        let mut s = Scenario::new(
-            "fixed/retry-after, unconfigured",
-            Model::FixedWindow,
-            Dialect::RetryAfter,
-        );
-        s.configured = false;
-        out.push(s);
+        // Only Retry-After on a 429 (or nothing at all), no limit in the config: nothing to
+        // learn the quota from but the throttles themselves.
+        for (name, model, dialect) in [
+            (
+                "fixed/retry-after, unconfigured",
+                Model::FixedWindow,
+                Dialect::RetryAfter,
+            ),
+            (
+                "fixed/bare, unconfigured",
+                Model::FixedWindow,
+                Dialect::Bare,
+            ),
+            (
+                "sliding/retry-after, unconfigured",
+                Model::SlidingWindow,
+                Dialect::RetryAfter,
+            ),
+            (
+                "leaky/retry-after, unconfigured",
+                Model::LeakyBucket,
+                Dialect::RetryAfter,
+            ),
+        ] {
+            let mut s = Scenario::new(name, model, dialect);
+            s.configured = false;
+            out.push(s);
+        }
         // 20 per 2 s learned from headers, real-time calls only (the proxy's default lane).
         let mut s = Scenario::new(
             "fixed/x-ratelimit-delta, unconfigured, 20 per 2 s, real-time only",
