@@ -190,6 +190,20 @@ pub struct Reaction {
     pub paused_for: Option<Duration>,
     /// The breaker changed state to this.
     pub breaker: Option<BreakerState>,
+    /// The budget's tightest limit after the answer, as the caller may spend it.
+    pub allowance: Option<Allowance>,
+}
+
+/// The tightest of a budget's limits as a caller sees it, for the IETF `RateLimit-Policy`
+/// and `RateLimit` fields: `headroom` of the quota (what Headroom aims to spend, not the
+/// API's whole quota) and what remains of that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Allowance {
+    pub quota: u64,
+    pub window_s: Option<u64>,
+    /// Known while a report from the API is fresh, or (0) while the budget is paused.
+    pub remaining: Option<u64>,
+    pub reset_s: Option<u64>,
 }
 
 /// Total units sent, by unit kind; limits measure what was sent since a report against it.
@@ -473,7 +487,25 @@ impl Budget {
         if std::mem::discriminant(&breaker_before) != std::mem::discriminant(&breaker_after) {
             reaction.breaker = Some(breaker_after);
         }
+        reaction.allowance = self.allowance(now);
         reaction
+    }
+
+    /// The tightest limit as a caller may spend it (the least of its target left); while the
+    /// budget is paused, nothing remains until the pause ends.
+    pub fn allowance(&self, now: Timestamp) -> Option<Allowance> {
+        let headroom = self.config.headroom;
+        let (_, mut tightest) = self
+            .limits
+            .iter()
+            .filter_map(|l| l.allowance(now, headroom, self.spent.of(l.unit())))
+            .min_by(|a, b| a.0.total_cmp(&b.0))?;
+        if now < self.paused_until {
+            let pause = self.paused_until.saturating_since(now).as_secs_f64().ceil() as u64;
+            tightest.remaining = Some(0);
+            tightest.reset_s = Some(tightest.reset_s.map_or(pause, |r| r.max(pause)));
+        }
+        Some(tightest)
     }
 
     fn learn(&mut self, now: Timestamp, permit: &Permit, signals: &Signals) {
@@ -1152,5 +1184,9 @@ mod tests {
         assert_eq!(snap.limits.len(), 1);
         assert_eq!(snap.limits[0].source, "config");
         assert_eq!(snap.pace_factor, 0.5);
+        // While paused, a caller is told nothing remains until the pause ends.
+        let a = b.allowance(t(0.3)).unwrap();
+        assert_eq!((a.quota, a.window_s, a.remaining), (80, Some(10), Some(0)));
+        assert!(a.reset_s.is_some_and(|r| r >= 1), "{a:?}");
     }
 }

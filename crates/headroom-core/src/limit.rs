@@ -423,6 +423,34 @@ impl Limit {
         }
     }
 
+    /// This limit as a caller sees it: `headroom` of the quota, and what remains of that
+    /// while a report is fresh. With it, the share of that target still left (for picking
+    /// the tightest limit; 1 when nothing is known).
+    pub(crate) fn allowance(
+        &self,
+        now: Timestamp,
+        headroom: f64,
+        spent: f64,
+    ) -> Option<(f64, crate::budget::Allowance)> {
+        if !self.paces() {
+            return None;
+        }
+        let quota = self.quota_at(now);
+        let target = (headroom * quota).floor().max(1.0);
+        let remaining = self
+            .estimated_remaining(now, spent)
+            .map(|r| (r - (1.0 - headroom) * quota).clamp(0.0, target).floor());
+        let allowance = crate::budget::Allowance {
+            quota: target as u64,
+            window_s: self.window.map(|w| w.as_secs_f64().ceil() as u64),
+            remaining: remaining.map(|r| r as u64),
+            reset_s: self
+                .reset_at(now)
+                .map(|t| t.saturating_since(now).as_secs_f64().ceil() as u64),
+        };
+        Some((remaining.map_or(1.0, |r| r / target), allowance))
+    }
+
     pub(crate) fn snapshot(&self, now: Timestamp, headroom: f64, spent: f64) -> LimitSnapshot {
         let pace = match self.pace(now, headroom, spent, self.unit_cost(1.0), 0.0) {
             Pace::Rate(r) => Some(r),

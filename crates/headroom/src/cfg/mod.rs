@@ -329,6 +329,9 @@ pub struct Upstream {
     /// The header that carries a job's idempotency key on every attempt (e.g.
     /// `Idempotency-Key`), if the upstream takes one.
     pub idempotency_header: Option<http::HeaderName>,
+    /// Whether proxy answers carry the IETF `RateLimit-Policy` / `RateLimit` fields of the
+    /// budget the caller spends (in place of the upstream's own). On unless turned off.
+    pub ratelimit_headers: bool,
 }
 
 impl Config {
@@ -662,6 +665,7 @@ struct RawUpstream {
     timeout: Option<String>,
     idempotency_header: Option<String>,
     max_pause: Option<String>,
+    ratelimit_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1112,6 +1116,7 @@ impl RawUpstream {
             credential,
             timeout,
             idempotency_header,
+            ratelimit_headers: self.ratelimit_headers.unwrap_or(true),
         })
     }
 }

@@ -12,6 +12,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use headroom_core::backoff::Jitter;
+use headroom_core::budget::Allowance;
 use headroom_core::duration::{format_duration, parse_duration};
 use headroom_core::verdict::{verdict, Attempted, RetryReason, RetryRule, Verdict};
 use headroom_core::{Lane, RejectReason, Rejection};
@@ -440,7 +441,7 @@ async fn forward(
                 .then_some(deadline),
             read: Read::Inspect(MAX_INSPECTED_BODY),
         };
-        let (mut resp_parts, resp_body, inspected, signals, budget_pause) = match call
+        let (mut resp_parts, resp_body, inspected, signals, budget_pause, allowance) = match call
             .send(body, how)
             .await
         {
@@ -469,11 +470,12 @@ async fn forward(
                 signals,
                 budget_pause,
                 waited,
+                allowance,
                 ..
             } => {
                 journey.attempts = attempt;
                 journey.waited += waited;
-                (parts, body, inspected, signals, budget_pause)
+                (parts, body, inspected, signals, budget_pause, allowance)
             }
             Answer::Unreachable { reason, waited } => {
                 journey.attempts = attempt;
@@ -508,6 +510,9 @@ async fn forward(
         };
         let status = resp_parts.status.as_u16();
         strip_hop_by_hop(&mut resp_parts.headers);
+        if let Some(allowance) = allowance.filter(|_| upstream.ratelimit_headers) {
+            set_ratelimit_fields(&mut resp_parts.headers, &allowance);
+        }
         // Answer in the client's HTTP version, not the upstream's.
         resp_parts.version = parts.version;
         let response = Response::from_parts(resp_parts, resp_body);
@@ -565,6 +570,33 @@ async fn forward(
         .proxy_wait(upstream, lane_name, journey.waited.as_secs_f64());
     Ok(response)
 }
+
+/// Tells the caller the budget it spends in the IETF fields (draft-ietf-httpapi-ratelimit-
+/// headers), in place of the upstream's own: the API's whole quota is not what this caller
+/// may spend, and clients that read the fields back off by them.
+fn set_ratelimit_fields(headers: &mut HeaderMap, allowance: &Allowance) {
+    use std::fmt::Write;
+    let mut policy = format!("\"headroom\";q={}", allowance.quota);
+    if let Some(w) = allowance.window_s {
+        let _ = write!(policy, ";w={w}");
+    }
+    headers.remove(RATELIMIT);
+    let value = HeaderValue::try_from(policy).expect("digits and ASCII");
+    headers.insert(RATELIMIT_POLICY, value);
+    if let Some(r) = allowance.remaining {
+        let mut now = format!("\"headroom\";r={r}");
+        if let Some(t) = allowance.reset_s {
+            let _ = write!(now, ";t={t}");
+        }
+        headers.insert(
+            RATELIMIT,
+            HeaderValue::try_from(now).expect("digits and ASCII"),
+        );
+    }
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// Upstream, tenant and endpoint of a call, kept once it is retried.
 fn retry_trail(call: &Call<'_>) -> Box<(String, String, String)> {

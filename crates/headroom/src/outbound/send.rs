@@ -46,6 +46,8 @@ pub(crate) enum Answer {
         budget_pause: Duration,
         /// How long the call waited for its budget.
         waited: Duration,
+        /// The budget's tightest limit after the answer, as the caller may spend it.
+        allowance: Option<headroom_core::budget::Allowance>,
     },
     /// No answer (connection refused or reset, timeout); the reason says which.
     Unreachable { reason: String, waited: Duration },
@@ -169,6 +171,7 @@ pub(super) async fn send(
         signals,
         budget_pause: reaction.paused_for.unwrap_or_default(),
         waited,
+        allowance: reaction.allowance,
     }
 }
 

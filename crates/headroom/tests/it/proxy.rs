@@ -454,3 +454,48 @@ async fn callers_that_give_up_while_queued_leave_no_slot_taken() {
     assert_eq!(b["queued_realtime"], 0, "{b}");
     rig.shutdown().await;
 }
+
+/// Proxy answers carry the IETF fields of the budget the caller spends (Headroom's target of
+/// the quota and what remains of it), in place of the upstream's own; an upstream may turn
+/// them off and pass the API's fields through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_tell_the_caller_its_budget_in_the_ietf_fields() {
+    let rig = Rig::start(
+        mock(Profile::Ietf, 100, 10),
+        "limits = [{ quota = 100, window = \"10s\" }]",
+    )
+    .await;
+    let r = rig.get("/proxy/up/a", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // 0.8 × 100 per 10 s; the API said 99 left, of which 20 are the reserve.
+    assert_eq!(r.header("ratelimit-policy"), "\"headroom\";q=80;w=10");
+    let now = r.header("ratelimit");
+    assert!(now.starts_with("\"headroom\";r=79;t="), "{now}");
+    let t: u64 = now.rsplit("t=").next().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&t), "{now}");
+    rig.shutdown().await;
+
+    let rig = Rig::start(
+        mock(Profile::Ietf, 100, 10),
+        "limits = [{ quota = 100, window = \"10s\" }]\nratelimit_headers = false",
+    )
+    .await;
+    let r = rig.get("/proxy/up/a", &[]).await;
+    assert!(
+        r.header("ratelimit-policy").contains("q=100"),
+        "the API's own"
+    );
+    assert!(!r.header("ratelimit").contains("headroom"));
+    rig.shutdown().await;
+}
+
+/// Without any limit known (none configured, none in the headers) an answer says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlimited_budget_adds_no_ratelimit_fields() {
+    let rig = Rig::start(mock(Profile::Unlimited, 100, 10), "").await;
+    let r = rig.get("/proxy/up/a", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("ratelimit-policy"), "");
+    assert_eq!(r.header("ratelimit"), "");
+    rig.shutdown().await;
+}
