@@ -362,6 +362,28 @@ impl Budget {
         at
     }
 
+    /// When a long-window quota (an hour or more) that has nothing left for a call of `lane`
+    /// and `cost` resets: the latest such reset, if any.
+    pub fn exhausted_until(&self, now: Timestamp, lane: Lane, cost: f64) -> Option<Timestamp> {
+        self.limits
+            .iter()
+            .filter(|l| l.is_long())
+            .filter_map(|l| {
+                let spent = self.spent.of(l.unit());
+                match l.pace(
+                    now,
+                    self.config.headroom,
+                    spent,
+                    l.unit_cost(cost),
+                    self.margin(lane),
+                ) {
+                    Pace::Blocked(until) => Some(until),
+                    _ => None,
+                }
+            })
+            .max()
+    }
+
     /// The time between two calls of `cost` at the current pace, if the pace is bounded.
     pub fn interval(&self, now: Timestamp, lane: Lane, cost: f64) -> Option<Duration> {
         let share = self.lane_share(lane);

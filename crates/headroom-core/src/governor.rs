@@ -33,6 +33,10 @@ pub enum RejectReason {
     QueueFull,
     /// The budget's shared state (several nodes: Redis) cannot be reached.
     Unavailable,
+    /// A long-window quota (an hour or more: daily, monthly) has nothing left above its
+    /// reserve until its reset, beyond the max wait: not busy, spent; `retry_after` is the
+    /// reset.
+    QuotaExhausted,
 }
 
 /// A refusal, with when trying again makes sense.
@@ -243,10 +247,14 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
         let estimate = first + per_call.unwrap_or(Duration::ZERO).saturating_mul(ahead);
         if estimate > max_wait {
-            return Admission::Rejected(Rejection {
-                reason: RejectReason::WaitTooLong,
-                retry_after: estimate,
-            });
+            return Admission::Rejected(too_long(
+                &entry.budget,
+                now,
+                lane,
+                cost,
+                max_wait,
+                estimate,
+            ));
         }
         entry.lane(lane).push(
             party,
@@ -374,10 +382,17 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 Err(Wait::Until(at)) if at <= deadline => break,
                 Err(Wait::Concurrency) if now < deadline => break,
                 Err(Wait::Breaker(BreakerRefusal::Probing)) if now < deadline => break,
-                Err(Wait::Until(at)) => Rejection {
-                    reason: RejectReason::WaitTooLong,
-                    retry_after: at.saturating_since(now),
-                },
+                Err(Wait::Until(at)) => {
+                    let max_wait = deadline.saturating_since(now);
+                    too_long(
+                        &entry.budget,
+                        now,
+                        lane,
+                        cost,
+                        max_wait,
+                        at.saturating_since(now),
+                    )
+                }
                 Err(Wait::Concurrency) => Rejection {
                     reason: RejectReason::WaitTooLong,
                     retry_after: entry
@@ -432,6 +447,28 @@ fn breaker_rejection(now: Timestamp, refusal: BreakerRefusal) -> Rejection {
         retry_after: match refusal {
             BreakerRefusal::OpenUntil(until) => until.saturating_since(now),
             BreakerRefusal::Probing => Duration::from_secs(1),
+        },
+    }
+}
+
+/// A call that cannot go within `max_wait`: a spent long-window quota says so and when it
+/// resets; anything else is a wait too long, retried after `estimate`.
+fn too_long(
+    budget: &Budget,
+    now: Timestamp,
+    lane: Lane,
+    cost: f64,
+    max_wait: Duration,
+    estimate: Duration,
+) -> Rejection {
+    match budget.exhausted_until(now, lane, cost) {
+        Some(reset) if reset.saturating_since(now) > max_wait => Rejection {
+            reason: RejectReason::QuotaExhausted,
+            retry_after: reset.saturating_since(now),
+        },
+        _ => Rejection {
+            reason: RejectReason::WaitTooLong,
+            retry_after: estimate,
         },
     }
 }
@@ -724,5 +761,56 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_spent_long_quota_is_told_apart_from_a_long_wait() {
+        use crate::limit::LimitConfig;
+        use crate::signals::{LimitSignal, Signals};
+        let cfg = Arc::new(BudgetConfig {
+            limits: vec![
+                LimitConfig::new(10.0, Duration::from_secs(10)),
+                LimitConfig::new(1000.0, Duration::from_secs(86_400)),
+            ],
+            ..BudgetConfig::default()
+        });
+        let mut g: Governor<&str, u32> = Governor::new(1);
+        let now = Timestamp::ZERO;
+        let Admission::Granted(p) = g.request(now, &"a", &cfg, Lane::Bulk, 1.0, Duration::ZERO, 1)
+        else {
+            panic!("the first call goes");
+        };
+        // The day's quota: 150 left, below the reserve of 200, for five more hours.
+        let signals = Signals {
+            limits: vec![LimitSignal {
+                quota: Some(1000.0),
+                remaining: Some(150.0),
+                window: Some(Duration::from_secs(86_400)),
+                reset_in: Some(Duration::from_millis(18_000_500)),
+                ..LimitSignal::default()
+            }],
+            ..Signals::default()
+        };
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        let mut out = Vec::new();
+        g.complete(now, &"a", p, ok, &mut out);
+        match g.request(now, &"a", &cfg, Lane::Bulk, 1.0, Duration::from_secs(30), 2) {
+            Admission::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::QuotaExhausted);
+                assert_eq!(r.retry_after, Duration::from_millis(18_000_500));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A budget only busy at its 10-s pace is a wait too long, not a spent quota.
+        let mut g: Governor<&str, u32> = Governor::new(1);
+        let mut waiting = Vec::new();
+        for id in 0..20 {
+            waiting.push(g.request(now, &"b", &cfg, Lane::Bulk, 1.0, Duration::from_secs(5), id));
+        }
+        assert!(waiting.iter().any(|a| matches!(a,
+            Admission::Rejected(r) if r.reason == RejectReason::WaitTooLong)));
     }
 }

@@ -232,6 +232,11 @@ impl Limit {
         }
     }
 
+    /// Whether this is a quota to last (a window of an hour or more) rather than a rate.
+    pub(crate) fn is_long(&self) -> bool {
+        self.window.is_some_and(|w| w >= LONG_WINDOW)
+    }
+
     /// What one call of `cost` counts against this limit.
     pub(crate) fn unit_cost(&self, cost: f64) -> f64 {
         match self.unit {

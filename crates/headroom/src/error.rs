@@ -32,6 +32,14 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
+    /// A long-window quota (daily, monthly) is spent until `until` (RFC 3339): not busy, so
+    /// retrying soon cannot help. 429 with its own problem type and the reset.
+    #[error("{detail}")]
+    QuotaExhausted {
+        detail: String,
+        retry_after: Duration,
+        until: String,
+    },
     /// The upstream could not be reached.
     #[error("{detail}")]
     BadGateway { detail: String },
@@ -108,7 +116,7 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -118,6 +126,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { status, .. } => *status,
+            ApiError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Status { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,7 +143,13 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_s: Option<f64>,
+    /// With `QUOTA_EXHAUSTED`: when the quota resets (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exhausted_until: Option<&'a str>,
 }
+
+/// The problem type of a spent long-window quota (a tag URI: a name, not a page).
+pub const QUOTA_EXHAUSTED: &str = "tag:headroom,2026:quota-exhausted";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -147,11 +162,20 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let retry_after = match &self {
-            ApiError::Refused { retry_after, .. } => Some(*retry_after),
+            ApiError::Refused { retry_after, .. }
+            | ApiError::QuotaExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        let exhausted_until = match &self {
+            ApiError::QuotaExhausted { until, .. } => Some(until.as_str()),
             _ => None,
         };
         let problem = Problem {
-            kind: "about:blank",
+            kind: match exhausted_until {
+                Some(_) => QUOTA_EXHAUSTED,
+                None => "about:blank",
+            },
+            exhausted_until,
             title: status.canonical_reason().unwrap_or("error"),
             status: status.as_u16(),
             detail,

@@ -309,9 +309,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn refused(upstream: &Upstream, key: &str, max_wait: Duration, rejection: Rejection) -> ApiError {
+fn refused(
+    app: &AppState,
+    upstream: &Upstream,
+    key: &str,
+    max_wait: Duration,
+    rejection: Rejection,
+) -> ApiError {
     let retry = format!("{:.1}s", rejection.retry_after.as_secs_f64());
     match rejection.reason {
+        RejectReason::QuotaExhausted => {
+            let wait = i64::try_from(rejection.retry_after.as_millis()).unwrap_or(i64::MAX);
+            let until = crate::clock::rfc3339(app.clock.now_millis().saturating_add(wait));
+            ApiError::QuotaExhausted {
+                detail: format!(
+                    "upstream \"{}\" (budget {key}) has spent its long-window quota (daily, \
+                     monthly…): nothing is left above the reserve until it resets at {until}, \
+                     beyond this call's max wait of {}; send it as a job to have it wait for the \
+                     reset",
+                    upstream.name,
+                    format_duration(max_wait)
+                ),
+                retry_after: rejection.retry_after,
+                until,
+            }
+        }
         RejectReason::BreakerOpen => ApiError::Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             detail: format!(
@@ -452,11 +474,14 @@ async fn forward(
                 if rejection.reason == RejectReason::BreakerOpen {
                     tracing::warn!(upstream = %upstream.name, budget = %call.key.1, "breaker open: call refused");
                 }
-                let error = refused(upstream, &call.key.1, max_wait, rejection);
-                if let ApiError::Refused { status, .. } = &error {
+                let error = refused(app, upstream, &call.key.1, max_wait, rejection);
+                if matches!(
+                    error,
+                    ApiError::Refused { .. } | ApiError::QuotaExhausted { .. }
+                ) {
                     app.observe.refused(
                         &call.call(attempt, None),
-                        status.as_u16(),
+                        error.status().as_u16(),
                         rejection.retry_after,
                         outbound::refusal(&rejection),
                     );

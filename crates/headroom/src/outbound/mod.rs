@@ -185,6 +185,7 @@ pub(crate) fn refusal(rejection: &Rejection) -> &'static str {
         RejectReason::WaitTooLong | RejectReason::QueueFull => {
             "the budget has no room within the wait cap"
         }
+        RejectReason::QuotaExhausted => "a long-window quota is spent until its reset",
     }
 }
 

@@ -499,3 +499,34 @@ async fn an_unlimited_budget_adds_no_ratelimit_fields() {
     assert_eq!(r.header("ratelimit"), "");
     rig.shutdown().await;
 }
+
+/// A spent daily quota is not "busy, retry soon": the call is refused at once with its own
+/// problem type, the reset and an honest Retry-After, and never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_quota_says_until_when() {
+    let rig = Rig::start(
+        mock(Profile::Ietf, 3, 86_400),
+        "limits = [{ quota = 3, window = \"1d\" }]",
+    )
+    .await;
+    // 0.8 × 3 per day: two calls, then nothing is left above the reserve.
+    for _ in 0..2 {
+        assert_eq!(rig.get("/proxy/up/a", &[]).await.status, StatusCode::OK);
+    }
+    let r = rig.get("/proxy/up/a", &[("headroom-max-wait", "5s")]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.attempts(), 0);
+    let problem = r.problem();
+    assert_eq!(
+        problem["type"], "tag:headroom,2026:quota-exhausted",
+        "{problem}"
+    );
+    assert!(
+        problem["exhausted_until"].as_str().unwrap().ends_with('Z'),
+        "{problem}"
+    );
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((80_000..=86_400).contains(&retry), "Retry-After {retry}");
+    assert_eq!(rig.mock.stats().accepted, 2);
+    rig.shutdown().await;
+}
