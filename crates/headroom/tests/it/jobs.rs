@@ -674,3 +674,48 @@ async fn callbacks_are_signed_with_the_tenants_own_secret() {
     assert_eq!(listed.json()["credentials"], json!([]));
     rig.shutdown().await;
 }
+
+/// A job whose upstream has spent its daily quota waits in the store for the reset the API
+/// reported, without spending an attempt (the proxy would refuse it as quota-exhausted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_quota_parks_the_job_until_its_reset() {
+    let up = Recorder::start().await;
+    up.answer(
+        200,
+        &[
+            ("ratelimit-policy", "\"day\";q=1000;w=86400"),
+            ("ratelimit", "\"day\";r=100;t=18000"),
+        ],
+    );
+    let server = Server::start(CONFIG, &up.url()).await;
+    let first = server.post("/v1/jobs", &job("/a")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(server.wait_job(&first, LONG).await["status"], "succeeded");
+    // 100 left of 1,000 is below the reserve of 200: nothing more today.
+    let id = server.post("/v1/jobs", &job("/b")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = tokio::time::Instant::now() + LONG;
+    let view = loop {
+        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
+        if v["status"] == "retry_pending" || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(view["status"], "retry_pending", "{view}");
+    assert_eq!(view["attempts"], 0, "{view}");
+    let next =
+        chrono::DateTime::parse_from_rfc3339(view["next_attempt_at"].as_str().unwrap()).unwrap();
+    let hours = (next.timestamp_millis() - headroom::clock::system_millis()) as f64 / 3.6e6;
+    assert!(
+        (4.9..=5.01).contains(&hours),
+        "parked for {hours:.2} h: {view}"
+    );
+    assert!(view.to_string().contains("quota"), "{view}");
+    assert_eq!(up.seen().len(), 1, "the parked job reached nothing");
+    server.shutdown().await;
+}
