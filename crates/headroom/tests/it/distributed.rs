@@ -355,10 +355,24 @@ async fn real_time_calls_keep_priority_across_nodes() {
         ..MockConfig::default()
     };
     let cluster = Cluster::start(3, mock_config, &upstream(40, 2, 8), None).await;
-    for i in 0..JOBS {
-        let r = cluster.post(i % 3, "/v1/jobs", &job(i, "bulk")).await;
-        assert_eq!(r.status, StatusCode::ACCEPTED);
-    }
+    // Submitted 16 at a time: one by one, on a machine busy with the rest of the suite, the
+    // submissions took as long as the bulk work and nothing was left queued to pass.
+    use futures_util::StreamExt;
+    let cluster_ref = &cluster;
+    let statuses: Vec<StatusCode> = futures_util::stream::iter(0..JOBS)
+        .map(|i| async move {
+            cluster_ref
+                .post(i % 3, "/v1/jobs", &job(i, "bulk"))
+                .await
+                .status
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
     let db = cluster.db().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut waits = Vec::new();
