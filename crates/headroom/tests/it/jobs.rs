@@ -34,6 +34,18 @@ retry = { max_wait = "2s" }
 
 const LONG: Duration = Duration::from_secs(20);
 
+/// The job's view once it has `status`, or after `LONG` whatever it is then.
+async fn job_once(server: &Server, id: &str, status: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
+        if v["status"] == status || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn job(path: &str) -> serde_json::Value {
     json!({
         "upstream": "up",
@@ -141,14 +153,7 @@ async fn a_long_retry_after_reschedules_without_burning_an_attempt() {
         .unwrap()
         .to_string();
     up.wait_for(1, LONG).await;
-    let deadline = tokio::time::Instant::now() + LONG;
-    let view = loop {
-        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
-        if v["status"] == "retry_pending" || tokio::time::Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let view = job_once(&server, &id, "retry_pending").await;
     assert_eq!(view["status"], "retry_pending", "{view}");
     assert_eq!(view["attempts"], 0, "a throttled attempt does not count");
     let next =
@@ -698,14 +703,7 @@ async fn a_spent_daily_quota_parks_the_job_until_its_reset() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = tokio::time::Instant::now() + LONG;
-    let view = loop {
-        let v = server.get(&format!("/v1/jobs/{id}")).await.json();
-        if v["status"] == "retry_pending" || tokio::time::Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let view = job_once(&server, &id, "retry_pending").await;
     assert_eq!(view["status"], "retry_pending", "{view}");
     assert_eq!(view["attempts"], 0, "{view}");
     let next =
