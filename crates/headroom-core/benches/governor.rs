@@ -56,6 +56,7 @@ fn signals() -> Signals {
         throttled: false,
         retry_after: None,
         limits: vec![limit(100.0, 60.0), limit(250_000.0, 200_000.0)],
+        cost: None,
     }
 }
 

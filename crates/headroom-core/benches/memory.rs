@@ -87,6 +87,7 @@ fn idle_budgets(limits: &[(f64, u64)]) -> (usize, usize) {
     let signals = Signals {
         throttled: false,
         retry_after: None,
+        cost: None,
         limits: limits
             .iter()
             .map(|&(quota, secs)| LimitSignal {

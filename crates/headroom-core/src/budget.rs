@@ -70,6 +70,23 @@ pub struct BudgetConfig {
     /// The longest pause a throttled answer may put on the budget: an upstream's answer is
     /// untrusted input, and `Retry-After: 34000000` must not freeze a budget for a year.
     pub max_pause: Duration,
+    /// What a quota reported above a configured one does.
+    pub learn: Learn,
+    /// An operator paused the budget until then (governor time): no call goes before.
+    pub held_until: Option<Timestamp>,
+    /// The limits are an operator's override for this budget, not the upstream's config.
+    pub overridden: bool,
+}
+
+/// What a limit reported by the API does to a configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Learn {
+    /// The config is a ceiling: a lower reported quota wins at once, a higher one is not
+    /// taken (the config may keep room for other clients of the same account).
+    #[default]
+    Lower,
+    /// The API's figure wins either way: the config is only the starting point.
+    Raise,
 }
 
 /// The default cap on a budget's pause after a throttled answer.
@@ -86,6 +103,9 @@ impl Default for BudgetConfig {
             breaker: BreakerConfig::default(),
             recovery: Duration::from_secs(60),
             max_pause: DEFAULT_MAX_PAUSE,
+            learn: Learn::Lower,
+            held_until: None,
+            overridden: false,
         }
     }
 }
@@ -251,7 +271,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(config: Arc<BudgetConfig>) -> Self {
         Budget {
-            limits: config.limits.iter().map(Limit::from_config).collect(),
+            limits: configured_limits(&config),
             config,
             spent: Spent::default(),
             seq: 0,
@@ -271,6 +291,34 @@ impl Budget {
 
     pub fn config(&self) -> &Arc<BudgetConfig> {
         &self.config
+    }
+
+    /// Takes a changed config (an operator's override set or cleared): the configured
+    /// limits are replaced, each keeping what the API reported of it and its place in the
+    /// pace when one of the same name, window and unit was there before; limits learned
+    /// from headers or throttles stay.
+    pub fn reconfigure(&mut self, config: Arc<BudgetConfig>) {
+        let mut old: Vec<Limit> = std::mem::take(&mut self.limits);
+        let mut limits = Vec::with_capacity(config.limits.len() + old.len());
+        for (c, fresh) in config.limits.iter().zip(configured_limits(&config)) {
+            let kept = old
+                .iter()
+                .position(|l| l.is_configured() && l.same_as(c))
+                .map(|i| old.swap_remove(i));
+            limits.push(match kept {
+                Some(l) => l.reconfigured(fresh),
+                None => fresh,
+            });
+        }
+        limits.extend(old.into_iter().filter(|l| !l.is_configured()));
+        limits.truncate(MAX_LIMITS);
+        self.limits = limits;
+        self.config = config;
+    }
+
+    /// Until when an operator paused the budget (zero: not paused).
+    pub fn held_until(&self) -> Timestamp {
+        self.config.held_until.unwrap_or(Timestamp::ZERO)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -334,7 +382,7 @@ impl Budget {
 
     /// The earliest time a call of `lane` and `cost` may start, by pace and pauses alone.
     pub fn earliest(&self, now: Timestamp, lane: Lane, cost: f64) -> Timestamp {
-        let mut at = now.max(self.paused_until);
+        let mut at = now.max(self.paused_until).max(self.held_until());
         let factor = self.factor(now);
         let share = self.lane_share(lane);
         for limit in &self.limits {
@@ -486,6 +534,9 @@ impl Budget {
         match outcome {
             Outcome::Response { status, signals } => {
                 self.learn(now, &permit, signals);
+                if let Some(actual) = signals.cost {
+                    self.reconcile(&permit, actual);
+                }
                 self.limits.retain(|l| !l.outgrown(now));
                 if signals.throttled {
                     reaction.paused_for = Some(self.throttled(now, &permit, signals, jitter));
@@ -528,6 +579,22 @@ impl Budget {
             tightest.reset_s = Some(tightest.reset_s.map_or(pause, |r| r.max(pause)));
         }
         Some(tightest)
+    }
+
+    /// Books what a call really spent (`actual`, from its answer) in place of the cost it
+    /// reserved. Its own answer's report and those of calls sent after it already count its
+    /// real cost (APIs count a call when they admit it), so their baselines move with it.
+    fn reconcile(&mut self, permit: &Permit, actual: f64) {
+        let delta = actual - permit.cost;
+        if delta == 0.0 || !delta.is_finite() {
+            return;
+        }
+        self.spent.points = (self.spent.points + delta).max(0.0);
+        for limit in &mut self.limits {
+            if limit.unit() == Unit::Points {
+                limit.shift_reports_since(permit.seq, delta);
+            }
+        }
     }
 
     fn learn(&mut self, now: Timestamp, permit: &Permit, signals: &Signals) {
@@ -660,6 +727,7 @@ impl Budget {
             in_flight: self.in_flight,
             max_concurrency: self.concurrency_cap(),
             paused_for_s: self.paused_until.saturating_since(now).as_secs_f64(),
+            held_for_s: self.held_until().saturating_since(now).as_secs_f64(),
             reserve_held: self.reserve_held(),
             breaker: self.breaker.state(),
             spent_requests: self.spent.requests,
@@ -678,12 +746,22 @@ pub struct BudgetSnapshot {
     pub in_flight: u32,
     pub max_concurrency: u32,
     pub paused_for_s: f64,
+    /// How much longer an operator's pause (an override) holds every call.
+    pub held_for_s: f64,
     /// Whether bulk is currently held to `1 - realtime_reserve`.
     pub reserve_held: bool,
     pub breaker: BreakerState,
     /// Requests and cost points sent since the budget was created (for spend rates).
     pub spent_requests: f64,
     pub spent_points: f64,
+}
+
+fn configured_limits(config: &BudgetConfig) -> Vec<Limit> {
+    config
+        .limits
+        .iter()
+        .map(|c| Limit::from_config(c, config.learn == Learn::Raise, config.overridden))
+        .collect()
 }
 
 fn spacing(cost: f64, rate: f64) -> Duration {
@@ -772,6 +850,141 @@ mod tests {
         assert_eq!(snap.limits[0].quota, 20.0);
     }
 
+    #[test]
+    fn with_learn_raise_a_higher_reported_quota_is_taken() {
+        let config = BudgetConfig {
+            limits: vec![LimitConfig::new(20.0, Duration::from_secs(2))],
+            learn: Learn::Raise,
+            ..BudgetConfig::default()
+        };
+        let mut b = Budget::new(Arc::new(config));
+        let signals = Signals {
+            limits: vec![crate::LimitSignal {
+                quota: Some(50.0),
+                remaining: Some(49.0),
+                ..Default::default()
+            }],
+            ..Signals::default()
+        };
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        let ok = Outcome::Response {
+            status: 200,
+            signals: &signals,
+        };
+        b.complete(t(0.1), p, ok, &mut Jitter::new(1));
+        let snap = b.snapshot(t(0.1));
+        assert_eq!(snap.limits.len(), 1);
+        assert_eq!(snap.limits[0].quota, 50.0);
+    }
+
+    /// An operator's override (a new config for this budget alone) takes effect on the next
+    /// call: the lower quota paces at once, a pause holds every call until its end, and
+    /// clearing it brings the upstream's config back with what the API reported kept.
+    #[test]
+    fn an_override_replaces_the_configured_limits_and_can_hold_the_budget() {
+        let upstream = Arc::new(BudgetConfig {
+            limits: vec![LimitConfig::new(100.0, Duration::from_secs(10))],
+            ..BudgetConfig::default()
+        });
+        let mut b = Budget::new(Arc::clone(&upstream));
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
+        b.complete(t(0.0), p, Outcome::Abandoned, &mut Jitter::new(1));
+        // 8/s from config.
+        assert_eq!(
+            b.interval(t(0.0), Lane::Bulk, 1.0),
+            Some(Duration::from_millis(125))
+        );
+        b.reconfigure(Arc::new(BudgetConfig {
+            limits: vec![LimitConfig::new(10.0, Duration::from_secs(10))],
+            overridden: true,
+            ..(*upstream).clone()
+        }));
+        // 0.8/s from the override, and the call booked before it still counts.
+        assert_eq!(
+            b.interval(t(0.0), Lane::Bulk, 1.0),
+            Some(Duration::from_millis(1250))
+        );
+        let snap = b.snapshot(t(0.0));
+        assert_eq!(snap.limits.len(), 1);
+        assert_eq!(
+            (snap.limits[0].quota, snap.limits[0].source),
+            (10.0, "override")
+        );
+        b.reconfigure(Arc::new(BudgetConfig {
+            held_until: Some(t(60.0)),
+            ..(*upstream).clone()
+        }));
+        assert_eq!(b.earliest(t(1.0), Lane::Realtime, 1.0), t(60.0));
+        assert_eq!(b.snapshot(t(1.0)).held_for_s, 59.0);
+        b.reconfigure(Arc::clone(&upstream));
+        assert!(b.earliest(t(1.0), Lane::Realtime, 1.0) <= t(1.0));
+        assert_eq!(b.snapshot(t(1.0)).limits[0].source, "config");
+    }
+
+    /// A call reserves its estimated cost; the cost its answer reports replaces it. Calls
+    /// that reserve 300 tokens of a 3,000-per-2-s limit but spend 100 leave room for more;
+    /// calls that reserve 100 but spend 300 slow the pace at once.
+    #[test]
+    fn the_reported_cost_replaces_the_reserved_one() {
+        let tokens = LimitConfig {
+            unit: Unit::Points,
+            ..LimitConfig::new(3000.0, Duration::from_secs(2))
+        };
+        let remaining_after = |reserve: f64, actual: f64| {
+            let mut b = budget(vec![tokens.clone()]);
+            let mut j = Jitter::new(1);
+            // One report: 3,000 left when the first call went.
+            let first = b.try_acquire(t(0.0), Lane::Bulk, reserve).unwrap();
+            let report = Signals {
+                limits: vec![crate::LimitSignal {
+                    quota: Some(3000.0),
+                    remaining: Some(3000.0 - actual),
+                    reset_in: Some(Duration::from_millis(1990)),
+                    unit: Unit::Points,
+                    ..Default::default()
+                }],
+                cost: Some(actual),
+                ..Signals::default()
+            };
+            let ok = Outcome::Response {
+                status: 200,
+                signals: &report,
+            };
+            b.complete(t(0.01), first, ok, &mut j);
+            // Five more calls, answered without a report but with their cost.
+            let mut now = t(0.02);
+            for _ in 0..5 {
+                now = b.earliest(now, Lane::Bulk, reserve);
+                let p = b.try_acquire(now, Lane::Bulk, reserve).unwrap();
+                let cost = Signals {
+                    cost: Some(actual),
+                    ..Signals::default()
+                };
+                let ok = Outcome::Response {
+                    status: 200,
+                    signals: &cost,
+                };
+                b.complete(now, p, ok, &mut j);
+            }
+            b.snapshot(now).limits[0].remaining.unwrap()
+        };
+        assert_eq!(remaining_after(300.0, 100.0), 2400.0);
+        assert_eq!(remaining_after(100.0, 300.0), 1200.0);
+        // Without a reported cost, the reserve stands.
+        let mut b = budget(vec![tokens.clone()]);
+        let p = b.try_acquire(t(0.0), Lane::Bulk, 300.0).unwrap();
+        b.complete(
+            t(0.0),
+            p,
+            Outcome::Response {
+                status: 200,
+                signals: &Signals::default(),
+            },
+            &mut Jitter::new(1),
+        );
+        assert_eq!(b.snapshot(t(0.0)).spent_points, 300.0);
+    }
+
     /// Sends bulk calls one after another as early as the budget allows, each answered at
     /// once, until `until`; gives the times they went.
     fn flood(b: &mut Budget, n: usize, until: Timestamp) -> Vec<Timestamp> {
@@ -850,6 +1063,7 @@ mod tests {
         for (retry_after, reset_in) in [(Some(34_000_000), None), (None, Some(u32::MAX as u64))] {
             let p = b.try_acquire(b.paused_until(), Lane::Bulk, 1.0).unwrap();
             let signals = Signals {
+                cost: None,
                 throttled: true,
                 retry_after: retry_after.map(Duration::from_secs),
                 limits: vec![crate::LimitSignal {
@@ -882,6 +1096,7 @@ mod tests {
             throttled: true,
             retry_after: Some(Duration::from_secs(3)),
             limits: vec![],
+            cost: None,
         };
         let r = b.complete(
             t(0.1),
@@ -940,6 +1155,7 @@ mod tests {
         let mut b = budget(vec![]);
         let p = b.try_acquire(t(0.0), Lane::Realtime, 1.0).unwrap();
         let signals = Signals {
+            cost: None,
             throttled: true,
             retry_after: None,
             limits: vec![LimitSignal {
@@ -992,6 +1208,7 @@ mod tests {
         // spend 20 % of it (4 calls).
         let p = b.try_acquire(t(0.0), Lane::Bulk, 1.0).unwrap();
         let signals = Signals {
+            cost: None,
             throttled: false,
             retry_after: None,
             limits: vec![LimitSignal {

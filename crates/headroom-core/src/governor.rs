@@ -37,6 +37,9 @@ pub enum RejectReason {
     /// reserve until its reset, beyond the max wait: not busy, spent; `retry_after` is the
     /// reset.
     QuotaExhausted,
+    /// An operator paused the budget (an override) beyond the max wait; `retry_after` is
+    /// the end of the pause.
+    Paused,
 }
 
 /// A refusal, with when trying again makes sense.
@@ -150,8 +153,13 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
     }
 
     fn slot_of(&mut self, key: &K, config: &Arc<BudgetConfig>) -> u32 {
-        if let Some(slot) = self.index.get(key) {
-            return *slot;
+        if let Some(&slot) = self.index.get(key) {
+            // A config of the same address is the same config: one comparison per call.
+            let budget = &mut self.entry(slot).budget;
+            if !Arc::ptr_eq(budget.config(), config) {
+                budget.reconfigure(Arc::clone(config));
+            }
+            return slot;
         }
         let entry = |generation| Entry {
             key: key.clone(),
@@ -461,6 +469,13 @@ fn too_long(
     max_wait: Duration,
     estimate: Duration,
 ) -> Rejection {
+    let held = budget.held_until().saturating_since(now);
+    if held > max_wait {
+        return Rejection {
+            reason: RejectReason::Paused,
+            retry_after: held,
+        };
+    }
     match budget.exhausted_until(now, lane, cost) {
         Some(reset) if reset.saturating_since(now) > max_wait => Rejection {
             reason: RejectReason::QuotaExhausted,
@@ -812,5 +827,53 @@ mod tests {
         }
         assert!(waiting.iter().any(|a| matches!(a,
             Admission::Rejected(r) if r.reason == RejectReason::WaitTooLong)));
+    }
+
+    /// A budget's config that changes between calls (an operator's override set or
+    /// cleared) is taken by the next call; a pause beyond the wait is told as such.
+    #[test]
+    fn an_overridden_config_is_taken_by_the_next_call() {
+        let cfg = config(100.0, 10);
+        let held = Arc::new(BudgetConfig {
+            held_until: Some(t(120.0)),
+            ..(*cfg).clone()
+        });
+        let mut g: Governor<&str, u32> = Governor::new(1);
+        assert!(matches!(
+            g.request(t(0.0), &"a", &cfg, Lane::Realtime, 1.0, Duration::ZERO, 1),
+            Admission::Granted(_)
+        ));
+        match g.request(
+            t(1.0),
+            &"a",
+            &held,
+            Lane::Realtime,
+            1.0,
+            Duration::from_secs(30),
+            2,
+        ) {
+            Admission::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::Paused);
+                assert_eq!(r.retry_after, Duration::from_secs(119));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Within the wait, a held call queues for the end of the pause.
+        assert!(matches!(
+            g.request(
+                t(100.0),
+                &"a",
+                &held,
+                Lane::Realtime,
+                1.0,
+                Duration::from_secs(30),
+                3
+            ),
+            Admission::Queued
+        ));
+        assert!(matches!(
+            g.request(t(1.0), &"b", &cfg, Lane::Realtime, 1.0, Duration::ZERO, 4),
+            Admission::Granted(_)
+        ));
     }
 }

@@ -95,6 +95,10 @@ pub(crate) struct Limit {
     /// When the limit was learned from a throttled answer that said nothing of the limit (see
     /// [`Limit::from_throttle`]); `None` for limits from config or headers.
     throttled_at: Option<Timestamp>,
+    /// A configured limit that takes a higher reported quota too (`learn = "raise"`).
+    raise: bool,
+    /// Configured by an operator's override rather than the upstream's config.
+    overridden: bool,
 }
 
 /// The longest reset reported over each span of one window: a fixed window reports resets
@@ -109,8 +113,10 @@ struct ResetShape {
 }
 
 impl Limit {
-    pub(crate) fn from_config(c: &LimitConfig) -> Self {
+    pub(crate) fn from_config(c: &LimitConfig, raise: bool, overridden: bool) -> Self {
         Limit {
+            raise,
+            overridden,
             name: c.name.as_deref().map(Into::into),
             quota: c.quota,
             window: Some(c.window),
@@ -139,6 +145,8 @@ impl Limit {
             last_sent: Timestamp::ZERO,
             resets: ResetShape::default(),
             throttled_at: None,
+            raise: false,
+            overridden: false,
         })
     }
 
@@ -154,6 +162,39 @@ impl Limit {
                 ..LimitSignal::default()
             })
             .expect("a positive quota makes a limit")
+        }
+    }
+
+    /// Whether this limit comes from config (or an override) rather than from the API.
+    pub(crate) fn is_configured(&self) -> bool {
+        self.ceiling.is_some()
+    }
+
+    /// Whether `c` configures this limit (same name, window and unit).
+    pub(crate) fn same_as(&self, c: &LimitConfig) -> bool {
+        self.unit == c.unit
+            && self.name.as_deref() == c.name.as_deref()
+            && self.window == Some(c.window)
+    }
+
+    /// This limit under a new config of itself (`fresh`): the new quota and ceiling, and
+    /// what the API reported and the place in the pace kept.
+    pub(crate) fn reconfigured(self, fresh: Limit) -> Limit {
+        Limit {
+            report: self.report,
+            tat: self.tat,
+            tat_bulk: self.tat_bulk,
+            last_sent: self.last_sent,
+            resets: self.resets,
+            ..fresh
+        }
+    }
+
+    /// Call `seq` turned out to cost `delta` more than it reserved: a report from its own
+    /// answer or a later call's already counts that in what it says remains.
+    pub(crate) fn shift_reports_since(&mut self, seq: u64, delta: f64) {
+        if let Some(r) = self.report.as_mut().filter(|r| r.seq >= seq) {
+            r.spent_at += delta;
         }
     }
 
@@ -271,8 +312,12 @@ impl Limit {
     /// response answers.
     pub(crate) fn observe(&mut self, now: Timestamp, sig: &LimitSignal, seq: u64, spent_at: f64) {
         if let Some(q) = sig.quota.filter(|q| q.is_finite() && *q > 0.0) {
-            // The API's own figure beats a configured guess where it is stricter.
-            self.quota = self.ceiling.map_or(q, |c| q.min(c));
+            // The API's own figure beats a configured guess where it is stricter (or either
+            // way, with `learn = "raise"`).
+            self.quota = match self.ceiling {
+                Some(c) if !self.raise => q.min(c),
+                _ => q,
+            };
         }
         if self.ceiling.is_none() || self.window.is_none() {
             if let Some(w) = sig.window.filter(|w| !w.is_zero()) {
@@ -467,7 +512,9 @@ impl Limit {
             quota: self.quota_at(now),
             window_s: self.window.map(|w| w.as_secs_f64()),
             unit: self.unit,
-            source: if self.ceiling.is_some() {
+            source: if self.overridden {
+                "override"
+            } else if self.ceiling.is_some() {
                 "config"
             } else if self.throttled_at.is_some() {
                 "throttles"
@@ -490,8 +537,8 @@ pub struct LimitSnapshot {
     pub quota: f64,
     pub window_s: Option<f64>,
     pub unit: Unit,
-    /// `config`, `headers` or `throttles` (learned from what passed before a throttled
-    /// answer that stated no limit).
+    /// `config`, `override` (set through `PATCH /v1/budgets/…`), `headers` or `throttles`
+    /// (learned from what passed before a throttled answer that stated no limit).
     pub source: &'static str,
     /// The remaining count estimated from the last report, when one is fresh.
     pub remaining: Option<f64>,
@@ -525,9 +572,9 @@ mod tests {
     fn short_resets_for_a_whole_window_mean_a_sliding_window() {
         let config = LimitConfig::new(100.0, Duration::from_secs(10));
         // Sliding: every reset is the oldest call's expiry, a second or less away.
-        let mut sliding = Limit::from_config(&config);
+        let mut sliding = Limit::from_config(&config, false, false);
         // Fixed: resets count down from the window's length.
-        let mut fixed = Limit::from_config(&config);
+        let mut fixed = Limit::from_config(&config, false, false);
         for i in 0..=40u64 {
             let now = t(0.5 + i as f64 * 0.5);
             sliding.observe(now, &report(20.0, Some(1.0)), i, i as f64);
@@ -548,13 +595,21 @@ mod tests {
 
     #[test]
     fn without_reports_paces_evenly_at_headroom() {
-        let l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        let l = Limit::from_config(
+            &LimitConfig::new(100.0, Duration::from_secs(10)),
+            false,
+            false,
+        );
         assert_eq!(l.pace(t(0.0), 0.8, 0.0, 1.0, 0.0), Pace::Rate(8.0));
     }
 
     #[test]
     fn spreads_what_is_left_of_the_target_over_the_time_left() {
-        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        let mut l = Limit::from_config(
+            &LimitConfig::new(100.0, Duration::from_secs(10)),
+            false,
+            false,
+        );
         // Someone else spent 40 of the window; 5 s left; target is 80 in total.
         l.observe(t(5.0), &report(60.0, Some(5.0)), 1, 1.0);
         match l.pace(t(5.0), 0.8, 1.0, 1.0, 0.0) {
@@ -574,7 +629,11 @@ mod tests {
 
     #[test]
     fn a_reset_beyond_the_window_is_cut_to_it() {
-        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        let mut l = Limit::from_config(
+            &LimitConfig::new(100.0, Duration::from_secs(10)),
+            false,
+            false,
+        );
         // "Nothing left until next year" from a 10-s limit: blocked for one window at most.
         l.observe(t(1.0), &report(0.0, Some(3.0e7)), 1, 1.0);
         assert_eq!(l.pace(t(1.0), 0.8, 1.0, 1.0, 0.0), Pace::Blocked(t(11.0)));
@@ -583,7 +642,11 @@ mod tests {
 
     #[test]
     fn a_late_response_does_not_overwrite_a_newer_report() {
-        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        let mut l = Limit::from_config(
+            &LimitConfig::new(100.0, Duration::from_secs(10)),
+            false,
+            false,
+        );
         l.observe(t(1.0), &report(50.0, Some(9.0)), 7, 7.0);
         l.observe(t(1.1), &report(90.0, Some(8.9)), 3, 3.0);
         assert_eq!(l.estimated_remaining(t(1.1), 7.0), Some(50.0));
@@ -594,7 +657,11 @@ mod tests {
 
     #[test]
     fn without_a_reset_time_the_reserve_is_probed_slowly() {
-        let mut l = Limit::from_config(&LimitConfig::new(100.0, Duration::from_secs(10)));
+        let mut l = Limit::from_config(
+            &LimitConfig::new(100.0, Duration::from_secs(10)),
+            false,
+            false,
+        );
         // The even pace may run into half of the reserve (20 of 100)…
         l.observe(t(0.0), &report(11.0, None), 1, 1.0);
         assert_eq!(l.pace(t(0.0), 0.8, 1.0, 1.0, 0.0), Pace::Rate(8.0));
@@ -606,7 +673,7 @@ mod tests {
     #[test]
     fn matches_by_name_then_window_then_quota() {
         let mut cfg = LimitConfig::new(100.0, Duration::from_secs(10));
-        let l = Limit::from_config(&cfg);
+        let l = Limit::from_config(&cfg, false, false);
         let by_window = LimitSignal {
             quota: Some(110.0),
             window: Some(Duration::from_secs(10)),
@@ -623,7 +690,7 @@ mod tests {
             ..LimitSignal::default()
         }));
         cfg.name = Some("burst".into());
-        let named = Limit::from_config(&cfg);
+        let named = Limit::from_config(&cfg, false, false);
         assert!(!named.matches(&LimitSignal {
             name: Some("daily".into()),
             quota: Some(100.0),

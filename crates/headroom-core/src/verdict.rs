@@ -127,6 +127,7 @@ mod tests {
             throttled: true,
             retry_after: retry_after.map(Duration::from_secs),
             limits: vec![],
+            cost: None,
         }
     }
 

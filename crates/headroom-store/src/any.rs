@@ -131,6 +131,24 @@ impl AnyStore {
     pub async fn credential_holders(&self) -> crate::Result<Vec<(String, String)>> {
         self.db().credential_holders().await
     }
+    pub async fn put_budget_override(
+        &self,
+        upstream: &str,
+        tenant: &str,
+        value: &str,
+    ) -> crate::Result<String> {
+        self.db().put_budget_override(upstream, tenant, value).await
+    }
+    pub async fn delete_budget_override(
+        &self,
+        upstream: &str,
+        tenant: &str,
+    ) -> crate::Result<bool> {
+        self.db().delete_budget_override(upstream, tenant).await
+    }
+    pub async fn budget_overrides(&self) -> crate::Result<Vec<crate::BudgetOverrideRow>> {
+        self.db().budget_overrides().await
+    }
     pub async fn count_credentials(&self) -> crate::Result<i64> {
         self.db().count_credentials().await
     }

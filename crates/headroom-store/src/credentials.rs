@@ -4,7 +4,7 @@ use crate::error::Context;
 
 use super::row::StoreRow;
 use super::sql::{Db, Sql};
-use super::{now_rfc3339, CredentialInfo, SealedCredential, TokenInfo};
+use super::{now_rfc3339, BudgetOverrideRow, CredentialInfo, SealedCredential, TokenInfo};
 
 impl Db<'_> {
     // ---- credentials -------------------------------------------------------------------
@@ -114,6 +114,72 @@ impl Db<'_> {
             .await
             .context("cannot count credentials")?;
         row.col("n")
+    }
+
+    // ---- budget overrides --------------------------------------------------------------
+
+    /// Inserts or replaces the override of (upstream, tenant); gives its time.
+    pub(crate) async fn put_budget_override(
+        self,
+        upstream: &str,
+        tenant: &str,
+        value: &str,
+    ) -> crate::Result<String> {
+        let updated_at = now_rfc3339();
+        let q = Sql::new(
+            "INSERT INTO budget_overrides (upstream, tenant, value, updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (upstream, tenant) DO UPDATE SET \
+             value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(upstream)
+        .bind(tenant)
+        .bind(value)
+        .bind(&updated_at);
+        self.pool()
+            .execute(&q)
+            .await
+            .context("cannot store a budget override")?;
+        Ok(updated_at)
+    }
+
+    /// Deletes the override of (upstream, tenant); false if there was none.
+    pub(crate) async fn delete_budget_override(
+        self,
+        upstream: &str,
+        tenant: &str,
+    ) -> crate::Result<bool> {
+        let q = Sql::new("DELETE FROM budget_overrides WHERE upstream = ? AND tenant = ?")
+            .bind(upstream)
+            .bind(tenant);
+        let deleted = self
+            .pool()
+            .execute(&q)
+            .await
+            .context("cannot delete a budget override")?;
+        Ok(deleted > 0)
+    }
+
+    /// Every override, by upstream and tenant.
+    pub(crate) async fn budget_overrides(self) -> crate::Result<Vec<BudgetOverrideRow>> {
+        let rows = self
+            .pool()
+            .fetch_all(&Sql::new(
+                "SELECT upstream, tenant, value, updated_at FROM budget_overrides \
+                 ORDER BY upstream, tenant",
+            ))
+            .await
+            .context("cannot list budget overrides")?;
+        rows.iter()
+            .map(|r| {
+                Ok(BudgetOverrideRow {
+                    upstream: r.col("upstream")?,
+                    tenant: r.col("tenant")?,
+                    value: r.col("value")?,
+                    updated_at: r.col("updated_at")?,
+                })
+            })
+            .collect()
     }
 
     // ---- API tokens --------------------------------------------------------------------

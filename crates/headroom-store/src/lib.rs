@@ -168,6 +168,16 @@ pub struct CredentialInfo {
     pub updated_at: String,
 }
 
+/// An operator's override of one tenant's budget at one upstream: `value` is its JSON,
+/// which the store keeps without reading.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetOverrideRow {
+    pub upstream: String,
+    pub tenant: String,
+    pub value: String,
+    pub updated_at: String,
+}
+
 /// What may be shown of an API token: never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {

@@ -45,6 +45,8 @@ pub struct App {
     pub notifier: crate::callbacks::Notifier,
     /// Stopping: the background loops take no new work once it begins.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Operators' changes to tenants' budgets (`PATCH /v1/budgets/…`), as read from the store.
+    pub overrides: Arc<crate::overrides::Overrides>,
 }
 
 impl std::ops::Deref for AppState {
@@ -55,6 +57,17 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Reads the budget overrides from the store and puts them in force.
+    pub async fn reload_overrides(&self) -> Result<(), crate::store::StoreError> {
+        let rows = self.store.budget_overrides().await?;
+        let clocks = crate::overrides::Clocks {
+            wall_millis: self.clock.now_millis(),
+            governor: self.governor.now(),
+        };
+        self.overrides.load(rows, &self.config, clocks);
+        Ok(())
+    }
+
     /// Builds the state: checks the config's schedules, opens the store and starts the
     /// governor's timer. `api_token` is the admin token (`HEADROOM_API_TOKEN`); without one,
     /// `auth = "token"` (the default) reads or generates the one kept next to the database.
@@ -113,12 +126,14 @@ impl AppState {
             metrics.observe.clone(),
         ));
         let credentials = Arc::new(credentials);
+        let overrides = Arc::new(crate::overrides::Overrides::default());
         let outbound = crate::outbound::Outbound::new(
             governor.clone(),
             credentials.clone(),
             metrics.clone(),
             observe.clone(),
             clock.clone(),
+            overrides.clone(),
         );
         let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
@@ -138,7 +153,12 @@ impl AppState {
             scheduler: crate::schedules::Scheduler::new(clock.clock(), schedules),
             shutdown: Default::default(),
             clock,
+            overrides,
         }));
+        state
+            .reload_overrides()
+            .await
+            .context("cannot read the budget overrides")?;
         if state.store.is_shared() {
             // Credentials and tokens changed (or revoked) through another node are seen
             // within this long.
@@ -151,6 +171,9 @@ impl AppState {
                             app.credentials.forget_cached();
                             if let Err(e) = app.credentials.reload_holders().await {
                                 tracing::warn!(error = format!("{e:#}"), "cannot read who holds credentials; every tenant's credential is read from the store until the next try");
+                            }
+                            if let Err(e) = AppState(app).reload_overrides().await {
+                                tracing::warn!(error = %crate::error::chain(&e), "cannot read the budget overrides; the ones read before stay in force until the next try");
                             }
                         }
                         None => return,

@@ -40,6 +40,14 @@ pub enum ApiError {
         retry_after: Duration,
         until: String,
     },
+    /// An operator paused the budget (`PATCH /v1/budgets/…`) until `until` (RFC 3339),
+    /// beyond the call's max wait. 429 with its own problem type and the end of the pause.
+    #[error("{detail}")]
+    Paused {
+        detail: String,
+        retry_after: Duration,
+        until: String,
+    },
     /// The upstream could not be reached.
     #[error("{detail}")]
     BadGateway { detail: String },
@@ -126,7 +134,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Refused { status, .. } => *status,
-            ApiError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExhausted { .. } | ApiError::Paused { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Status { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,10 +156,15 @@ struct Problem<'a> {
     /// With `QUOTA_EXHAUSTED`: when the quota resets (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     exhausted_until: Option<&'a str>,
+    /// With `BUDGET_PAUSED`: when the operator's pause ends (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_until: Option<&'a str>,
 }
 
 /// The problem type of a spent long-window quota (a tag URI: a name, not a page).
 pub const QUOTA_EXHAUSTED: &str = "tag:headroom,2026:quota-exhausted";
+/// The problem type of a budget an operator paused.
+pub const BUDGET_PAUSED: &str = "tag:headroom,2026:budget-paused";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -163,19 +178,26 @@ impl IntoResponse for ApiError {
         };
         let retry_after = match &self {
             ApiError::Refused { retry_after, .. }
-            | ApiError::QuotaExhausted { retry_after, .. } => Some(*retry_after),
+            | ApiError::QuotaExhausted { retry_after, .. }
+            | ApiError::Paused { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         let exhausted_until = match &self {
             ApiError::QuotaExhausted { until, .. } => Some(until.as_str()),
             _ => None,
         };
+        let paused_until = match &self {
+            ApiError::Paused { until, .. } => Some(until.as_str()),
+            _ => None,
+        };
         let problem = Problem {
-            kind: match exhausted_until {
-                Some(_) => QUOTA_EXHAUSTED,
-                None => "about:blank",
+            kind: match (exhausted_until, paused_until) {
+                (Some(_), _) => QUOTA_EXHAUSTED,
+                (_, Some(_)) => BUDGET_PAUSED,
+                _ => "about:blank",
             },
             exhausted_until,
+            paused_until,
             title: status.canonical_reason().unwrap_or("error"),
             status: status.as_u16(),
             detail,

@@ -4,7 +4,7 @@
 //! Layers, each using only those below it: `http` (the API and the proxy's edge) and `work`
 //! (the background loops) over `app` (the state they share), over the parts — `outbound`
 //! (one governed call), `jobs`, `schedules`, `callbacks`, `observe`, `credentials`, `auth`,
-//! `metrics` — over `cfg` and `store`.
+//! `metrics`, `overrides` — over `cfg` and `store`.
 pub mod app;
 pub mod auth;
 pub mod callbacks;
@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;
+pub mod overrides;
 pub mod schedules;
 pub mod server;
 pub mod shutdown;

@@ -10,6 +10,7 @@
 //! `retry_after` how long to wait; `time` holds the date and reset heuristics they share.
 //! [`RawResponse`] parses a response pasted as text.
 
+mod cost;
 mod ietf;
 mod input;
 mod raw;
@@ -39,6 +40,10 @@ pub struct Signals {
     #[serde(rename = "retry_after_s", serialize_with = "serialize_secs")]
     pub retry_after: Option<Duration>,
     pub limits: Vec<LimitSignal>,
+    /// What the call spent of cost-metered limits, where the body says (an LLM API's
+    /// `usage` tokens, GraphQL query cost): reconciled with the cost it reserved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 impl Signals {
@@ -190,6 +195,7 @@ pub fn interpret<'a>(
         vendor::hubspot(&headers),
         vendor::shopify(&headers),
         vendor::shopify_graphql(&body),
+        cost::github_graphql(&body, now),
         vendor::salesforce(&headers),
     ] {
         merge(&mut limits, dialect);
@@ -206,6 +212,7 @@ pub fn interpret<'a>(
         throttled,
         retry_after,
         limits,
+        cost: cost::reported(&body),
     }
 }
 
@@ -377,6 +384,7 @@ mod tests {
     #[test]
     fn quantities_serialize_as_integers_when_whole() {
         let s = Signals {
+            cost: None,
             throttled: true,
             retry_after: secs(2.0),
             limits: vec![LimitSignal {

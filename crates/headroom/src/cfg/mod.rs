@@ -21,7 +21,7 @@ use headroom_core::budget::BudgetConfig;
 use headroom_core::duration::parse_duration;
 use headroom_core::limit::LimitConfig;
 use headroom_core::Unit;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_STORE: &str = "sqlite://headroom-data/headroom.db";
@@ -332,6 +332,10 @@ pub struct Upstream {
     /// Whether proxy answers carry the IETF `RateLimit-Policy` / `RateLimit` fields of the
     /// budget the caller spends (in place of the upstream's own). On unless turned off.
     pub ratelimit_headers: bool,
+    /// Whether the proxy reads a JSON answer's body for what the call cost (an LLM API's
+    /// `usage` tokens, GraphQL query cost) to reconcile it with the cost it reserved. Jobs
+    /// and batches read every body anyway.
+    pub cost_from_body: bool,
 }
 
 impl Config {
@@ -666,15 +670,53 @@ struct RawUpstream {
     idempotency_header: Option<String>,
     max_pause: Option<String>,
     ratelimit_headers: Option<bool>,
+    learn: Option<String>,
+    cost_from_body: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A limit as written in the config (`[[upstreams.limits]]`) or in a budget override.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimit {
+pub struct RawLimit {
     quota: f64,
     window: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+}
+
+impl RawLimit {
+    /// Checks the limit; errors name the field under `lkey` (like `upstreams[0].limits[1]`).
+    pub(crate) fn validate(self, lkey: &str) -> Result<LimitConfig, String> {
+        let unit = match self.unit.as_deref() {
+            None | Some("requests") => Unit::Requests,
+            Some("points") => Unit::Points,
+            Some(other) => {
+                return Err(format!(
+                    "{lkey}.unit: \"{other}\" is not a unit; use \"requests\" or \"points\""
+                ))
+            }
+        };
+        if !(self.quota.is_finite() && self.quota > 0.0) {
+            return Err(format!(
+                "{lkey}.quota: must be a positive number, got {}",
+                self.quota
+            ));
+        }
+        let window = duration(&format!("{lkey}.window"), &self.window)?;
+        if window.is_zero() {
+            return Err(format!(
+                "{lkey}.window: must be longer than zero, like \"10s\""
+            ));
+        }
+        Ok(LimitConfig {
+            name: self.name,
+            quota: self.quota,
+            window,
+            unit,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -973,25 +1015,23 @@ impl RawUpstream {
                 ))
             }
         };
-        let mut limits = Vec::new();
-        for (j, l) in self.limits.into_iter().enumerate() {
-            let lkey = format!("{key}.limits[{j}]");
-            let unit = match l.unit.as_deref() {
-                None | Some("requests") => Unit::Requests,
-                Some("points") => Unit::Points,
-                Some(other) => {
-                    return Err(format!(
-                        "{lkey}.unit: \"{other}\" is not a unit; use \"requests\" or \"points\""
-                    ))
-                }
-            };
-            limits.push(LimitConfig {
-                name: l.name,
-                quota: l.quota,
-                window: duration(&format!("{lkey}.window"), &l.window)?,
-                unit,
-            });
-        }
+        let limits = self
+            .limits
+            .into_iter()
+            .enumerate()
+            .map(|(j, l)| l.validate(&format!("{key}.limits[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let learn = match self.learn.as_deref() {
+            None | Some("lower") => headroom_core::budget::Learn::Lower,
+            Some("raise") => headroom_core::budget::Learn::Raise,
+            Some(other) => {
+                return Err(format!(
+                    "{key}.learn: \"{other}\" is not a choice; use \"lower\" (the config is a \
+                     ceiling: the API's figure is taken only where it is lower) or \"raise\" \
+                     (the API's figure is taken either way)"
+                ))
+            }
+        };
         let defaults = BudgetConfig::default();
         let retry_raw = self.retry.unwrap_or(RawRetry {
             max_attempts: None,
@@ -1069,6 +1109,8 @@ impl RawUpstream {
                 }
                 None => defaults.max_pause,
             },
+            learn,
+            ..defaults
         };
         budget_config.validate().map_err(|e| format!("{key}.{e}"))?;
         let credential = {
@@ -1117,6 +1159,7 @@ impl RawUpstream {
             timeout,
             idempotency_header,
             ratelimit_headers: self.ratelimit_headers.unwrap_or(true),
+            cost_from_body: self.cost_from_body.unwrap_or(false),
         })
     }
 }

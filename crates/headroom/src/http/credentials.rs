@@ -28,7 +28,7 @@ const MAX_BODY: usize = 64 * 1024;
 const CREDENTIAL_SHAPE: &str = "{\"credential\": \"<the secret for the upstream>\"}";
 const TOKEN_SHAPE: &str = "{\"tenant\": \"<tenant>\"}";
 
-fn check_tenant(field: &str, tenant: &str) -> ApiResult<()> {
+pub(crate) fn check_tenant(field: &str, tenant: &str) -> ApiResult<()> {
     if valid_tenant(tenant) {
         return Ok(());
     }
@@ -53,12 +53,39 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
 }
 
-fn path_error(e: PathRejection) -> ApiError {
+/// The configured upstream of this name, or a 404 that lists the configured ones.
+pub(crate) fn configured_upstream<'a>(
+    app: &'a AppState,
+    upstream: &str,
+) -> ApiResult<&'a std::sync::Arc<crate::cfg::Upstream>> {
+    app.config.upstream(upstream).ok_or_else(|| {
+        let known: Vec<&str> = app
+            .config
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
+        let shown: String = upstream.chars().take(64).collect();
+        ApiError::not_found(format!(
+            "upstream: \"{shown}\" is not configured; configured upstreams: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+pub(crate) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request(format!("the URL path is not valid: {e}"))
 }
 
 /// Reads a JSON object body, with problem+json errors that say what to fix.
-async fn json_object(body: Body, shape: &str) -> ApiResult<serde_json::Map<String, Value>> {
+pub(crate) async fn json_object(
+    body: Body,
+    shape: &str,
+) -> ApiResult<serde_json::Map<String, Value>> {
     let bytes =
         axum::body::to_bytes(body, MAX_BODY)
             .await
@@ -131,23 +158,7 @@ async fn put_credential(
 ) -> ApiResult<StatusCode> {
     let UrlPath((tenant, upstream)) = path.map_err(path_error)?;
     check_tenant("tenant", &tenant)?;
-    if app.config.upstream(&upstream).is_none() {
-        let known: Vec<&str> = app
-            .config
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect();
-        let shown: String = upstream.chars().take(64).collect();
-        return Err(ApiError::not_found(format!(
-            "upstream: \"{shown}\" is not configured; configured upstreams: {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )));
-    }
+    configured_upstream(&app, &upstream)?;
     let map = json_object(body, CREDENTIAL_SHAPE).await?;
     only_fields(&map, &["credential"], CREDENTIAL_SHAPE)?;
     let credential = string_field(&map, "credential", CREDENTIAL_SHAPE)?;

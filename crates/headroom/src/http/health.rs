@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz`, `/metrics` and `/v1/budgets`.
+//! `/healthz`, `/readyz` and `/metrics`.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -7,7 +7,7 @@ use http::header::CONTENT_TYPE;
 use serde_json::json;
 
 use super::auth::{authenticate, Admin};
-use super::openapi::{Budgets, Health, Problem};
+use super::openapi::{Health, Problem};
 use crate::app::AppState;
 use crate::error::ApiResult;
 
@@ -133,36 +133,4 @@ pub(crate) async fn metrics(
             app.metrics.render_prometheus(),
         )
     })
-}
-
-/// Every budget the governor holds (admin token).
-#[utoipa::path(get, path = "/v1/budgets", tag = "observe",
-    responses(
-        (status = 200, description = "The budgets", body = Budgets),
-        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub(crate) async fn budgets(
-    State(app): State<AppState>,
-    _admin: Admin,
-) -> ApiResult<impl IntoResponse> {
-    let budgets: Vec<serde_json::Value> = app
-        .governor
-        .snapshot()
-        .into_iter()
-        .map(|view| {
-            let upstream = app
-                .config
-                .upstreams
-                .get(view.upstream_index as usize)
-                .map(|u| u.name.clone());
-            let mut value = serde_json::to_value(&view).unwrap_or_default();
-            if let Some(obj) = value.as_object_mut() {
-                obj.remove("upstream_index");
-                obj.insert("upstream".into(), json!(upstream));
-            }
-            value
-        })
-        .collect();
-    Ok(Json(json!({ "budgets": budgets })))
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod budgets;
 pub mod credentials;
 pub mod health;
 pub mod jobs;
@@ -60,7 +61,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .routes(routes!(health::budgets))
+        .merge(budgets::routes())
         .merge(credentials::routes())
         .merge(jobs::routes())
         .merge(batches::routes())

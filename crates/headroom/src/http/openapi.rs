@@ -29,7 +29,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "batches", description = "Record imports through an API's batch endpoint"),
         (name = "schedules", description = "Per-tenant cron runs of a job or batch"),
         (name = "tenants", description = "Tenants' credentials, webhook secrets and scoped tokens"),
-        (name = "observe", description = "Budgets, events, status and alerts"),
+        (name = "budgets", description = "Budgets as they are, and operators' overrides of a tenant's budget"),
+        (name = "observe", description = "Events, status and alerts"),
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "proxy", description = "The governing proxy: calls passed to an upstream"),
     )
@@ -508,6 +509,24 @@ pub struct Alerts {
 pub struct Budgets {
     #[schema(value_type = Vec<Object>)]
     pub budgets: Vec<Value>,
+    /// Every override in force: `upstream`, `tenant`, `override`, `updated_at`.
+    #[schema(value_type = Vec<Object>)]
+    pub overrides: Vec<Value>,
+}
+
+/// `GET /v1/budgets/{upstream}/{tenant}`: the override in force, the config the budget runs
+/// with, and its live state (`budget`, null until its first call).
+#[derive(ToSchema)]
+pub struct BudgetDetail {
+    pub upstream: String,
+    pub tenant: String,
+    #[schema(value_type = Option<Object>)]
+    pub r#override: Option<Value>,
+    pub updated_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    #[schema(value_type = Option<Object>)]
+    pub budget: Option<Value>,
 }
 
 /// `/healthz` and `/readyz`.

@@ -334,6 +334,22 @@ fn refused(
                 until,
             }
         }
+        RejectReason::Paused => {
+            let wait = i64::try_from(rejection.retry_after.as_millis()).unwrap_or(i64::MAX);
+            let until = crate::clock::rfc3339(app.clock.now_millis().saturating_add(wait));
+            ApiError::Paused {
+                detail: format!(
+                    "the budget of upstream \"{}\" ({key}) is paused by an operator until \
+                     {until} (see GET /v1/budgets/{}/…), beyond this call's max wait of {}; \
+                     send it as a job to have it wait for the pause to end",
+                    upstream.name,
+                    upstream.name,
+                    format_duration(max_wait)
+                ),
+                retry_after: rejection.retry_after,
+                until,
+            }
+        }
         RejectReason::BreakerOpen => ApiError::Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             detail: format!(
@@ -477,7 +493,9 @@ async fn forward(
                 let error = refused(app, upstream, &call.key.1, max_wait, rejection);
                 if matches!(
                     error,
-                    ApiError::Refused { .. } | ApiError::QuotaExhausted { .. }
+                    ApiError::Refused { .. }
+                        | ApiError::QuotaExhausted { .. }
+                        | ApiError::Paused { .. }
                 ) {
                     app.observe.refused(
                         &call.call(attempt, None),

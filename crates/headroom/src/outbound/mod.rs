@@ -30,6 +30,7 @@ use crate::clock::WallClock;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::observe::Observer;
+use crate::overrides::Overrides;
 use client::UpstreamClient;
 use governor::{BudgetKey, SharedGovernor};
 
@@ -46,6 +47,8 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     observe: Arc<Observer>,
     clock: WallClock,
+    /// Operators' changes to tenants' budgets.
+    overrides: Arc<Overrides>,
 }
 
 impl Outbound {
@@ -55,6 +58,7 @@ impl Outbound {
         metrics: Arc<Metrics>,
         observe: Arc<Observer>,
         clock: WallClock,
+        overrides: Arc<Overrides>,
     ) -> Outbound {
         Outbound {
             client: client::build(),
@@ -63,6 +67,7 @@ impl Outbound {
             metrics,
             observe,
             clock,
+            overrides,
         }
     }
 
@@ -157,11 +162,12 @@ impl Prepared<'_> {
     /// answer back into the budget.
     pub async fn send(&self, body: Body, how: Send<'_>) -> Answer {
         let out = self.outbound;
+        let overridden = out.overrides.config(&self.key);
         let lease = match out
             .governor
             .acquire(
                 self.key.clone(),
-                &self.upstream.budget_config,
+                overridden.as_ref().unwrap_or(&self.upstream.budget_config),
                 how.lane,
                 how.cost,
                 how.max_wait,
@@ -186,6 +192,7 @@ pub(crate) fn refusal(rejection: &Rejection) -> &'static str {
             "the budget has no room within the wait cap"
         }
         RejectReason::QuotaExhausted => "a long-window quota is spent until its reset",
+        RejectReason::Paused => "an operator paused the budget",
     }
 }
 
@@ -196,7 +203,7 @@ fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) ->
         return Arc::from("shared");
     }
     if let Some(t) = tenant {
-        return Arc::from(format!("tenant:{t}"));
+        return crate::overrides::tenant_budget(t);
     }
     match headers.get(&upstream.credential.header) {
         Some(credential) => {

@@ -5,6 +5,7 @@ mod common;
 mod services;
 
 mod batches;
+mod budgets;
 mod cli;
 mod contract;
 mod credentials;

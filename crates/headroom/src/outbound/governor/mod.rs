@@ -109,9 +109,14 @@ pub struct SharedGovernor {
     /// With `remote`: each upstream's config as the local half uses it (by the address of
     /// the upstream's config), without its concurrency cap, which Redis keeps for all
     /// nodes. A local cap would let bulk calls waiting for the shared pace hold every local
-    /// slot, and real-time calls would queue behind them.
-    local_configs: Mutex<HashMap<usize, Arc<BudgetConfig>>>,
+    /// slot, and real-time calls would queue behind them. The config itself is held beside
+    /// its local half, so that its address cannot be reused by another while it is here
+    /// (overrides make configs that come and go; a few per change).
+    local_configs: Mutex<HashMap<usize, ConfigAndLocal>>,
 }
+
+/// A budget config, and the same without its concurrency cap (see `local_configs`).
+type ConfigAndLocal = (Arc<BudgetConfig>, Arc<BudgetConfig>);
 
 /// A call's leave to go: return it with [`Lease::finish`]; dropping it returns it as
 /// abandoned.
@@ -242,16 +247,16 @@ impl SharedGovernor {
         let start = tokio::time::Instant::now();
         let local = {
             let mut configs = self.local_configs.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(
-                configs
-                    .entry(Arc::as_ptr(config) as usize)
-                    .or_insert_with(|| {
-                        Arc::new(BudgetConfig {
-                            max_concurrency: u32::MAX,
-                            ..(**config).clone()
-                        })
-                    }),
-            )
+            let (_, local) = configs
+                .entry(Arc::as_ptr(config) as usize)
+                .or_insert_with(|| {
+                    let local = Arc::new(BudgetConfig {
+                        max_concurrency: u32::MAX,
+                        ..(**config).clone()
+                    });
+                    (Arc::clone(config), local)
+                });
+            Arc::clone(local)
         };
         let mut lease = self
             .acquire_local(key, &local, lane, cost, max_wait, party)
@@ -471,6 +476,23 @@ impl SharedGovernor {
             }));
         }
         views
+    }
+}
+
+impl SharedGovernor {
+    /// One budget, if the governor holds it (it is made on first use, and forgotten when idle).
+    pub fn snapshot_of(&self, key: &BudgetKey) -> Option<BudgetView> {
+        let now = self.now();
+        let inner = self.lock();
+        let budget = inner.governor.budget(key)?;
+        let (queued_realtime, queued_bulk) = inner.governor.queued(key);
+        Some(BudgetView {
+            upstream_index: key.0,
+            key: key.1.to_string(),
+            budget: budget.snapshot(now),
+            queued_realtime,
+            queued_bulk,
+        })
     }
 }
 
