@@ -110,6 +110,10 @@ struct ResetShape {
     /// In milliseconds, to keep an idle budget small.
     longest_ms: u32,
     sliding: bool,
+    /// For a limit whose window no one stated: how far the last report's reset moved past
+    /// the one before (ms). A fixed window's reset moves by its window from one window to the
+    /// next; twice the same move is the window.
+    jump_ms: u32,
 }
 
 impl Limit {
@@ -344,6 +348,7 @@ impl Limit {
                     span_start: now,
                     longest_ms: r_ms,
                     sliding: shape.span_start != Timestamp::ZERO && shape.longest_ms < quarter,
+                    jump_ms: shape.jump_ms,
                 };
             } else {
                 shape.longest_ms = shape.longest_ms.max(r_ms);
@@ -367,6 +372,14 @@ impl Limit {
             }
         };
         if newer {
+            if let (None, Some(new), Some(old)) = (self.window, reset_at, self.report) {
+                // A window that turned over refilled: what remains rose by a good part of
+                // the quota (a sliding window's reset creeps without that).
+                let refilled = remaining - old.remaining >= 0.25 * self.quota;
+                if let Some(old_reset) = old.reset_at.filter(|_| refilled) {
+                    self.infer_window(new.saturating_since(old_reset));
+                }
+            }
             // Resets are usually rounded up to whole seconds, so each report bounds the true
             // reset from above: within one window, the earliest bound is the tightest.
             if let (Some(new), Some(old)) = (reset_at, self.report.and_then(|r| r.reset_at)) {
@@ -382,6 +395,22 @@ impl Limit {
                 reset_at,
             });
         }
+    }
+
+    /// Learns a window no one stated from how far a fixed window's reset moves from one
+    /// window to the next, as it refills: the same move of a second or more twice in a row
+    /// (within 5 %). A sliding window's reset (its oldest call's expiry) creeps instead, and
+    /// an idle gap makes a longer move that the next one does not repeat.
+    fn infer_window(&mut self, moved: Duration) {
+        if moved < Duration::from_secs(1) {
+            return;
+        }
+        let moved_ms = u32::try_from(moved.as_millis()).unwrap_or(u32::MAX);
+        let last = self.resets.jump_ms;
+        if last > 0 && moved_ms.abs_diff(last) <= moved_ms / 20 {
+            self.window = Some(Duration::from_millis(u64::from(moved_ms.min(last))));
+        }
+        self.resets.jump_ms = moved_ms;
     }
 
     /// The remaining count now: the last report minus what was sent since its call.
@@ -566,6 +595,40 @@ mod tests {
             reset_in: reset_in.map(Duration::from_secs_f64),
             ..LimitSignal::default()
         }
+    }
+
+    /// A limit whose window no one states (OpenAI's token headers say the reset, not the
+    /// window) learns it from how far the reset moves from one window to the next; a reset
+    /// that creeps (a sliding window) or an odd move teaches nothing.
+    #[test]
+    fn a_window_no_one_stated_is_learned_from_how_the_reset_moves() {
+        let mut l = Limit::learned(&report(100.0, Some(1.5))).unwrap();
+        assert_eq!(l.window, None);
+        let mut seq = 0;
+        let mut see = |l: &mut Limit, at: f64, remaining: f64, reset_in: f64| {
+            seq += 1;
+            l.observe(t(at), &report(remaining, Some(reset_in)), seq, 0.0);
+        };
+        see(&mut l, 0.0, 90.0, 1.5);
+        see(&mut l, 0.5, 20.0, 1.0); // the same window, spent
+        see(&mut l, 1.6, 95.0, 1.9); // the next, refilled: its reset moved by 2 s
+        assert_eq!(l.window, None, "one move is not yet a window");
+        see(&mut l, 2.5, 10.0, 1.0);
+        see(&mut l, 3.7, 96.0, 1.8); // and again by 2 s
+        assert_eq!(l.window, Some(Duration::from_secs(2)));
+
+        // A sliding window at its limit: the reset creeps, nothing refills.
+        let mut creeping = Limit::learned(&report(100.0, Some(1.0))).unwrap();
+        for i in 1..40 {
+            see(&mut creeping, f64::from(i) * 0.3, f64::from(i % 2), 1.0);
+        }
+        assert_eq!(creeping.window, None);
+        let mut odd = Limit::learned(&report(100.0, Some(1.0))).unwrap();
+        for (at, reset_in) in [(0.0, 1.0), (1.0, 0.1), (2.0, 2.0), (3.0, 0.1), (6.5, 1.5)] {
+            let remaining = if reset_in > 1.0 { 100.0 } else { 0.0 };
+            see(&mut odd, at, remaining, reset_in);
+        }
+        assert_eq!(odd.window, None, "moves of 3 s and 4.5 s");
     }
 
     #[test]

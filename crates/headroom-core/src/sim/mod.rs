@@ -50,6 +50,19 @@ pub struct Scenario {
     /// At the start of window `.0` the upstream's quota becomes `.1` (Headroom's config, if
     /// any, still says `quota`).
     pub quota_change: Option<(u32, u32)>,
+    /// Calls cost units of their own (tokens): the quota counts them, not calls.
+    pub cost: Option<CallCost>,
+}
+
+/// What calls cost, when they cost more than one unit each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CallCost {
+    /// Each call costs a uniform random amount between these.
+    pub min: f64,
+    pub max: f64,
+    /// What the caller says each call costs (`Headroom-Cost`): `None` for its true cost,
+    /// else this flat estimate, which the answer's reported cost then corrects.
+    pub stated: Option<f64>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +90,7 @@ impl Scenario {
             windows: 60,
             seed: 1,
             quota_change: None,
+            cost: None,
         }
     }
 
@@ -155,6 +169,7 @@ impl Scenario {
             }
         }
         out.extend(Scenario::moving());
+        out.extend(Scenario::costs());
         out
     }
 
@@ -246,6 +261,49 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// A token-metered API (OpenAI's headers): 3,000 tokens per 2 s, calls of 100–300
+    /// tokens, 16 callers at once; the cost stated exactly, estimated flat (and corrected by
+    /// the answers' `usage`), or learned from headers alone.
+    pub fn costs() -> Vec<Scenario> {
+        let mut out = Vec::new();
+        for (name, configured, stated) in [
+            ("fixed/openai tokens, cost stated", true, None),
+            (
+                "fixed/openai tokens, cost estimated at 200",
+                true,
+                Some(200.0),
+            ),
+            (
+                "fixed/openai tokens, cost estimated at 100",
+                true,
+                Some(100.0),
+            ),
+            (
+                "fixed/openai tokens, unconfigured, cost stated",
+                false,
+                None,
+            ),
+        ] {
+            let mut s = Scenario::new(name, Model::FixedWindow, Dialect::OpenAiTokens);
+            s.configured = configured;
+            s.quota = 3000;
+            s.window = Duration::from_secs(2);
+            s.max_concurrency = 16;
+            s.bulk_backlog = 16;
+            s.realtime_rate = 0.5;
+            s.windows = 300;
+            s.cost = Some(CallCost {
+                min: 100.0,
+                max: 300.0,
+                stated,
+            });
+            out.push(s);
+        }
+        out
+    }
+}
+
 /// What a simulation measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -254,7 +312,8 @@ pub struct Report {
     pub calls: u64,
     pub accepted: u64,
     pub throttled: u64,
-    /// Headroom's accepted calls over `headroom × quota` per window, after the first window.
+    /// Headroom's accepted calls (or their cost, when calls cost units of their own) over
+    /// `headroom × quota` per window, after the first window.
     pub utilisation: f64,
     pub throttled_share: f64,
     /// The most calls Headroom sent in one window (aligned windows for a fixed window,
@@ -285,6 +344,9 @@ enum Event {
 
 struct Call {
     lane: Lane,
+    /// What the call costs, and what its caller says it costs.
+    cost: f64,
+    stated: f64,
     requested_at: Timestamp,
     permit: Option<Permit>,
     status: u16,
@@ -296,7 +358,14 @@ pub fn run(s: &Scenario) -> Report {
     let key = ();
     let config = Arc::new(BudgetConfig {
         limits: if s.configured {
-            vec![LimitConfig::new(s.quota as f64, s.window)]
+            vec![LimitConfig {
+                unit: if s.cost.is_some() {
+                    crate::signals::Unit::Points
+                } else {
+                    crate::signals::Unit::Requests
+                },
+                ..LimitConfig::new(s.quota as f64, s.window)
+            }]
         } else {
             vec![]
         },
@@ -322,12 +391,21 @@ pub fn run(s: &Scenario) -> Report {
 
     let mut calls: HashMap<u64, Call> = HashMap::new();
     let mut next_token = 0u64;
-    let mut new_call = |calls: &mut HashMap<u64, Call>, lane, now| {
+    let draw = |rng: &mut Jitter| match s.cost {
+        None => (1.0, 1.0),
+        Some(c) => {
+            let cost = (c.min + (c.max - c.min) * rng.unit()).round();
+            (cost, c.stated.unwrap_or(cost))
+        }
+    };
+    let mut new_call = |calls: &mut HashMap<u64, Call>, lane, now, (cost, stated): (f64, f64)| {
         next_token += 1;
         calls.insert(
             next_token,
             Call {
                 lane,
+                cost,
+                stated,
                 requested_at: now,
                 permit: None,
                 status: 0,
@@ -360,7 +438,8 @@ pub fn run(s: &Scenario) -> Report {
     let mut changed = false;
     let mut accepted_after_change = 0u64;
     let mut max_after_change = 0u64;
-    let mut accepted_after_first = 0u64;
+    // In units: calls, or their cost.
+    let mut accepted_after_first = 0.0f64;
     let mut accepted_bulk = 0u64;
     let mut realtime_waits: Vec<f64> = Vec::new();
     let mut sent_log: VecDeque<f64> = VecDeque::new();
@@ -390,7 +469,7 @@ pub fn run(s: &Scenario) -> Report {
     let mut decisions = Vec::new();
     let mut now = Timestamp::ZERO;
     for _ in 0..s.bulk_backlog {
-        let token = new_call(&mut calls, Lane::Bulk, now);
+        let token = new_call(&mut calls, Lane::Bulk, now, draw(&mut rng));
         submit(
             &mut governor,
             &key,
@@ -465,7 +544,7 @@ pub fn run(s: &Scenario) -> Report {
                     }
                 }
                 Event::Realtime => {
-                    let token = new_call(&mut calls, Lane::Realtime, now);
+                    let token = new_call(&mut calls, Lane::Realtime, now, draw(&mut rng));
                     submit(
                         &mut governor,
                         &key,
@@ -503,14 +582,14 @@ pub fn run(s: &Scenario) -> Report {
                     if changed {
                         max_after_change = max_after_change.max(in_window);
                     }
-                    let accepted = upstream.call(secs);
                     let call = calls.get_mut(&token).expect("call exists");
+                    let accepted = upstream.call_costing(secs, call.cost);
                     call.status = if accepted { 200 } else { 429 };
                     call.headers = upstream.headers(s.dialect, secs, EPOCH + secs, accepted);
                     if accepted {
                         report.accepted += 1;
                         if secs >= window_s {
-                            accepted_after_first += 1;
+                            accepted_after_first += call.cost;
                         }
                         if change_at.is_some_and(|(at, _)| secs >= at + 2.0 * window_s) {
                             accepted_after_change += 1;
@@ -535,8 +614,19 @@ pub fn run(s: &Scenario) -> Report {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_bytes()))
                         .collect();
-                    let signals =
-                        crate::signals::interpret(call.status, headers, b"", EPOCH + secs);
+                    // An answer reports what the call cost, as an LLM API's `usage` does.
+                    let body = match s.cost {
+                        Some(_) if call.status == 200 => {
+                            format!("{{\"usage\":{{\"total_tokens\":{}}}}}", call.cost)
+                        }
+                        _ => String::new(),
+                    };
+                    let signals = crate::signals::interpret(
+                        call.status,
+                        headers,
+                        body.as_bytes(),
+                        EPOCH + secs,
+                    );
                     let permit = call.permit.take().expect("granted call has a permit");
                     let outcome = Outcome::Response {
                         status: call.status,
@@ -551,7 +641,13 @@ pub fn run(s: &Scenario) -> Report {
                         } else {
                             now
                         };
-                        let token = new_call(&mut calls, call.lane, requested_at);
+                        // A retried call costs what it did; a new one its own.
+                        let cost = if call.status == 429 {
+                            (call.cost, call.stated)
+                        } else {
+                            draw(&mut rng)
+                        };
+                        let token = new_call(&mut calls, call.lane, requested_at, cost);
                         submit(
                             &mut governor,
                             &key,
@@ -569,8 +665,7 @@ pub fn run(s: &Scenario) -> Report {
     }
 
     let measured_windows = s.windows.saturating_sub(1).max(1) as f64;
-    report.utilisation =
-        accepted_after_first as f64 / (s.headroom * s.quota as f64 * measured_windows);
+    report.utilisation = accepted_after_first / (s.headroom * s.quota as f64 * measured_windows);
     report.throttled_share = report.throttled as f64 / (report.calls.max(1)) as f64;
     report.bulk_share = accepted_bulk as f64 / report.accepted.max(1) as f64;
     report.realtime_calls = realtime_waits.len() as u64;
@@ -597,8 +692,8 @@ fn submit(
     max_wait: Duration,
     decisions: &mut Vec<Decision<u64>>,
 ) {
-    let lane = calls[&token].lane;
-    match governor.request(now, key, config, lane, 1.0, max_wait, token) {
+    let (lane, cost) = (calls[&token].lane, calls[&token].stated);
+    match governor.request(now, key, config, lane, cost, max_wait, token) {
         Admission::Granted(permit) => decisions.push(Decision::Granted {
             token,
             permit,

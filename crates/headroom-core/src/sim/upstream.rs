@@ -42,6 +42,9 @@ pub enum Dialect {
     HubSpot,
     /// Shopify's `X-Shopify-Shop-Api-Call-Limit: used/size` (no reset).
     Shopify,
+    /// OpenAI's token limit: `x-ratelimit-limit-tokens`, `-remaining-tokens` and
+    /// `-reset-tokens` (a Go duration such as `850ms`); calls cost their tokens.
+    OpenAiTokens,
 }
 
 /// A rate-limited upstream's state.
@@ -52,8 +55,8 @@ pub struct Upstream {
     window: f64,
     /// Fixed window: (index of the current window, count in it).
     fixed: (u64, f64),
-    /// Sliding window: accepted call times.
-    log: VecDeque<f64>,
+    /// Sliding window: accepted calls' times and costs.
+    log: VecDeque<(f64, f64)>,
     /// Leaky bucket: (level, time of that level).
     bucket: (f64, f64),
 }
@@ -77,15 +80,21 @@ impl Upstream {
 
     /// Counts a call at `now` (seconds); returns whether it was accepted.
     pub fn call(&mut self, now: f64) -> bool {
+        self.call_costing(now, 1.0)
+    }
+
+    /// Counts a call of `cost` units (tokens, points) at `now`; returns whether it was
+    /// accepted: only when all of its cost fits in what is left.
+    pub fn call_costing(&mut self, now: f64, cost: f64) -> bool {
         self.advance(now);
         let used = self.used();
-        if used + 1.0 > self.quota + 1e-9 {
+        if used + cost > self.quota + 1e-9 {
             return false;
         }
         match self.model {
-            Model::FixedWindow => self.fixed.1 += 1.0,
-            Model::SlidingWindow => self.log.push_back(now),
-            Model::LeakyBucket => self.bucket.0 += 1.0,
+            Model::FixedWindow => self.fixed.1 += cost,
+            Model::SlidingWindow => self.log.push_back((now, cost)),
+            Model::LeakyBucket => self.bucket.0 += cost,
         }
         true
     }
@@ -99,7 +108,11 @@ impl Upstream {
                 }
             }
             Model::SlidingWindow => {
-                while self.log.front().is_some_and(|t| *t <= now - self.window) {
+                while self
+                    .log
+                    .front()
+                    .is_some_and(|(t, _)| *t <= now - self.window)
+                {
                     self.log.pop_front();
                 }
             }
@@ -113,7 +126,7 @@ impl Upstream {
     pub fn used(&self) -> f64 {
         match self.model {
             Model::FixedWindow => self.fixed.1,
-            Model::SlidingWindow => self.log.len() as f64,
+            Model::SlidingWindow => self.log.iter().map(|(_, c)| c).sum(),
             Model::LeakyBucket => self.bucket.0,
         }
     }
@@ -126,7 +139,7 @@ impl Upstream {
             Model::SlidingWindow => self
                 .log
                 .front()
-                .map_or(self.window, |t| t + self.window - now),
+                .map_or(self.window, |(t, _)| t + self.window - now),
             Model::LeakyBucket => self.window / self.quota,
         }
     }
@@ -184,6 +197,14 @@ impl Upstream {
                 push(
                     "X-Shopify-Shop-Api-Call-Limit",
                     format!("{}/{}", self.used().ceil(), self.quota),
+                );
+            }
+            Dialect::OpenAiTokens => {
+                push("x-ratelimit-limit-tokens", format!("{}", self.quota));
+                push("x-ratelimit-remaining-tokens", format!("{remaining}"));
+                push(
+                    "x-ratelimit-reset-tokens",
+                    format!("{}ms", (reset * 1000.0).ceil()),
                 );
             }
         }

@@ -338,6 +338,19 @@ pub struct Upstream {
     pub cost_from_body: bool,
 }
 
+impl Upstream {
+    /// Whether calls spend a cost of their own here: a limit counts points, or answers
+    /// are read for what they cost (`cost_from_body`).
+    pub fn meters_cost(&self) -> bool {
+        self.cost_from_body
+            || self
+                .budget_config
+                .limits
+                .iter()
+                .any(|l| l.unit == headroom_core::Unit::Points)
+    }
+}
+
 impl Config {
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name == name)

@@ -148,7 +148,8 @@ struct Ask {
     tenant: Option<String>,
     lane: Lane,
     max_wait: Option<Duration>,
-    cost: f64,
+    /// `Headroom-Cost`; without it, what past calls of the route cost, else 1.
+    cost: Option<f64>,
 }
 
 fn header_str<'a>(name: &str, value: Option<&'a HeaderValue>) -> Result<Option<&'a str>, ApiError> {
@@ -214,9 +215,9 @@ fn read_ask(headers: &HeaderMap) -> Result<Ask, ApiError> {
         }
     };
     let cost = match header_str("headroom-cost", cost)? {
-        None => 1.0,
+        None => None,
         Some(c) => match c.parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_COST => v,
+            Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_COST => Some(v),
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "header Headroom-Cost: \"{c}\" must be a positive number of points up to {MAX_COST}"
@@ -470,7 +471,7 @@ async fn forward(
         let attempt = journey.attempts + 1;
         let how = outbound::Send {
             lane: ask.lane,
-            cost: ask.cost,
+            cost: ask.cost.or_else(|| call.estimated_cost()).unwrap_or(1.0),
             max_wait: deadline.saturating_duration_since(tokio::time::Instant::now()),
             attempt,
             queue: None,
@@ -721,6 +722,6 @@ mod tests {
             .contains("Headroom-Tenant"));
         let ask = read_ask(&HeaderMap::new()).unwrap();
         assert_eq!(ask.lane, Lane::Realtime);
-        assert_eq!(ask.cost, 1.0);
+        assert_eq!(ask.cost, None);
     }
 }

@@ -12,6 +12,7 @@
 //! Nothing outside this module holds the HTTP client or asks the governor for leave.
 
 pub mod client;
+mod cost;
 pub mod governor;
 mod send;
 mod target;
@@ -49,6 +50,8 @@ pub struct Outbound {
     clock: WallClock,
     /// Operators' changes to tenants' budgets.
     overrides: Arc<Overrides>,
+    /// What calls without a stated cost are likely to cost, per route.
+    costs: Arc<cost::CostEstimates>,
 }
 
 impl Outbound {
@@ -68,6 +71,7 @@ impl Outbound {
             observe,
             clock,
             overrides,
+            costs: Default::default(),
         }
     }
 
@@ -156,6 +160,18 @@ impl Prepared<'_> {
             attempt,
             queue,
         }
+    }
+
+    /// What the call is likely to cost when its caller does not say: what past calls of its
+    /// route cost, where the upstream meters cost (see `Upstream::meters_cost`).
+    pub fn estimated_cost(&self) -> Option<f64> {
+        if !self.upstream.meters_cost() {
+            return None;
+        }
+        self.outbound
+            .costs
+            .estimate(self.upstream.index, &self.method, self.uri.path())
+            .filter(|c| *c > 0.0)
     }
 
     /// Waits for the budget (or is refused), then sends the call with `body` and reads the

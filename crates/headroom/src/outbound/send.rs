@@ -95,7 +95,8 @@ pub(super) async fn send(
     let status = parts.status.as_u16();
     let inspect = read_all
         || matches!(status, 403 | 420 | 429 | 503 | 529)
-        || upstream.retry.on_status.contains(&status);
+        || upstream.retry.on_status.contains(&status)
+        || (upstream.cost_from_body && is_json(&parts.headers));
     // The caller's deadline only while a retry could still happen in it; past it, the
     // answer goes back as it is and its body may take the upstream's timeout.
     let read_until = match wait_until {
@@ -147,6 +148,10 @@ pub(super) async fn send(
         status,
         signals: &signals,
     });
+    if let Some(cost) = signals.cost.filter(|_| upstream.meters_cost()) {
+        out.costs
+            .record(upstream.index, call.method, call.uri.path(), cost);
+    }
     record_breaker(out, upstream, call.tenant, reaction);
     out.metrics.upstream_response(upstream, status);
     if signals.throttled {
@@ -173,6 +178,20 @@ pub(super) async fn send(
         waited,
         allowance: reaction.allowance,
     }
+}
+
+/// A JSON answer (`application/json`, `application/graphql-response+json`…): where an API
+/// reports what a call cost. Event streams are not: their body is not read.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("application/json")
+                || (t.len() > 5 && t[t.len() - 5..].eq_ignore_ascii_case("+json"))
+        })
 }
 
 fn unreachable_upstream(

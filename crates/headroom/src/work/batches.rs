@@ -208,7 +208,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     let attempts = chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
     let how = outbound::Send {
         lane: meta.lane,
-        cost: 1.0,
+        cost: call.estimated_cost().unwrap_or(1.0),
         max_wait: upstream.retry.max_wait,
         attempt: attempts,
         queue: None,

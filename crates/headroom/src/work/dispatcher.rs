@@ -306,7 +306,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         .unwrap_or_else(Body::empty);
     let how = outbound::Send {
         lane: n.lane,
-        cost: 1.0,
+        cost: call.estimated_cost().unwrap_or(1.0),
         max_wait: upstream.retry.max_wait,
         attempt: job.attempts + 1,
         queue: Some(&n.queue),
