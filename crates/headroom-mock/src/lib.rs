@@ -71,6 +71,10 @@ pub enum Profile {
     /// Fixed window; no headers but `Retry-After` on a 429.
     #[value(name = "retry-after")]
     RetryAfter,
+    /// Fixed window of `limit` tokens; OpenAI's `x-ratelimit-*-tokens` headers. A call costs
+    /// `?tokens=N` (else 200) tokens and reports them as `usage.total_tokens` in its body.
+    #[value(name = "openai")]
+    OpenAi,
     /// No limit and no rate-limit headers, for measuring proxy overhead.
     #[value(name = "unlimited")]
     Unlimited,
@@ -87,6 +91,7 @@ impl Profile {
             Profile::Hubspot => (Model::FixedWindow, Dialect::HubSpot),
             Profile::Shopify => (Model::LeakyBucket, Dialect::Shopify),
             Profile::RetryAfter => (Model::FixedWindow, Dialect::RetryAfter),
+            Profile::OpenAi => (Model::FixedWindow, Dialect::OpenAiTokens),
             Profile::Unlimited => return None,
         })
     }
@@ -101,6 +106,7 @@ impl Profile {
             Profile::Hubspot => "hubspot",
             Profile::Shopify => "shopify",
             Profile::RetryAfter => "retry-after",
+            Profile::OpenAi => "openai",
             Profile::Unlimited => "unlimited",
         }
     }
@@ -118,6 +124,9 @@ pub struct MockConfig {
     pub latency: Duration,
     /// Share (0 to 1) of each tenant's quota a hidden client spends per window.
     pub hidden_share: f64,
+    /// This long after the start (or a reset), every tenant's limit becomes this (a plan
+    /// change, a vendor tightening its limits).
+    pub limit_change: Option<(Duration, u32)>,
 }
 
 impl Default for MockConfig {
@@ -128,6 +137,7 @@ impl Default for MockConfig {
             window: Duration::from_secs(10),
             latency: Duration::ZERO,
             hidden_share: 0.0,
+            limit_change: None,
         }
     }
 }
@@ -163,6 +173,9 @@ impl MockConfig {
                 ", hidden client {:.0}%",
                 self.hidden_share * 100.0
             ));
+        }
+        if let Some((at, limit)) = self.limit_change.filter(|_| self.profile != Profile::Unlimited) {
+            s.push_str(&format!(", {limit} per window after {}", format_duration(at)));
         }
         s
     }
@@ -367,8 +380,23 @@ impl Shared {
         Upstream::new(model, self.config.limit, self.config.window)
     }
 
-    /// Counts one call of `tenant`; returns whether it was accepted and the headers to send.
-    fn call(&self, tenant: &str, model: Model, dialect: Dialect) -> (bool, Vec<(String, String)>) {
+    /// The limit in force `now` seconds after the start.
+    fn limit_at(&self, now: f64) -> u32 {
+        match self.config.limit_change {
+            Some((at, limit)) if now >= at.as_secs_f64() => limit.max(1),
+            _ => self.config.limit,
+        }
+    }
+
+    /// Counts one call of `tenant` costing `cost` units; returns whether it was accepted and
+    /// the headers to send.
+    fn call(
+        &self,
+        tenant: &str,
+        model: Model,
+        dialect: Dialect,
+        cost: f64,
+    ) -> (bool, Vec<(String, String)>) {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -388,7 +416,8 @@ impl Shared {
         let Some(t) = inner.tenants.get_mut(tenant) else {
             return (false, Vec::new());
         };
-        let accepted = t.upstream.call(now);
+        t.upstream.set_quota(self.limit_at(now));
+        let accepted = t.upstream.call_costing(now, cost);
         if accepted {
             t.accepted += 1;
             t.window.add(index);
@@ -420,9 +449,11 @@ impl Shared {
             if due > inner.hidden_done + max_burst {
                 inner.hidden_done = due - max_burst;
             }
+            let limit = self.limit_at(now);
             while inner.hidden_done < due {
                 inner.hidden_done += 1;
                 for t in inner.tenants.values_mut() {
+                    t.upstream.set_quota(limit);
                     if t.upstream.call(now) {
                         inner.hidden_accepted += 1;
                     } else {
@@ -553,6 +584,25 @@ struct Echo<'a> {
     method: &'a str,
     path: &'a str,
     body_bytes: u64,
+    /// What the call cost, as an LLM API reports it (the `openai` profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    total_tokens: u64,
+}
+
+/// The tokens a call of the `openai` profile costs: `?tokens=N` (1 to 1,000,000), else 200.
+fn tokens(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == "tokens")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .filter(|n| (1..=1_000_000).contains(n))
+        .unwrap_or(200)
 }
 
 /// Batch call bodies are read up to this size.
@@ -631,11 +681,18 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             }
         }
     }
+    let cost = match shared.config.profile {
+        Profile::OpenAi => tokens(parts.uri.query()),
+        _ => 1,
+    };
     let echo = |ok: bool| Echo {
         ok,
         method: parts.method.as_str(),
         path: parts.uri.path(),
         body_bytes,
+        usage: (ok && shared.config.profile == Profile::OpenAi).then_some(Usage {
+            total_tokens: cost,
+        }),
     };
 
     if forced.status.is_some() || forced.sleep.is_some() {
@@ -664,7 +721,7 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         .map_or(ANONYMOUS.into(), |v| {
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         });
-    let (accepted, headers) = shared.call(&tenant, model, dialect);
+    let (accepted, headers) = shared.call(&tenant, model, dialect, cost as f64);
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }

@@ -790,6 +790,7 @@ pub async fn execute_until(
             window: opts.window,
             latency: opts.latency,
             hidden_share: opts.hidden_share,
+            limit_change: None,
         },
     )
     .await

@@ -15,7 +15,8 @@ pub struct Args {
     /// Which provider's limits and headers to imitate.
     #[arg(long, value_enum, default_value_t = Profile::Ietf)]
     pub profile: Profile,
-    /// Calls each tenant may make per window (the bucket size for `shopify`).
+    /// Calls each tenant may make per window (the bucket size for `shopify`, tokens for
+    /// `openai`).
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
@@ -29,6 +30,14 @@ pub struct Args {
     /// window, as another integration on the same credential would.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_share)]
     pub hidden_share: f64,
+    /// Change every tenant's limit to `--limit-after` this long after the start (a plan
+    /// change): `--limit-change-at 30s --limit-after 50`.
+    #[arg(long, value_name = "DUR", value_parser = parse_latency, requires = "limit_after")]
+    pub limit_change_at: Option<Duration>,
+    /// The limit from `--limit-change-at` on.
+    #[arg(long, value_name = "N", requires = "limit_change_at",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit_after: Option<u32>,
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -63,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             window: args.window,
             latency: args.latency,
             hidden_share: args.hidden_share,
+            limit_change: args.limit_change_at.zip(args.limit_after),
         };
         let mock = headroom_mock::spawn(listener, config).await?;
         println!(
