@@ -166,6 +166,9 @@ pub struct Permit {
     spent_at: Spent,
     probe: bool,
     granted_at: Timestamp,
+    /// Whether any limit paced the call when it went: a throttle of a call that went
+    /// before the budget knew any limit says the limit, not that the pace was too fast.
+    paced: bool,
 }
 
 impl Permit {
@@ -396,6 +399,13 @@ impl Budget {
                     // A long window's quota may be spent ahead of its even pace.
                     let burst = limit.burst();
                     let (tat, tat_bulk) = (tat - burst, tat_bulk - burst);
+                    // Slots booked at a slower pace (little left near a window's end) hold
+                    // no longer than a real-time burst at the pace now: the window may have
+                    // turned over since. Without this, calls booked at the end of one window
+                    // held a whole window after it empty.
+                    let lead = |rate: f64| spacing((1.0 + REALTIME_BURST) * c, rate);
+                    let tat = tat.min(now + lead(rate * factor));
+                    let tat_bulk = tat_bulk.min(now + lead(rate * factor * share));
                     at = match lane {
                         // A real-time call may run up to three intervals ahead of the pace (a
                         // burst of four), so that neither bulk nor a short burst of real-time
@@ -449,6 +459,32 @@ impl Budget {
             .max()
     }
 
+    /// The time between two calls of `cost` over the longer run, for estimating how long the
+    /// calls queued ahead take: each limit at the pace it sustains over windows, not the
+    /// pace of the moment (which falls near a window's end and rises after its reset).
+    pub fn sustained_interval(&self, now: Timestamp, lane: Lane, cost: f64) -> Option<Duration> {
+        let share = self.lane_share(lane);
+        let factor = self.factor(now);
+        let headroom = self.config.headroom;
+        self.limits
+            .iter()
+            .filter_map(|l| {
+                let c = l.unit_cost(cost);
+                let sustained = l.sustained_rate(now, headroom);
+                let rate =
+                    match l.pace(now, headroom, self.spent.of(l.unit()), c, self.margin(lane)) {
+                        // A long window's quota may run a tenth of its window ahead of its
+                        // even pace (`Limit::burst`): while it does, it spaces no calls.
+                        Pace::Rate(_) if l.is_long() => None,
+                        Pace::Rate(r) => Some(sustained.map_or(r, |s| r.max(s))),
+                        Pace::Blocked(_) => sustained,
+                        Pace::Unpaced => None,
+                    }?;
+                Some(spacing(c, rate * factor * share))
+            })
+            .max()
+    }
+
     /// Whether the circuit breaker lets calls through now.
     pub fn check_breaker(&self, now: Timestamp) -> Result<(), BreakerRefusal> {
         self.breaker.check(now)
@@ -476,6 +512,7 @@ impl Budget {
 
     fn dispatch(&mut self, now: Timestamp, lane: Lane, cost: f64) -> Permit {
         let probe = self.breaker.on_dispatch(now);
+        let paced = self.limits.iter().any(Limit::paces);
         // Book the call's slots at the pace it went at (before it counts as spent).
         let factor = self.factor(now);
         let share = self.lane_share(lane);
@@ -512,6 +549,7 @@ impl Budget {
             spent_at: self.spent,
             probe,
             granted_at: now,
+            paced,
         }
     }
 
@@ -663,7 +701,10 @@ impl Budget {
             .min(self.config.max_pause);
         // Responses to calls already in flight report the same overload: slow down once per
         // pause, not once per response.
-        if now >= self.paused_until && !self.learn_from_throttle(permit, signals, pause) {
+        if now >= self.paused_until
+            && !self.learn_from_throttle(permit, signals, pause)
+            && permit.paced
+        {
             self.factor = (self.factor(now) * DECREASE).max(MIN_FACTOR);
             self.factor_since = now;
         }
@@ -983,6 +1024,73 @@ mod tests {
             &mut Jitter::new(1),
         );
         assert_eq!(b.snapshot(t(0.0)).spent_points, 300.0);
+    }
+
+    /// OpenAI's token headers say what remains and when it resets, not the window. After the
+    /// reset, the limit holds its quota again (less what went since), so the calls queued
+    /// behind it do not all go at once; a throttle of calls that went before any limit was
+    /// known teaches the limit and does not halve the pace; and the wait for calls queued
+    /// near the window's end is estimated at the pace sustained over windows.
+    #[test]
+    fn a_limit_reported_without_its_window_still_paces_after_its_reset() {
+        let mut b = Budget::new(Arc::new(BudgetConfig {
+            max_concurrency: 100,
+            ..BudgetConfig::default()
+        }));
+        let mut j = Jitter::new(1);
+        let tokens = |remaining: f64, reset_ms: u64, throttled: bool| Signals {
+            throttled,
+            limits: vec![crate::LimitSignal {
+                name: Some("tokens".into()),
+                quota: Some(3000.0),
+                remaining: Some(remaining),
+                reset_in: Some(Duration::from_millis(reset_ms)),
+                unit: Unit::Points,
+                ..Default::default()
+            }],
+            ..Signals::default()
+        };
+        // Nothing known: 16 calls of 200 go at once; the last is throttled.
+        let permits: Vec<Permit> = (0..16)
+            .map(|_| b.try_acquire(t(0.0), Lane::Realtime, 200.0).unwrap())
+            .collect();
+        for (i, p) in permits.into_iter().enumerate() {
+            let last = i == 15;
+            let s = tokens(
+                if last { 0.0 } else { 2800.0 - 200.0 * i as f64 },
+                1900,
+                last,
+            );
+            b.complete(
+                t(0.1),
+                p,
+                Outcome::Response {
+                    status: if last { 429 } else { 200 },
+                    signals: &s,
+                },
+                &mut j,
+            );
+        }
+        assert_eq!(
+            b.factor(t(0.1)),
+            1.0,
+            "a throttle before any limit was known"
+        );
+        // Near the window's end, the wait for the next call is not estimated at the pace
+        // of the moment (0 left): one call of 200 at the sustained pace of 0.8 × 3,000 per
+        // 1.9 s (the longest reset seen) is well under a second.
+        let per_call = b.sustained_interval(t(0.1), Lane::Realtime, 200.0).unwrap();
+        assert!(per_call < Duration::from_millis(200), "{per_call:?}");
+        // After the reset (at 2.0 s) calls go again, but not the whole queue at once: at most
+        // the target of 2,400 (plus half the margin while no answer reports on the new window).
+        let mut sent = 0.0;
+        while b.earliest(t(2.1), Lane::Bulk, 200.0) <= t(2.1) {
+            let p = b.try_acquire(t(2.1), Lane::Bulk, 200.0).unwrap();
+            std::mem::forget(p);
+            sent += 200.0;
+            assert!(sent <= 3000.0, "the whole quota and more went at once");
+        }
+        assert!(sent >= 2000.0 && sent <= 2800.0, "{sent}");
     }
 
     /// Sends bulk calls one after another as early as the budget allows, each answered at

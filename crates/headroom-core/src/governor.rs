@@ -242,7 +242,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 Err(Wait::Until(_) | Wait::Concurrency) => {}
             }
         }
-        let per_call = entry.budget.interval(now, lane, cost);
+        let per_call = entry.budget.sustained_interval(now, lane, cost);
         let queue = entry.lane(lane);
         if queue.len() >= MAX_QUEUED_PER_LANE || queue.len_of(party) >= MAX_QUEUED_PER_PARTY {
             return Admission::Rejected(Rejection {

@@ -99,6 +99,9 @@ pub(crate) struct Limit {
     raise: bool,
     /// Configured by an operator's override rather than the upstream's config.
     overridden: bool,
+    /// The longest reset any answer reported (ms): a window is at least that long, which
+    /// bounds the pace a limit no one gave a window can sustain.
+    longest_reset_ms: u32,
 }
 
 /// The longest reset reported over each span of one window: a fixed window reports resets
@@ -121,6 +124,7 @@ impl Limit {
         Limit {
             raise,
             overridden,
+            longest_reset_ms: 0,
             name: c.name.as_deref().map(Into::into),
             quota: c.quota,
             window: Some(c.window),
@@ -151,6 +155,7 @@ impl Limit {
             throttled_at: None,
             raise: false,
             overridden: false,
+            longest_reset_ms: 0,
         })
     }
 
@@ -331,6 +336,10 @@ impl Limit {
         if self.name.is_none() {
             self.name = sig.name.as_deref().map(Into::into);
         }
+        if let Some(r) = sig.reset_in {
+            let r_ms = u32::try_from(r.as_millis()).unwrap_or(u32::MAX);
+            self.longest_reset_ms = self.longest_reset_ms.max(r_ms);
+        }
         let Some(remaining) = sig.remaining.filter(|r| r.is_finite() && *r >= 0.0) else {
             return;
         };
@@ -435,6 +444,39 @@ impl Limit {
         })
     }
 
+    /// A window no one stated that turned over at its reported reset holds its quota again,
+    /// less what went since the last report (some of which the old window may have counted),
+    /// until an answer reports on the new window. Without this, a limit with no window to pace
+    /// by was unpaced after each reset, and the calls queued behind it all went at once.
+    fn refilled_report(&self, now: Timestamp) -> Option<Report> {
+        if self.window.is_some() {
+            return None;
+        }
+        let r = self.report?;
+        let reset = r
+            .reset_at
+            .filter(|t| now >= *t && now < *t + MAX_REPORT_AGE)?;
+        Some(Report {
+            remaining: self.quota,
+            observed_at: reset,
+            reset_at: None,
+            ..r
+        })
+    }
+
+    /// The pace this limit sustains over windows (units per second): `headroom` of its quota
+    /// per window, or, with no window known, per the longest reset seen (a window is at
+    /// least that long). Near a window's end the pace of the moment is far lower; a wait
+    /// estimated at that pace for every call queued ahead ran away (a call refused with
+    /// `Retry-After: 300` when the budget refilled every 2 s).
+    pub(crate) fn sustained_rate(&self, now: Timestamp, headroom: f64) -> Option<f64> {
+        let window = self.window.or_else(|| {
+            (self.longest_reset_ms > 0)
+                .then(|| Duration::from_millis(u64::from(self.longest_reset_ms)))
+        })?;
+        Some(headroom * self.quota_at(now) / window.as_secs_f64().max(1e-3))
+    }
+
     /// The pace this limit allows now for a call counting `cost` units, when `spent` units have
     /// been sent in total and `headroom` of the quota is the target, of which the call may also
     /// spend the fraction `margin` of the rest.
@@ -453,8 +495,16 @@ impl Limit {
         let nominal = self
             .window
             .map(|w| headroom * quota / w.as_secs_f64().max(1e-3));
-        let Some(report) = self.fresh_report(now) else {
-            return nominal.map_or(Pace::Unpaced, Pace::Rate);
+        let refilled;
+        let report = match self.fresh_report(now) {
+            Some(r) => r,
+            None => match self.refilled_report(now) {
+                Some(r) => {
+                    refilled = r;
+                    &refilled
+                }
+                None => return nominal.map_or(Pace::Unpaced, Pace::Rate),
+            },
         };
         let estimate = report.remaining - (spent - report.spent_at);
         // What may still be spent in this window, by everyone, leaving the reserve untouched.
@@ -492,7 +542,9 @@ impl Limit {
             // the reserve could go in one window, until the window turns over.
             None if allowance + 0.5 * reserve >= cost => nominal.map_or(Pace::Unpaced, Pace::Rate),
             None => {
-                let probe_rate = match nominal {
+                // With no window known, the longest reset seen stands in for it: one unit per
+                // second held a 200-token call for 200 s.
+                let probe_rate = match nominal.or_else(|| self.sustained_rate(now, headroom)) {
                     Some(n) => n * (1.0 - headroom).max(0.01) / headroom / 4.0,
                     None => 1.0,
                 };

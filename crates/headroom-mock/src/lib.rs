@@ -43,6 +43,9 @@ use tokio::task::JoinHandle;
 /// The bucket of callers that send no `Authorization` header.
 pub const ANONYMOUS: &str = "(none)";
 
+/// Windows whose accepted calls `/_mock/stats` lists.
+const MAX_WINDOWS_KEPT: usize = 10_000;
+
 /// The longest `?sleep_ms=` honoured; longer values are cut to it.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -174,8 +177,14 @@ impl MockConfig {
                 self.hidden_share * 100.0
             ));
         }
-        if let Some((at, limit)) = self.limit_change.filter(|_| self.profile != Profile::Unlimited) {
-            s.push_str(&format!(", {limit} per window after {}", format_duration(at)));
+        if let Some((at, limit)) = self
+            .limit_change
+            .filter(|_| self.profile != Profile::Unlimited)
+        {
+            s.push_str(&format!(
+                ", {limit} per window after {}",
+                format_duration(at)
+            ));
         }
         s
     }
@@ -198,6 +207,12 @@ pub struct MockStats {
     /// The most calls accepted in one window (windows aligned to the start or the last reset),
     /// over all tenants, not counting the hidden client. 0 for `unlimited`.
     pub max_in_window: u64,
+    /// What accepted calls cost (calls, or tokens with `openai`) in each aligned window from
+    /// the start (or the last reset), over all tenants, not counting the hidden client: the
+    /// first 10,000 windows. Empty for `unlimited`.
+    pub accepted_per_window: Vec<u64>,
+    /// The units the accepted calls cost (tokens with `openai`; one per call otherwise).
+    pub accepted_cost: u64,
     /// Records received in accepted HubSpot-style batch calls (`…/batch/…` with `inputs`).
     pub batch_records: u64,
     /// Distinct records applied by batch calls (accepted, not failing validation).
@@ -255,6 +270,8 @@ struct Inner {
     hidden_accepted: u64,
     hidden_throttled: u64,
     window: WindowCount,
+    per_window: Vec<u64>,
+    accepted_cost: u64,
     /// Batch records applied, by `objectWriteTraceId`, with how often.
     applied: HashMap<String, u32>,
     batch_records: u64,
@@ -272,6 +289,8 @@ impl Inner {
             hidden_accepted: 0,
             hidden_throttled: 0,
             window: WindowCount::default(),
+            per_window: Vec::new(),
+            accepted_cost: 0,
             applied: HashMap::new(),
             batch_records: 0,
             batch_records_invalid: 0,
@@ -315,6 +334,8 @@ impl Shared {
                 })
                 .collect(),
             max_in_window: inner.window.max,
+            accepted_per_window: inner.per_window.clone(),
+            accepted_cost: inner.accepted_cost,
             batch_records: inner.batch_records,
             batch_records_applied: inner.applied.len() as u64,
             batch_records_reapplied: inner.applied.values().map(|n| u64::from(n - 1)).sum(),
@@ -422,6 +443,15 @@ impl Shared {
             t.accepted += 1;
             t.window.add(index);
             inner.window.add(index);
+            inner.accepted_cost += cost as u64;
+            if let Ok(i) = usize::try_from(index) {
+                if i < MAX_WINDOWS_KEPT {
+                    if inner.per_window.len() <= i {
+                        inner.per_window.resize(i + 1, 0);
+                    }
+                    inner.per_window[i] += cost as u64;
+                }
+            }
             self.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
             t.throttled += 1;
@@ -690,9 +720,8 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         body_bytes,
-        usage: (ok && shared.config.profile == Profile::OpenAi).then_some(Usage {
-            total_tokens: cost,
-        }),
+        usage: (ok && shared.config.profile == Profile::OpenAi)
+            .then_some(Usage { total_tokens: cost }),
     };
 
     if forced.status.is_some() || forced.sleep.is_some() {
