@@ -540,7 +540,11 @@ impl Limit {
             // window, which the response does not show, so it may run into half of it; below
             // that (someone else is spending), probe slowly enough that at most a quarter of
             // the reserve could go in one window, until the window turns over.
-            None if allowance + 0.5 * reserve >= cost => nominal.map_or(Pace::Unpaced, Pace::Rate),
+            // With no window known, the longest reset seen stands in for it, so that a
+            // window's allowance is spread rather than spent at once when it turns over.
+            None if allowance + 0.5 * reserve >= cost => nominal
+                .or_else(|| self.sustained_rate(now, headroom))
+                .map_or(Pace::Unpaced, Pace::Rate),
             None => {
                 // With no window known, the longest reset seen stands in for it: one unit per
                 // second held a 200-token call for 200 s.
