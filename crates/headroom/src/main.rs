@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use cli::{demo, explain, jobs, mock, observe, serve, simulate, tenants};
+use cli::{budgets, demo, explain, jobs, mock, observe, serve, simulate, tenants};
 
 // A proxy allocates a little for every call on every thread; the system allocator's locking
 // showed as 13 % of the CPU under load (BENCHMARKS.md, proxy overhead).
@@ -120,6 +120,19 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Tokens(tenants::TokensArgs),
 
+    /// See budgets, and change one tenant's budget at run time: other limits, headroom or
+    /// concurrency, or a pause (kept in the store, applied by every node). Output is JSON.
+    ///
+    /// Examples:
+    ///
+    ///   headroom budgets list
+    ///   headroom budgets show crm acme
+    ///   headroom budgets set crm acme --limit 190/10s --reason "Enterprise plan"
+    ///   headroom budgets set crm acme --pause-for 30m
+    ///   headroom budgets clear crm acme
+    #[command(verbatim_doc_comment)]
+    Budgets(budgets::BudgetsArgs),
+
     /// Submit, show, list and cancel durable jobs on a running server.
     Jobs(jobs::JobsArgs),
 
@@ -210,6 +223,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenants(args) => tenants::run_tenants(args),
         Command::Tokens(args) => tenants::run_tokens(args),
         Command::CheckConfig { file } => serve::check_config(&file),
+        Command::Budgets(args) => budgets::run(args),
         Command::Jobs(args) => jobs::run_jobs(args),
         Command::Batches(args) => jobs::run_batches(args),
         Command::Schedules(args) => jobs::run_schedules(args),

@@ -2,6 +2,7 @@
 //! library (`headroom`) and the mock upstream (`headroom_mock`) as any client would.
 
 pub mod api;
+pub mod budgets;
 pub mod demo;
 pub mod explain;
 pub mod jobs;

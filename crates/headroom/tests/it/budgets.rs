@@ -265,3 +265,60 @@ async fn an_override_outlives_a_restart() {
     assert_eq!(shown["config"]["limits"][0]["window"], 60.0, "{shown}");
     server.shutdown().await;
 }
+
+/// `headroom budgets set/show/clear` against a running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_shows_and_clears_an_override() {
+    let rig = Rig::start(mock(Profile::Unlimited, 1000, 10), "").await;
+    let url = format!("http://{}", rig.addr);
+    let cli = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+                .arg("budgets")
+                .args(&args)
+                .args(["--server", &url])
+                .env_remove("HEADROOM_API_TOKEN")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        })
+    };
+    let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let (code, out, err) = cli(args(
+        "set up acme --limit 90000/1m:points --limit 50/10s --pause-for 10m",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["config"]["limits"].as_array().unwrap().len(),
+        2,
+        "{shown}"
+    );
+    assert_eq!(shown["config"]["limits"][0]["unit"], "points", "{shown}");
+    assert!(shown["override"]["paused_until"].is_string(), "{shown}");
+    let (code, out, err) = cli(args("set up acme --resume --reset limits"))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["override"].is_null(),
+        "{out}"
+    );
+    // A wrong value is the server's problem detail, naming the field.
+    let (code, _, err) = cli(args("set up acme --headroom 3")).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("headroom"), "{err}");
+    let (code, _, err) = cli(args("set up acme")).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nothing to change"), "{err}");
+    let (code, _, err) = cli(args("clear up acme")).await.unwrap();
+    assert_eq!(code, Some(2), "no override left to clear: {err}");
+    rig.shutdown().await;
+}
