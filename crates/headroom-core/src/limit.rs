@@ -17,6 +17,9 @@ use crate::signals::{LimitSignal, Unit};
 /// A window at least this long is a quota rather than a rate (see [`Limit::burst`]).
 const LONG_WINDOW: Duration = Duration::from_secs(3600);
 
+/// The longest window a reset can stand for when no one states the window.
+const MAX_INFERRED_WINDOW: Duration = Duration::from_secs(3600);
+
 /// How long a report without a reset time describes a limit whose window is not known.
 const MAX_REPORT_AGE: Duration = Duration::from_secs(60);
 
@@ -245,6 +248,11 @@ impl Limit {
         self.unit
     }
 
+    /// When the last call went.
+    pub(crate) fn last_sent(&self) -> Timestamp {
+        self.last_sent
+    }
+
     /// The next free slot at the pace, for any lane and for bulk.
     pub(crate) fn slots(&self) -> (Timestamp, Timestamp) {
         (self.tat, self.tat_bulk)
@@ -337,7 +345,9 @@ impl Limit {
             self.name = sig.name.as_deref().map(Into::into);
         }
         if let Some(r) = sig.reset_in {
-            let r_ms = u32::try_from(r.as_millis()).unwrap_or(u32::MAX);
+            // A reset of days (a daily quota, or a hostile answer) would make the pace it
+            // stands for nothing: it bounds the window only up to an hour.
+            let r_ms = u32::try_from(r.min(MAX_INFERRED_WINDOW).as_millis()).unwrap_or(u32::MAX);
             self.longest_reset_ms = self.longest_reset_ms.max(r_ms);
         }
         let Some(remaining) = sig.remaining.filter(|r| r.is_finite() && *r >= 0.0) else {

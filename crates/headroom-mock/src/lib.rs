@@ -827,6 +827,7 @@ mod tests {
                 "hubspot",
                 "shopify",
                 "retry-after",
+                "openai",
                 "unlimited"
             ]
         );

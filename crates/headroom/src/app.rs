@@ -64,7 +64,9 @@ impl AppState {
             wall_millis: self.clock.now_millis(),
             governor: self.governor.now(),
         };
-        self.overrides.load(rows, &self.config, clocks);
+        for (key, config) in self.overrides.load(rows, &self.config, clocks) {
+            self.governor.reconfigure(&key, &config);
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use crate::cfg::{Config, RawLimit, Upstream};
 use crate::clock::Millis;
 
 /// A budget: an upstream's index and the budget's key (as `outbound::governor::BudgetKey`).
-type BudgetKey = (u32, Arc<str>);
+pub type BudgetKey = (u32, Arc<str>);
 
 /// What an operator changed of a budget; a field not set keeps the upstream's config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -155,12 +155,15 @@ impl Overrides {
     /// configured (or no longer per tenant), or that no longer fits the config, is left out
     /// with a warning. An override unchanged since the last load keeps its config, so its
     /// budget is not reconfigured for nothing.
+    ///
+    /// Gives the budgets whose config changed (set, changed or cleared), each with the config
+    /// it runs with now, so that budgets already held take it at once.
     pub fn load(
         &self,
         rows: Vec<crate::store::BudgetOverrideRow>,
         config: &Config,
         clocks: Clocks,
-    ) {
+    ) -> Vec<(BudgetKey, Arc<BudgetConfig>)> {
         let previous = self
             .by_key
             .read()
@@ -168,8 +171,11 @@ impl Overrides {
             .clone();
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
-            let Some(upstream) = config.upstream(&row.upstream) else {
-                tracing::warn!(upstream = %row.upstream, tenant = %row.tenant, "a budget override names an upstream that is not configured; it is ignored");
+            let Some(upstream) = config
+                .upstream(&row.upstream)
+                .filter(|u| u.budget == crate::cfg::BudgetScope::Tenant)
+            else {
+                tracing::debug!(upstream = %row.upstream, tenant = %row.tenant, "a budget override names an upstream that is not configured with a budget per tenant; it is ignored");
                 continue;
             };
             let key = tenant_key(upstream, &row.tenant);
@@ -189,8 +195,23 @@ impl Overrides {
                 }
             }
         }
+        let mut changed: Vec<(BudgetKey, Arc<BudgetConfig>)> = next
+            .iter()
+            .filter(|(k, a)| {
+                previous
+                    .get(*k)
+                    .is_none_or(|p| !Arc::ptr_eq(&p.config, &a.config))
+            })
+            .map(|(k, a)| (k.clone(), Arc::clone(&a.config)))
+            .collect();
+        for key in previous.keys().filter(|k| !next.contains_key(*k)) {
+            if let Some(upstream) = config.upstreams.get(key.0 as usize) {
+                changed.push((key.clone(), Arc::clone(&upstream.budget_config)));
+            }
+        }
         self.any.store(!next.is_empty(), Ordering::Relaxed);
         *self.by_key.write().unwrap_or_else(|e| e.into_inner()) = next;
+        changed
     }
 }
 

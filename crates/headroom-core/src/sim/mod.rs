@@ -207,13 +207,32 @@ impl Scenario {
                 100,
                 10,
             ),
+            (
+                "fixed/x-ratelimit-delta, unconfigured, 20 per 2 s, quota doubles",
+                Dialect::XRateLimitDelta,
+                false,
+                20,
+                2,
+            ),
+            (
+                "fixed/ietf, unconfigured, quota doubles",
+                Dialect::Ietf,
+                false,
+                100,
+                10,
+            ),
         ] {
             let mut s = Scenario::new(name, Model::FixedWindow, dialect);
             s.configured = configured;
             s.quota = quota;
             s.window = Duration::from_secs(window);
             s.realtime_rate = 0.04 * quota as f64 / window as f64;
-            s.quota_change = Some((20, quota / 2));
+            let after = if name.contains("doubles") {
+                quota * 2
+            } else {
+                quota / 2
+            };
+            s.quota_change = Some((20, after));
             out.push(s);
         }
         // Only Retry-After on a 429 (or nothing at all), no limit in the config: nothing to

@@ -130,7 +130,10 @@ fn beside_a_hidden_client_without_headers_throttling_stays_rare() {
 #[test]
 fn a_falling_limit_takes_effect_and_the_pace_recovers() {
     let moving = Scenario::moving();
-    let halves: Vec<&Scenario> = moving.iter().filter(|s| s.quota_change.is_some()).collect();
+    let halves: Vec<&Scenario> = moving
+        .iter()
+        .filter(|s| s.name.contains("halves"))
+        .collect();
     assert!(halves.len() >= 3);
     for s in halves {
         let r = run(s);
@@ -154,6 +157,26 @@ fn a_falling_limit_takes_effect_and_the_pace_recovers() {
             "{}: {most} in one window (bound {bound})",
             s.name
         );
+    }
+}
+
+/// The API doubles its quota a third of the way through, no limit configured (a configured
+/// one is a ceiling unless `learn = "raise"`): the new limit is learned from the headers and
+/// spent, at least 0.7 of its target from two windows after the change, nothing throttled.
+#[test]
+fn a_rising_limit_is_learned_and_spent() {
+    let moving = Scenario::moving();
+    let rises: Vec<&Scenario> = moving
+        .iter()
+        .filter(|s| s.name.contains("doubles"))
+        .collect();
+    assert!(rises.len() >= 2);
+    for s in rises {
+        let r = run(s);
+        let after = r.utilisation_after_change.unwrap();
+        assert!(after >= 0.7, "{}: {after:.3} of the new target", s.name);
+        assert!(after <= 1.1, "{}: {after:.3} of the new target", s.name);
+        assert_eq!(r.throttled, 0, "{}: {r:?}", s.name);
     }
 }
 

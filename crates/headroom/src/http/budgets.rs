@@ -23,6 +23,8 @@ use crate::overrides::{activate, tenant_budget, BudgetOverride, Clocks};
 const OVERRIDE_SHAPE: &str = "{\"limits\": [{\"quota\": 100, \"window\": \"10s\"}], \"headroom\": 0.5, \
      \"max_concurrency\": 4, \"paused_until\": \"<RFC 3339>\" or \"pause_for\": \"30m\", \"reason\": \"…\"} \
      (each optional; null clears it)";
+/// The longest `pause_for` taken (a later end is a date: `paused_until`).
+const MAX_PAUSE_FOR: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 const FIELDS: &[&str] = &[
     "limits",
     "headroom",
@@ -83,9 +85,7 @@ fn target(
     app: &AppState,
     path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> ApiResult<(&Upstream, String)> {
-    let UrlPath((upstream, tenant)) = path.map_err(path_error)?;
-    check_tenant("tenant", &tenant)?;
-    let upstream = configured_upstream(app, &upstream)?;
+    let (upstream, tenant) = named(app, path)?;
     if upstream.budget == BudgetScope::Shared {
         return Err(ApiError::Conflict {
             detail: format!(
@@ -96,6 +96,16 @@ fn target(
         });
     }
     Ok((upstream, tenant))
+}
+
+/// The upstream and tenant of a path, checked as names only.
+fn named(
+    app: &AppState,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
+) -> ApiResult<(&Upstream, String)> {
+    let UrlPath((upstream, tenant)) = path.map_err(path_error)?;
+    check_tenant("tenant", &tenant)?;
+    Ok((configured_upstream(app, &upstream)?, tenant))
 }
 
 /// A tenant's budget at an upstream: the override in force, the config it runs with, and
@@ -174,6 +184,11 @@ async fn change(
             "{shown}: unknown field; the body is {OVERRIDE_SHAPE}"
         )));
     }
+    if patch.contains_key("pause_for") && patch.contains_key("paused_until") {
+        return Err(ApiError::bad_request(
+            "pause_for: give pause_for or paused_until, not both",
+        ));
+    }
     let stored = app.store.budget_overrides().await?;
     let current = stored
         .iter()
@@ -216,6 +231,11 @@ fn merge(
                     let d = headroom_core::duration::parse_duration(d).map_err(|e| {
                         ApiError::bad_request(format!("pause_for: {e}; like \"30m\" or \"2h\""))
                     })?;
+                    if d > MAX_PAUSE_FOR {
+                        return Err(ApiError::bad_request(
+                            "pause_for: at most 366d; give paused_until for a later date",
+                        ));
+                    }
                     let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
                     json!(crate::clock::rfc3339(now.saturating_add(ms)))
                 }
@@ -253,14 +273,14 @@ fn merge(
         (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upstream, or no override", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The upstream shares one budget among tenants", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn clear(
     State(app): State<AppState>,
     path: Result<UrlPath<(String, String)>, PathRejection>,
     _admin: Admin,
 ) -> ApiResult<StatusCode> {
-    let (upstream, tenant) = target(&app, path)?;
+    // Any scope: an override stored before its upstream became shared can still be removed.
+    let (upstream, tenant) = named(&app, path)?;
     if !app
         .store
         .delete_budget_override(&upstream.name, &tenant)

@@ -34,7 +34,7 @@ pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 const MAX_INSPECTED_BODY: usize = 256 << 10;
 /// The longest `Headroom-Max-Wait` accepted.
 const MAX_WAIT_CEILING: Duration = Duration::from_secs(3600);
-const MAX_COST: f64 = 1e6;
+use crate::outbound::MAX_COST;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 9] = [

@@ -11,6 +11,8 @@ use http::Method;
 
 /// How much each new cost moves the estimate (an exponentially weighted mean).
 const WEIGHT: f64 = 0.2;
+/// The most a call may cost, as `Headroom-Cost` allows.
+pub(crate) const MAX_COST: f64 = 1e6;
 /// Routes remembered at most (all upstreams): a client that varies its paths endlessly
 /// cannot grow the table.
 const MAX_ROUTES: usize = 4096;
@@ -32,6 +34,9 @@ impl CostEstimates {
         if !(cost.is_finite() && cost >= 0.0) {
             return;
         }
+        // An answer is untrusted: what it says a call cost counts no more than a caller may
+        // state (`Headroom-Cost`).
+        let cost = cost.min(MAX_COST);
         let mut map = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
         let key = (upstream, route(method, path));
         let full = map.len() >= MAX_ROUTES;

@@ -36,6 +36,7 @@ use client::UpstreamClient;
 use governor::{BudgetKey, SharedGovernor};
 
 pub(crate) use crate::observe::Call;
+pub(crate) use cost::MAX_COST;
 pub(crate) use send::{read_up_to, Answer, Read};
 pub use target::{target_uri, TargetError};
 

@@ -167,6 +167,8 @@ async fn a_wrong_override_is_refused_naming_the_field() {
         (json!({"max_concurrency": 0}), "max_concurrency"),
         (json!({"paused_until": "tomorrow"}), "paused_until"),
         (json!({"pause_for": "a while"}), "pause_for"),
+        (json!({"pause_for": "100000000d"}), "pause_for"),
+        (json!({"reason": "x".repeat(501)}), "reason"),
         (json!({"limit": []}), "limit"),
         (json!({"headroom": "half"}), "headroom"),
     ] {

@@ -412,6 +412,19 @@ impl SharedGovernor {
         reaction
     }
 
+    /// Gives a budget a new config now and drives its queue (see `Governor::reconfigure`).
+    pub fn reconfigure(self: &Arc<Self>, key: &BudgetKey, config: &Arc<BudgetConfig>) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let mut out = std::mem::take(&mut inner.decisions);
+        inner.governor.reconfigure(now, key, config, &mut out);
+        inner.decisions = out;
+        inner.deliver(self, now);
+        if inner.driver_late() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Runs the timer: grants queued calls when they are due and forgets idle budgets.
     pub fn spawn_driver(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
