@@ -1087,9 +1087,9 @@ mod tests {
         // pace of the longest reset seen, at most the target of 2,400 (plus half the margin
         // while no answer reports on the new window).
         let mut sent = 0.0;
+        let mut in_flight = Vec::new();
         while b.earliest(t(2.1), Lane::Bulk, 200.0) <= t(2.1) {
-            let p = b.try_acquire(t(2.1), Lane::Bulk, 200.0).unwrap();
-            std::mem::forget(p);
+            in_flight.push(b.try_acquire(t(2.1), Lane::Bulk, 200.0).unwrap());
             sent += 200.0;
             assert!(sent <= 3000.0, "the whole quota and more went at once");
         }

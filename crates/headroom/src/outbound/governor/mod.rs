@@ -476,29 +476,22 @@ impl SharedGovernor {
             let now = self.now();
             let inner = self.lock();
             // A budget evicted since the keys were taken is left out.
-            views.extend(chunk.iter().filter_map(|key| {
-                let budget = inner.governor.budget(key)?;
-                let (queued_realtime, queued_bulk) = inner.governor.queued(key);
-                Some(BudgetView {
-                    upstream_index: key.0,
-                    key: key.1.to_string(),
-                    budget: budget.snapshot(now),
-                    queued_realtime,
-                    queued_bulk,
-                })
-            }));
+            views.extend(chunk.iter().filter_map(|key| inner.view(key, now)));
         }
         views
     }
-}
 
-impl SharedGovernor {
     /// One budget, if the governor holds it (it is made on first use, and forgotten when idle).
     pub fn snapshot_of(&self, key: &BudgetKey) -> Option<BudgetView> {
         let now = self.now();
-        let inner = self.lock();
-        let budget = inner.governor.budget(key)?;
-        let (queued_realtime, queued_bulk) = inner.governor.queued(key);
+        self.lock().view(key, now)
+    }
+}
+
+impl Inner {
+    fn view(&self, key: &BudgetKey, now: Timestamp) -> Option<BudgetView> {
+        let budget = self.governor.budget(key)?;
+        let (queued_realtime, queued_bulk) = self.governor.queued(key);
         Some(BudgetView {
             upstream_index: key.0,
             key: key.1.to_string(),
