@@ -254,10 +254,11 @@ def scenarios():
 
 
 def after_first(st, run):
-    # The mock counts throttled calls in total only: the share over the whole run is an upper
-    # bound of the share after the first throttle.
-    calls = st["accepted"] + st["throttled"]
-    return st["throttled"] / max(calls, 1)
+    # Throttled calls from the third window on (after the first throttles taught the limit),
+    # over the calls that reached the upstream in those windows.
+    throttled = sum(st["throttled_per_window"][2:])
+    accepted = sum(st["accepted_per_window"][2:])
+    return throttled / max(throttled + accepted, 1)
 
 
 def changed(st, t, window, change_at, after, seconds):

@@ -399,15 +399,6 @@ impl Budget {
                     // A long window's quota may be spent ahead of its even pace.
                     let burst = limit.burst();
                     let (tat, tat_bulk) = (tat - burst, tat_bulk - burst);
-                    // Slots booked at a slower pace (little left near a window's end) hold
-                    // no longer than a real-time burst at the pace now, counted from the last
-                    // call (a fixed point, so the wait ends): the window may have turned over
-                    // since. Without this, calls booked at the end of one window held a whole
-                    // window after it empty.
-                    let last = limit.last_sent();
-                    let lead = |rate: f64| spacing((1.0 + REALTIME_BURST) * c, rate);
-                    let tat = tat.min(last + lead(rate * factor));
-                    let tat_bulk = tat_bulk.min(last + lead(rate * factor * share));
                     at = match lane {
                         // A real-time call may run up to three intervals ahead of the pace (a
                         // burst of four), so that neither bulk nor a short burst of real-time

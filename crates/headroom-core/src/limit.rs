@@ -248,11 +248,6 @@ impl Limit {
         self.unit
     }
 
-    /// When the last call went.
-    pub(crate) fn last_sent(&self) -> Timestamp {
-        self.last_sent
-    }
-
     /// The next free slot at the pace, for any lane and for bulk.
     pub(crate) fn slots(&self) -> (Timestamp, Timestamp) {
         (self.tat, self.tat_bulk)

@@ -46,6 +46,16 @@ pub const ANONYMOUS: &str = "(none)";
 /// Windows whose accepted calls `/_mock/stats` lists.
 const MAX_WINDOWS_KEPT: usize = 10_000;
 
+/// Adds `n` to window `i`'s count, for the first `MAX_WINDOWS_KEPT` windows.
+fn count_in(windows: &mut Vec<u64>, i: usize, n: u64) {
+    if i < MAX_WINDOWS_KEPT {
+        if windows.len() <= i {
+            windows.resize(i + 1, 0);
+        }
+        windows[i] += n;
+    }
+}
+
 /// The longest `?sleep_ms=` honoured; longer values are cut to it.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -213,6 +223,8 @@ pub struct MockStats {
     pub accepted_per_window: Vec<u64>,
     /// The units the accepted calls cost (tokens with `openai`; one per call otherwise).
     pub accepted_cost: u64,
+    /// Calls throttled in each aligned window (as `accepted_per_window`, in calls).
+    pub throttled_per_window: Vec<u64>,
     /// Records received in accepted HubSpot-style batch calls (`…/batch/…` with `inputs`).
     pub batch_records: u64,
     /// Distinct records applied by batch calls (accepted, not failing validation).
@@ -271,6 +283,7 @@ struct Inner {
     hidden_throttled: u64,
     window: WindowCount,
     per_window: Vec<u64>,
+    throttled_per_window: Vec<u64>,
     accepted_cost: u64,
     /// Batch records applied, by `objectWriteTraceId`, with how often.
     applied: HashMap<String, u32>,
@@ -290,6 +303,7 @@ impl Inner {
             hidden_throttled: 0,
             window: WindowCount::default(),
             per_window: Vec::new(),
+            throttled_per_window: Vec::new(),
             accepted_cost: 0,
             applied: HashMap::new(),
             batch_records: 0,
@@ -336,6 +350,7 @@ impl Shared {
             max_in_window: inner.window.max,
             accepted_per_window: inner.per_window.clone(),
             accepted_cost: inner.accepted_cost,
+            throttled_per_window: inner.throttled_per_window.clone(),
             batch_records: inner.batch_records,
             batch_records_applied: inner.applied.len() as u64,
             batch_records_reapplied: inner.applied.values().map(|n| u64::from(n - 1)).sum(),
@@ -445,17 +460,15 @@ impl Shared {
             inner.window.add(index);
             inner.accepted_cost += cost as u64;
             if let Ok(i) = usize::try_from(index) {
-                if i < MAX_WINDOWS_KEPT {
-                    if inner.per_window.len() <= i {
-                        inner.per_window.resize(i + 1, 0);
-                    }
-                    inner.per_window[i] += cost as u64;
-                }
+                count_in(&mut inner.per_window, i, cost as u64);
             }
             self.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
             t.throttled += 1;
             inner.throttled += 1;
+            if let Ok(i) = usize::try_from(index) {
+                count_in(&mut inner.throttled_per_window, i, 1);
+            }
         }
         let headers = t.upstream.headers(dialect, now, epoch, accepted);
         (accepted, headers)
