@@ -299,8 +299,13 @@ impl Budget {
     /// Takes a changed config (an operator's override set or cleared): the configured
     /// limits are replaced, each keeping what the API reported of it and its place in the
     /// pace when one of the same name, window and unit was there before; limits learned
-    /// from headers or throttles stay.
-    pub fn reconfigure(&mut self, config: Arc<BudgetConfig>) {
+    /// from headers or throttles stay. A config of the same address is the same config: one
+    /// comparison, nothing else, on every call.
+    pub fn reconfigure(&mut self, config: &Arc<BudgetConfig>) {
+        if Arc::ptr_eq(&self.config, config) {
+            return;
+        }
+        let config = Arc::clone(config);
         let mut old: Vec<Limit> = std::mem::take(&mut self.limits);
         let mut limits = Vec::with_capacity(config.limits.len() + old.len());
         for (c, fresh) in config.limits.iter().zip(configured_limits(&config)) {
@@ -928,7 +933,7 @@ mod tests {
             b.interval(t(0.0), Lane::Bulk, 1.0),
             Some(Duration::from_millis(125))
         );
-        b.reconfigure(Arc::new(BudgetConfig {
+        b.reconfigure(&Arc::new(BudgetConfig {
             limits: vec![LimitConfig::new(10.0, Duration::from_secs(10))],
             overridden: true,
             ..(*upstream).clone()
@@ -944,13 +949,13 @@ mod tests {
             (snap.limits[0].quota, snap.limits[0].source),
             (10.0, "override")
         );
-        b.reconfigure(Arc::new(BudgetConfig {
+        b.reconfigure(&Arc::new(BudgetConfig {
             held_until: Some(t(60.0)),
             ..(*upstream).clone()
         }));
         assert_eq!(b.earliest(t(1.0), Lane::Realtime, 1.0), t(60.0));
         assert_eq!(b.snapshot(t(1.0)).held_for_s, 59.0);
-        b.reconfigure(Arc::clone(&upstream));
+        b.reconfigure(&upstream);
         assert!(b.earliest(t(1.0), Lane::Realtime, 1.0) <= t(1.0));
         assert_eq!(b.snapshot(t(1.0)).limits[0].source, "config");
     }

@@ -154,11 +154,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
 
     fn slot_of(&mut self, key: &K, config: &Arc<BudgetConfig>) -> u32 {
         if let Some(&slot) = self.index.get(key) {
-            // A config of the same address is the same config: one comparison per call.
-            let budget = &mut self.entry(slot).budget;
-            if !Arc::ptr_eq(budget.config(), config) {
-                budget.reconfigure(Arc::clone(config));
-            }
+            self.entry(slot).budget.reconfigure(config);
             return slot;
         }
         let entry = |generation| Entry {
@@ -291,10 +287,7 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         let Some(&slot) = self.index.get(key) else {
             return;
         };
-        let budget = &mut self.entry(slot).budget;
-        if !Arc::ptr_eq(budget.config(), config) {
-            budget.reconfigure(Arc::clone(config));
-        }
+        self.entry(slot).budget.reconfigure(config);
         self.drive(slot, now, out);
     }
 

@@ -57,14 +57,21 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Now on the wall clock and on the governor's, which an override's pause is read with.
+    pub fn override_clocks(&self) -> crate::overrides::Clocks {
+        crate::overrides::Clocks {
+            wall_millis: self.clock.now_millis(),
+            governor: self.governor.now(),
+        }
+    }
+
     /// Reads the budget overrides from the store and puts them in force.
     pub async fn reload_overrides(&self) -> Result<(), crate::store::StoreError> {
         let rows = self.store.budget_overrides().await?;
-        let clocks = crate::overrides::Clocks {
-            wall_millis: self.clock.now_millis(),
-            governor: self.governor.now(),
-        };
-        for (key, config) in self.overrides.load(rows, &self.config, clocks) {
+        for (key, config) in self
+            .overrides
+            .load(rows, &self.config, self.override_clocks())
+        {
             self.governor.reconfigure(&key, &config);
         }
         Ok(())

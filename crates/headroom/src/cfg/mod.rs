@@ -700,7 +700,9 @@ pub struct RawLimit {
 }
 
 impl RawLimit {
-    /// Checks the limit; errors name the field under `lkey` (like `upstreams[0].limits[1]`).
+    /// Reads the limit's unit and window; errors name the field under `lkey` (like
+    /// `upstreams[0].limits[1]`). Its quota and a zero window are checked with the rest of
+    /// the budget (`BudgetConfig::validate`).
     pub(crate) fn validate(self, lkey: &str) -> Result<LimitConfig, String> {
         let unit = match self.unit.as_deref() {
             None | Some("requests") => Unit::Requests,
@@ -711,22 +713,10 @@ impl RawLimit {
                 ))
             }
         };
-        if !(self.quota.is_finite() && self.quota > 0.0) {
-            return Err(format!(
-                "{lkey}.quota: must be a positive number, got {}",
-                self.quota
-            ));
-        }
-        let window = duration(&format!("{lkey}.window"), &self.window)?;
-        if window.is_zero() {
-            return Err(format!(
-                "{lkey}.window: must be longer than zero, like \"10s\""
-            ));
-        }
         Ok(LimitConfig {
             name: self.name,
             quota: self.quota,
-            window,
+            window: duration(&format!("{lkey}.window"), &self.window)?,
             unit,
         })
     }

@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::cfg::{BudgetScope, Upstream};
 use crate::error::{ApiError, ApiResult};
 use crate::outbound::governor::BudgetView;
-use crate::overrides::{activate, tenant_budget, BudgetOverride, Clocks};
+use crate::overrides::{activate, tenant_budget, BudgetOverride};
 
 const OVERRIDE_SHAPE: &str = "{\"limits\": [{\"quota\": 100, \"window\": \"10s\"}], \"headroom\": 0.5, \
      \"max_concurrency\": 4, \"paused_until\": \"<RFC 3339>\" or \"pause_for\": \"30m\", \"reason\": \"…\"} \
@@ -195,12 +195,9 @@ async fn change(
         .find(|r| r.upstream == upstream.name && r.tenant == tenant)
         .and_then(|r| serde_json::from_str::<Map<String, Value>>(&r.value).ok())
         .unwrap_or_default();
-    let merged = merge(current, patch, app.clock.now_millis())?;
+    let clocks = app.override_clocks();
+    let merged = merge(current, patch, clocks.wall_millis)?;
     let value = serde_json::to_string(&merged).map_err(|e| ApiError::Internal(e.into()))?;
-    let clocks = Clocks {
-        wall_millis: app.clock.now_millis(),
-        governor: app.governor.now(),
-    };
     let active = activate(upstream, &tenant, &value, String::new(), clocks)
         .map_err(ApiError::bad_request)?;
     if active.value.is_empty() {

@@ -318,10 +318,14 @@ fn refused(
     rejection: Rejection,
 ) -> ApiError {
     let retry = format!("{:.1}s", rejection.retry_after.as_secs_f64());
+    // When a refusal that lasts (a spent quota, a pause) ends, on the wall clock.
+    let until = || {
+        let wait = i64::try_from(rejection.retry_after.as_millis()).unwrap_or(i64::MAX);
+        crate::clock::rfc3339(app.clock.now_millis().saturating_add(wait))
+    };
     match rejection.reason {
         RejectReason::QuotaExhausted => {
-            let wait = i64::try_from(rejection.retry_after.as_millis()).unwrap_or(i64::MAX);
-            let until = crate::clock::rfc3339(app.clock.now_millis().saturating_add(wait));
+            let until = until();
             ApiError::QuotaExhausted {
                 detail: format!(
                     "upstream \"{}\" (budget {key}) has spent its long-window quota (daily, \
@@ -336,8 +340,7 @@ fn refused(
             }
         }
         RejectReason::Paused => {
-            let wait = i64::try_from(rejection.retry_after.as_millis()).unwrap_or(i64::MAX);
-            let until = crate::clock::rfc3339(app.clock.now_millis().saturating_add(wait));
+            let until = until();
             ApiError::Paused {
                 detail: format!(
                     "the budget of upstream \"{}\" ({key}) is paused by an operator until \
