@@ -169,6 +169,9 @@ pub struct Permit {
     /// Whether any limit paced the call when it went: a throttle of a call that went
     /// before the budget knew any limit says the limit, not that the pace was too fast.
     paced: bool,
+    /// Where a [`crate::Governor`] holds the budget that gave it: its completion needs no
+    /// lookup by key.
+    pub(crate) slot: Option<u32>,
 }
 
 impl Permit {
@@ -548,6 +551,7 @@ impl Budget {
             probe,
             granted_at: now,
             paced,
+            slot: None,
         }
     }
 

@@ -231,7 +231,10 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         };
         if ahead == 0 {
             match entry.budget.try_acquire(now, lane, cost) {
-                Ok(permit) => return Admission::Granted(permit),
+                Ok(mut permit) => {
+                    permit.slot = Some(slot);
+                    return Admission::Granted(permit);
+                }
                 Err(Wait::Breaker(refusal)) => {
                     return Admission::Rejected(breaker_rejection(now, refusal))
                 }
@@ -323,9 +326,16 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         outcome: Outcome<'_>,
         out: &mut Vec<Decision<W>>,
     ) -> Reaction {
-        let Some(&slot) = self.index.get(key) else {
-            // Budgets with calls in flight are never evicted, so this is a caller's bug; the
-            // permit is simply dropped.
+        // The permit says where its budget is (budgets with calls in flight are never
+        // evicted); the key check makes a permit handed to the wrong governor harmless.
+        let held = permit.slot.filter(|&s| {
+            self.slots
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| e.key == *key)
+        });
+        let Some(slot) = held.or_else(|| self.index.get(key).copied()) else {
+            // A caller's bug; the permit is simply dropped.
             return Reaction::default();
         };
         let entry = self.slots[slot as usize]
@@ -392,7 +402,8 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
                 (head.cost, head.deadline)
             };
             let refusal = match entry.budget.try_acquire(now, lane, cost) {
-                Ok(permit) => {
+                Ok(mut permit) => {
+                    permit.slot = Some(slot);
                     let w = entry.lane(lane).pop().expect("head exists");
                     out.push(Decision::Granted {
                         token: w.token,

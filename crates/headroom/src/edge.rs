@@ -265,12 +265,17 @@ impl Activity {
     }
 
     fn read(&self, bytes: &[u8]) {
-        let now = stamp(now());
-        self.last_io.store(now, Ordering::Relaxed);
-        if self.first_read.load(Ordering::Relaxed) == 0 {
-            self.first_read.store(now, Ordering::Relaxed);
-        }
+        // `last_io` times only HTTP/2 and undecided connections, and an HTTP/1 one needs
+        // the clock only for the first bytes of each head: most reads need no clock.
         let state = self.protocol.load(Ordering::Relaxed);
+        let first = self.first_read.load(Ordering::Relaxed) == 0;
+        if state != HTTP1 || first {
+            let now = stamp(now());
+            self.last_io.store(now, Ordering::Relaxed);
+            if first {
+                self.first_read.store(now, Ordering::Relaxed);
+            }
+        }
         if state < HTTP1 {
             // Below HTTP1, the state is how much of the HTTP/2 preface has been seen.
             let seen = state as usize;
@@ -288,7 +293,9 @@ impl Activity {
     }
 
     fn wrote(&self) {
-        self.last_io.store(stamp(now()), Ordering::Relaxed);
+        if self.protocol.load(Ordering::Relaxed) != HTTP1 {
+            self.last_io.store(stamp(now()), Ordering::Relaxed);
+        }
     }
 }
 

@@ -14,12 +14,18 @@ pub(crate) struct Headers {
 /// `X-Shopify-Shop-Api-Call-Limit`, `Retry-After`, `X-MS-Retry-After-Ms`, …).
 /// Matched without regard to case and without allocating.
 fn may_matter(name: &str) -> bool {
-    let name = name.trim().as_bytes();
-    let has = |word: &[u8]| {
-        name.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    has(b"limit") || has(b"retry") || has(b"reset")
+    // One pass that stops only at an `l` or an `r` (this runs for every header of every
+    // proxied answer; three `windows` scans cost 3x more).
+    let name = name.as_bytes();
+    (0..name.len()).any(|i| {
+        let rest = &name[i..];
+        let starts = |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+        match name[i] | 0x20 {
+            b'l' => starts(b"limit"),
+            b'r' => starts(b"retry") || starts(b"reset"),
+            _ => false,
+        }
+    })
 }
 
 impl Headers {

@@ -36,24 +36,14 @@ const MAX_INSPECTED_BODY: usize = 256 << 10;
 const MAX_WAIT_CEILING: Duration = Duration::from_secs(3600);
 use crate::outbound::MAX_COST;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// What the response reports of the journey, whatever its outcome.
 #[derive(Default)]
 struct Journey {
     attempts: u32,
     waited: Duration,
+    /// The call's lane once its headers are read (until then, and when they are wrong,
+    /// real-time: the default).
+    bulk: bool,
     /// Upstream, tenant and endpoint of a call that was retried (only then: the common path
     /// allocates nothing for it), for the retry's final outcome.
     retried: Option<Box<(String, String, String)>>,
@@ -86,7 +76,6 @@ pub(crate) fn documented() {}
 
 pub async fn handle(app: AppState, request: Request) -> Response {
     let mut journey = Journey::default();
-    let lane_hint = lane_label(request.headers());
     let upstream = upstream_name(request.uri().path()).and_then(|name| app.config.upstream(name));
     // Exported to OTLP when asked for; otherwise disabled at the call site (no cost).
     let span = tracing::debug_span!(target: "headroom::trace", "proxy",
@@ -99,7 +88,8 @@ pub async fn handle(app: AppState, request: Request) -> Response {
         Err(_) => "invalid",
     };
     if let Some(upstream) = upstream {
-        app.metrics.proxy_request(upstream, lane_hint, outcome);
+        let lane = if journey.bulk { "bulk" } else { "realtime" };
+        app.metrics.proxy_request(upstream, lane, outcome);
     }
     if let Some(trail) = journey.retried.take() {
         let (upstream, tenant, endpoint) = *trail;
@@ -120,20 +110,12 @@ pub async fn handle(app: AppState, request: Request) -> Response {
     }
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
-    headers.insert("headroom-attempts", HeaderValue::from(journey.attempts));
+    headers.insert(ATTEMPTS, HeaderValue::from(journey.attempts));
     headers.insert(
-        "headroom-wait-ms",
+        WAIT_MS,
         HeaderValue::from(journey.waited.as_millis().min(u64::MAX as u128) as u64),
     );
     response
-}
-
-fn lane_label(headers: &HeaderMap) -> &'static str {
-    const LANE: HeaderName = HeaderName::from_static("headroom-lane");
-    match headers.get(LANE).and_then(|v| v.to_str().ok()) {
-        Some(v) if v.eq_ignore_ascii_case("bulk") => "bulk",
-        _ => "realtime",
-    }
 }
 
 /// `crm` of `/proxy/crm/v3/contacts`.
@@ -259,21 +241,49 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// Whether a header describes one connection, not the message (RFC 9110 §7.6.1). A `match`
+/// (by length, then bytes) rather than a scan of a list: it runs for every header of every
+/// call and answer.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The header names a `Connection` value lists beyond the hop-by-hop ones (`keep-alive`,
+/// `close`, the usual values, list nothing more).
+fn listed_in_connection<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<HeaderName> {
+    values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| s != "close" && !is_hop_by_hop(s))
+        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
+        .collect()
+}
+
 /// The headers to send upstream: the client's minus hop-by-hop, `Host` and `Headroom-*`.
 fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut listed: Vec<String> = Vec::new();
-    for value in incoming.get_all(header::CONNECTION) {
-        if let Ok(v) = value.to_str() {
-            listed.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()));
-        }
-    }
+    let listed = if incoming.contains_key(header::CONNECTION) {
+        listed_in_connection(incoming.get_all(header::CONNECTION).iter())
+    } else {
+        Vec::new()
+    };
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {
-        let n = name.as_str();
-        let drop = HOP_BY_HOP.contains(&n)
-            || n == "host"
-            || n.starts_with("headroom-")
-            || listed.iter().any(|l| l == n);
+        let drop = name == header::HOST
+            || is_hop_by_hop(name.as_str())
+            || name.as_str().starts_with("headroom-")
+            || listed.contains(name);
         if !drop {
             out.append(name.clone(), value.clone());
         }
@@ -282,30 +292,32 @@ fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
 }
 
 /// Removes an answer's hop-by-hop headers, and those its `Connection` lists. One look over
-/// the names first, then a removal only of what is there: most answers carry one or none,
-/// and a removal by name hashes it (by a `&str` name, parses it too).
+/// the names first, then a removal only of what is there: most answers carry one
+/// (`Connection: keep-alive`) or none, and a removal by name hashes it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
-        .cloned()
-        .collect();
-    if present.is_empty() {
-        return; // no `Connection` either: it is one of them
+    let mut connection = false;
+    let mut lists_more = false;
+    // The others are rare in answers: the vector allocates only when there is one.
+    let mut others: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            connection = true;
+            let v = value.as_bytes();
+            lists_more |=
+                !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close");
+        } else if is_hop_by_hop(name.as_str()) && !others.contains(name) {
+            others.push(name.clone());
+        }
     }
-    // `Connection: keep-alive` (or `close`), the usual value, names nothing more to remove.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(str::trim))
-        .filter(|s| {
-            !s.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP.iter().any(|h| s.eq_ignore_ascii_case(h))
-        })
-        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
-        .collect();
-    for name in present.into_iter().chain(listed) {
+    let listed = if lists_more {
+        listed_in_connection(headers.get_all(header::CONNECTION).iter())
+    } else {
+        Vec::new()
+    };
+    if connection {
+        headers.remove(header::CONNECTION);
+    }
+    for name in others.into_iter().chain(listed) {
         headers.remove(name);
     }
 }
@@ -412,6 +424,7 @@ async fn forward(
         ))
     })?;
     let ask = read_ask(&parts.headers)?;
+    journey.bulk = ask.lane == Lane::Bulk;
     let tenant = principal.tenant_for(ask.tenant.as_deref())?;
     let rest = &path["/proxy/".len() + name.len()..];
     let mut call = app
@@ -475,7 +488,12 @@ async fn forward(
         let how = outbound::Send {
             lane: ask.lane,
             cost: ask.cost.or_else(|| call.estimated_cost()).unwrap_or(1.0),
-            max_wait: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            // The first attempt has the whole wait (no second look at the clock).
+            max_wait: if attempt == 1 {
+                max_wait
+            } else {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            },
             attempt,
             queue: None,
             // Reading a throttled answer that could be retried must not outlast the wait.
@@ -642,6 +660,8 @@ fn set_ratelimit_fields(headers: &mut HeaderMap, allowance: &Allowance) {
     }
 }
 
+const ATTEMPTS: HeaderName = HeaderName::from_static("headroom-attempts");
+const WAIT_MS: HeaderName = HeaderName::from_static("headroom-wait-ms");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 

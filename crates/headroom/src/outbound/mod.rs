@@ -90,7 +90,6 @@ impl Outbound {
         let uri = target_uri(&upstream.base, path, query)?;
         inject_credential(&self.credentials, upstream, tenant, &mut headers).await?;
         let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
-        let label = tenant.map_or_else(|| key.1.to_string(), str::to_string);
         Ok(Prepared {
             outbound: self,
             upstream,
@@ -99,7 +98,6 @@ impl Outbound {
             uri,
             headers,
             key,
-            label,
         })
     }
 }
@@ -114,8 +112,6 @@ pub(crate) struct Prepared<'a> {
     /// The headers sent, the tenant's credential included.
     pub headers: HeaderMap,
     pub key: BudgetKey,
-    /// The tenant, or the budget key when there is none: for metrics and events.
-    pub label: String,
 }
 
 /// Why a call could not be prepared.
@@ -150,11 +146,16 @@ pub(crate) struct Send<'a> {
 }
 
 impl Prepared<'_> {
+    /// The tenant, or the budget key when there is none: for metrics and events.
+    pub fn label(&self) -> &str {
+        self.tenant.unwrap_or(&self.key.1)
+    }
+
     /// The call as events describe it.
     pub fn call<'a>(&'a self, attempt: u32, queue: Option<&'a str>) -> Call<'a> {
         Call {
             upstream: self.upstream,
-            tenant: &self.label,
+            tenant: self.label(),
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
@@ -216,8 +217,12 @@ pub(crate) fn refusal(rejection: &Rejection) -> &'static str {
 /// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the
 /// credential itself).
 fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) -> Arc<str> {
+    // Made once: a call on a shared or anonymous budget allocates no key.
+    static SHARED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("shared"));
+    static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from("anonymous"));
     if upstream.budget == BudgetScope::Shared {
-        return Arc::from("shared");
+        return Arc::clone(&SHARED);
     }
     if let Some(t) = tenant {
         return crate::overrides::tenant_budget(t);
@@ -228,7 +233,7 @@ fn budget_key(upstream: &Upstream, tenant: Option<&str>, headers: &HeaderMap) ->
             let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
             Arc::from(format!("credential:{hex}"))
         }
-        None => Arc::from("anonymous"),
+        None => Arc::clone(&ANONYMOUS),
     }
 }
 /// Puts the tenant's stored credential for the upstream (if any) in the upstream's

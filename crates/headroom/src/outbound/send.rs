@@ -99,11 +99,12 @@ pub(super) async fn send(
         || (upstream.cost_from_body && is_json(&parts.headers));
     // The caller's deadline only while a retry could still happen in it; past it, the
     // answer goes back as it is and its body may take the upstream's timeout.
-    let read_until = match wait_until {
+    // (Only an answer whose body is read needs it: most are handed back unread.)
+    let read_until = || match wait_until {
         Some(w) if w > Instant::now() => w.min(give_up),
         _ => give_up,
     };
-    let stalled = || {
+    let stalled = |read_until: Instant| {
         if read_until < give_up {
             format!("the answer's body ({status}) did not arrive within the call's max wait")
         } else {
@@ -114,15 +115,17 @@ pub(super) async fn send(
         }
     };
     let (inspected, truncated, body) = if read_all {
+        let read_until = read_until();
         match tokio::time::timeout_at(read_until, read_capped(incoming, inspect_limit)).await {
             Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
             Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(out, call, lease, reason, waited);
             }
-            Err(_) => return unreachable_upstream(out, call, lease, stalled(), waited),
+            Err(_) => return unreachable_upstream(out, call, lease, stalled(read_until), waited),
         }
     } else if inspect {
+        let read_until = read_until();
         match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
             Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Body::from(bytes)),
             Ok(Ok(Err(stream))) => (None, false, stream),
@@ -130,7 +133,7 @@ pub(super) async fn send(
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(out, call, lease, reason, waited);
             }
-            Err(_) => return unreachable_upstream(out, call, lease, stalled(), waited),
+            Err(_) => return unreachable_upstream(out, call, lease, stalled(read_until), waited),
         }
     } else {
         (None, false, Body::new(incoming))
