@@ -19,7 +19,8 @@ fn may_matter(name: &str) -> bool {
     let name = name.as_bytes();
     (0..name.len()).any(|i| {
         let rest = &name[i..];
-        let starts = |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+        let starts =
+            |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
         match name[i] | 0x20 {
             b'l' => starts(b"limit"),
             b'r' => starts(b"retry") || starts(b"reset"),

@@ -51,6 +51,22 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(whoami))
+}
+
+/// Who the token is: `admin`, `tenant` (with its tenant) or `open` (`auth = "none"`). The
+/// console asks this to know which pages to offer.
+#[utoipa::path(get, path = "/v1/whoami", tag = "tenants",
+    responses(
+        (status = 200, description = "The caller", body = Value, example = json!({"role": "tenant", "tenant": "acme"})),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn whoami(principal: Principal) -> Json<Value> {
+    Json(match principal {
+        Principal::Open => json!({ "role": "open", "tenant": null }),
+        Principal::Admin => json!({ "role": "admin", "tenant": null }),
+        Principal::Tenant(tenant) => json!({ "role": "tenant", "tenant": tenant }),
+    })
 }
 
 /// The configured upstream of this name, or a 404 that lists the configured ones.

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod openapi;
 pub mod proxy;
 pub mod schedules;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -175,6 +176,7 @@ fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .merge(ui::routes())
         .layer(axum::middleware::map_response(
             crate::error::problem_for_rejections,
         ))
