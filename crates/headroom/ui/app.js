@@ -24,9 +24,9 @@ function h(tag, attrs, ...children) {
 }
 const $ = (sel) => document.querySelector(sel);
 function badge(text, cls) { return h("span", { class: `badge ${cls || text}` }, text); }
-function meter(fraction) {
+function meter(fraction, progress) {
   const f = Math.max(0, Math.min(1, fraction || 0));
-  return h("span", { class: `meter${f >= 0.9 ? " hot" : ""}`, role: "meter", "aria-valuemin": 0,
+  return h("span", { class: `meter${f >= 0.9 && !progress ? " hot" : ""}`, role: "meter", "aria-valuemin": 0,
     "aria-valuemax": 100, "aria-valuenow": Math.round(f * 100), title: `${Math.round(f * 100)} %` },
   bar(f));
 }
@@ -54,7 +54,7 @@ function secs(s) {
   return `${num(s / 3600, 1)} h`;
 }
 function when(t) { return t ? new Date(t).toLocaleString() : "–"; }
-function show(...nodes) { const page = $("#page"); page.replaceChildren(...nodes); }
+function show(...nodes) { $("#page").replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false)); }
 function problem(e) { return h("p", { class: "error", role: "alert" }, e.message || String(e)); }
 
 // ---- API -----------------------------------------------------------------------------
@@ -121,8 +121,10 @@ async function route() {
 }
 
 // ---- Overview ------------------------------------------------------------------------
-function verdictBadge(v) {
-  return badge(v.verdict.replace(/_/g, " "), v.verdict);
+// A status row carries its verdict flattened in: `verdict`, `detail`, `eta_s`, `backlog`.
+function verdictBadge(row) {
+  const text = row.verdict === "fits" && row.eta_s != null ? `fits, done in ${secs(row.eta_s)}` : row.verdict.replace(/_/g, " ");
+  return badge(text, row.verdict);
 }
 function chart(points) {
   // Spend (solid) against allowance (dashed) per second, and throttled calls as red ticks.
@@ -132,8 +134,7 @@ function chart(points) {
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   if (points.length < 2) {
-    svg.setAttribute("aria-label", "Not enough samples yet");
-    return svg;
+    return h("p", { class: "muted chart-empty" }, "Collecting samples for the chart (every 5 s while this page is open)…");
   }
   const t0 = points[0].t, t1 = points[points.length - 1].t;
   const max = Math.max(1e-9, ...points.map((p) => Math.max(p.spend || 0, p.allow || 0)));
@@ -171,7 +172,7 @@ pages.overview = async function overview() {
     const now = Date.now();
     const cards = [];
     for (const [upstream, rows] of byUpstream) {
-      const worst = rows.map((r) => r.verdict).sort((a, b) => rank(b.verdict) - rank(a.verdict))[0];
+      const worst = rows.slice().sort((a, b) => rank(b.verdict) - rank(a.verdict) || (b.eta_s || 0) - (a.eta_s || 0))[0];
       const spend = rows.flatMap((r) => r.limits).reduce((s, l) => s + (l.spend_per_s || 0), 0);
       const allow = rows.flatMap((r) => r.limits).reduce((s, l) => s + (l.allowance_per_s || 0), 0);
       const history = state.chartHistory.get(upstream) || [];
@@ -301,7 +302,7 @@ async function jobPage(id) {
         e.target.disabled = true;
         try { await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }); await jobPage(id); } catch (err) { e.target.after(problem(err)); }
       } }, "Cancel job") : null),
-    h("dl", { class: "kv card" },
+    h("dl", { class: "kv card" }, [
       ["tenant", j.tenant || "–"], ["upstream", j.upstream], ["queue", j.queue], ["lane", j.lane],
       ["request", `${j.request.method} ${j.request.path}`], ["attempts", `${j.attempts} / ${j.max_attempts}`],
       ["created", when(j.created_at)], ["next attempt", live ? when(j.next_attempt_at) : "–"], ["last error", j.last_error || "–"],
@@ -327,7 +328,7 @@ pages.batches = async function batches(id) {
     row: (b) => h("tr", {},
       h("td", {}, h("a", { href: `#/batches/${encodeURIComponent(b.id)}` }, b.id)), h("td", {}, badge(b.status)),
       h("td", {}, b.tenant || "–"), h("td", {}, b.upstream),
-      h("td", {}, meter((b.succeeded + b.failed) / Math.max(1, b.total)), ` ${b.succeeded + b.failed} / ${b.total}`),
+      h("td", {}, meter((b.succeeded + b.failed) / Math.max(1, b.total), true), ` ${b.succeeded + b.failed} / ${b.total}`),
       h("td", { class: "num" }, b.failed), h("td", {}, when(b.updated_at))),
   })();
 };
@@ -354,7 +355,7 @@ async function batchPage(id) {
       } }, "Cancel batch") : null,
       failures.length ? h("button", { type: "button", onclick: () => download(`batch-${b.id}-failures.json`, "application/json", JSON.stringify(failures, null, 2)) }, "Download failures (JSON)") : null,
       failures.length ? h("button", { type: "button", onclick: () => download(`batch-${b.id}-failures.csv`, "text/csv", csv([["index", "record_id", "error"], ...failures.map((f) => [f.index, f.record_id, f.error])])) }, "Download failures (CSV)") : null),
-    h("p", {}, meter((b.succeeded + b.failed) / Math.max(1, b.total)), ` ${b.succeeded + b.failed} of ${b.total} records done`),
+    h("p", {}, meter((b.succeeded + b.failed) / Math.max(1, b.total), true), ` ${b.succeeded + b.failed} of ${b.total} records done`),
     h("dl", { class: "kv card" },
       [["tenant", b.tenant || "–"], ["upstream", b.upstream], ["succeeded", b.succeeded], ["failed", b.failed], ["pending", b.pending],
         ["possibly duplicated", b.possibly_duplicated], ["calls", b.calls], ["created", when(b.created_at)], ["updated", when(b.updated_at)]]

@@ -7,6 +7,7 @@ mod services;
 mod batches;
 mod budgets;
 mod cli;
+mod console;
 mod contract;
 mod credentials;
 mod distributed;
