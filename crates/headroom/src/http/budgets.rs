@@ -60,24 +60,74 @@ fn view_json(app: &AppState, view: &BudgetView) -> Value {
     value
 }
 
-/// Every budget the governor holds, and every override in force (admin token). A budget
-/// is made on its first call and forgotten after 15 idle minutes.
+/// `GET /v1/budgets` filters: a console searching 10k+ budgets asks for a page of matches,
+/// not all of them every few seconds.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Budgets whose tenant or key contains this (any case).
+    q: Option<String>,
+    /// Budgets of this upstream.
+    upstream: Option<String>,
+    /// At most this many budgets (`total` still counts every match).
+    limit: Option<usize>,
+}
+
+/// Every budget the governor holds (or those matching `q` and `upstream`, up to `limit`),
+/// and every override in force (admin token). A budget is made on its first call and
+/// forgotten after 15 idle minutes.
 #[utoipa::path(get, path = "/v1/budgets", tag = "budgets",
+    params(
+        ("q" = Option<String>, Query, description = "Only budgets whose tenant or key contains this (any case)"),
+        ("upstream" = Option<String>, Query, description = "Only this upstream's budgets"),
+        ("limit" = Option<usize>, Query, description = "At most this many budgets (1 to 100000); `total` counts every match"),
+    ),
     responses(
         (status = 200, description = "The budgets", body = Budgets),
+        (status = 400, description = "A parameter is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list(State(app): State<AppState>, _admin: Admin) -> ApiResult<impl IntoResponse> {
-    let budgets: Vec<Value> = app
-        .governor
-        .snapshot()
+async fn list(
+    State(app): State<AppState>,
+    _admin: Admin,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(usize::MAX);
+    if limit == 0 || (q.limit.is_some() && limit > 100_000) {
+        return Err(ApiError::bad_request("limit: use 1 to 100000"));
+    }
+    let upstream = match q.upstream.as_deref() {
+        Some(name) => Some(configured_upstream(&app, name)?.index),
+        None => None,
+    };
+    let needle =
+        q.q.as_deref()
+            .map(str::to_lowercase)
+            .filter(|n| !n.is_empty());
+    let snapshot = app.governor.snapshot();
+    let matches: Vec<&BudgetView> = snapshot
         .iter()
+        .filter(|view| upstream.is_none_or(|u| view.upstream_index == u))
+        .filter(|view| {
+            needle
+                .as_deref()
+                .is_none_or(|n| view.key.to_lowercase().contains(n))
+        })
+        .collect();
+    let total = matches.len();
+    let budgets: Vec<Value> = matches
+        .into_iter()
+        .take(limit)
         .map(|view| view_json(&app, view))
         .collect();
-    Ok(Json(
-        json!({ "budgets": budgets, "overrides": app.overrides.list() }),
-    ))
+    Ok(Json(json!({
+        "budgets": budgets,
+        "total": total,
+        "overrides": app.overrides.list(),
+    })))
 }
 
 /// The upstream and tenant of a path, checked: the upstream must keep a budget per tenant.

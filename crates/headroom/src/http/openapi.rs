@@ -509,6 +509,8 @@ pub struct Alerts {
 pub struct Budgets {
     #[schema(value_type = Vec<Object>)]
     pub budgets: Vec<Value>,
+    /// How many budgets matched (more than `budgets` holds when `limit` cut them).
+    pub total: usize,
     /// Every override in force: `upstream`, `tenant`, `override`, `updated_at`.
     #[schema(value_type = Vec<Object>)]
     pub overrides: Vec<Value>,

@@ -324,3 +324,47 @@ async fn the_cli_sets_shows_and_clears_an_override() {
     assert_eq!(code, Some(2), "no override left to clear: {err}");
     rig.shutdown().await;
 }
+
+/// The list filters on the server: a search by tenant, a cap with the total of matches, and
+/// parameters that name what is wrong.
+#[tokio::test]
+async fn the_budget_list_is_searched_and_capped_on_the_server() {
+    let rig = Rig::start(mock(Profile::Unlimited, 1000, 10), "").await;
+    for tenant in ["acme-eu", "acme-us", "globex", "initech"] {
+        let r = rig.get("/proxy/up/x", &[("headroom-tenant", tenant)]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let all = rig.get("/v1/budgets", &[]).await.json();
+    assert_eq!(all["total"], 4, "{all}");
+    assert_eq!(all["budgets"].as_array().unwrap().len(), 4);
+
+    let acme = rig.get("/v1/budgets?q=ACME&limit=1", &[]).await.json();
+    assert_eq!(acme["total"], 2, "two match, {acme}");
+    let shown = acme["budgets"].as_array().unwrap();
+    assert_eq!(shown.len(), 1, "one shown under the cap");
+    assert!(shown[0]["tenant"].as_str().unwrap().starts_with("acme-"));
+
+    let none = rig
+        .get("/v1/budgets?q=umbrella&upstream=up", &[])
+        .await
+        .json();
+    assert_eq!(
+        (
+            none["total"].as_u64(),
+            none["budgets"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+
+    for (query, names) in [
+        ("limit=0", "limit"),
+        ("limit=many", "limit"),
+        ("upstream=nope", "nope"),
+        ("tenant=acme", "tenant"),
+    ] {
+        let r = rig.get(&format!("/v1/budgets?{query}"), &[]).await;
+        assert!(r.status.is_client_error(), "{query}: {}", r.status);
+        let detail = r.problem()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(names), "{query}: {detail}");
+    }
+}
