@@ -89,6 +89,7 @@ enum Command {
     ///   headroom demo
     ///   headroom demo --profile shopify --hidden-share 0.3
     ///   headroom demo --records 160 --json
+    ///   headroom demo --ui            (watch it in the console at http://127.0.0.1:7878/ui)
     #[command(verbatim_doc_comment)]
     Demo(demo::Args),
 

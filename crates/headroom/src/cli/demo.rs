@@ -97,8 +97,12 @@ pub struct Args {
     pub concurrency: u32,
     /// No progress display: print one JSON object with the results (for scripts and
     /// benchmarks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ui")]
     pub json: bool,
+    /// Serve the console (`/ui`) while the import runs, on 127.0.0.1:7878 (or a free port
+    /// when that is taken), and keep it up after the import until Ctrl-C.
+    #[arg(long)]
+    pub ui: bool,
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -159,6 +163,9 @@ pub struct Options {
     /// Print what is being started (to stdout) and, when stdout is a terminal, progress bars
     /// (to stderr). Off for JSON and tests.
     pub display: bool,
+    /// Serve the console on a port a person can type, and keep it up after the import until
+    /// the stop signal.
+    pub ui: bool,
 }
 
 impl Default for Options {
@@ -175,6 +182,7 @@ impl Default for Options {
             realtime_rate: 1.0,
             concurrency: 32,
             display: false,
+            ui: false,
         }
     }
 }
@@ -195,6 +203,7 @@ impl From<&Args> for Options {
             realtime_rate: a.realtime_rate,
             concurrency: a.concurrency,
             display: !a.json,
+            ui: a.ui,
         }
     }
 }
@@ -801,9 +810,18 @@ pub async fn execute_until(
     let config = Config::parse(&text, "demo config")?;
     let token = format!("hr_demo_{:032x}", rand::random::<u128>());
     let state = server::start(config, Some(token.clone())).await?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1 for Headroom")?;
+    // With the console, the port a person can type (the one `serve` uses), if it is free.
+    let fixed = if opts.ui {
+        TcpListener::bind("127.0.0.1:7878").await.ok()
+    } else {
+        None
+    };
+    let listener = match fixed {
+        Some(listener) => listener,
+        None => TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot listen on 127.0.0.1 for Headroom")?,
+    };
     let proxy_addr = listener.local_addr()?;
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(state, listener, async move {
@@ -850,6 +868,13 @@ pub async fn execute_until(
                 opts.records, opts.concurrency, opts.realtime_rate
             );
         }
+    }
+    if opts.ui {
+        // The token is this run's own (made above, gone with it); it is shown here, never in
+        // a URL.
+        println!(
+            "console at http://{proxy_addr}/ui — sign in with this run's admin token:\n  {token}\n"
+        );
     }
     let show_bars = opts.display && std::io::stdout().is_terminal();
     let mut display = Display::new(show_bars, opts.records);
@@ -930,6 +955,15 @@ pub async fn execute_until(
     while workers.join_next().await.is_some() {}
     display.update(&mock.stats(), &tally, interval_ms);
     display.finish();
+    if opts.ui && !interrupted {
+        println!(
+            "the import is done ({} records ok, {} failed); the console stays up at \
+             http://{proxy_addr}/ui until Ctrl-C",
+            tally.records_ok.load(Ordering::Relaxed),
+            tally.records_failed.load(Ordering::Relaxed)
+        );
+        (&mut stop).await;
+    }
 
     let stats = mock.stats();
     let _ = stop_server.send(());
