@@ -100,7 +100,22 @@ async fn list(
         return Err(ApiError::bad_request("limit: use 1 to 100000"));
     }
     let upstream = match q.upstream.as_deref() {
-        Some(name) => Some(configured_upstream(&app, name)?.index),
+        // A filter that names no upstream is the query's fault (400), not a missing resource.
+        Some(name) => match app.config.upstream(name) {
+            Some(u) => Some(u.index),
+            None => {
+                let known: Vec<&str> = app
+                    .config
+                    .upstreams
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "upstream: \"{name}\" is not configured; configured upstreams: {}",
+                    known.join(", ")
+                )));
+            }
+        },
         None => None,
     };
     let needle =

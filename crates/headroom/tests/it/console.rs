@@ -26,6 +26,11 @@ struct Driver(std::process::Child, u16);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The driver runs in its own process group with the Chromium it started: end them
+        // all, or a failed test leaves browsers behind.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -34,8 +39,10 @@ impl Drop for Driver {
 fn chromedriver() -> Driver {
     let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
     let port = free_port();
+    use std::os::unix::process::CommandExt;
     let child = std::process::Command::new(&binary)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
