@@ -28,9 +28,14 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // The driver runs in its own process group with the Chromium it started: end them
         // all, or a failed test leaves browsers behind.
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
-            .status();
+        // Not `kill -KILL -PID`: procps reads `-PID` as options and may signal another group
+        // (it killed CI's own). A process group id is the driver's pid (`process_group(0)`).
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            if pgid > 1 {
+                // SAFETY: kill(2) with a negative pid signals that process group only.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
