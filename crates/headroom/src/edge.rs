@@ -237,7 +237,8 @@ enum Protocol {
 /// What a connection's I/O has done, shared by its socket, its header timer and its watchdog.
 #[derive(Default)]
 struct Activity {
-    /// Stamp of the last byte read or written.
+    /// Stamp of the last byte read or written; kept for HTTP/2 and undecided connections only
+    /// (an HTTP/1 one stamps only the first bytes of each head, in `first_read`).
     last_io: AtomicU64,
     /// Stamp of the first byte read since the connection began waiting for a request head
     /// (0: none yet).

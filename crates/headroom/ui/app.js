@@ -111,13 +111,35 @@ const pages = {};
 async function route() {
   stopPolling();
   if (!state.me) return;
-  const [name, ...rest] = (location.hash.replace(/^#\/?/, "") || (state.me.role === "tenant" ? "jobs" : "overview")).split("/");
+  // Only `#/page/…` is a route: other fragments (the skip link's `#main`) stay in the page.
+  const hash = location.hash;
+  if (hash && !hash.startsWith("#/")) return;
+  const path = hash.slice(2).split("?")[0];
+  const [name, ...rest] = (path || (state.me.role === "tenant" ? "jobs" : "overview")).split("/");
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.page === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
-  const page = pages[name] || pages.overview;
+  if (!Object.hasOwn(pages, name)) {
+    show(h("h1", {}, "Not found"), h("p", {}, "There is no page ", h("code", {}, name), " here. Pick one above."));
+    return;
+  }
   show(h("p", { class: "muted" }, "Loading…"));
-  try { await page(...rest.map(decodeURIComponent)); } catch (e) { show(h("h1", {}, "Error"), problem(e)); }
+  try { await pages[name](...rest.filter(Boolean).map(decodeURIComponent)); } catch (e) { show(h("h1", {}, "Error"), problem(e)); }
+}
+
+// ---- Events, newest -----------------------------------------------------------------
+// `/v1/events` pages oldest first: walk forward to the end and keep the newest `keep`.
+// Stops after `maxPages` pages of 500 and says so, rather than showing a stale hour.
+async function newestEvents(params, keep, maxPages = 40) {
+  let events = [], cursor = null, last = null;
+  for (let page = 0; page < maxPages; page++) {
+    const data = await api(`/v1/events${query({ ...params, cursor, limit: 500 })}`);
+    events = events.concat(data.events).slice(-keep);
+    last = data.last_cursor || last;
+    if (!data.next_cursor) return { events, last, cut: false };
+    cursor = data.next_cursor;
+  }
+  return { events, last: cursor, cut: true };
 }
 
 // ---- Overview ------------------------------------------------------------------------
@@ -162,7 +184,7 @@ pages.overview = async function overview() {
   const draw = async () => {
     const [status, throttledEvents] = await Promise.all([
       api("/v1/status?window=15m"),
-      api("/v1/events?kind=throttled&since=1h&limit=500").catch(() => ({ events: [] })),
+      newestEvents({ kind: "throttled", since: "1h" }, 2000, 10).catch(() => ({ events: [] })),
     ]);
     const byUpstream = new Map();
     for (const row of status.rows) {
@@ -336,6 +358,7 @@ pages.batches = async function batches(id) {
       h("td", { class: "num" }, b.failed), h("td", {}, when(b.updated_at))),
   })();
 };
+const SHOWN_FAILURES = 1000, MAX_FAILURES = 100000;
 function download(name, type, text) {
   const url = URL.createObjectURL(new Blob([text], { type }));
   const a = h("a", { href: url, download: name });
@@ -343,13 +366,30 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 function csv(rows) {
-  const cell = (v) => { const s = String(v ?? ""); return /[",\n\r]/.test(s) || /^[=+\-@]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
+  // A cell a spreadsheet would run as a formula gets a leading `'` (OWASP's CSV injection advice).
+  const cell = (v) => {
+    let s = String(v ?? "");
+    if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
+    return /[",\n\r']/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
   return rows.map((r) => r.map(cell).join(",")).join("\r\n") + "\r\n";
 }
 async function batchPage(id) {
-  const b = await api(`/v1/batches/${encodeURIComponent(id)}?failures_limit=1000`);
+  const b = await api(`/v1/batches/${encodeURIComponent(id)}?failures_limit=${SHOWN_FAILURES}`);
   const live = ["queued", "running"].includes(b.status);
   const failures = b.failures || [];
+  // The page shows the first failures; a download fetches them all.
+  const all = async () => b.failed <= failures.length ? failures
+    : ((await api(`/v1/batches/${encodeURIComponent(id)}?failures_limit=${MAX_FAILURES}`)).failures || []);
+  const save = (kind) => async (e) => {
+    e.target.disabled = true;
+    try {
+      const rows = await all();
+      if (kind === "json") download(`batch-${b.id}-failures.json`, "application/json", JSON.stringify(rows, null, 2));
+      else download(`batch-${b.id}-failures.csv`, "text/csv", csv([["index", "record_id", "error"], ...rows.map((f) => [f.index, f.record_id, f.error])]));
+    } catch (err) { e.target.after(problem(err)); }
+    e.target.disabled = false;
+  };
   show(h("h1", {}, "Batch ", b.id, " ", badge(b.status)),
     h("div", { class: "actions" },
       h("a", { href: "#/batches" }, "← all batches"),
@@ -357,14 +397,15 @@ async function batchPage(id) {
         e.target.disabled = true;
         try { await api(`/v1/batches/${encodeURIComponent(id)}`, { method: "DELETE" }); await batchPage(id); } catch (err) { e.target.after(problem(err)); }
       } }, "Cancel batch") : null,
-      failures.length ? h("button", { type: "button", onclick: () => download(`batch-${b.id}-failures.json`, "application/json", JSON.stringify(failures, null, 2)) }, "Download failures (JSON)") : null,
-      failures.length ? h("button", { type: "button", onclick: () => download(`batch-${b.id}-failures.csv`, "text/csv", csv([["index", "record_id", "error"], ...failures.map((f) => [f.index, f.record_id, f.error])])) }, "Download failures (CSV)") : null),
+      failures.length ? h("button", { type: "button", onclick: save("json") }, "Download failures (JSON)") : null,
+      failures.length ? h("button", { type: "button", onclick: save("csv") }, "Download failures (CSV)") : null),
     h("p", {}, meter((b.succeeded + b.failed) / Math.max(1, b.total), true), ` ${b.succeeded + b.failed} of ${b.total} records done`),
     h("dl", { class: "kv card" },
       [["tenant", b.tenant || "–"], ["upstream", b.upstream], ["succeeded", b.succeeded], ["failed", b.failed], ["pending", b.pending],
         ["possibly duplicated", b.possibly_duplicated], ["calls", b.calls], ["created", when(b.created_at)], ["updated", when(b.updated_at)]]
         .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     h("h2", {}, `Failed records (${b.failed})`),
+    b.failed > failures.length ? h("p", { class: "muted" }, `Showing the first ${failures.length} of ${b.failed}; the downloads hold all of them.`) : null,
     table([{ label: "index", num: true }, "record id", "error"],
       failures.map((f) => h("tr", {}, h("td", { class: "num" }, f.index), h("td", {}, f.record_id), h("td", {}, f.error))), "No record failed."));
   if (live) poll(() => batchPage(id).catch(() => {}), 3000);
@@ -375,14 +416,14 @@ pages.schedules = async function schedules(name) {
   if (name) return schedulePage(name);
   const data = await api("/v1/schedules");
   show(h("h1", {}, "Schedules"),
-    table(["schedule", "state", "every", "source", "next runs (stagger per tenant)"],
+    table(["schedule", "state", "every", "source", "updated"],
       data.schedules.map((s) => h("tr", {},
         h("td", {}, h("a", { href: `#/schedules/${encodeURIComponent(s.name)}` }, s.name)),
         h("td", {}, s.paused ? badge("paused") : badge("active", "ok")),
         h("td", {}, s.cron || s.every || "–"), h("td", {}, s.source),
-        h("td", {}, (s.next_runs || []).slice(0, 5).map((r) => h("div", {}, `${r.tenant}: ${when(r.due_at)}`)),
-          (s.next_runs || []).length > 5 ? h("div", { class: "muted" }, `…and ${(s.next_runs || []).length - 5} more`) : null))),
-      "No schedule."));
+        h("td", {}, when(s.updated_at)))),
+      "No schedule."),
+    h("p", { class: "muted" }, "Open a schedule to see its next run per tenant (the stagger) and its recent runs."));
 }
 async function schedulePage(name) {
   const [s, runs] = await Promise.all([
@@ -415,16 +456,18 @@ pages.events = async function events() {
   if (state.me.role === "tenant") { const t = inputs[3]; t.value = state.me.tenant; t.disabled = true; }
   const liveBox = h("input", { type: "checkbox", id: "live", checked: true });
   const body = h("tbody", {});
-  const out = h("div", {}, h("div", { class: "table-wrap" }, h("table", {},
+  const note = h("p", { class: "muted", role: "status" });
+  const out = h("div", {}, note, h("div", { class: "table-wrap" }, h("table", {},
     h("thead", {}, h("tr", {}, ["time", "level", "kind", "upstream", "tenant", "status", "wait", "message"].map((x) => h("th", { scope: "col" }, x)))), body)));
   let last = null;
   const row = (e) => h("tr", {}, h("td", {}, when(e.time)), h("td", {}, badge(e.level, e.level === "error" ? "bad" : e.level === "warn" ? "warn" : "ok")),
     h("td", {}, e.kind), h("td", {}, e.upstream || ""), h("td", {}, e.tenant || ""), h("td", {}, e.status ?? ""), h("td", {}, e.wait_ms == null ? "" : secs(e.wait_ms / 1000)), h("td", {}, e.message || ""));
   const values = () => Object.fromEntries(inputs.map((i) => [i.name, i.value.trim()]));
   const load = async () => {
-    const data = await api(`/v1/events${query({ ...values(), limit: 200 })}`);
+    const data = await newestEvents(values(), 200);
     body.replaceChildren(...data.events.slice().reverse().map(row));
-    last = data.last_cursor;
+    last = data.last;
+    note.textContent = data.cut ? "More than 20,000 events match: the newest are not all here; narrow the filters or `since`." : "";
     if (!data.events.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No event matches.")));
   };
   const tail = async () => {
@@ -476,7 +519,7 @@ async function start() {
     try { await whoami(); $("#signin").hidden = true; await route(); } catch (err) { signOut(err.message); }
   });
   $("#signout").addEventListener("click", () => signOut());
-  window.addEventListener("hashchange", () => { route(); $("#main").focus(); });
+  window.addEventListener("hashchange", () => { if (location.hash.startsWith("#/")) { route(); $("#main").focus(); } });
   try {
     await whoami();
     await route();

@@ -110,9 +110,13 @@ async fn list(
                     .iter()
                     .map(|u| u.name.as_str())
                     .collect();
-                return Err(ApiError::bad_request(format!(
-                    "upstream: \"{name}\" is not configured; configured upstreams: {}",
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
                     known.join(", ")
+                };
+                return Err(ApiError::bad_request(format!(
+                    "upstream: \"{name}\" is not configured; configured upstreams: {known}"
                 )));
             }
         },
@@ -123,15 +127,19 @@ async fn list(
             .map(str::to_lowercase)
             .filter(|n| !n.is_empty());
     let snapshot = app.governor.snapshot();
-    let matches: Vec<&BudgetView> = snapshot
+    // Matched on the tenant (or a shared key), not on the `tenant:` prefix every key has.
+    let mut matches: Vec<&BudgetView> = snapshot
         .iter()
         .filter(|view| upstream.is_none_or(|u| view.upstream_index == u))
         .filter(|view| {
+            let name = view.key.strip_prefix("tenant:").unwrap_or(&view.key);
             needle
                 .as_deref()
-                .is_none_or(|n| view.key.to_lowercase().contains(n))
+                .is_none_or(|n| name.to_lowercase().contains(n))
         })
         .collect();
+    // A stable order, so a capped page is the same page on every refresh.
+    matches.sort_unstable_by(|a, b| (a.upstream_index, &a.key).cmp(&(b.upstream_index, &b.key)));
     let total = matches.len();
     let budgets: Vec<Value> = matches
         .into_iter()

@@ -88,6 +88,7 @@ pub async fn handle(app: AppState, request: Request) -> Response {
         Err(_) => "invalid",
     };
     if let Some(upstream) = upstream {
+        // A request refused before its lane was read (a bad header) counts in the default lane.
         let lane = if journey.bulk { "bulk" } else { "realtime" };
         app.metrics.proxy_request(upstream, lane, outcome);
     }
