@@ -331,7 +331,9 @@ impl Limit {
                 _ => q,
             };
         }
-        if self.ceiling.is_none() || self.window.is_none() {
+        // With `learn = "raise"` the API's window wins too: a preset's guess of a bucket's
+        // size and refill is a start only.
+        if self.ceiling.is_none() || self.window.is_none() || self.raise {
             if let Some(w) = sig.window.filter(|w| !w.is_zero()) {
                 self.window = Some(w);
             }

@@ -88,6 +88,12 @@ pub enum Profile {
     /// `?tokens=N` (else 200) tokens and reports them as `usage.total_tokens` in its body.
     #[value(name = "openai")]
     OpenAi,
+    /// Shopify's GraphQL Admin API: a leaky bucket of `limit` points draining over `window`.
+    /// A query costs `?cost=N` (else 10) points; every answer is a 200 whose
+    /// `extensions.cost` reports the cost and the bucket (`throttleStatus`), and a query the
+    /// bucket cannot take answers `errors[].extensions.code = "THROTTLED"`.
+    #[value(name = "shopify-graphql")]
+    ShopifyGraphql,
     /// No limit and no rate-limit headers, for measuring proxy overhead.
     #[value(name = "unlimited")]
     Unlimited,
@@ -105,6 +111,7 @@ impl Profile {
             Profile::Shopify => (Model::LeakyBucket, Dialect::Shopify),
             Profile::RetryAfter => (Model::FixedWindow, Dialect::RetryAfter),
             Profile::OpenAi => (Model::FixedWindow, Dialect::OpenAiTokens),
+            Profile::ShopifyGraphql => (Model::LeakyBucket, Dialect::ShopifyGraphql),
             Profile::Unlimited => return None,
         })
     }
@@ -120,6 +127,7 @@ impl Profile {
             Profile::Shopify => "shopify",
             Profile::RetryAfter => "retry-after",
             Profile::OpenAi => "openai",
+            Profile::ShopifyGraphql => "shopify-graphql",
             Profile::Unlimited => "unlimited",
         }
     }
@@ -424,6 +432,16 @@ impl Shared {
         }
     }
 
+    /// A tenant's bucket now: its size and what is left of it.
+    fn level(&self, tenant: &str) -> (f64, f64) {
+        let guard = self.lock();
+        let quota = f64::from(self.config.limit);
+        match guard.tenants.get(tenant) {
+            Some(t) => (quota, (quota - t.upstream.used()).max(0.0)),
+            None => (quota, quota),
+        }
+    }
+
     /// Counts one call of `tenant` costing `cost` units; returns whether it was accepted and
     /// the headers to send.
     fn call(
@@ -637,15 +655,51 @@ struct Usage {
     total_tokens: u64,
 }
 
-/// The tokens a call of the `openai` profile costs: `?tokens=N` (1 to 1,000,000), else 200.
-fn tokens(query: Option<&str>) -> u64 {
+/// What a call costs: `?{name}=N` (1 to 1,000,000), else `default` — the tokens of an
+/// `openai` call, the points of a `shopify-graphql` query.
+fn cost_param(query: Option<&str>, name: &str, default: u64) -> u64 {
     query
         .into_iter()
         .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
-        .find(|(k, _)| k == "tokens")
+        .find(|(k, _)| k == name)
         .and_then(|(_, v)| v.parse::<u64>().ok())
         .filter(|n| (1..=1_000_000).contains(n))
-        .unwrap_or(200)
+        .unwrap_or(default)
+}
+
+/// A Shopify GraphQL answer: the data or the THROTTLED error, with the cost extension.
+fn shopify_graphql_body(
+    accepted: bool,
+    cost: u64,
+    quota: f64,
+    available: f64,
+    window: Duration,
+) -> Vec<u8> {
+    let restore = quota / window.as_secs_f64().max(1e-3);
+    let status = serde_json::json!({
+        "maximumAvailable": quota,
+        "currentlyAvailable": available.floor().max(0.0),
+        "restoreRate": (restore * 100.0).round() / 100.0,
+    });
+    let body = if accepted {
+        serde_json::json!({
+            "data": { "shop": { "name": "mock" } },
+            "extensions": { "cost": {
+                "requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": status,
+            } },
+        })
+    } else {
+        serde_json::json!({
+            "errors": [{ "message": "Throttled", "extensions": {
+                "code": "THROTTLED",
+                "documentation": "https://shopify.dev/api/usage/rate-limits",
+            } }],
+            "extensions": { "cost": {
+                "requestedQueryCost": cost, "actualQueryCost": null, "throttleStatus": status,
+            } },
+        })
+    };
+    body.to_string().into_bytes()
 }
 
 /// Batch call bodies are read up to this size.
@@ -725,7 +779,8 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         }
     }
     let cost = match shared.config.profile {
-        Profile::OpenAi => tokens(parts.uri.query()),
+        Profile::OpenAi => cost_param(parts.uri.query(), "tokens", 200),
+        Profile::ShopifyGraphql => cost_param(parts.uri.query(), "cost", 10),
         _ => 1,
     };
     let echo = |ok: bool| Echo {
@@ -774,6 +829,10 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     };
     let mut response = if let Some((status, body)) = batch {
         json_response(status, body)
+    } else if shared.config.profile == Profile::ShopifyGraphql {
+        let (quota, available) = shared.level(&tenant);
+        let body = shopify_graphql_body(accepted, cost, quota, available, shared.config.window);
+        json_response(StatusCode::OK, body)
     } else if accepted {
         let body = serde_json::to_vec(&echo(true)).unwrap_or_default();
         json_response(StatusCode::OK, body)
@@ -841,6 +900,7 @@ mod tests {
                 "shopify",
                 "retry-after",
                 "openai",
+                "shopify-graphql",
                 "unlimited"
             ]
         );

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use cli::{budgets, demo, explain, jobs, mock, observe, serve, simulate, tenants};
+use cli::{budgets, demo, explain, jobs, mock, observe, providers, serve, simulate, tenants};
 
 // A proxy allocates a little for every call on every thread; the system allocator's locking
 // showed as 13 % of the CPU under load (BENCHMARKS.md, proxy overhead).
@@ -170,6 +170,20 @@ enum Command {
     /// List the configured alerts, what is firing, and what resolved lately (JSON).
     Alerts(observe::AlertsArgs),
 
+    /// List the built-in provider presets (HubSpot, Salesforce, Shopify, GitHub, Stripe…), or
+    /// print one as the config it stands for.
+    ///
+    /// An upstream written as `provider = "hubspot"` takes the preset's base URL, limits (of
+    /// `tier = "…"`, else the lowest tier), endpoint routes, retry statuses and idempotency
+    /// header; every key the upstream writes itself wins.
+    ///
+    /// Examples:
+    ///
+    ///   headroom providers
+    ///   headroom providers show shopify-graphql --tier plus
+    #[command(verbatim_doc_comment)]
+    Providers(providers::Args),
+
     /// Check a config file and say what is wrong with it, naming the key.
     CheckConfig {
         /// The TOML config to check.
@@ -224,6 +238,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenants(args) => tenants::run_tenants(args),
         Command::Tokens(args) => tenants::run_tokens(args),
         Command::CheckConfig { file } => serve::check_config(&file),
+        Command::Providers(args) => providers::run(args),
         Command::Budgets(args) => budgets::run(args),
         Command::Jobs(args) => jobs::run_jobs(args),
         Command::Batches(args) => jobs::run_batches(args),

@@ -14,13 +14,20 @@ use super::input::Headers;
 use super::sf::{parse_members, Bare, Member};
 use super::{first_number, quantity, time, window_secs, LimitSignal, Unit};
 
-/// Limits from `RateLimit-Policy` and `RateLimit` (current and interim shapes).
+/// Limits from `RateLimit-Policy` and `RateLimit` (current and interim shapes), or, without
+/// them, from the same fields under Jira Cloud's `Beta-` prefix.
 pub(crate) fn current(headers: &Headers, now: f64) -> Vec<LimitSignal> {
+    let plain = headers.first("ratelimit-policy").is_some() || headers.first("ratelimit").is_some();
+    let (policy_name, field_name) = if plain {
+        ("ratelimit-policy", "ratelimit")
+    } else {
+        ("beta-ratelimit-policy", "beta-ratelimit")
+    };
     let mut limits: Vec<LimitSignal> = headers
-        .joined("ratelimit-policy")
+        .joined(policy_name)
         .map(|field| parse_members(&field).iter().filter_map(policy).collect())
         .unwrap_or_default();
-    let Some(field) = headers.joined("ratelimit") else {
+    let Some(field) = headers.joined(field_name) else {
         return limits;
     };
     let members = parse_members(&field);

@@ -45,6 +45,9 @@ pub enum Dialect {
     /// OpenAI's token limit: `x-ratelimit-limit-tokens`, `-remaining-tokens` and
     /// `-reset-tokens` (a Go duration such as `850ms`); calls cost their tokens.
     OpenAiTokens,
+    /// Shopify GraphQL Admin: no headers; the body's `extensions.cost` says the bucket (the
+    /// mock upstream writes it), a throttled query answers `THROTTLED` without Retry-After.
+    ShopifyGraphql,
 }
 
 /// A rate-limited upstream's state.
@@ -158,7 +161,7 @@ impl Upstream {
         let mut h: Vec<(String, String)> = Vec::new();
         let mut push = |k: &str, v: String| h.push((k.to_string(), v));
         match dialect {
-            Dialect::Bare | Dialect::RetryAfter => {}
+            Dialect::Bare | Dialect::RetryAfter | Dialect::ShopifyGraphql => {}
             Dialect::Ietf => {
                 push(
                     "RateLimit-Policy",
@@ -208,7 +211,7 @@ impl Upstream {
                 );
             }
         }
-        if !accepted && dialect != Dialect::Bare {
+        if !accepted && !matches!(dialect, Dialect::Bare | Dialect::ShopifyGraphql) {
             push("Retry-After", format!("{}", reset.ceil().max(1.0)));
         }
         h

@@ -5,7 +5,11 @@
 //! is wrong for anything it refuses.
 
 pub mod alerts;
+pub mod providers;
+mod routes;
 mod schedules;
+
+pub use routes::{PathPattern, Route};
 
 pub use schedules::{ScheduleDef, TenantsDef};
 
@@ -336,6 +340,10 @@ pub struct Upstream {
     /// `usage` tokens, GraphQL query cost) to reconcile it with the cost it reserved. Jobs
     /// and batches read every body anyway.
     pub cost_from_body: bool,
+    /// Endpoint-scoped limits: a call spends the first matching route's budget as well.
+    pub routes: Vec<Route>,
+    /// The provider preset it was built from, if any.
+    pub provider: Option<String>,
 }
 
 impl Upstream {
@@ -665,26 +673,63 @@ struct RawQueueRetry {
     backoff: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[[upstreams]]` as written. With `provider`, the preset fills every key the upstream
+/// leaves out ([`providers`]); the upstream's own keys win.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: String,
-    base_url: String,
+pub(crate) struct RawUpstream {
+    pub(crate) name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     headroom: Option<f64>,
-    #[serde(default)]
-    limits: Vec<RawLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     realtime_reserve: Option<f64>,
-    retry: Option<RawRetry>,
-    breaker: Option<RawBreaker>,
-    credential: Option<RawCredential>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_pause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ratelimit_headers: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     learn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cost_from_body: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) limits: Vec<RawLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry: Option<RawRetry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<RawBreaker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<RawCredential>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) routes: Vec<RawRoute>,
+}
+
+/// `[[upstreams.routes]]`: calls whose method and path match spend this route's limits as
+/// well as the upstream's (HubSpot's search endpoints, Slack's method tiers).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    limits: Vec<RawLimit>,
 }
 
 /// A limit as written in the config (`[[upstreams.limits]]`) or in a budget override.
@@ -697,6 +742,16 @@ pub struct RawLimit {
     unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+}
+
+/// `100/10s`, `1000 points/10s`: a limit as a table shows it.
+impl std::fmt::Display for RawLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.unit.as_deref() {
+            Some("points") => write!(f, "{} points/{}", self.quota, self.window),
+            _ => write!(f, "{}/{}", self.quota, self.window),
+        }
+    }
 }
 
 impl RawLimit {
@@ -722,29 +777,102 @@ impl RawLimit {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     base_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     on_status: Option<Vec<u16>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawBreaker {
+    #[serde(skip_serializing_if = "Option::is_none")]
     failure_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     open_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_open_for: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
+    #[serde(skip_serializing_if = "Option::is_none")]
     header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     scheme: Option<String>,
+}
+
+impl RawUpstream {
+    /// This upstream's keys over `preset`'s: a key written here wins, a table (`retry`,
+    /// `breaker`, `credential`) key by key, a list (`limits`, `routes`) whole.
+    pub(crate) fn over(self, preset: RawUpstream) -> RawUpstream {
+        fn or<T>(mine: Option<T>, theirs: Option<T>) -> Option<T> {
+            mine.or(theirs)
+        }
+        fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
+            if mine.is_empty() {
+                theirs
+            } else {
+                mine
+            }
+        }
+        let retry = match (self.retry, preset.retry) {
+            (Some(m), Some(t)) => Some(RawRetry {
+                max_attempts: or(m.max_attempts, t.max_attempts),
+                base_delay: or(m.base_delay, t.base_delay),
+                max_delay: or(m.max_delay, t.max_delay),
+                max_wait: or(m.max_wait, t.max_wait),
+                on_status: or(m.on_status, t.on_status),
+            }),
+            (m, t) => m.or(t),
+        };
+        let breaker = match (self.breaker, preset.breaker) {
+            (Some(m), Some(t)) => Some(RawBreaker {
+                failure_threshold: or(m.failure_threshold, t.failure_threshold),
+                open_for: or(m.open_for, t.open_for),
+                max_open_for: or(m.max_open_for, t.max_open_for),
+            }),
+            (m, t) => m.or(t),
+        };
+        let credential = match (self.credential, preset.credential) {
+            (Some(m), Some(t)) => Some(RawCredential {
+                header: or(m.header, t.header),
+                scheme: or(m.scheme, t.scheme),
+            }),
+            (m, t) => m.or(t),
+        };
+        RawUpstream {
+            name: self.name,
+            provider: self.provider,
+            tier: self.tier,
+            base_url: or(self.base_url, preset.base_url),
+            budget: or(self.budget, preset.budget),
+            headroom: or(self.headroom, preset.headroom),
+            max_concurrency: or(self.max_concurrency, preset.max_concurrency),
+            realtime_reserve: or(self.realtime_reserve, preset.realtime_reserve),
+            timeout: or(self.timeout, preset.timeout),
+            idempotency_header: or(self.idempotency_header, preset.idempotency_header),
+            max_pause: or(self.max_pause, preset.max_pause),
+            ratelimit_headers: or(self.ratelimit_headers, preset.ratelimit_headers),
+            learn: or(self.learn, preset.learn),
+            cost_from_body: or(self.cost_from_body, preset.cost_from_body),
+            limits: list(self.limits, preset.limits),
+            retry,
+            breaker,
+            credential,
+            routes: list(self.routes, preset.routes),
+        }
+    }
 }
 
 fn duration(key: &str, value: &str) -> Result<Duration, String> {
@@ -989,24 +1117,49 @@ impl RawUpstream {
                 self.name
             ));
         }
-        let base_url = url::Url::parse(&self.base_url)
-            .map_err(|e| format!("{key}.base_url: \"{}\" is not a URL: {e}", self.base_url))?;
+        let provider = self.provider.clone();
+        let this = providers::resolve(self).map_err(|e| format!("{key}.{e}"))?;
+        let Some(raw_base_url) = this.base_url.clone() else {
+            return Err(match provider.as_deref().and_then(providers::find) {
+                Some(p) => format!(
+                    "{key}.base_url: missing; {}'s base URL is each account's own: write it, \
+                     like \"{}\"",
+                    p.title,
+                    p.base_url_example.as_deref().unwrap_or("https://api.example.com")
+                ),
+                None => format!(
+                    "{key}.base_url: missing; write the API's URL, like \"https://api.example.com\", \
+                     or name a provider (`headroom providers` lists them)"
+                ),
+            });
+        };
+        this.validate_resolved(key, index, raw_base_url)
+    }
+
+    fn validate_resolved(
+        mut self,
+        key: &str,
+        index: u32,
+        raw_base_url: String,
+    ) -> Result<Upstream, String> {
+        let base_url = url::Url::parse(&raw_base_url)
+            .map_err(|e| format!("{key}.base_url: \"{raw_base_url}\" is not a URL: {e}"))?;
         if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
             return Err(format!(
                 "{key}.base_url: \"{}\" must be an http:// or https:// URL with a host",
-                self.base_url
+                raw_base_url
             ));
         }
         if base_url.query().is_some() || base_url.fragment().is_some() {
             return Err(format!(
                 "{key}.base_url: \"{}\" must not have a query or fragment",
-                self.base_url
+                raw_base_url
             ));
         }
         let base = BaseUri::try_new(&base_url).ok_or_else(|| {
             format!(
                 "{key}.base_url: \"{}\" has a host that cannot be sent as an HTTP authority",
-                self.base_url
+                raw_base_url
             )
         })?;
         let budget = match self.budget.as_deref() {
@@ -1116,6 +1269,21 @@ impl RawUpstream {
             ..defaults
         };
         budget_config.validate().map_err(|e| format!("{key}.{e}"))?;
+        let routes = std::mem::take(&mut self.routes)
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| r.validate(&format!("{key}.routes[{j}]"), &budget_config))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(dup) = routes
+            .iter()
+            .enumerate()
+            .find(|(j, r)| routes[..*j].iter().any(|o| o.name == r.name))
+        {
+            return Err(format!(
+                "{key}.routes[{}].name: \"{}\" is used by two routes; names must be unique",
+                dup.0, dup.1.name
+            ));
+        }
         let credential = {
             let raw = self.credential.unwrap_or(RawCredential {
                 header: None,
@@ -1163,6 +1331,8 @@ impl RawUpstream {
             idempotency_header,
             ratelimit_headers: self.ratelimit_headers.unwrap_or(true),
             cost_from_body: self.cost_from_body.unwrap_or(false),
+            routes,
+            provider: self.provider,
         })
     }
 }
@@ -1456,8 +1626,13 @@ retry = { max_attempts = 5, base_delay = "500ms", max_delay = "30s", max_wait = 
     fn the_example_config_is_valid() {
         let text = include_str!("../../../../examples/headroom.toml");
         let c = Config::parse(text, "examples/headroom.toml").unwrap();
-        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams.len(), 3);
+        assert_eq!(c.upstreams[0].routes[0].name, "crm-search");
         assert!(c.upstreams[1].budget_config.limits.is_empty());
+        // The preset's sandbox tier and idempotency header.
+        let payments = &c.upstreams[2];
+        assert_eq!(payments.budget_config.limits[0].quota, 25.0);
+        assert!(payments.idempotency_header.is_some());
         assert_eq!(c.schedules.len(), 1);
         assert_eq!(c.schedules[0].name, "nightly-sync");
     }

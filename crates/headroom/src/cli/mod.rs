@@ -8,6 +8,7 @@ pub mod explain;
 pub mod jobs;
 pub mod mock;
 pub mod observe;
+pub mod providers;
 pub mod serve;
 pub mod simulate;
 pub mod tenants;

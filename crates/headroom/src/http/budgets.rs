@@ -47,7 +47,18 @@ fn view_json(app: &AppState, view: &BudgetView) -> Value {
         obj.remove("upstream_index");
         let upstream = app.config.upstreams.get(view.upstream_index as usize);
         obj.insert("upstream".into(), json!(upstream.map(|u| &u.name)));
-        if let Some(tenant) = view.key.strip_prefix("tenant:") {
+        // An endpoint route's budget: `route` names it; its tenant as for the upstream's.
+        let key = match crate::outbound::split_route_key(&view.key) {
+            Some((route, rest)) => {
+                obj.insert("route".into(), json!(route));
+                if let Some(tenant) = rest.strip_prefix("tenant:") {
+                    obj.insert("tenant".into(), json!(tenant));
+                }
+                return value;
+            }
+            None => view.key.as_str(),
+        };
+        if let Some(tenant) = key.strip_prefix("tenant:") {
             obj.insert("tenant".into(), json!(tenant));
             if let Some(active) = app
                 .overrides
@@ -132,7 +143,9 @@ async fn list(
         .iter()
         .filter(|view| upstream.is_none_or(|u| view.upstream_index == u))
         .filter(|view| {
-            let name = view.key.strip_prefix("tenant:").unwrap_or(&view.key);
+            let key =
+                crate::outbound::split_route_key(&view.key).map_or(view.key.as_str(), |(_, k)| k);
+            let name = key.strip_prefix("tenant:").unwrap_or(key);
             needle
                 .as_deref()
                 .is_none_or(|n| name.to_lowercase().contains(n))

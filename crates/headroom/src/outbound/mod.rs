@@ -26,7 +26,7 @@ use http::header::{HeaderMap, HeaderValue};
 use http::Method;
 use sha2::{Digest, Sha256};
 
-use crate::cfg::{BudgetScope, Upstream};
+use crate::cfg::{BudgetScope, Route, Upstream};
 use crate::clock::WallClock;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -90,6 +90,15 @@ impl Outbound {
         let uri = target_uri(&upstream.base, path, query)?;
         inject_credential(&self.credentials, upstream, tenant, &mut headers).await?;
         let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
+        // The first route that matches adds its own budget, per the same tenant or credential.
+        let route = upstream
+            .routes
+            .iter()
+            .find(|r| r.matches(&method, path))
+            .map(|r| {
+                let key: BudgetKey = (upstream.index, Arc::from(route_key(&r.name, &key.1)));
+                (r, key)
+            });
         Ok(Prepared {
             outbound: self,
             upstream,
@@ -98,6 +107,7 @@ impl Outbound {
             uri,
             headers,
             key,
+            route,
         })
     }
 }
@@ -112,6 +122,8 @@ pub(crate) struct Prepared<'a> {
     /// The headers sent, the tenant's credential included.
     pub headers: HeaderMap,
     pub key: BudgetKey,
+    /// The endpoint route the call matched, with the budget it spends there.
+    pub route: Option<(&'a Route, BudgetKey)>,
 }
 
 /// Why a call could not be prepared.
@@ -167,6 +179,9 @@ impl Prepared<'_> {
     /// What the call is likely to cost when its caller does not say: what past calls of its
     /// route cost, where the upstream meters cost (see `Upstream::meters_cost`).
     pub fn estimated_cost(&self) -> Option<f64> {
+        if let Some(cost) = self.route.as_ref().and_then(|(r, _)| r.cost) {
+            return Some(cost);
+        }
         if !self.upstream.meters_cost() {
             return None;
         }
@@ -180,6 +195,33 @@ impl Prepared<'_> {
     /// answer back into the budget.
     pub async fn send(&self, body: Body, how: Send<'_>) -> Answer {
         let out = self.outbound;
+        let party = governor::party_of(self.tenant);
+        // A routed call takes the route's leave first, in the route's own queue (so that a
+        // burst of search calls does not hold up the upstream's other calls), then the
+        // upstream's within what is left of its wait; refused by either, it gives both back.
+        let (route_lease, max_wait) = match &self.route {
+            None => (None, how.max_wait),
+            Some((route, key)) => {
+                match out
+                    .governor
+                    .acquire(
+                        key.clone(),
+                        &route.budget_config,
+                        how.lane,
+                        how.cost,
+                        how.max_wait,
+                        party,
+                    )
+                    .await
+                {
+                    Ok(lease) => {
+                        let left = how.max_wait.saturating_sub(lease.waited);
+                        (Some(lease), left)
+                    }
+                    Err(rejection) => return Answer::Refused(rejection),
+                }
+            }
+        };
         let overridden = out.overrides.config(&self.key);
         let lease = match out
             .governor
@@ -188,13 +230,17 @@ impl Prepared<'_> {
                 overridden.as_ref().unwrap_or(&self.upstream.budget_config),
                 how.lane,
                 how.cost,
-                how.max_wait,
-                governor::party_of(self.tenant),
+                max_wait,
+                party,
             )
             .await
         {
             Ok(lease) => lease,
             Err(rejection) => return Answer::Refused(rejection),
+        };
+        let lease = match route_lease {
+            Some(route) => lease.with_route(route),
+            None => lease,
         };
         let call = self.call(how.attempt, how.queue);
         send::send(out, &call, lease, body, how.read, how.wait_until).await
@@ -212,6 +258,16 @@ pub(crate) fn refusal(rejection: &Rejection) -> &'static str {
         RejectReason::QuotaExhausted => "a long-window quota is spent until its reset",
         RejectReason::Paused => "an operator paused the budget",
     }
+}
+
+/// The key of a route's budget beside the upstream budget `key` (`route:crm-search:tenant:acme`).
+pub(crate) fn route_key(route: &str, key: &str) -> String {
+    format!("route:{route}:{key}")
+}
+
+/// The route and the upstream budget key of a route's budget key, if it is one.
+pub(crate) fn split_route_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("route:")?.split_once(':')
 }
 
 /// The budget a call spends: shared, the tenant's, or one per credential (hashed, never the

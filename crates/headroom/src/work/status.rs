@@ -315,7 +315,9 @@ fn limit_label(l: &headroom_core::limit::LimitSnapshot) -> String {
     })
 }
 
-/// The tenant a budget key stands for: `acme` for `tenant:acme`, else the key.
+/// The tenant a budget key stands for: `acme` for `tenant:acme` (and for an endpoint route's
+/// `route:search:tenant:acme`), else the key.
 fn tenant_of_key(key: &str) -> &str {
+    let key = crate::outbound::split_route_key(key).map_or(key, |(_, k)| k);
     key.strip_prefix("tenant:").unwrap_or(key)
 }

@@ -17,6 +17,7 @@ mod hostile;
 mod jobs;
 mod observability;
 mod otlp;
+mod providers;
 mod proxy;
 mod schedules;
 mod security;

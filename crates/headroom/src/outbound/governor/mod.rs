@@ -85,6 +85,7 @@ impl Inner {
                 permit: Some(permit),
                 waited: Duration::ZERO,
                 remote: None,
+                route: None,
             };
             if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
                 if let Some(permit) = lease.permit.take() {
@@ -128,10 +129,36 @@ pub struct Lease {
     pub waited: Duration,
     /// The call's leave from the shared budget (Redis governor).
     remote: Option<redis::RemoteLease>,
+    /// The leave of the endpoint route's budget the call also spends, returned with this one.
+    route: Option<Box<Lease>>,
 }
 
 impl Lease {
+    /// This lease, returning `route`'s with it; the wait is both waits.
+    pub fn with_route(mut self, route: Lease) -> Lease {
+        self.waited += route.waited;
+        self.route = Some(Box::new(route));
+        self
+    }
+
     pub fn finish(mut self, outcome: Outcome<'_>) -> Reaction {
+        if let Some(route) = self.route.take() {
+            // The route learns whether the call was throttled and for how long, not the
+            // upstream's limits the answer describes (those are the upstream budget's).
+            let _ = match outcome {
+                Outcome::Response { status, signals } => {
+                    let own = headroom_core::Signals {
+                        limits: Vec::new(),
+                        ..signals.clone()
+                    };
+                    route.finish(Outcome::Response {
+                        status,
+                        signals: &own,
+                    })
+                }
+                other => route.finish(other),
+            };
+        }
         let learned = matches!(outcome, Outcome::Response { signals, .. }
             if signals.throttled || !signals.limits.is_empty());
         let reaction = match self.permit.take() {
@@ -388,6 +415,7 @@ impl SharedGovernor {
             permit: Some(permit),
             waited,
             remote: None,
+            route: None,
         }
     }
 
