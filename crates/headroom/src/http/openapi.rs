@@ -507,6 +507,8 @@ pub struct Alerts {
 /// reset, pace, pause and breaker.
 #[derive(ToSchema)]
 pub struct Budgets {
+    /// Each with `upstream`, `key`, `tenant` (a tenant's budget), `route` (an endpoint
+    /// route's budget, beside the upstream's), its limits and state.
     #[schema(value_type = Vec<Object>)]
     pub budgets: Vec<Value>,
     /// How many budgets matched (more than `budgets` holds when `limit` cut them).

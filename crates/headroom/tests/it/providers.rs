@@ -88,6 +88,16 @@ async fn a_route_paces_its_endpoint_and_leaves_the_rest_alone() {
         .await;
     let other_done = tokio::time::Instant::now();
     assert_eq!(other.status, StatusCode::OK);
+    // Another tenant's search spends its own route budget, not acme's.
+    let globex = rig
+        .send(
+            Method::POST,
+            "/proxy/up/crm/v3/objects/contacts/search",
+            &[("headroom-tenant", "globex"), ("headroom-max-wait", "30s")],
+        )
+        .await;
+    let globex_done = tokio::time::Instant::now();
+    assert_eq!(globex.status, StatusCode::OK);
     let mut last = started;
     for s in searches {
         let (status, at) = s.await.unwrap();
@@ -105,6 +115,7 @@ async fn a_route_paces_its_endpoint_and_leaves_the_rest_alone() {
         other_done < last,
         "a call of another endpoint waited behind the searches"
     );
+    assert!(globex_done < last, "globex's search waited behind acme's");
     assert_eq!(rig.mock.stats().throttled, 0);
     // The route's budget is listed with its route and tenant.
     let budgets = rig.get("/v1/budgets?q=acme", &[]).await.json();
