@@ -87,6 +87,9 @@ pub(crate) struct Limit {
     /// The configured quota: a ceiling for what the headers report (a lower figure wins at
     /// once; a higher one is not taken: the config may keep room for other clients).
     ceiling: Option<f64>,
+    /// The configured window, which names this limit in its config even after the API's
+    /// window replaced `window` (`learn = "raise"`).
+    config_window: Option<Duration>,
     report: Option<Report>,
     /// GCRA: the theoretical time of the next call at the pace, for any lane and for bulk.
     tat: Timestamp,
@@ -125,8 +128,10 @@ struct ResetShape {
 impl Limit {
     pub(crate) fn from_config(c: &LimitConfig, raise: bool, overridden: bool) -> Self {
         Limit {
-            raise,
+            // An operator's override is a cap the API's figures do not raise.
+            raise: raise && !overridden,
             overridden,
+            config_window: Some(c.window),
             longest_reset_ms: 0,
             name: c.name.as_deref().map(Into::into),
             quota: c.quota,
@@ -150,6 +155,7 @@ impl Limit {
             window: sig.window.filter(|w| !w.is_zero()),
             unit: sig.unit,
             ceiling: None,
+            config_window: None,
             report: None,
             tat: Timestamp::ZERO,
             tat_bulk: Timestamp::ZERO,
@@ -186,7 +192,7 @@ impl Limit {
     pub(crate) fn same_as(&self, c: &LimitConfig) -> bool {
         self.unit == c.unit
             && self.name.as_deref() == c.name.as_deref()
-            && self.window == Some(c.window)
+            && self.config_window.or(self.window) == Some(c.window)
     }
 
     /// This limit under a new config of itself (`fresh`): the new quota and ceiling, and

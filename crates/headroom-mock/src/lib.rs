@@ -94,6 +94,50 @@ pub enum Profile {
     /// bucket cannot take answers `errors[].extensions.code = "THROTTLED"`.
     #[value(name = "shopify-graphql")]
     ShopifyGraphql,
+    /// Fixed window. Salesforce: `Sforce-Limit-Info: api-usage=N/M`; a spent limit is a 403 `REQUEST_LIMIT_EXCEEDED`.
+    #[value(name = "salesforce")]
+    Salesforce,
+    /// Fixed window. GitHub REST: `x-ratelimit-*` with an epoch reset; a spent limit is a 403 that says so.
+    #[value(name = "github")]
+    Github,
+    /// Fixed window. GitHub GraphQL: `x-ratelimit-*`; a spent limit is a 200 with a `RATE_LIMITED` error.
+    #[value(name = "github-graphql")]
+    GithubGraphql,
+    /// Fixed window. Stripe: no rate-limit headers; a 429 with error code `rate_limit`.
+    #[value(name = "stripe")]
+    Stripe,
+    /// Fixed window. Jira Cloud: `Beta-RateLimit-Policy` and `Beta-RateLimit`; a 429 with `Retry-After`.
+    #[value(name = "jira")]
+    Jira,
+    /// Fixed window. Zendesk: `X-Rate-Limit` and `X-Rate-Limit-Remaining`; a 429 with `Retry-After`.
+    #[value(name = "zendesk")]
+    Zendesk,
+    /// Fixed window. Intercom: `X-RateLimit-*` with an epoch reset; a 429 `rate_limit_exceeded`.
+    #[value(name = "intercom")]
+    Intercom,
+    /// An average with bursts (a bucket of `limit` draining over `window`), as Slack says its
+    /// tiers allow. Slack: only `Retry-After` on a 429 `{"ok":false,"error":"ratelimited"}`.
+    #[value(name = "slack")]
+    Slack,
+    /// Fixed window. Microsoft Graph: only `Retry-After` on a 429 `TooManyRequests`.
+    #[value(name = "microsoft-graph")]
+    MicrosoftGraph,
+    /// Fixed window. Google APIs: no headers; a spent quota is a 403 `userRateLimitExceeded`.
+    #[value(name = "google")]
+    Google,
+    /// "An average of three requests per second", with bursts: a bucket of `limit` draining
+    /// over `window`. Notion: only `Retry-After` on a 429 `rate_limited`.
+    #[value(name = "notion")]
+    Notion,
+    /// Fixed window. Zoom: `X-RateLimit-Category`, `-Type`, `-Limit`, `-Remaining`; a 429 with `Retry-After`.
+    #[value(name = "zoom")]
+    Zoom,
+    /// Fixed window. Twilio: no rate-limit headers; a 429 with error 20429.
+    #[value(name = "twilio")]
+    Twilio,
+    /// Fixed window. Anthropic: `anthropic-ratelimit-requests-*` (reset in RFC 3339); a 429 `rate_limit_error` with `retry-after`.
+    #[value(name = "anthropic")]
+    Anthropic,
     /// No limit and no rate-limit headers, for measuring proxy overhead.
     #[value(name = "unlimited")]
     Unlimited,
@@ -112,8 +156,54 @@ impl Profile {
             Profile::RetryAfter => (Model::FixedWindow, Dialect::RetryAfter),
             Profile::OpenAi => (Model::FixedWindow, Dialect::OpenAiTokens),
             Profile::ShopifyGraphql => (Model::LeakyBucket, Dialect::ShopifyGraphql),
+            Profile::Salesforce => (Model::FixedWindow, Dialect::Salesforce),
+            Profile::Github => (Model::FixedWindow, Dialect::XRateLimitEpoch),
+            Profile::GithubGraphql => (Model::FixedWindow, Dialect::XRateLimitEpoch),
+            Profile::Stripe => (Model::FixedWindow, Dialect::Bare),
+            Profile::Jira => (Model::FixedWindow, Dialect::JiraBeta),
+            Profile::Zendesk => (Model::FixedWindow, Dialect::Zendesk),
+            Profile::Intercom => (Model::FixedWindow, Dialect::XRateLimitEpoch),
+            Profile::Slack => (Model::LeakyBucket, Dialect::RetryAfter),
+            Profile::MicrosoftGraph => (Model::FixedWindow, Dialect::RetryAfter),
+            Profile::Google => (Model::FixedWindow, Dialect::Bare),
+            Profile::Notion => (Model::LeakyBucket, Dialect::RetryAfter),
+            Profile::Zoom => (Model::FixedWindow, Dialect::Zoom),
+            Profile::Twilio => (Model::FixedWindow, Dialect::Bare),
+            Profile::Anthropic => (Model::FixedWindow, Dialect::Anthropic),
             Profile::Unlimited => return None,
         })
+    }
+
+    /// The status and body of a call the limit refused, as the vendor answers it.
+    pub fn throttled(self) -> (StatusCode, &'static [u8]) {
+        match self {
+            Profile::Hubspot => (
+                StatusCode::TOO_MANY_REQUESTS,
+                br#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#,
+            ),
+            Profile::Shopify => (
+                StatusCode::TOO_MANY_REQUESTS,
+                br#"{"errors":"Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service."}"#,
+            ),
+            Profile::Salesforce => (StatusCode::FORBIDDEN, br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#),
+            Profile::Github => (StatusCode::FORBIDDEN, br#"{"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#),
+            Profile::GithubGraphql => (StatusCode::OK, br#"{"errors":[{"type":"RATE_LIMITED","message":"API rate limit exceeded for user ID 1."}]}"#),
+            Profile::Stripe => (StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"code":"rate_limit","message":"Too many requests hit the API too quickly.","type":"invalid_request_error"}}"#),
+            Profile::Jira => (StatusCode::TOO_MANY_REQUESTS, br#"{"message":"Rate limit exceeded"}"#),
+            Profile::Zendesk => (StatusCode::TOO_MANY_REQUESTS, br#"{"error":"TooManyRequests","description":"You have exceeded the rate limit"}"#),
+            Profile::Intercom => (StatusCode::TOO_MANY_REQUESTS, br#"{"type":"error.list","errors":[{"code":"rate_limit_exceeded","message":"Exceeded rate limit"}]}"#),
+            Profile::Slack => (StatusCode::TOO_MANY_REQUESTS, br#"{"ok":false,"error":"ratelimited"}"#),
+            Profile::MicrosoftGraph => (StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"code":"TooManyRequests","message":"Please retry again later."}}"#),
+            Profile::Google => (StatusCode::FORBIDDEN, br#"{"error":{"errors":[{"domain":"usageLimits","reason":"userRateLimitExceeded","message":"User Rate Limit Exceeded"}],"code":403,"message":"User Rate Limit Exceeded"}}"#),
+            Profile::Notion => (StatusCode::TOO_MANY_REQUESTS, br#"{"object":"error","status":429,"code":"rate_limited","message":"You have been rate limited."}"#),
+            Profile::Zoom => (StatusCode::TOO_MANY_REQUESTS, br#"{"code":429,"message":"You have reached the maximum per-second rate limit for this API."}"#),
+            Profile::Twilio => (StatusCode::TOO_MANY_REQUESTS, br#"{"code":20429,"message":"Too Many Requests","status":429}"#),
+            Profile::Anthropic => (StatusCode::TOO_MANY_REQUESTS, br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit."}}"#),
+            _ => (
+                StatusCode::TOO_MANY_REQUESTS,
+                br#"{"ok":false,"error":"too_many_requests","message":"Too many requests; the rate limit is exhausted"}"#,
+            ),
+        }
     }
 
     /// The name used on the command line.
@@ -128,6 +218,20 @@ impl Profile {
             Profile::RetryAfter => "retry-after",
             Profile::OpenAi => "openai",
             Profile::ShopifyGraphql => "shopify-graphql",
+            Profile::Salesforce => "salesforce",
+            Profile::Github => "github",
+            Profile::GithubGraphql => "github-graphql",
+            Profile::Stripe => "stripe",
+            Profile::Jira => "jira",
+            Profile::Zendesk => "zendesk",
+            Profile::Intercom => "intercom",
+            Profile::Slack => "slack",
+            Profile::MicrosoftGraph => "microsoft-graph",
+            Profile::Google => "google",
+            Profile::Notion => "notion",
+            Profile::Zoom => "zoom",
+            Profile::Twilio => "twilio",
+            Profile::Anthropic => "anthropic",
             Profile::Unlimited => "unlimited",
         }
     }
@@ -837,9 +941,8 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         let body = serde_json::to_vec(&echo(true)).unwrap_or_default();
         json_response(StatusCode::OK, body)
     } else {
-        let body =
-            br#"{"ok":false,"error":"too_many_requests","message":"Too many requests; the rate limit is exhausted"}"#;
-        json_response(StatusCode::TOO_MANY_REQUESTS, body.to_vec())
+        let (status, body) = shared.config.profile.throttled();
+        json_response(status, body.to_vec())
     };
     let out = response.headers_mut();
     for (name, value) in headers {
@@ -901,6 +1004,20 @@ mod tests {
                 "retry-after",
                 "openai",
                 "shopify-graphql",
+                "salesforce",
+                "github",
+                "github-graphql",
+                "stripe",
+                "jira",
+                "zendesk",
+                "intercom",
+                "slack",
+                "microsoft-graph",
+                "google",
+                "notion",
+                "zoom",
+                "twilio",
+                "anthropic",
                 "unlimited"
             ]
         );

@@ -48,6 +48,16 @@ pub enum Dialect {
     /// Shopify GraphQL Admin: no headers; the body's `extensions.cost` says the bucket (the
     /// mock upstream writes it), a throttled query answers `THROTTLED` without Retry-After.
     ShopifyGraphql,
+    /// Salesforce's `Sforce-Limit-Info: api-usage=used/quota` (no reset, no window).
+    Salesforce,
+    /// Jira Cloud's IETF fields under a prefix: `Beta-RateLimit-Policy` and `Beta-RateLimit`.
+    JiraBeta,
+    /// Zendesk's `X-Rate-Limit` and `X-Rate-Limit-Remaining` (no reset).
+    Zendesk,
+    /// Zoom's `X-RateLimit-Category`, `-Type`, `-Limit` and `-Remaining` (no reset).
+    Zoom,
+    /// Anthropic's `anthropic-ratelimit-requests-limit`, `-remaining` and `-reset` (RFC 3339).
+    Anthropic,
 }
 
 /// A rate-limited upstream's state.
@@ -202,6 +212,49 @@ impl Upstream {
                     format!("{}/{}", self.used().ceil(), self.quota),
                 );
             }
+            Dialect::Salesforce => {
+                push(
+                    "Sforce-Limit-Info",
+                    format!("api-usage={}/{}", self.used().ceil(), self.quota),
+                );
+            }
+            Dialect::JiraBeta => {
+                push(
+                    "Beta-RateLimit-Policy",
+                    format!(
+                        "\"tenant-app-quota\";q={};w={}",
+                        self.quota,
+                        self.window.ceil()
+                    ),
+                );
+                push(
+                    "Beta-RateLimit",
+                    format!("\"tenant-app-quota\";r={remaining};t={}", reset.ceil()),
+                );
+            }
+            Dialect::Zendesk => {
+                push("X-Rate-Limit", format!("{}", self.quota));
+                push("X-Rate-Limit-Remaining", format!("{remaining}"));
+            }
+            Dialect::Zoom => {
+                push("X-RateLimit-Category", "Light".to_string());
+                push("X-RateLimit-Type", "QPS".to_string());
+                push("X-RateLimit-Limit", format!("{}", self.quota));
+                push("X-RateLimit-Remaining", format!("{remaining}"));
+            }
+            Dialect::Anthropic => {
+                let at = to_system_time(epoch + reset.ceil());
+                let at = humantime_rfc3339(at);
+                push(
+                    "anthropic-ratelimit-requests-limit",
+                    format!("{}", self.quota),
+                );
+                push(
+                    "anthropic-ratelimit-requests-remaining",
+                    format!("{remaining}"),
+                );
+                push("anthropic-ratelimit-requests-reset", at);
+            }
             Dialect::OpenAiTokens => {
                 push("x-ratelimit-limit-tokens", format!("{}", self.quota));
                 push("x-ratelimit-remaining-tokens", format!("{remaining}"));
@@ -216,6 +269,13 @@ impl Upstream {
         }
         h
     }
+}
+
+/// `2026-11-28T12:00:12Z`, as Anthropic writes its resets.
+fn humantime_rfc3339(at: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn to_system_time(epoch: f64) -> std::time::SystemTime {

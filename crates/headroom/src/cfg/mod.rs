@@ -844,12 +844,21 @@ impl RawUpstream {
             }),
             (m, t) => m.or(t),
         };
+        // A header of the upstream's own takes the scheme that goes with it (the default for
+        // that header unless written), not the preset's for another header.
         let credential = match (self.credential, preset.credential) {
-            (Some(m), Some(t)) => Some(RawCredential {
-                header: or(m.header, t.header),
+            (Some(m), Some(t)) if m.header.is_none() => Some(RawCredential {
+                header: t.header,
                 scheme: or(m.scheme, t.scheme),
             }),
             (m, t) => m.or(t),
+        };
+        // Limits of the upstream's own are its caps: the preset's `learn = "raise"` (the
+        // API's figures replace the tier's guesses) does not apply to them.
+        let learn = if self.limits.is_empty() {
+            or(self.learn, preset.learn)
+        } else {
+            self.learn
         };
         RawUpstream {
             name: self.name,
@@ -864,7 +873,7 @@ impl RawUpstream {
             idempotency_header: or(self.idempotency_header, preset.idempotency_header),
             max_pause: or(self.max_pause, preset.max_pause),
             ratelimit_headers: or(self.ratelimit_headers, preset.ratelimit_headers),
-            learn: or(self.learn, preset.learn),
+            learn,
             cost_from_body: or(self.cost_from_body, preset.cost_from_body),
             limits: list(self.limits, preset.limits),
             retry,

@@ -152,7 +152,37 @@ pub(crate) fn resolve(raw: RawUpstream) -> Result<RawUpstream, String> {
                 .join(", ")
         )
     })?;
-    let preset = provider.upstream(&raw.name, raw.tier.as_deref())?;
+    if raw.tier.is_some() && !raw.limits.is_empty() {
+        return Err(
+            "tier: the upstream's own `limits` replace the tier's; remove one of them".to_string(),
+        );
+    }
+    let mut preset = provider.upstream(&raw.name, raw.tier.as_deref())?;
+    // The preset's routes are paths from the API's root; under a base URL with a path of its
+    // own (`https://slack.com/api`) they are relative to it, and a route outside it can never
+    // be called through this upstream.
+    if let Some(base) = raw.base_url.as_deref() {
+        let base_path = url::Url::parse(base)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        if !base_path.is_empty() {
+            preset.routes = std::mem::take(&mut preset.routes)
+                .into_iter()
+                .filter_map(|mut r| {
+                    let rest = r.path.strip_prefix(&base_path)?;
+                    if !(rest.is_empty() || rest.starts_with('/')) {
+                        return None;
+                    }
+                    r.path = if rest.is_empty() {
+                        "/".into()
+                    } else {
+                        rest.to_string()
+                    };
+                    Some(r)
+                })
+                .collect();
+        }
+    }
     Ok(raw.over(preset))
 }
 
@@ -217,9 +247,17 @@ mod tests {
             }
         }
         let names: Vec<String> = all().into_iter().map(|p| p.name).collect();
-        let mut unique = names.clone();
-        unique.dedup();
-        assert_eq!(names, unique);
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(
+            names.len(),
+            unique.len(),
+            "two presets share a name: {names:?}"
+        );
+        // Without `tier`, the default tier resolves (a typo there would blame a key the user
+        // never wrote).
+        for p in all() {
+            assert!(p.tier(None).is_ok(), "{}: default_tier", p.name);
+        }
     }
 
     #[test]
@@ -237,6 +275,29 @@ mod tests {
         assert!(u.retry.on_status.contains(&503));
         assert_eq!(u.budget_config.limits[0].quota, 190.0, "the pro tier");
         assert!(u.routes.iter().any(|r| r.name == "crm-search"));
+        assert_eq!(u.budget_config.learn, headroom_core::budget::Learn::Raise);
+    }
+
+    #[test]
+    fn own_limits_are_caps_and_routes_follow_the_base_path() {
+        let c = Config::parse(
+            "[[upstreams]]\nname = \"crm\"\nprovider = \"hubspot\"\n\
+             base_url = \"https://api.hubapi.com/crm/v3\"\n\
+             limits = [{ quota = 50, window = \"10s\" }]\n\
+             [[upstreams]]\nname = \"ai\"\nprovider = \"anthropic\"\n\
+             credential = { header = \"authorization\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let crm = &c.upstreams[0];
+        assert_eq!(crm.budget_config.learn, headroom_core::budget::Learn::Lower);
+        assert!(crm.routes[0].matches(&http::Method::POST, "/objects/contacts/search"));
+        let ai = &c.upstreams[1];
+        assert_eq!(ai.credential.header, http::header::AUTHORIZATION);
+        assert_eq!(
+            ai.credential.scheme, "Bearer",
+            "not the preset's scheme for x-api-key"
+        );
     }
 
     #[test]
@@ -259,6 +320,10 @@ mod tests {
                 "upstreams[0].base_url: missing; Salesforce",
             ),
             ("", "upstreams[0].base_url: missing; write the API's URL"),
+            (
+                "provider = \"hubspot\"\ntier = \"pro\"\nlimits = [{ quota = 1, window = \"1s\" }]",
+                "upstreams[0].tier: the upstream's own `limits`",
+            ),
         ] {
             let e = Config::parse(&format!("[[upstreams]]\nname = \"u\"\n{toml}\n"), "t.toml")
                 .unwrap_err()

@@ -76,22 +76,29 @@ impl PathPattern {
         &self.text
     }
 
-    /// Whether `path` (without its query) matches.
+    /// Whether `path` (without its query) matches. The path is read as the upstream reads
+    /// it: empty segments (`//`, a trailing `/`) are skipped, `;params` dropped and `%XX`
+    /// decoded, so that `/crm/%73earch` or `/crm/search/` cannot slip past a route.
     pub fn matches(&self, path: &str) -> bool {
         let path = path.split('?').next().unwrap_or("");
-        let Some(path) = path.strip_prefix('/') else {
+        if !path.starts_with('/') {
             return false;
-        };
-        let mut parts = path.split('/');
+        }
+        let mut parts = path
+            .split('/')
+            .map(|p| p.split(';').next().unwrap_or(""))
+            .filter(|p| !p.is_empty())
+            .map(decode);
         for segment in &self.segments {
             match segment {
                 Segment::Rest => return true,
-                Segment::One => match parts.next() {
-                    Some(p) if !p.is_empty() => {}
-                    _ => return false,
-                },
+                Segment::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
                 Segment::Literal(l) => {
-                    if parts.next() != Some(l.as_str()) {
+                    if parts.next().as_deref() != Some(l.as_str()) {
                         return false;
                     }
                 }
@@ -99,6 +106,11 @@ impl PathPattern {
         }
         parts.next().is_none()
     }
+}
+
+/// `%XX` decoded (an invalid escape is kept as written).
+fn decode(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
 impl RawRoute {
@@ -162,7 +174,11 @@ mod tests {
         assert!(p.matches("/crm/v3/objects/contacts/search"));
         assert!(p.matches("/crm/v3/objects/deals/search?after=2"));
         assert!(!p.matches("/crm/v3/objects/contacts"));
-        assert!(!p.matches("/crm/v3/objects//search"));
+        // Read as the upstream reads it: no way around a route.
+        assert!(p.matches("/crm/v3/objects/contacts/%73earch"));
+        assert!(p.matches("/crm/v3/objects/contacts/search/"));
+        assert!(p.matches("/crm//v3/objects/contacts/search;x=1"));
+        assert!(!p.matches("/crm/v3/objects/search"));
         assert!(!p.matches("/crm/v3/objects/contacts/search/more"));
         let rest = PathPattern::try_new("/api/**").unwrap();
         assert!(rest.matches("/api/chat.postMessage"));

@@ -151,6 +151,11 @@ pub async fn compute(app: &AppState, window: std::time::Duration) -> anyhow::Res
         let Some(upstream) = app.config.upstreams.get(v.upstream_index as usize) else {
             continue;
         };
+        // An endpoint route's budget is not a row of its own (`/v1/budgets` shows it): the
+        // row is the tenant's budget at the upstream.
+        if crate::outbound::split_route_key(&v.key).is_some() {
+            continue;
+        }
         keys.push((row(&upstream.name, tenant_of_key(&v.key)), v));
     }
     let mut backoff: HashMap<(String, String), (u64, u64)> = HashMap::new();
@@ -315,9 +320,7 @@ fn limit_label(l: &headroom_core::limit::LimitSnapshot) -> String {
     })
 }
 
-/// The tenant a budget key stands for: `acme` for `tenant:acme` (and for an endpoint route's
-/// `route:search:tenant:acme`), else the key.
+/// The tenant a budget key stands for: `acme` for `tenant:acme`, else the key.
 fn tenant_of_key(key: &str) -> &str {
-    let key = crate::outbound::split_route_key(key).map_or(key, |(_, k)| k);
     key.strip_prefix("tenant:").unwrap_or(key)
 }

@@ -51,12 +51,13 @@ async fn shopify_graphql_is_paced_by_query_cost_with_one_line_of_config() {
     assert_eq!(stats.accepted_cost, 31 * 5, "{stats:?}");
     // The budget knows the bucket the API reported, in points.
     let budgets = rig.get("/v1/budgets", &[]).await.json();
-    let limits = budgets["budgets"][0]["limits"].to_string();
-    assert!(limits.contains("points"), "{budgets}");
-    assert!(
-        limits.contains("50"),
-        "the reported bucket of 50: {budgets}"
+    let limit = &budgets["budgets"][0]["limits"][0];
+    assert_eq!(limit["quota"], 50.0, "the reported bucket: {budgets}");
+    assert_eq!(
+        limit["window_s"], 2.0,
+        "50 points at 25 a second: {budgets}"
     );
+    assert_eq!(limit["unit"], "points");
 }
 
 /// An endpoint route spends its own budget beside the upstream's: HubSpot's CRM search at 4
@@ -127,4 +128,323 @@ async fn a_route_paces_its_endpoint_and_leaves_the_rest_alone() {
         .collect();
     assert_eq!(routed.len(), 1, "{budgets}");
     assert_eq!(routed[0]["tenant"], "acme");
+    assert_eq!(
+        routed[0]["spent_requests"], 12.0,
+        "acme's searches only: {budgets}"
+    );
+    let globex = rig.get("/v1/budgets?q=globex", &[]).await.json();
+    let theirs: Vec<_> = globex["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["route"] == "crm-search")
+        .collect();
+    assert_eq!(
+        theirs.len(),
+        1,
+        "globex has a route budget of its own: {globex}"
+    );
+    assert_eq!(theirs[0]["spent_requests"], 1.0, "{globex}");
+}
+
+/// One preset against the mock playing its vendor.
+struct Case {
+    provider: &'static str,
+    profile: Profile,
+    /// The mock's limit per window (seconds).
+    limit: u32,
+    window_s: u64,
+    /// Keys written beside `provider`: where a vendor's window is minutes or hours, the
+    /// limit scaled down to seconds (as the mock enforces it) so the test takes seconds.
+    extra: &'static str,
+    method: Method,
+    path: &'static str,
+    calls: usize,
+    /// Whether the vendor reports its limit in headers (so the budget learns it).
+    reports: bool,
+}
+
+/// Every preset through the real proxy against its mock profile (the vendor's documented
+/// headers, throttle status and body): after the first call, a burst of several windows'
+/// worth is paced with nothing throttled, and where the vendor reports its limits the
+/// budget learned them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_preset_is_paced_against_its_vendors_profile() {
+    let scaled = |name: &str| -> &'static str {
+        Box::leak(format!("limits = [{{ {name}quota = 10, window = \"2s\" }}]").into_boxed_str())
+    };
+    let case = |provider, profile, limit, window_s, extra, method, path, calls, reports| Case {
+        provider,
+        profile,
+        limit,
+        window_s,
+        extra,
+        method,
+        path,
+        calls,
+        reports,
+    };
+    let cases = vec![
+        case(
+            "hubspot",
+            Profile::Hubspot,
+            10,
+            2,
+            scaled("name = \"interval\", "),
+            Method::GET,
+            "/crm/v3/objects/contacts",
+            24,
+            true,
+        ),
+        case(
+            "salesforce",
+            Profile::Salesforce,
+            10,
+            2,
+            scaled("name = \"api-usage\", "),
+            Method::GET,
+            "/sobjects/Account/001",
+            24,
+            true,
+        ),
+        // Shopify's Standard bucket as documented: 40, leaking 2 a second.
+        case(
+            "shopify",
+            Profile::Shopify,
+            40,
+            20,
+            "",
+            Method::GET,
+            "/products.json",
+            48,
+            true,
+        ),
+        case(
+            "github",
+            Profile::Github,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/repos/o/r/issues",
+            24,
+            true,
+        ),
+        case(
+            "github-graphql",
+            Profile::GithubGraphql,
+            10,
+            2,
+            scaled(""),
+            Method::POST,
+            "/graphql",
+            24,
+            true,
+        ),
+        // Stripe's sandbox limit as documented: 25 a second.
+        case(
+            "stripe",
+            Profile::Stripe,
+            25,
+            1,
+            "tier = \"sandbox\"",
+            Method::GET,
+            "/v1/customers",
+            60,
+            false,
+        ),
+        case(
+            "jira",
+            Profile::Jira,
+            10,
+            2,
+            "",
+            Method::GET,
+            "/rest/api/3/issue/A-1",
+            24,
+            true,
+        ),
+        case(
+            "zendesk",
+            Profile::Zendesk,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/api/v2/tickets.json",
+            24,
+            true,
+        ),
+        case(
+            "intercom",
+            Profile::Intercom,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/contacts",
+            24,
+            true,
+        ),
+        // Slack's conversations.history, Tier 3: 50 a minute (the preset's route).
+        case(
+            "slack",
+            Profile::Slack,
+            50,
+            60,
+            "",
+            Method::GET,
+            "/api/conversations.history",
+            4,
+            false,
+        ),
+        case(
+            "microsoft-graph",
+            Profile::MicrosoftGraph,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/v1.0/me",
+            24,
+            false,
+        ),
+        case(
+            "google",
+            Profile::Google,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/v4/spreadsheets/s",
+            24,
+            false,
+        ),
+        // Notion as documented: three a second.
+        case(
+            "notion",
+            Profile::Notion,
+            3,
+            1,
+            "",
+            Method::GET,
+            "/v1/pages/p",
+            9,
+            false,
+        ),
+        // Zoom's Free plan, Light category, as documented: four a second.
+        case(
+            "zoom",
+            Profile::Zoom,
+            4,
+            1,
+            "",
+            Method::GET,
+            "/v2/users/me",
+            12,
+            true,
+        ),
+        case(
+            "twilio",
+            Profile::Twilio,
+            10,
+            2,
+            scaled(""),
+            Method::GET,
+            "/2010-04-01/Accounts/A/Messages.json",
+            24,
+            false,
+        ),
+        case(
+            "anthropic",
+            Profile::Anthropic,
+            10,
+            2,
+            scaled("name = \"requests\", "),
+            Method::POST,
+            "/v1/messages",
+            24,
+            true,
+        ),
+    ];
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|c| tokio::spawn(run_case(c)))
+        .collect();
+    let mut failures = Vec::new();
+    for run in runs {
+        if let Err(e) = run.await.unwrap() {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+async fn run_case(c: Case) -> Result<(), String> {
+    let rig = Arc::new(
+        Rig::start(
+            mock(c.profile, c.limit, c.window_s),
+            &format!("provider = \"{}\"\n{}", c.provider, c.extra),
+        )
+        .await,
+    );
+    let headers = [("headroom-tenant", "acme"), ("headroom-max-wait", "60s")];
+    let first = rig
+        .send(c.method.clone(), &format!("/proxy/up{}", c.path), &headers)
+        .await;
+    if !first.status.is_success() {
+        return Err(format!(
+            "{}: the first call answered {}",
+            c.provider, first.status
+        ));
+    }
+    let calls: Vec<_> = (0..c.calls)
+        .map(|_| {
+            let rig = Arc::clone(&rig);
+            let (method, path) = (c.method.clone(), format!("/proxy/up{}", c.path));
+            tokio::spawn(async move { rig.send(method, &path, &headers).await })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await.unwrap();
+        if !reply.status.is_success() {
+            return Err(format!(
+                "{}: a call answered {}: {}",
+                c.provider,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ));
+        }
+    }
+    let stats = rig.mock.stats();
+    // Notion and Zoom say neither the window nor when it resets, and their windows are one
+    // second: Headroom's first burst can straddle the vendor's window once before the pace
+    // holds (the throttled call is retried and succeeds, as checked above). A known gap.
+    let allowed = if matches!(c.provider, "notion" | "zoom") {
+        1
+    } else {
+        0
+    };
+    if stats.throttled > allowed {
+        let budgets = rig.get("/v1/budgets", &[]).await.json();
+        return Err(format!(
+            "{}: {} calls throttled; budgets: {budgets}",
+            c.provider, stats.throttled
+        ));
+    }
+    let budgets = rig.get("/v1/budgets", &[]).await.json();
+    if c.reports {
+        // A limit whose remaining is known was read from the answers' headers (a configured
+        // limit keeps its source; one only the answers gave has source "headers").
+        let read = budgets["budgets"][0]["limits"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().any(|l| !l["remaining"].is_null()));
+        if !read {
+            return Err(format!(
+                "{}: no limit read from headers: {budgets}",
+                c.provider
+            ));
+        }
+    }
+    Ok(())
 }
