@@ -344,6 +344,9 @@ pub struct Upstream {
     pub routes: Vec<Route>,
     /// The provider preset it was built from, if any.
     pub provider: Option<String>,
+    /// The `/v1/batches` format its provider's batch endpoints take (a batch that names
+    /// none uses it).
+    pub batch_format: Option<String>,
 }
 
 impl Upstream {
@@ -1341,6 +1344,11 @@ impl RawUpstream {
             ratelimit_headers: self.ratelimit_headers.unwrap_or(true),
             cost_from_body: self.cost_from_body.unwrap_or(false),
             routes,
+            batch_format: self
+                .provider
+                .as_deref()
+                .and_then(providers::find)
+                .and_then(|p| p.batch_format),
             provider: self.provider,
         })
     }

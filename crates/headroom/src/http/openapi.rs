@@ -298,9 +298,10 @@ pub struct BatchSubmission {
     pub upstream: String,
     #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     pub tenant: Option<String>,
-    /// `hubspot`, `salesforce`, `graph`, or a generic format as an object.
-    #[schema(value_type = Object)]
-    pub format: Value,
+    /// `hubspot`, `salesforce`, `graph`, or a generic format as an object; left out, the
+    /// upstream's provider's (`provider = "hubspot"` takes `hubspot`).
+    #[schema(value_type = Option<Object>)]
+    pub format: Option<Value>,
     /// Records per call (the format's maximum if left out).
     pub max_batch_size: Option<u32>,
     pub lane: Option<Lane>,

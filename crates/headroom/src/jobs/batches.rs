@@ -68,7 +68,8 @@ impl Drop for IntakeShare {
 pub(crate) struct SubmitBatch {
     upstream: String,
     pub(crate) tenant: Option<String>,
-    format: Value,
+    /// The upstream's provider's batch format when left out.
+    format: Option<Value>,
     max_batch_size: Option<u32>,
     lane: Option<String>,
     request: SubmitBatchRequest,
@@ -112,7 +113,18 @@ pub(crate) fn build_batch(
             s.upstream
         ))
     })?;
-    let format = Format::from_json(&s.format).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let format = match (&s.format, upstream.batch_format.as_deref()) {
+        (Some(f), _) => f.clone(),
+        (None, Some(preset)) => Value::String(preset.to_string()),
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "format: missing; write \"hubspot\", \"salesforce\", \"graph\" or a generic \
+                 format object (upstream \"{}\" names no provider with a batch format)",
+                upstream.name
+            )))
+        }
+    };
+    let format = Format::from_json(&format).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let requested = s.max_batch_size.unwrap_or(100);
     if requested == 0 {
         return Err(ApiError::bad_request("max_batch_size: must be at least 1"));
