@@ -45,16 +45,29 @@ fn from_body(body: &Body) -> Option<Duration> {
         .get("retry_after")
         .and_then(serde_json::Value::as_f64)
         .and_then(time::secs);
-    top_level.or_else(|| {
-        json.pointer("/error/details")?
-            .as_array()?
-            .iter()
-            .filter_map(|d| d.get("retryDelay")?.as_str())
-            .find_map(|delay| {
-                let d = crate::duration::parse_duration(delay).ok()?;
-                time::secs(d.as_secs_f64())
-            })
-    })
+    top_level
+        .or_else(|| {
+            json.pointer("/error/details")?
+                .as_array()?
+                .iter()
+                .filter_map(|d| d.get("retryDelay")?.as_str())
+                .find_map(|delay| {
+                    let d = crate::duration::parse_duration(delay).ok()?;
+                    time::secs(d.as_secs_f64())
+                })
+        })
+        .or_else(|| graphql_cost_wait(json))
+}
+
+/// Shopify GraphQL: a throttled query waits until the bucket has refilled to its requested
+/// cost: `(requestedQueryCost − currentlyAvailable) / restoreRate`.
+fn graphql_cost_wait(json: &serde_json::Value) -> Option<Duration> {
+    let cost = json.pointer("/extensions/cost")?;
+    let number = |p: &str| cost.pointer(p).and_then(serde_json::Value::as_f64);
+    let requested = number("/requestedQueryCost")?;
+    let available = number("/throttleStatus/currentlyAvailable")?;
+    let rate = number("/throttleStatus/restoreRate").filter(|r| *r > 0.0)?;
+    time::secs(((requested - available) / rate).max(0.0))
 }
 
 #[cfg(test)]

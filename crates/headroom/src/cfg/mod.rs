@@ -747,6 +747,18 @@ pub struct RawLimit {
     name: Option<String>,
 }
 
+/// The `limits` list under `key`, each checked (errors name `key.limits[j]`).
+pub(crate) fn validate_limits(
+    limits: Vec<RawLimit>,
+    key: &str,
+) -> Result<Vec<LimitConfig>, String> {
+    limits
+        .into_iter()
+        .enumerate()
+        .map(|(j, l)| l.validate(&format!("{key}.limits[{j}]")))
+        .collect()
+}
+
 /// `100/10s`, `1000 points/10s`: a limit as a table shows it.
 impl std::fmt::Display for RawLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1183,12 +1195,7 @@ impl RawUpstream {
                 ))
             }
         };
-        let limits = self
-            .limits
-            .into_iter()
-            .enumerate()
-            .map(|(j, l)| l.validate(&format!("{key}.limits[{j}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let limits = validate_limits(self.limits, key)?;
         let learn = match self.learn.as_deref() {
             None | Some("lower") => headroom_core::budget::Learn::Lower,
             Some("raise") => headroom_core::budget::Learn::Raise,

@@ -143,12 +143,7 @@ impl RawRoute {
                 "{key}: a route needs `limits` (its own), `cost` (what its calls spend), or both"
             ));
         }
-        let limits = self
-            .limits
-            .into_iter()
-            .enumerate()
-            .map(|(j, l)| l.validate(&format!("{key}.limits[{j}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let limits = super::validate_limits(self.limits, key)?;
         let budget_config = BudgetConfig {
             limits,
             ..upstream.clone()
