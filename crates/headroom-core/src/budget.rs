@@ -195,6 +195,10 @@ pub enum Outcome<'a> {
     TransportError,
     /// The call was given up before it could tell anything (client went away).
     Abandoned,
+    /// The call was never sent (another budget it also needed said no at the same moment):
+    /// what it spent is given back. Its place in the pace is not (others may have booked
+    /// after it), so the budget is at worst a slot slower.
+    Unsent,
 }
 
 /// Why a call cannot go now.
@@ -595,6 +599,11 @@ impl Budget {
                     .on_failure(now, permit.probe, &self.config.breaker)
             }
             Outcome::Abandoned => self.breaker.on_abandoned(permit.probe),
+            Outcome::Unsent => {
+                self.breaker.on_abandoned(permit.probe);
+                self.spent.requests = (self.spent.requests - 1.0).max(0.0);
+                self.spent.points = (self.spent.points - permit.cost).max(0.0);
+            }
         }
         let breaker_after = self.breaker.state();
         if std::mem::discriminant(&breaker_before) != std::mem::discriminant(&breaker_after) {
@@ -833,6 +842,21 @@ mod tests {
             throttled: status == 429,
             ..Signals::default()
         }
+    }
+
+    #[test]
+    fn an_unsent_call_gives_its_spend_back() {
+        let mut b = budget(vec![LimitConfig::new(100.0, Duration::from_secs(10))]);
+        let sent = b.try_acquire(t(0.0), Lane::Realtime, 3.0).unwrap();
+        let unsent = b.try_acquire(t(1.0), Lane::Realtime, 2.0).unwrap();
+        assert_eq!(b.snapshot(t(1.0)).spent_points, 5.0);
+        b.complete(t(1.0), unsent, Outcome::Unsent, &mut Jitter::new(1));
+        let s = b.snapshot(t(1.0));
+        assert_eq!(
+            (s.spent_requests, s.spent_points, s.in_flight),
+            (1.0, 3.0, 1)
+        );
+        b.complete(t(1.1), sent, Outcome::Abandoned, &mut Jitter::new(1));
     }
 
     #[test]

@@ -518,6 +518,59 @@ impl Shared {
         Some((status, out.to_string().into_bytes()))
     }
 
+    /// A Graph `$batch`: each inner request counted against `tenant`'s limit; `None` for a
+    /// payload that is not one.
+    fn graph_batch(
+        &self,
+        tenant: &str,
+        model: Model,
+        dialect: Dialect,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let requests = v.get("requests")?.as_array()?;
+        let mut responses = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id = request.get("id").cloned().unwrap_or_default();
+            let (accepted, headers) = self.call(tenant, model, dialect, 1.0);
+            if accepted {
+                let mut inner = self.lock();
+                inner.batch_records += 1;
+                // Ids repeat from one batch to the next: a record is its url and body.
+                let record = format!(
+                    "{} {}",
+                    request
+                        .get("url")
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    request
+                        .get("body")
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                );
+                *inner.applied.entry(record).or_insert(0) += 1;
+                responses.push(serde_json::json!({
+                    "id": id, "status": 200, "headers": {"Content-Type": "application/json"},
+                    "body": {"id": format!("{}", 1000 + inner.applied.len())},
+                }));
+            } else {
+                let retry_after = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .map_or_else(|| "1".to_string(), |(_, v)| v.clone());
+                responses.push(serde_json::json!({
+                    "id": id, "status": 429, "headers": {"Retry-After": retry_after},
+                    "body": {"error": {"code": "TooManyRequests", "message": "Please retry again later."}},
+                }));
+            }
+        }
+        Some(
+            serde_json::json!({ "responses": responses })
+                .to_string()
+                .into_bytes(),
+        )
+    }
+
     fn reset(&self) {
         let mut inner = self.lock();
         *inner = Inner::new();
@@ -862,7 +915,9 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     };
     // Count the body without buffering it, so any size is fine; batch calls are kept (up to
     // a limit) to answer them record by record.
-    let is_batch = parts.uri.path().contains("/batch/");
+    let graph_batch =
+        shared.config.profile == Profile::MicrosoftGraph && parts.uri.path().ends_with("/$batch");
+    let is_batch = parts.uri.path().contains("/batch/") || graph_batch;
     let mut kept = Vec::new();
     let mut body_bytes = 0u64;
     let mut body = body;
@@ -922,6 +977,19 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         .map_or(ANONYMOUS.into(), |v| {
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         });
+    // Graph's JSON batching: the envelope is not a call; each inner request counts, and one
+    // the limit refuses is a 429 item with its own Retry-After inside a 200 envelope.
+    if graph_batch {
+        let body = shared.graph_batch(&tenant, model, dialect, &kept);
+        return match body {
+            Some(body) => json_response(StatusCode::OK, body),
+            None => json_response(
+                StatusCode::BAD_REQUEST,
+                br#"{"error":{"code":"BadRequest","message":"Invalid batch payload format."}}"#
+                    .to_vec(),
+            ),
+        };
+    }
     let (accepted, headers) = shared.call(&tenant, model, dialect, cost as f64);
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;

@@ -196,51 +196,37 @@ impl Prepared<'_> {
     pub async fn send(&self, body: Body, how: Send<'_>) -> Answer {
         let out = self.outbound;
         let party = governor::party_of(self.tenant);
-        // A routed call takes the route's leave first, in the route's own queue (so that a
-        // burst of search calls does not hold up the upstream's other calls), then the
-        // upstream's within what is left of its wait; refused by either, it gives both back.
-        let (route_lease, max_wait) = match &self.route {
-            None => (None, how.max_wait),
-            Some((route, key)) => {
-                match out
-                    .governor
+        let overridden = out.overrides.config(&self.key);
+        let config = overridden.as_ref().unwrap_or(&self.upstream.budget_config);
+        let lease = match &self.route {
+            None => {
+                out.governor
                     .acquire(
-                        key.clone(),
-                        &route.budget_config,
+                        self.key.clone(),
+                        config,
                         how.lane,
                         how.cost,
                         how.max_wait,
                         party,
                     )
                     .await
-                {
-                    Ok(lease) => {
-                        let left = how.max_wait.saturating_sub(lease.waited);
-                        (Some(lease), left)
-                    }
-                    Err(rejection) => return Answer::Refused(rejection),
-                }
+            }
+            Some((route, route_key)) => {
+                out.governor
+                    .acquire_both(
+                        (route_key, &route.budget_config),
+                        (&self.key, config),
+                        how.lane,
+                        how.cost,
+                        how.max_wait,
+                        party,
+                    )
+                    .await
             }
         };
-        let overridden = out.overrides.config(&self.key);
-        let lease = match out
-            .governor
-            .acquire(
-                self.key.clone(),
-                overridden.as_ref().unwrap_or(&self.upstream.budget_config),
-                how.lane,
-                how.cost,
-                max_wait,
-                party,
-            )
-            .await
-        {
+        let lease = match lease {
             Ok(lease) => lease,
             Err(rejection) => return Answer::Refused(rejection),
-        };
-        let lease = match route_lease {
-            Some(route) => lease.with_route(route),
-            None => lease,
         };
         let call = self.call(how.attempt, how.queue);
         send::send(out, &call, lease, body, how.read, how.wait_until).await

@@ -508,3 +508,100 @@ async fn a_providers_batch_format_is_the_default() {
     let detail = r.problem()["detail"].as_str().unwrap().to_string();
     assert!(detail.starts_with("format: missing"), "{detail}");
 }
+
+/// Microsoft Graph throttles each request inside a `$batch` on its own (a 429 item with its
+/// own Retry-After in a 200 envelope): a batch through `provider = "microsoft-graph"`
+/// retries only the throttled items, and every record is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_batch_items_throttled_one_by_one_are_retried_alone() {
+    let rig = Rig::start(
+        mock(Profile::MicrosoftGraph, 15, 1),
+        "provider = \"microsoft-graph\"",
+    )
+    .await;
+    let records: Vec<serde_json::Value> = (0..60)
+        .map(|i| serde_json::json!({"id": format!("u{i}"), "displayName": format!("User {i}")}))
+        .collect();
+    let body = serde_json::json!({
+        "upstream": "up", "tenant": "contoso", "max_batch_size": 20,
+        "request": {"method": "POST", "path": "/v1.0/users"},
+        "records": records,
+    });
+    let r = crate::common::post_raw(
+        &rig.client,
+        rig.addr,
+        "/v1/batches",
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let b = rig.get(&format!("/v1/batches/{id}"), &[]).await.json();
+        if !matches!(b["status"].as_str(), Some("queued" | "running")) {
+            break b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch did not finish: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["succeeded"], 60, "{done}");
+    let stats = rig.mock.stats();
+    assert!(
+        stats.throttled > 0,
+        "no item was throttled: the test proves nothing: {stats:?}"
+    );
+    assert_eq!(stats.batch_records_applied, 60, "{stats:?}");
+    assert_eq!(
+        stats.batch_records_reapplied, 0,
+        "an item applied twice: {stats:?}"
+    );
+}
+
+/// A routed call goes only when the route and the upstream both let it go: when the
+/// upstream says no (here a paused tenant), the route's leave is given back unspent, so a
+/// refused call costs the endpoint's budget nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_upstream_refuses_spends_nothing_of_its_route() {
+    let rig = Rig::start(mock(Profile::Hubspot, 100, 10), "provider = \"hubspot\"").await;
+    let search = "/proxy/up/crm/v3/objects/contacts/search";
+    let headers = [("headroom-tenant", "acme"), ("headroom-max-wait", "5s")];
+    let first = rig.send(Method::POST, search, &headers).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let pause = crate::common::call(
+        &rig.client,
+        rig.addr,
+        Method::PATCH,
+        "/v1/budgets/up/acme",
+        &[],
+        Some(&serde_json::json!({"pause_for": "1h"})),
+    )
+    .await;
+    assert_eq!(pause.status, StatusCode::OK);
+    for _ in 0..3 {
+        let refused = rig.send(Method::POST, search, &headers).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let budgets = rig.get("/v1/budgets?q=acme", &[]).await.json();
+    let route = budgets["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["route"] == "crm-search")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        route["spent_requests"], 1.0,
+        "refused calls spent the route: {budgets}"
+    );
+    assert_eq!(rig.mock.stats().accepted, 1);
+}

@@ -134,11 +134,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// This lease, returning `route`'s with it; the wait is both waits.
-    pub fn with_route(mut self, route: Lease) -> Lease {
-        self.waited += route.waited;
-        self.route = Some(Box::new(route));
-        self
+    /// Returns the lease of a call that was never sent: its spend is given back.
+    pub fn unsend(mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.governor.complete(&self.key, permit, Outcome::Unsent);
+        }
+        if let Some(remote) = self.remote.take() {
+            self.governor.release_remote(&self.key, remote, false, None);
+        }
     }
 
     pub fn finish(mut self, outcome: Outcome<'_>) -> Reaction {
@@ -251,6 +254,58 @@ impl SharedGovernor {
         match &self.remote {
             None => Ok(()),
             Some(remote) => remote.ping().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Leave for a call that spends two budgets (an endpoint route's and its upstream's), taken
+    /// in one decision: the call waits in the route's queue (so a burst on one endpoint does
+    /// not hold up the upstream's other calls); once the route lets it go, the upstream must
+    /// let it go at that moment too, or the route's leave is given back unspent and the call
+    /// waits for the route again after the upstream's hint. So no call holds one budget while
+    /// it waits for the other, and calls the route let through never pile up behind the
+    /// upstream. At most `max_wait` in all.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn acquire_both(
+        self: &Arc<Self>,
+        (route_key, route_config): (&BudgetKey, &Arc<BudgetConfig>),
+        (key, config): (&BudgetKey, &Arc<BudgetConfig>),
+        lane: Lane,
+        cost: f64,
+        max_wait: Duration,
+        party: u64,
+    ) -> Result<Lease, Rejection> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let left = max_wait.saturating_sub(start.elapsed());
+            let route = self
+                .acquire(route_key.clone(), route_config, lane, cost, left, party)
+                .await?;
+            match self
+                .acquire(key.clone(), config, lane, cost, Duration::ZERO, party)
+                .await
+            {
+                Ok(mut lease) => {
+                    lease.waited = start.elapsed();
+                    lease.route = Some(Box::new(route));
+                    return Ok(lease);
+                }
+                Err(rejection) => {
+                    route.unsend();
+                    let left = max_wait.saturating_sub(start.elapsed());
+                    // Only a wait for room is worth waiting out; a pause, an open breaker or a
+                    // spent quota is the caller's answer now.
+                    let for_room = matches!(
+                        rejection.reason,
+                        headroom_core::RejectReason::WaitTooLong
+                            | headroom_core::RejectReason::QueueFull
+                    );
+                    let hint = rejection.retry_after.max(Duration::from_millis(5));
+                    if !for_room || hint > left {
+                        return Err(rejection);
+                    }
+                    tokio::time::sleep(hint).await;
+                }
+            }
         }
     }
 
