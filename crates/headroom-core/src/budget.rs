@@ -603,6 +603,14 @@ impl Budget {
                 self.breaker.on_abandoned(permit.probe);
                 self.spent.requests = (self.spent.requests - 1.0).max(0.0);
                 self.spent.points = (self.spent.points - permit.cost).max(0.0);
+                // Reports taken since it was dispatched counted it as spent.
+                for limit in &mut self.limits {
+                    let delta = match limit.unit() {
+                        Unit::Points => -permit.cost,
+                        _ => -1.0,
+                    };
+                    limit.shift_reports_since(permit.seq, delta);
+                }
             }
         }
         let breaker_after = self.breaker.state();

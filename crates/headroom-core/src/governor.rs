@@ -254,7 +254,9 @@ impl<K: Hash + Eq + Clone, W> Governor<K, W> {
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
         let estimate =
             first.saturating_add(per_call.unwrap_or(Duration::ZERO).saturating_mul(ahead));
-        if estimate > max_wait {
+        // No wait at all (a caller asking "now or not"): never queued, so it holds nothing
+        // while a timer or a finishing call decides.
+        if estimate > max_wait || max_wait.is_zero() {
             return Admission::Rejected(too_long(
                 &entry.budget,
                 now,

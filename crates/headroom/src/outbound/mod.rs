@@ -215,7 +215,12 @@ impl Prepared<'_> {
                 out.governor
                     .acquire_both(
                         (route_key, &route.budget_config),
-                        (&self.key, config),
+                        &self.key,
+                        &|| {
+                            out.overrides
+                                .config(&self.key)
+                                .unwrap_or_else(|| Arc::clone(&self.upstream.budget_config))
+                        },
                         how.lane,
                         how.cost,
                         how.max_wait,

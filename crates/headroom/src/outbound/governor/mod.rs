@@ -268,12 +268,15 @@ impl SharedGovernor {
     pub async fn acquire_both(
         self: &Arc<Self>,
         (route_key, route_config): (&BudgetKey, &Arc<BudgetConfig>),
-        (key, config): (&BudgetKey, &Arc<BudgetConfig>),
+        key: &BudgetKey,
+        // Read at each try: an operator's override may change (a pause lifted) meanwhile.
+        config: &(dyn Fn() -> Arc<BudgetConfig> + Send + Sync),
         lane: Lane,
         cost: f64,
         max_wait: Duration,
         party: u64,
     ) -> Result<Lease, Rejection> {
+        use headroom_core::RejectReason;
         let start = tokio::time::Instant::now();
         loop {
             let left = max_wait.saturating_sub(start.elapsed());
@@ -281,7 +284,7 @@ impl SharedGovernor {
                 .acquire(route_key.clone(), route_config, lane, cost, left, party)
                 .await?;
             match self
-                .acquire(key.clone(), config, lane, cost, Duration::ZERO, party)
+                .acquire(key.clone(), &config(), lane, cost, Duration::ZERO, party)
                 .await
             {
                 Ok(mut lease) => {
@@ -292,18 +295,29 @@ impl SharedGovernor {
                 Err(rejection) => {
                     route.unsend();
                     let left = max_wait.saturating_sub(start.elapsed());
-                    // Only a wait for room is worth waiting out; a pause, an open breaker or a
-                    // spent quota is the caller's answer now.
-                    let for_room = matches!(
-                        rejection.reason,
-                        headroom_core::RejectReason::WaitTooLong
-                            | headroom_core::RejectReason::QueueFull
-                    );
-                    let hint = rejection.retry_after.max(Duration::from_millis(5));
-                    if !for_room || hint > left {
+                    let wait = match rejection.reason {
+                        // An open breaker or an unreachable Redis is the caller's answer now.
+                        RejectReason::BreakerOpen | RejectReason::Unavailable => {
+                            return Err(rejection)
+                        }
+                        // A pause or a spent quota says when it ends: worth waiting only if
+                        // that is within the wait.
+                        RejectReason::Paused | RejectReason::QuotaExhausted => {
+                            if rejection.retry_after > left {
+                                return Err(rejection);
+                            }
+                            rejection.retry_after
+                        }
+                        // No room now (pace or a connection cap, whose slot frees when a call
+                        // ends): ask again soon, until the wait runs out.
+                        RejectReason::WaitTooLong | RejectReason::QueueFull => {
+                            rejection.retry_after.min(Duration::from_millis(100))
+                        }
+                    };
+                    if left.is_zero() {
                         return Err(rejection);
                     }
-                    tokio::time::sleep(hint).await;
+                    tokio::time::sleep(wait.max(Duration::from_millis(25)).min(left)).await;
                 }
             }
         }
@@ -363,7 +377,16 @@ impl SharedGovernor {
                 config.max_concurrency,
                 max_wait.saturating_sub(start.elapsed()),
             )
-            .await?; // dropping `lease` returns the local permit as abandoned
+            .await;
+        // Refused by the shared budget: the call was never sent, so this node's budget gets
+        // its spend back.
+        let granted = match granted {
+            Ok(granted) => granted,
+            Err(rejection) => {
+                lease.unsend();
+                return Err(rejection);
+            }
+        };
         lease.remote = Some(granted);
         lease.waited = start.elapsed();
         Ok(lease)
@@ -594,6 +617,59 @@ mod tests {
     use headroom_core::signals::Signals;
 
     use super::*;
+
+    /// A routed call in front of an upstream at its connection cap: it holds no route leave
+    /// while the upstream is full, and goes once a call there ends (not refused because the
+    /// upstream could not take it at that very moment), within its wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_routed_call_waits_out_a_full_upstream_without_holding_its_route() {
+        let governor = SharedGovernor::new(1);
+        governor.spawn_driver();
+        let upstream = Arc::new(BudgetConfig {
+            max_concurrency: 1,
+            ..Default::default()
+        });
+        let route = Arc::new(BudgetConfig {
+            limits: vec![LimitConfig::new(100.0, Duration::from_secs(1))],
+            ..Default::default()
+        });
+        let key: BudgetKey = (0, Arc::from("tenant:acme"));
+        let route_key: BudgetKey = (0, Arc::from("route:search:tenant:acme"));
+        let held = governor
+            .acquire(
+                key.clone(),
+                &upstream,
+                Lane::Realtime,
+                1.0,
+                Duration::ZERO,
+                0,
+            )
+            .await
+            .unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held.finish(Outcome::Abandoned);
+        });
+        let start = tokio::time::Instant::now();
+        let lease = governor
+            .acquire_both(
+                (&route_key, &route),
+                &key,
+                &|| Arc::clone(&upstream),
+                Lane::Realtime,
+                1.0,
+                Duration::from_millis(500),
+                0,
+            )
+            .await
+            .expect("a slot freed within the wait");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        release.await.unwrap();
+        // Only the call that went spent the route.
+        let view = governor.snapshot_of(&route_key).unwrap();
+        assert_eq!(view.budget.spent_requests, 1.0);
+        lease.finish(Outcome::Abandoned);
+    }
 
     /// Pacing runs on tokio's clock: on paused time, ten calls against 5 per second (4 with
     /// the default 80 % headroom) wait for their turns in virtual time, and the test takes no
