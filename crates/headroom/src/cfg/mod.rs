@@ -831,9 +831,6 @@ impl RawUpstream {
     /// This upstream's keys over `preset`'s: a key written here wins, a table (`retry`,
     /// `breaker`, `credential`) key by key, a list (`limits`, `routes`) whole.
     pub(crate) fn over(self, preset: RawUpstream) -> RawUpstream {
-        fn or<T>(mine: Option<T>, theirs: Option<T>) -> Option<T> {
-            mine.or(theirs)
-        }
         fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
             if mine.is_empty() {
                 theirs
@@ -843,19 +840,19 @@ impl RawUpstream {
         }
         let retry = match (self.retry, preset.retry) {
             (Some(m), Some(t)) => Some(RawRetry {
-                max_attempts: or(m.max_attempts, t.max_attempts),
-                base_delay: or(m.base_delay, t.base_delay),
-                max_delay: or(m.max_delay, t.max_delay),
-                max_wait: or(m.max_wait, t.max_wait),
-                on_status: or(m.on_status, t.on_status),
+                max_attempts: m.max_attempts.or(t.max_attempts),
+                base_delay: m.base_delay.or(t.base_delay),
+                max_delay: m.max_delay.or(t.max_delay),
+                max_wait: m.max_wait.or(t.max_wait),
+                on_status: m.on_status.or(t.on_status),
             }),
             (m, t) => m.or(t),
         };
         let breaker = match (self.breaker, preset.breaker) {
             (Some(m), Some(t)) => Some(RawBreaker {
-                failure_threshold: or(m.failure_threshold, t.failure_threshold),
-                open_for: or(m.open_for, t.open_for),
-                max_open_for: or(m.max_open_for, t.max_open_for),
+                failure_threshold: m.failure_threshold.or(t.failure_threshold),
+                open_for: m.open_for.or(t.open_for),
+                max_open_for: m.max_open_for.or(t.max_open_for),
             }),
             (m, t) => m.or(t),
         };
@@ -864,14 +861,14 @@ impl RawUpstream {
         let credential = match (self.credential, preset.credential) {
             (Some(m), Some(t)) if m.header.is_none() => Some(RawCredential {
                 header: t.header,
-                scheme: or(m.scheme, t.scheme),
+                scheme: m.scheme.or(t.scheme),
             }),
             (m, t) => m.or(t),
         };
         // Limits of the upstream's own are its caps: the preset's `learn = "raise"` (the
         // API's figures replace the tier's guesses) does not apply to them.
         let learn = if self.limits.is_empty() {
-            or(self.learn, preset.learn)
+            self.learn.or(preset.learn)
         } else {
             self.learn
         };
@@ -879,17 +876,17 @@ impl RawUpstream {
             name: self.name,
             provider: self.provider,
             tier: self.tier,
-            base_url: or(self.base_url, preset.base_url),
-            budget: or(self.budget, preset.budget),
-            headroom: or(self.headroom, preset.headroom),
-            max_concurrency: or(self.max_concurrency, preset.max_concurrency),
-            realtime_reserve: or(self.realtime_reserve, preset.realtime_reserve),
-            timeout: or(self.timeout, preset.timeout),
-            idempotency_header: or(self.idempotency_header, preset.idempotency_header),
-            max_pause: or(self.max_pause, preset.max_pause),
-            ratelimit_headers: or(self.ratelimit_headers, preset.ratelimit_headers),
+            base_url: self.base_url.or(preset.base_url),
+            budget: self.budget.or(preset.budget),
+            headroom: self.headroom.or(preset.headroom),
+            max_concurrency: self.max_concurrency.or(preset.max_concurrency),
+            realtime_reserve: self.realtime_reserve.or(preset.realtime_reserve),
+            timeout: self.timeout.or(preset.timeout),
+            idempotency_header: self.idempotency_header.or(preset.idempotency_header),
+            max_pause: self.max_pause.or(preset.max_pause),
+            ratelimit_headers: self.ratelimit_headers.or(preset.ratelimit_headers),
             learn,
-            cost_from_body: or(self.cost_from_body, preset.cost_from_body),
+            cost_from_body: self.cost_from_body.or(preset.cost_from_body),
             limits: list(self.limits, preset.limits),
             retry,
             breaker,

@@ -452,20 +452,8 @@ async fn run_case(c: Case) -> Result<(), String> {
     Ok(())
 }
 
-/// A batch to an upstream written as `provider = "hubspot"` needs no `format`: the preset's
-/// batch format round-trips through HubSpot's batch endpoint (the mock answers it record by
-/// record), and an upstream without a provider says what to write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_providers_batch_format_is_the_default() {
-    let rig = Rig::start(mock(Profile::Hubspot, 100, 10), "provider = \"hubspot\"").await;
-    let records: Vec<serde_json::Value> = (0..25)
-        .map(|i| serde_json::json!({"id": format!("r{i}"), "properties": {"email": format!("c{i}@example.com")}}))
-        .collect();
-    let body = serde_json::json!({
-        "upstream": "up", "tenant": "acme",
-        "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
-        "records": records,
-    });
+/// Submits a batch (202 expected) and waits up to `limit` for it to end; its view.
+async fn run_batch(rig: &Rig, body: &serde_json::Value, limit: Duration) -> serde_json::Value {
     let r = crate::common::post_raw(
         &rig.client,
         rig.addr,
@@ -480,18 +468,36 @@ async fn a_providers_batch_format_is_the_default() {
         String::from_utf8_lossy(&r.body)
     );
     let id = r.json()["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let done = loop {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
         let b = rig.get(&format!("/v1/batches/{id}"), &[]).await.json();
-        if b["status"] == "succeeded" {
-            break b;
+        if !matches!(b["status"].as_str(), Some("queued" | "running")) {
+            return b;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the batch did not finish: {b}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// A batch to an upstream written as `provider = "hubspot"` needs no `format`: the preset's
+/// batch format round-trips through HubSpot's batch endpoint (the mock answers it record by
+/// record), and an upstream without a provider says what to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_batch_format_is_the_default() {
+    let rig = Rig::start(mock(Profile::Hubspot, 100, 10), "provider = \"hubspot\"").await;
+    let records: Vec<serde_json::Value> = (0..25)
+        .map(|i| serde_json::json!({"id": format!("r{i}"), "properties": {"email": format!("c{i}@example.com")}}))
+        .collect();
+    let body = serde_json::json!({
+        "upstream": "up", "tenant": "acme",
+        "request": {"method": "POST", "path": "/crm/v3/objects/contacts/batch/upsert"},
+        "records": records,
+    });
+    let done = run_batch(&rig, &body, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["succeeded"], 25, "{done}");
     assert_eq!(rig.mock.stats().batch_records_applied, 25);
     rig.shutdown().await;
@@ -527,32 +533,7 @@ async fn graph_batch_items_throttled_one_by_one_are_retried_alone() {
         "request": {"method": "POST", "path": "/v1.0/users"},
         "records": records,
     });
-    let r = crate::common::post_raw(
-        &rig.client,
-        rig.addr,
-        "/v1/batches",
-        body.to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        StatusCode::ACCEPTED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let b = rig.get(&format!("/v1/batches/{id}"), &[]).await.json();
-        if !matches!(b["status"].as_str(), Some("queued" | "running")) {
-            break b;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the batch did not finish: {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = run_batch(&rig, &body, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["succeeded"], 60, "{done}");
     let stats = rig.mock.stats();
