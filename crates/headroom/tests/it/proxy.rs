@@ -535,8 +535,9 @@ async fn a_spent_daily_quota_says_until_when() {
 /// headers, `usage` in the body), 16 callers at once for three windows, each call costing
 /// 100–300 tokens. Stated with `Headroom-Cost`, or not stated at all (the first calls reserve
 /// one point; then what their route cost, read from the answers): every call succeeds and
-/// none is refused by Headroom, and the upstream throttles few (the simulator's figures for
-/// the same API are in BENCHMARKS §1; this bound leaves room for a loaded machine).
+/// none is refused by Headroom, and the upstream throttles few: stated, almost none; unstated,
+/// only the first window's calls that went before any cost was known (the simulator's figures
+/// for the same API are in BENCHMARKS §1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_metered_api_is_paced_by_what_calls_cost() {
     for stated in [true, false] {
@@ -575,11 +576,19 @@ async fn a_token_metered_api_is_paced_by_what_calls_cost() {
         }
         let stats = rig.mock.stats();
         let share = stats.throttled as f64 / (stats.accepted + stats.throttled) as f64;
-        let bound = if stated { 0.02 } else { 0.05 };
-        assert!(
-            share <= bound,
-            "stated cost: {stated}; {answered} answered, {stats:?}"
-        );
+        if stated {
+            assert!(share <= 0.02, "stated cost: {answered} answered, {stats:?}");
+        } else {
+            // Unstated, the first window's 16 concurrent calls go before any cost is known, so
+            // a few of them may meet a full window (at most one per caller); once the answers
+            // have taught the route's cost, pacing holds like a stated cost. A share would make
+            // this depend on how many calls a loaded machine gets through in 6 s.
+            let later: u64 = stats.throttled_per_window.iter().skip(1).sum();
+            assert!(
+                stats.throttled <= 16 && later <= 1,
+                "unstated cost: {answered} answered, {stats:?}"
+            );
+        }
         rig.shutdown().await;
     }
 }
