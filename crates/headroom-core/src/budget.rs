@@ -414,8 +414,18 @@ impl Budget {
                     at = match lane {
                         // A real-time call may run up to three intervals ahead of the pace (a
                         // burst of four), so that neither bulk nor a short burst of real-time
-                        // calls makes it wait.
-                        Lane::Realtime => at.max(tat - spacing(REALTIME_BURST * c, rate * factor)),
+                        // calls makes it wait; but a rate's burst never further than its
+                        // reserve holds, or a window with no report to bound it sends more
+                        // than its quota (10 in 2 s at 0.8 paced 8, and the burst's 3 more met
+                        // the API's limit). A long window's quota is bounded by what remains.
+                        Lane::Realtime => {
+                            let mut ahead = REALTIME_BURST * c;
+                            if !limit.is_long() {
+                                let reserve = limit.reserve(now, self.config.headroom);
+                                ahead = ahead.min((reserve - c).max(0.0));
+                            }
+                            at.max(tat - spacing(ahead, rate * factor))
+                        }
                         Lane::Bulk if share < 1.0 => at.max(tat).max(tat_bulk),
                         Lane::Bulk => at.max(tat),
                     };
@@ -865,6 +875,49 @@ mod tests {
             (1.0, 3.0, 1)
         );
         b.complete(t(1.1), sent, Outcome::Abandoned, &mut Jitter::new(1));
+    }
+
+    #[test]
+    fn a_realtime_flood_without_reports_stays_within_every_window() {
+        // The API says nothing (no headers), so only the configured figures bound the calls:
+        // a flood of real-time calls, each answered at once, never puts more than the quota
+        // in any window of its length, starting anywhere (the API's windows are its own).
+        for (quota, window) in [
+            (10.0, 2.0),
+            (3.0, 1.0),
+            (4.0, 1.0),
+            (25.0, 1.0),
+            (100.0, 10.0),
+        ] {
+            let mut b = budget(vec![LimitConfig::new(quota, secs_to_duration(window))]);
+            let (mut now, mut sent) = (t(0.0), Vec::new());
+            while now < t(10.0 * window) {
+                match b.try_acquire(now, Lane::Realtime, 1.0) {
+                    Ok(p) => {
+                        sent.push(now);
+                        let signals = ok(200);
+                        let answer = Outcome::Response {
+                            status: 200,
+                            signals: &signals,
+                        };
+                        b.complete(now, p, answer, &mut Jitter::new(1));
+                    }
+                    Err(Wait::Until(at)) => now = at,
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+            for (i, start) in sent.iter().enumerate() {
+                let end = *start + secs_to_duration(window);
+                let within = sent[i..].iter().take_while(|s| **s < end).count();
+                assert!(
+                    within as f64 <= quota,
+                    "{quota} per {window} s: {within} from {start:?}"
+                );
+            }
+            // And it is paced at the target, not below it: 0.8 of the quota per window.
+            let per_window = sent.len() as f64 / 10.0;
+            assert!(per_window >= 0.8 * quota - 1.0, "{quota}: {per_window}");
+        }
     }
 
     #[test]

@@ -250,6 +250,11 @@ impl Limit {
         }
     }
 
+    /// The safety margin kept of this limit's quota: `1 - headroom` of it, in its unit.
+    pub(crate) fn reserve(&self, now: Timestamp, headroom: f64) -> f64 {
+        (1.0 - headroom) * self.quota_at(now)
+    }
+
     pub(crate) fn unit(&self) -> Unit {
         self.unit
     }
