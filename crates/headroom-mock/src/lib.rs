@@ -19,6 +19,8 @@
 //! A hidden client (`--hidden-share`) spends a share of every tenant's quota, evenly over each
 //! window, like another integration using the same credential.
 
+pub mod oauth;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -131,6 +131,82 @@ impl AnyStore {
     pub async fn credential_holders(&self) -> crate::Result<Vec<(String, String)>> {
         self.db().credential_holders().await
     }
+    pub async fn put_oauth_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        tokens: &crate::OAuthTokens<'_>,
+    ) -> crate::Result<i64> {
+        self.db().put_oauth_grant(tenant, upstream, tokens).await
+    }
+    pub async fn add_oauth_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        tokens: &crate::OAuthTokens<'_>,
+    ) -> crate::Result<()> {
+        self.db().add_oauth_grant(tenant, upstream, tokens).await
+    }
+    pub async fn get_oauth_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+    ) -> crate::Result<Option<crate::OAuthGrantRow>> {
+        self.db().get_oauth_grant(tenant, upstream).await
+    }
+    pub async fn delete_oauth_grant(&self, tenant: &str, upstream: &str) -> crate::Result<bool> {
+        self.db().delete_oauth_grant(tenant, upstream).await
+    }
+    pub async fn lease_oauth_refresh(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        version: i64,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> crate::Result<bool> {
+        self.db()
+            .lease_oauth_refresh(tenant, upstream, version, owner, now, until)
+            .await
+    }
+    pub async fn store_oauth_refresh(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        version: i64,
+        tokens: &crate::OAuthTokens<'_>,
+    ) -> crate::Result<bool> {
+        self.db()
+            .store_oauth_refresh(tenant, upstream, version, tokens)
+            .await
+    }
+    pub async fn release_oauth_lease(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        owner: &str,
+    ) -> crate::Result<()> {
+        self.db().release_oauth_lease(tenant, upstream, owner).await
+    }
+    pub async fn break_oauth_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        version: i64,
+        reason: &str,
+    ) -> crate::Result<bool> {
+        self.db()
+            .break_oauth_grant(tenant, upstream, version, reason)
+            .await
+    }
+    pub async fn list_oauth_grants(
+        &self,
+        tenant: Option<&str>,
+        broken_only: bool,
+    ) -> crate::Result<Vec<crate::OAuthGrantRow>> {
+        self.db().list_oauth_grants(tenant, broken_only).await
+    }
     pub async fn put_budget_override(
         &self,
         upstream: &str,

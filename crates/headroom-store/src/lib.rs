@@ -36,6 +36,9 @@ mod events;
 pub mod health;
 mod jobs;
 pub mod model;
+mod oauth;
+#[cfg(any(test, feature = "conformance"))]
+pub mod oauth_conformance;
 pub mod pg;
 mod retention;
 mod row;
@@ -48,6 +51,7 @@ mod writer;
 
 pub use any::AnyStore;
 pub use error::{ErrorKind, Result, StoreError};
+pub use oauth::{OAuthGrantRow, OAuthTokens};
 
 /// One `#[tokio::test]` per property of the conformance suites (`conformance` for jobs and
 /// batches, `schedule_conformance`, `event_conformance`), in modules `jobs`, `schedules` and
@@ -86,6 +90,11 @@ macro_rules! conformance_tests {
                 fire_due_claims_and_advances previous_run_status
                 concurrent_fires_take_a_slot_once runs_cursor resume_resets_slots
                 prune_keeps_the_last_fired_run);
+        }
+        mod oauth {
+            $crate::conformance_tests!(@properties [$(#[$attr])*] oauth_conformance:
+                grant_round_trip refresh_lease_is_single_flight
+                concurrent_leases_have_one_winner);
         }
         mod events {
             $crate::conformance_tests!(@properties [$(#[$attr])*] event_conformance:

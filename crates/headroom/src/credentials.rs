@@ -673,6 +673,49 @@ impl Credentials {
     }
 }
 
+/// OAuth grants: their tokens sealed like a credential, bound to (tenant, upstream) and to
+/// being a grant (a grant's ciphertext does not open as a credential, nor the reverse).
+impl Credentials {
+    pub(crate) fn seal_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        plain: &[u8],
+    ) -> anyhow::Result<SealedCredential> {
+        let (nonce, ciphertext) = self.seal_raw(plain, &grant_aad(tenant, upstream))?;
+        Ok(SealedCredential {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
+    }
+
+    pub(crate) fn open_grant(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        sealed: &SealedCredential,
+    ) -> anyhow::Result<Vec<u8>> {
+        self.open_raw(
+            &sealed.nonce,
+            &sealed.ciphertext,
+            &grant_aad(tenant, upstream),
+        )
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the OAuth grant of tenant \"{tenant}\" for upstream \"{upstream}\" does \
+                     not decrypt with the secret key from {}: connect it again",
+                self.key_source
+            )
+        })
+    }
+}
+
+fn grant_aad(tenant: &str, upstream: &str) -> Vec<u8> {
+    let mut aad = b"headroom\0oauth\0".to_vec();
+    aad.extend_from_slice(&self::aad(tenant, upstream));
+    aad
+}
+
 /// What a sealed request field's text starts with.
 pub const SEALED_PREFIX: &str = "hr-sealed.v1.";
 

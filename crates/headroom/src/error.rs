@@ -48,6 +48,10 @@ pub enum ApiError {
         retry_after: Duration,
         until: String,
     },
+    /// The tenant's OAuth grant for the upstream is broken: 424 with its own problem type,
+    /// until the customer connects again.
+    #[error("{detail}")]
+    OAuthBroken { detail: String },
     /// The upstream could not be reached.
     #[error("{detail}")]
     BadGateway { detail: String },
@@ -68,6 +72,25 @@ impl From<crate::store::StoreError> for ApiError {
             ApiError::store_unavailable(&e)
         } else {
             ApiError::Internal(e.into())
+        }
+    }
+}
+
+/// No OAuth access token: a broken grant is the customer's to mend (424), a token endpoint
+/// that cannot answer now a 503 to try again later.
+impl From<crate::oauth::TokenError> for ApiError {
+    fn from(e: crate::oauth::TokenError) -> Self {
+        use crate::oauth::TokenError;
+        match e {
+            TokenError::Broken { .. } => ApiError::OAuthBroken {
+                detail: e.to_string(),
+            },
+            TokenError::Unavailable { .. } => ApiError::Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: e.to_string(),
+                retry_after: Duration::from_secs(5),
+            },
+            TokenError::Store(e) => e.into(),
         }
     }
 }
@@ -137,6 +160,7 @@ impl ApiError {
             ApiError::QuotaExhausted { .. } | ApiError::Paused { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            ApiError::OAuthBroken { .. } => StatusCode::FAILED_DEPENDENCY,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Status { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -163,6 +187,8 @@ struct Problem<'a> {
 
 /// The problem type of a spent long-window quota (a tag URI: a name, not a page).
 pub const QUOTA_EXHAUSTED: &str = "tag:headroom,2026:quota-exhausted";
+/// The problem type of a broken OAuth connection (the customer must connect again).
+pub const OAUTH_BROKEN: &str = "tag:headroom,2026:oauth-reconnect";
 /// The problem type of a budget an operator paused.
 pub const BUDGET_PAUSED: &str = "tag:headroom,2026:budget-paused";
 
@@ -194,6 +220,7 @@ impl IntoResponse for ApiError {
             kind: match (exhausted_until, paused_until) {
                 (Some(_), _) => QUOTA_EXHAUSTED,
                 (_, Some(_)) => BUDGET_PAUSED,
+                _ if matches!(self, ApiError::OAuthBroken { .. }) => OAUTH_BROKEN,
                 _ => "about:blank",
             },
             exhausted_until,

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod oauth;
 pub mod observe;
 pub mod outbound;
 pub mod overrides;

@@ -64,10 +64,13 @@ pub enum Kind {
     /// Headroom itself refused a proxied call without calling the upstream (no room in the
     /// budget within the call's max wait, too many waiting, breaker open, Redis unreachable).
     Refused,
+    /// A tenant's OAuth grant stopped working (`invalid_grant`): the customer must connect
+    /// again.
+    OAuthBroken,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Throttled,
         Kind::Retry,
         Kind::Backoff,
@@ -78,6 +81,7 @@ impl Kind {
         Kind::JobFailed,
         Kind::JobRetryPending,
         Kind::Refused,
+        Kind::OAuthBroken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Kind {
             Kind::JobFailed => "job_failed",
             Kind::JobRetryPending => "job_retry_pending",
             Kind::Refused => "refused",
+            Kind::OAuthBroken => "oauth_broken",
         }
     }
 

@@ -5,10 +5,12 @@
 //! is wrong for anything it refuses.
 
 pub mod alerts;
+mod oauth;
 pub mod providers;
 mod routes;
 mod schedules;
 
+pub use oauth::{ClientAuth, GrantKind, OAuthConfig};
 pub use routes::{PathPattern, Route};
 
 pub use schedules::{ScheduleDef, TenantsDef};
@@ -328,6 +330,8 @@ pub struct Upstream {
     pub budget_config: Arc<BudgetConfig>,
     pub retry: RetryPolicy,
     pub credential: CredentialInjection,
+    /// Where the injected credential is an OAuth access token: how it is got and refreshed.
+    pub oauth: Option<Arc<OAuthConfig>>,
     /// How long one upstream call may take before it counts as a transport error.
     pub timeout: Duration,
     /// The header that carries a job's idempotency key on every attempt (e.g.
@@ -716,6 +720,8 @@ pub(crate) struct RawUpstream {
     breaker: Option<RawBreaker>,
     #[serde(skip_serializing_if = "Option::is_none")]
     credential: Option<RawCredential>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oauth: Option<oauth::RawOAuth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) routes: Vec<RawRoute>,
 }
@@ -865,6 +871,10 @@ impl RawUpstream {
             }),
             (m, t) => m.or(t),
         };
+        let oauth = match (self.oauth, preset.oauth) {
+            (Some(m), Some(t)) => Some(m.over(t)),
+            (m, t) => m.or(t),
+        };
         // Limits of the upstream's own are its caps: the preset's `learn = "raise"` (the
         // API's figures replace the tier's guesses) does not apply to them.
         let learn = if self.limits.is_empty() {
@@ -891,6 +901,7 @@ impl RawUpstream {
             retry,
             breaker,
             credential,
+            oauth,
             routes: list(self.routes, preset.routes),
         }
     }
@@ -1323,6 +1334,10 @@ impl RawUpstream {
             }
             CredentialInjection { header, scheme }
         };
+        let oauth = match self.oauth {
+            Some(o) => Some(Arc::new(o.validate(&format!("{key}.oauth"))?)),
+            None => None,
+        };
         let timeout = match self.timeout {
             Some(d) => duration(&format!("{key}.timeout"), &d)?,
             None => Duration::from_secs(30),
@@ -1343,6 +1358,7 @@ impl RawUpstream {
             budget_config: Arc::new(budget_config),
             retry,
             credential,
+            oauth,
             timeout,
             idempotency_header,
             ratelimit_headers: self.ratelimit_headers.unwrap_or(true),

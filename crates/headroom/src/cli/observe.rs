@@ -13,7 +13,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub level: Option<String>,
     /// throttled, retry, backoff, budget_paused, breaker, retry_succeeded, retry_exhausted,
-    /// job_failed, job_retry_pending or refused.
+    /// job_failed, job_retry_pending, refused or oauth_broken.
     #[arg(long)]
     pub kind: Option<String>,
     #[arg(long)]

@@ -8,6 +8,7 @@ pub mod budgets;
 pub mod credentials;
 pub mod health;
 pub mod jobs;
+pub mod oauth;
 pub mod observe;
 pub mod openapi;
 pub mod proxy;
@@ -64,6 +65,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .merge(budgets::routes())
         .merge(credentials::routes())
+        .merge(oauth::routes())
         .merge(jobs::routes())
         .merge(batches::routes())
         .merge(schedules::routes())

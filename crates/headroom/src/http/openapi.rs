@@ -543,3 +543,30 @@ pub struct Health {
     #[schema(value_type = Option<Object>)]
     pub failing: Option<Value>,
 }
+
+/// `PUT /v1/tenants/{tenant}/oauth/{upstream}`: the tokens of a grant the tenant's customer
+/// connected (the team's app ran the authorization code flow).
+#[derive(ToSchema)]
+pub struct OAuthGrantSubmission {
+    pub access_token: String,
+    /// Used to refresh the access token; rotated refresh tokens are kept as they come.
+    pub refresh_token: Option<String>,
+    /// Seconds from now until the access token expires (as the token endpoint said), or…
+    pub expires_in: Option<f64>,
+    /// …when it expires (RFC 3339). Neither: refreshed only when an answer says it expired.
+    pub expires_at: Option<String>,
+    /// Space-separated, as granted.
+    pub scope: Option<String>,
+}
+
+/// A tenant's OAuth grant as shown: never a token.
+#[derive(ToSchema)]
+pub struct OAuthGrantInfo {
+    pub upstream: String,
+    /// When the access token held expires (RFC 3339), if known.
+    pub expires_at: Option<String>,
+    pub scopes: String,
+    /// Why the grant no longer works (the customer must connect again), if it does not.
+    pub broken: Option<String>,
+    pub updated_at: String,
+}

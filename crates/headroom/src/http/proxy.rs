@@ -441,6 +441,7 @@ async fn forward(
         .await
         .map_err(|e| match e {
             PrepareError::Target(e) => ApiError::bad_request(e.to_string()),
+            PrepareError::OAuth(e) => e.into(),
             e => ApiError::Internal(e.into()),
         })?;
 
@@ -477,6 +478,8 @@ async fn forward(
     let mut jitter = Jitter::new(rand::random());
     // The last answer worth returning if a retry cannot happen in time.
     let mut last: Option<Response> = None;
+    // Whether the call went again with a renewed OAuth token (at most once).
+    let mut renewed = false;
 
     let response = loop {
         let Some(body) = out_body.take() else {
@@ -575,6 +578,16 @@ async fn forward(
             }
         };
         let status = resp_parts.status.as_u16();
+        // An answer that says the OAuth token expired: the call goes again, once, with the
+        // token refreshed (or the one another call refreshed meanwhile).
+        if !renewed && out_body.replayable() {
+            if let Some(body) = inspected.as_deref() {
+                if call.renew_token(status, body).await? {
+                    renewed = true;
+                    continue;
+                }
+            }
+        }
         strip_hop_by_hop(&mut resp_parts.headers);
         if let Some(allowance) = allowance.filter(|_| upstream.ratelimit_headers) {
             set_ratelimit_fields(&mut resp_parts.headers, &allowance);

@@ -244,6 +244,23 @@ impl Observer {
         self.emit(e);
     }
 
+    /// A tenant's OAuth grant broke; `reason` is the token endpoint's, never a token.
+    pub(crate) fn oauth_broken(&self, upstream: &str, tenant: &str, reason: &str) {
+        let mut e = Event::new(
+            self.now(),
+            Level::Error,
+            Kind::OAuthBroken,
+            "broken",
+            format!(
+                "the OAuth connection of tenant {tenant} to {upstream} is broken ({reason}); \
+                 the customer must connect again"
+            ),
+        );
+        e.upstream = Some(upstream.to_string());
+        e.tenant = Some(tenant.to_string());
+        self.emit(e);
+    }
+
     /// A budget's circuit breaker changed state.
     pub(crate) fn breaker(
         &self,

@@ -30,6 +30,7 @@ use crate::cfg::{BudgetScope, Route, Upstream};
 use crate::clock::WallClock;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
+use crate::oauth::{OAuth, TokenError};
 use crate::observe::Observer;
 use crate::overrides::Overrides;
 use client::UpstreamClient;
@@ -53,6 +54,8 @@ pub struct Outbound {
     overrides: Arc<Overrides>,
     /// What calls without a stated cost are likely to cost, per route.
     costs: Arc<cost::CostEstimates>,
+    /// OAuth access tokens, for upstreams whose credential is one.
+    pub oauth: Arc<OAuth>,
 }
 
 impl Outbound {
@@ -64,8 +67,21 @@ impl Outbound {
         clock: WallClock,
         overrides: Arc<Overrides>,
     ) -> Outbound {
+        let client = client::build();
+        let oauth = {
+            let observe = Arc::clone(&observe);
+            Arc::new(OAuth::new(
+                Arc::clone(&credentials),
+                Arc::clone(&governor),
+                client.clone(),
+                Box::new(move |tenant, upstream, reason| {
+                    observe.oauth_broken(upstream, tenant, reason)
+                }),
+            ))
+        };
         Outbound {
-            client: client::build(),
+            client,
+            oauth,
             governor,
             credentials,
             metrics,
@@ -88,7 +104,19 @@ impl Outbound {
         mut headers: HeaderMap,
     ) -> Result<Prepared<'a>, PrepareError> {
         let uri = target_uri(&upstream.base, path, query)?;
-        inject_credential(&self.credentials, upstream, tenant, &mut headers).await?;
+        match (&upstream.oauth, tenant) {
+            (Some(oauth), Some(tenant)) => {
+                let token = self
+                    .oauth
+                    .access_token(upstream, oauth, tenant, None)
+                    .await
+                    .map_err(PrepareError::OAuth)?;
+                if let Some(token) = token {
+                    put_credential(upstream, &token, &mut headers)?;
+                }
+            }
+            _ => inject_credential(&self.credentials, upstream, tenant, &mut headers).await?,
+        }
         let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
         // The first route that matches adds its own budget, per the same tenant or credential.
         let route = upstream
@@ -138,6 +166,9 @@ pub(crate) enum PrepareError {
     /// The stored credential cannot be sent as a header value.
     #[error("the stored credential is not a valid header value")]
     CredentialInvalid,
+    /// No OAuth access token can be had (the grant is broken, or cannot be refreshed now).
+    #[error(transparent)]
+    OAuth(TokenError),
 }
 
 /// How a prepared call is sent.
@@ -158,6 +189,39 @@ pub(crate) struct Send<'a> {
 }
 
 impl Prepared<'_> {
+    /// After an answer of `status` whose body starts with `body`: when the upstream's OAuth
+    /// settings say the access token sent expired, a new one in place of it (refreshed,
+    /// or the one another call refreshed meanwhile). True when the call may go again with it.
+    pub async fn renew_token(&mut self, status: u16, body: &[u8]) -> Result<bool, TokenError> {
+        let (Some(oauth), Some(tenant)) = (&self.upstream.oauth, self.tenant) else {
+            return Ok(false);
+        };
+        if !oauth.says_expired(status, body) {
+            return Ok(false);
+        }
+        let header = &self.upstream.credential.header;
+        let scheme = &self.upstream.credential.scheme;
+        let sent = self.headers.get(header).and_then(|v| v.to_str().ok());
+        let sent = sent.map(|v| {
+            v.strip_prefix(scheme.as_str())
+                .map_or(v, |rest| rest.trim_start())
+                .to_string()
+        });
+        let fresh = self
+            .outbound
+            .oauth
+            .access_token(self.upstream, oauth, tenant, sent.as_deref())
+            .await?;
+        match fresh {
+            Some(token) if Some(&*token) != sent.as_deref() => {
+                put_credential(self.upstream, &token, &mut self.headers)
+                    .map_err(|e| TokenError::Store(anyhow::anyhow!("{e}")))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The tenant, or the budget key when there is none: for metrics and events.
     pub fn label(&self) -> &str {
         self.tenant.unwrap_or(&self.key.1)
@@ -299,6 +363,15 @@ async fn inject_credential(
         Ok(None) => return Ok(()),
         Err(e) => return Err(PrepareError::CredentialUnreadable(format!("{e:#}"))),
     };
+    put_credential(upstream, &credential, headers)
+}
+
+/// Puts `credential` in the upstream's credential header, after its scheme.
+fn put_credential(
+    upstream: &Upstream,
+    credential: &str,
+    headers: &mut HeaderMap,
+) -> Result<(), PrepareError> {
     let value = if upstream.credential.scheme.is_empty() {
         credential.to_string()
     } else {

@@ -96,7 +96,11 @@ pub(super) async fn send(
     let inspect = read_all
         || matches!(status, 403 | 420 | 429 | 503 | 529)
         || upstream.retry.on_status.contains(&status)
-        || (upstream.cost_from_body && is_json(&parts.headers));
+        || (upstream.cost_from_body && is_json(&parts.headers))
+        || upstream
+            .oauth
+            .as_ref()
+            .is_some_and(|o| o.expired_status.contains(&status));
     // The caller's deadline only while a retry could still happen in it; past it, the
     // answer goes back as it is and its body may take the upstream's timeout.
     // (Only an answer whose body is read needs it: most are handed back unread.)

@@ -198,24 +198,37 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
             headers,
         )
         .await;
-    let call = match prepared {
+    let mut call = match prepared {
         Ok(call) => call,
-        Err(e @ PrepareError::CredentialUnreadable(_)) => {
-            return wait(Duration::from_secs(5), e.to_string())
-        }
+        Err(
+            e @ (PrepareError::CredentialUnreadable(_)
+            | PrepareError::OAuth(crate::oauth::TokenError::Unavailable { .. })),
+        ) => return wait(Duration::from_secs(5), e.to_string()),
         Err(e) => return fail(e.to_string()),
     };
     let attempts = chunk.records.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
-    let how = outbound::Send {
+    let cost = call.estimated_cost().unwrap_or(1.0);
+    let how = || outbound::Send {
         lane: meta.lane,
-        cost: call.estimated_cost().unwrap_or(1.0),
+        cost,
         max_wait: upstream.retry.max_wait,
         attempt: attempts,
         queue: None,
         wait_until: None,
         read: Read::All(MAX_ANSWER),
     };
-    match call.send(Body::from(request.body), how).await {
+    let mut answer = call.send(Body::from(request.body.clone()), how()).await;
+    // The OAuth token expired: once more with the renewed one.
+    if let Answer::Answered {
+        parts, inspected, ..
+    } = &answer
+    {
+        let seen = inspected.as_deref().unwrap_or_default();
+        if let Ok(true) = call.renew_token(parts.status.as_u16(), seen).await {
+            answer = call.send(Body::from(request.body), how()).await;
+        }
+    }
+    match answer {
         Answer::Refused(rejection) => wait(rejection.retry_after, refusal(&rejection).into()),
         Answer::Unreachable { reason, .. } => {
             let at = app.clock.now_millis() + record_backoff(attempts).as_millis() as Millis;

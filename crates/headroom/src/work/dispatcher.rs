@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::app::AppState;
 use crate::cfg::{Queue, Upstream};
 use crate::jobs::*;
+use crate::oauth::TokenError;
 use crate::observe::is_rate_limit_header;
 use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 
@@ -291,29 +292,47 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
             headers,
         )
         .await;
-    let call = match prepared {
+    let mut call = match prepared {
         Ok(call) => call,
         Err(PrepareError::Target(e)) => return failed(attempt, format!("request.path: {e}")),
+        // The token endpoint cannot give a token now: not the job's fault.
+        Err(PrepareError::OAuth(e @ TokenError::Unavailable { .. })) => {
+            let at = app.clock.now_millis().saturating_add(5_000);
+            return wait_without_attempt(attempt, e.to_string(), at);
+        }
         // A credential that cannot be read or opened fails the job (as it fails a proxied
         // call with 500): a sealed value the key cannot open does not heal by waiting.
         Err(e) => return failed(attempt, e.to_string()),
     };
-    let body = n
-        .request
-        .body
-        .clone()
-        .map(Body::from)
-        .unwrap_or_else(Body::empty);
-    let how = outbound::Send {
+    let body = || {
+        n.request
+            .body
+            .clone()
+            .map(Body::from)
+            .unwrap_or_else(Body::empty)
+    };
+    let cost = call.estimated_cost().unwrap_or(1.0);
+    let how = || outbound::Send {
         lane: n.lane,
-        cost: call.estimated_cost().unwrap_or(1.0),
+        cost,
         max_wait: upstream.retry.max_wait,
         attempt: job.attempts + 1,
         queue: Some(&n.queue),
         wait_until: None,
         read: Read::All(MAX_STORED_BODY),
     };
-    match call.send(body, how).await {
+    let mut answer = call.send(body(), how()).await;
+    // The OAuth token expired: once more with the renewed one.
+    if let Answer::Answered {
+        parts, inspected, ..
+    } = &answer
+    {
+        let seen = inspected.as_deref().unwrap_or_default();
+        if let Ok(true) = call.renew_token(parts.status.as_u16(), seen).await {
+            answer = call.send(body(), how()).await;
+        }
+    }
+    match answer {
         // Not the job's fault: wait for the budget without spending an attempt.
         Answer::Refused(rejection) => {
             let after = rejection.retry_after.as_millis().max(100) as Millis;

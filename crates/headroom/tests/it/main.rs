@@ -15,6 +15,7 @@ mod edge;
 mod explain;
 mod hostile;
 mod jobs;
+mod oauth;
 mod observability;
 mod otlp;
 mod providers;

@@ -1,0 +1,677 @@
+//! OAuth access tokens for upstream calls: got from a tenant's stored grant (or the app's
+//! client-credentials grant), refreshed before they expire and when an answer says they did,
+//! one refresh per grant at a time across every call and every node.
+//!
+//! A refresh on this node is single-flight behind a per-grant lock; across nodes, the node
+//! that takes the grant's lease in the store refreshes, the others read the store until the
+//! new tokens are there. The new tokens (a rotated refresh token included) are stored, in
+//! one statement over the version the refresh started from, before any call uses them.
+//! A process killed between the token endpoint's answer and that statement loses the
+//! rotated refresh token: its lease expires and the next refresh sends the previous one,
+//! which providers that rotate accept for a grace period (Atlassian's reuse interval,
+//! Okta's grace period); one that does not answers `invalid_grant`, and the grant is marked
+//! broken so that the customer connects again. No token ever reaches a log, an event, an
+//! answer or a metric.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use base64::Engine;
+use headroom_core::{Lane, Outcome, Signals};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cfg::{ClientAuth, GrantKind, OAuthConfig, Upstream};
+use crate::clock::{system_millis, Millis};
+use crate::credentials::Credentials;
+use crate::outbound::client::UpstreamClient;
+use crate::outbound::governor::SharedGovernor;
+use crate::store::{OAuthGrantRow, OAuthTokens};
+
+/// The tenant name an app's own (client-credentials) grant is kept under.
+pub const APP_GRANT: &str = ":app";
+/// The most of a token endpoint's answer read.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+/// A token said to live longer than this is refreshed after this anyway.
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
+/// How often a node waiting for another node's refresh reads the grant again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The tokens sealed in a grant.
+#[derive(Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// Why no access token can be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The grant no longer works: the customer must connect again.
+    #[error("the OAuth connection of tenant \"{tenant}\" to \"{upstream}\" is broken ({reason}); the customer must connect again (PUT /v1/tenants/{tenant}/oauth/{upstream} with a new grant)")]
+    Broken {
+        tenant: String,
+        upstream: String,
+        reason: String,
+    },
+    /// The token endpoint could not give a token now, and the one held has expired.
+    #[error("cannot refresh the OAuth token of tenant \"{tenant}\" for \"{upstream}\": {why}")]
+    Unavailable {
+        tenant: String,
+        upstream: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+#[derive(Clone)]
+struct Cached {
+    access: Arc<str>,
+    /// When to refresh, Unix ms (`None`: only when an answer says it expired).
+    refresh_at: Option<Millis>,
+    expires_at: Option<Millis>,
+}
+
+type GrantKey = (String, String);
+
+/// What a refresh attempt at the token endpoint came to.
+enum Refreshed {
+    Tokens {
+        tokens: Tokens,
+        expires_at: Option<Millis>,
+        scopes: Option<String>,
+    },
+    /// `invalid_grant`: the refresh token is revoked, expired or already used.
+    Invalid(String),
+    /// Anything else: try again later.
+    Failed(String),
+}
+
+/// Counts what the token endpoint was asked, for metrics and tests.
+#[derive(Default, Debug)]
+pub struct OAuthCounts {
+    pub refreshes: std::sync::atomic::AtomicU64,
+    pub broken: std::sync::atomic::AtomicU64,
+}
+
+pub struct OAuth {
+    credentials: Arc<Credentials>,
+    governor: Arc<SharedGovernor>,
+    client: UpstreamClient,
+    /// This node's name in refresh leases.
+    node: String,
+    cache: Mutex<HashMap<GrantKey, Cached>>,
+    flights: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,
+    pub counts: OAuthCounts,
+    /// Called with (tenant, upstream, reason) when a grant breaks.
+    on_broken: Box<dyn Fn(&str, &str, &str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuth {
+    pub fn new(
+        credentials: Arc<Credentials>,
+        governor: Arc<SharedGovernor>,
+        client: UpstreamClient,
+        on_broken: Box<dyn Fn(&str, &str, &str) + Send + Sync>,
+    ) -> OAuth {
+        OAuth {
+            credentials,
+            governor,
+            client,
+            node: format!("node-{:016x}", rand::random::<u64>()),
+            cache: Mutex::default(),
+            flights: Mutex::default(),
+            counts: OAuthCounts::default(),
+            on_broken,
+        }
+    }
+
+    /// Stores a grant a tenant connected (replacing any earlier one, mending a broken one).
+    pub async fn connect(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        tokens: &Tokens,
+        expires_at: Option<Millis>,
+        scopes: &str,
+    ) -> anyhow::Result<()> {
+        let plain = serde_json::to_vec(tokens)?;
+        let sealed = self.credentials.seal_grant(tenant, upstream, &plain)?;
+        let row = OAuthTokens {
+            sealed: &sealed,
+            expires_at,
+            scopes,
+        };
+        self.credentials
+            .store()
+            .put_oauth_grant(tenant, upstream, &row)
+            .await?;
+        self.forget(tenant, upstream);
+        Ok(())
+    }
+
+    /// Deletes a tenant's grant; false if there was none.
+    pub async fn disconnect(&self, tenant: &str, upstream: &str) -> anyhow::Result<bool> {
+        let deleted = self
+            .credentials
+            .store()
+            .delete_oauth_grant(tenant, upstream)
+            .await?;
+        self.forget(tenant, upstream);
+        Ok(deleted)
+    }
+
+    fn forget(&self, tenant: &str, upstream: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(tenant.to_string(), upstream.to_string()));
+    }
+
+    /// The access token a call of `tenant` to `upstream` carries: `None` when the tenant has
+    /// connected no grant. `rejected` is the token an answer just said expired: a token
+    /// other than it is good, it itself is refreshed.
+    pub async fn access_token(
+        &self,
+        upstream: &Upstream,
+        config: &OAuthConfig,
+        tenant: &str,
+        rejected: Option<&str>,
+    ) -> Result<Option<Arc<str>>, TokenError> {
+        let tenant = match config.grant {
+            GrantKind::ClientCredentials => APP_GRANT,
+            GrantKind::RefreshToken => tenant,
+        };
+        let key = (tenant.to_string(), upstream.name.clone());
+        let usable = |c: &Cached, now: Millis| {
+            c.refresh_at.is_none_or(|at| now < at) && rejected != Some(&*c.access)
+        };
+        if let Some(c) = self.cached(&key) {
+            if usable(&c, system_millis()) {
+                return Ok(Some(c.access));
+            }
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.len() > 100_000 {
+                flights.retain(|_, f| Arc::strong_count(f) > 1);
+            }
+            Arc::clone(flights.entry(key.clone()).or_default())
+        };
+        let _one = flight.lock().await;
+        // Another call on this node may have refreshed it while this one waited.
+        if let Some(c) = self.cached(&key) {
+            if usable(&c, system_millis()) {
+                return Ok(Some(c.access));
+            }
+        }
+        let deadline =
+            tokio::time::Instant::now() + config.token_timeout * 2 + Duration::from_secs(2);
+        let store = self.credentials.store();
+        loop {
+            let row = match store.get_oauth_grant(tenant, &upstream.name).await {
+                Ok(Some(row)) => row,
+                Ok(None) if config.grant == GrantKind::ClientCredentials => {
+                    // The app's first token: a grant with nothing in it, refreshed at once.
+                    let empty = Tokens {
+                        access_token: String::new(),
+                        refresh_token: None,
+                    };
+                    let sealed = self.credentials.seal_grant(
+                        tenant,
+                        &upstream.name,
+                        &serde_json::to_vec(&empty).map_err(anyhow::Error::from)?,
+                    )?;
+                    let row = OAuthTokens {
+                        sealed: &sealed,
+                        expires_at: Some(0),
+                        scopes: "",
+                    };
+                    store
+                        .add_oauth_grant(tenant, &upstream.name, &row)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                    continue;
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(TokenError::Store(e.into())),
+            };
+            if let Some(reason) = &row.broken {
+                return Err(self.broken(tenant, &upstream.name, reason));
+            }
+            let tokens = self.open(&row)?;
+            let now = system_millis();
+            let held = self.remember(&key, &row, &tokens, config);
+            if !tokens.access_token.is_empty() && usable(&held, now) {
+                return Ok(Some(held.access));
+            }
+            // It needs a refresh: this node's, if it takes the lease.
+            let lease_until = now + (config.token_timeout.as_millis() as Millis) + 5_000;
+            let leased = store
+                .lease_oauth_refresh(
+                    tenant,
+                    &upstream.name,
+                    row.version,
+                    &self.node,
+                    now,
+                    lease_until,
+                )
+                .await
+                .map_err(anyhow::Error::from)?;
+            if leased {
+                return self
+                    .refresh(upstream, config, tenant, &key, row, tokens)
+                    .await;
+            }
+            // Another node refreshes: wait for its tokens (or for its lease to run out).
+            if tokio::time::Instant::now() >= deadline {
+                let still_good = held.expires_at.is_none_or(|at| now < at)
+                    && rejected != Some(&*held.access)
+                    && !held.access.is_empty();
+                if still_good {
+                    return Ok(Some(held.access));
+                }
+                return Err(TokenError::Unavailable {
+                    tenant: tenant.to_string(),
+                    upstream: upstream.name.clone(),
+                    why: "another node's refresh did not finish in time".into(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn cached(&self, key: &GrantKey) -> Option<Cached> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn open(&self, row: &OAuthGrantRow) -> Result<Tokens, TokenError> {
+        let plain = self
+            .credentials
+            .open_grant(&row.tenant, &row.upstream, &row.sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| {
+            TokenError::Store(anyhow::anyhow!(
+                "the OAuth grant of tenant \"{}\" for \"{}\" is not readable; connect it again",
+                row.tenant,
+                row.upstream
+            ))
+        })
+    }
+
+    /// Caches the row's access token with its refresh time.
+    fn remember(
+        &self,
+        key: &GrantKey,
+        row: &OAuthGrantRow,
+        tokens: &Tokens,
+        config: &OAuthConfig,
+    ) -> Cached {
+        let refresh_at = row
+            .expires_at
+            .map(|at| at - refresh_margin(config, &key.0, &key.1));
+        let cached = Cached {
+            access: Arc::from(tokens.access_token.as_str()),
+            refresh_at,
+            expires_at: row.expires_at,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(key.clone(), cached.clone());
+        cached
+    }
+
+    fn broken(&self, tenant: &str, upstream: &str, reason: &str) -> TokenError {
+        TokenError::Broken {
+            tenant: tenant.to_string(),
+            upstream: upstream.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Refreshes the grant whose lease this node holds.
+    async fn refresh(
+        &self,
+        upstream: &Upstream,
+        config: &OAuthConfig,
+        tenant: &str,
+        key: &GrantKey,
+        row: OAuthGrantRow,
+        tokens: Tokens,
+    ) -> Result<Option<Arc<str>>, TokenError> {
+        let store = self.credentials.store();
+        let outcome = self.ask_token_endpoint(upstream, config, &tokens).await;
+        match outcome {
+            Refreshed::Tokens {
+                tokens: mut fresh,
+                expires_at,
+                scopes,
+            } => {
+                // A provider that does not rotate refresh tokens sends none back.
+                if fresh.refresh_token.is_none() {
+                    fresh.refresh_token = tokens.refresh_token;
+                }
+                let plain = serde_json::to_vec(&fresh).map_err(anyhow::Error::from)?;
+                let sealed = self
+                    .credentials
+                    .seal_grant(tenant, &upstream.name, &plain)?;
+                let scopes = scopes.unwrap_or_else(|| row.scopes.clone());
+                let new = OAuthTokens {
+                    sealed: &sealed,
+                    expires_at,
+                    scopes: &scopes,
+                };
+                let stored = store
+                    .store_oauth_refresh(tenant, &upstream.name, row.version, &new)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                if !stored {
+                    // Connected again (or deleted) meanwhile: what is stored now wins.
+                    tracing::warn!(%tenant, upstream = %upstream.name, "an OAuth grant changed while it was refreshed; its refresh is dropped");
+                    return match store
+                        .get_oauth_grant(tenant, &upstream.name)
+                        .await
+                        .map_err(anyhow::Error::from)?
+                    {
+                        Some(now) if now.broken.is_none() => {
+                            let t = self.open(&now)?;
+                            Ok(Some(self.remember(key, &now, &t, config).access))
+                        }
+                        Some(now) => Err(self.broken(
+                            tenant,
+                            &upstream.name,
+                            now.broken.as_deref().unwrap_or(""),
+                        )),
+                        None => Ok(None),
+                    };
+                }
+                self.counts
+                    .refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%tenant, upstream = %upstream.name, "OAuth token refreshed");
+                let row = OAuthGrantRow {
+                    expires_at,
+                    version: row.version + 1,
+                    ..row
+                };
+                Ok(Some(self.remember(key, &row, &fresh, config).access))
+            }
+            Refreshed::Invalid(reason) => {
+                let reason = format!("invalid_grant: {reason}");
+                store
+                    .break_oauth_grant(tenant, &upstream.name, row.version, &reason)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                self.forget(tenant, &upstream.name);
+                self.counts
+                    .broken
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
+                (self.on_broken)(tenant, &upstream.name, &reason);
+                Err(self.broken(tenant, &upstream.name, &reason))
+            }
+            Refreshed::Failed(why) => {
+                let _ = store
+                    .release_oauth_lease(tenant, &upstream.name, &self.node)
+                    .await;
+                tracing::warn!(%tenant, upstream = %upstream.name, %why, "OAuth token refresh failed; will try again");
+                // The token held still works until it expires.
+                let now = system_millis();
+                let good =
+                    !tokens.access_token.is_empty() && row.expires_at.is_none_or(|at| now < at);
+                if good {
+                    return Ok(Some(Arc::from(tokens.access_token.as_str())));
+                }
+                Err(TokenError::Unavailable {
+                    tenant: tenant.to_string(),
+                    upstream: upstream.name.clone(),
+                    why,
+                })
+            }
+        }
+    }
+
+    /// One token request (refresh or client credentials), within the token endpoint's own
+    /// budget and timeout.
+    async fn ask_token_endpoint(
+        &self,
+        upstream: &Upstream,
+        config: &OAuthConfig,
+        held: &Tokens,
+    ) -> Refreshed {
+        // Built before any await: the serializer is not Send.
+        let body = (|| {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            match config.grant {
+                GrantKind::RefreshToken => {
+                    let Some(refresh) = held.refresh_token.as_deref() else {
+                        return Err("the grant holds no refresh token".to_string());
+                    };
+                    form.append_pair("grant_type", "refresh_token");
+                    form.append_pair("refresh_token", refresh);
+                }
+                GrantKind::ClientCredentials => {
+                    form.append_pair("grant_type", "client_credentials");
+                    if !config.scopes.is_empty() {
+                        form.append_pair("scope", &config.scopes.join(" "));
+                    }
+                }
+            }
+            if config.client_auth == ClientAuth::Body {
+                form.append_pair("client_id", &config.client_id);
+                form.append_pair("client_secret", &config.client_secret);
+            }
+            for (name, value) in &config.params {
+                form.append_pair(name, value);
+            }
+            Ok(form.finish())
+        })();
+        let body = match body {
+            Ok(b) => b,
+            Err(why) => return Refreshed::Invalid(why),
+        };
+        let mut request = http::Request::post(config.token_url.as_str())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json");
+        if config.client_auth == ClientAuth::Basic {
+            // RFC 6749 §2.3.1: each form-encoded, then joined.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(&config.client_id), enc(&config.client_secret));
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            let Ok(mut value) = HeaderValue::from_str(&format!("Basic {basic}")) else {
+                return Refreshed::Failed(
+                    "the client id or secret is not valid in a header".into(),
+                );
+            };
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let Ok(request) = request.body(Body::from(body)) else {
+            return Refreshed::Failed(format!("\"{}\" is not a valid token URL", config.token_url));
+        };
+        let key = (upstream.index, Arc::from("oauth:token-endpoint"));
+        let lease = match self
+            .governor
+            .acquire(
+                key,
+                &config.token_budget,
+                Lane::Realtime,
+                1.0,
+                config.token_timeout,
+                0,
+            )
+            .await
+        {
+            Ok(lease) => lease,
+            Err(r) => {
+                return Refreshed::Failed(format!(
+                    "the token endpoint's budget has no room ({:?})",
+                    r.reason
+                ))
+            }
+        };
+        let answer = tokio::time::timeout(config.token_timeout, async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let limited = http_body_util::Limited::new(body, MAX_TOKEN_ANSWER);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|e| format!("cannot read the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((parts.status.as_u16(), bytes))
+        })
+        .await;
+        let (status, bytes) = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                lease.finish(Outcome::TransportError);
+                return Refreshed::Failed(format!("the token endpoint cannot be reached: {e}"));
+            }
+            Err(_) => {
+                lease.finish(Outcome::TransportError);
+                return Refreshed::Failed(format!(
+                    "the token endpoint did not answer within {:?}",
+                    config.token_timeout
+                ));
+            }
+        };
+        let signals = Signals {
+            throttled: status == 429,
+            ..Signals::default()
+        };
+        lease.finish(Outcome::Response {
+            status,
+            signals: &signals,
+        });
+        read_token_answer(status, &bytes, system_millis())
+    }
+}
+
+/// How long before expiry the grant of (tenant, upstream) refreshes: the configured margin
+/// and up to a quarter more, the same on every node for the same grant.
+fn refresh_margin(config: &OAuthConfig, tenant: &str, upstream: &str) -> Millis {
+    use std::hash::{Hash, Hasher};
+    let margin = config.refresh_before.as_millis() as Millis;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tenant, upstream).hash(&mut h);
+    let spread = (margin / 4).max(1) as u64;
+    margin + (h.finish() % spread) as Millis
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// What a token endpoint's answer says (RFC 6749 §5.1, §5.2).
+fn read_token_answer(status: u16, body: &[u8], now: Millis) -> Refreshed {
+    let answer: Option<TokenAnswer> = serde_json::from_slice(body).ok();
+    let short = |s: &str| s.chars().take(200).collect::<String>();
+    match answer {
+        Some(a) if (200..300).contains(&status) => {
+            let Some(access) = a.access_token.filter(|t| !t.is_empty()) else {
+                return Refreshed::Failed(format!(
+                    "the token endpoint answered {status} without an access_token"
+                ));
+            };
+            let expires_in = match &a.expires_in {
+                Some(serde_json::Value::Number(n)) => n.as_f64(),
+                Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+                _ => None,
+            };
+            let expires_at = expires_in.filter(|s| s.is_finite()).map(|s| {
+                let s = s.clamp(0.0, MAX_EXPIRES_IN.as_secs_f64());
+                now + (s * 1000.0) as Millis
+            });
+            Refreshed::Tokens {
+                tokens: Tokens {
+                    access_token: access,
+                    refresh_token: a.refresh_token.filter(|t| !t.is_empty()),
+                },
+                expires_at,
+                scopes: a.scope,
+            }
+        }
+        Some(a) if a.error.as_deref() == Some("invalid_grant") => Refreshed::Invalid(short(
+            a.error_description
+                .as_deref()
+                .unwrap_or("the refresh token is no longer valid"),
+        )),
+        Some(a) if a.error.is_some() => Refreshed::Failed(format!(
+            "the token endpoint answered {status} {}{}",
+            short(a.error.as_deref().unwrap_or_default()),
+            a.error_description
+                .map(|d| format!(": {}", short(&d)))
+                .unwrap_or_default()
+        )),
+        _ => Refreshed::Failed(format!(
+            "the token endpoint answered {status} without a token"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers_are_read_as_the_rfc_says() {
+        let ok = read_token_answer(
+            200,
+            br#"{"access_token":"a","token_type":"Bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#,
+            1_000,
+        );
+        assert!(
+            matches!(ok, Refreshed::Tokens { expires_at: Some(3_601_000), ref scopes, .. } if scopes.as_deref() == Some("x y"))
+        );
+        let ok = read_token_answer(200, br#"{"access_token":"a","expires_in":1e12}"#, 0);
+        assert!(
+            matches!(ok, Refreshed::Tokens { expires_at: Some(at), .. } if at == MAX_EXPIRES_IN.as_millis() as Millis)
+        );
+        assert!(matches!(
+            read_token_answer(400, br#"{"error":"invalid_grant","error_description":"revoked"}"#, 0),
+            Refreshed::Invalid(d) if d == "revoked"
+        ));
+        assert!(matches!(
+            read_token_answer(401, br#"{"error":"invalid_client"}"#, 0),
+            Refreshed::Failed(d) if d.contains("invalid_client")
+        ));
+        assert!(matches!(
+            read_token_answer(502, b"<html>", 0),
+            Refreshed::Failed(_)
+        ));
+        assert!(matches!(
+            read_token_answer(200, br#"{"token_type":"Bearer"}"#, 0),
+            Refreshed::Failed(_)
+        ));
+    }
+}
