@@ -79,6 +79,9 @@ struct Cached {
 
 type GrantKey = (String, String);
 
+/// Told (tenant, upstream, reason) when a grant breaks.
+pub type OnBroken = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
+
 /// What a refresh attempt at the token endpoint came to.
 enum Refreshed {
     Tokens {
@@ -109,7 +112,7 @@ pub struct OAuth {
     flights: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,
     pub counts: OAuthCounts,
     /// Called with (tenant, upstream, reason) when a grant breaks.
-    on_broken: Box<dyn Fn(&str, &str, &str) + Send + Sync>,
+    on_broken: OnBroken,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -125,7 +128,7 @@ impl OAuth {
         credentials: Arc<Credentials>,
         governor: Arc<SharedGovernor>,
         client: UpstreamClient,
-        on_broken: Box<dyn Fn(&str, &str, &str) + Send + Sync>,
+        on_broken: OnBroken,
     ) -> OAuth {
         OAuth {
             credentials,
