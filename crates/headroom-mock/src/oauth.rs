@@ -7,7 +7,9 @@
 //! each refresh gives a new refresh token and the one used stops working after `reuse_grace`
 //! (Atlassian's reuse interval, Okta's grace period; zero: at once), after which using it is
 //! `invalid_grant`. `revoke()` makes every refresh token `invalid_grant`. `token_latency`
-//! slows the token endpoint.
+//! slows the token endpoint; `answer_delay` holds its answer after the tokens are issued.
+//! `POST /_mock/oauth/grant` gives a fresh grant (what the authorization code flow would),
+//! `POST /_mock/oauth/revoke` revokes every refresh token, `GET /_mock/oauth/stats` counts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +39,9 @@ pub struct OAuthMockConfig {
     pub rotate: bool,
     pub reuse_grace: Duration,
     pub token_latency: Duration,
+    /// How long the token endpoint waits after issuing tokens before it answers (the window
+    /// in which a client killed has lost them).
+    pub answer_delay: Duration,
 }
 
 impl Default for OAuthMockConfig {
@@ -48,6 +53,7 @@ impl Default for OAuthMockConfig {
             rotate: true,
             reuse_grace: Duration::ZERO,
             token_latency: Duration::ZERO,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -171,6 +177,9 @@ pub async fn spawn(
     });
     let app = Router::new()
         .route("/oauth/token", post(token))
+        .route("/_mock/oauth/grant", post(grant))
+        .route("/_mock/oauth/revoke", post(revoke))
+        .route("/_mock/oauth/stats", axum::routing::get(stats))
         .fallback(api)
         .with_state(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -199,13 +208,25 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
 }
 
 async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (issued, answer) = token_answer(&shared, request).await;
+    if issued && !shared.config.answer_delay.is_zero() {
+        tokio::time::sleep(shared.config.answer_delay).await;
+    }
+    answer
+}
+
+/// The token endpoint's answer, and whether it issued tokens.
+async fn token_answer(shared: &Shared, request: Request) -> (bool, Response) {
     let (parts, body) = request.into_parts();
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_request"}),
+            return (
+                false,
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "invalid_request"}),
+                ),
             )
         }
     };
@@ -238,9 +259,12 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let mut s = shared.state.lock().unwrap();
     if id != config.client_id || secret != config.client_secret {
         s.stats.bad_clients += 1;
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "invalid_client"}),
+        return (
+            false,
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_client"}),
+            ),
         );
     }
     let now = Instant::now();
@@ -253,9 +277,12 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
                     .is_some_and(|until| until.is_none_or(|u| now < u));
             if !works {
                 s.stats.invalid_grants += 1;
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": "invalid_grant", "error_description": "the refresh token is invalid, expired or revoked"}),
+                return (
+                    false,
+                    json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "invalid_grant", "error_description": "the refresh token is invalid, expired or revoked"}),
+                    ),
                 );
             }
             s.stats.refreshes += 1;
@@ -281,23 +308,52 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             if let Some(r) = refresh {
                 answer["refresh_token"] = r.into();
             }
-            json(StatusCode::OK, answer)
+            (true, json(StatusCode::OK, answer))
         }
         Some("client_credentials") => {
             s.stats.client_credentials += 1;
             let lifetime = config.token_lifetime;
             let (access, refresh) = issue(&mut s, lifetime);
             s.refresh.remove(&refresh);
-            json(
-                StatusCode::OK,
-                serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": lifetime.as_secs()}),
+            (
+                true,
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": lifetime.as_secs()}),
+                ),
             )
         }
-        _ => json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "unsupported_grant_type"}),
+        _ => (
+            false,
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "unsupported_grant_type"}),
+            ),
         ),
     }
+}
+
+/// A fresh grant, as the authorization code flow would give one.
+async fn grant(State(shared): State<Arc<Shared>>) -> Response {
+    let lifetime = shared.config.token_lifetime;
+    let (access, refresh) = issue(&mut shared.state.lock().unwrap(), lifetime);
+    json(
+        StatusCode::OK,
+        serde_json::json!({"access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": lifetime.as_secs()}),
+    )
+}
+
+async fn revoke(State(shared): State<Arc<Shared>>) -> Response {
+    shared.state.lock().unwrap().revoked = true;
+    json(StatusCode::OK, serde_json::json!({"ok": true}))
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let stats = shared.state.lock().unwrap().stats.clone();
+    json(
+        StatusCode::OK,
+        serde_json::to_value(stats).unwrap_or_default(),
+    )
 }
 
 async fn api(State(shared): State<Arc<Shared>>, request: Request) -> Response {

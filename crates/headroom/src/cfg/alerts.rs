@@ -104,6 +104,9 @@ pub enum RuleKind {
     RetryPending,
     /// An event at or above `level` within the window.
     EventLevel { level: Level },
+    /// A tenant's OAuth grant is broken (the customer must connect again): one alert per
+    /// broken grant, resolved when it is connected again.
+    OAuthBroken,
     /// Job attempts took longer than `max` on average over the window, or today's average
     /// is `trend_factor` × the average of the `trend_days` before.
     Duration {
@@ -122,6 +125,7 @@ impl RuleKind {
             RuleKind::RetryPending => "retry_pending",
             RuleKind::EventLevel { .. } => "event_level",
             RuleKind::Duration { .. } => "duration",
+            RuleKind::OAuthBroken => "oauth_broken",
         }
     }
 }
@@ -176,6 +180,7 @@ impl RawAlert {
             },
             "execution_failed" => RuleKind::ExecutionFailed,
             "retry_pending" => RuleKind::RetryPending,
+            "oauth_broken" => RuleKind::OAuthBroken,
             "event_level" => {
                 let level = self.level.as_deref().unwrap_or("error");
                 RuleKind::EventLevel {
@@ -212,7 +217,7 @@ impl RawAlert {
                 return Err(format!(
                     "{key}.rule: \"{other}\" is not a rule; use \"retry_exhaustion\", \
                      \"throttled_spike\", \"execution_failed\", \"retry_pending\", \
-                     \"event_level\" or \"duration\""
+                     \"event_level\", \"duration\" or \"oauth_broken\""
                 ))
             }
         };

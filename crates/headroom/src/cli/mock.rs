@@ -38,6 +38,21 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "limit_change_at",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub limit_after: Option<u32>,
+    /// Also serve a mock OAuth 2.0 provider on this address: `POST /oauth/token` (grants
+    /// `refresh_token` and `client_credentials`; client id `client`, secret `secret`, Basic or
+    /// in the body), `POST /_mock/oauth/grant` for a fresh grant, `POST /_mock/oauth/revoke`,
+    /// `GET /_mock/oauth/stats`; every other path is an API that wants a current token.
+    #[arg(long, value_name = "ADDR")]
+    pub oauth: Option<String>,
+    /// How long the OAuth provider's access tokens live.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_window, requires = "oauth")]
+    pub oauth_token_lifetime: Duration,
+    /// Rotate refresh tokens; a used one keeps working this long (`0s`: not at all).
+    #[arg(long, value_name = "DUR", value_parser = parse_latency, requires = "oauth")]
+    pub oauth_rotate: Option<Duration>,
+    /// Delay on every answer of the token endpoint.
+    #[arg(long, value_name = "DUR", default_value = "0ms", value_parser = parse_latency, requires = "oauth")]
+    pub oauth_latency: Duration,
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -80,6 +95,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mock.config().describe(),
             mock.url()
         );
+        let _oauth = match &args.oauth {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--oauth: cannot listen on {addr}"))?;
+                let config = headroom_mock::oauth::OAuthMockConfig {
+                    token_lifetime: args.oauth_token_lifetime,
+                    rotate: args.oauth_rotate.is_some(),
+                    reuse_grace: args.oauth_rotate.unwrap_or_default(),
+                    token_latency: args.oauth_latency,
+                    ..Default::default()
+                };
+                let oauth = headroom_mock::oauth::spawn(listener, config).await?;
+                println!(
+                    "mock OAuth provider listening on {} (token endpoint {}/oauth/token)",
+                    oauth.url(),
+                    oauth.url()
+                );
+                Some(oauth)
+            }
+            None => None,
+        };
         tokio::signal::ctrl_c()
             .await
             .context("cannot wait for Ctrl-C")?;

@@ -234,6 +234,25 @@ pub fn status_table(status: &Value) -> String {
             ));
         }
     }
+    let broken = status["broken_connections"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !broken.is_empty() {
+        out.push_str(&format!(
+            "\nBroken OAuth connections (the customer must connect again): {}\n",
+            broken.len()
+        ));
+        for b in broken {
+            out.push_str(&format!(
+                "  {} / {} since {}: {}\n",
+                b["tenant"].as_str().unwrap_or(""),
+                b["upstream"].as_str().unwrap_or(""),
+                b["since"].as_str().unwrap_or(""),
+                b["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
     let alerts = status["alerts"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!("\nOpen alerts: {}\n", alerts.len()));
     for a in alerts {

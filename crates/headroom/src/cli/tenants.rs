@@ -44,6 +44,25 @@ pub enum TenantsCommand {
     Unset { tenant: String, upstream: String },
     /// Show which upstreams TENANT has a credential for (never the credentials), as JSON.
     List { tenant: String },
+    /// Connect TENANT's OAuth grant for UPSTREAM: the token endpoint's JSON answer, read
+    /// from standard input
+    ///
+    /// For an upstream with [upstreams.oauth]: give the answer your app got from the
+    /// provider at the end of the authorization code flow ({"access_token", "refresh_token",
+    /// "expires_in", "scope"}). Headroom refreshes the access token before it expires, one
+    /// refresh at a time across every node, and injects it into TENANT's calls.
+    ///
+    /// Examples:
+    ///
+    ///   headroom tenants connect acme crm < acme-crm-grant.json
+    ///   curl -s -d grant_type=authorization_code … https://provider/oauth/token \
+    ///     | headroom tenants connect acme crm
+    #[command(verbatim_doc_comment)]
+    Connect { tenant: String, upstream: String },
+    /// Remove TENANT's OAuth grant for UPSTREAM.
+    Disconnect { tenant: String, upstream: String },
+    /// Show TENANT's OAuth grants (expiry, scopes, broken or not; never a token), as JSON.
+    Grants { tenant: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,8 +135,70 @@ pub fn run_tenants(args: TenantsArgs) -> anyhow::Result<()> {
             )?;
             print_json(&body);
         }
+        TenantsCommand::Connect { tenant, upstream } => {
+            let grant = read_grant(&tenant, &upstream)?;
+            api.call(
+                Method::PUT,
+                &format!("/v1/tenants/{}/oauth/{}", seg(&tenant), seg(&upstream)),
+                Some(grant),
+            )?;
+            println!("connected the OAuth grant of tenant {tenant} for upstream {upstream}");
+        }
+        TenantsCommand::Disconnect { tenant, upstream } => {
+            api.call(
+                Method::DELETE,
+                &format!("/v1/tenants/{}/oauth/{}", seg(&tenant), seg(&upstream)),
+                None,
+            )?;
+            println!("removed the OAuth grant of tenant {tenant} for upstream {upstream}");
+        }
+        TenantsCommand::Grants { tenant } => {
+            let body = api.call(
+                Method::GET,
+                &format!("/v1/tenants/{}/oauth", seg(&tenant)),
+                None,
+            )?;
+            print_json(&body);
+        }
     }
     Ok(())
+}
+
+/// A token endpoint's JSON answer from standard input, with only the fields the API takes
+/// (`token_type` and the like are dropped; unknown ones too, so a provider's extras do not
+/// make the call fail).
+fn read_grant(tenant: &str, upstream: &str) -> anyhow::Result<serde_json::Value> {
+    let mut text = String::new();
+    std::io::stdin()
+        .lock()
+        .read_to_string(&mut text)
+        .context("cannot read the grant from standard input (it must be text)")?;
+    let value: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "standard input is not the token endpoint's JSON answer ({e}); pipe it in, e.g. \
+             `headroom tenants connect {tenant} {upstream} < grant.json`"
+        )
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        anyhow::bail!("standard input must be a JSON object with \"access_token\"");
+    };
+    let kept: serde_json::Map<String, serde_json::Value> = map
+        .into_iter()
+        .filter(|(k, _)| {
+            [
+                "access_token",
+                "refresh_token",
+                "expires_in",
+                "expires_at",
+                "scope",
+            ]
+            .contains(&k.as_str())
+        })
+        .collect();
+    if !kept.contains_key("access_token") {
+        anyhow::bail!("the grant on standard input has no \"access_token\"");
+    }
+    Ok(serde_json::Value::Object(kept))
 }
 
 pub fn run_tokens(args: TokensArgs) -> anyhow::Result<()> {

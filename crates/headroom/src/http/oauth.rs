@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::credentials::{check_tenant, configured_upstream, json_object, path_error};
-use super::openapi::{OAuthGrantInfo, OAuthGrantSubmission, Problem};
+use super::openapi::{OAuthGrantList, OAuthGrantSubmission, Problem};
 use crate::app::AppState;
 use crate::clock::{rfc3339, system_millis, Millis};
 use crate::credentials::check_credential_value;
@@ -107,7 +107,11 @@ async fn put_grant(
                 "expires_in, expires_at: give one of them, not both",
             ))
         }
-        (Some(Value::Number(n)), None) => match n.as_f64() {
+        // Some providers send it as a string ("3600").
+        (Some(v @ (Value::Number(_) | Value::String(_))), None) => match v
+            .as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        {
             Some(s) if s.is_finite() && (0.0..=31_622_400.0).contains(&s) => {
                 Some(now + (s * 1000.0) as Millis)
             }
@@ -178,7 +182,7 @@ async fn delete_grant(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/oauth", tag = "tenants",
     params(("tenant" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$")),
     responses(
-        (status = 200, description = "The tenant's grants", body = Vec<OAuthGrantInfo>),
+        (status = 200, description = "The tenant's grants", body = OAuthGrantList),
         (status = 400, description = "A parameter is wrong; `detail` says what to fix", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),

@@ -570,3 +570,10 @@ pub struct OAuthGrantInfo {
     pub broken: Option<String>,
     pub updated_at: String,
 }
+
+/// `GET /v1/tenants/{tenant}/oauth`.
+#[derive(ToSchema)]
+pub struct OAuthGrantList {
+    pub tenant: String,
+    pub grants: Vec<OAuthGrantInfo>,
+}

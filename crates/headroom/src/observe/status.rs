@@ -174,6 +174,18 @@ pub struct Status {
     pub window_s: f64,
     pub rows: Vec<Row>,
     pub alerts: Vec<serde_json::Value>,
+    /// Tenants' OAuth grants that no longer work: the customers must connect again.
+    pub broken_connections: Vec<BrokenConnection>,
+}
+
+/// A tenant's broken OAuth grant, as `headroom status` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokenConnection {
+    pub tenant: String,
+    pub upstream: String,
+    pub reason: String,
+    /// When it broke (RFC 3339).
+    pub since: String,
 }
 
 #[cfg(test)]

@@ -123,6 +123,21 @@ async fn find(app: &AppState, rule: &AlertRule, now: Millis) -> anyhow::Result<F
                 found.insert(subject, (n as f64, 0.0, message));
             }
         }
+        RuleKind::OAuthBroken => {
+            for g in app.store.list_oauth_grants(None, true).await? {
+                if rule.upstream.as_ref().is_some_and(|u| *u != g.upstream) {
+                    continue;
+                }
+                let message = format!(
+                    "the OAuth connection of tenant {} to {} is broken ({}); the customer must \
+                     connect again",
+                    g.tenant,
+                    g.upstream,
+                    g.broken.as_deref().unwrap_or_default()
+                );
+                found.insert(format!("{}/{}", g.upstream, g.tenant), (1.0, 0.0, message));
+            }
+        }
         RuleKind::Duration {
             max,
             trend_days,

@@ -265,11 +265,25 @@ pub async fn compute(app: &AppState, window: std::time::Duration) -> anyhow::Res
         .values()
         .map(crate::observe::alerts::firing_view)
         .collect();
+    drop(state);
+    let broken_connections = app
+        .store
+        .list_oauth_grants(None, true)
+        .await?
+        .into_iter()
+        .map(|g| crate::observe::status::BrokenConnection {
+            tenant: g.tenant,
+            upstream: g.upstream,
+            reason: g.broken.unwrap_or_default(),
+            since: g.updated_at,
+        })
+        .collect();
     Ok(Status {
         at: crate::clock::rfc3339(now),
         window_s: window.as_secs_f64(),
         rows: rows.into_values().collect(),
         alerts,
+        broken_connections,
     })
 }
 

@@ -20,21 +20,22 @@ use headroom_mock::{MockConfig, MockHandle, Profile};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const SECRET_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub(crate) const SECRET_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// One `headroom serve` process.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Node {
-    fn start(dir: &std::path::Path, config: &std::path::Path, n: usize) -> Node {
+    pub(crate) fn start(dir: &std::path::Path, config: &std::path::Path, n: usize) -> Node {
         Node::start_logging(dir, config, n, "warn", &[])
     }
 
     /// As `start`, logging at `level` (HEADROOM_LOG), with more environment variables.
-    fn start_logging(
+    pub(crate) fn start_logging(
         dir: &std::path::Path,
         config: &std::path::Path,
         n: usize,
@@ -61,7 +62,11 @@ impl Node {
         Node { child, addr }
     }
 
-    async fn ready(&mut self, client: &crate::common::HttpClient, log: &std::path::Path) {
+    pub(crate) async fn ready(
+        &mut self,
+        client: &crate::common::HttpClient,
+        log: &std::path::Path,
+    ) {
         for _ in 0..400 {
             let up = client
                 .get(format!("http://{}/healthz", self.addr).parse().unwrap())
@@ -82,7 +87,7 @@ impl Node {
     }
 
     /// SIGKILL: no drain, nothing handed back.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -240,7 +245,7 @@ impl Cluster {
 }
 
 /// Deletes a test's Redis keys.
-async fn delete_prefix(redis_url: &str, prefix: &str) {
+pub(crate) async fn delete_prefix(redis_url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(redis_url) else {
         return;
     };

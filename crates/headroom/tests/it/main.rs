@@ -10,7 +10,7 @@ mod cli;
 mod console;
 mod contract;
 mod credentials;
-mod distributed;
+pub(crate) mod distributed;
 mod edge;
 mod explain;
 mod hostile;
