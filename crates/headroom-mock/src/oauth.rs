@@ -69,6 +69,8 @@ pub struct OAuthMockStats {
     pub client_credentials: u64,
     /// Token requests whose client did not authenticate.
     pub bad_clients: u64,
+    /// Token requests answered 503 while the endpoint was set down.
+    pub unavailable: u64,
     /// API calls with a current token.
     pub api_ok: u64,
     /// API calls refused for an expired or unknown token.
@@ -90,6 +92,8 @@ struct Shared {
     config: OAuthMockConfig,
     state: Mutex<State_>,
     calls: AtomicU64,
+    /// The token endpoint answers 503 while set.
+    down: std::sync::atomic::AtomicBool,
 }
 
 pub struct OAuthMockHandle {
@@ -127,6 +131,11 @@ impl OAuthMockHandle {
     pub fn expired_grant(&self) -> (String, String) {
         let mut s = self.shared.state.lock().unwrap();
         issue(&mut s, Duration::ZERO)
+    }
+
+    /// The token endpoint answers 503 from now on (or again normally).
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
     }
 
     /// Every refresh token stops working (the customer revoked the app).
@@ -174,6 +183,7 @@ pub async fn spawn(
         config,
         state: Mutex::default(),
         calls: AtomicU64::new(0),
+        down: std::sync::atomic::AtomicBool::new(false),
     });
     let app = Router::new()
         .route("/oauth/token", post(token))
@@ -232,6 +242,16 @@ async fn token_answer(shared: &Shared, request: Request) -> (bool, Response) {
     };
     if !shared.config.token_latency.is_zero() {
         tokio::time::sleep(shared.config.token_latency).await;
+    }
+    if shared.down.load(Ordering::SeqCst) {
+        shared.state.lock().unwrap().stats.unavailable += 1;
+        return (
+            false,
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "temporarily_unavailable"}),
+            ),
+        );
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&bytes).into_owned().collect();
     let basic = parts

@@ -157,7 +157,8 @@ impl Db<'_> {
     }
 
     /// Takes the refresh lease of a working grant still at `version`, for `owner` until
-    /// `until` (Unix ms), unless another owner holds one that has not expired at `now`.
+    /// `until` (Unix ms), unless a lease that has not expired at `now` is held (by anyone:
+    /// each refresh attempt is an owner of its own).
     pub(crate) async fn lease_oauth_refresh(
         self,
         tenant: &str,
@@ -170,15 +171,14 @@ impl Db<'_> {
         let q = Sql::new(
             "UPDATE oauth_grants SET lease_owner = ?, lease_until = ? \
              WHERE tenant = ? AND upstream = ? AND version = ? AND broken IS NULL \
-             AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?)",
+             AND (lease_until IS NULL OR lease_until <= ?)",
         )
         .bind(owner)
         .bind(until)
         .bind(tenant)
         .bind(upstream)
         .bind(version)
-        .bind(now)
-        .bind(owner);
+        .bind(now);
         let taken = self
             .pool()
             .execute(&q)
@@ -198,8 +198,8 @@ impl Db<'_> {
     ) -> crate::Result<bool> {
         let q = Sql::new(
             "UPDATE oauth_grants SET nonce = ?, ciphertext = ?, expires_at = ?, scopes = ?, \
-             version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ? \
-             WHERE tenant = ? AND upstream = ? AND version = ?",
+             broken = NULL, version = version + 1, lease_owner = NULL, lease_until = NULL, \
+             updated_at = ? WHERE tenant = ? AND upstream = ? AND version = ?",
         )
         .bind(&tokens.sealed.nonce)
         .bind(&tokens.sealed.ciphertext)
@@ -239,7 +239,8 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Marks the grant at `version` broken for `reason`; false when it changed since.
+    /// Marks the working grant at `version` broken for `reason`; false when it changed since
+    /// or is broken already.
     pub(crate) async fn break_oauth_grant(
         self,
         tenant: &str,
@@ -249,7 +250,8 @@ impl Db<'_> {
     ) -> crate::Result<bool> {
         let q = Sql::new(
             "UPDATE oauth_grants SET broken = ?, lease_owner = NULL, lease_until = NULL, \
-             updated_at = ? WHERE tenant = ? AND upstream = ? AND version = ?",
+             updated_at = ? WHERE tenant = ? AND upstream = ? AND version = ? \
+             AND broken IS NULL",
         )
         .bind(reason)
         .bind(now_rfc3339())

@@ -89,8 +89,8 @@ pub async fn refresh_lease_is_single_flight(store: &AnyStore) {
         .lease_oauth_refresh("acme", "crm", 1, "b", 150, 250)
         .await
         .unwrap());
-    // The holder may take it again (a retry on the same node).
-    assert!(store
+    // Not even its holder takes it again while it runs (each attempt is an owner).
+    assert!(!store
         .lease_oauth_refresh("acme", "crm", 1, "a", 150, 250)
         .await
         .unwrap());
@@ -125,8 +125,12 @@ pub async fn refresh_lease_is_single_flight(store: &AnyStore) {
         .store_oauth_refresh("acme", "crm", 1, &tokens(&one))
         .await
         .unwrap());
-    // A broken grant takes no lease.
+    // A broken grant takes no lease, and is marked broken once.
     assert!(store
+        .break_oauth_grant("acme", "crm", 2, "invalid_grant")
+        .await
+        .unwrap());
+    assert!(!store
         .break_oauth_grant("acme", "crm", 2, "invalid_grant")
         .await
         .unwrap());

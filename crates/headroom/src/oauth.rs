@@ -32,13 +32,20 @@ use crate::outbound::governor::SharedGovernor;
 use crate::store::{OAuthGrantRow, OAuthTokens};
 
 /// The tenant name an app's own (client-credentials) grant is kept under.
-pub const APP_GRANT: &str = ":app";
+/// (Not a valid tenant name, so that no tenant can be given the app's token.)
+pub const APP_GRANT: &str = "*app";
 /// The most of a token endpoint's answer read.
 const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 /// A token said to live longer than this is refreshed after this anyway.
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
 /// How often a node waiting for another node's refresh reads the grant again.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a node uses a token it holds before reading the store again.
+const CACHE_FOR: Millis = 60_000;
+/// An answer that says a token younger than this expired does not refresh it.
+const MIN_TOKEN_AGE: Millis = 10_000;
+/// After a failed refresh, how long the token held serves before the next try.
+const RETRY_REFRESH_AFTER: Millis = 10_000;
 
 /// The tokens sealed in a grant.
 #[derive(Serialize, Deserialize)]
@@ -75,6 +82,16 @@ struct Cached {
     /// When to refresh, Unix ms (`None`: only when an answer says it expired).
     refresh_at: Option<Millis>,
     expires_at: Option<Millis>,
+    /// When it was stored.
+    issued_at: Millis,
+    /// When to read the store again.
+    check_at: Millis,
+}
+
+/// The upstream a refresh is for (owned: the refresh runs in a task of its own).
+struct Target {
+    name: String,
+    index: u32,
 }
 
 type GrantKey = (String, String);
@@ -186,11 +203,11 @@ impl OAuth {
 
     /// The access token a call of `tenant` to `upstream` carries: `None` when the tenant has
     /// connected no grant. `rejected` is the token an answer just said expired: a token
-    /// other than it is good, it itself is refreshed.
+    /// other than it is good, it itself is refreshed (unless it was got moments ago).
     pub async fn access_token(
-        &self,
+        self: &Arc<Self>,
         upstream: &Upstream,
-        config: &OAuthConfig,
+        config: &Arc<OAuthConfig>,
         tenant: &str,
         rejected: Option<&str>,
     ) -> Result<Option<Arc<str>>, TokenError> {
@@ -199,11 +216,13 @@ impl OAuth {
             GrantKind::RefreshToken => tenant,
         };
         let key = (tenant.to_string(), upstream.name.clone());
-        let usable = |c: &Cached, now: Millis| {
-            c.refresh_at.is_none_or(|at| now < at) && rejected != Some(&*c.access)
+        let fresh = |c: &Cached, now: Millis| {
+            now < c.check_at
+                && c.refresh_at.is_none_or(|at| now < at)
+                && rejected != Some(&*c.access)
         };
         if let Some(c) = self.cached(&key) {
-            if usable(&c, system_millis()) {
+            if fresh(&c, system_millis()) {
                 return Ok(Some(c.access));
             }
         }
@@ -217,12 +236,15 @@ impl OAuth {
         let _one = flight.lock().await;
         // Another call on this node may have refreshed it while this one waited.
         if let Some(c) = self.cached(&key) {
-            if usable(&c, system_millis()) {
+            if fresh(&c, system_millis()) {
                 return Ok(Some(c.access));
             }
         }
-        let deadline =
-            tokio::time::Instant::now() + config.token_timeout * 2 + Duration::from_secs(2);
+        // A refresh may take the token endpoint's budget wait and its answer: the lease
+        // outlasts both, and a node waiting for another's refresh outlasts the lease (so
+        // that it takes over from a node that died holding it).
+        let lease = config.token_timeout * 2 + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
         let store = self.credentials.store();
         loop {
             let row = match store.get_oauth_grant(tenant, &upstream.name).await {
@@ -257,34 +279,55 @@ impl OAuth {
             }
             let tokens = self.open(&row)?;
             let now = system_millis();
-            let held = self.remember(&key, &row, &tokens, config);
-            if !tokens.access_token.is_empty() && usable(&held, now) {
-                return Ok(Some(held.access));
+            let held = self.remember(&key, &row, &tokens, config, now);
+            if !held.access.is_empty() {
+                let due = held.refresh_at.is_some_and(|at| now >= at);
+                if !due && rejected != Some(&*held.access) {
+                    return Ok(Some(held.access));
+                }
+                // An answer called a token expired that was got moments ago: something else is
+                // wrong (a scope, a revoked app), and refreshing on every such answer would
+                // spend the token endpoint's budget for nothing.
+                if !due && now - held.issued_at < MIN_TOKEN_AGE {
+                    return Ok(Some(held.access));
+                }
             }
-            // It needs a refresh: this node's, if it takes the lease.
-            let lease_until = now + (config.token_timeout.as_millis() as Millis) + 5_000;
+            // It needs a refresh: this node's, if it takes the lease. Each attempt owns the
+            // lease under a name of its own, so not even this node takes it while it runs.
+            let owner = format!("{}-{:08x}", self.node, rand::random::<u32>());
+            let until = now + lease.as_millis() as Millis;
             let leased = store
-                .lease_oauth_refresh(
-                    tenant,
-                    &upstream.name,
-                    row.version,
-                    &self.node,
-                    now,
-                    lease_until,
-                )
+                .lease_oauth_refresh(tenant, &upstream.name, row.version, &owner, now, until)
                 .await
                 .map_err(anyhow::Error::from)?;
             if leased {
-                return self
-                    .refresh(upstream, config, tenant, &key, row, tokens)
-                    .await;
+                tracing::debug!(%tenant, upstream = %upstream.name, "OAuth refresh lease taken; asking the token endpoint");
+                // In a task of its own: a caller that goes away (a proxy client hanging up)
+                // must not cut a refresh off between the token endpoint's answer, which may
+                // have rotated the refresh token, and storing it.
+                let this = Arc::clone(self);
+                let target = Target {
+                    name: upstream.name.clone(),
+                    index: upstream.index,
+                };
+                let (config, tenant, owner) = (Arc::clone(config), tenant.to_string(), owner);
+                let refresh = tokio::spawn(async move {
+                    this.refresh(&target, &config, &tenant, row, tokens, &owner)
+                        .await
+                });
+                return match refresh.await {
+                    Ok(result) => result,
+                    Err(e) => Err(TokenError::Store(anyhow::anyhow!(
+                        "the OAuth refresh task ended: {e}"
+                    ))),
+                };
             }
             // Another node refreshes: wait for its tokens (or for its lease to run out).
             if tokio::time::Instant::now() >= deadline {
-                let still_good = held.expires_at.is_none_or(|at| now < at)
-                    && rejected != Some(&*held.access)
-                    && !held.access.is_empty();
-                if still_good {
+                let good = !held.access.is_empty()
+                    && held.expires_at.is_none_or(|at| now < at)
+                    && rejected != Some(&*held.access);
+                if good {
                     return Ok(Some(held.access));
                 }
                 return Err(TokenError::Unavailable {
@@ -318,21 +361,33 @@ impl OAuth {
         })
     }
 
-    /// Caches the row's access token with its refresh time.
+    /// Caches the row's access token with its refresh time: the configured margin before
+    /// expiry, but never before half its life (a token that lives five minutes is not due
+    /// the moment it arrives).
     fn remember(
         &self,
         key: &GrantKey,
         row: &OAuthGrantRow,
         tokens: &Tokens,
         config: &OAuthConfig,
+        now: Millis,
     ) -> Cached {
-        let refresh_at = row
-            .expires_at
-            .map(|at| at - refresh_margin(config, &key.0, &key.1));
+        let issued_at = chrono::DateTime::parse_from_rfc3339(&row.updated_at)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(now)
+            .min(now);
+        let refresh_at = row.expires_at.map(|at| {
+            let margin = refresh_margin(config, &key.0, &key.1);
+            (at - margin).max(issued_at + (at - issued_at) / 2)
+        });
         let cached = Cached {
             access: Arc::from(tokens.access_token.as_str()),
             refresh_at,
             expires_at: row.expires_at,
+            issued_at,
+            // Read the store again now and then: another node may have refreshed, or the
+            // tenant connected again or disconnected.
+            check_at: refresh_at.map_or(now + CACHE_FOR, |at| at.min(now + CACHE_FOR)),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 100_000 {
@@ -340,6 +395,17 @@ impl OAuth {
         }
         cache.insert(key.clone(), cached.clone());
         cached
+    }
+
+    /// After a failed refresh: the held token serves a while longer (never past its expiry)
+    /// before this node asks the token endpoint again.
+    fn defer(&self, key: &GrantKey, until: Millis) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get_mut(key) {
+            let until = c.expires_at.map_or(until, |at| until.min(at));
+            c.refresh_at = Some(until);
+            c.check_at = until;
+        }
     }
 
     fn broken(&self, tenant: &str, upstream: &str, reason: &str) -> TokenError {
@@ -350,18 +416,24 @@ impl OAuth {
         }
     }
 
-    /// Refreshes the grant whose lease this node holds.
+    /// Refreshes the grant whose lease `owner` holds.
     async fn refresh(
         &self,
-        upstream: &Upstream,
+        upstream: &Target,
         config: &OAuthConfig,
         tenant: &str,
-        key: &GrantKey,
         row: OAuthGrantRow,
         tokens: Tokens,
+        owner: &str,
     ) -> Result<Option<Arc<str>>, TokenError> {
         let store = self.credentials.store();
-        let outcome = self.ask_token_endpoint(upstream, config, &tokens).await;
+        let key = (tenant.to_string(), upstream.name.clone());
+        let mut outcome = self.ask_token_endpoint(upstream, config, &tokens).await;
+        // An app's own grant cannot be connected again by anyone: its `invalid_grant` (a
+        // client secret rotated, say) is a failure to retry, not a broken connection.
+        if let (Refreshed::Invalid(why), GrantKind::ClientCredentials) = (&outcome, config.grant) {
+            outcome = Refreshed::Failed(format!("invalid_grant: {why}"));
+        }
         match outcome {
             Refreshed::Tokens {
                 tokens: mut fresh,
@@ -382,26 +454,42 @@ impl OAuth {
                     expires_at,
                     scopes: &scopes,
                 };
-                let stored = store
-                    .store_oauth_refresh(tenant, &upstream.name, row.version, &new)
-                    .await
-                    .map_err(anyhow::Error::from)?;
+                // The rotated refresh token exists nowhere else: try hard to keep it.
+                let mut tries = 0;
+                let stored = loop {
+                    tries += 1;
+                    match store
+                        .store_oauth_refresh(tenant, &upstream.name, row.version, &new)
+                        .await
+                    {
+                        Ok(stored) => break stored,
+                        Err(e) if tries < 5 => {
+                            tracing::warn!(%tenant, upstream = %upstream.name, error = %e, "cannot store refreshed OAuth tokens yet; trying again");
+                            tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(%tenant, upstream = %upstream.name, error = %e, "refreshed OAuth tokens could not be stored; if the provider rotated the refresh token, the grant may need connecting again");
+                            return Err(TokenError::Store(e.into()));
+                        }
+                    }
+                };
                 if !stored {
                     // Connected again (or deleted) meanwhile: what is stored now wins.
                     tracing::warn!(%tenant, upstream = %upstream.name, "an OAuth grant changed while it was refreshed; its refresh is dropped");
+                    let now = system_millis();
                     return match store
                         .get_oauth_grant(tenant, &upstream.name)
                         .await
                         .map_err(anyhow::Error::from)?
                     {
-                        Some(now) if now.broken.is_none() => {
-                            let t = self.open(&now)?;
-                            Ok(Some(self.remember(key, &now, &t, config).access))
+                        Some(current) if current.broken.is_none() => {
+                            let t = self.open(&current)?;
+                            Ok(Some(self.remember(&key, &current, &t, config, now).access))
                         }
-                        Some(now) => Err(self.broken(
+                        Some(current) => Err(self.broken(
                             tenant,
                             &upstream.name,
-                            now.broken.as_deref().unwrap_or(""),
+                            current.broken.as_deref().unwrap_or_default(),
                         )),
                         None => Ok(None),
                     };
@@ -410,37 +498,42 @@ impl OAuth {
                     .refreshes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(%tenant, upstream = %upstream.name, "OAuth token refreshed");
+                let now = system_millis();
                 let row = OAuthGrantRow {
                     expires_at,
                     version: row.version + 1,
+                    updated_at: crate::clock::rfc3339(now),
                     ..row
                 };
-                Ok(Some(self.remember(key, &row, &fresh, config).access))
+                Ok(Some(self.remember(&key, &row, &fresh, config, now).access))
             }
             Refreshed::Invalid(reason) => {
                 let reason = format!("invalid_grant: {reason}");
-                store
+                let marked = store
                     .break_oauth_grant(tenant, &upstream.name, row.version, &reason)
                     .await
                     .map_err(anyhow::Error::from)?;
                 self.forget(tenant, &upstream.name);
-                self.counts
-                    .broken
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
-                (self.on_broken)(tenant, &upstream.name, &reason);
+                if marked {
+                    self.counts
+                        .broken
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
+                    (self.on_broken)(tenant, &upstream.name, &reason);
+                }
                 Err(self.broken(tenant, &upstream.name, &reason))
             }
             Refreshed::Failed(why) => {
                 let _ = store
-                    .release_oauth_lease(tenant, &upstream.name, &self.node)
+                    .release_oauth_lease(tenant, &upstream.name, owner)
                     .await;
                 tracing::warn!(%tenant, upstream = %upstream.name, %why, "OAuth token refresh failed; will try again");
-                // The token held still works until it expires.
                 let now = system_millis();
+                // The token held still works until it expires: use it, and ask again later.
                 let good =
                     !tokens.access_token.is_empty() && row.expires_at.is_none_or(|at| now < at);
                 if good {
+                    self.defer(&key, now + RETRY_REFRESH_AFTER);
                     return Ok(Some(Arc::from(tokens.access_token.as_str())));
                 }
                 Err(TokenError::Unavailable {
@@ -456,7 +549,7 @@ impl OAuth {
     /// budget and timeout.
     async fn ask_token_endpoint(
         &self,
-        upstream: &Upstream,
+        upstream: &Target,
         config: &OAuthConfig,
         held: &Tokens,
     ) -> Refreshed {
@@ -599,8 +692,10 @@ struct TokenAnswer {
 fn read_token_answer(status: u16, body: &[u8], now: Millis) -> Refreshed {
     let answer: Option<TokenAnswer> = serde_json::from_slice(body).ok();
     let short = |s: &str| s.chars().take(200).collect::<String>();
+    // GitHub answers a bad refresh token with a 200 and `bad_refresh_token`.
+    let invalid = |e: &str| matches!(e, "invalid_grant" | "bad_refresh_token");
     match answer {
-        Some(a) if (200..300).contains(&status) => {
+        Some(a) if (200..300).contains(&status) && a.error.is_none() => {
             let Some(access) = a.access_token.filter(|t| !t.is_empty()) else {
                 return Refreshed::Failed(format!(
                     "the token endpoint answered {status} without an access_token"
@@ -624,7 +719,7 @@ fn read_token_answer(status: u16, body: &[u8], now: Millis) -> Refreshed {
                 scopes: a.scope,
             }
         }
-        Some(a) if a.error.as_deref() == Some("invalid_grant") => Refreshed::Invalid(short(
+        Some(a) if a.error.as_deref().is_some_and(invalid) => Refreshed::Invalid(short(
             a.error_description
                 .as_deref()
                 .unwrap_or("the refresh token is no longer valid"),
@@ -647,6 +742,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_tenant_can_be_named_like_the_apps_own_grant() {
+        assert!(!crate::credentials::valid_tenant(APP_GRANT));
+    }
+
+    #[test]
     fn token_answers_are_read_as_the_rfc_says() {
         let ok = read_token_answer(
             200,
@@ -667,6 +767,10 @@ mod tests {
         assert!(matches!(
             read_token_answer(401, br#"{"error":"invalid_client"}"#, 0),
             Refreshed::Failed(d) if d.contains("invalid_client")
+        ));
+        assert!(matches!(
+            read_token_answer(200, br#"{"error":"bad_refresh_token"}"#, 0),
+            Refreshed::Invalid(_)
         ));
         assert!(matches!(
             read_token_answer(502, b"<html>", 0),

@@ -871,9 +871,11 @@ impl RawUpstream {
             }),
             (m, t) => m.or(t),
         };
+        // A preset's OAuth settings (token URL, client authentication) apply only to an
+        // upstream that uses OAuth: without its client id and secret they are no config.
         let oauth = match (self.oauth, preset.oauth) {
             (Some(m), Some(t)) => Some(m.over(t)),
-            (m, t) => m.or(t),
+            (m, _) => m,
         };
         // Limits of the upstream's own are its caps: the preset's `learn = "raise"` (the
         // API's figures replace the tier's guesses) does not apply to them.

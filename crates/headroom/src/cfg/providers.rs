@@ -214,6 +214,36 @@ mod tests {
     use crate::cfg::Config;
 
     #[test]
+    fn a_presets_oauth_settings_fill_an_upstream_that_uses_oauth_only() {
+        let with = "[[upstreams]]\nname = \"u\"\nprovider = \"salesforce\"\n\
+                    base_url = \"https://acme.my.salesforce.com\"\n\
+                    [upstreams.oauth]\nclient_id = \"i\"\nclient_secret = \"s\"\n";
+        let c = Config::parse(with, "t.toml").unwrap();
+        let o = c.upstreams[0].oauth.as_deref().unwrap();
+        assert_eq!(
+            o.token_url.as_str(),
+            "https://login.salesforce.com/services/oauth2/token"
+        );
+        assert_eq!(o.client_auth, crate::cfg::ClientAuth::Body);
+        assert!(o.says_expired(401, br#"[{"errorCode":"INVALID_SESSION_ID"}]"#));
+        let mine =
+            format!("{with}token_url = \"https://test.salesforce.com/services/oauth2/token\"\n");
+        let c = Config::parse(&mine, "t.toml").unwrap();
+        let o = c.upstreams[0].oauth.as_deref().unwrap();
+        assert_eq!(o.token_url.host_str(), Some("test.salesforce.com"));
+        let without = "[[upstreams]]\nname = \"u\"\nprovider = \"zoom\"\n";
+        assert!(Config::parse(without, "t.toml").unwrap().upstreams[0]
+            .oauth
+            .is_none());
+        let missing = "[[upstreams]]\nname = \"u\"\nprovider = \"zoom\"\n[upstreams.oauth]\nclient_id = \"i\"\n";
+        let e = Config::parse(missing, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("upstreams[0].oauth.client_secret: missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn every_preset_parses_and_resolves_to_a_valid_upstream() {
         for (i, text) in FILES.iter().enumerate() {
             let p: Provider = toml::from_str(text)

@@ -104,7 +104,7 @@ impl Outbound {
         mut headers: HeaderMap,
     ) -> Result<Prepared<'a>, PrepareError> {
         let uri = target_uri(&upstream.base, path, query)?;
-        match (&upstream.oauth, tenant) {
+        match (&upstream.oauth, oauth_party(upstream, tenant)) {
             (Some(oauth), Some(tenant)) => {
                 let token = self
                     .oauth
@@ -193,7 +193,10 @@ impl Prepared<'_> {
     /// settings say the access token sent expired, a new one in place of it (refreshed,
     /// or the one another call refreshed meanwhile). True when the call may go again with it.
     pub async fn renew_token(&mut self, status: u16, body: &[u8]) -> Result<bool, TokenError> {
-        let (Some(oauth), Some(tenant)) = (&self.upstream.oauth, self.tenant) else {
+        let (Some(oauth), Some(tenant)) = (
+            &self.upstream.oauth,
+            oauth_party(self.upstream, self.tenant),
+        ) else {
             return Ok(false);
         };
         if !oauth.says_expired(status, body) {
@@ -364,6 +367,15 @@ async fn inject_credential(
         Err(e) => return Err(PrepareError::CredentialUnreadable(format!("{e:#}"))),
     };
     put_credential(upstream, &credential, headers)
+}
+
+/// Whose OAuth grant a call carries: its tenant's, or with a client-credentials grant the
+/// app's (calls without a tenant too).
+fn oauth_party<'a>(upstream: &Upstream, tenant: Option<&'a str>) -> Option<&'a str> {
+    match upstream.oauth.as_deref().map(|o| o.grant) {
+        Some(crate::cfg::GrantKind::ClientCredentials) => Some(tenant.unwrap_or_default()),
+        _ => tenant,
+    }
 }
 
 /// Puts `credential` in the upstream's credential header, after its scheme.

@@ -224,8 +224,11 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
     } = &answer
     {
         let seen = inspected.as_deref().unwrap_or_default();
-        if let Ok(true) = call.renew_token(parts.status.as_u16(), seen).await {
-            answer = call.send(Body::from(request.body), how()).await;
+        match call.renew_token(parts.status.as_u16(), seen).await {
+            Ok(true) => answer = call.send(Body::from(request.body), how()).await,
+            Ok(false) => {}
+            Err(e @ crate::oauth::TokenError::Broken { .. }) => return fail(e.to_string()),
+            Err(e) => return wait(Duration::from_secs(5), e.to_string()),
         }
     }
     match answer {

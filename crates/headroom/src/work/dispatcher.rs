@@ -328,8 +328,14 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
     } = &answer
     {
         let seen = inspected.as_deref().unwrap_or_default();
-        if let Ok(true) = call.renew_token(parts.status.as_u16(), seen).await {
-            answer = call.send(body(), how()).await;
+        match call.renew_token(parts.status.as_u16(), seen).await {
+            Ok(true) => answer = call.send(body(), how()).await,
+            Ok(false) => {}
+            Err(e @ TokenError::Broken { .. }) => return failed(attempt, e.to_string()),
+            Err(e) => {
+                let at = app.clock.now_millis().saturating_add(5_000);
+                return wait_without_attempt(attempt, e.to_string(), at);
+            }
         }
     }
     match answer {

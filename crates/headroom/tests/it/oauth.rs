@@ -707,3 +707,77 @@ async fn the_cli_connects_lists_and_removes_a_grant() {
     assert_eq!(call(&server, "acme").await.status, StatusCode::UNAUTHORIZED);
     server.shutdown().await;
 }
+
+/// A caller that hangs up while its call refreshes the token does not cut the refresh off:
+/// the provider here rotates strictly (the used refresh token dies at once) and is slow, so
+/// a refresh dropped between its answer and storing it would break the grant. The next call
+/// uses what that refresh stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hanging_up_mid_refresh_loses_nothing() {
+    let provider = provider(OAuthMockConfig {
+        rotate: true,
+        reuse_grace: Duration::ZERO,
+        answer_delay: Duration::from_millis(500),
+        ..OAuthMockConfig::default()
+    })
+    .await;
+    let server = Server::start(CONFIG, &provider.url()).await;
+    let (access, refresh) = provider.expired_grant();
+    let r = put_json(
+        &server,
+        "/v1/tenants/acme/oauth/crm",
+        serde_json::json!({"access_token": access, "refresh_token": refresh, "expires_in": 0}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // The client gives up while the token endpoint holds its answer back.
+    let gave_up = tokio::time::timeout(Duration::from_millis(250), call(&server, "acme")).await;
+    assert!(gave_up.is_err(), "the call should still be refreshing");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = call(&server, "acme").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let stats = provider.stats();
+    assert_eq!((stats.refreshes, stats.invalid_grants), (1, 0), "{stats:?}");
+}
+
+/// A token endpoint that is down does not stop calls while the token held is still good:
+/// it is used, and the endpoint is asked again only after a while, not on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_down_leaves_the_held_token_in_use() {
+    let provider = provider(OAuthMockConfig::default()).await;
+    let config = CONFIG.replace("refresh_before = \"0s\"", "refresh_before = \"2s\"");
+    let server = Server::start(&config, &provider.url()).await;
+    let (access, refresh) = provider.grant();
+    // Headroom is told the token lives 6 s: due for a refresh 2 to 2.5 s before that.
+    let r = put_json(
+        &server,
+        "/v1/tenants/acme/oauth/crm",
+        serde_json::json!({"access_token": access, "refresh_token": refresh, "expires_in": 6}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let connected = tokio::time::Instant::now();
+    assert_eq!(call(&server, "acme").await.status, StatusCode::OK);
+    assert_eq!(provider.stats().refreshes, 0, "not due yet");
+    provider.set_token_endpoint_down(true);
+    tokio::time::sleep_until(connected + Duration::from_millis(4_600)).await;
+    for _ in 0..20 {
+        let r = call(&server, "acme").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let stats = provider.stats();
+    assert_eq!((stats.unavailable, stats.refreshes), (1, 0), "{stats:?}");
+    // Past its expiry, with the endpoint still down, a call is told to come back later.
+    tokio::time::sleep_until(connected + Duration::from_millis(6_300)).await;
+    let r = call(&server, "acme").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.problem()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("token endpoint"));
+    // Back up: refreshed, and calls go again.
+    provider.set_token_endpoint_down(false);
+    assert_eq!(call(&server, "acme").await.status, StatusCode::OK);
+    assert_eq!(provider.stats().refreshes, 1);
+    server.shutdown().await;
+}
