@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::cfg::{ClientAuth, GrantKind, OAuthConfig, Upstream};
 use crate::clock::{system_millis, Millis};
 use crate::credentials::Credentials;
+use crate::metrics::{Metrics, OAuthLabels};
 use crate::outbound::client::UpstreamClient;
 use crate::outbound::governor::SharedGovernor;
 use crate::store::{OAuthGrantRow, OAuthTokens};
@@ -112,13 +113,6 @@ enum Refreshed {
     Failed(String),
 }
 
-/// Counts what the token endpoint was asked, for metrics and tests.
-#[derive(Default, Debug)]
-pub struct OAuthCounts {
-    pub refreshes: std::sync::atomic::AtomicU64,
-    pub broken: std::sync::atomic::AtomicU64,
-}
-
 pub struct OAuth {
     credentials: Arc<Credentials>,
     governor: Arc<SharedGovernor>,
@@ -127,7 +121,7 @@ pub struct OAuth {
     node: String,
     cache: Mutex<HashMap<GrantKey, Cached>>,
     flights: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,
-    pub counts: OAuthCounts,
+    metrics: Arc<Metrics>,
     /// Called with (tenant, upstream, reason) when a grant breaks.
     on_broken: OnBroken,
 }
@@ -145,6 +139,7 @@ impl OAuth {
         credentials: Arc<Credentials>,
         governor: Arc<SharedGovernor>,
         client: UpstreamClient,
+        metrics: Arc<Metrics>,
         on_broken: OnBroken,
     ) -> OAuth {
         OAuth {
@@ -154,7 +149,7 @@ impl OAuth {
             node: format!("node-{:016x}", rand::random::<u64>()),
             cache: Mutex::default(),
             flights: Mutex::default(),
-            counts: OAuthCounts::default(),
+            metrics,
             on_broken,
         }
     }
@@ -340,6 +335,16 @@ impl OAuth {
         }
     }
 
+    fn count(&self, upstream: &str, outcome: &'static str) {
+        self.metrics
+            .oauth_refreshes
+            .get_or_create(&OAuthLabels {
+                upstream: upstream.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
     fn cached(&self, key: &GrantKey) -> Option<Cached> {
         self.cache
             .lock()
@@ -494,9 +499,7 @@ impl OAuth {
                         None => Ok(None),
                     };
                 }
-                self.counts
-                    .refreshes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count(&upstream.name, "refreshed");
                 tracing::info!(%tenant, upstream = %upstream.name, "OAuth token refreshed");
                 let now = system_millis();
                 let row = OAuthGrantRow {
@@ -515,9 +518,7 @@ impl OAuth {
                     .map_err(anyhow::Error::from)?;
                 self.forget(tenant, &upstream.name);
                 if marked {
-                    self.counts
-                        .broken
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.count(&upstream.name, "broken");
                     tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
                     (self.on_broken)(tenant, &upstream.name, &reason);
                 }
@@ -527,6 +528,7 @@ impl OAuth {
                 let _ = store
                     .release_oauth_lease(tenant, &upstream.name, owner)
                     .await;
+                self.count(&upstream.name, "failed");
                 tracing::warn!(%tenant, upstream = %upstream.name, %why, "OAuth token refresh failed; will try again");
                 let now = system_millis();
                 // The token held still works until it expires: use it, and ask again later.
@@ -620,8 +622,8 @@ impl OAuth {
             Ok(lease) => lease,
             Err(r) => {
                 return Refreshed::Failed(format!(
-                    "the token endpoint's budget has no room ({:?})",
-                    r.reason
+                    "the token endpoint's budget: {}",
+                    crate::outbound::refusal(&r)
                 ))
             }
         };

@@ -35,6 +35,13 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OAuthLabels {
+    pub upstream: String,
+    /// `refreshed`, `failed` (try again later) or `broken` (`invalid_grant`).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub upstream: String,
     /// `throttled`, `status` (a configured 5xx) or `transport`.
@@ -104,6 +111,7 @@ pub struct Metrics {
     pub upstream_responses: Family<ResponseLabels, Counter>,
     pub throttled: Family<TenantLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
+    pub oauth_refreshes: Family<OAuthLabels, Counter>,
     pub wait_seconds: Family<LaneLabels, Histogram>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<TenantLabels, Gauge>,
@@ -153,6 +161,12 @@ impl Metrics {
         );
         let retries = Family::<RetryLabels, Counter>::default();
         registry.register("retries", "Calls retried, by reason", retries.clone());
+        let oauth_refreshes = Family::<OAuthLabels, Counter>::default();
+        registry.register(
+            "oauth_refreshes",
+            "OAuth token requests (refresh or client credentials), by outcome",
+            oauth_refreshes.clone(),
+        );
         let wait_seconds =
             Family::<LaneLabels, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
         registry.register(
@@ -175,6 +189,7 @@ impl Metrics {
             upstream_responses,
             throttled,
             retries,
+            oauth_refreshes,
             wait_seconds,
             breaker_state,
             tenants: Default::default(),

@@ -74,6 +74,7 @@ impl Outbound {
                 Arc::clone(&credentials),
                 Arc::clone(&governor),
                 client.clone(),
+                Arc::clone(&metrics),
                 Box::new(move |tenant, upstream, reason| {
                     observe.oauth_broken(upstream, tenant, reason)
                 }),
