@@ -136,6 +136,7 @@ impl AppState {
         ));
         let credentials = Arc::new(credentials);
         let overrides = Arc::new(crate::overrides::Overrides::default());
+        let shutdown = crate::shutdown::Shutdown::default();
         let outbound = crate::outbound::Outbound::new(
             governor.clone(),
             credentials.clone(),
@@ -143,6 +144,7 @@ impl AppState {
             observe.clone(),
             clock.clone(),
             overrides.clone(),
+            shutdown.clone(),
         );
         let notifier = crate::callbacks::Notifier::new(&config.callbacks);
         let state = AppState(Arc::new(App {
@@ -160,7 +162,7 @@ impl AppState {
             batch_intake_shares: Default::default(),
             api_token,
             scheduler: crate::schedules::Scheduler::new(clock.clock(), schedules),
-            shutdown: Default::default(),
+            shutdown,
             clock,
             overrides,
         }));

@@ -15,6 +15,7 @@ pub mod destination;
 pub mod edge;
 pub mod error;
 pub mod http;
+pub mod intake;
 pub mod jobs;
 pub mod metrics;
 pub mod oauth;

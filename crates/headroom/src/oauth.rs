@@ -45,8 +45,10 @@ const POLL: Duration = Duration::from_millis(50);
 const CACHE_FOR: Millis = 60_000;
 /// An answer that says a token younger than this expired does not refresh it.
 const MIN_TOKEN_AGE: Millis = 10_000;
-/// After a failed refresh, how long the token held serves before the next try.
+/// After a failed refresh, how long the token held serves before the next try…
 const RETRY_REFRESH_AFTER: Millis = 10_000;
+/// …and, with no token that works, how long calls are told so at once.
+const RETRY_WITHOUT_TOKEN_AFTER: Millis = 2_000;
 
 /// The tokens sealed in a grant.
 #[derive(Serialize, Deserialize)]
@@ -89,6 +91,14 @@ struct Cached {
     check_at: Millis,
 }
 
+/// After a failed refresh: when it failed, until when the token held serves, and why.
+#[derive(Clone)]
+struct Backoff {
+    failed_at: Millis,
+    until: Millis,
+    why: String,
+}
+
 /// The upstream a refresh is for (owned: the refresh runs in a task of its own).
 struct Target {
     name: String,
@@ -121,7 +131,11 @@ pub struct OAuth {
     node: String,
     cache: Mutex<HashMap<GrantKey, Cached>>,
     flights: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// After a failed refresh: not before this time again, and why it failed.
+    backoff: Mutex<HashMap<GrantKey, Backoff>>,
     metrics: Arc<Metrics>,
+    /// A refresh in flight holds the server's stop until it has stored what it got.
+    shutdown: crate::shutdown::Shutdown,
     /// Called with (tenant, upstream, reason) when a grant breaks.
     on_broken: OnBroken,
 }
@@ -140,6 +154,7 @@ impl OAuth {
         governor: Arc<SharedGovernor>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
+        shutdown: crate::shutdown::Shutdown,
         on_broken: OnBroken,
     ) -> OAuth {
         OAuth {
@@ -149,7 +164,9 @@ impl OAuth {
             node: format!("node-{:016x}", rand::random::<u64>()),
             cache: Mutex::default(),
             flights: Mutex::default(),
+            backoff: Mutex::default(),
             metrics,
+            shutdown,
             on_broken,
         }
     }
@@ -287,6 +304,22 @@ impl OAuth {
                     return Ok(Some(held.access));
                 }
             }
+            let usable = !held.access.is_empty() && held.expires_at.is_none_or(|at| now < at);
+            // A refresh failed moments ago: the token held serves until the next try (even
+            // one an answer called expired: a 401 passed on beats a stampede on the token
+            // endpoint); without one, the call is told at once why.
+            if let Some(b) = self.backed_off(&key, now) {
+                if usable {
+                    return Ok(Some(held.access));
+                }
+                if now < b.failed_at + RETRY_WITHOUT_TOKEN_AFTER {
+                    return Err(TokenError::Unavailable {
+                        tenant: tenant.to_string(),
+                        upstream: upstream.name.clone(),
+                        why: b.why,
+                    });
+                }
+            }
             // It needs a refresh: this node's, if it takes the lease. Each attempt owns the
             // lease under a name of its own, so not even this node takes it while it runs.
             let owner = format!("{}-{:08x}", self.node, rand::random::<u32>());
@@ -301,12 +334,14 @@ impl OAuth {
                 // must not cut a refresh off between the token endpoint's answer, which may
                 // have rotated the refresh token, and storing it.
                 let this = Arc::clone(self);
+                let working = self.shutdown.working();
                 let target = Target {
                     name: upstream.name.clone(),
                     index: upstream.index,
                 };
                 let (config, tenant, owner) = (Arc::clone(config), tenant.to_string(), owner);
                 let refresh = tokio::spawn(async move {
+                    let _working = working;
                     this.refresh(&target, &config, &tenant, row, tokens, &owner)
                         .await
                 });
@@ -317,14 +352,12 @@ impl OAuth {
                     ))),
                 };
             }
-            // Another node refreshes: wait for its tokens (or for its lease to run out).
+            // Another node refreshes. A token that still works goes on being used meanwhile;
+            // without one, wait for its tokens (or for its lease to run out).
+            if usable && rejected != Some(&*held.access) {
+                return Ok(Some(held.access));
+            }
             if tokio::time::Instant::now() >= deadline {
-                let good = !held.access.is_empty()
-                    && held.expires_at.is_none_or(|at| now < at)
-                    && rejected != Some(&*held.access);
-                if good {
-                    return Ok(Some(held.access));
-                }
                 return Err(TokenError::Unavailable {
                     tenant: tenant.to_string(),
                     upstream: upstream.name.clone(),
@@ -333,6 +366,32 @@ impl OAuth {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The last failed refresh of `key`, while its backoff lasts.
+    fn backed_off(&self, key: &GrantKey, now: Millis) -> Option<Backoff> {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        match backoff.get(key) {
+            Some(b) if now < b.until => Some(b.clone()),
+            Some(_) => {
+                backoff.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn back_off(&self, key: &GrantKey, now: Millis, until: Millis, why: &str) {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if backoff.len() > 100_000 {
+            backoff.clear();
+        }
+        let b = Backoff {
+            failed_at: now,
+            until,
+            why: why.to_string(),
+        };
+        backoff.insert(key.clone(), b);
     }
 
     fn count(&self, upstream: &str, outcome: &'static str) {
@@ -402,14 +461,32 @@ impl OAuth {
         cached
     }
 
-    /// After a failed refresh: the held token serves a while longer (never past its expiry)
-    /// before this node asks the token endpoint again.
-    fn defer(&self, key: &GrantKey, until: Millis) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.get_mut(key) {
-            let until = c.expires_at.map_or(until, |at| until.min(at));
-            c.refresh_at = Some(until);
-            c.check_at = until;
+    /// The grant as stored now, after a refresh found it changed.
+    async fn current(
+        &self,
+        tenant: &str,
+        upstream: &Target,
+        config: &OAuthConfig,
+        key: &GrantKey,
+    ) -> Result<Option<Arc<str>>, TokenError> {
+        let now = system_millis();
+        match self
+            .credentials
+            .store()
+            .get_oauth_grant(tenant, &upstream.name)
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            Some(current) if current.broken.is_none() => {
+                let t = self.open(&current)?;
+                Ok(Some(self.remember(key, &current, &t, config, now).access))
+            }
+            Some(current) => Err(self.broken(
+                tenant,
+                &upstream.name,
+                current.broken.as_deref().unwrap_or_default(),
+            )),
+            None => Ok(None),
         }
     }
 
@@ -481,25 +558,13 @@ impl OAuth {
                 if !stored {
                     // Connected again (or deleted) meanwhile: what is stored now wins.
                     tracing::warn!(%tenant, upstream = %upstream.name, "an OAuth grant changed while it was refreshed; its refresh is dropped");
-                    let now = system_millis();
-                    return match store
-                        .get_oauth_grant(tenant, &upstream.name)
-                        .await
-                        .map_err(anyhow::Error::from)?
-                    {
-                        Some(current) if current.broken.is_none() => {
-                            let t = self.open(&current)?;
-                            Ok(Some(self.remember(&key, &current, &t, config, now).access))
-                        }
-                        Some(current) => Err(self.broken(
-                            tenant,
-                            &upstream.name,
-                            current.broken.as_deref().unwrap_or_default(),
-                        )),
-                        None => Ok(None),
-                    };
+                    return self.current(tenant, upstream, config, &key).await;
                 }
                 self.count(&upstream.name, "refreshed");
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
                 tracing::info!(%tenant, upstream = %upstream.name, "OAuth token refreshed");
                 let now = system_millis();
                 let row = OAuthGrantRow {
@@ -517,11 +582,14 @@ impl OAuth {
                     .await
                     .map_err(anyhow::Error::from)?;
                 self.forget(tenant, &upstream.name);
-                if marked {
-                    self.count(&upstream.name, "broken");
-                    tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
-                    (self.on_broken)(tenant, &upstream.name, &reason);
+                if !marked {
+                    // The grant changed meanwhile (connected again, which revokes the old
+                    // refresh token, or refreshed by another node): what is stored now counts.
+                    return self.current(tenant, upstream, config, &key).await;
                 }
+                self.count(&upstream.name, "broken");
+                tracing::error!(%tenant, upstream = %upstream.name, %reason, "OAuth grant broken: the customer must connect again");
+                (self.on_broken)(tenant, &upstream.name, &reason);
                 Err(self.broken(tenant, &upstream.name, &reason))
             }
             Refreshed::Failed(why) => {
@@ -532,10 +600,17 @@ impl OAuth {
                 tracing::warn!(%tenant, upstream = %upstream.name, %why, "OAuth token refresh failed; will try again");
                 let now = system_millis();
                 // The token held still works until it expires: use it, and ask again later.
+                // Without one, calls are told why at once for a moment, rather than each
+                // trying the token endpoint in turn.
                 let good =
                     !tokens.access_token.is_empty() && row.expires_at.is_none_or(|at| now < at);
+                let pause = if good {
+                    RETRY_REFRESH_AFTER
+                } else {
+                    RETRY_WITHOUT_TOKEN_AFTER
+                };
+                self.back_off(&key, now, now + pause, &why);
                 if good {
-                    self.defer(&key, now + RETRY_REFRESH_AFTER);
                     return Ok(Some(Arc::from(tokens.access_token.as_str())));
                 }
                 Err(TokenError::Unavailable {

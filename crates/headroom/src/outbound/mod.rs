@@ -66,6 +66,7 @@ impl Outbound {
         observe: Arc<Observer>,
         clock: WallClock,
         overrides: Arc<Overrides>,
+        shutdown: crate::shutdown::Shutdown,
     ) -> Outbound {
         let client = client::build();
         let oauth = {
@@ -75,6 +76,7 @@ impl Outbound {
                 Arc::clone(&governor),
                 client.clone(),
                 Arc::clone(&metrics),
+                shutdown,
                 Box::new(move |tenant, upstream, reason| {
                     observe.oauth_broken(upstream, tenant, reason)
                 }),

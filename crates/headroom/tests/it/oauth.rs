@@ -775,8 +775,11 @@ async fn a_token_endpoint_down_leaves_the_held_token_in_use() {
         .as_str()
         .unwrap()
         .contains("token endpoint"));
-    // Back up: refreshed, and calls go again.
+    // Told at once, for 2 s after the failure, without asking the endpoint again.
+    assert_eq!(provider.stats().unavailable, 1);
+    // Back up: once those 2 s are over, refreshed, and calls go again.
     provider.set_token_endpoint_down(false);
+    tokio::time::sleep_until(connected + Duration::from_millis(6_800)).await;
     assert_eq!(call(&server, "acme").await.status, StatusCode::OK);
     assert_eq!(provider.stats().refreshes, 1);
     server.shutdown().await;
@@ -933,4 +936,49 @@ async fn a_broken_grant_is_broken_on_every_node() {
         Some(1),
         "{events}"
     );
+}
+
+/// A customer connecting again while a refresh of the old grant is in flight: the old
+/// refresh token is refused (`invalid_grant`), and that breaks nothing — the call goes with
+/// the new grant's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_again_during_a_refresh_breaks_nothing() {
+    let provider = provider(OAuthMockConfig {
+        token_latency: Duration::from_millis(800),
+        ..OAuthMockConfig::default()
+    })
+    .await;
+    let server = Arc::new(Server::start(CONFIG, &provider.url()).await);
+    let (access, refresh) = provider.expired_grant();
+    let old =
+        serde_json::json!({"access_token": access, "refresh_token": refresh, "expires_in": 0});
+    assert_eq!(
+        put_json(&server, "/v1/tenants/acme/oauth/crm", old)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let refreshing = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { call(&server, "acme").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The customer reconnects; the provider revokes what the app held before.
+    let (access, refresh) = provider.grant();
+    provider.revoke();
+    let new =
+        serde_json::json!({"access_token": access, "refresh_token": refresh, "expires_in": 3600});
+    assert_eq!(
+        put_json(&server, "/v1/tenants/acme/oauth/crm", new)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = refreshing.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(provider.stats().invalid_grants, 1);
+    let listed = server.get("/v1/tenants/acme/oauth").await.json();
+    assert!(listed["grants"][0]["broken"].is_null(), "{listed}");
+    assert_eq!(call(&server, "acme").await.status, StatusCode::OK);
+    Arc::into_inner(server).unwrap().shutdown().await;
 }
