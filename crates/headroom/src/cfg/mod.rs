@@ -9,6 +9,7 @@ mod oauth;
 pub mod providers;
 mod routes;
 mod schedules;
+pub mod sources;
 
 pub use oauth::{ClientAuth, GrantKind, OAuthConfig};
 pub use routes::{PathPattern, Route};
@@ -78,6 +79,8 @@ pub struct Config {
     /// `[jobs] retention`: finished jobs and batches are deleted this long after they
     /// finished (default 7 days).
     pub job_retention: Duration,
+    /// `[[sources]]`: webhooks received at `/intake/{name}`.
+    pub sources: Vec<Arc<sources::Source>>,
 }
 
 /// `[server]`: what a client connection may take from the listener.
@@ -196,6 +199,7 @@ impl Default for Config {
             server: ServerLimits::default(),
             metrics: MetricsConfig::default(),
             job_retention: DEFAULT_JOB_RETENTION,
+            sources: Vec::new(),
         }
     }
 }
@@ -369,6 +373,10 @@ impl Upstream {
 impl Config {
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    pub fn source(&self, name: &str) -> Option<&Arc<sources::Source>> {
+        self.sources.iter().find(|s| s.name == name)
     }
 
     pub fn queue(&self, name: &str) -> Option<&Arc<Queue>> {
@@ -600,6 +608,8 @@ struct RawConfig {
     server: Option<RawServer>,
     metrics: Option<RawMetrics>,
     jobs: Option<RawJobs>,
+    #[serde(default)]
+    sources: Vec<sources::RawSource>,
 }
 
 /// `[jobs]`: what applies to every job and batch.
@@ -1039,6 +1049,18 @@ impl RawConfig {
                 ));
             }
             config.metrics.max_tenants = n as usize;
+        }
+        let mut source_names = HashSet::new();
+        for (i, raw) in self.sources.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            let source = raw.validate(&key, &config)?;
+            if !source_names.insert(source.name.clone()) {
+                return Err(format!(
+                    "{key}.name: \"{}\" is used by two sources; names must be unique",
+                    source.name
+                ));
+            }
+            config.sources.push(Arc::new(source));
         }
         if let Some(r) = self.jobs.and_then(|j| j.retention) {
             config.job_retention = duration("jobs.retention", &r)?;

@@ -7,6 +7,7 @@ pub mod batches;
 pub mod budgets;
 pub mod credentials;
 pub mod health;
+pub mod intake;
 pub mod jobs;
 pub mod oauth;
 pub mod observe;
@@ -66,6 +67,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(budgets::routes())
         .merge(credentials::routes())
         .merge(oauth::routes())
+        .merge(intake::routes())
         .merge(jobs::routes())
         .merge(batches::routes())
         .merge(schedules::routes())

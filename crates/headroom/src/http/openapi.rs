@@ -577,3 +577,14 @@ pub struct OAuthGrantList {
     pub tenant: String,
     pub grants: Vec<OAuthGrantInfo>,
 }
+
+/// What `POST /intake/{source}` answers once the delivery is stored.
+#[derive(ToSchema)]
+pub struct IntakeReceipt {
+    pub received: bool,
+    pub source: String,
+    pub event_id: String,
+    /// The job that processes it (for a duplicate, the first delivery's).
+    pub job: String,
+    pub duplicate: bool,
+}

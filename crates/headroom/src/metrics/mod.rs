@@ -35,6 +35,13 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntakeLabels {
+    pub source: String,
+    /// `accepted`, `duplicate`, `refused` (signature) or `invalid`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OAuthLabels {
     pub upstream: String,
     /// `refreshed`, `failed` (try again later) or `broken` (`invalid_grant`).
@@ -112,6 +119,7 @@ pub struct Metrics {
     pub throttled: Family<TenantLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub oauth_refreshes: Family<OAuthLabels, Counter>,
+    pub intake: Family<IntakeLabels, Counter>,
     pub wait_seconds: Family<LaneLabels, Histogram>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<TenantLabels, Gauge>,
@@ -167,6 +175,12 @@ impl Metrics {
             "OAuth token requests (refresh or client credentials), by outcome",
             oauth_refreshes.clone(),
         );
+        let intake = Family::<IntakeLabels, Counter>::default();
+        registry.register(
+            "intake_deliveries",
+            "Webhook deliveries at /intake, by source and outcome",
+            intake.clone(),
+        );
         let wait_seconds =
             Family::<LaneLabels, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
         registry.register(
@@ -190,6 +204,7 @@ impl Metrics {
             throttled,
             retries,
             oauth_refreshes,
+            intake,
             wait_seconds,
             breaker_state,
             tenants: Default::default(),

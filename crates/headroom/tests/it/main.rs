@@ -14,6 +14,7 @@ pub(crate) mod distributed;
 mod edge;
 mod explain;
 mod hostile;
+mod intake;
 mod jobs;
 mod oauth;
 mod observability;
