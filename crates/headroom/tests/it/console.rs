@@ -260,6 +260,32 @@ async fn the_console_shows_limits_jobs_and_failures_and_keeps_tenants_apart() {
     for call in calls {
         call.await.unwrap();
     }
+    // On a loaded machine the first answer can teach the limit before the rest of the burst
+    // is sent, and Headroom then refuses the rest itself: one answer the upstream throttles
+    // for certain (the mock's `?status=429`, for another tenant) keeps the events page from
+    // depending on that.
+    let r = http
+        .request(
+            http::Request::get(format!(
+                "http://{addr}/proxy/crm/crm/v3/objects/contacts?status=429"
+            ))
+            .header("proxy-authorization", format!("Bearer {ADMIN}"))
+            // A tenant of its own: a budget that knows nothing yet, so the call goes.
+            .header("headroom-tenant", "initech")
+            .header("headroom-max-wait", "0s")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.headers()
+            .get("headroom-attempts")
+            .is_some_and(|a| a != "0"),
+        "the upstream answered it: {:?}",
+        r.headers()
+    );
     // A job each; and for acme a batch whose records include ones the upstream refuses, one
     // of them with an id that is markup (it must show as text).
     let mut job_ids = std::collections::HashMap::new();
@@ -328,7 +354,7 @@ async fn the_console_shows_limits_jobs_and_failures_and_keeps_tenants_apart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The burst met the upstream's limit before Headroom had learned it: the events page has
+    // The upstream throttled answers (the burst's, or the forced one): the events page has
     // throttled answers to show (checked here, so the browser's check below cannot pass on
     // something else).
     let (_, throttled) = api(
