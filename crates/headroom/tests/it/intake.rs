@@ -383,3 +383,50 @@ async fn a_burst_across_a_kill_9_loses_none_and_processes_each_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A route that calls a rate-limited API back for each event (GET the changed record) is
+/// paced by the API's budget: a burst of deliveries, acknowledged at once, reaches the API at
+/// its pace and nothing is throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_calls_the_api_back_is_paced() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = headroom_mock::spawn(
+        listener,
+        crate::common::mock(headroom_mock::Profile::Ietf, 10, 2),
+    )
+    .await
+    .unwrap();
+    let config = config("body = \"none\"\nmethod = \"GET\"")
+        .replace("queue = \"shopify\"\n", "")
+        .replace(
+            "base_url = \"{base}\"",
+            "base_url = \"{base}\"\nlimits = [{ quota = 10, window = \"2s\" }]",
+        );
+    let server = Server::start(&config, &api.url()).await;
+    const EVENTS: u64 = 24;
+    for n in 0..EVENTS {
+        let body = format!(r#"{{"id":{n}}}"#);
+        let sig = shopify_signature(body.as_bytes());
+        let id = format!("evt-{n}");
+        let r = deliver(
+            &server,
+            "shop",
+            &[
+                ("x-shopify-hmac-sha256", &sig),
+                ("x-shopify-webhook-id", &id),
+                ("x-shopify-shop-domain", "acme.myshopify.com"),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.stats().accepted < EVENTS {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", api.stats());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = api.stats();
+    assert_eq!((stats.accepted, stats.throttled), (EVENTS, 0), "{stats:?}");
+    server.shutdown().await;
+}
