@@ -535,6 +535,7 @@ pub async fn list_filters_and_cursor<S: JobStore>(store: &S) {
         status: Some(JobStatus::Succeeded),
         tenant: Some("acme".into()),
         queue: Some("sync".into()),
+        ..Default::default()
     };
     let page = store.list_jobs(&combined, None, 100).await.unwrap();
     assert_eq!(

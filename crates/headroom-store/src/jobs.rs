@@ -694,12 +694,22 @@ impl<S: SqlStore> JobStore for S {
         if filter.queue.is_some() {
             sql.push_str(" AND queue = ?");
         }
+        // substr, not LIKE: exact on both backends (SQLite's LIKE ignores case).
+        if filter.dedup_prefix.is_some() {
+            sql.push_str(" AND substr(dedup_id, 1, ?) = ?");
+        }
         sql.push_str(" ORDER BY seq LIMIT ?");
+        let prefix = filter
+            .dedup_prefix
+            .as_deref()
+            .map(|p| (p.chars().count() as i64, p));
         let q = Sql::new(sql)
             .bind(after)
             .bind_all(filter.status.map(|s| s.as_str()))
             .bind_all(&filter.tenant)
             .bind_all(&filter.queue)
+            .bind_all(prefix.map(|p| p.0))
+            .bind_all(prefix.map(|p| p.1))
             .bind(i64::from(limit) + 1);
         let rows = self
             .db()

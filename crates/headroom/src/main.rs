@@ -140,6 +140,9 @@ enum Command {
     /// Submit, show and cancel batches (many records sent in chunks to a bulk endpoint).
     Batches(jobs::BatchesArgs),
 
+    /// List received webhook events (`[[sources]]`, POST /intake/{source}) and replay them.
+    Intake(jobs::IntakeArgs),
+
     /// Create, list, show, pause, resume and delete schedules (per-tenant cron runs of a job
     /// or batch), and list their runs, on a running server. Output is JSON.
     ///
@@ -241,6 +244,7 @@ fn main() -> std::process::ExitCode {
         Command::Providers(args) => providers::run(args),
         Command::Budgets(args) => budgets::run(args),
         Command::Jobs(args) => jobs::run_jobs(args),
+        Command::Intake(args) => jobs::run_intake(args),
         Command::Batches(args) => jobs::run_batches(args),
         Command::Schedules(args) => jobs::run_schedules(args),
         Command::Events(args) => observe::run_events(args),

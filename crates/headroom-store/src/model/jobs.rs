@@ -187,6 +187,8 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub tenant: Option<String>,
     pub queue: Option<String>,
+    /// Jobs whose dedup id starts with this (webhook intake's `intake:{source}:`).
+    pub dedup_prefix: Option<String>,
 }
 
 /// One page of a listing; `next` is the cursor of the following page.

@@ -51,6 +51,78 @@ pub enum JobsCommand {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct IntakeArgs {
+    #[command(subcommand)]
+    pub command: IntakeCommand,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IntakeCommand {
+    /// List received webhook events (with the state of the job each became), oldest first,
+    /// one page at a time, as JSON.
+    ///
+    ///   headroom intake list --source shopify --status failed
+    #[command(verbatim_doc_comment)]
+    List {
+        /// A configured `[[sources]]` name.
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The job's: queued, running, retry_pending, succeeded, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Process an event again: a new job with the same call. JOB is the job the event became
+    /// (`job` in `intake list`).
+    Replay { job: String },
+}
+
+pub fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.server.server)?;
+    let body = match args.command {
+        IntakeCommand::List {
+            source,
+            tenant,
+            status,
+            cursor,
+            limit,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (k, v) in [
+                ("source", source),
+                ("tenant", tenant),
+                ("status", status),
+                ("cursor", cursor),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", seg(&v)));
+                }
+            }
+            api.call(
+                Method::GET,
+                &format!("/v1/intake/events?{}", query.join("&")),
+                None,
+            )?
+        }
+        IntakeCommand::Replay { job } => api.call(
+            Method::POST,
+            &format!("/v1/intake/events/{}/replay", seg(&job)),
+            None,
+        )?,
+    };
+    print_json(&body);
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 pub struct BatchesArgs {
     #[command(subcommand)]
     pub command: BatchesCommand,

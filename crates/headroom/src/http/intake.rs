@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::credentials::path_error;
-use super::openapi::{IntakeReceipt, Problem};
+use super::openapi::{IntakeEventList, IntakeReceipt, Job, Problem};
 use crate::app::AppState;
 use crate::cfg::sources::{Order, Source};
 use crate::cfg::QueueScope;
@@ -24,7 +24,149 @@ use crate::metrics::IntakeLabels;
 use crate::store::model::jobs::{Inserted, JobRequest, JobStore as _, NewJob};
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(receive))
+    OpenApiRouter::new()
+        .routes(routes!(receive))
+        .routes(routes!(list_events))
+        .routes(routes!(replay))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    source: Option<String>,
+    tenant: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The source and event id of an intake job's dedup id (`intake:{source}:{event_id}`).
+fn intake_ids(job: &crate::store::model::jobs::Job) -> Option<(&str, &str)> {
+    job.new
+        .dedup_id
+        .as_deref()?
+        .strip_prefix("intake:")?
+        .split_once(':')
+}
+
+fn event_view(job: &crate::store::model::jobs::Job) -> serde_json::Value {
+    let mut view = crate::jobs::request::job_view(job, None);
+    if let Some((source, event_id)) = intake_ids(job) {
+        view["source"] = json!(source);
+        view["event_id"] = json!(event_id);
+    }
+    view
+}
+
+/// Received webhook events, oldest first, with the state of the job each became (a scoped
+/// token sees its tenant's only). Kept as long as jobs are (`[jobs] retention`).
+#[utoipa::path(get, path = "/v1/intake/events", tag = "intake",
+    params(
+        ("source" = Option<String>, Query, description = "A configured source"),
+        ("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,128}$"),
+        ("status" = Option<String>, Query, description = "The job's: queued, running, retry_pending, succeeded, failed or cancelled"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (100)"),
+    ),
+    responses(
+        (status = 200, description = "The events", body = IntakeEventList),
+        (status = 400, description = "A parameter is wrong; `detail` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is scoped to another tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_events(
+    State(app): State<AppState>,
+    principal: crate::auth::Principal,
+    query: Result<axum::extract::Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            crate::store::model::jobs::JobStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "status: \"{s}\" is not a job status; use queued, running, retry_pending, \
+                 succeeded, failed or cancelled"
+                ))
+            })?,
+        ),
+    };
+    if let Some(s) = &q.source {
+        if app.config.source(s).is_none() {
+            let shown: String = s.chars().take(64).collect();
+            return Err(ApiError::bad_request(format!(
+                "source: \"{shown}\" is not a configured source"
+            )));
+        }
+    }
+    let tenant = principal.tenant_for(q.tenant.as_deref())?;
+    let limit = super::page_limit(q.limit, q.cursor.as_deref())?;
+    let filter = crate::store::model::jobs::JobFilter {
+        status,
+        tenant,
+        queue: None,
+        dedup_prefix: Some(match &q.source {
+            Some(s) => format!("intake:{s}:"),
+            None => "intake:".to_string(),
+        }),
+    };
+    let page = app
+        .store
+        .list_jobs(&filter, q.cursor.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({
+        "events": page.items.iter().map(event_view).collect::<Vec<_>>(),
+        "next_cursor": page.next,
+    })))
+}
+
+/// Processes a received event again: a new job with the same call (no dedup), for an event
+/// whose processing failed or must run again.
+#[utoipa::path(post, path = "/v1/intake/events/{job}/replay", tag = "intake",
+    params(("job" = String, Path, description = "The job the event became")),
+    responses(
+        (status = 202, description = "A new job, queued", body = Job),
+        (status = 401, description = "No or a wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event (or not the token's tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn replay(
+    State(app): State<AppState>,
+    principal: crate::auth::Principal,
+    path: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let UrlPath(id) = path.map_err(path_error)?;
+    let job = app
+        .store
+        .get_job(&id)
+        .await?
+        .filter(|j| intake_ids(j).is_some())
+        .filter(|j| crate::jobs::request::visible(&principal, j.new.tenant.as_deref()))
+        .ok_or_else(|| {
+            let shown: String = id.chars().take(64).collect();
+            ApiError::not_found(format!("no intake event with job \"{shown}\""))
+        })?;
+    let now: Millis = app.clock.now_millis();
+    let new_id = crate::jobs::request::new_id("job");
+    let new = NewJob {
+        id: new_id.clone(),
+        dedup_id: None,
+        dedup_until: None,
+        idempotency_key: new_id,
+        created_at: now,
+        ..job.new.clone()
+    };
+    let Inserted::Created(created) = app.store.insert_job(new).await? else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a replay without dedup id was deduplicated"
+        )));
+    };
+    app.jobs_wake.notify_one();
+    tracing::info!(job = %id, replay = %created.new.id, "intake event replayed");
+    let mut view = crate::jobs::request::job_view(&created, None);
+    view["replay_of"] = json!(id);
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
 /// Receives a webhook delivery for a configured source: verified, stored as a job, then

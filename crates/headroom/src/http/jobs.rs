@@ -133,6 +133,7 @@ async fn list(
         status,
         tenant,
         queue: q.queue,
+        dedup_prefix: None,
     };
     let page = app
         .store

@@ -588,3 +588,11 @@ pub struct IntakeReceipt {
     pub job: String,
     pub duplicate: bool,
 }
+
+/// `GET /v1/intake/events`: each a job view with `source` and `event_id`.
+#[derive(ToSchema)]
+pub struct IntakeEventList {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    pub next_cursor: Option<String>,
+}

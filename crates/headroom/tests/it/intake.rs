@@ -18,15 +18,24 @@ fn shopify_signature(body: &[u8]) -> String {
 }
 
 async fn deliver(server: &Server, source: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    deliver_to(&server.client, server.addr, source, headers, body).await
+}
+
+async fn deliver_to(
+    client: &crate::common::HttpClient,
+    addr: std::net::SocketAddr,
+    source: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut request = http::Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{}/intake/{source}", server.addr))
+        .uri(format!("http://{addr}/intake/{source}"))
         .header("content-type", "application/json");
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = server
-        .client
+    let response = client
         .request(
             request
                 .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
@@ -429,4 +438,128 @@ async fn a_route_that_calls_the_api_back_is_paced() {
     let stats = api.stats();
     assert_eq!((stats.accepted, stats.throttled), (EVENTS, 0), "{stats:?}");
     server.shutdown().await;
+}
+
+/// Received events are listed with their jobs' state and can be replayed; a tenant's token
+/// sees and replays its own tenant's events only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_and_replayed_per_tenant() {
+    let admin = "hr_admin_token_for_intake_tests";
+    let top = format!(
+        "[[sources]]\nname = \"shop\"\nverify = \"shopify\"\nsecret = \"{SECRET}\"\n\
+         event_id = \"header:X-Shopify-Webhook-Id\"\ntenant = \"header:X-Shopify-Shop-Domain\"\n\
+         [sources.route]\nupstream = \"up\"\npath = \"/hooks/{{/id}}\"\n"
+    );
+    let rig = crate::common::Rig::start_full(
+        crate::common::mock(headroom_mock::Profile::Ietf, 100, 10),
+        &top,
+        "",
+        Some(admin),
+    )
+    .await;
+    for (n, shop) in [(1, "acme"), (2, "acme"), (3, "globex")] {
+        let body = format!(r#"{{"id":{n}}}"#);
+        let sig = shopify_signature(body.as_bytes());
+        let id = format!("evt-{n}");
+        let r = deliver_to(
+            &rig.client,
+            rig.addr,
+            "shop",
+            &[
+                ("x-shopify-hmac-sha256", &sig),
+                ("x-shopify-webhook-id", &id),
+                ("x-shopify-shop-domain", shop),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let get = |path: String, token: String| {
+        let rig = &rig;
+        async move {
+            crate::common::call(
+                &rig.client,
+                rig.addr,
+                Method::GET,
+                &path,
+                &[("authorization", &token)],
+                None,
+            )
+            .await
+        }
+    };
+    let admin_auth = format!("Bearer {admin}");
+    let all = get("/v1/intake/events?source=shop".into(), admin_auth.clone())
+        .await
+        .json();
+    let events = all["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{all}");
+    assert_eq!(events[0]["event_id"], "evt-1");
+    assert_eq!(events[0]["source"], "shop");
+    let bad = get("/v1/intake/events?source=nope".into(), admin_auth.clone()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let globex = crate::common::mint(&rig, admin, "globex").await;
+    let theirs = get("/v1/intake/events".into(), globex.clone()).await.json();
+    let theirs = theirs["events"].as_array().unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0]["event_id"], "evt-3");
+    let acme_job = events[0]["id"].as_str().unwrap().to_string();
+    // The events ran; a replay runs the first one again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.mock.stats().accepted < 3 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/v1/intake/events/{acme_job}/replay");
+    let refused = crate::common::call(
+        &rig.client,
+        rig.addr,
+        Method::POST,
+        &path,
+        &[("authorization", &globex)],
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let replayed = crate::common::call(
+        &rig.client,
+        rig.addr,
+        Method::POST,
+        &path,
+        &[("authorization", &admin_auth)],
+        None,
+    )
+    .await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{:?}", replayed.body);
+    assert_eq!(replayed.json()["replay_of"], acme_job.as_str());
+    while rig.mock.stats().accepted < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replay did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An ordinary job is not an intake event.
+    let job = crate::common::call(
+        &rig.client,
+        rig.addr,
+        Method::POST,
+        "/v1/jobs",
+        &[("authorization", &admin_auth)],
+        Some(&serde_json::json!({"upstream": "up", "request": {"method": "GET", "path": "/x"}})),
+    )
+    .await;
+    let job_id = job.json()["id"].as_str().unwrap().to_string();
+    let not_event = crate::common::call(
+        &rig.client,
+        rig.addr,
+        Method::POST,
+        &format!("/v1/intake/events/{job_id}/replay"),
+        &[("authorization", &admin_auth)],
+        None,
+    )
+    .await;
+    assert_eq!(not_event.status, StatusCode::NOT_FOUND);
+    rig.shutdown().await;
 }
