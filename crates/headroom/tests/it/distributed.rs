@@ -104,10 +104,10 @@ impl Drop for Node {
 }
 
 /// Nodes on one schema and one Redis prefix, in front of one in-process mock.
-struct Cluster {
-    nodes: Vec<Node>,
-    mock: MockHandle,
-    client: crate::common::HttpClient,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) mock: MockHandle,
+    pub(crate) client: crate::common::HttpClient,
     schema: Option<crate::services::PgSchema>,
     redis: String,
     prefix: String,
@@ -117,7 +117,7 @@ struct Cluster {
 impl Cluster {
     /// `governor` overrides the Redis URL the nodes use (e.g. through a proxy that can cut
     /// it).
-    async fn start(
+    pub(crate) async fn start(
         nodes: usize,
         mock_config: MockConfig,
         upstream: &str,
@@ -233,7 +233,7 @@ impl Cluster {
             .join("\n")
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for node in &mut self.nodes {
             node.kill9();
         }

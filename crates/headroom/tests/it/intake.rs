@@ -563,3 +563,61 @@ async fn events_are_listed_and_replayed_per_tenant() {
     assert_eq!(not_event.status, StatusCode::NOT_FOUND);
     rig.shutdown().await;
 }
+
+/// On PostgreSQL with two nodes: the same event delivered to both (a provider retrying against
+/// another node behind the load balancer) becomes one job, processed once; every other event
+/// is processed once too.
+#[ignore = "needs PostgreSQL and Redis (README: Run the tests)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_process_a_duplicate_once() {
+    let sources = format!(
+        "[[sources]]\nname = \"shop\"\nverify = \"shopify\"\nsecret = \"{SECRET}\"\n\
+         event_id = \"header:X-Shopify-Webhook-Id\"\n\
+         [sources.route]\nupstream = \"crm\"\npath = \"/hooks/{{/id}}\"\n"
+    );
+    let cluster = crate::distributed::Cluster::start(
+        2,
+        crate::common::mock(headroom_mock::Profile::Ietf, 1000, 10),
+        &sources,
+        None,
+    )
+    .await;
+    const EVENTS: u64 = 20;
+    for n in 0..EVENTS {
+        let body = format!(r#"{{"id":{n}}}"#);
+        let sig = shopify_signature(body.as_bytes());
+        let id = format!("evt-{n}");
+        // Each event to one node, and the first five to the other node as well.
+        let targets: &[usize] = if n < 5 { &[0, 1] } else { &[(n % 2) as usize] };
+        for &node in targets {
+            let r = deliver_to(
+                &cluster.client,
+                cluster.nodes[node].addr,
+                "shop",
+                &[
+                    ("x-shopify-hmac-sha256", &sig),
+                    ("x-shopify-webhook-id", &id),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "node {node}: {:?}", r.body);
+            assert_eq!(
+                r.json()["duplicate"],
+                node == 1 && n < 5,
+                "event {n} at node {node}"
+            );
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.mock.stats().accepted < EVENTS {
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // time for a duplicate to show
+    let stats = cluster.mock.stats();
+    cluster.stop().await;
+    assert_eq!(stats.accepted, EVENTS, "{stats:?}");
+}
