@@ -179,7 +179,7 @@ impl Cluster {
     }
 
     /// A connection to the cluster's schema, to look at what the nodes stored.
-    async fn db(&self) -> sqlx::PgPool {
+    pub(crate) async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .connect(&self.schema.as_ref().unwrap().url())
