@@ -124,7 +124,7 @@ pub(crate) async fn json_object(
     }
 }
 
-fn only_fields(
+pub(crate) fn only_fields(
     map: &serde_json::Map<String, Value>,
     allowed: &[&str],
     shape: &str,

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Admin;
-use super::credentials::{check_tenant, configured_upstream, json_object, path_error};
+use super::credentials::{check_tenant, configured_upstream, json_object, only_fields, path_error};
 use super::openapi::{OAuthGrantList, OAuthGrantSubmission, Problem};
 use crate::app::AppState;
 use crate::clock::{rfc3339, system_millis, Millis};
@@ -67,22 +67,18 @@ async fn put_grant(
         }
     }
     let map = json_object(body, SHAPE).await?;
-    if let Some(k) = map.keys().find(|k| {
-        ![
+    only_fields(
+        &map,
+        &[
             "access_token",
             "refresh_token",
             "expires_in",
             "expires_at",
             "scope",
             "token_type",
-        ]
-        .contains(&k.as_str())
-    }) {
-        let shown: String = k.chars().take(64).collect();
-        return Err(ApiError::bad_request(format!(
-            "{shown}: unknown field; the body is {SHAPE}"
-        )));
-    }
+        ],
+        SHAPE,
+    )?;
     let text = |field: &str| -> ApiResult<Option<String>> {
         match map.get(field) {
             None | Some(Value::Null) => Ok(None),
