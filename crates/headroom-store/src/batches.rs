@@ -17,7 +17,7 @@ use super::jobs::{
     record_callback_attempt, u32_col, CALLBACK_HOLD,
 };
 use super::row::StoreRow;
-use super::sql::{Conn, Db, Sql, SqlStore};
+use super::sql::{Conn, Db, Sql, SqlStore, Tx};
 use crate::model::jobs::*;
 
 /// Records per INSERT statement (5 values each, well under SQLite's 32,766 variables).
@@ -58,13 +58,14 @@ fn summary_from_row<R: StoreRow>(row: &R) -> crate::Result<(i64, BatchSummary)> 
             calls: count(row, "calls")?,
             possibly_duplicated: count(row, "possibly_duplicated")?,
             failures: Vec::new(),
+            bulk_jobs: Vec::new(),
             created_at: row.col("created_at")?,
             updated_at: row.col("updated_at")?,
         },
     ))
 }
 
-fn meta_from_row<R: StoreRow>(row: &R) -> crate::Result<BatchMeta> {
+pub(crate) fn meta_from_row<R: StoreRow>(row: &R) -> crate::Result<BatchMeta> {
     Ok(BatchMeta {
         id: row.col("id")?,
         upstream: row.col("upstream")?,
@@ -124,6 +125,203 @@ async fn read_batch(
     Ok(Some(summary))
 }
 
+/// Claims up to `max_batch_size` due pending records of the batch `seq` (its row locked by
+/// the caller) as a new chunk, and moves the batch's counts: the chunk's id and records.
+pub(crate) async fn claim_records_in(
+    tx: &mut Tx,
+    db: Db<'_>,
+    seq: i64,
+    meta: &BatchMeta,
+    now: Millis,
+) -> crate::Result<(String, Vec<ChunkRecord>)> {
+    let dialect = db.dialect();
+    let q = Sql::new(format!(
+        "SELECT COALESCE(MAX(claim_order), 0) + 1 AS n FROM batches WHERE {ACTIVE}"
+    ));
+    let order: i64 = tx
+        .fetch_optional(&q)
+        .await
+        .context("cannot order batches")?
+        .context("cannot order batches: no row")?
+        .col("n")?;
+    let chunk_id = format!("{}/{order}", meta.id);
+    // SQLite: `INDEXED BY` makes the planner walk the batch's pending records in index
+    // order (stopping at the chunk's size) instead of sorting all the due ones.
+    // PostgreSQL: the batch row is locked, so no other node claims from this batch
+    // meanwhile; the records name this node (the node guard).
+    let (node_set, still_pending) = match db.node() {
+        None => ("", ""),
+        Some(_) => (", node = ?", " AND status = 'pending'"),
+    };
+    let q = Sql::new(format!(
+        "UPDATE batch_records SET status = 'in_flight', chunk_id = ?{node_set} \
+         WHERE batch_seq = ?{still_pending} AND idx IN (\
+         SELECT idx FROM batch_records {} \
+         WHERE batch_seq = ? AND status = 'pending' \
+         AND next_attempt_at <= ? ORDER BY idx LIMIT ?) \
+         RETURNING idx, record_id, payload, attempts",
+        dialect.indexed_by("batch_records_status")
+    ))
+    .bind(&chunk_id)
+    .bind_all(db.node())
+    .bind(seq)
+    .bind(seq)
+    .bind(now)
+    .bind(i64::from(meta.max_batch_size.max(1)));
+    let rows = tx
+        .fetch_all(&q)
+        .await
+        .context("cannot claim a batch's records")?;
+    let mut records = rows
+        .iter()
+        .map(|r| {
+            Ok(ChunkRecord {
+                index: count(r, "idx")?,
+                record_id: r.col("record_id")?,
+                payload: r.col("payload")?,
+                attempts: u32_col(r, "attempts")?,
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    records.sort_by_key(|r| r.index);
+    let n = records.len() as i64;
+    let q = Sql::new(
+        "UPDATE batches SET status = 'running', pending = pending - ?, \
+         in_flight = in_flight + ?, claim_order = ?, updated_at = ? WHERE seq = ?",
+    )
+    .bind(n)
+    .bind(n)
+    .bind(order)
+    .bind(now)
+    .bind(seq);
+    tx.execute(&q)
+        .await
+        .context("cannot update a batch's counts")?;
+    Ok((chunk_id, records))
+}
+
+/// Records the outcome of each of a chunk's `records` (same order as `results`) and counts
+/// `calls`, inside the caller's transaction. Records no longer in flight in this chunk (a
+/// chunk finished twice, or requeued after a restart) are left alone; the calls are counted
+/// once something moved.
+pub(crate) async fn finish_records_in(
+    tx: &mut Tx,
+    batch_id: &str,
+    chunk_id: &str,
+    records: &[ChunkRecord],
+    results: &[RecordResult],
+    now: Millis,
+    calls: i64,
+) -> crate::Result<()> {
+    if results.len() != records.len() {
+        crate::error::bail!(
+            "chunk {chunk_id}: {} results for {} records",
+            results.len(),
+            records.len()
+        );
+    }
+    let q = Sql::new("SELECT seq, status, max_attempts FROM batches WHERE id = ?")
+        .bind(batch_id);
+    let row = tx
+        .fetch_optional(&q)
+        .await
+        .context("cannot read a batch")?
+        .with_context(|| format!("no batch \"{}\"", batch_id))?;
+    let seq: i64 = row.col("seq")?;
+    let cancelled = row.col::<String>("status")? == "cancelled";
+    let max_attempts: i64 = row.col("max_attempts")?;
+
+    // Records with the same outcome (and error, retry time) move in one statement: a
+    // chunk that went through is one UPDATE, a throttled call one more.
+    let mut groups: Vec<(&RecordResult, Vec<i64>)> = Vec::new();
+    for (record, result) in records.iter().zip(results) {
+        let index = i64::try_from(record.index).context("record index")?;
+        match groups.iter_mut().find(|(r, _)| *r == result) {
+            Some((_, indexes)) => indexes.push(index),
+            None => groups.push((result, vec![index])),
+        }
+    }
+    let (mut succeeded, mut failed, mut pending, mut gone) = (0i64, 0i64, 0i64, 0i64);
+    for (result, indexes) in &groups {
+        for part in indexes.chunks(FINISH_ROWS) {
+            let (set, error, at, burn) = match result {
+                RecordResult::Succeeded => ("'succeeded'", None, None, 1i64),
+                RecordResult::Failed { error } => ("'failed'", Some(error.as_str()), None, 1),
+                RecordResult::Retry {
+                    at,
+                    error,
+                    burn_attempt,
+                } => (
+                    "CASE WHEN ? THEN 'cancelled' \
+                     WHEN attempts + ? >= ? THEN 'failed' ELSE 'pending' END",
+                    Some(error.as_str()),
+                    Some(*at),
+                    i64::from(*burn_attempt),
+                ),
+            };
+            let sql = format!(
+                "UPDATE batch_records SET status = {set}, attempts = attempts + ?, \
+                 error = ?, next_attempt_at = COALESCE(?, next_attempt_at) \
+                 WHERE batch_seq = ? AND status = 'in_flight' AND chunk_id = ? \
+                 AND idx IN ({}) RETURNING status",
+                placeholders(part.len())
+            );
+            let mut q = Sql::new(sql);
+            if at.is_some() {
+                q = q.bind(cancelled).bind(burn).bind(max_attempts);
+            }
+            let q = q
+                .bind(burn)
+                .bind(error)
+                .bind(at)
+                .bind(seq)
+                .bind(chunk_id)
+                .bind_all(part.iter().copied());
+            let rows = tx
+                .fetch_all(&q)
+                .await
+                .context("cannot record a chunk's outcome")?;
+            for r in &rows {
+                match r.col::<String>("status")?.as_str() {
+                    "succeeded" => succeeded += 1,
+                    "failed" => failed += 1,
+                    "pending" => pending += 1,
+                    _ => gone += 1,
+                }
+            }
+        }
+    }
+    let moved = succeeded + failed + pending + gone;
+    if moved > 0 {
+        let q = Sql::new(
+            "UPDATE batches SET \
+             status = CASE \
+               WHEN status = 'cancelled' THEN status \
+               WHEN pending + ? = 0 AND in_flight - ? = 0 THEN \
+                 CASE WHEN failed + ? > 0 THEN 'completed_with_failures' ELSE 'succeeded' END \
+               ELSE status END, \
+             succeeded = succeeded + ?, failed = failed + ?, pending = pending + ?, \
+             cancelled = cancelled + ?, in_flight = in_flight - ?, calls = calls + ?, \
+             updated_at = ? WHERE seq = ?",
+        )
+        .bind(pending)
+        .bind(moved)
+        .bind(failed)
+        .bind(succeeded)
+        .bind(failed)
+        .bind(pending)
+        .bind(gone)
+        .bind(moved)
+        .bind(calls)
+        .bind(now)
+        .bind(seq);
+        tx.execute(&q)
+            .await
+            .context("cannot update a batch's counts")?;
+    }
+    Ok(())
+}
+
 /// Inserts a batch and its records inside the caller's transaction (see `insert_batch`).
 pub(crate) async fn insert_batch_in(
     conn: &mut Conn<'_>,
@@ -138,8 +336,8 @@ pub(crate) async fn insert_batch_in(
     let q = Sql::new(
         "INSERT INTO batches (id, upstream, tenant, lane, format, max_batch_size, method, \
          path, query, headers, max_attempts, callback_url, callback, status, total, pending, \
-         created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+         created_at, updated_at, mode) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
     )
     .bind(&batch.id)
     .bind(&batch.upstream)
@@ -162,7 +360,8 @@ pub(crate) async fn insert_batch_in(
     .bind(total)
     .bind(total)
     .bind(batch.created_at)
-    .bind(batch.created_at);
+    .bind(batch.created_at)
+    .bind(if batch.asynchronous { "async" } else { "sync" });
     let seq: i64 = conn
         .fetch_one(&q)
         .await
@@ -199,6 +398,7 @@ pub(crate) async fn insert_batch_in(
         calls: 0,
         possibly_duplicated: 0,
         failures: Vec::new(),
+        bulk_jobs: Vec::new(),
         created_at: batch.created_at,
         updated_at: batch.created_at,
     })
@@ -235,7 +435,7 @@ impl<S: SqlStore> BatchStore for S {
         let mut tx = db.begin().await?;
         let mut sql = format!(
             "SELECT seq, id, upstream, tenant, lane, format, max_batch_size, method, path, \
-             query, headers, max_attempts FROM batches AS b WHERE b.{ACTIVE}"
+             query, headers, max_attempts FROM batches AS b WHERE b.{ACTIVE} AND b.mode = 'sync'"
         );
         if !busy.is_empty() {
             sql.push_str(&format!(" AND b.id NOT IN ({})", placeholders(busy.len())));
@@ -256,68 +456,7 @@ impl<S: SqlStore> BatchStore for S {
         };
         let seq: i64 = row.col("seq")?;
         let meta = meta_from_row(&row)?;
-        let q = Sql::new(format!(
-            "SELECT COALESCE(MAX(claim_order), 0) + 1 AS n FROM batches WHERE {ACTIVE}"
-        ));
-        let order: i64 = tx
-            .fetch_optional(&q)
-            .await
-            .context("cannot order batches")?
-            .context("cannot order batches: no row")?
-            .col("n")?;
-        let chunk_id = format!("{}/{order}", meta.id);
-        // SQLite: `INDEXED BY` makes the planner walk the batch's pending records in index
-        // order (stopping at the chunk's size) instead of sorting all the due ones.
-        // PostgreSQL: the batch row is locked, so no other node claims from this batch
-        // meanwhile; the records name this node (the node guard).
-        let (node_set, still_pending) = match db.node() {
-            None => ("", ""),
-            Some(_) => (", node = ?", " AND status = 'pending'"),
-        };
-        let q = Sql::new(format!(
-            "UPDATE batch_records SET status = 'in_flight', chunk_id = ?{node_set} \
-             WHERE batch_seq = ?{still_pending} AND idx IN (\
-             SELECT idx FROM batch_records {} \
-             WHERE batch_seq = ? AND status = 'pending' \
-             AND next_attempt_at <= ? ORDER BY idx LIMIT ?) \
-             RETURNING idx, record_id, payload, attempts",
-            dialect.indexed_by("batch_records_status")
-        ))
-        .bind(&chunk_id)
-        .bind_all(db.node())
-        .bind(seq)
-        .bind(seq)
-        .bind(now)
-        .bind(i64::from(meta.max_batch_size.max(1)));
-        let rows = tx
-            .fetch_all(&q)
-            .await
-            .context("cannot claim a batch's records")?;
-        let mut records = rows
-            .iter()
-            .map(|r| {
-                Ok(ChunkRecord {
-                    index: count(r, "idx")?,
-                    record_id: r.col("record_id")?,
-                    payload: r.col("payload")?,
-                    attempts: u32_col(r, "attempts")?,
-                })
-            })
-            .collect::<crate::Result<Vec<_>>>()?;
-        records.sort_by_key(|r| r.index);
-        let n = records.len() as i64;
-        let q = Sql::new(
-            "UPDATE batches SET status = 'running', pending = pending - ?, \
-             in_flight = in_flight + ?, claim_order = ?, updated_at = ? WHERE seq = ?",
-        )
-        .bind(n)
-        .bind(n)
-        .bind(order)
-        .bind(now)
-        .bind(seq);
-        tx.execute(&q)
-            .await
-            .context("cannot update a batch's counts")?;
+        let (chunk_id, records) = claim_records_in(&mut tx, db, seq, &meta, now).await?;
         tx.commit().await.context("cannot commit a chunk")?;
         Ok(Some(Chunk {
             chunk_id,
@@ -334,123 +473,28 @@ impl<S: SqlStore> BatchStore for S {
         results: &[RecordResult],
         now: Millis,
     ) -> crate::Result<()> {
-        if results.len() != chunk.records.len() {
-            crate::error::bail!(
-                "chunk {}: {} results for {} records",
-                chunk.chunk_id,
-                results.len(),
-                chunk.records.len()
-            );
-        }
         let mut tx = self.db().begin().await?;
-        let q = Sql::new("SELECT seq, status, max_attempts FROM batches WHERE id = ?")
-            .bind(&chunk.batch.id);
-        let row = tx
-            .fetch_optional(&q)
-            .await
-            .context("cannot read a batch")?
-            .with_context(|| format!("no batch \"{}\"", chunk.batch.id))?;
-        let seq: i64 = row.col("seq")?;
-        let cancelled = row.col::<String>("status")? == "cancelled";
-        let max_attempts: i64 = row.col("max_attempts")?;
-
-        // Records with the same outcome (and error, retry time) move in one statement: a
-        // chunk that went through is one UPDATE, a throttled call one more.
-        let mut groups: Vec<(&RecordResult, Vec<i64>)> = Vec::new();
-        for (record, result) in chunk.records.iter().zip(results) {
-            let index = i64::try_from(record.index).context("record index")?;
-            match groups.iter_mut().find(|(r, _)| *r == result) {
-                Some((_, indexes)) => indexes.push(index),
-                None => groups.push((result, vec![index])),
-            }
-        }
-        let (mut succeeded, mut failed, mut pending, mut gone) = (0i64, 0i64, 0i64, 0i64);
-        for (result, indexes) in &groups {
-            for part in indexes.chunks(FINISH_ROWS) {
-                let (set, error, at, burn) = match result {
-                    RecordResult::Succeeded => ("'succeeded'", None, None, 1i64),
-                    RecordResult::Failed { error } => ("'failed'", Some(error.as_str()), None, 1),
-                    RecordResult::Retry {
-                        at,
-                        error,
-                        burn_attempt,
-                    } => (
-                        "CASE WHEN ? THEN 'cancelled' \
-                         WHEN attempts + ? >= ? THEN 'failed' ELSE 'pending' END",
-                        Some(error.as_str()),
-                        Some(*at),
-                        i64::from(*burn_attempt),
-                    ),
-                };
-                let sql = format!(
-                    "UPDATE batch_records SET status = {set}, attempts = attempts + ?, \
-                     error = ?, next_attempt_at = COALESCE(?, next_attempt_at) \
-                     WHERE batch_seq = ? AND status = 'in_flight' AND chunk_id = ? \
-                     AND idx IN ({}) RETURNING status",
-                    placeholders(part.len())
-                );
-                let mut q = Sql::new(sql);
-                if at.is_some() {
-                    q = q.bind(cancelled).bind(burn).bind(max_attempts);
-                }
-                let q = q
-                    .bind(burn)
-                    .bind(error)
-                    .bind(at)
-                    .bind(seq)
-                    .bind(&chunk.chunk_id)
-                    .bind_all(part.iter().copied());
-                let rows = tx
-                    .fetch_all(&q)
-                    .await
-                    .context("cannot record a chunk's outcome")?;
-                for r in &rows {
-                    match r.col::<String>("status")?.as_str() {
-                        "succeeded" => succeeded += 1,
-                        "failed" => failed += 1,
-                        "pending" => pending += 1,
-                        _ => gone += 1,
-                    }
-                }
-            }
-        }
-        let moved = succeeded + failed + pending + gone;
-        if moved > 0 {
-            let q = Sql::new(
-                "UPDATE batches SET \
-                 status = CASE \
-                   WHEN status = 'cancelled' THEN status \
-                   WHEN pending + ? = 0 AND in_flight - ? = 0 THEN \
-                     CASE WHEN failed + ? > 0 THEN 'completed_with_failures' ELSE 'succeeded' END \
-                   ELSE status END, \
-                 succeeded = succeeded + ?, failed = failed + ?, pending = pending + ?, \
-                 cancelled = cancelled + ?, in_flight = in_flight - ?, calls = calls + 1, \
-                 updated_at = ? WHERE seq = ?",
-            )
-            .bind(pending)
-            .bind(moved)
-            .bind(failed)
-            .bind(succeeded)
-            .bind(failed)
-            .bind(pending)
-            .bind(gone)
-            .bind(moved)
-            .bind(now)
-            .bind(seq);
-            tx.execute(&q)
-                .await
-                .context("cannot update a batch's counts")?;
-        }
+        finish_records_in(
+            &mut tx,
+            &chunk.batch.id,
+            &chunk.chunk_id,
+            &chunk.records,
+            results,
+            now,
+            1,
+        )
+        .await?;
         tx.commit()
             .await
             .context("cannot commit a chunk's outcome")?;
         Ok(())
     }
 
-    /// Records in flight in a cancelled batch are cancelled instead (they were not sent
-    /// again, so they are not counted as possibly duplicated). On PostgreSQL only the
-    /// records of this node and of dead nodes: the other nodes are sending theirs.
     async fn requeue_in_flight(&self, now: Millis) -> crate::Result<u64> {
+        if self.db().node().is_none() {
+            // SQLite has one process: the bulk jobs it held when it stopped are free to resume.
+            crate::bulk::release_leases(self.db()).await?;
+        }
         requeue_records(self.db(), true, now).await
     }
 
@@ -458,7 +502,7 @@ impl<S: SqlStore> BatchStore for S {
         let q = Sql::new(format!(
             "SELECT MIN((SELECT MIN(r.next_attempt_at) FROM batch_records AS r \
              WHERE r.batch_seq = b.seq AND r.status = 'pending')) AS at \
-             FROM batches AS b WHERE b.{ACTIVE}"
+             FROM batches AS b WHERE b.{ACTIVE} AND b.mode = 'sync'"
         ));
         let row = self
             .db()
@@ -501,10 +545,59 @@ impl<S: SqlStore> BatchStore for S {
             .bind(now)
             .bind(seq);
             tx.execute(&q).await.context("cannot cancel a batch")?;
+            // Its bulk jobs under way are aborted at their next step: now.
+            let q = Sql::new(
+                "UPDATE bulk_jobs SET next_at = ? WHERE batch_seq = ? AND phase <> 'done'",
+            )
+            .bind(now)
+            .bind(seq);
+            tx.execute(&q).await.context("cannot cancel a batch's bulk jobs")?;
         }
         let out = read_batch(&mut tx.conn(), id, 100).await?;
         tx.commit().await.context("cannot commit a cancellation")?;
         Ok(out)
+    }
+
+    async fn claim_bulk_job(
+        &self,
+        now: Millis,
+        owner: &str,
+        lease: Millis,
+        per_batch: u32,
+    ) -> crate::Result<Option<BulkJob>> {
+        crate::bulk::claim(self.db(), now, owner, lease, per_batch).await
+    }
+
+    async fn bulk_job_records(&self, job: &BulkJob) -> crate::Result<Vec<ChunkRecord>> {
+        crate::bulk::records(self.db(), job).await
+    }
+
+    async fn save_bulk_job(
+        &self,
+        job: &BulkJob,
+        step: &BulkStep,
+        now: Millis,
+    ) -> crate::Result<bool> {
+        crate::bulk::save(self.db(), job, step, now).await
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        job: &BulkJob,
+        records: &[ChunkRecord],
+        results: &[RecordResult],
+        step: &BulkStep,
+        now: Millis,
+    ) -> crate::Result<()> {
+        crate::bulk::finish(self.db(), job, records, results, step, now).await
+    }
+
+    async fn next_bulk_job_at(&self) -> crate::Result<Option<Millis>> {
+        crate::bulk::next_at(self.db()).await
+    }
+
+    async fn list_bulk_jobs(&self, batch_id: &str) -> crate::Result<Vec<BulkJobView>> {
+        crate::bulk::list(self.db(), batch_id).await
     }
 
     async fn prune_batches(&self, before: Millis) -> crate::Result<Pruned> {
@@ -643,12 +736,16 @@ pub(super) async fn requeue_records(db: Db<'_>, mine: bool, now: Millis) -> crat
         None => ("", None),
     };
     let mut tx = db.begin().await?;
+    // Records of a bulk job under way are not sent again: the job resumes (crate::bulk).
+    let cond = format!(
+        "{cond} AND (chunk_id IS NULL OR chunk_id NOT IN \
+         (SELECT chunk_id FROM bulk_jobs WHERE phase <> 'done'))"
+    );
+    let cond = cond.as_str();
     let mut sql = "SELECT seq, status FROM batches WHERE in_flight > 0".to_string();
-    if held.is_some() {
-        sql.push_str(&format!(
-            " AND seq IN (SELECT batch_seq FROM batch_records WHERE status = 'in_flight'{cond})"
-        ));
-    }
+    sql.push_str(&format!(
+        " AND seq IN (SELECT batch_seq FROM batch_records WHERE status = 'in_flight'{cond})"
+    ));
     let batches = tx
         .fetch_all(&Sql::new(sql).bind_all(holder))
         .await

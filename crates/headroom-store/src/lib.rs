@@ -26,6 +26,7 @@
 
 mod any;
 mod batches;
+mod bulk;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod credentials;
@@ -81,7 +82,7 @@ macro_rules! conformance_tests {
                 list_filters_and_cursor claim_parallel claim_throttled claim_sequential
                 finish_attempt_transitions cancel_job requeue_running next_ready_at callbacks
                 batch_insert_and_claim batch_finish_counts_and_completion batch_turns
-                batch_max_attempts batch_requeue_in_flight batch_cancel batch_callbacks
+                batch_max_attempts batch_requeue_in_flight batch_cancel batch_callbacks bulk_jobs
                 retention);
         }
         mod schedules {

@@ -123,6 +123,14 @@ impl Db<'_> {
             if seqs.is_empty() {
                 break;
             }
+            let q = Sql::new(format!(
+                "DELETE FROM bulk_jobs WHERE batch_seq IN ({})",
+                super::sql::placeholders(seqs.len())
+            ))
+            .bind_all(seqs.iter().copied());
+            tx.execute(&q)
+                .await
+                .context("cannot delete finished batches' bulk jobs")?;
             let q = Sql::new(prune_records_sql(seqs.len())).bind_all(seqs.iter().copied());
             out.records += tx
                 .execute(&q)

@@ -17,6 +17,8 @@
 //!   inner response has its own status and `Retry-After`, in any order.
 //! - `{"generic": {…}}`: JSON pointers say where the records go in the request and where the
 //!   results, their ids, statuses and errors are in the answer ([`GenericFormat`]).
+//! - `{"salesforce-bulk2": {"object", "operation", …}}`: not calls but asynchronous Bulk API
+//!   2.0 ingest jobs, one per chunk ([`bulk`]); [`build`] and [`parse`] do not apply.
 //!
 //! Whole-call answers are read the same way for every format: 408, 429 and 5xx (and
 //! Salesforce's 403 `REQUEST_LIMIT_EXCEEDED`) mean nothing was applied and every record may be
@@ -24,6 +26,7 @@
 //! with the upstream's message, except that HubSpot errors naming some records fail only those
 //! and leave the others retryable (the refused call applied nothing).
 
+pub mod bulk;
 mod generic;
 mod graph;
 mod hubspot;
@@ -35,6 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+pub use bulk::IngestJob;
 pub use generic::GenericFormat;
 
 /// HubSpot's batch endpoints take at most 100 inputs.
@@ -56,6 +60,8 @@ pub enum Format {
     Salesforce,
     Graph,
     Generic(GenericFormat),
+    /// Salesforce Bulk API 2.0 ingest jobs.
+    SalesforceBulk2(IngestJob),
 }
 
 impl Format {
@@ -66,6 +72,20 @@ impl Format {
             Format::Salesforce => "salesforce",
             Format::Graph => "graph",
             Format::Generic(_) => "generic",
+            Format::SalesforceBulk2(_) => "salesforce-bulk2",
+        }
+    }
+
+    /// Sent as asynchronous bulk jobs (create, upload, close, poll, results), not as calls.
+    pub fn is_async(&self) -> bool {
+        matches!(self, Format::SalesforceBulk2(_))
+    }
+
+    /// Records per chunk when the batch does not say.
+    pub fn default_chunk(&self) -> usize {
+        match self {
+            Format::SalesforceBulk2(_) => bulk::DEFAULT_RECORDS_PER_JOB,
+            _ => 100,
         }
     }
 
@@ -76,6 +96,12 @@ impl Format {
                 "hubspot" => Ok(Format::Hubspot),
                 "salesforce" => Ok(Format::Salesforce),
                 "graph" => Ok(Format::Graph),
+                "salesforce-bulk2" => Err(FormatError(
+                    "format \"salesforce-bulk2\" needs the ingest job: give it as request.body \
+                     ({\"object\": \"Account\", \"operation\": \"insert\"}) or write \
+                     \"format\": {\"salesforce-bulk2\": {\"object\": …, \"operation\": …}}"
+                        .into(),
+                )),
                 "generic" => Err(FormatError(
                     "format \"generic\" needs its JSON pointers: write \"format\": {\"generic\": \
                      {\"records_pointer\": \"/items\", \"results_pointer\": \"/results\"}} \
@@ -87,6 +113,10 @@ impl Format {
             Value::Object(map) if map.len() == 1 && map.contains_key("generic") => {
                 GenericFormat::from_json(&map["generic"]).map(Format::Generic)
             }
+            Value::Object(map) if map.len() == 1 && map.contains_key("salesforce-bulk2") => {
+                IngestJob::from_json(&map["salesforce-bulk2"], "format.salesforce-bulk2")
+                    .map(Format::SalesforceBulk2)
+            }
             other => Err(unknown_format(&clip(other.to_string(), 80))),
         }
     }
@@ -95,6 +125,7 @@ impl Format {
     pub fn to_json(&self) -> Value {
         match self {
             Format::Generic(g) => serde_json::json!({ "generic": g.to_json() }),
+            Format::SalesforceBulk2(job) => serde_json::json!({ "salesforce-bulk2": job.to_json() }),
             other => Value::String(other.name().into()),
         }
     }
@@ -102,8 +133,8 @@ impl Format {
 
 fn unknown_format(got: &str) -> FormatError {
     FormatError(format!(
-        "unknown batch format {got}; expected \"hubspot\", \"salesforce\", \"graph\" or \
-         {{\"generic\": {{\"records_pointer\": …, \"results_pointer\": …}}}}"
+        "unknown batch format {got}; expected \"hubspot\", \"salesforce\", \"graph\", \
+         \"salesforce-bulk2\" or {{\"generic\": {{\"records_pointer\": …, \"results_pointer\": …}}}}"
     ))
 }
 
@@ -111,7 +142,7 @@ fn unknown_format(got: &str) -> FormatError {
 /// fault within the format (`generic.records_pointer`), not the `format` field itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct FormatError(String);
+pub struct FormatError(pub(crate) String);
 
 impl Serialize for Format {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -247,6 +278,7 @@ pub fn max_chunk(format: &Format, requested: usize) -> usize {
         Format::Salesforce => SALESFORCE_MAX,
         Format::Graph => GRAPH_MAX,
         Format::Generic(_) => usize::MAX,
+        Format::SalesforceBulk2(_) => bulk::MAX_RECORDS_PER_JOB,
     };
     requested.clamp(1, cap)
 }
@@ -267,6 +299,7 @@ pub fn validate<'a>(
             Format::Salesforce => salesforce::check(payload),
             Format::Graph => graph::item(&target, payload, 0).map(drop),
             Format::Generic(_) => Ok(()),
+            Format::SalesforceBulk2(_) => bulk::check(payload),
         };
         encoded.map_err(|reason| BatchError::Record {
             index: index as u64,
@@ -317,6 +350,7 @@ pub fn build(
         Format::Salesforce => salesforce::body(records)?,
         Format::Graph => graph::body(&target, records)?,
         Format::Generic(g) => g.body(records),
+        Format::SalesforceBulk2(_) => return Err(not_a_call()),
     };
     // A `Value` has string keys and finite numbers only: writing it cannot fail.
     let body = serde_json::to_vec(&body).expect("a serde_json::Value always serializes");
@@ -354,9 +388,20 @@ pub fn parse(
         Format::Salesforce => salesforce::parse(records, &answer),
         Format::Graph => graph::parse(records, &answer),
         Format::Generic(g) => g.parse(records, &answer),
+        Format::SalesforceBulk2(_) => answer.all(
+            records,
+            RecordOutcome::failed(not_a_call().to_string()),
+        ),
     };
     debug_assert_eq!(outcome.records.len(), records.len());
     outcome
+}
+
+fn not_a_call() -> BatchError {
+    BatchError::Request {
+        field: "format",
+        reason: "salesforce-bulk2 records go as bulk jobs, not as one call per chunk".into(),
+    }
 }
 
 /// The call's answer, as the formats read it.
@@ -468,6 +513,19 @@ impl Target {
                 })
             }
             Format::Graph => Ok(graph::target(method, path)),
+            Format::SalesforceBulk2(_) if method != "POST" => Err(BatchError::Request {
+                field: "method",
+                reason: format!("a Bulk API 2.0 job is created with POST, not {method}"),
+            }),
+            Format::SalesforceBulk2(_) if !path.trim_end_matches('/').ends_with("/jobs/ingest") => {
+                Err(BatchError::Request {
+                    field: "path",
+                    reason: format!(
+                        "\"{path}\" is not Bulk API 2.0's ingest path; write \
+                         /services/data/v62.0/jobs/ingest (with your API version)"
+                    ),
+                })
+            }
             Format::Generic(g) => match g.check() {
                 Err(e) => Err(BatchError::Request {
                     field: "format",

@@ -337,6 +337,8 @@ pub struct NewBatch {
     pub callback_url: Option<String>,
     pub created_at: Millis,
     pub records: Vec<NewRecord>,
+    /// Sent as asynchronous bulk jobs (see [`BulkJob`]), not as calls.
+    pub asynchronous: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,6 +406,9 @@ pub struct BatchSummary {
     /// applied once already and were sent again.
     pub possibly_duplicated: u64,
     pub failures: Vec<RecordFailure>,
+    /// Async batches: their bulk jobs (filled in when one batch is read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bulk_jobs: Vec<BulkJobView>,
     /// Shown as RFC 3339 (as a job's times are); kept as Unix milliseconds.
     #[serde(serialize_with = "rfc3339")]
     pub created_at: Millis,
@@ -508,6 +513,37 @@ pub trait BatchStore: Send + Sync {
     ) -> crate::Result<()>;
     /// Moves the due batch callbacks `ids` to `at` (held back by a limit, or being delivered).
     async fn postpone_batch_callbacks(&self, ids: &[String], at: Millis) -> crate::Result<()>;
+    /// Asynchronous bulk jobs: the next step to take, leased to `owner` until `now + lease`.
+    /// A job whose next call is due goes first (`resumed` when the previous lease holder
+    /// stopped mid-step); else a new job takes up to `max_batch_size` pending records of an
+    /// async batch with fewer than `per_batch` jobs under way.
+    async fn claim_bulk_job(
+        &self,
+        now: Millis,
+        owner: &str,
+        lease: Millis,
+        per_batch: u32,
+    ) -> crate::Result<Option<BulkJob>>;
+    /// The records a bulk job carries, by index.
+    async fn bulk_job_records(&self, job: &BulkJob) -> crate::Result<Vec<ChunkRecord>>;
+    /// Stores a step and gives the lease back; `false` (nothing stored) when the lease was
+    /// lost to another holder meanwhile.
+    async fn save_bulk_job(&self, job: &BulkJob, step: &BulkStep, now: Millis)
+        -> crate::Result<bool>;
+    /// Records the outcome of every record of a bulk job (as `finish_chunk` does, counting
+    /// the job's calls) and marks the job done, in one transaction.
+    async fn finish_bulk_job(
+        &self,
+        job: &BulkJob,
+        records: &[ChunkRecord],
+        results: &[RecordResult],
+        step: &BulkStep,
+        now: Millis,
+    ) -> crate::Result<()>;
+    /// When the next bulk job step is due, if a job is under way.
+    async fn next_bulk_job_at(&self) -> crate::Result<Option<Millis>>;
+    /// A batch's bulk jobs, oldest first.
+    async fn list_bulk_jobs(&self, batch_id: &str) -> crate::Result<Vec<BulkJobView>>;
     /// Batches in submission order after the cursor `after`, without their failures.
     async fn list_batches(
         &self,
@@ -515,6 +551,105 @@ pub trait BatchStore: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> crate::Result<Page<BatchSummary>>;
+}
+
+/// Where an asynchronous bulk job is: the phase names the next call to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkPhase {
+    /// Create the job (no job yet).
+    Create,
+    /// Upload the records to the created job.
+    Upload,
+    /// Tell the API the upload is complete.
+    Close,
+    /// Ask the job's state until it is final.
+    Poll,
+    /// Download the per-record results of the final job.
+    Results,
+    /// The records have their outcomes.
+    Done,
+}
+
+impl BulkPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkPhase::Create => "create",
+            BulkPhase::Upload => "upload",
+            BulkPhase::Close => "close",
+            BulkPhase::Poll => "poll",
+            BulkPhase::Results => "results",
+            BulkPhase::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BulkPhase> {
+        Some(match s {
+            "create" => BulkPhase::Create,
+            "upload" => BulkPhase::Upload,
+            "close" => BulkPhase::Close,
+            "poll" => BulkPhase::Poll,
+            "results" => BulkPhase::Results,
+            "done" => BulkPhase::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// An asynchronous bulk job (one chunk of an async batch's records), leased for its next
+/// step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkJob {
+    pub chunk_id: String,
+    pub batch: BatchMeta,
+    /// The batch was cancelled: the job is to be aborted.
+    pub cancelled: bool,
+    /// How many records the job carries.
+    pub records: u64,
+    /// The API's id for the job, once created.
+    pub job_id: Option<String>,
+    pub phase: BulkPhase,
+    /// The API's last word on the job's state.
+    pub state: Option<String>,
+    pub polls: u32,
+    pub calls: u64,
+    /// The previous holder of the lease stopped during a step (a crash): what it sent may
+    /// or may not have arrived.
+    pub resumed: bool,
+    /// Who holds the lease now (this claim).
+    pub owner: String,
+}
+
+/// What a bulk job's step leaves for the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkStep {
+    pub job_id: Option<String>,
+    pub phase: BulkPhase,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub polls: u32,
+    /// Calls this step made.
+    pub calls: u64,
+    /// When the next step is due.
+    pub next_at: Millis,
+    /// A job given up (opened, never closed) to remember.
+    pub abandoned: Option<String>,
+}
+
+/// A bulk job as a batch shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BulkJobView {
+    /// The API's id for the job (none before it is created).
+    pub job_id: Option<String>,
+    pub phase: BulkPhase,
+    /// The API's last word on the job's state (`InProgress`, `JobComplete`, …).
+    pub state: Option<String>,
+    pub records: u64,
+    pub polls: u32,
+    pub error: Option<String>,
+    /// Jobs opened for these records and given up after a crash, before they were closed
+    /// (none of their data was processed).
+    pub abandoned: Vec<String>,
 }
 
 /// Which batches a listing shows.

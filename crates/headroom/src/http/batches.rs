@@ -211,12 +211,13 @@ async fn get_one(
 ) -> ApiResult<Json<BatchSummary>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let limit = q.failures_limit.unwrap_or(1000).min(100_000);
-    let summary = app
+    let mut summary = app
         .store
         .get_batch(&id, limit)
         .await?
         .filter(|b| visible(&principal, b.tenant.as_deref()))
         .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))?;
+    summary.bulk_jobs = app.store.list_bulk_jobs(&id).await?;
     Ok(Json(summary))
 }
 
@@ -235,11 +236,12 @@ async fn cancel(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BatchSummary>> {
-    let summary = app
+    let mut summary = app
         .store
         .cancel_batch(&id, app.clock.now_millis())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no batch \"{id}\"")))?;
+    summary.bulk_jobs = app.store.list_bulk_jobs(&id).await?;
     match summary.status {
         BatchStatus::Succeeded | BatchStatus::CompletedWithFailures => Err(ApiError::Conflict {
             detail: format!(

@@ -261,10 +261,29 @@ pub struct Batch {
     pub possibly_duplicated: u64,
     /// Left out of lists.
     pub failures: Option<Vec<RecordFailure>>,
+    /// `salesforce-bulk2`: the batch's bulk jobs (left out of lists and for other formats).
+    pub bulk_jobs: Option<Vec<BulkJob>>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+}
+
+/// An asynchronous bulk job of a batch: one chunk of its records.
+#[derive(ToSchema)]
+pub struct BulkJob {
+    /// The API's id for the job (none before it is created).
+    pub job_id: Option<String>,
+    /// The next step: `create`, `upload`, `close`, `poll`, `results`, or `done`.
+    pub phase: String,
+    /// The API's last word on the job's state (`InProgress`, `JobComplete`, …).
+    pub state: Option<String>,
+    pub records: u64,
+    pub polls: u32,
+    pub error: Option<String>,
+    /// Jobs opened for these records and given up after a crash before they were closed
+    /// (none of their data was processed).
+    pub abandoned: Vec<String>,
 }
 
 /// A new batch.
@@ -289,6 +308,10 @@ pub struct BatchRequestSubmission {
     pub path: String,
     pub query: Option<String>,
     pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// `salesforce-bulk2` only: the ingest job to create, as Salesforce's create-job body
+    /// (`{"object": "Account", "operation": "upsert", "externalIdFieldName": "Ext__c"}`).
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<Value>,
 }
 
 /// `POST /v1/batches` (also sent as NDJSON: a first line with these fields but `records`,
@@ -298,11 +321,13 @@ pub struct BatchSubmission {
     pub upstream: String,
     #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     pub tenant: Option<String>,
-    /// `hubspot`, `salesforce`, `graph`, or a generic format as an object; left out, the
-    /// upstream's provider's (`provider = "hubspot"` takes `hubspot`).
+    /// `hubspot`, `salesforce`, `graph`, `salesforce-bulk2` (asynchronous Bulk API 2.0
+    /// ingest jobs; the job goes in `request.body`), or a generic format as an object; left
+    /// out, the upstream's provider's (`provider = "hubspot"` takes `hubspot`).
     #[schema(value_type = Option<Object>)]
     pub format: Option<Value>,
-    /// Records per call (the format's maximum if left out).
+    /// Records per call, or per bulk job for `salesforce-bulk2` (100, or 10,000 records per
+    /// bulk job, within the format's maximum, if left out).
     pub max_batch_size: Option<u32>,
     pub lane: Option<Lane>,
     pub request: BatchRequestSubmission,

@@ -88,6 +88,8 @@ struct SubmitBatchRequest {
     query: Option<String>,
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// `salesforce-bulk2` only: the ingest job to create (`object`, `operation`, …).
+    body: Option<Value>,
 }
 
 /// A record's id: its `id` field (text or number), else its index.
@@ -124,8 +126,25 @@ pub(crate) fn build_batch(
             )))
         }
     };
-    let format = Format::from_json(&format).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let requested = s.max_batch_size.unwrap_or(100);
+    let format = match (&format, &s.request.body) {
+        // The ingest job is the call that creates it: its body, as Salesforce documents it.
+        (Value::String(name), Some(job)) if name == "salesforce-bulk2" => Format::SalesforceBulk2(
+            batch::IngestJob::from_json(job, "request.body")
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "request.body: only a salesforce-bulk2 batch takes a body (the ingest job); \
+                 other formats build each call's body from the records",
+            ))
+        }
+        (format, None) => {
+            Format::from_json(format).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+    };
+    let requested = s
+        .max_batch_size
+        .unwrap_or(format.default_chunk().min(u32::MAX as usize) as u32);
     if requested == 0 {
         return Err(ApiError::bad_request("max_batch_size: must be at least 1"));
     }
@@ -178,8 +197,12 @@ pub(crate) fn build_batch(
             },
         )?;
         let text: Box<str> = raw.into();
+        let id = match &format {
+            Format::SalesforceBulk2(job) => job.record_id(&record).unwrap_or_else(|| i.to_string()),
+            _ => record_id(&record, i),
+        };
         records.push(NewRecord {
-            record_id: record_id(&record, i),
+            record_id: id,
             payload: text.into_string().into_bytes(),
         });
     }
@@ -202,6 +225,7 @@ pub(crate) fn build_batch(
         callback_url: s.callback_url,
         created_at: now,
         records,
+        asynchronous: format.is_async(),
     };
     Ok(new)
 }
