@@ -18,8 +18,14 @@
 //!
 //! A hidden client (`--hidden-share`) spends a share of every tenant's quota, evenly over each
 //! window, like another integration using the same credential.
+//!
+//! The `salesforce-bulk2` profile also runs Bulk API 2.0 ingest jobs ([`bulk2`]), each of their
+//! calls counted as a Salesforce call.
 
+pub mod bulk2;
 pub mod oauth;
+
+pub use bulk2::{Bulk2Control, Bulk2Stats};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -99,6 +105,11 @@ pub enum Profile {
     /// Fixed window. Salesforce: `Sforce-Limit-Info: api-usage=N/M`; a spent limit is a 403 `REQUEST_LIMIT_EXCEEDED`.
     #[value(name = "salesforce")]
     Salesforce,
+    /// `salesforce`'s limit and answers, plus Bulk API 2.0 ingest jobs under
+    /// `/services/data/vNN.N/jobs/ingest` (create, one CSV upload, close or abort, poll,
+    /// successful/failed/unprocessed results); every Bulk call counts against the limit.
+    #[value(name = "salesforce-bulk2")]
+    SalesforceBulk2,
     /// Fixed window. GitHub REST: `x-ratelimit-*` with an epoch reset; a spent limit is a 403 that says so.
     #[value(name = "github")]
     Github,
@@ -158,7 +169,9 @@ impl Profile {
             Profile::RetryAfter => (Model::FixedWindow, Dialect::RetryAfter),
             Profile::OpenAi => (Model::FixedWindow, Dialect::OpenAiTokens),
             Profile::ShopifyGraphql => (Model::LeakyBucket, Dialect::ShopifyGraphql),
-            Profile::Salesforce => (Model::FixedWindow, Dialect::Salesforce),
+            Profile::Salesforce | Profile::SalesforceBulk2 => {
+                (Model::FixedWindow, Dialect::Salesforce)
+            }
             Profile::Github => (Model::FixedWindow, Dialect::XRateLimitEpoch),
             Profile::GithubGraphql => (Model::FixedWindow, Dialect::XRateLimitEpoch),
             Profile::Stripe => (Model::FixedWindow, Dialect::Bare),
@@ -187,7 +200,7 @@ impl Profile {
                 StatusCode::TOO_MANY_REQUESTS,
                 br#"{"errors":"Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service."}"#,
             ),
-            Profile::Salesforce => (StatusCode::FORBIDDEN, br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#),
+            Profile::Salesforce | Profile::SalesforceBulk2 => (StatusCode::FORBIDDEN, br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#),
             Profile::Github => (StatusCode::FORBIDDEN, br#"{"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#),
             Profile::GithubGraphql => (StatusCode::OK, br#"{"errors":[{"type":"RATE_LIMITED","message":"API rate limit exceeded for user ID 1."}]}"#),
             Profile::Stripe => (StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"code":"rate_limit","message":"Too many requests hit the API too quickly.","type":"invalid_request_error"}}"#),
@@ -221,6 +234,7 @@ impl Profile {
             Profile::OpenAi => "openai",
             Profile::ShopifyGraphql => "shopify-graphql",
             Profile::Salesforce => "salesforce",
+            Profile::SalesforceBulk2 => "salesforce-bulk2",
             Profile::Github => "github",
             Profile::GithubGraphql => "github-graphql",
             Profile::Stripe => "stripe",
@@ -433,6 +447,8 @@ struct Shared {
     /// Accepted calls, kept outside the lock so the `unlimited` path takes none.
     accepted: AtomicU64,
     inner: Mutex<Inner>,
+    /// The Bulk API 2.0 jobs of the `salesforce-bulk2` profile.
+    bulk: Arc<bulk2::Bulk2>,
 }
 
 impl Shared {
@@ -577,6 +593,8 @@ impl Shared {
         let mut inner = self.lock();
         *inner = Inner::new();
         self.accepted.store(0, Ordering::Relaxed);
+        drop(inner);
+        self.bulk.reset();
     }
 
     fn new_upstream(&self, model: Model) -> Upstream {
@@ -714,7 +732,19 @@ impl MockHandle {
         self.shared.stats()
     }
 
-    /// Forgets every tenant and counter, as `POST /_mock/reset` does.
+    /// The Bulk API 2.0 endpoints (`salesforce-bulk2`): settings, stats, waiting.
+    pub fn bulk(&self) -> Bulk2Control {
+        Bulk2Control {
+            bulk: self.shared.bulk.clone(),
+        }
+    }
+
+    /// The Bulk API 2.0 counters, as `GET /_mock/bulk/stats` returns them.
+    pub fn bulk_stats(&self) -> Bulk2Stats {
+        self.shared.bulk.stats()
+    }
+
+    /// Forgets every tenant and counter (and every Bulk job), as `POST /_mock/reset` does.
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -759,6 +789,7 @@ pub async fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result
         accepted: AtomicU64::new(0),
         inner: Mutex::new(Inner::new()),
         config,
+        bulk: Arc::new(bulk2::Bulk2::new()),
     });
     let hidden = match limits {
         Some(_) if shared.config.hidden_share > 0.0 => {
@@ -769,6 +800,8 @@ pub async fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result
     let app = Router::new()
         .route("/_mock/stats", get(stats))
         .route("/_mock/reset", post(reset))
+        .route("/_mock/bulk/stats", get(bulk_stats))
+        .route("/_mock/bulk/config", get(bulk_config).post(bulk_config))
         .fallback(call)
         .with_state(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -796,6 +829,14 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<MockStats> {
 async fn reset(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     shared.reset();
     Json(serde_json::json!({ "ok": true }))
+}
+
+async fn bulk_stats(State(shared): State<Arc<Shared>>) -> Json<Bulk2Stats> {
+    Json(shared.bulk.stats())
+}
+
+async fn bulk_config(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    shared.bulk.configure(Some(&body))
 }
 
 #[derive(Serialize)]
@@ -915,6 +956,16 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             return json_response(StatusCode::BAD_REQUEST, body.to_string().into_bytes());
         }
     };
+    if let (Profile::SalesforceBulk2, Some((model, dialect)), None, None) = (
+        shared.config.profile,
+        shared.limits,
+        forced.status,
+        forced.sleep,
+    ) {
+        if let Some(route) = bulk2::Route::parse(parts.uri.path()) {
+            return bulk_call(&shared, parts, body, route, model, dialect).await;
+        }
+    }
     // Count the body without buffering it, so any size is fine; batch calls are kept (up to
     // a limit) to answer them record by record.
     let graph_batch =
@@ -973,12 +1024,7 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         return json_response(StatusCode::OK, body);
     };
 
-    let tenant = parts
-        .headers
-        .get(AUTHORIZATION)
-        .map_or(ANONYMOUS.into(), |v| {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
-        });
+    let tenant = tenant(&parts.headers);
     // Graph's JSON batching: the envelope is not a call; each inner request counts, and one
     // the limit refuses is a 429 item with its own Retry-After inside a 200 envelope.
     if graph_batch {
@@ -1014,6 +1060,18 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         let (status, body) = shared.config.profile.throttled();
         json_response(status, body.to_vec())
     };
+    add_headers(&mut response, headers);
+    response
+}
+
+/// The tenant of a call: its `Authorization` value.
+fn tenant(headers: &http::HeaderMap) -> String {
+    headers.get(AUTHORIZATION).map_or(ANONYMOUS.into(), |v| {
+        String::from_utf8_lossy(v.as_bytes()).into_owned()
+    })
+}
+
+fn add_headers(response: &mut Response, headers: Vec<(String, String)>) {
     let out = response.headers_mut();
     for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
@@ -1023,6 +1081,33 @@ async fn call(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             out.insert(name, value);
         }
     }
+}
+
+/// A Bulk API 2.0 call (`salesforce-bulk2`): counted against the tenant's limit like any
+/// Salesforce call, then answered by [`bulk2`] if the limit accepted it.
+async fn bulk_call(
+    shared: &Shared,
+    parts: http::request::Parts,
+    body: Body,
+    route: bulk2::Route,
+    model: Model,
+    dialect: Dialect,
+) -> Response {
+    let (accepted, headers) = shared.call(&tenant(&parts.headers), model, dialect, 1.0);
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
+    let mut response = if accepted {
+        shared
+            .bulk
+            .serve(route, &parts.method, &parts.headers, body)
+            .await
+    } else {
+        bulk2::drain(body).await;
+        let (status, body) = shared.config.profile.throttled();
+        json_response(status, body.to_vec())
+    };
+    add_headers(&mut response, headers);
     response
 }
 
@@ -1075,6 +1160,7 @@ mod tests {
                 "openai",
                 "shopify-graphql",
                 "salesforce",
+                "salesforce-bulk2",
                 "github",
                 "github-graphql",
                 "stripe",

@@ -95,6 +95,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mock.config().describe(),
             mock.url()
         );
+        if args.profile == Profile::SalesforceBulk2 {
+            println!(
+                "Bulk API 2.0 ingest at {}/services/data/v62.0/jobs/ingest (any vNN.N); \
+                 GET /_mock/bulk/stats, GET or POST /_mock/bulk/config",
+                mock.url()
+            );
+        }
         let _oauth = match &args.oauth {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
