@@ -220,8 +220,7 @@ pub(crate) async fn finish_records_in(
             records.len()
         );
     }
-    let q = Sql::new("SELECT seq, status, max_attempts FROM batches WHERE id = ?")
-        .bind(batch_id);
+    let q = Sql::new("SELECT seq, status, max_attempts FROM batches WHERE id = ?").bind(batch_id);
     let row = tx
         .fetch_optional(&q)
         .await
@@ -551,7 +550,9 @@ impl<S: SqlStore> BatchStore for S {
             )
             .bind(now)
             .bind(seq);
-            tx.execute(&q).await.context("cannot cancel a batch's bulk jobs")?;
+            tx.execute(&q)
+                .await
+                .context("cannot cancel a batch's bulk jobs")?;
         }
         let out = read_batch(&mut tx.conn(), id, 100).await?;
         tx.commit().await.context("cannot commit a cancellation")?;

@@ -15,7 +15,7 @@ use super::row::StoreRow;
 use super::sql::{Db, Sql};
 use crate::model::jobs::*;
 
-const JOB_COLUMNS: &str = "j.chunk_id, j.records, j.job_id, j.phase, j.state, j.polls, \
+const JOB_COLUMNS: &str = "j.chunk_id, j.records, j.job_id, j.phase, j.state, j.error, j.polls, \
      j.calls, j.lease_owner, b.status AS batch_status, b.id, b.upstream, b.tenant, b.lane, \
      b.format, b.max_batch_size, b.method, b.path, b.query, b.headers, b.max_attempts";
 
@@ -35,6 +35,7 @@ fn job_from_row<R: StoreRow>(row: &R, owner: &str) -> crate::Result<BulkJob> {
         job_id: row.col("job_id")?,
         phase: phase(&row.col::<String>("phase")?)?,
         state: row.col("state")?,
+        error: row.col("error")?,
         polls: u32_col(row, "polls")?,
         calls: calls.max(0) as u64,
         resumed: row.col::<Option<String>>("lease_owner")?.is_some(),
@@ -88,7 +89,9 @@ pub(crate) async fn claim(
         .bind(now + lease)
         .bind(&job.chunk_id);
         tx.execute(&q).await.context("cannot lease a bulk job")?;
-        tx.commit().await.context("cannot commit a bulk job lease")?;
+        tx.commit()
+            .await
+            .context("cannot commit a bulk job lease")?;
         return Ok(Some(job));
     }
     // Else a new job, from an async batch with due records and room for another job.
@@ -142,6 +145,7 @@ pub(crate) async fn claim(
         job_id: None,
         phase: BulkPhase::Create,
         state: None,
+        error: None,
         polls: 0,
         calls: 0,
         resumed: false,

@@ -1093,34 +1093,80 @@ pub async fn bulk_jobs<S: BatchStore>(store: &S) {
     let mut b = new_batch("bulk", 250, 100, 0);
     b.asynchronous = true;
     store.insert_batch(b).await.unwrap();
-    store.insert_batch(new_batch("sync", 5, 100, 0)).await.unwrap();
+    store
+        .insert_batch(new_batch("sync", 5, 100, 0))
+        .await
+        .unwrap();
     // Async batches are not chunks of calls.
     let c = store.claim_chunk(0, &[]).await.unwrap().unwrap();
     assert_eq!(c.batch.id, "sync");
-    assert!(store.claim_chunk(0, &["sync".into()]).await.unwrap().is_none());
+    assert!(store
+        .claim_chunk(0, &["sync".into()])
+        .await
+        .unwrap()
+        .is_none());
     store.finish_chunk(&c, &all_succeeded(&c), 1).await.unwrap();
 
-    let a = store.claim_bulk_job(10, "node-a", 1_000, 2).await.unwrap().unwrap();
-    assert_eq!((a.phase, a.records, a.resumed), (BulkPhase::Create, 100, false));
-    let b = store.claim_bulk_job(10, "node-a", 1_000, 2).await.unwrap().unwrap();
+    let a = store
+        .claim_bulk_job(10, "node-a", 1_000, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.phase, a.records, a.resumed),
+        (BulkPhase::Create, 100, false)
+    );
+    let b = store
+        .claim_bulk_job(10, "node-a", 1_000, 2)
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(a.chunk_id, b.chunk_id);
     assert!(
-        store.claim_bulk_job(10, "node-a", 1_000, 2).await.unwrap().is_none(),
+        store
+            .claim_bulk_job(10, "node-a", 1_000, 2)
+            .await
+            .unwrap()
+            .is_none(),
         "two jobs per batch at most, both leased"
     );
     assert_eq!(store.bulk_job_records(&a).await.unwrap().len(), 100);
     // A step is stored and the lease given back; a stale holder stores nothing.
-    assert!(store.save_bulk_job(&a, &step(&a, BulkPhase::Poll, 50), 20).await.unwrap());
-    assert!(!store.save_bulk_job(&a, &step(&a, BulkPhase::Upload, 50), 21).await.unwrap());
+    assert!(store
+        .save_bulk_job(&a, &step(&a, BulkPhase::Poll, 50), 20)
+        .await
+        .unwrap());
+    assert!(!store
+        .save_bulk_job(&a, &step(&a, BulkPhase::Upload, 50), 21)
+        .await
+        .unwrap());
     assert_eq!(store.next_bulk_job_at().await.unwrap(), Some(50));
-    let a2 = store.claim_bulk_job(50, "node-b", 1_000, 2).await.unwrap().unwrap();
+    let a2 = store
+        .claim_bulk_job(50, "node-b", 1_000, 2)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a2.chunk_id, a.chunk_id);
-    assert_eq!((a2.phase, a2.polls, a2.calls, a2.resumed), (BulkPhase::Poll, 1, 1, false));
+    assert_eq!(
+        (a2.phase, a2.polls, a2.calls, a2.resumed),
+        (BulkPhase::Poll, 1, 1, false)
+    );
     assert_eq!(a2.job_id.as_deref(), Some("750000000000001"));
     // b's holder stops; once its lease runs out the job goes to the next claim, resumed.
-    assert!(store.claim_bulk_job(500, "node-c", 1_000, 2).await.unwrap().is_none());
-    let b2 = store.claim_bulk_job(1_010, "node-c", 1_000, 2).await.unwrap().unwrap();
-    assert_eq!((b2.chunk_id.as_str(), b2.resumed), (b.chunk_id.as_str(), true));
+    assert!(store
+        .claim_bulk_job(500, "node-c", 1_000, 2)
+        .await
+        .unwrap()
+        .is_none());
+    let b2 = store
+        .claim_bulk_job(1_010, "node-c", 1_000, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (b2.chunk_id.as_str(), b2.resumed),
+        (b.chunk_id.as_str(), true)
+    );
     // A restart does not send a job's records again.
     assert_eq!(store.requeue_in_flight(1_100).await.unwrap(), 0);
     assert_eq!(batch(store, "bulk").await.possibly_duplicated, 0);
@@ -1129,27 +1175,51 @@ pub async fn bulk_jobs<S: BatchStore>(store: &S) {
     let results: Vec<RecordResult> = records
         .iter()
         .map(|r| match r.index % 10 {
-            0 => RecordResult::Failed { error: "REQUIRED_FIELD_MISSING".into() },
-            1 => RecordResult::Retry { at: 2_000, error: "UNABLE_TO_LOCK_ROW".into(), burn_attempt: true },
+            0 => RecordResult::Failed {
+                error: "REQUIRED_FIELD_MISSING".into(),
+            },
+            1 => RecordResult::Retry {
+                at: 2_000,
+                error: "UNABLE_TO_LOCK_ROW".into(),
+                burn_attempt: true,
+            },
             _ => RecordResult::Succeeded,
         })
         .collect();
-    let done = BulkStep { phase: BulkPhase::Done, ..step(&a2, BulkPhase::Done, 0) };
+    let done = BulkStep {
+        phase: BulkPhase::Done,
+        ..step(&a2, BulkPhase::Done, 0)
+    };
     store
         .finish_bulk_job(&a2, &records, &results, &done, 1_200)
         .await
         .unwrap();
     let s = batch(store, "bulk").await;
     assert_eq!((s.succeeded, s.failed, s.calls), (80, 10, 2), "{s:?}");
-    assert_eq!(s.pending, 160, "50 never sent, 10 to retry, and b's 100 in flight");
+    assert_eq!(
+        s.pending, 160,
+        "50 never sent, 10 to retry, and b's 100 in flight"
+    );
     let jobs = store.list_bulk_jobs("bulk").await.unwrap();
     assert_eq!(jobs.len(), 2);
-    assert!(jobs.iter().any(|j| j.phase == BulkPhase::Done && j.polls == 2));
+    assert!(jobs
+        .iter()
+        .any(|j| j.phase == BulkPhase::Done && j.polls == 2));
     // A cancel makes the job under way due now, to be aborted.
-    assert!(store.save_bulk_job(&b2, &step(&b2, BulkPhase::Poll, 90_000), 1_300).await.unwrap());
+    assert!(store
+        .save_bulk_job(&b2, &step(&b2, BulkPhase::Poll, 90_000), 1_300)
+        .await
+        .unwrap());
     store.cancel_batch("bulk", 1_400).await.unwrap();
-    let b3 = store.claim_bulk_job(1_400, "node-c", 1_000, 2).await.unwrap().unwrap();
-    assert_eq!((b3.chunk_id.as_str(), b3.cancelled), (b.chunk_id.as_str(), true));
+    let b3 = store
+        .claim_bulk_job(1_400, "node-c", 1_000, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (b3.chunk_id.as_str(), b3.cancelled),
+        (b.chunk_id.as_str(), true)
+    );
 }
 
 async fn batch<S: BatchStore>(store: &S, id: &str) -> BatchSummary {

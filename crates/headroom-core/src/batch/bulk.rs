@@ -68,7 +68,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Complete | JobState::Failed | JobState::Aborted)
+        matches!(
+            self,
+            JobState::Complete | JobState::Failed | JobState::Aborted
+        )
     }
 }
 
@@ -109,8 +112,12 @@ pub trait AsyncBulkApi {
     fn results(&self, job: &str) -> Vec<BulkCall>;
     /// One outcome per record, in `records`' order, from the answers of [`Self::results`] (in
     /// that order) and the job's final status.
-    fn outcomes(&self, records: &[Record], status: &JobStatus, results: &[&[u8]])
-        -> Vec<RecordOutcome>;
+    fn outcomes(
+        &self,
+        records: &[Record],
+        status: &JobStatus,
+        results: &[&[u8]],
+    ) -> Vec<RecordOutcome>;
 }
 
 /// What a Salesforce ingest job does to each row.
@@ -187,8 +194,7 @@ impl IngestJob {
             ) {
                 return Err(err(
                     key,
-                    "unknown field; the job takes object, operation and externalIdFieldName"
-                        .into(),
+                    "unknown field; the job takes object, operation and externalIdFieldName".into(),
                 ));
             }
         }
@@ -212,7 +218,10 @@ impl IngestJob {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(err("object", format!("\"{object}\" is not an sObject name")));
+            return Err(err(
+                "object",
+                format!("\"{object}\" is not an sObject name"),
+            ));
         }
         let operation = text("operation")?.ok_or_else(|| {
             err(
@@ -402,8 +411,12 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 
     fn created(&self, body: &[u8]) -> Result<String, AnswerError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| AnswerError(format!("the created job is not JSON ({e}): {}", snippet(body))))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            AnswerError(format!(
+                "the created job is not JSON ({e}): {}",
+                snippet(body)
+            ))
+        })?;
         match v.get("id").and_then(Value::as_str) {
             Some(id)
                 if !id.is_empty()
@@ -440,7 +453,11 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 
     fn abort(&self, job: &str) -> BulkCall {
-        BulkCall::json("PATCH", self.job_path(job), Some(json!({"state": "Aborted"})))
+        BulkCall::json(
+            "PATCH",
+            self.job_path(job),
+            Some(json!({"state": "Aborted"})),
+        )
     }
 
     fn status(&self, job: &str) -> BulkCall {
@@ -448,12 +465,18 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 
     fn read_status(&self, body: &[u8]) -> Result<JobStatus, AnswerError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| AnswerError(format!("the job's status is not JSON ({e}): {}", snippet(body))))?;
-        let api_state = v
-            .get("state")
-            .and_then(Value::as_str)
-            .ok_or_else(|| AnswerError(format!("the job's status has no \"state\": {}", snippet(body))))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            AnswerError(format!(
+                "the job's status is not JSON ({e}): {}",
+                snippet(body)
+            ))
+        })?;
+        let api_state = v.get("state").and_then(Value::as_str).ok_or_else(|| {
+            AnswerError(format!(
+                "the job's status has no \"state\": {}",
+                snippet(body)
+            ))
+        })?;
         let state = match api_state {
             "Open" => JobState::Open,
             "UploadComplete" | "InProgress" => JobState::Processing,
@@ -596,7 +619,10 @@ fn read_results(
             index.insert(h, i);
         }
     }
-    let at: Vec<Option<usize>> = columns.iter().map(|c| index.get(c.as_str()).copied()).collect();
+    let at: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| index.get(c.as_str()).copied())
+        .collect();
     let mut extra = HashMap::new();
     for (n, record) in reader.records().enumerate() {
         let record = record.map_err(|e| format!("CSV row {}: {e}", n + 1))?;
@@ -638,22 +664,33 @@ mod tests {
 
     #[test]
     fn the_job_body_is_read_and_errors_name_the_field() {
-        let err = |v: Value| IngestJob::from_json(&v, "request.body").unwrap_err().to_string();
+        let err = |v: Value| {
+            IngestJob::from_json(&v, "request.body")
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(json!({"operation": "insert"})).starts_with("request.body.object: missing"));
         assert!(err(json!({"object": "Account", "operation": "merge"}))
             .contains("request.body.operation: \"merge\""));
         assert!(err(json!({"object": "Account", "operation": "upsert"}))
             .starts_with("request.body.externalIdFieldName: missing"));
-        assert!(err(json!({"object": "Account", "operation": "insert", "lineEnding": "CRLF"}))
-            .starts_with("request.body.lineEnding:"));
-        assert!(err(json!({"object": "Account", "operation": "insert", "objct": 1}))
-            .starts_with("request.body.objct: unknown field"));
+        assert!(
+            err(json!({"object": "Account", "operation": "insert", "lineEnding": "CRLF"}))
+                .starts_with("request.body.lineEnding:")
+        );
+        assert!(
+            err(json!({"object": "Account", "operation": "insert", "objct": 1}))
+                .starts_with("request.body.objct: unknown field")
+        );
         let up = IngestJob::from_json(
             &json!({"object": "Contact", "operation": "upsert", "externalIdFieldName": "Ext__c"}),
             "x",
         )
         .unwrap();
-        assert_eq!(up.record_id(&json!({"Ext__c": "e-1", "Name": "A"})), Some("e-1".into()));
+        assert_eq!(
+            up.record_id(&json!({"Ext__c": "e-1", "Name": "A"})),
+            Some("e-1".into())
+        );
         assert_eq!(
             IngestJob::from_json(&up.to_json(), "x").unwrap(),
             up,
@@ -665,7 +702,10 @@ mod tests {
     fn records_become_one_quoted_csv_with_every_field() {
         let records = [
             rec(0, json!({"Name": "Acme, Inc.", "Phone": "1"})),
-            rec(1, json!({"Name": "Say \"hi\"\nthere", "Employees": 12, "Active": true})),
+            rec(
+                1,
+                json!({"Name": "Say \"hi\"\nthere", "Employees": 12, "Active": true}),
+            ),
             rec(2, json!({"Name": null})),
         ];
         let csv = String::from_utf8(to_csv(&records).unwrap()).unwrap();
@@ -677,7 +717,10 @@ mod tests {
              \"\",\"\",\"\",\"\"\n"
         );
         let bad = [rec(7, json!({"Name": {"x": 1}}))];
-        assert!(matches!(to_csv(&bad), Err(BatchError::Record { index: 7, .. })));
+        assert!(matches!(
+            to_csv(&bad),
+            Err(BatchError::Record { index: 7, .. })
+        ));
     }
 
     #[test]
@@ -746,7 +789,10 @@ mod tests {
         );
         assert!(api.read_status(br#"{"state":"Sideways"}"#).is_err());
         assert!(api.created(br#"{"id":"../x"}"#).is_err());
-        assert_eq!(api.created(br#"{"id":"7505e00000AbCdE"}"#).unwrap(), "7505e00000AbCdE");
+        assert_eq!(
+            api.created(br#"{"id":"7505e00000AbCdE"}"#).unwrap(),
+            "7505e00000AbCdE"
+        );
     }
 
     #[test]
@@ -763,7 +809,11 @@ mod tests {
             processed: None,
             failed: None,
         };
-        let out = api.outcomes(&records, &status, &[b"\"a\",\"b\"\n\"1\"\n\xff\xfe", b"<html>", b""]);
+        let out = api.outcomes(
+            &records,
+            &status,
+            &[b"\"a\",\"b\"\n\"1\"\n\xff\xfe", b"<html>", b""],
+        );
         assert!(!out[0].is_retryable());
     }
 

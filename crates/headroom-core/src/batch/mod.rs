@@ -125,7 +125,9 @@ impl Format {
     pub fn to_json(&self) -> Value {
         match self {
             Format::Generic(g) => serde_json::json!({ "generic": g.to_json() }),
-            Format::SalesforceBulk2(job) => serde_json::json!({ "salesforce-bulk2": job.to_json() }),
+            Format::SalesforceBulk2(job) => {
+                serde_json::json!({ "salesforce-bulk2": job.to_json() })
+            }
             other => Value::String(other.name().into()),
         }
     }
@@ -388,10 +390,9 @@ pub fn parse(
         Format::Salesforce => salesforce::parse(records, &answer),
         Format::Graph => graph::parse(records, &answer),
         Format::Generic(g) => g.parse(records, &answer),
-        Format::SalesforceBulk2(_) => answer.all(
-            records,
-            RecordOutcome::failed(not_a_call().to_string()),
-        ),
+        Format::SalesforceBulk2(_) => {
+            answer.all(records, RecordOutcome::failed(not_a_call().to_string()))
+        }
     };
     debug_assert_eq!(outcome.records.len(), records.len());
     outcome

@@ -528,8 +528,12 @@ pub trait BatchStore: Send + Sync {
     async fn bulk_job_records(&self, job: &BulkJob) -> crate::Result<Vec<ChunkRecord>>;
     /// Stores a step and gives the lease back; `false` (nothing stored) when the lease was
     /// lost to another holder meanwhile.
-    async fn save_bulk_job(&self, job: &BulkJob, step: &BulkStep, now: Millis)
-        -> crate::Result<bool>;
+    async fn save_bulk_job(
+        &self,
+        job: &BulkJob,
+        step: &BulkStep,
+        now: Millis,
+    ) -> crate::Result<bool>;
     /// Records the outcome of every record of a bulk job (as `finish_chunk` does, counting
     /// the job's calls) and marks the job done, in one transaction.
     async fn finish_bulk_job(
@@ -611,6 +615,8 @@ pub struct BulkJob {
     pub phase: BulkPhase,
     /// The API's last word on the job's state.
     pub state: Option<String>,
+    /// What the last step stored: why the job failed, or why a step is to be tried again.
+    pub error: Option<String>,
     pub polls: u32,
     pub calls: u64,
     /// The previous holder of the lease stopped during a step (a crash): what it sent may

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod batches;
+pub mod bulk;
 pub mod callbacks;
 pub mod dispatcher;
 pub mod observe;

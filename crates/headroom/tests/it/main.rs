@@ -6,6 +6,7 @@ mod services;
 
 mod batches;
 mod budgets;
+mod bulk;
 mod cli;
 mod console;
 mod contract;
