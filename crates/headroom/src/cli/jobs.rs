@@ -133,12 +133,24 @@ pub struct BatchesArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum BatchesCommand {
     /// Submit a batch: its JSON (as `POST /v1/batches` takes it) from FILE or standard input.
+    ///
+    /// With `--records-csv accounts.csv` the JSON is the batch without its records, and each
+    /// row of the CSV (its first line names the fields) is one record; an empty cell leaves
+    /// the field out.
     Submit {
         #[arg(value_name = "FILE|-")]
         file: Option<std::path::PathBuf>,
+        /// A CSV file whose rows are the batch's records.
+        #[arg(long, value_name = "CSV")]
+        records_csv: Option<std::path::PathBuf>,
     },
     /// Show a batch: counts and every failed record with its error.
-    Get { id: String },
+    Get {
+        id: String,
+        /// Print only the failures, as CSV (`index,record_id,error`), for a report.
+        #[arg(long)]
+        failures_csv: bool,
+    },
     /// List batches, oldest first, one page at a time (JSON with `next_cursor`).
     List {
         /// queued, running, succeeded, completed_with_failures or cancelled.
@@ -216,11 +228,21 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
 pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.server.server)?;
     let body = match args.command {
-        BatchesCommand::Submit { file } => api.call(
-            Method::POST,
-            "/v1/batches",
-            Some(read_json(file.as_deref())?),
-        )?,
+        BatchesCommand::Submit { file, records_csv } => {
+            let mut batch = read_json(file.as_deref())?;
+            if let Some(csv) = records_csv {
+                let Some(map) = batch.as_object_mut() else {
+                    anyhow::bail!("the batch is not a JSON object");
+                };
+                if map.contains_key("records") {
+                    anyhow::bail!(
+                        "the batch has \"records\" and --records-csv gives them too; keep one"
+                    );
+                }
+                map.insert("records".into(), Value::Array(records_from_csv(&csv)?));
+            }
+            api.call(Method::POST, "/v1/batches", Some(batch))?
+        }
         BatchesCommand::List {
             status,
             tenant,
@@ -245,14 +267,61 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
                 None,
             )?
         }
-        BatchesCommand::Get { id } => {
-            api.call(Method::GET, &format!("/v1/batches/{}", seg(&id)), None)?
+        BatchesCommand::Get { id, failures_csv } => {
+            let path = format!("/v1/batches/{}?failures_limit=100000", seg(&id));
+            let body = api.call(Method::GET, &path, None)?;
+            if failures_csv {
+                let batch: Value = serde_json::from_slice(&body)
+                    .context("the batch's answer is not JSON")?;
+                return print_failures_csv(&batch);
+            }
+            body
         }
         BatchesCommand::Cancel { id } => {
             api.call(Method::DELETE, &format!("/v1/batches/{}", seg(&id)), None)?
         }
     };
     print_json(&body);
+    Ok(())
+}
+
+/// Each row of a CSV file as a record: `{field: value}` for its non-empty cells.
+fn records_from_csv(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let mut reader = csv::Reader::from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let header = reader
+        .headers()
+        .with_context(|| format!("{}: line 1 (the field names)", path.display()))?
+        .clone();
+    if let Some(empty) = header.iter().position(str::is_empty) {
+        anyhow::bail!("{}: line 1: column {} has no name", path.display(), empty + 1);
+    }
+    let mut records = Vec::new();
+    for (n, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("{}: line {}", path.display(), n + 2))?;
+        let record: serde_json::Map<String, Value> = header
+            .iter()
+            .zip(row.iter())
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        records.push(Value::Object(record));
+    }
+    Ok(records)
+}
+
+/// A batch's failures as CSV on standard output.
+fn print_failures_csv(batch: &Value) -> anyhow::Result<()> {
+    let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+    out.write_record(["index", "record_id", "error"])?;
+    for f in batch["failures"].as_array().into_iter().flatten() {
+        let text = |k: &str| match &f[k] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.write_record([text("index"), text("record_id"), text("error")])?;
+    }
+    out.flush()?;
     Ok(())
 }
 
