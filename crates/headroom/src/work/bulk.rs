@@ -449,6 +449,14 @@ impl<'a> Ctx<'a> {
         }
         match self.status(&id).await {
             Ok(status) => match status.state {
+                // The close was refused before (its error stored): it will not go through.
+                JobState::Open if self.job.error.is_some() => {
+                    let error = self.job.error.clone().unwrap_or_default();
+                    let aborted = self.api().abort(&id);
+                    let _ = self.call(aborted, MAX_ANSWER).await;
+                    self.fail_all(format!("bulk job {id} could not be closed: {error}"))
+                        .await
+                }
                 JobState::Open => {
                     Next::Step(self.next(BulkPhase::Close, Some(id), Some(status.api_state)))
                 }

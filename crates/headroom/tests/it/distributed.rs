@@ -218,7 +218,7 @@ impl Cluster {
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         (0..self.nodes.len())
             .map(|n| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
