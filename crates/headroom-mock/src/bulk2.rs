@@ -1,6 +1,7 @@
-//! Salesforce Bulk API 2.0 *ingest* jobs, served by the `salesforce-bulk2` profile, so a
-//! client of the asynchronous API (create, upload once, close, poll, fetch results) can be
-//! tested against its real rules without an org.
+//! Salesforce Bulk API 2.0 *ingest* and *query* jobs, served by the `salesforce-bulk2`
+//! profile, so a client of the asynchronous API (create, upload once, close, poll, fetch
+//! results; or create a query, poll, read its results a page at a time) can be tested against
+//! its real rules without an org.
 //!
 //! Every Bulk call is one REST call: the profile counts and throttles it as `salesforce` does
 //! (that is how a test sees whether polling stays inside the REST budget), and only a call
@@ -42,10 +43,41 @@
 //! keep the original columns byte for byte, and list rows in an order of their own (by a hash
 //! of the row), so a client must match results to its input by content, as with Salesforce.
 //!
+//! # Query jobs (bulk export)
+//!
+//! `POST /services/data/{v}/jobs/query` with `{"operation": "query"|"queryAll", "query":
+//! "SELECT Id, Name FROM Account …"}` creates a job (`UploadComplete`) and `GET` lists them;
+//! `GET`/`PATCH`/`DELETE …/jobs/query/{id}` read, abort (`{"state": "Aborted"}`, refused once
+//! `JobComplete`) and delete one (refused while `InProgress`); `GET …/jobs/query/{id}/results`
+//! serves the results once the job is `JobComplete`. The query must be `SELECT <fields> FROM
+//! <Object>` (keywords in any case, fields comma-separated names such as `Id` or `Owner.Name`,
+//! no duplicates); whatever follows the object (`WHERE`, `ORDER BY`, `LIMIT`, …) is accepted
+//! and ignored. `lineEnding` and `columnDelimiter` are taken as for ingest (default `LF`,
+//! `COMMA`), `contentType` must be `CSV`. A bad operation or a missing query is `INVALIDJOB`,
+//! a query that does not parse `API_ERROR`.
+//!
+//! The org holds `query_records` rows (default 25,000; taken when the job is created), rows
+//! `1..=query_records` in that order. Row `i`'s `Id` is a fixed 18-character `00100Q…` id
+//! ([`query_value`]); any other field `F` (as written in the SELECT) is `"F i"`, except
+//! that `Name` on every row whose `i` is a multiple of 1000 is `"Name i, \"quoted\"\nline
+//! two"` (a comma, quotes and a newline, to exercise CSV quoting). Processing starts at the
+//! creation and takes `processing_base + processing_per_record × query_records`, the records
+//! counted as processed linearly over that time; an abort stops it.
+//!
+//! `…/results?maxRecords=N&locator=L` answers `text/csv` with the SELECT's fields as the
+//! header line and the next up to `N` rows (default 50,000, at least 1), every value quoted;
+//! `Sforce-NumberOfRecords` counts the rows of the page and `Sforce-Locator` names the next
+//! page, `null` after the last. A locator is the URL-safe base64 of the row it starts at, but
+//! only the locators a job gave out are accepted (any other is `INVALIDLOCATOR`); asking for
+//! the same one again answers the same page. Results of a job that is not `JobComplete` are
+//! `INVALIDJOBSTATE`.
+//!
+//! # Control
+//!
 //! `GET /_mock/bulk/stats` ([`Bulk2Stats`]) and `GET`/`POST /_mock/bulk/config` (fields
 //! `processing_base_ms`, `processing_per_record_us`, `upload_delay_ms`, `max_upload_bytes`,
-//! `key_column`, all optional) are never counted; [`crate::MockHandle::bulk`] sets the same in
-//! process. `processed_by_key` shows whether any record was processed twice.
+//! `key_column`, `query_records`, all optional) are never counted; [`crate::MockHandle::bulk`]
+//! sets the same in process. `processed_by_key` shows whether any record was processed twice.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +87,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::Response;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64;
+use base64::Engine as _;
 use csv::ByteRecord;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -81,7 +115,7 @@ pub struct Bulk2Stats {
     pub uploads_started: u64,
     /// Close requests answered 200 (repeats included).
     pub closes: u64,
-    /// Abort requests answered 200 (repeats included).
+    /// Ingest abort requests answered 200 (repeats included).
     pub aborts: u64,
     /// `GET …/jobs/ingest/{id}` requests (job info polls).
     pub polls: u64,
@@ -96,6 +130,14 @@ pub struct Bulk2Stats {
     pub processed_by_key: BTreeMap<String, u32>,
     /// The same, for rows that succeeded.
     pub succeeded_by_key: BTreeMap<String, u32>,
+    /// Query jobs created (`POST …/jobs/query` answered 200).
+    pub query_jobs_created: u64,
+    /// `GET …/jobs/query/{id}` requests (query job info polls).
+    pub query_polls: u64,
+    /// Result pages of query jobs served (answered 200), repeats included.
+    pub result_pages: u64,
+    /// Rows in those pages (header lines not counted), repeats included.
+    pub result_rows_served: u64,
 }
 
 /// The runtime settings, as `GET`/`POST /_mock/bulk/config` show and take them.
@@ -107,6 +149,7 @@ struct ConfigJson {
     upload_delay_ms: Option<u64>,
     max_upload_bytes: Option<usize>,
     key_column: Option<String>,
+    query_records: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +159,7 @@ struct Knobs {
     upload_delay: Duration,
     max_upload_bytes: usize,
     key_column: String,
+    query_records: usize,
 }
 
 impl Default for Knobs {
@@ -126,6 +170,7 @@ impl Default for Knobs {
             upload_delay: Duration::ZERO,
             max_upload_bytes: 150_000_000,
             key_column: "External_Id__c".into(),
+            query_records: 25_000,
         }
     }
 }
@@ -159,17 +204,28 @@ impl Bulk2Control {
         self.bulk.lock().knobs.key_column = column.to_string();
     }
 
+    /// Query jobs created from now on find this many records (default 25,000).
+    pub fn set_query_records(&self, records: usize) {
+        self.bulk.lock().knobs.query_records = records;
+    }
+
     /// The counters, with every job's processing brought up to now.
     pub fn stats(&self) -> Bulk2Stats {
         self.bulk.stats()
     }
 
-    /// A job's state now (`"Open"`, `"InProgress"`, …), `None` if there is no such job.
+    /// A job's state now (`"Open"`, `"InProgress"`, …), ingest or query, `None` if there is
+    /// no such job.
     pub fn job_state(&self, id: &str) -> Option<&'static str> {
         let mut guard = self.bulk.lock();
         let s = &mut *guard;
+        let now = Instant::now();
+        if let Some(job) = s.queries.get_mut(id) {
+            job.advance(now);
+            return Some(job.state.name());
+        }
         let job = s.jobs.get_mut(id)?;
-        job.advance(Instant::now(), &mut s.world, &s.knobs.key_column);
+        job.advance(now, &mut s.world, &s.knobs.key_column);
         Some(job.state.name())
     }
 
@@ -201,6 +257,9 @@ pub(crate) enum Route {
     Job { id: String },
     Batches { id: String },
     Results { id: String, kind: Kind },
+    QueryJobs { v: String },
+    QueryJob { id: String },
+    QueryResults { id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +270,7 @@ pub(crate) enum Kind {
 }
 
 impl Route {
-    /// The route of `path`, if it is a Bulk 2.0 ingest path.
+    /// The route of `path`, if it is a Bulk 2.0 ingest or query path.
     pub(crate) fn parse(path: &str) -> Option<Route> {
         let path = path.strip_suffix('/').unwrap_or(path);
         let mut segs = path.strip_prefix("/services/data/")?.split('/');
@@ -219,11 +278,21 @@ impl Route {
         let version = v.strip_prefix('v')?;
         let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(major) || !digits(minor) || segs.next()? != "jobs" || segs.next()? != "ingest" {
+        if !digits(major) || !digits(minor) || segs.next()? != "jobs" {
             return None;
         }
+        let query = match segs.next()? {
+            "ingest" => false,
+            "query" => true,
+            _ => return None,
+        };
         let Some(id) = segs.next() else {
-            return Some(Route::Jobs { v: v.to_string() });
+            let v = v.to_string();
+            return Some(if query {
+                Route::QueryJobs { v }
+            } else {
+                Route::Jobs { v }
+            });
         };
         let id = id.to_string();
         if id.is_empty() {
@@ -232,6 +301,13 @@ impl Route {
         let tail = segs.next();
         if segs.next().is_some() {
             return None;
+        }
+        if query {
+            return match tail {
+                None => Some(Route::QueryJob { id }),
+                Some("results") => Some(Route::QueryResults { id }),
+                Some(_) => None,
+            };
         }
         let kind = |k| {
             Some(Route::Results {
@@ -357,6 +433,32 @@ struct Job {
     outcomes: Vec<Outcome>,
 }
 
+/// A query job. Its records are computed, not stored: see [`query_value`].
+struct QueryJob {
+    seq: u64,
+    id: String,
+    v: String,
+    object: String,
+    /// `query` or `queryAll`.
+    operation: &'static str,
+    /// The SELECT's fields, as written.
+    fields: Vec<String>,
+    crlf: bool,
+    delimiter: (&'static str, u8),
+    created: SystemTime,
+    modified: SystemTime,
+    state: JobState,
+    /// Processing starts at the creation and takes `total`; `ended` when it stopped.
+    started: Instant,
+    total: Duration,
+    ended: Option<Instant>,
+    /// The rows the query finds, and how many are processed so far.
+    records: usize,
+    processed: usize,
+    /// The locators this job gave out, each with the row (from 0) its page starts at.
+    locators: HashMap<String, usize>,
+}
+
 /// What outlives a job: the counters and what rows did before.
 #[derive(Default)]
 struct World {
@@ -371,6 +473,7 @@ struct World {
 struct State {
     knobs: Knobs,
     jobs: HashMap<String, Job>,
+    queries: HashMap<String, QueryJob>,
     next_job: u64,
     /// Makes job ids differ from one mock to the next.
     seed: u64,
@@ -387,10 +490,21 @@ impl State {
         State {
             knobs,
             jobs: HashMap::new(),
+            queries: HashMap::new(),
             next_job: 0,
             seed: h.finish(),
             world: World::default(),
         }
+    }
+
+    /// A new job's sequence number and its `750…` id, unique among ingest and query jobs.
+    fn new_job(&mut self) -> (u64, String) {
+        self.next_job += 1;
+        let id = sf_id(
+            "750",
+            (self.seed % 62u64.pow(3)) * 62u64.pow(7) + self.next_job % 62u64.pow(7),
+        );
+        (self.next_job, id)
     }
 
     /// Checks that job `id` takes an upload; gives its delimiter.
@@ -421,6 +535,9 @@ impl State {
         let now = Instant::now();
         for job in self.jobs.values_mut() {
             job.advance(now, &mut self.world, &self.knobs.key_column);
+        }
+        for job in self.queries.values_mut() {
+            job.advance(now);
         }
     }
 }
@@ -474,6 +591,7 @@ impl Bulk2 {
                 .map_or(k.upload_delay, Duration::from_millis);
             k.max_upload_bytes = c.max_upload_bytes.unwrap_or(k.max_upload_bytes);
             k.key_column = c.key_column.unwrap_or_else(|| k.key_column.clone());
+            k.query_records = c.query_records.unwrap_or(k.query_records);
         }
         let k = &s.knobs;
         let now = ConfigJson {
@@ -482,16 +600,18 @@ impl Bulk2 {
             upload_delay_ms: Some(k.upload_delay.as_millis() as u64),
             max_upload_bytes: Some(k.max_upload_bytes),
             key_column: Some(k.key_column.clone()),
+            query_records: Some(k.query_records),
         };
         json_response(StatusCode::OK, serde_json::to_vec(&now).unwrap_or_default())
     }
 
-    /// Answers a call the rate limit accepted.
+    /// Answers a call the rate limit accepted; `query` is the request's query string.
     pub(crate) async fn serve(
         &self,
         route: Route,
         method: &Method,
         headers: &HeaderMap,
+        query: Option<&str>,
         body: Body,
     ) -> Response {
         if let (Route::Batches { id }, &Method::PUT) = (&route, method) {
@@ -508,10 +628,18 @@ impl Bulk2 {
             (Route::Job { id }, &Method::PATCH) => return self.patch(&id, &body),
             (Route::Job { id }, &Method::DELETE) => return self.delete(&id),
             (Route::Results { id, kind }, &Method::GET) => return self.results(&id, kind),
-            (Route::Jobs { .. }, _) => "GET,POST",
-            (Route::Job { .. }, _) => "GET,PATCH,DELETE",
+            (Route::QueryJobs { v }, &Method::POST) => return self.create_query(&v, &body),
+            (Route::QueryJobs { .. }, &Method::GET) => return self.list_queries(),
+            (Route::QueryJob { id }, &Method::GET) => return self.query_info(&id),
+            (Route::QueryJob { id }, &Method::PATCH) => return self.patch_query(&id, &body),
+            (Route::QueryJob { id }, &Method::DELETE) => return self.delete_query(&id),
+            (Route::QueryResults { id }, &Method::GET) => {
+                return self.query_results(&id, query.unwrap_or(""))
+            }
+            (Route::Jobs { .. } | Route::QueryJobs { .. }, _) => "GET,POST",
+            (Route::Job { .. } | Route::QueryJob { .. }, _) => "GET,PATCH,DELETE",
             (Route::Batches { .. }, _) => "PUT",
-            (Route::Results { .. }, _) => "GET",
+            (Route::Results { .. } | Route::QueryResults { .. }, _) => "GET",
         };
         let message = format!("HTTP Method '{method}' not allowed. Allowed are {allowed}");
         let mut r = error(
@@ -525,16 +653,9 @@ impl Bulk2 {
     }
 
     fn create(&self, v: &str, body: &[u8]) -> Response {
-        let spec: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(spec @ serde_json::Value::Object(_)) => spec,
-            Ok(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "JSON_PARSER_ERROR",
-                    "Expected a JSON object",
-                )
-            }
-            Err(e) => return error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &e.to_string()),
+        let spec = match json_object(body) {
+            Ok(spec) => spec,
+            Err(r) => return *r,
         };
         let field = |name: &str| spec.get(name).and_then(|v| v.as_str());
         let invalid = |message: &str| error(StatusCode::BAD_REQUEST, "INVALIDJOB", message);
@@ -549,30 +670,15 @@ impl Bulk2 {
         if operation == Operation::Upsert && external_id.is_none() {
             return invalid(&format!("InvalidJob : External ID was blank for {object}. An External ID must be specified for upsert."));
         }
-        if field("contentType").is_some_and(|c| c != "CSV") {
-            return invalid("InvalidJob : Unsupported content type; only CSV is supported");
-        }
-        let crlf = match field("lineEnding") {
-            None | Some("LF") => false,
-            Some("CRLF") => true,
-            Some(other) => return invalid(&format!("InvalidJob : Invalid lineEnding: {other}")),
-        };
-        let delimiter = match field("columnDelimiter") {
-            None => DELIMITERS[0],
-            Some(d) => match DELIMITERS.iter().find(|(name, _)| *name == d) {
-                Some(found) => *found,
-                None => return invalid(&format!("InvalidJob : Invalid columnDelimiter: {d}")),
-            },
+        let (crlf, delimiter) = match csv_format(&spec) {
+            Ok(format) => format,
+            Err(message) => return invalid(&message),
         };
         let mut s = self.lock();
-        s.next_job += 1;
-        let id = sf_id(
-            "750",
-            (s.seed % 62u64.pow(3)) * 62u64.pow(7) + s.next_job % 62u64.pow(7),
-        );
+        let (seq, id) = s.new_job();
         let now = SystemTime::now();
         let job = Job {
-            seq: s.next_job,
+            seq,
             id: id.clone(),
             v: v.to_string(),
             object: object.to_string(),
@@ -714,6 +820,205 @@ impl Bulk2 {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/csv"));
             h.insert("sforce-locator", HeaderValue::from_static("null"));
             h.insert("sforce-numberofrecords", HeaderValue::from(records));
+            r
+        })
+    }
+
+    fn create_query(&self, v: &str, body: &[u8]) -> Response {
+        let spec = match json_object(body) {
+            Ok(spec) => spec,
+            Err(r) => return *r,
+        };
+        let field = |name: &str| spec.get(name).and_then(|v| v.as_str());
+        let invalid = |message: &str| error(StatusCode::BAD_REQUEST, "INVALIDJOB", message);
+        let operation = match field("operation") {
+            Some("query") => "query",
+            Some("queryAll") => "queryAll",
+            other => {
+                let op = other.unwrap_or("");
+                return invalid(&format!("InvalidJob : Invalid operation: '{op}'"));
+            }
+        };
+        let Some(soql) = field("query").filter(|q| !q.trim().is_empty()) else {
+            return invalid("InvalidJob : A query is required");
+        };
+        let (fields, object) = match parse_select(soql) {
+            Ok(parsed) => parsed,
+            Err(message) => return error(StatusCode::BAD_REQUEST, "API_ERROR", &message),
+        };
+        let (crlf, delimiter) = match csv_format(&spec) {
+            Ok(format) => format,
+            Err(message) => return invalid(&message),
+        };
+        let mut s = self.lock();
+        let (seq, id) = s.new_job();
+        let records = s.knobs.query_records;
+        let per = s.knobs.per_record.as_nanos() * records as u128;
+        let per = Duration::from_nanos(per.min(u64::MAX as u128) as u64);
+        let now = SystemTime::now();
+        let job = QueryJob {
+            seq,
+            id: id.clone(),
+            v: v.to_string(),
+            object,
+            operation,
+            fields,
+            crlf,
+            delimiter,
+            created: now,
+            modified: now,
+            state: JobState::UploadComplete,
+            started: Instant::now(),
+            total: s.knobs.base.saturating_add(per),
+            ended: None,
+            records,
+            processed: 0,
+            locators: HashMap::new(),
+        };
+        let body = job.info(Instant::now(), false);
+        s.queries.insert(id, job);
+        s.world.stats.query_jobs_created += 1;
+        json_response(StatusCode::OK, body)
+    }
+
+    fn list_queries(&self) -> Response {
+        let mut s = self.lock();
+        s.advance_all();
+        let now = Instant::now();
+        let mut jobs: Vec<&QueryJob> = s.queries.values().collect();
+        jobs.sort_by_key(|j| j.seq);
+        let records: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| serde_json::from_slice(&j.info(now, false)).unwrap_or_default())
+            .collect();
+        let body = serde_json::json!({ "done": true, "records": records, "nextRecordsUrl": null });
+        json_response(StatusCode::OK, body.to_string().into_bytes())
+    }
+
+    /// Runs `f` on query job `id` brought up to now, or answers 404.
+    fn with_query(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut QueryJob, &mut World, Instant) -> Response,
+    ) -> Response {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let now = Instant::now();
+        match s.queries.get_mut(id) {
+            Some(job) => {
+                job.advance(now);
+                f(job, &mut s.world, now)
+            }
+            None => not_found(),
+        }
+    }
+
+    fn query_info(&self, id: &str) -> Response {
+        self.with_query(id, |job, world, now| {
+            world.stats.query_polls += 1;
+            json_response(StatusCode::OK, job.info(now, true))
+        })
+    }
+
+    fn patch_query(&self, id: &str, body: &[u8]) -> Response {
+        let spec: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &e.to_string()),
+        };
+        let wanted = spec.get("state").and_then(|s| s.as_str()).unwrap_or("");
+        self.with_query(id, |job, _, now| {
+            let refuse = |message: String| error(StatusCode::BAD_REQUEST, "INVALIDJOB", &message);
+            match (wanted, job.state) {
+                ("Aborted", JobState::JobComplete | JobState::Failed) => {
+                    let state = job.state.name();
+                    return refuse(format!("Job {id} is {state} and cannot be aborted"));
+                }
+                ("Aborted", state) => {
+                    if state != JobState::Aborted {
+                        job.state = JobState::Aborted;
+                        job.modified = SystemTime::now();
+                        job.ended = Some(now);
+                    }
+                }
+                (other, _) => return refuse(format!("Invalid state transition to '{other}'")),
+            }
+            json_response(StatusCode::OK, job.info(now, false))
+        })
+    }
+
+    fn delete_query(&self, id: &str) -> Response {
+        let mut s = self.lock();
+        let Some(job) = s.queries.get_mut(id) else {
+            return not_found();
+        };
+        job.advance(Instant::now());
+        if job.state == JobState::InProgress {
+            let message = format!("Job {id} is InProgress and cannot be deleted; abort it first");
+            return error(StatusCode::BAD_REQUEST, "INVALIDJOB", &message);
+        }
+        s.queries.remove(id);
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    }
+
+    /// One page of a query job's results; `query` holds `maxRecords` and `locator`.
+    fn query_results(&self, id: &str, query: &str) -> Response {
+        let mut max_records = Ok(50_000);
+        let mut locator = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "maxRecords" => {
+                    max_records = v.parse::<usize>().ok().filter(|&n| n >= 1).ok_or(v);
+                }
+                "locator" if !v.is_empty() => locator = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        self.with_query(id, |job, world, _| {
+            if job.state != JobState::JobComplete {
+                let state = job.state.name();
+                let message =
+                    format!("Job {id} is {state}: results are ready once it is JobComplete");
+                return error(StatusCode::BAD_REQUEST, "INVALIDJOBSTATE", &message);
+            }
+            let max = match max_records {
+                Ok(max) => max,
+                Err(v) => {
+                    let message =
+                        format!("maxRecords must be a whole number of at least 1, not '{v}'");
+                    return error(StatusCode::BAD_REQUEST, "API_ERROR", &message);
+                }
+            };
+            let from = match &locator {
+                None => 0,
+                Some(l) => match job.locators.get(l) {
+                    Some(&from) => from,
+                    None => {
+                        let message = format!("Invalid locator '{l}' for job {id}");
+                        return error(StatusCode::BAD_REQUEST, "INVALIDLOCATOR", &message);
+                    }
+                },
+            };
+            let to = from.saturating_add(max).min(job.records);
+            let body = job.page(from, to);
+            let next = if to < job.records {
+                let next = BASE64.encode(to.to_string());
+                job.locators.insert(next.clone(), to);
+                next
+            } else {
+                "null".to_string()
+            };
+            let rows = to - from;
+            world.stats.result_pages += 1;
+            world.stats.result_rows_served += rows as u64;
+            let mut r = Response::new(Body::from(body));
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+            if let Ok(next) = HeaderValue::from_str(&next) {
+                h.insert("sforce-locator", next);
+            }
+            h.insert("sforce-numberofrecords", HeaderValue::from(rows));
             r
         })
     }
@@ -1038,6 +1343,139 @@ impl Job {
     }
 }
 
+impl QueryJob {
+    /// Counts the records processed by `now`, and completes the job when all are.
+    fn advance(&mut self, now: Instant) {
+        if !matches!(self.state, JobState::UploadComplete | JobState::InProgress) {
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed >= self.total {
+            self.processed = self.records;
+            self.state = JobState::JobComplete;
+            self.ended = Some(self.started + self.total);
+            self.modified = SystemTime::now();
+            return;
+        }
+        let done = self.records as u128 * elapsed.as_nanos() / self.total.as_nanos().max(1);
+        self.processed = (done as usize).min(self.records);
+        if self.processed > 0 && self.state == JobState::UploadComplete {
+            self.state = JobState::InProgress;
+            self.modified = SystemTime::now();
+        }
+    }
+
+    /// The job info as JSON; with `progress`, the counts and times `GET` adds.
+    fn info(&self, now: Instant, progress: bool) -> Vec<u8> {
+        let mut info = serde_json::json!({
+            "id": self.id,
+            "operation": self.operation,
+            "object": self.object,
+            "createdById": CREATED_BY,
+            "createdDate": rfc3339(self.created),
+            "systemModstamp": rfc3339(self.modified),
+            "state": self.state.name(),
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": self.v[1..].parse::<f64>().unwrap_or(62.0),
+            "lineEnding": if self.crlf { "CRLF" } else { "LF" },
+            "columnDelimiter": self.delimiter.0,
+        });
+        if progress {
+            let until = self.ended.unwrap_or(now);
+            let ms = until
+                .saturating_duration_since(self.started)
+                .min(self.total)
+                .as_millis() as u64;
+            info["jobType"] = "V2Query".into();
+            info["numberRecordsProcessed"] = self.processed.into();
+            info["retries"] = 0.into();
+            info["totalProcessingTime"] = ms.into();
+        }
+        info.to_string().into_bytes()
+    }
+
+    /// The CSV of rows `from..to` (from 0), after the header line.
+    fn page(&self, from: usize, to: usize) -> Vec<u8> {
+        let d = self.delimiter.1;
+        let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        let line = |out: &mut Vec<u8>, values: &mut dyn Iterator<Item = String>| {
+            for (k, v) in values.enumerate() {
+                if k > 0 {
+                    out.push(d);
+                }
+                write_field(out, v.as_bytes(), true, d);
+            }
+            out.extend_from_slice(eol);
+        };
+        let mut out = Vec::with_capacity((to - from + 1) * self.fields.len() * 16);
+        line(&mut out, &mut self.fields.iter().cloned());
+        for i in from + 1..=to {
+            line(&mut out, &mut self.fields.iter().map(|f| query_value(f, i)));
+        }
+        out
+    }
+}
+
+/// What the mock org's query jobs find in field `field` of row `row` (from 1): for `Id` (in
+/// any case) an 18-character `00100Q…` id of the row, for any other field `"{field} {row}"`,
+/// except `Name` (in any case) on rows that are multiples of 1000:
+/// `"{field} {row}, \"quoted\"\nline two"`.
+pub fn query_value(field: &str, row: usize) -> String {
+    if field.eq_ignore_ascii_case("Id") {
+        return sf_id("001", QUERY_ID_BASE + row as u64);
+    }
+    if field.eq_ignore_ascii_case("Name") && row % 1000 == 0 {
+        return format!("{field} {row}, \"quoted\"\nline two");
+    }
+    format!("{field} {row}")
+}
+
+/// Query record ids are `001` + `00Q` + the row in 9 base-62 digits + the checksum.
+const QUERY_ID_BASE: u64 = 26 * 62u64.pow(9);
+
+/// The fields and the object of `SELECT <fields> FROM <Object> [anything]`, keywords in any
+/// case; or why the query is refused.
+fn parse_select(query: &str) -> Result<(Vec<String>, String), String> {
+    let q = query.trim();
+    let lower = q.to_ascii_lowercase();
+    let malformed = |why: &str| format!("MALFORMED_QUERY: {why}: {q}");
+    let space = |b: Option<&u8>| b.is_none_or(u8::is_ascii_whitespace);
+    if !lower.starts_with("select") || !lower.as_bytes().get(6).is_some_and(u8::is_ascii_whitespace)
+    {
+        return Err(malformed("expected SELECT <fields> FROM <object>"));
+    }
+    // The first FROM that stands alone, after SELECT.
+    let from = lower
+        .match_indices("from")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            i > 6 && space(lower.as_bytes().get(i - 1)) && space(lower.as_bytes().get(i + 4))
+        })
+        .ok_or_else(|| malformed("expected FROM <object> after the fields"))?;
+    let name = |s: &str| {
+        s.split('.').all(|part| {
+            part.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    let mut fields: Vec<String> = Vec::new();
+    for field in q[6..from].split(',').map(str::trim) {
+        if !name(field) {
+            return Err(malformed(&format!("unexpected field '{field}'")));
+        }
+        if fields.iter().any(|f| f.eq_ignore_ascii_case(field)) {
+            return Err(format!("duplicate field selected: {field}"));
+        }
+        fields.push(field.to_string());
+    }
+    let object = q[from + 4..].split_ascii_whitespace().next().unwrap_or("");
+    if object.contains('.') || !name(object) {
+        return Err(malformed(&format!("unexpected object '{object}'")));
+    }
+    Ok((fields, object.to_string()))
+}
+
 fn write_field(out: &mut Vec<u8>, v: &[u8], always: bool, delimiter: u8) {
     let quote = always
         || v.iter()
@@ -1143,6 +1581,39 @@ fn rfc3339(t: SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
+}
+
+/// A request body that must be a JSON object, or the `JSON_PARSER_ERROR` answer.
+fn json_object(body: &[u8]) -> Result<serde_json::Value, Box<Response>> {
+    let refuse =
+        |message: &str| Box::new(error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", message));
+    match serde_json::from_slice(body) {
+        Ok(spec @ serde_json::Value::Object(_)) => Ok(spec),
+        Ok(_) => Err(refuse("Expected a JSON object")),
+        Err(e) => Err(refuse(&e.to_string())),
+    }
+}
+
+/// A job spec's `contentType`, `lineEnding` and `columnDelimiter`: whether lines end with
+/// CRLF, and the delimiter; or why they are refused.
+fn csv_format(spec: &serde_json::Value) -> Result<(bool, (&'static str, u8)), String> {
+    let field = |name: &str| spec.get(name).and_then(|v| v.as_str());
+    if field("contentType").is_some_and(|c| c != "CSV") {
+        return Err("InvalidJob : Unsupported content type; only CSV is supported".into());
+    }
+    let crlf = match field("lineEnding") {
+        None | Some("LF") => false,
+        Some("CRLF") => true,
+        Some(other) => return Err(format!("InvalidJob : Invalid lineEnding: {other}")),
+    };
+    let delimiter = match field("columnDelimiter") {
+        None => DELIMITERS[0],
+        Some(d) => match DELIMITERS.iter().find(|(name, _)| *name == d) {
+            Some(found) => *found,
+            None => return Err(format!("InvalidJob : Invalid columnDelimiter: {d}")),
+        },
+    };
+    Ok((crlf, delimiter))
 }
 
 /// Salesforce's error array.
@@ -1352,17 +1823,44 @@ mod tests {
                 kind: Kind::Unprocessed
             })
         );
+        assert_eq!(
+            Route::parse("/services/data/v62.0/jobs/query/"),
+            Some(Route::QueryJobs { v: "v62.0".into() })
+        );
+        assert_eq!(
+            Route::parse("/services/data/v58.0/jobs/query/750x"),
+            Some(Route::QueryJob { id: "750x".into() })
+        );
+        assert_eq!(
+            Route::parse("/services/data/v62.0/jobs/query/750x/results/"),
+            Some(Route::QueryResults { id: "750x".into() })
+        );
         for other in [
             "/services/data/62.0/jobs/ingest",
             "/services/data/vx/jobs/ingest",
-            "/services/data/v62.0/jobs/query",
+            "/services/data/v62.0/jobs/other",
             "/services/data/v62.0/jobs/ingest/750x/other",
+            "/services/data/v62.0/jobs/query/750x/batches",
+            "/services/data/v62.0/jobs/query/750x/results/more",
             "/services/data/v62.0/sobjects/Account",
         ] {
             assert_eq!(Route::parse(other), None, "{other}");
         }
         assert_eq!(sf_id("001", 1), "001000000000001AAA");
         assert_eq!(sf_id("001", 35).len(), 18);
+        assert_eq!(query_value("Id", 1), "00100Q000000001ABA");
+        assert_eq!(query_value("Phone", 7), "Phone 7");
+        assert_eq!(query_value("name", 2000), "name 2000, \"quoted\"\nline two");
+        assert_eq!(query_value("Name", 2001), "Name 2001");
+        let fields = |q: &str| parse_select(q).map(|(f, o)| (f.join("|"), o));
+        assert_eq!(
+            fields("  select Id ,Owner.Name,x__c\nFrom\tAccount where a = 'FROM b'"),
+            Ok(("Id|Owner.Name|x__c".into(), "Account".into()))
+        );
+        assert_eq!(
+            fields("SELECT Id, FromDate__c FROM Event"),
+            Ok(("Id|FromDate__c".into(), "Event".into()))
+        );
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)),
             "2000-02-29T00:00:00.123Z"
@@ -1771,5 +2269,455 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stats.processed_by_key.len(), 10_000);
+    }
+
+    const QUERY: &str = "/services/data/v62.0/jobs/query";
+
+    impl Sf {
+        async fn create_query(&self, spec: Value) -> Value {
+            let r = self.json("POST", QUERY, spec).await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            r.json()
+        }
+
+        async fn query_info(&self, id: &str) -> Value {
+            let r = self.send("GET", &format!("{QUERY}/{id}"), "", b"").await;
+            assert_eq!(r.status, StatusCode::OK);
+            r.json()
+        }
+
+        /// Polls until the query job is finished; gives its info and every state seen.
+        async fn finish_query(&self, id: &str) -> (Value, Vec<String>) {
+            let mut seen: Vec<String> = Vec::new();
+            for _ in 0..1000 {
+                let info = self.query_info(id).await;
+                let state = info["state"].as_str().unwrap().to_string();
+                if seen.last() != Some(&state) {
+                    seen.push(state.clone());
+                }
+                if ["JobComplete", "Failed", "Aborted"].contains(&state.as_str()) {
+                    return (info, seen);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("query job {id} did not finish: {seen:?}");
+        }
+
+        async fn page(&self, id: &str, params: &str) -> Reply {
+            self.send("GET", &format!("{QUERY}/{id}/results?{params}"), "", b"")
+                .await
+        }
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> &str {
+            self.headers[name].to_str().unwrap()
+        }
+    }
+
+    fn csv_records(body: &[u8]) -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(body)
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn query_results_are_paged_by_locators() {
+        let sf = start(1000).await;
+        // 100 ms + 2,500 × 20 µs.
+        sf.mock
+            .bulk()
+            .set_processing(Duration::from_millis(100), Duration::from_micros(20));
+        sf.mock.bulk().set_query_records(2500);
+        let soql = "SELECT Id, Name, Phone FROM Account WHERE Industry = 'Energy'";
+        let created = sf
+            .create_query(json!({ "operation": "query", "query": soql }))
+            .await;
+        let id = created["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("750") && id.len() == 18, "{id}");
+        for (field, value) in [
+            ("operation", "query"),
+            ("object", "Account"),
+            ("createdById", CREATED_BY),
+            ("state", "UploadComplete"),
+            ("concurrencyMode", "Parallel"),
+            ("contentType", "CSV"),
+            ("lineEnding", "LF"),
+            ("columnDelimiter", "COMMA"),
+        ] {
+            assert_eq!(created[field], value, "{field}");
+        }
+        assert_eq!(created["apiVersion"], 62.0);
+        assert!(created["createdDate"].as_str().unwrap().ends_with('Z'));
+        assert!(created["systemModstamp"].is_string());
+        let mut calls = 1;
+
+        // Not done yet; and not an ingest job.
+        let r = sf.page(&id, "maxRecords=1000").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALIDJOBSTATE")
+        );
+        assert_eq!(sf.info_status(&id).await, StatusCode::NOT_FOUND);
+        calls += 2;
+
+        let (info, seen) = sf.finish_query(&id).await;
+        assert_eq!(seen.last().map(String::as_str), Some("JobComplete"));
+        let order = ["UploadComplete", "InProgress", "JobComplete"];
+        let positions: Vec<usize> = seen
+            .iter()
+            .map(|s| order.iter().position(|o| o == s).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(info["jobType"], "V2Query");
+        assert_eq!(info["numberRecordsProcessed"], 2500);
+        assert_eq!(info["retries"], 0);
+        assert_eq!(info["totalProcessingTime"], 150);
+
+        // Three pages of 1000, 1000 and 500, each naming the next.
+        let mut locator: Option<String> = None;
+        let mut pages: Vec<Reply> = Vec::new();
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        loop {
+            let params = match &locator {
+                None => "maxRecords=1000".to_string(),
+                Some(l) => format!("maxRecords=1000&locator={l}"),
+            };
+            let r = sf.page(&id, &params).await;
+            calls += 1;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(r.header("content-type"), "text/csv");
+            assert!(r.body.starts_with(b"\"Id\",\"Name\",\"Phone\"\n"));
+            assert!(!r.body.contains(&b'\r'));
+            let page = csv_records(&r.body);
+            assert_eq!(page[0], ["Id", "Name", "Phone"]);
+            let n: usize = r.header("sforce-numberofrecords").parse().unwrap();
+            assert_eq!(n, page.len() - 1);
+            rows.extend(page.into_iter().skip(1));
+            let next = r.header("sforce-locator").to_string();
+            pages.push(r);
+            if next == "null" {
+                break;
+            }
+            assert!(
+                next.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{next}"
+            );
+            assert!(pages.len() < 10, "no end");
+            locator = Some(next);
+        }
+        let sizes: Vec<&str> = pages
+            .iter()
+            .map(|p| p.header("sforce-numberofrecords"))
+            .collect();
+        assert_eq!(sizes, ["1000", "1000", "500"]);
+        assert!(pages[2]
+            .header("sforce-limit-info")
+            .starts_with("api-usage="));
+        assert_eq!(rows.len(), 2500);
+        for (k, row) in rows.iter().enumerate() {
+            let i = k + 1;
+            let want = [
+                query_value("Id", i),
+                query_value("Name", i),
+                format!("Phone {i}"),
+            ];
+            assert_eq!(row, &want, "row {i}");
+        }
+        assert_eq!(rows[1999][1], "Name 2000, \"quoted\"\nline two");
+        let ids: HashSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(ids.len(), 2500);
+        assert!(ids.iter().all(|id| id.len() == 18 && id.starts_with("001")));
+        // Every value is quoted, quotes doubled.
+        let first_row = format!("\"{}\",\"Name 1\",\"Phone 1\"\n", query_value("Id", 1));
+        assert!(pages[0].body[20..].starts_with(first_row.as_bytes()));
+        let quoted = b"\"Name 1000, \"\"quoted\"\"\nline two\",\"Phone 1000\"\n";
+        assert!(pages[0].body.ends_with(quoted));
+
+        // The same locator again: the same page.
+        let second = pages[0].header("sforce-locator").to_string();
+        for _ in 0..2 {
+            let again = sf
+                .page(&id, &format!("locator={second}&maxRecords=1000"))
+                .await;
+            calls += 1;
+            assert_eq!(again.status, StatusCode::OK);
+            assert_eq!(again.body, pages[1].body);
+            assert_eq!(
+                again.header("sforce-locator"),
+                pages[1].header("sforce-locator")
+            );
+        }
+
+        // Locators this job never gave out, and bad page sizes.
+        let forged = BASE64.encode("1500");
+        for params in [
+            "locator=bogus".to_string(),
+            "locator=null".to_string(),
+            format!("locator={forged}"),
+        ] {
+            let r = sf.page(&id, &params).await;
+            calls += 1;
+            assert_eq!(
+                (r.status, r.error_code().as_str()),
+                (StatusCode::BAD_REQUEST, "INVALIDLOCATOR"),
+                "{params}"
+            );
+        }
+        for params in ["maxRecords=0", "maxRecords=ten", "maxRecords=-1"] {
+            let r = sf.page(&id, params).await;
+            calls += 1;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{params}");
+        }
+
+        // Without maxRecords, up to 50,000 rows: all of them.
+        let all = sf.page(&id, "").await;
+        calls += 1;
+        assert_eq!(all.header("sforce-numberofrecords"), "2500");
+        assert_eq!(all.header("sforce-locator"), "null");
+        assert_eq!(csv_records(&all.body)[1..], rows[..]);
+
+        let listed = sf.send("GET", QUERY, "", b"").await.json();
+        calls += 1;
+        assert_eq!(listed["done"], true);
+        assert_eq!(listed["records"][0]["id"], id.as_str());
+        assert_eq!(listed["records"][0]["state"], "JobComplete");
+
+        let stats = sf.mock.bulk_stats();
+        assert_eq!(stats.query_jobs_created, 1);
+        assert_eq!(stats.jobs_created, 0);
+        assert_eq!(stats.result_pages, 3 + 2 + 1);
+        assert_eq!(stats.result_rows_served, 2500 + 2 * 1000 + 2500);
+        // Every call was a REST call.
+        assert_eq!(sf.mock.stats().accepted, calls + stats.query_polls);
+
+        let r = sf.send("DELETE", &format!("{QUERY}/{id}/"), "", b"").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let r = sf.page(&id, "").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::NOT_FOUND, "NOT_FOUND")
+        );
+    }
+
+    #[tokio::test]
+    async fn query_abort_mid_processing() {
+        let sf = start(1000).await;
+        // 400 records over 400 ms; the abort comes after about 50.
+        sf.mock
+            .bulk()
+            .set_processing(Duration::ZERO, Duration::from_millis(1));
+        sf.mock.bulk().set_query_records(400);
+        let spec = json!({ "operation": "queryAll", "query": "SELECT Id FROM Contact" });
+        let id = sf.create_query(spec.clone()).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let path = format!("{QUERY}/{id}");
+        let abort = json!({ "state": "Aborted" });
+        let r = sf.json("PATCH", &path, abort.clone()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["state"], "Aborted");
+        assert_eq!(r.json()["operation"], "queryAll");
+        let r = sf.json("PATCH", &path, abort.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "harmless again");
+        let info = sf.query_info(&id).await;
+        let processed = info["numberRecordsProcessed"].as_u64().unwrap();
+        assert!(processed > 0 && processed < 400, "{processed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let info = sf.query_info(&id).await;
+        assert_eq!(info["state"], "Aborted");
+        assert_eq!(info["numberRecordsProcessed"], processed, "stopped");
+        assert_eq!(sf.mock.bulk().job_state(&id), Some("Aborted"));
+        let r = sf.page(&id, "").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALIDJOBSTATE")
+        );
+
+        // An InProgress job cannot be deleted.
+        let busy = sf.create_query(spec.clone()).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(sf.query_info(&busy).await["state"], "InProgress");
+        let r = sf.send("DELETE", &format!("{QUERY}/{busy}"), "", b"").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALIDJOB")
+        );
+        let r = sf
+            .json("PATCH", &format!("{QUERY}/{busy}"), abort.clone())
+            .await;
+        assert_eq!(r.json()["state"], "Aborted");
+        let r = sf.send("DELETE", &format!("{QUERY}/{busy}"), "", b"").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+        // A complete job cannot be aborted; other transitions are refused.
+        sf.mock
+            .bulk()
+            .set_processing(Duration::ZERO, Duration::ZERO);
+        let done = sf.create_query(spec).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = format!("{QUERY}/{done}");
+        let r = sf.json("PATCH", &path, abort).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALIDJOB")
+        );
+        let r = sf
+            .json("PATCH", &path, json!({ "state": "UploadComplete" }))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = sf.send("PATCH", &path, "application/json", b"{nope").await;
+        assert_eq!(r.error_code(), "JSON_PARSER_ERROR");
+        assert_eq!(sf.query_info(&done).await["state"], "JobComplete");
+        let r = sf.send("PUT", &path, "", b"").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.header("allow"), "GET,PATCH,DELETE");
+        let r = sf.send("POST", &format!("{path}/results"), "", b"").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(sf.mock.bulk_stats().query_jobs_created, 3);
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_refused() {
+        let sf = start(1000).await;
+        let code = |r: &Reply| (r.status, r.error_code());
+        let r = sf.send("POST", QUERY, "application/json", b"{nope").await;
+        assert_eq!(
+            code(&r),
+            (StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR".into())
+        );
+        let r = sf
+            .json("POST", QUERY, json!(["SELECT Id FROM Account"]))
+            .await;
+        assert_eq!(
+            code(&r),
+            (StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR".into())
+        );
+        let good = "SELECT Id FROM Account";
+        for spec in [
+            json!({ "query": good }),
+            json!({ "operation": "insert", "query": good }),
+            json!({ "operation": "Query", "query": good }),
+            json!({ "operation": "query" }),
+            json!({ "operation": "query", "query": "  " }),
+            json!({ "operation": "query", "query": good, "contentType": "JSON" }),
+            json!({ "operation": "query", "query": good, "lineEnding": "CR" }),
+            json!({ "operation": "query", "query": good, "columnDelimiter": "COLON" }),
+        ] {
+            let r = sf.json("POST", QUERY, spec.clone()).await;
+            assert_eq!(
+                code(&r),
+                (StatusCode::BAD_REQUEST, "INVALIDJOB".into()),
+                "{spec}"
+            );
+        }
+        for soql in [
+            "Id FROM Account",
+            "UPDATE Account SET Name = 'x'",
+            "SELECT FROM Account",
+            "SELECT Id Account",
+            "SELECTId FROM Account",
+            "SELECT Id FROMAccount",
+            "SELECT Id,FROM Account",
+            "SELECT Id, FROM Account",
+            "SELECT Id,, Name FROM Account",
+            "SELECT Id FROM",
+            "SELECT Id FROM Account, Contact",
+            "SELECT Id FROM 1Account",
+            "SELECT COUNT() FROM Account",
+            "SELECT Id, Name, id FROM Account",
+            "SELECT Id, (SELECT Id FROM Contacts) FROM Account",
+            "SELECT Owner..Name FROM Account",
+        ] {
+            let r = sf
+                .json(
+                    "POST",
+                    QUERY,
+                    json!({ "operation": "query", "query": soql }),
+                )
+                .await;
+            assert_eq!(
+                code(&r),
+                (StatusCode::BAD_REQUEST, "API_ERROR".into()),
+                "{soql}"
+            );
+        }
+        assert_eq!(sf.mock.bulk_stats().query_jobs_created, 0);
+        let r = sf
+            .send("GET", &format!("{QUERY}/750000000000000AAA"), "", b"")
+            .await;
+        assert_eq!(code(&r), (StatusCode::NOT_FOUND, "NOT_FOUND".into()));
+
+        // Keywords in any case, what follows the object ignored, the format options kept;
+        // the record count and processing set over HTTP.
+        let config = json!({
+            "query_records": 3,
+            "processing_base_ms": 0,
+            "processing_per_record_us": 0,
+        });
+        let r = sf.json("POST", "/_mock/bulk/config", config).await;
+        assert_eq!(r.json()["query_records"], 3);
+        let soql =
+            "select id, Name, Owner.Name from Contact where Name like '%,%' order by Name limit 1";
+        let created = sf
+            .create_query(json!({
+                "operation": "query",
+                "query": soql,
+                "lineEnding": "CRLF",
+                "columnDelimiter": "PIPE",
+                "contentType": "CSV",
+            }))
+            .await;
+        assert_eq!(created["object"], "Contact");
+        assert_eq!(created["lineEnding"], "CRLF");
+        assert_eq!(created["columnDelimiter"], "PIPE");
+        let id = created["id"].as_str().unwrap();
+        sf.finish_query(id).await;
+        let r = sf.page(id, "maxRecords=2").await;
+        let mut want = String::from("\"id\"|\"Name\"|\"Owner.Name\"\r\n");
+        for i in 1..=2 {
+            let id = query_value("id", i);
+            want.push_str(&format!("\"{id}\"|\"Name {i}\"|\"Owner.Name {i}\"\r\n"));
+        }
+        assert_eq!(String::from_utf8_lossy(&r.body), want);
+        let next = r.header("sforce-locator").to_string();
+        let r = sf.page(id, &format!("maxRecords=2&locator={next}")).await;
+        assert_eq!(r.header("sforce-numberofrecords"), "1");
+        assert_eq!(r.header("sforce-locator"), "null");
+
+        // An empty result: the header line alone.
+        sf.mock.bulk().set_query_records(0);
+        let id = sf
+            .create_query(json!({ "operation": "query", "query": "SELECT Id FROM Lead" }))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        sf.finish_query(&id).await;
+        let r = sf.page(&id, "").await;
+        assert_eq!(r.body, b"\"Id\"\n");
+        assert_eq!(r.header("sforce-numberofrecords"), "0");
+        assert_eq!(r.header("sforce-locator"), "null");
     }
 }

@@ -19,8 +19,8 @@
 //! A hidden client (`--hidden-share`) spends a share of every tenant's quota, evenly over each
 //! window, like another integration using the same credential.
 //!
-//! The `salesforce-bulk2` profile also runs Bulk API 2.0 ingest jobs ([`bulk2`]), each of their
-//! calls counted as a Salesforce call.
+//! The `salesforce-bulk2` profile also runs Bulk API 2.0 ingest and query jobs ([`bulk2`]),
+//! each of their calls counted as a Salesforce call.
 
 pub mod bulk2;
 pub mod oauth;
@@ -107,7 +107,8 @@ pub enum Profile {
     Salesforce,
     /// `salesforce`'s limit and answers, plus Bulk API 2.0 ingest jobs under
     /// `/services/data/vNN.N/jobs/ingest` (create, one CSV upload, close or abort, poll,
-    /// successful/failed/unprocessed results); every Bulk call counts against the limit.
+    /// successful/failed/unprocessed results) and query jobs under `…/jobs/query` (create,
+    /// poll, abort, results a page at a time); every Bulk call counts against the limit.
     #[value(name = "salesforce-bulk2")]
     SalesforceBulk2,
     /// Fixed window. GitHub REST: `x-ratelimit-*` with an epoch reset; a spent limit is a 403 that says so.
@@ -1100,7 +1101,13 @@ async fn bulk_call(
     let mut response = if accepted {
         shared
             .bulk
-            .serve(route, &parts.method, &parts.headers, body)
+            .serve(
+                route,
+                &parts.method,
+                &parts.headers,
+                parts.uri.query(),
+                body,
+            )
             .await
     } else {
         bulk2::drain(body).await;

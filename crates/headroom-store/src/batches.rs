@@ -500,6 +500,7 @@ impl<S: SqlStore> BatchStore for S {
         if self.db().node().is_none() {
             // SQLite has one process: the bulk jobs it held when it stopped are free to resume.
             crate::bulk::release_leases(self.db()).await?;
+            crate::exports::release_leases(self.db()).await?;
         }
         requeue_records(self.db(), true, now).await
     }
@@ -606,6 +607,45 @@ impl<S: SqlStore> BatchStore for S {
 
     async fn list_bulk_jobs(&self, batch_id: &str) -> crate::Result<Vec<BulkJobView>> {
         crate::bulk::list(self.db(), batch_id).await
+    }
+
+    async fn insert_export(&self, export: NewExport) -> crate::Result<ExportView> {
+        self.durable()?;
+        crate::exports::insert(self.db(), export).await
+    }
+
+    async fn get_export(&self, id: &str) -> crate::Result<Option<ExportView>> {
+        crate::exports::get(self.db(), id).await
+    }
+
+    async fn cancel_export(&self, id: &str, now: Millis) -> crate::Result<Option<ExportView>> {
+        crate::exports::cancel(self.db(), id, now).await
+    }
+
+    async fn claim_export(
+        &self,
+        now: Millis,
+        owner: &str,
+        lease: Millis,
+    ) -> crate::Result<Option<ExportTask>> {
+        crate::exports::claim(self.db(), now, owner, lease).await
+    }
+
+    async fn save_export(
+        &self,
+        task: &ExportTask,
+        step: &ExportStep,
+        now: Millis,
+    ) -> crate::Result<bool> {
+        crate::exports::save(self.db(), task, step, now).await
+    }
+
+    async fn export_page(&self, id: &str, page: u64) -> crate::Result<Option<Vec<u8>>> {
+        crate::exports::page(self.db(), id, page).await
+    }
+
+    async fn next_export_at(&self) -> crate::Result<Option<Millis>> {
+        crate::exports::next_at(self.db()).await
     }
 
     async fn prune_batches(&self, before: Millis) -> crate::Result<Pruned> {

@@ -34,6 +34,7 @@ pub mod error;
 #[cfg(any(test, feature = "conformance"))]
 pub mod event_conformance;
 mod events;
+mod exports;
 pub mod health;
 mod jobs;
 pub mod model;

@@ -146,6 +146,23 @@ impl Db<'_> {
                 break;
             }
         }
+        // Exports over and unchanged since `before`, with their pages.
+        let mut tx = self.begin().await?;
+        let q = Sql::new(
+            "DELETE FROM export_pages WHERE export_seq IN \
+             (SELECT seq FROM exports WHERE phase = 'done' AND updated_at < ?)",
+        )
+        .bind(before);
+        tx.execute(&q)
+            .await
+            .context("cannot delete finished exports' pages")?;
+        let q =
+            Sql::new("DELETE FROM exports WHERE phase = 'done' AND updated_at < ?").bind(before);
+        out.batches += tx
+            .execute(&q)
+            .await
+            .context("cannot delete finished exports")?;
+        tx.commit().await.context("cannot commit a prune")?;
         Ok(out)
     }
 }

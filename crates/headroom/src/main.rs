@@ -139,6 +139,9 @@ enum Command {
 
     /// Submit, show and cancel batches (many records sent in chunks to a bulk endpoint).
     Batches(jobs::BatchesArgs),
+    /// Start, show, cancel and download bulk exports (an API's query job read a page at a
+    /// time into the store).
+    Exports(jobs::ExportsArgs),
 
     /// List received webhook events (`[[sources]]`, POST /intake/{source}) and replay them.
     Intake(jobs::IntakeArgs),
@@ -246,6 +249,7 @@ fn main() -> std::process::ExitCode {
         Command::Jobs(args) => jobs::run_jobs(args),
         Command::Intake(args) => jobs::run_intake(args),
         Command::Batches(args) => jobs::run_batches(args),
+        Command::Exports(args) => jobs::run_exports(args),
         Command::Schedules(args) => jobs::run_schedules(args),
         Command::Events(args) => observe::run_events(args),
         Command::Status(args) => observe::run_status(args),

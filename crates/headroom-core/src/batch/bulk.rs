@@ -411,25 +411,7 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 
     fn created(&self, body: &[u8]) -> Result<String, AnswerError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            AnswerError(format!(
-                "the created job is not JSON ({e}): {}",
-                snippet(body)
-            ))
-        })?;
-        match v.get("id").and_then(Value::as_str) {
-            Some(id)
-                if !id.is_empty()
-                    && id.len() <= 64
-                    && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
-                Ok(id.to_string())
-            }
-            _ => Err(AnswerError(format!(
-                "the created job has no usable \"id\": {}",
-                snippet(body)
-            ))),
-        }
+        read_created(body)
     }
 
     fn upload(&self, job: &str, records: &[Record]) -> Result<BulkCall, BatchError> {
@@ -465,43 +447,7 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 
     fn read_status(&self, body: &[u8]) -> Result<JobStatus, AnswerError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            AnswerError(format!(
-                "the job's status is not JSON ({e}): {}",
-                snippet(body)
-            ))
-        })?;
-        let api_state = v.get("state").and_then(Value::as_str).ok_or_else(|| {
-            AnswerError(format!(
-                "the job's status has no \"state\": {}",
-                snippet(body)
-            ))
-        })?;
-        let state = match api_state {
-            "Open" => JobState::Open,
-            "UploadComplete" | "InProgress" => JobState::Processing,
-            "JobComplete" => JobState::Complete,
-            "Failed" => JobState::Failed,
-            "Aborted" => JobState::Aborted,
-            other => {
-                return Err(AnswerError(format!(
-                    "the job's state \"{}\" is not one Bulk API 2.0 has",
-                    clip(other.to_string(), 40)
-                )))
-            }
-        };
-        let count = |k: &str| v.get(k).and_then(Value::as_u64);
-        Ok(JobStatus {
-            state,
-            api_state: api_state.to_string(),
-            error: v
-                .get("errorMessage")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(|s| clip(s.to_string(), 500)),
-            processed: count("numberRecordsProcessed"),
-            failed: count("numberRecordsFailed"),
-        })
+        read_job_status(body)
     }
 
     fn results(&self, job: &str) -> Vec<BulkCall> {
@@ -575,6 +521,70 @@ impl AsyncBulkApi for SalesforceBulk2<'_> {
     }
 }
 
+/// The job's id in a create answer.
+fn read_created(body: &[u8]) -> Result<String, AnswerError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        AnswerError(format!(
+            "the created job is not JSON ({e}): {}",
+            snippet(body)
+        ))
+    })?;
+    match v.get("id").and_then(Value::as_str) {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            Ok(id.to_string())
+        }
+        _ => Err(AnswerError(format!(
+            "the created job has no usable \"id\": {}",
+            snippet(body)
+        ))),
+    }
+}
+
+/// A job's state from its info (create, status, close and abort answers).
+fn read_job_status(body: &[u8]) -> Result<JobStatus, AnswerError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        AnswerError(format!(
+            "the job's status is not JSON ({e}): {}",
+            snippet(body)
+        ))
+    })?;
+    let api_state = v.get("state").and_then(Value::as_str).ok_or_else(|| {
+        AnswerError(format!(
+            "the job's status has no \"state\": {}",
+            snippet(body)
+        ))
+    })?;
+    let state = match api_state {
+        "Open" => JobState::Open,
+        "UploadComplete" | "InProgress" => JobState::Processing,
+        "JobComplete" => JobState::Complete,
+        "Failed" => JobState::Failed,
+        "Aborted" => JobState::Aborted,
+        other => {
+            return Err(AnswerError(format!(
+                "the job's state \"{}\" is not one Bulk API 2.0 has",
+                clip(other.to_string(), 40)
+            )))
+        }
+    };
+    let count = |k: &str| v.get(k).and_then(Value::as_u64);
+    Ok(JobStatus {
+        state,
+        api_state: api_state.to_string(),
+        error: v
+            .get("errorMessage")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| clip(s.to_string(), 500)),
+        processed: count("numberRecordsProcessed"),
+        failed: count("numberRecordsFailed"),
+    })
+}
+
 /// What an unprocessed record's outcome is, by the job's end.
 fn unprocessed(status: &JobStatus) -> RecordOutcome {
     match (status.state, &status.error) {
@@ -637,6 +647,177 @@ fn read_results(
         each(&extra, fields);
     }
     Ok(())
+}
+
+/// A Bulk API 2.0 query job (a bulk export): Salesforce's create-query-job body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryJob {
+    /// `query` or `queryAll` (deleted and archived records too).
+    pub operation: String,
+    /// The SOQL query.
+    pub query: String,
+}
+
+impl QueryJob {
+    /// Reads `{"operation": "query" | "queryAll", "query": "SELECT …"}`; errors name the field,
+    /// under `prefix`.
+    pub fn from_json(value: &Value, prefix: &str) -> Result<QueryJob, FormatError> {
+        let err = |field: &str, reason: &str| FormatError(format!("{prefix}.{field}: {reason}"));
+        let Some(map) = value.as_object() else {
+            return Err(FormatError(format!(
+                "{prefix}: the query job to create, such as {{\"operation\": \"query\", \
+                 \"query\": \"SELECT Id, Name FROM Account\"}}"
+            )));
+        };
+        if let Some(key) = map.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "operation" | "query" | "contentType" | "lineEnding" | "columnDelimiter"
+            )
+        }) {
+            return Err(err(key, "unknown field; the job takes operation and query"));
+        }
+        for (field, only) in [
+            ("contentType", "CSV"),
+            ("lineEnding", "LF"),
+            ("columnDelimiter", "COMMA"),
+        ] {
+            if let Some(v) = map.get(field) {
+                if v.as_str() != Some(only) {
+                    return Err(err(field, &format!("Headroom reads {only}; leave it out")));
+                }
+            }
+        }
+        let operation = match map.get("operation") {
+            None => "query".to_string(),
+            Some(Value::String(s)) if s == "query" || s == "queryAll" => s.clone(),
+            Some(_) => return Err(err("operation", "must be \"query\" or \"queryAll\"")),
+        };
+        let query = match map.get("query") {
+            Some(Value::String(q)) if !q.trim().is_empty() => q.trim().to_string(),
+            _ => {
+                return Err(err(
+                    "query",
+                    "missing; the SOQL query, such as \"SELECT Id FROM Account\"",
+                ))
+            }
+        };
+        if !query
+            .get(..7)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select "))
+        {
+            return Err(err("query", "must be a SOQL SELECT"));
+        }
+        if query.len() > 100_000 {
+            return Err(err("query", "longer than SOQL's 100,000 characters"));
+        }
+        Ok(QueryJob { operation, query })
+    }
+
+    /// The create-job body, as stored and as sent.
+    pub fn to_json(&self) -> Value {
+        json!({"operation": self.operation, "query": self.query})
+    }
+}
+
+/// Salesforce Bulk API 2.0 query jobs, under a base path such as
+/// `/services/data/v62.0/jobs/query`: create, poll, then read the results a page at a time,
+/// each page naming the next with its `Sforce-Locator` header.
+pub struct SalesforceQuery<'a> {
+    pub job: &'a QueryJob,
+    pub base: &'a str,
+}
+
+impl SalesforceQuery<'_> {
+    fn job_path(&self, job: &str) -> String {
+        format!("{}/{job}", self.base.trim_end_matches('/'))
+    }
+
+    pub fn create(&self) -> BulkCall {
+        let mut body = self.job.to_json();
+        body["contentType"] = json!("CSV");
+        body["lineEnding"] = json!("LF");
+        body["columnDelimiter"] = json!("COMMA");
+        BulkCall::json("POST", self.base.to_string(), Some(body))
+    }
+
+    pub fn created(&self, body: &[u8]) -> Result<String, AnswerError> {
+        read_created(body)
+    }
+
+    pub fn status(&self, job: &str) -> BulkCall {
+        BulkCall::json("GET", self.job_path(job), None)
+    }
+
+    pub fn read_status(&self, body: &[u8]) -> Result<JobStatus, AnswerError> {
+        read_job_status(body)
+    }
+
+    pub fn abort(&self, job: &str) -> BulkCall {
+        BulkCall::json(
+            "PATCH",
+            self.job_path(job),
+            Some(json!({"state": "Aborted"})),
+        )
+    }
+
+    /// The call for one page of results: the first (`locator` none) or the one a previous
+    /// page named.
+    pub fn page(&self, job: &str, locator: Option<&str>, max_records: u32) -> BulkCall {
+        let mut path = format!(
+            "{}/results?maxRecords={}",
+            self.job_path(job),
+            max_records.max(1)
+        );
+        if let Some(l) = locator {
+            path.push_str("&locator=");
+            path.push_str(l);
+        }
+        let mut call = BulkCall::json("GET", path, None);
+        call.headers = vec![("accept".into(), "text/csv".into())];
+        call
+    }
+
+    /// The next page's locator from a page's `Sforce-Locator` header: `None` after the last
+    /// page (`null`). A locator that is not a short opaque token is refused (it goes into
+    /// the next call's query string).
+    pub fn next_locator(&self, header: Option<&str>) -> Result<Option<String>, AnswerError> {
+        match header.map(str::trim) {
+            None | Some("") | Some("null") => Ok(None),
+            Some(l)
+                if l.len() <= 256
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_=.~".contains(&b)) =>
+            {
+                Ok(Some(l.to_string()))
+            }
+            Some(l) => Err(AnswerError(format!(
+                "the Sforce-Locator header \"{}\" is not a locator",
+                clip(l.to_string(), 40)
+            ))),
+        }
+    }
+}
+
+/// Rows in a CSV page (its header line excluded), read as CSV (quoted newlines are inside a
+/// row).
+pub fn count_rows(page: &[u8]) -> Result<u64, String> {
+    if page.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(page);
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => n += 1,
+            Ok(false) => return Ok(n),
+            Err(e) => return Err(format!("CSV row {}: {e}", n + 1)),
+        }
+    }
 }
 
 /// How long to wait before asking a processing job's state again: 1 s, growing by half each
@@ -815,6 +996,48 @@ mod tests {
             &[b"\"a\",\"b\"\n\"1\"\n\xff\xfe", b"<html>", b""],
         );
         assert!(!out[0].is_retryable());
+    }
+
+    #[test]
+    fn query_jobs_read_their_body_and_page_by_locator() {
+        let err = |v: Value| {
+            QueryJob::from_json(&v, "request.body")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(json!({})).starts_with("request.body.query: missing"));
+        assert!(err(json!({"query": "DELETE FROM Account"})).contains("SOQL SELECT"));
+        assert!(
+            err(json!({"query": "SELECT Id FROM A", "operation": "merge"}))
+                .starts_with("request.body.operation")
+        );
+        let job =
+            QueryJob::from_json(&json!({"query": "SELECT Id, Name FROM Account"}), "b").unwrap();
+        assert_eq!(job.operation, "query");
+        let api = SalesforceQuery {
+            job: &job,
+            base: "/services/data/v62.0/jobs/query",
+        };
+        assert_eq!(
+            api.page("750x", None, 50_000).path,
+            "/services/data/v62.0/jobs/query/750x/results?maxRecords=50000"
+        );
+        assert_eq!(
+            api.page("750x", Some("MTAwMDA"), 10).path,
+            "/services/data/v62.0/jobs/query/750x/results?maxRecords=10&locator=MTAwMDA"
+        );
+        assert_eq!(api.next_locator(Some("null")).unwrap(), None);
+        assert_eq!(api.next_locator(None).unwrap(), None);
+        assert_eq!(
+            api.next_locator(Some("MTAwMDA")).unwrap(),
+            Some("MTAwMDA".into())
+        );
+        assert!(api.next_locator(Some("a&b=c")).is_err());
+        assert_eq!(
+            count_rows(b"\"Id\",\"Name\"\n\"1\",\"a\nb\"\n\"2\",\"c\"\n").unwrap(),
+            2
+        );
+        assert_eq!(count_rows(b"").unwrap(), 0);
     }
 
     #[test]

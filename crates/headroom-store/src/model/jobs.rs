@@ -548,6 +548,31 @@ pub trait BatchStore: Send + Sync {
     async fn next_bulk_job_at(&self) -> crate::Result<Option<Millis>>;
     /// A batch's bulk jobs, oldest first.
     async fn list_bulk_jobs(&self, batch_id: &str) -> crate::Result<Vec<BulkJobView>>;
+    /// Stores an export (queued, due now).
+    async fn insert_export(&self, export: NewExport) -> crate::Result<ExportView>;
+    async fn get_export(&self, id: &str) -> crate::Result<Option<ExportView>>;
+    /// Marks a queued or running export cancelled and due now (its job is aborted at its
+    /// next step). `None` if there is no such export.
+    async fn cancel_export(&self, id: &str, now: Millis) -> crate::Result<Option<ExportView>>;
+    /// The export whose next step is due, leased to `owner` until `now + lease`.
+    async fn claim_export(
+        &self,
+        now: Millis,
+        owner: &str,
+        lease: Millis,
+    ) -> crate::Result<Option<ExportTask>>;
+    /// Stores a step (and its page) and gives the lease back, in one transaction; `false`
+    /// when the lease was lost meanwhile (nothing stored).
+    async fn save_export(
+        &self,
+        task: &ExportTask,
+        step: &ExportStep,
+        now: Millis,
+    ) -> crate::Result<bool>;
+    /// A stored result page (from 1), as CSV.
+    async fn export_page(&self, id: &str, page: u64) -> crate::Result<Option<Vec<u8>>>;
+    /// When the next export step is due, if one is under way.
+    async fn next_export_at(&self) -> crate::Result<Option<Millis>>;
     /// Batches in submission order after the cursor `after`, without their failures.
     async fn list_batches(
         &self,
@@ -656,6 +681,149 @@ pub struct BulkJobView {
     /// Jobs opened for these records and given up after a crash, before they were closed
     /// (none of their data was processed).
     pub abandoned: Vec<String>,
+}
+
+/// A bulk export to store: a query job whose result pages are kept in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExport {
+    pub id: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub lane: Lane,
+    /// Method, path and headers of the call that creates the job (its body is `job`).
+    pub request: JobRequest,
+    /// The query job to create, as JSON.
+    pub job: String,
+    /// Records per page.
+    pub page_size: u32,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ExportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportStatus::Queued => "queued",
+            ExportStatus::Running => "running",
+            ExportStatus::Succeeded => "succeeded",
+            ExportStatus::Failed => "failed",
+            ExportStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExportStatus> {
+        Some(match s {
+            "queued" => ExportStatus::Queued,
+            "running" => ExportStatus::Running,
+            "succeeded" => ExportStatus::Succeeded,
+            "failed" => ExportStatus::Failed,
+            "cancelled" => ExportStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What `GET /v1/exports/{id}` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportView {
+    pub id: String,
+    pub status: ExportStatus,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    /// The API's id for the query job, once created.
+    pub job_id: Option<String>,
+    /// The API's last word on the job's state.
+    pub state: Option<String>,
+    /// Result pages stored (`GET /v1/exports/{id}/pages/{n}`, from 1).
+    pub pages: u64,
+    pub records: u64,
+    /// Calls made to the API.
+    pub calls: u64,
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: Millis,
+}
+
+/// Where an export is: the phase names the next call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportPhase {
+    Create,
+    Poll,
+    Page,
+    Done,
+}
+
+impl ExportPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportPhase::Create => "create",
+            ExportPhase::Poll => "poll",
+            ExportPhase::Page => "page",
+            ExportPhase::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExportPhase> {
+        Some(match s {
+            "create" => ExportPhase::Create,
+            "poll" => ExportPhase::Poll,
+            "page" => ExportPhase::Page,
+            "done" => ExportPhase::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// An export leased for its next step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportTask {
+    pub id: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    pub lane: Lane,
+    pub request: JobRequest,
+    pub job: String,
+    pub page_size: u32,
+    pub phase: ExportPhase,
+    pub job_id: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    /// The next page's locator.
+    pub locator: Option<String>,
+    pub pages: u64,
+    pub polls: u32,
+    /// Cancelled: the job is to be aborted.
+    pub cancelled: bool,
+    /// The previous lease holder stopped mid-step.
+    pub resumed: bool,
+    pub owner: String,
+}
+
+/// What an export's step leaves: the next step, and a page to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportStep {
+    pub phase: ExportPhase,
+    pub status: ExportStatus,
+    pub job_id: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub locator: Option<String>,
+    pub polls: u32,
+    pub calls: u64,
+    pub next_at: Millis,
+    /// A page read in this step: its records and CSV, stored as page `pages + 1`.
+    pub page: Option<(u64, Vec<u8>)>,
 }
 
 /// Which batches a listing shows.

@@ -271,8 +271,8 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
             let path = format!("/v1/batches/{}?failures_limit=100000", seg(&id));
             let body = api.call(Method::GET, &path, None)?;
             if failures_csv {
-                let batch: Value = serde_json::from_slice(&body)
-                    .context("the batch's answer is not JSON")?;
+                let batch: Value =
+                    serde_json::from_slice(&body).context("the batch's answer is not JSON")?;
                 return print_failures_csv(&batch);
             }
             body
@@ -287,14 +287,18 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
 
 /// Each row of a CSV file as a record: `{field: value}` for its non-empty cells.
 fn records_from_csv(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
-    let mut reader = csv::Reader::from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader
         .headers()
         .with_context(|| format!("{}: line 1 (the field names)", path.display()))?
         .clone();
     if let Some(empty) = header.iter().position(str::is_empty) {
-        anyhow::bail!("{}: line 1: column {} has no name", path.display(), empty + 1);
+        anyhow::bail!(
+            "{}: line 1: column {} has no name",
+            path.display(),
+            empty + 1
+        );
     }
     let mut records = Vec::new();
     for (n, row) in reader.records().enumerate() {
@@ -320,6 +324,95 @@ fn print_failures_csv(batch: &Value) -> anyhow::Result<()> {
             other => other.to_string(),
         };
         out.write_record([text("index"), text("record_id"), text("error")])?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportsArgs {
+    #[command(subcommand)]
+    pub command: ExportsCommand,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ExportsCommand {
+    /// Start an export: its JSON (as `POST /v1/exports` takes it) from FILE or standard input.
+    Submit {
+        #[arg(value_name = "FILE|-")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Show an export: its state, pages and records so far.
+    Get { id: String },
+    /// Write an export's stored pages as one CSV (one header line) to standard output.
+    Download { id: String },
+    /// Cancel an export: its query job is aborted.
+    Cancel { id: String },
+}
+
+pub fn run_exports(args: ExportsArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.server.server)?;
+    let body = match args.command {
+        ExportsCommand::Submit { file } => api.call(
+            Method::POST,
+            "/v1/exports",
+            Some(read_json(file.as_deref())?),
+        )?,
+        ExportsCommand::Get { id } => {
+            api.call(Method::GET, &format!("/v1/exports/{}", seg(&id)), None)?
+        }
+        ExportsCommand::Cancel { id } => {
+            api.call(Method::DELETE, &format!("/v1/exports/{}", seg(&id)), None)?
+        }
+        ExportsCommand::Download { id } => return download_export(&api, &id),
+    };
+    print_json(&body);
+    Ok(())
+}
+
+/// Every stored page in order; each page's header line after the first is left out.
+fn download_export(api: &Api, id: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let view: Value = serde_json::from_slice(&api.call(
+        Method::GET,
+        &format!("/v1/exports/{}", seg(id)),
+        None,
+    )?)
+    .context("the export's answer is not JSON")?;
+    if view["status"] != "succeeded" {
+        anyhow::bail!(
+            "export {id} is {} ({} pages so far); download it once it has succeeded",
+            view["status"],
+            view["pages"]
+        );
+    }
+    let pages = view["pages"].as_u64().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for n in 1..=pages {
+        let page = api.call(
+            Method::GET,
+            &format!("/v1/exports/{}/pages/{n}", seg(id)),
+            None,
+        )?;
+        let body = if n == 1 {
+            &page[..]
+        } else {
+            // The header is the first record: up to the first newline outside quotes.
+            let mut quoted = false;
+            let end = page
+                .iter()
+                .position(|&b| {
+                    if b == b'"' {
+                        quoted = !quoted;
+                    }
+                    b == b'\n' && !quoted
+                })
+                .map_or(page.len(), |i| i + 1);
+            &page[end..]
+        };
+        out.write_all(body)?;
     }
     out.flush()?;
     Ok(())

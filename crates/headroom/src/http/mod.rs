@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batches;
 pub mod budgets;
 pub mod credentials;
+pub mod exports;
 pub mod health;
 pub mod intake;
 pub mod jobs;
@@ -70,6 +71,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(intake::routes())
         .merge(jobs::routes())
         .merge(batches::routes())
+        .merge(exports::routes())
         .merge(schedules::routes())
         .merge(observe::routes())
 }
@@ -144,10 +146,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> ServiceFuture {
         use axum::response::IntoResponse;
         use tower::ServiceExt;
-        let request = request.map(axum::body::Body::new);
         if !request.uri().path().starts_with("/proxy/") {
+            let request = request.map(axum::body::Body::new);
             return Box::pin(self.router.clone().oneshot(request));
         }
+        // The proxy takes hyper's body as it is: boxing it would cost an allocation per call.
         if self.state.api_token.is_none() {
             if let Err(refused) = auth::check_open_request(&request) {
                 return Box::pin(std::future::ready(Ok(refused.into_response())));

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     tags(
         (name = "jobs", description = "Durable outbound calls, paced and retried"),
         (name = "batches", description = "Record imports through an API's batch endpoint"),
+        (name = "exports", description = "Bulk exports: an API's query job read a page at a time into the store"),
         (name = "schedules", description = "Per-tenant cron runs of a job or batch"),
         (name = "tenants", description = "Tenants' credentials, webhook secrets and scoped tokens"),
         (name = "budgets", description = "Budgets as they are, and operators' overrides of a tenant's budget"),
@@ -284,6 +285,58 @@ pub struct BulkJob {
     /// Jobs opened for these records and given up after a crash before they were closed
     /// (none of their data was processed).
     pub abandoned: Vec<String>,
+}
+
+/// `POST /v1/exports`.
+#[derive(ToSchema)]
+pub struct ExportSubmission {
+    pub upstream: String,
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
+    pub tenant: Option<String>,
+    /// `salesforce-bulk2` (the only one, and the default).
+    pub format: Option<String>,
+    pub lane: Option<Lane>,
+    /// Records per result page (50,000 if left out; 1 to 500,000).
+    #[schema(minimum = 1, maximum = 500000)]
+    pub page_size: Option<u32>,
+    pub request: ExportRequestSubmission,
+}
+
+/// The call that creates the query job.
+#[derive(ToSchema)]
+pub struct ExportRequestSubmission {
+    /// `POST`.
+    pub method: String,
+    /// Bulk API 2.0's query path, e.g. `/services/data/v62.0/jobs/query`.
+    pub path: String,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// The query job: `{"operation": "query" | "queryAll", "query": "SELECT Id, Name FROM Account"}`.
+    #[schema(value_type = Object)]
+    pub body: Value,
+}
+
+/// A bulk export.
+#[derive(ToSchema)]
+pub struct Export {
+    pub id: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub upstream: String,
+    pub tenant: Option<String>,
+    /// The API's id for the query job, once created.
+    pub job_id: Option<String>,
+    /// The API's last word on the job's state.
+    pub state: Option<String>,
+    /// Result pages stored so far (`GET /v1/exports/{id}/pages/{n}`, from 1).
+    pub pages: u64,
+    pub records: u64,
+    /// Calls made to the API.
+    pub calls: u64,
+    pub error: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
 }
 
 /// A new batch.

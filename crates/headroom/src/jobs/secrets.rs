@@ -119,6 +119,11 @@ pub fn batch_owner(id: &str) -> String {
     format!("batch:{id}")
 }
 
+/// The owner name an export's sealed fields are bound to.
+pub fn export_owner(id: &str) -> String {
+    format!("export:{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,8 +145,9 @@ fn done(job: &BulkJob, calls: u64) -> BulkStep {
 }
 
 /// A call's answer, as a step reads it.
-enum Reply {
-    Ok(Vec<u8>),
+pub(crate) enum Reply {
+    /// A 2xx: its body (up to the read limit) and headers.
+    Ok(Vec<u8>, HeaderMap),
     /// Not now: nothing was done (throttled, refused by the budget, a 5xx), or the answer was
     /// lost (`lost`: the call may have arrived).
     Retry {
@@ -161,10 +162,9 @@ enum Reply {
 struct Ctx<'a> {
     app: &'a AppState,
     job: &'a BulkJob,
-    upstream: Arc<Upstream>,
     ingest: IngestJob,
-    request: JobRequest,
-    calls: u64,
+    base: String,
+    caller: Caller<'a>,
 }
 
 impl<'a> Ctx<'a> {
@@ -194,17 +194,23 @@ impl<'a> Ctx<'a> {
         Ok(Ctx {
             app,
             job,
-            upstream,
             ingest,
-            request,
-            calls: 0,
+            base: request.path,
+            caller: Caller {
+                app,
+                upstream,
+                tenant: job.batch.tenant.as_deref(),
+                lane: job.batch.lane,
+                headers: request.headers,
+                calls: 0,
+            },
         })
     }
 
     fn api(&self) -> SalesforceBulk2<'_> {
         SalesforceBulk2 {
             job: &self.ingest,
-            base: &self.request.path,
+            base: &self.base,
         }
     }
 
@@ -214,7 +220,7 @@ impl<'a> Ctx<'a> {
 
     /// A final step, counting this step's calls.
     fn stamp(&self, mut step: BulkStep) -> BulkStep {
-        step.calls = self.calls;
+        step.calls = self.caller.calls;
         step
     }
 
@@ -229,7 +235,7 @@ impl<'a> Ctx<'a> {
             } else {
                 0
             },
-            calls: self.calls,
+            calls: self.caller.calls,
             next_at: self.now(),
             abandoned: None,
         }
@@ -247,7 +253,7 @@ impl<'a> Ctx<'a> {
             state: self.job.state.clone(),
             error: Some(error),
             polls: self.job.polls,
-            calls: self.calls,
+            calls: self.caller.calls,
             next_at: self.now() + after.as_millis() as Millis,
             abandoned: None,
         }
@@ -314,8 +320,8 @@ impl<'a> Ctx<'a> {
             return self.give_back("the batch was cancelled".into()).await;
         }
         let call = self.api().create();
-        match self.call(call, MAX_ANSWER).await {
-            Reply::Ok(body) => match self.api().created(&body) {
+        match self.caller.call(call, MAX_ANSWER).await {
+            Reply::Ok(body, _) => match self.api().created(&body) {
                 Ok(id) => Next::Step(self.next(BulkPhase::Upload, Some(id), Some("Open".into()))),
                 Err(e) => {
                     self.fail_all(format!("cannot create the bulk job: {e}"))
@@ -339,7 +345,8 @@ impl<'a> Ctx<'a> {
             match self.status(&id).await {
                 Ok(status) if status.state == JobState::Open => {
                     let aborted = self.api().abort(&id);
-                    if let Reply::Retry { after, error, .. } = self.call(aborted, MAX_ANSWER).await
+                    if let Reply::Retry { after, error, .. } =
+                        self.caller.call(aborted, MAX_ANSWER).await
                     {
                         return self.again(after, error);
                     }
@@ -366,12 +373,12 @@ impl<'a> Ctx<'a> {
             Ok(call) => call,
             Err(e) => {
                 let aborted = self.api().abort(&id);
-                let _ = self.call(aborted, MAX_ANSWER).await;
+                let _ = self.caller.call(aborted, MAX_ANSWER).await;
                 return self.fail_all(e.to_string()).await;
             }
         };
-        match self.call(call, MAX_ANSWER).await {
-            Reply::Ok(_) => Next::Step(self.next(BulkPhase::Close, Some(id), Some("Open".into()))),
+        match self.caller.call(call, MAX_ANSWER).await {
+            Reply::Ok(..) => Next::Step(self.next(BulkPhase::Close, Some(id), Some("Open".into()))),
             Reply::Retry {
                 after,
                 error,
@@ -384,7 +391,7 @@ impl<'a> Ctx<'a> {
             Reply::Retry { after, error, .. } => self.again(after, error),
             Reply::Fatal(e) => {
                 let aborted = self.api().abort(&id);
-                let _ = self.call(aborted, MAX_ANSWER).await;
+                let _ = self.caller.call(aborted, MAX_ANSWER).await;
                 self.fail_all(format!("the upload to bulk job {id} was refused: {e}"))
                     .await
             }
@@ -405,8 +412,8 @@ impl<'a> Ctx<'a> {
             }
         }
         let call = self.api().close(&id);
-        match self.call(call, MAX_ANSWER).await {
-            Reply::Ok(body) => {
+        match self.caller.call(call, MAX_ANSWER).await {
+            Reply::Ok(body, _) => {
                 let state = self.api().read_status(&body).map(|s| s.api_state).ok();
                 let mut step = self.next(BulkPhase::Poll, Some(id), state);
                 step.next_at += poll_interval(0).as_millis() as Millis;
@@ -424,10 +431,10 @@ impl<'a> Ctx<'a> {
 
     async fn abort_then_results(&mut self, id: String) -> Next {
         let call = self.api().abort(&id);
-        match self.call(call, MAX_ANSWER).await {
+        match self.caller.call(call, MAX_ANSWER).await {
             Reply::Retry { after, error, .. } => self.again(after, error),
             // Aborted, or already final (an abort then fails): read where it stands.
-            Reply::Ok(_) | Reply::Fatal(_) => match self.status(&id).await {
+            Reply::Ok(..) | Reply::Fatal(_) => match self.status(&id).await {
                 Ok(status) if status.state.is_final() => {
                     let mut step = self.next(BulkPhase::Results, Some(id), Some(status.api_state));
                     step.error = status.error;
@@ -453,7 +460,7 @@ impl<'a> Ctx<'a> {
                 JobState::Open if self.job.error.is_some() => {
                     let error = self.job.error.clone().unwrap_or_default();
                     let aborted = self.api().abort(&id);
-                    let _ = self.call(aborted, MAX_ANSWER).await;
+                    let _ = self.caller.call(aborted, MAX_ANSWER).await;
                     self.fail_all(format!("bulk job {id} could not be closed: {error}"))
                         .await
                 }
@@ -492,8 +499,8 @@ impl<'a> Ctx<'a> {
         };
         let mut bodies = Vec::new();
         for call in self.api().results(&id) {
-            match self.call(call, MAX_RESULTS).await {
-                Reply::Ok(body) => bodies.push(body),
+            match self.caller.call(call, MAX_RESULTS).await {
+                Reply::Ok(body, _) => bodies.push(body),
                 Reply::Retry { after, error, .. } => return self.again(after, error),
                 Reply::Fatal(e) => {
                     return self
@@ -542,8 +549,8 @@ impl<'a> Ctx<'a> {
     /// The job's state, or the step to take when it cannot be had now.
     async fn status(&mut self, id: &str) -> Result<JobStatus, Next> {
         let call = self.api().status(id);
-        match self.call(call, MAX_ANSWER).await {
-            Reply::Ok(body) => self
+        match self.caller.call(call, MAX_ANSWER).await {
+            Reply::Ok(body, _) => self
                 .api()
                 .read_status(&body)
                 .map_err(|e| self.again(Duration::from_secs(5), format!("bulk job {id}: {e}"))),
@@ -555,14 +562,28 @@ impl<'a> Ctx<'a> {
                 .await),
         }
     }
+}
 
+/// Makes a bulk job's calls: each one governed call with the upstream's credential, in the
+/// batch's lane, counted.
+pub(crate) struct Caller<'a> {
+    pub app: &'a AppState,
+    pub upstream: Arc<Upstream>,
+    pub tenant: Option<&'a str>,
+    pub lane: headroom_core::Lane,
+    /// The batch's own headers (sent with every call).
+    pub headers: Vec<(String, String)>,
+    pub calls: u64,
+}
+
+impl Caller<'_> {
     /// Makes one call through the governor (once more with a renewed OAuth token).
-    async fn call(&mut self, call: BulkCall, limit: usize) -> Reply {
+    pub(crate) async fn call(&mut self, call: BulkCall, limit: usize) -> Reply {
         let Ok(method) = Method::from_bytes(call.method.as_bytes()) else {
             return Reply::Fatal(format!("\"{}\" is not an HTTP method", call.method));
         };
         let mut headers = HeaderMap::new();
-        for (k, v) in self.request.headers.iter().chain(call.headers.iter()) {
+        for (k, v) in self.headers.iter().chain(call.headers.iter()) {
             if crate::jobs::request::is_reserved_header(k) {
                 continue;
             }
@@ -578,7 +599,7 @@ impl<'a> Ctx<'a> {
             .outbound
             .prepare(
                 &self.upstream,
-                self.job.batch.tenant.as_deref(),
+                self.tenant,
                 method,
                 &call.path,
                 None,
@@ -600,7 +621,7 @@ impl<'a> Ctx<'a> {
             Err(e) => return Reply::Fatal(e.to_string()),
         };
         let how = || outbound::Send {
-            lane: self.job.batch.lane,
+            lane: self.lane,
             cost: 1.0,
             max_wait: self.upstream.retry.max_wait,
             attempt: 1,
@@ -692,7 +713,7 @@ impl<'a> Ctx<'a> {
                     ));
                 }
                 if (200..300).contains(&status) {
-                    return Reply::Ok(body);
+                    return Reply::Ok(body, parts.headers);
                 }
                 let detail = salesforce_error(&body);
                 if status == 408 || (500..600).contains(&status) {

@@ -49,6 +49,7 @@ pub async fn start(app: AppState) -> anyhow::Result<()> {
     tokio::spawn(dispatch_loop(app.clone()));
     tokio::spawn(super::batches::run_loop(app.clone()));
     tokio::spawn(super::bulk::run_loop(app.clone()));
+    tokio::spawn(super::exports::run_loop(app.clone()));
     tokio::spawn(super::retention::run_loop(app.clone()));
     tokio::spawn(super::callbacks::run(app));
     Ok(())

@@ -6,6 +6,7 @@ pub mod batches;
 pub mod bulk;
 pub mod callbacks;
 pub mod dispatcher;
+pub mod exports;
 pub mod observe;
 pub mod retention;
 pub mod scheduler;
