@@ -239,13 +239,17 @@ pub(crate) async fn finish_records_in(
 
     // Records with the same outcome (and error, retry time) move in one statement: a
     // chunk that went through is one UPDATE, a throttled call one more.
+    // Grouped by a hash of the outcome: a bulk job's 100,000 records may each have their own
+    // error.
     let mut groups: Vec<(&RecordResult, Vec<i64>)> = Vec::new();
+    let mut group_of: std::collections::HashMap<&RecordResult, usize> = Default::default();
     for (record, result) in records.iter().zip(results) {
         let index = i64::try_from(record.index).context("record index")?;
-        match groups.iter_mut().find(|(r, _)| *r == result) {
-            Some((_, indexes)) => indexes.push(index),
-            None => groups.push((result, vec![index])),
-        }
+        let n = *group_of.entry(result).or_insert_with(|| {
+            groups.push((result, Vec::new()));
+            groups.len() - 1
+        });
+        groups[n].1.push(index);
     }
     let (mut succeeded, mut failed, mut pending, mut gone) = (0i64, 0i64, 0i64, 0i64);
     for (result, indexes) in &groups {
@@ -534,6 +538,17 @@ impl<S: SqlStore> BatchStore for S {
         let seq: i64 = row.col("seq")?;
         let status = parse_batch_status(&row.col::<String>("status")?)?;
         if matches!(status, BatchStatus::Queued | BatchStatus::Running) {
+            // Its bulk jobs under way are aborted at their next step: now. First, as a bulk
+            // job's end locks its job, then records, then the batch (PostgreSQL deadlocks on
+            // locks taken in another order).
+            let q = Sql::new(
+                "UPDATE bulk_jobs SET next_at = ? WHERE batch_seq = ? AND phase <> 'done'",
+            )
+            .bind(now)
+            .bind(seq);
+            tx.execute(&q)
+                .await
+                .context("cannot cancel a batch's bulk jobs")?;
             let q = Sql::new(
                 "UPDATE batch_records SET status = 'cancelled' \
                  WHERE batch_seq = ? AND status = 'pending'",
@@ -552,15 +567,6 @@ impl<S: SqlStore> BatchStore for S {
             .bind(now)
             .bind(seq);
             tx.execute(&q).await.context("cannot cancel a batch")?;
-            // Its bulk jobs under way are aborted at their next step: now.
-            let q = Sql::new(
-                "UPDATE bulk_jobs SET next_at = ? WHERE batch_seq = ? AND phase <> 'done'",
-            )
-            .bind(now)
-            .bind(seq);
-            tx.execute(&q)
-                .await
-                .context("cannot cancel a batch's bulk jobs")?;
         }
         let out = read_batch(&mut tx.conn(), id, 100).await?;
         tx.commit().await.context("cannot commit a cancellation")?;

@@ -15,7 +15,8 @@ use super::row::StoreRow;
 use super::sql::{Db, Sql};
 use crate::model::jobs::*;
 
-const JOB_COLUMNS: &str = "j.chunk_id, j.records, j.job_id, j.phase, j.state, j.error, j.polls, \
+const JOB_COLUMNS: &str =
+    "j.chunk_id, j.records, j.job_id, j.phase, j.state, j.error, j.polls, j.abandoned, \
      j.calls, j.lease_owner, b.status AS batch_status, b.id, b.upstream, b.tenant, b.lane, \
      b.format, b.max_batch_size, b.method, b.path, b.query, b.headers, b.max_attempts";
 
@@ -39,6 +40,7 @@ fn job_from_row<R: StoreRow>(row: &R, owner: &str) -> crate::Result<BulkJob> {
         polls: u32_col(row, "polls")?,
         calls: calls.max(0) as u64,
         resumed: row.col::<Option<String>>("lease_owner")?.is_some(),
+        abandoned: row.col::<String>("abandoned")?.split_whitespace().count(),
         owner: owner.to_string(),
     })
 }
@@ -149,6 +151,7 @@ pub(crate) async fn claim(
         polls: 0,
         calls: 0,
         resumed: false,
+        abandoned: 0,
         owner: owner.to_string(),
     }))
 }

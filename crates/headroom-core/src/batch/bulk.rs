@@ -298,6 +298,11 @@ pub(super) fn check(payload: &Value) -> Result<(), String> {
         if k.is_empty() || k.chars().any(|c| c.is_control() || c == ',' || c == '"') {
             return Err(format!("\"{k}\" is not a field name"));
         }
+        if k.starts_with("sf__") {
+            return Err(format!(
+                "\"{k}\": Salesforce names its own result columns sf__…; a field cannot"
+            ));
+        }
         if matches!(v, Value::Array(_) | Value::Object(_)) {
             return Err(format!(
                 "{k}: a CSV field takes a string, number, boolean or null; for a relationship \
@@ -609,6 +614,7 @@ fn read_results(
     columns: &[String],
     mut each: impl FnMut(&HashMap<String, String>, Vec<String>),
 ) -> Result<(), String> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }

@@ -452,7 +452,7 @@ pub struct Chunk {
 }
 
 /// Where a record goes after a chunk's call.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RecordResult {
     Succeeded,
     Failed {
@@ -647,6 +647,8 @@ pub struct BulkJob {
     /// The previous holder of the lease stopped during a step (a crash): what it sent may
     /// or may not have arrived.
     pub resumed: bool,
+    /// Jobs given up for these records so far (uploads whose answer was lost).
+    pub abandoned: usize,
     /// Who holds the lease now (this claim).
     pub owner: String,
 }

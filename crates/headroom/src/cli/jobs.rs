@@ -268,7 +268,10 @@ pub fn run_batches(args: BatchesArgs) -> anyhow::Result<()> {
             )?
         }
         BatchesCommand::Get { id, failures_csv } => {
-            let path = format!("/v1/batches/{}?failures_limit=100000", seg(&id));
+            let path = match failures_csv {
+                true => format!("/v1/batches/{}?failures_limit=100000", seg(&id)),
+                false => format!("/v1/batches/{}", seg(&id)),
+            };
             let body = api.call(Method::GET, &path, None)?;
             if failures_csv {
                 let batch: Value =

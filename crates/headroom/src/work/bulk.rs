@@ -33,12 +33,21 @@ use crate::outbound::{self, refusal, Answer, PrepareError, Read};
 
 /// How long a step may take before another holder may take the job over.
 const LEASE: Duration = Duration::from_secs(600);
+/// A step still running this long is dropped (the lease has a minute left).
+const STEP_LIMIT: Duration = Duration::from_secs(540);
+/// Results steps at once in this process: each holds up to three result files.
+const RESULTS_AT_ONCE: usize = 2;
+/// Jobs given up for one chunk (uploads whose answer was lost) before its records spend an
+/// attempt and wait.
+const MAX_ABANDONED: usize = 3;
+/// The longest a step waits on an upstream's word before it asks again.
+const MAX_STEP_PAUSE: Duration = Duration::from_secs(3600);
 /// Jobs of one batch under way at once.
 const JOBS_PER_BATCH: u32 = 4;
 /// Steps in flight at once in this process.
 const STEPS_AT_ONCE: usize = 16;
 /// A results file is read up to this size.
-const MAX_RESULTS: usize = 256 << 20;
+const MAX_RESULTS: usize = 128 << 20;
 /// A status or create answer is read up to this size.
 const MAX_ANSWER: usize = 1 << 20;
 /// Marks an upload whose answer did not arrive: the next step checks the job first.
@@ -48,6 +57,8 @@ const UPLOAD_UNKNOWN: &str = "upload-unknown";
 pub async fn run_loop(app: AppState) {
     let owner = crate::jobs::request::new_id("bulk");
     let slots = Arc::new(tokio::sync::Semaphore::new(STEPS_AT_ONCE));
+    let results_slots = Arc::new(tokio::sync::Semaphore::new(RESULTS_AT_ONCE));
+    let mut claims = 0u64;
     loop {
         if app.shutdown.is_stopping() {
             return; // the steps under way finish; the drain waits for them
@@ -57,17 +68,30 @@ pub async fn run_loop(app: AppState) {
             .await
             .expect("never closed");
         let now = app.clock.now_millis();
+        // Each claim holds the lease under its own name: a step that outlived its lease
+        // cannot store over the next holder's, even in this process.
+        claims += 1;
+        let token = format!("{owner}/{claims}");
         match app
             .store
-            .claim_bulk_job(now, &owner, LEASE.as_millis() as Millis, JOBS_PER_BATCH)
+            .claim_bulk_job(now, &token, LEASE.as_millis() as Millis, JOBS_PER_BATCH)
             .await
         {
             Ok(Some(job)) => {
                 let app = app.clone();
                 let working = app.shutdown.working();
+                let results_slots = Arc::clone(&results_slots);
                 tokio::spawn(async move {
                     let _working = working;
-                    run_step(&app, job).await;
+                    // Given up well before the lease runs out: nothing is stored, and the next
+                    // holder resumes the job (checking what this step did).
+                    let step = run_step(&app, job, &results_slots);
+                    if tokio::time::timeout(STEP_LIMIT, step).await.is_err() {
+                        tracing::warn!(
+                            "a bulk job step took longer than {}s; it resumes",
+                            STEP_LIMIT.as_secs()
+                        );
+                    }
                     drop(permit);
                 });
                 continue;
@@ -94,8 +118,8 @@ enum Next {
     Finish(Vec<ChunkRecord>, Vec<RecordResult>, BulkStep),
 }
 
-async fn run_step(app: &AppState, job: BulkJob) {
-    let next = match Ctx::new(app, &job) {
+async fn run_step(app: &AppState, job: BulkJob, results_slots: &tokio::sync::Semaphore) {
+    let next = match Ctx::new(app, &job, results_slots) {
         Ok(ctx) => ctx.step().await,
         Err(error) => ctx_failed(app, &job, error).await,
     };
@@ -147,7 +171,7 @@ fn done(job: &BulkJob, calls: u64) -> BulkStep {
 /// A call's answer, as a step reads it.
 pub(crate) enum Reply {
     /// A 2xx: its body (up to the read limit) and headers.
-    Ok(Vec<u8>, HeaderMap),
+    Ok(bytes::Bytes, HeaderMap),
     /// Not now: nothing was done (throttled, refused by the budget, a 5xx), or the answer was
     /// lost (`lost`: the call may have arrived).
     Retry {
@@ -165,10 +189,15 @@ struct Ctx<'a> {
     ingest: IngestJob,
     base: String,
     caller: Caller<'a>,
+    results_slots: &'a tokio::sync::Semaphore,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(app: &'a AppState, job: &'a BulkJob) -> Result<Ctx<'a>, String> {
+    fn new(
+        app: &'a AppState,
+        job: &'a BulkJob,
+        results_slots: &'a tokio::sync::Semaphore,
+    ) -> Result<Ctx<'a>, String> {
         let request = crate::jobs::secrets::open(
             &app.credentials,
             &crate::jobs::secrets::batch_owner(&job.batch.id),
@@ -194,6 +223,7 @@ impl<'a> Ctx<'a> {
         Ok(Ctx {
             app,
             job,
+            results_slots,
             ingest,
             base: request.path,
             caller: Caller {
@@ -247,11 +277,16 @@ impl<'a> Ctx<'a> {
     }
 
     fn again_step(&self, after: Duration, error: String) -> BulkStep {
+        // In the results phase `error` is the job's own reason for failing: kept.
+        let error = match self.job.phase {
+            BulkPhase::Results => self.job.error.clone(),
+            _ => Some(error),
+        };
         BulkStep {
             job_id: self.job.job_id.clone(),
             phase: self.job.phase,
             state: self.job.state.clone(),
-            error: Some(error),
+            error,
             polls: self.job.polls,
             calls: self.caller.calls,
             next_at: self.now() + after.as_millis() as Millis,
@@ -289,6 +324,26 @@ impl<'a> Ctx<'a> {
         match self.records().await {
             Ok(records) => {
                 let results = vec![RecordResult::Failed { error }; records.len()];
+                Next::Finish(records, results, self.stamp(done(self.job, 0)))
+            }
+            Err(next) => next,
+        }
+    }
+
+    /// Nothing of the job was processed: every record spends an attempt and waits for
+    /// another job.
+    async fn retry_all(&self, error: String) -> Next {
+        match self.records().await {
+            Ok(records) => {
+                let now = self.now();
+                let results = records
+                    .iter()
+                    .map(|r| RecordResult::Retry {
+                        at: now + record_backoff(r.attempts + 1).as_millis() as Millis,
+                        error: error.clone(),
+                        burn_attempt: true,
+                    })
+                    .collect();
                 Next::Finish(records, results, self.stamp(done(self.job, 0)))
             }
             Err(next) => next,
@@ -341,28 +396,16 @@ impl<'a> Ctx<'a> {
         let unsure = self.job.resumed || self.job.state.as_deref() == Some(UPLOAD_UNKNOWN);
         if self.job.cancelled || unsure {
             // Whatever was uploaded to an Open job is never processed: abort it, and (unless
-            // cancelled) let a new job take the records.
-            match self.status(&id).await {
-                Ok(status) if status.state == JobState::Open => {
-                    let aborted = self.api().abort(&id);
-                    if let Reply::Retry { after, error, .. } =
-                        self.caller.call(aborted, MAX_ANSWER).await
-                    {
-                        return self.again(after, error);
-                    }
-                    if self.job.cancelled {
-                        return self.give_back("the batch was cancelled".into()).await;
-                    }
-                    let mut step = self.next(BulkPhase::Create, None, None);
-                    step.abandoned = Some(id);
-                    return Next::Step(step);
+            // cancelled) let a new job take the records once the abort is confirmed. Until
+            // then the job stays marked unsure, whatever defers the check.
+            let next = self.abandon(id).await;
+            return match next {
+                Next::Step(mut step) if step.phase == BulkPhase::Upload => {
+                    step.state = Some(UPLOAD_UNKNOWN.into());
+                    Next::Step(step)
                 }
-                // Closed by someone else meanwhile: follow it.
-                Ok(status) => {
-                    return Next::Step(self.next(BulkPhase::Poll, Some(id), Some(status.api_state)))
-                }
-                Err(next) => return next,
-            }
+                other => other,
+            };
         }
         let records = match self.records().await {
             Ok(r) => r,
@@ -396,6 +439,51 @@ impl<'a> Ctx<'a> {
                     .await
             }
         }
+    }
+
+    /// The upload step's check after an upload that may have arrived (or a cancel).
+    async fn abandon(&mut self, id: String) -> Next {
+        let status = match self.status(&id).await {
+            Ok(status) => status,
+            Err(next) => return next,
+        };
+        if status.state != JobState::Open {
+            // Closed by someone else meanwhile: follow it.
+            return Next::Step(self.next(BulkPhase::Poll, Some(id), Some(status.api_state)));
+        }
+        let aborted = self.api().abort(&id);
+        let confirmed = match self.caller.call(aborted, MAX_ANSWER).await {
+            Reply::Ok(body, _) => self.api().read_status(&body).ok(),
+            Reply::Retry { after, error, .. } => return self.again(after, error),
+            Reply::Fatal(_) => None,
+        };
+        match confirmed.map(|s| s.state) {
+            Some(JobState::Aborted) | Some(JobState::Failed) => {}
+            // Not confirmed: look again before anything else takes the records.
+            _ => {
+                return self.again(
+                    Duration::from_secs(5),
+                    format!("the abort of bulk job {id} is not confirmed"),
+                )
+            }
+        }
+        if self.job.cancelled {
+            return self.give_back("the batch was cancelled".into()).await;
+        }
+        if self.job.abandoned + 1 >= MAX_ABANDONED {
+            // Uploads keep losing their answer (too slow for the upstream's timeout?): the
+            // records spend an attempt and wait, so that max_attempts ends it.
+            return self
+                .retry_all(format!(
+                    "{} uploads of these records got no answer (the last to bulk job {id}); \
+                     is the upstream's timeout long enough for an upload?",
+                    self.job.abandoned + 1
+                ))
+                .await;
+        }
+        let mut step = self.next(BulkPhase::Create, None, None);
+        step.abandoned = Some(id);
+        Next::Step(step)
     }
 
     async fn close(&mut self, id: String) -> Next {
@@ -442,7 +530,8 @@ impl<'a> Ctx<'a> {
                 }
                 Ok(status) => {
                     let mut step = self.next(BulkPhase::Poll, Some(id), Some(status.api_state));
-                    step.next_at += 1000;
+                    step.polls = self.job.polls + 1;
+                    step.next_at += poll_interval(step.polls).as_millis() as Millis;
                     Next::Step(step)
                 }
                 Err(next) => next,
@@ -497,6 +586,7 @@ impl<'a> Ctx<'a> {
             processed: None,
             failed: None,
         };
+        let _slot = self.results_slots.acquire().await.expect("never closed");
         let mut bodies = Vec::new();
         for call in self.api().results(&id) {
             match self.caller.call(call, MAX_RESULTS).await {
@@ -516,7 +606,7 @@ impl<'a> Ctx<'a> {
             Ok(r) => r,
             Err(next) => return next,
         };
-        let views: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let views: Vec<&[u8]> = bodies.iter().map(|b: &bytes::Bytes| b.as_ref()).collect();
         let outcomes = self.api().outcomes(&to_records(&records), &status, &views);
         let now = self.now();
         let results = outcomes
@@ -629,8 +719,11 @@ impl Caller<'_> {
             wait_until: None,
             read: Read::All(limit),
         };
-        self.calls += 1;
         let mut answer = prepared.send(Body::from(call.body.clone()), how()).await;
+        // A call the budget refused was not made.
+        if !matches!(answer, Answer::Refused(_)) {
+            self.calls += 1;
+        }
         if let Answer::Answered {
             parts, inspected, ..
         } = &answer
@@ -638,8 +731,10 @@ impl Caller<'_> {
             let seen = inspected.as_deref().unwrap_or_default();
             match prepared.renew_token(parts.status.as_u16(), seen).await {
                 Ok(true) => {
-                    self.calls += 1;
                     answer = prepared.send(Body::from(call.body), how()).await;
+                    if !matches!(answer, Answer::Refused(_)) {
+                        self.calls += 1;
+                    }
                 }
                 Ok(false) => {}
                 Err(e @ crate::oauth::TokenError::Broken { .. }) => {
@@ -654,10 +749,10 @@ impl Caller<'_> {
                 }
             }
         }
-        self.read(answer)
+        self.read(answer, limit)
     }
 
-    fn read(&self, answer: Answer) -> Reply {
+    fn read(&self, answer: Answer, limit: usize) -> Reply {
         match answer {
             Answer::Refused(rejection) => Reply::Retry {
                 after: rejection.retry_after.max(Duration::from_millis(50)),
@@ -678,7 +773,9 @@ impl Caller<'_> {
                 ..
             } => {
                 let status = parts.status.as_u16();
-                let body = inspected.map(|b| b.to_vec()).unwrap_or_default();
+                let body = inspected.unwrap_or_default();
+                // A 5xx may come after the call did its work, throttled or not.
+                let lost = status >= 500;
                 if signals.throttled {
                     let max_pause = self.upstream.budget_config.max_pause;
                     let rule = RetryRule {
@@ -690,26 +787,23 @@ impl Caller<'_> {
                         status,
                         signals: &signals,
                     };
-                    return match verdict(outcome, 1, &rule, budget_pause, Duration::ZERO) {
-                        Verdict::GiveUp(GiveUpReason::PauseTooLong(asked)) => Reply::Fatal(
-                            super::dispatcher::too_long_pause(status, asked, max_pause),
-                        ),
-                        Verdict::Retry { after, .. } => Reply::Retry {
-                            after: after.max(Duration::from_millis(50)),
-                            error: format!("throttled by the upstream ({status})"),
-                            lost: false,
-                        },
-                        _ => Reply::Retry {
-                            after: budget_pause.max(Duration::from_millis(50)),
-                            error: format!("throttled by the upstream ({status})"),
-                            lost: false,
-                        },
+                    // A bulk job under way waits out even a long pause (a daily limit spent):
+                    // giving up would fail records the API may be processing.
+                    let after = match verdict(outcome, 1, &rule, budget_pause, Duration::ZERO) {
+                        Verdict::GiveUp(GiveUpReason::PauseTooLong(asked)) => asked,
+                        Verdict::Retry { after, .. } => after,
+                        _ => budget_pause,
+                    };
+                    return Reply::Retry {
+                        after: after.clamp(Duration::from_millis(50), MAX_STEP_PAUSE),
+                        error: format!("throttled by the upstream ({status})"),
+                        lost,
                     };
                 }
                 if truncated {
                     return Reply::Fatal(format!(
-                        "the answer ({status}) is larger than {} MiB",
-                        MAX_RESULTS >> 20
+                        "the answer ({status}) is larger than {} KiB",
+                        limit >> 10
                     ));
                 }
                 if (200..300).contains(&status) {

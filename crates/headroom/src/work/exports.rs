@@ -270,7 +270,7 @@ impl Ctx<'_> {
                             self.next(ExportPhase::Page)
                         };
                         step.locator = next;
-                        step.page = Some((records, body));
+                        step.page = Some((records, body.to_vec()));
                         step
                     }
                     Reply::Retry { after, error, .. } => self.again(after, error),
