@@ -1072,6 +1072,127 @@ pub fn new_batch(id: &str, n: usize, max_batch_size: u32, at: Millis) -> NewBatc
     }
 }
 
+/// Exports: stored queued; a claim leases one and makes it running; each step stores its
+/// page with the next locator, under the lease only; a cancel makes it due and cancelled,
+/// and a step does not undo the cancel.
+pub async fn exports<S: BatchStore>(store: &S) {
+    let new = |id: &str| NewExport {
+        id: id.into(),
+        upstream: "sf".into(),
+        tenant: Some("acme".into()),
+        lane: Lane::Bulk,
+        request: JobRequest {
+            method: "POST".into(),
+            path: "/services/data/v62.0/jobs/query".into(),
+            query: None,
+            headers: vec![("x-a".into(), "b".into())],
+            body: None,
+            body_is_json: false,
+        },
+        job: r#"{"operation":"query","query":"SELECT Id FROM Account"}"#.into(),
+        page_size: 1000,
+        created_at: 10,
+    };
+    let v = store.insert_export(new("x1")).await.unwrap();
+    assert_eq!((v.status, v.pages), (ExportStatus::Queued, 0));
+    let t = store.claim_export(10, "a/1", 1_000).await.unwrap().unwrap();
+    assert_eq!(
+        (t.id.as_str(), t.phase, t.resumed),
+        ("x1", ExportPhase::Create, false)
+    );
+    assert_eq!(
+        t.request.headers,
+        vec![("x-a".to_string(), "b".to_string())]
+    );
+    assert!(
+        store
+            .claim_export(10, "b/1", 1_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "leased"
+    );
+    let step = |phase, page: Option<(u64, Vec<u8>)>, locator: Option<&str>, next_at| ExportStep {
+        phase,
+        status: ExportStatus::Running,
+        job_id: Some("750q".into()),
+        state: Some("JobComplete".into()),
+        error: None,
+        locator: locator.map(str::to_string),
+        polls: 1,
+        calls: 1,
+        next_at,
+        page,
+    };
+    assert!(store
+        .save_export(&t, &step(ExportPhase::Page, None, None, 20), 11)
+        .await
+        .unwrap());
+    let t = store.claim_export(20, "a/2", 1_000).await.unwrap().unwrap();
+    let page1 = b"\"Id\"\n\"001\"\n".to_vec();
+    assert!(store
+        .save_export(
+            &t,
+            &step(
+                ExportPhase::Page,
+                Some((1, page1.clone())),
+                Some("MTAwMA"),
+                30
+            ),
+            21
+        )
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .save_export(
+                &t,
+                &step(ExportPhase::Page, Some((1, page1.clone())), None, 30),
+                22
+            )
+            .await
+            .unwrap(),
+        "a stale holder stores nothing"
+    );
+    assert_eq!(store.export_page("x1", 1).await.unwrap(), Some(page1));
+    assert_eq!(store.export_page("x1", 2).await.unwrap(), None);
+    let v = store.get_export("x1").await.unwrap().unwrap();
+    assert_eq!(
+        (v.status, v.pages, v.records, v.calls),
+        (ExportStatus::Running, 1, 1, 2)
+    );
+    assert_eq!(store.next_export_at().await.unwrap(), Some(30));
+    // Taken over once the lease runs out: resumed, at the stored locator.
+    let t = store.claim_export(30, "a/3", 1_000).await.unwrap().unwrap();
+    assert_eq!(t.locator.as_deref(), Some("MTAwMA"));
+    assert_eq!(t.pages, 1);
+    let t2 = store
+        .claim_export(1_031, "b/2", 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t2.resumed);
+    // Cancelled: due now and cancelled; the step that follows keeps it cancelled.
+    let v = store.cancel_export("x1", 1_100).await.unwrap().unwrap();
+    assert_eq!(v.status, ExportStatus::Cancelled);
+    let mut end = step(ExportPhase::Done, None, None, 0);
+    end.status = ExportStatus::Succeeded;
+    assert!(store.save_export(&t2, &end, 1_200).await.unwrap());
+    assert_eq!(
+        store.get_export("x1").await.unwrap().unwrap().status,
+        ExportStatus::Cancelled
+    );
+    assert!(
+        store
+            .claim_export(5_000, "a/4", 1_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "done"
+    );
+    assert!(store.get_export("nope").await.unwrap().is_none());
+}
+
 fn step(job: &BulkJob, phase: BulkPhase, next_at: Millis) -> BulkStep {
     BulkStep {
         job_id: Some("750000000000001".into()),

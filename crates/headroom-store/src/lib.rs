@@ -84,6 +84,7 @@ macro_rules! conformance_tests {
                 finish_attempt_transitions cancel_job requeue_running next_ready_at callbacks
                 batch_insert_and_claim batch_finish_counts_and_completion batch_turns
                 batch_max_attempts batch_requeue_in_flight batch_cancel batch_callbacks bulk_jobs
+                exports
                 retention);
         }
         mod schedules {
