@@ -246,6 +246,10 @@ struct Activity {
     /// `HTTP1` or `HTTP2` once the first bytes tell; below, how much of the HTTP/2 preface
     /// they matched so far.
     protocol: AtomicU8,
+    /// The timer of the last request head's wait, kept for the next one: moving a timer that
+    /// is still registered to a later deadline is an atomic store, where a new one is
+    /// registered and then removed under the timer wheel's lock (once per request).
+    spare: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -374,7 +378,8 @@ impl hyper::rt::Timer for HeadTimer {
         // Not used for HTTP/1 server connections; a plain sleep.
         let now = now();
         Box::pin(HeadSleep {
-            inner: tokio::time::sleep_until((now + duration).into()),
+            inner: Some(Box::pin(tokio::time::sleep_until((now + duration).into()))),
+            activity: Arc::clone(&self.activity),
             waiting: None,
             started: now,
             idle: duration,
@@ -383,50 +388,81 @@ impl hyper::rt::Timer for HeadTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let waiting = if self.first_done.swap(true, Ordering::Relaxed) {
+        let started = now();
+        let (waiting, deadline) = if self.first_done.swap(true, Ordering::Relaxed) {
             // Bytes read from here on belong to the next head.
             self.activity.first_read.store(0, Ordering::Relaxed);
-            Some(Arc::clone(&self.activity))
+            // No byte of it yet: the keep-alive wait's deadline (what `poll` would set).
+            (
+                Some(Arc::clone(&self.activity)),
+                started + self.limits.idle_timeout,
+            )
         } else {
-            None
+            (None, deadline)
+        };
+        let spare = self
+            .activity
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let inner = match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline.into());
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline.into())),
         };
         Box::pin(HeadSleep {
-            inner: tokio::time::sleep_until(deadline.into()),
+            inner: Some(inner),
+            activity: Arc::clone(&self.activity),
             waiting,
-            started: now(),
+            started,
             idle: self.limits.idle_timeout,
             head: self.limits.header_read_timeout,
         })
     }
 }
 
-pin_project_lite::pin_project! {
-    struct HeadSleep {
-        #[pin]
-        inner: tokio::time::Sleep,
-        // The connection, when this sleep times a keep-alive wait.
-        waiting: Option<Arc<Activity>>,
-        started: Instant,
-        idle: Duration,
-        head: Duration,
-    }
+struct HeadSleep {
+    /// Always there until dropped, when it goes back to the connection's `spare`.
+    inner: Option<Pin<Box<tokio::time::Sleep>>>,
+    activity: Arc<Activity>,
+    // The connection, when this sleep times a keep-alive wait.
+    waiting: Option<Arc<Activity>>,
+    started: Instant,
+    idle: Duration,
+    head: Duration,
 }
 
 impl Future for HeadSleep {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let inner = this.inner.as_mut().expect("there until dropped");
         if let Some(activity) = this.waiting.as_ref() {
             let deadline = match activity.first_read.load(Ordering::Relaxed) {
-                0 => *this.started + *this.idle,
-                first => unstamp(first) + *this.head,
+                0 => this.started + this.idle,
+                first => unstamp(first) + this.head,
             };
-            if this.inner.deadline().into_std() != deadline {
-                this.inner.as_mut().reset(deadline.into());
+            if inner.deadline().into_std() != deadline {
+                inner.as_mut().reset(deadline.into());
             }
         }
-        this.inner.poll(cx)
+        inner.as_mut().poll(cx)
+    }
+}
+
+impl Drop for HeadSleep {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            *self
+                .activity
+                .spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(inner);
+        }
     }
 }
 

@@ -89,7 +89,7 @@ pub async fn open_guard(
 /// A name made once, not parsed on every request as a `&str` would be.
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
-pub(crate) fn check_open_request(request: &axum::extract::Request) -> ApiResult<()> {
+pub(crate) fn check_open_request<B>(request: &http::Request<B>) -> ApiResult<()> {
     const HINT: &str = "Headroom runs with auth = \"none\", which serves only local clients; \
                         configure an API token to serve anything else";
     let headers = request.headers();

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use headroom_core::backoff::Jitter;
@@ -18,6 +17,8 @@ use headroom_core::verdict::{verdict, Attempted, RetryReason, RetryRule, Verdict
 use headroom_core::{Lane, RejectReason, Rejection};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
 
 use super::auth::authenticate;
 use crate::app::AppState;
@@ -74,6 +75,9 @@ struct Journey {
 #[allow(dead_code)] // documentation only
 pub(crate) fn documented() {}
 
+/// A proxied request, its body as hyper read it.
+pub type Request = http::Request<Incoming>;
+
 pub async fn handle(app: AppState, request: Request) -> Response {
     let mut journey = Journey::default();
     let upstream = upstream_name(request.uri().path()).and_then(|name| app.config.upstream(name));
@@ -111,10 +115,20 @@ pub async fn handle(app: AppState, request: Request) -> Response {
     }
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
-    headers.insert(ATTEMPTS, HeaderValue::from(journey.attempts));
+    // The usual values (one attempt, no wait) made once: a number's value allocates.
+    headers.insert(
+        ATTEMPTS,
+        match journey.attempts {
+            1 => HeaderValue::from_static("1"),
+            n => HeaderValue::from(n),
+        },
+    );
     headers.insert(
         WAIT_MS,
-        HeaderValue::from(journey.waited.as_millis().min(u64::MAX as u128) as u64),
+        match journey.waited.as_millis().min(u64::MAX as u128) as u64 {
+            0 => HeaderValue::from_static("0"),
+            ms => HeaderValue::from(ms),
+        },
     );
     response
 }
@@ -225,6 +239,8 @@ enum OutBody {
 impl OutBody {
     fn take(&mut self) -> Option<Body> {
         match self {
+            // An empty body (most calls: GET, DELETE…) is not boxed.
+            OutBody::Buffered(bytes) if bytes.is_empty() => Some(Body::empty()),
             OutBody::Buffered(bytes) => Some(Body::from(bytes.clone())),
             OutBody::Streamed(body) => body.take(),
         }
@@ -272,8 +288,10 @@ fn listed_in_connection<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Ve
         .collect()
 }
 
-/// The headers to send upstream: the client's minus hop-by-hop, `Host` and `Headroom-*`.
-fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+/// The headers to send upstream: the client's minus hop-by-hop, `Host` and `Headroom-*`,
+/// and `Content-Length` when `drop_length` (a buffered body goes with its length known to the
+/// client anew).
+fn forwarded_headers(incoming: &HeaderMap, drop_length: bool) -> HeaderMap {
     let listed = if incoming.contains_key(header::CONNECTION) {
         listed_in_connection(incoming.get_all(header::CONNECTION).iter())
     } else {
@@ -284,6 +302,7 @@ fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
         let drop = name == header::HOST
             || is_hop_by_hop(name.as_str())
             || name.as_str().starts_with("headroom-")
+            || (drop_length && name == header::CONTENT_LENGTH)
             || listed.contains(name);
         if !drop {
             out.append(name.clone(), value.clone());
@@ -428,6 +447,10 @@ async fn forward(
     journey.bulk = ask.lane == Lane::Bulk;
     let tenant = principal.tenant_for(ask.tenant.as_deref())?;
     let rest = &path["/proxy/".len() + name.len()..];
+    // A body announced larger than the buffer is streamed (and sent once); any other is read
+    // first, and goes without the client's `Content-Length` (its length known anew).
+    // hyper's size hint is the announced length, read without a header lookup.
+    let announced_large = body.size_hint().lower() > MAX_BUFFERED_BODY as u64;
     let mut call = app
         .outbound
         .prepare(
@@ -436,7 +459,7 @@ async fn forward(
             parts.method.clone(),
             rest,
             parts.uri.query(),
-            forwarded_headers(&parts.headers),
+            forwarded_headers(&parts.headers, !announced_large),
         )
         .await
         .map_err(|e| match e {
@@ -445,37 +468,34 @@ async fn forward(
             e => ApiError::Internal(e.into()),
         })?;
 
-    let mut out_body = match parts.headers.get(header::CONTENT_LENGTH) {
-        Some(len)
-            if len
-                .to_str()
-                .ok()
-                .and_then(|l| l.parse::<usize>().ok())
-                .is_some_and(|l| l > MAX_BUFFERED_BODY) =>
-        {
-            OutBody::Streamed(Some(body))
-        }
-        _ => match read_up_to(body, MAX_BUFFERED_BODY).await {
+    let mut out_body = if announced_large {
+        OutBody::Streamed(Some(Body::new(body)))
+    } else if body.is_end_stream() {
+        // No body (most calls): nothing to read.
+        OutBody::Buffered(Bytes::new())
+    } else {
+        match read_up_to(body, MAX_BUFFERED_BODY).await {
             Ok(Ok(bytes)) => OutBody::Buffered(bytes),
-            Ok(Err(stream)) => OutBody::Streamed(Some(stream)),
+            Ok(Err(stream)) => {
+                // Longer than the buffer without announcing it (chunked): it has no
+                // `Content-Length` to keep.
+                OutBody::Streamed(Some(stream))
+            }
             Err(e) => {
                 return Err(ApiError::bad_request(format!(
                     "cannot read the request body: {e}"
                 )))
             }
-        },
+        }
     };
-    if out_body.replayable() {
-        // The body goes as it was read, its length known to the client anew.
-        call.headers.remove(header::CONTENT_LENGTH);
-    }
     let max_wait = ask.max_wait.unwrap_or(upstream.retry.max_wait);
     let deadline = tokio::time::Instant::now() + max_wait;
     let lane_name = match ask.lane {
         Lane::Realtime => "realtime",
         Lane::Bulk => "bulk",
     };
-    let mut jitter = Jitter::new(rand::random());
+    // Seeded only when a backoff is drawn (a retry), not on every call.
+    let mut jitter: Option<Jitter> = None;
     // The last answer worth returning if a retry cannot happen in time.
     let mut last: Option<Response> = None;
     // Whether the call went again with a renewed OAuth token (at most once).
@@ -552,7 +572,8 @@ async fn forward(
                 let can_retry = is_idempotent(&parts.method)
                     && out_body.replayable()
                     && attempt < upstream.retry.max_attempts;
-                let delay = upstream.retry.backoff.delay(attempt - 1, &mut jitter);
+                let jitter = jitter.get_or_insert_with(|| Jitter::new(rand::random()));
+                let delay = upstream.retry.backoff.delay(attempt - 1, jitter);
                 if can_retry && tokio::time::Instant::now() + delay < deadline {
                     let about = call.call(attempt, None);
                     app.observe
@@ -603,7 +624,14 @@ async fn forward(
             on_status: &upstream.retry.on_status,
             max_pause: upstream.budget_config.max_pause,
         };
-        let backoff = upstream.retry.backoff.delay(attempt - 1, &mut jitter);
+        // The backoff counts only for a failed answer that may be retried (see `verdict`):
+        // a successful or throttled one draws none.
+        let backoff = if (200..300).contains(&status) || signals.throttled {
+            Duration::ZERO
+        } else {
+            let jitter = jitter.get_or_insert_with(|| Jitter::new(rand::random()));
+            upstream.retry.backoff.delay(attempt - 1, jitter)
+        };
         let outcome = Attempted::Answered {
             status,
             signals: &signals,
@@ -726,7 +754,7 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwarded_headers(&h);
+        let out = forwarded_headers(&h, true);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["authorization", "x-custom"]);
     }

@@ -142,15 +142,24 @@ pub(super) async fn send(
     } else {
         (None, false, Body::new(incoming))
     };
-    let signals = interpret(
-        status,
-        parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_bytes())),
-        inspected.as_deref().unwrap_or_default(),
-        out.clock.now_unix_secs(),
-    );
+    // An ordinary answer with only common headers that never carry limits says nothing:
+    // `interpret` would answer the same after looking at every line (and the clock).
+    let plain = inspected.is_none()
+        && !matches!(status, 403 | 420 | 429 | 503 | 529)
+        && parts.headers.keys().all(|k| PLAIN.contains(k));
+    let signals = if plain {
+        headroom_core::Signals::default()
+    } else {
+        interpret(
+            status,
+            parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+            inspected.as_deref().unwrap_or_default(),
+            out.clock.now_unix_secs(),
+        )
+    };
     let reaction = lease.finish(Outcome::Response {
         status,
         signals: &signals,
@@ -186,6 +195,25 @@ pub(super) async fn send(
         allowance: reaction.allowance,
     }
 }
+
+/// Answer headers that never say anything about limits (no "limit", "retry" or "reset" in
+/// the name; `Date` only dates lines that do). Compared as names made once: a standard
+/// name's comparison is one byte's.
+static PLAIN: [http::HeaderName; 10] = {
+    use http::header::*;
+    [
+        CONTENT_TYPE,
+        CONTENT_LENGTH,
+        DATE,
+        SERVER,
+        CONNECTION,
+        TRANSFER_ENCODING,
+        CACHE_CONTROL,
+        VARY,
+        ETAG,
+        CONTENT_ENCODING,
+    ]
+};
 
 /// A JSON answer (`application/json`, `application/graphql-response+json`…): where an API
 /// reports what a call cost. Event streams are not: their body is not read.
