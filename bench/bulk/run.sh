@@ -79,7 +79,7 @@ for r in $(seq "$ROUNDS"); do
   line=$(printf '%s' "$view" | python3 -c '
 import json,sys
 v=json.load(sys.stdin); t0,t1,t2,c,tick,n=map(float,sys.argv[1:])
-print(f"{n/(t2-t0):.0f} {t1-t0:.2f} {t2-t0:.2f} {c/tick/n*1e6:.1f} {v[\"succeeded\"]} {v[\"failed\"]} {v[\"calls\"]} {len(v[\"bulk_jobs\"])}")' \
+print("%.0f %.2f %.2f %.1f %s %s %s %s" % (n/(t2-t0), t1-t0, t2-t0, c/tick/n*1e6, v["succeeded"], v["failed"], v["calls"], len(v["bulk_jobs"])))' \
     "$t0" "$t1" "$t2" "$((cpu1 - cpu0))" "$tick" "$N")
   results+=("$line")
 done
