@@ -181,12 +181,15 @@ pub struct Recorded {
 type Scripted = (u16, Vec<(String, String)>);
 
 /// A tiny upstream that records every request and answers from a script of statuses
-/// (then 200s), for what the mock does not show: headers received, callbacks, order.
+/// (then 200s), for what the mock does not show: headers received, callbacks, order. It can
+/// also hold answers ([`Recorder::hold`]): a request is recorded at once, answered later.
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
     script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Scripted>>>,
+    /// The path prefix whose requests are held (not answered) while set.
+    held: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl Recorder {
@@ -197,6 +200,7 @@ impl Recorder {
             addr,
             seen: Default::default(),
             script: Default::default(),
+            held: std::sync::Arc::new(tokio::sync::watch::Sender::new(None)),
         };
         let r = recorder.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -204,12 +208,19 @@ impl Recorder {
             async move {
                 let (parts, body) = request.into_parts();
                 let body = body.collect().await.unwrap().to_bytes();
+                let path = parts.uri.path().to_string();
+                let mut held = r.held.subscribe();
                 r.seen.lock().unwrap().push(Recorded {
                     method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
+                    path: path.clone(),
                     headers: parts.headers,
                     body,
                 });
+                // Recorded at once; answered once no hold covers its path (`wait_for` looks at
+                // the current value first, so a release before this point is not missed).
+                let _ = held
+                    .wait_for(|prefix| !prefix.as_deref().is_some_and(|p| path.starts_with(p)))
+                    .await;
                 let (status, headers) = r
                     .script
                     .lock()
@@ -245,6 +256,18 @@ impl Recorder {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         ));
+    }
+
+    /// From now on, requests whose path starts with `path_prefix` are recorded as they arrive
+    /// but not answered until [`Recorder::release`] (one prefix at a time: a new hold replaces
+    /// the last and releases what it no longer covers).
+    pub fn hold(&self, path_prefix: &str) {
+        self.held.send_replace(Some(path_prefix.to_string()));
+    }
+
+    /// Answers every held request, and holds no more.
+    pub fn release(&self) {
+        self.held.send_replace(None);
     }
 
     pub fn seen(&self) -> Vec<Recorded> {
