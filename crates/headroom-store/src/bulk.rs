@@ -46,15 +46,16 @@ fn job_from_row<R: StoreRow>(row: &R, owner: &str) -> crate::Result<BulkJob> {
 }
 
 /// "The lease is free": never taken, given back, run out, or (PostgreSQL) its node died.
-fn lease_free(db: Db<'_>) -> String {
+/// `table` qualifies the lease columns (`"j."` in a join, or `""`); one bind: now.
+pub(crate) fn lease_free(db: Db<'_>, table: &str) -> String {
     let dead = match db.node() {
         Some(_) => format!(
-            " OR (j.lease_node IS NOT NULL AND NOT {})",
-            super::pg::alive("j.lease_node")
+            " OR ({table}lease_node IS NOT NULL AND NOT {})",
+            super::pg::alive(&format!("{table}lease_node"))
         ),
         None => String::new(),
     };
-    format!("(j.lease_owner IS NULL OR j.lease_until <= ?{dead})")
+    format!("({table}lease_owner IS NULL OR {table}lease_until <= ?{dead})")
 }
 
 pub(crate) async fn claim(
@@ -71,7 +72,7 @@ pub(crate) async fn claim(
         "SELECT {JOB_COLUMNS} FROM bulk_jobs AS j JOIN batches AS b ON b.seq = j.batch_seq \
          WHERE j.phase <> 'done' AND j.next_at <= ? AND {} \
          ORDER BY j.next_at LIMIT 1{}",
-        lease_free(db),
+        lease_free(db, "j."),
         dialect.skip_locked_of("j")
     ))
     .bind(now)

@@ -94,18 +94,6 @@ pub(crate) async fn cancel(db: Db<'_>, id: &str, now: Millis) -> crate::Result<O
     view(db, id).await
 }
 
-/// "The lease is free", as for bulk jobs.
-fn lease_free(db: Db<'_>) -> String {
-    let dead = match db.node() {
-        Some(_) => format!(
-            " OR (lease_node IS NOT NULL AND NOT {})",
-            super::pg::alive("lease_node")
-        ),
-        None => String::new(),
-    };
-    format!("(lease_owner IS NULL OR lease_until <= ?{dead})")
-}
-
 pub(crate) async fn claim(
     db: Db<'_>,
     now: Millis,
@@ -117,7 +105,7 @@ pub(crate) async fn claim(
         "SELECT id, upstream, tenant, lane, method, path, headers, job, page_size, status, \
          phase, job_id, state, error, locator, pages, polls, lease_owner FROM exports \
          WHERE phase <> 'done' AND next_at <= ? AND {} ORDER BY next_at LIMIT 1{}",
-        lease_free(db),
+        super::bulk::lease_free(db, ""),
         db.dialect().skip_locked()
     ))
     .bind(now)
