@@ -9,12 +9,12 @@
 #   bench/proxy-overhead/callgrind.sh
 #
 # Settings: HEADROOM_BIN (unset = build `--profile profiling`), BARE_BIN (unset = build
-# hyper-proxy/ in release), LOW [500], HIGH [2500].
+# hyper-proxy/ in release), LOW [500], HIGH [4500].
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 LOW=${LOW:-500}
-HIGH=${HIGH:-2500}
+HIGH=${HIGH:-4500}
 command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 2; }
 command -v nginx >/dev/null || { echo "nginx is needed" >&2; exit 2; }
 if [ -z "${HEADROOM_BIN:-}" ]; then

@@ -10,7 +10,8 @@
 //! - On an HTTP/1.1 keep-alive connection, the wait for the next request may last
 //!   `idle_timeout`; once its first byte arrives, the head must be whole within
 //!   `header_read_timeout`. hyper's own header-read timer counts from the start of the wait,
-//!   which would make the two one value; [`HeadTimer`] gives it the two phases.
+//!   which would make the two one value; [`HeadTimer`] only tells the connection's watchdog
+//!   when a wait begins, and the watchdog times both phases.
 //! - An HTTP/2 connection with nothing read or written for `idle_timeout` is shut down
 //!   gracefully (GOAWAY; open streams finish).
 //! - At most `max_connections` are served at once. While all are taken the listener stops
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -158,6 +159,8 @@ async fn serve_connection<S: RequestService>(
 ) {
     let accepted = now();
     let activity = Arc::new(Activity::default());
+    // The first head is awaited from the moment of the accept.
+    activity.waiting_since.store(stamp(accepted), Ordering::Relaxed);
     let io = TokioIo::new(Watched {
         inner: tcp,
         activity: Arc::clone(&activity),
@@ -167,43 +170,80 @@ async fn serve_connection<S: RequestService>(
         .http1()
         .timer(HeadTimer {
             activity: Arc::clone(&activity),
-            limits: Arc::clone(&limits),
-            first_done: AtomicBool::new(false),
         })
         .header_read_timeout(limits.header_read_timeout);
+    let service = HeadRead {
+        inner: service,
+        activity: Arc::clone(&activity),
+    };
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
-    // HTTP/1 waits are timed by hyper with `HeadTimer`; this covers a connection that has not
-    // sent a byte yet, and HTTP/2.
+    // Every wait of the connection is timed here, from what `Activity` records: a timer per
+    // connection that sleeps until the next deadline that could pass, rather than a timer
+    // per request head.
     let mut watchdog = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut stop = pin!(async move {
+        let _ = stopping.changed().await;
+    });
+    // The stop signal and the watchdog are polled only when their own waker fired: a
+    // `select!` would poll both each time the connection's task wakes (a few times per
+    // request).
+    let side = Arc::new(SideWake {
+        fired: AtomicBool::new(true),
+        task: futures_util::task::AtomicWaker::new(),
+    });
+    let side_waker = Waker::from(Arc::clone(&side));
     let (mut watching, mut closing) = (true, false);
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection closed with an error");
-                }
-                break;
-            }
-            _ = stopping.changed(), if !closing => {
+    let ended = std::future::poll_fn(|cx| {
+        side.task.register(cx.waker());
+        if side.fired.swap(false, Ordering::AcqRel) {
+            let mut side_cx = Context::from_waker(&side_waker);
+            if !closing && stop.as_mut().poll(&mut side_cx).is_ready() {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = watchdog.as_mut(), if watching && !closing => {
-                let due = match activity.protocol() {
-                    Protocol::Unknown => Some(accepted + limits.header_read_timeout),
-                    Protocol::Http1 => None,
-                    Protocol::Http2 => Some(activity.last_io() + limits.idle_timeout),
-                };
-                match due {
-                    None => watching = false,
-                    Some(due) if now() >= due => {
+            while watching && watchdog.as_mut().poll(&mut side_cx).is_ready() {
+                let now = now();
+                let due = activity.due(accepted, &limits, now);
+                if now < due {
+                    // Polled again by the loop, which arms it.
+                    watchdog.as_mut().reset(due.into());
+                } else if activity.protocol() == Protocol::Http1 {
+                    // A request head not whole in time (or no next request within the idle
+                    // timeout): closed, as hyper's own header-read timeout would.
+                    return Poll::Ready(None);
+                } else {
+                    if !closing {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    Some(due) => watchdog.as_mut().reset(due.into()),
+                    watching = false;
                 }
             }
         }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    match ended {
+        None => tracing::debug!("no whole request head in time: connection closed"),
+        Some(Err(e)) => tracing::debug!(error = %e, "connection closed with an error"),
+        Some(Ok(())) => {}
+    }
+}
+
+/// Wakes a connection's task for its stop signal or its watchdog, and says so.
+struct SideWake {
+    fired: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -246,10 +286,11 @@ struct Activity {
     /// `HTTP1` or `HTTP2` once the first bytes tell; below, how much of the HTTP/2 preface
     /// they matched so far.
     protocol: AtomicU8,
-    /// The timer of the last request head's wait, kept for the next one: moving a timer that
-    /// is still registered to a later deadline is an atomic store, where a new one is
-    /// registered and then removed under the timer wheel's lock (once per request).
-    spare: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+    /// HTTP/1: stamp of when the connection began waiting for the current request head
+    /// (0: not waiting; a request is being served).
+    waiting_since: AtomicU64,
+    /// HTTP/1: whether the current wait is for a later request than the first.
+    later_head: AtomicBool,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -262,6 +303,26 @@ impl Activity {
             HTTP1 => Protocol::Http1,
             HTTP2 => Protocol::Http2,
             _ => Protocol::Unknown,
+        }
+    }
+
+    /// When the connection's current wait ends, at `now`: for a connection serving an
+    /// HTTP/1 request (no wait), the earliest a wait that begins after now could end, so
+    /// that the watchdog looks again in time.
+    fn due(&self, accepted: Instant, limits: &ServerLimits, now: Instant) -> Instant {
+        match self.protocol() {
+            Protocol::Unknown => accepted + limits.header_read_timeout,
+            Protocol::Http2 => self.last_io() + limits.idle_timeout,
+            Protocol::Http1 => match self.waiting_since.load(Ordering::Relaxed) {
+                0 => now + limits.header_read_timeout.min(limits.idle_timeout),
+                _ if !self.later_head.load(Ordering::Relaxed) => {
+                    accepted + limits.header_read_timeout
+                }
+                since => match self.first_read.load(Ordering::Relaxed) {
+                    0 => unstamp(since) + limits.idle_timeout,
+                    first => unstamp(first) + limits.header_read_timeout,
+                },
+            },
         }
     }
 
@@ -363,110 +424,70 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// hyper's HTTP/1 header-read timer for one connection. hyper starts it each time the
-/// connection begins waiting for a request head, at `header_read_timeout`. For the first
-/// request that stands (its bytes are what told the protocol); for later ones the sleep
-/// lasts `idle_timeout` while no byte arrives, then `header_read_timeout` from the first.
+/// hyper's HTTP/1 header-read timer for one connection: hyper asks it for a sleep each time
+/// the connection begins waiting for a request head. It records when the wait began (and
+/// forgets the first byte of the last head) for the watchdog in `serve_connection`, which
+/// times the wait; the sleep it gives hyper never ends by itself. The first wait is timed
+/// from the accept.
 struct HeadTimer {
     activity: Arc<Activity>,
-    limits: Arc<ServerLimits>,
-    first_done: AtomicBool,
 }
 
 impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        // Not used for HTTP/1 server connections; a plain sleep.
-        let now = now();
-        Box::pin(HeadSleep {
-            inner: Some(Box::pin(tokio::time::sleep_until((now + duration).into()))),
-            activity: Arc::clone(&self.activity),
-            waiting: None,
-            started: now,
-            idle: duration,
-            head: duration,
-        })
+    fn sleep(&self, _: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        // Not used for HTTP/1 server connections.
+        Box::pin(Never)
     }
 
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let started = now();
-        let (waiting, deadline) = if self.first_done.swap(true, Ordering::Relaxed) {
-            // Bytes read from here on belong to the next head.
-            self.activity.first_read.store(0, Ordering::Relaxed);
-            // No byte of it yet: the keep-alive wait's deadline (what `poll` would set).
-            (
-                Some(Arc::clone(&self.activity)),
-                started + self.limits.idle_timeout,
-            )
-        } else {
-            (None, deadline)
-        };
-        let spare = self
-            .activity
-            .spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let inner = match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline.into());
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline.into())),
-        };
-        Box::pin(HeadSleep {
-            inner: Some(inner),
-            activity: Arc::clone(&self.activity),
-            waiting,
-            started,
-            idle: self.limits.idle_timeout,
-            head: self.limits.header_read_timeout,
-        })
+    fn sleep_until(&self, _: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let activity = &self.activity;
+        if activity.waiting_since.load(Ordering::Relaxed) == 0 {
+            // A request was served: this is a later head. Bytes read from here on belong
+            // to it.
+            activity.later_head.store(true, Ordering::Relaxed);
+            activity.first_read.store(0, Ordering::Relaxed);
+            activity
+                .waiting_since
+                .store(stamp(now()), Ordering::Relaxed);
+        }
+        // Zero-sized: boxing it allocates nothing.
+        Box::pin(Never)
     }
 }
 
-struct HeadSleep {
-    /// Always there until dropped, when it goes back to the connection's `spare`.
-    inner: Option<Pin<Box<tokio::time::Sleep>>>,
-    activity: Arc<Activity>,
-    // The connection, when this sleep times a keep-alive wait.
-    waiting: Option<Arc<Activity>>,
-    started: Instant,
-    idle: Duration,
-    head: Duration,
-}
+/// A sleep that never ends (see [`HeadTimer`]).
+struct Never;
 
-impl Future for HeadSleep {
+impl Future for Never {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let inner = this.inner.as_mut().expect("there until dropped");
-        if let Some(activity) = this.waiting.as_ref() {
-            let deadline = match activity.first_read.load(Ordering::Relaxed) {
-                0 => this.started + this.idle,
-                first => unstamp(first) + this.head,
-            };
-            if inner.deadline().into_std() != deadline {
-                inner.as_mut().reset(deadline.into());
-            }
-        }
-        inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
     }
 }
 
-impl Drop for HeadSleep {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.take() {
-            *self
-                .activity
-                .spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(inner);
-        }
-    }
+impl hyper::rt::Sleep for Never {}
+
+/// The connection's service, telling its `Activity` that a request head was read (the wait
+/// for it is over).
+#[derive(Clone)]
+struct HeadRead<S> {
+    inner: S,
+    activity: Arc<Activity>,
 }
 
-impl hyper::rt::Sleep for HeadSleep {}
+impl<S: RequestService> hyper::service::Service<http::Request<hyper::body::Incoming>>
+    for HeadRead<S>
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> S::Future {
+        self.activity.waiting_since.store(0, Ordering::Relaxed);
+        self.inner.call(request)
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A request body that must arrive whole by a deadline: a client that announces a body

@@ -304,6 +304,8 @@ pub struct BaseUri {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub path: String,
+    /// The `Host` header of every call (made once: the client would format it per call).
+    pub host: http::HeaderValue,
 }
 
 impl BaseUri {
@@ -316,6 +318,7 @@ impl BaseUri {
         };
         Some(BaseUri {
             scheme: url.scheme().parse().ok()?,
+            host: http::HeaderValue::from_str(&authority).ok()?,
             authority: authority.parse().ok()?,
             path: url.path().trim_end_matches('/').to_string(),
         })

@@ -104,7 +104,7 @@ impl Api {
         .with_context(|| format!("cannot build a request to {url}"))?;
         let base = self.base.clone();
         self.runtime.block_on(async move {
-            let client = headroom::outbound::client::build();
+            let client = headroom::outbound::client::build(true);
             let response = tokio::time::timeout(TIMEOUT, client.request(request))
                 .await
                 .map_err(|_| {

@@ -92,19 +92,35 @@ const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetc
 pub(crate) fn check_open_request<B>(request: &http::Request<B>) -> ApiResult<()> {
     const HINT: &str = "Headroom runs with auth = \"none\", which serves only local clients; \
                         configure an API token to serve anything else";
-    let headers = request.headers();
+    // One look over the names instead of a lookup per header (each hashes its name); the
+    // first value of a repeated header counts, as `HeaderMap::get` would.
+    let [mut host_header, mut site, mut origin, mut content_type] = [None; 4];
+    for (name, value) in request.headers() {
+        let slot = if name == http::header::HOST {
+            &mut host_header
+        } else if name == http::header::ORIGIN {
+            &mut origin
+        } else if name == http::header::CONTENT_TYPE {
+            &mut content_type
+        } else if name == SEC_FETCH_SITE {
+            &mut site
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value);
+    }
     let host = request
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())
+        .or_else(|| host_header?.to_str().ok())
         .unwrap_or("");
     if !is_loopback_host(host) {
         return Err(ApiError::Forbidden {
             detail: format!("Host: \"{host}\" is not a loopback name or address; {HINT}"),
         });
     }
-    if let Some(site) = headers.get(SEC_FETCH_SITE) {
+    if let Some(site) = site {
         if !matches!(site.as_bytes(), b"same-origin" | b"none") {
             return Err(ApiError::Forbidden {
                 detail: format!(
@@ -114,7 +130,7 @@ pub(crate) fn check_open_request<B>(request: &http::Request<B>) -> ApiResult<()>
             });
         }
     }
-    if let Some(origin) = headers.get(http::header::ORIGIN) {
+    if let Some(origin) = origin {
         let origin = origin.to_str().unwrap_or("");
         let same = origin
             .strip_prefix("http://")
@@ -132,8 +148,7 @@ pub(crate) fn check_open_request<B>(request: &http::Request<B>) -> ApiResult<()>
         http::Method::POST | http::Method::PUT | http::Method::PATCH
     );
     if writes && (path == "/v1" || path.starts_with("/v1/")) {
-        let json = headers
-            .get(http::header::CONTENT_TYPE)
+        let json = content_type
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase())
@@ -150,6 +165,18 @@ pub(crate) fn check_open_request<B>(request: &http::Request<B>) -> ApiResult<()>
 
 /// `localhost`, `*.localhost`, or a loopback IP, with or without a port.
 fn is_loopback_host(authority: &str) -> bool {
+    // The usual names first (every proxied call in open mode): `127.0.0.1` or `localhost`,
+    // with or without a port.
+    if let Some(rest) = authority
+        .strip_prefix("127.0.0.1")
+        .or_else(|| authority.strip_prefix("localhost"))
+    {
+        let port = rest.strip_prefix(':').unwrap_or(rest);
+        if port.len() == rest.len().saturating_sub(1) && port.bytes().all(|b| b.is_ascii_digit())
+        {
+            return true;
+        }
+    }
     let host = match authority.strip_prefix('[') {
         // [v6]:port
         Some(rest) => match rest.split_once(']') {

@@ -288,19 +288,26 @@ fn listed_in_connection<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Ve
         .collect()
 }
 
-/// The headers to send upstream: the client's minus hop-by-hop, `Host` and `Headroom-*`,
-/// and `Content-Length` when `drop_length` (a buffered body goes with its length known to the
-/// client anew).
-fn forwarded_headers(incoming: &HeaderMap, drop_length: bool) -> HeaderMap {
+/// The headers to send upstream: the client's minus hop-by-hop and `Headroom-*`, `Host` as
+/// `host` (the upstream's), and without `Content-Length` when `drop_length` (a buffered body
+/// goes with its length known to the client anew).
+fn forwarded_headers(incoming: &HeaderMap, drop_length: bool, host: &HeaderValue) -> HeaderMap {
     let listed = if incoming.contains_key(header::CONNECTION) {
         listed_in_connection(incoming.get_all(header::CONNECTION).iter())
     } else {
         Vec::new()
     };
     let mut out = HeaderMap::with_capacity(incoming.len());
+    let mut host_done = false;
     for (name, value) in incoming {
-        let drop = name == header::HOST
-            || is_hop_by_hop(name.as_str())
+        if name == header::HOST {
+            // The client's names Headroom: the upstream's in its place, once.
+            if !std::mem::replace(&mut host_done, true) {
+                out.append(header::HOST, host.clone());
+            }
+            continue;
+        }
+        let drop = is_hop_by_hop(name.as_str())
             || name.as_str().starts_with("headroom-")
             || (drop_length && name == header::CONTENT_LENGTH)
             || listed.contains(name);
@@ -459,7 +466,7 @@ async fn forward(
             parts.method.clone(),
             rest,
             parts.uri.query(),
-            forwarded_headers(&parts.headers, !announced_large),
+            forwarded_headers(&parts.headers, !announced_large, &upstream.base.host),
         )
         .await
         .map_err(|e| match e {
@@ -509,6 +516,15 @@ async fn forward(
                 .expect("a streamed body's first attempt left a response");
         };
         let attempt = journey.attempts + 1;
+        if journey.attempts > 0 {
+            // The last send took the headers (a copy per call costs more than this rebuild
+            // per retry).
+            call.set_headers(forwarded_headers(
+                &parts.headers,
+                !announced_large,
+                &upstream.base.host,
+            ));
+        }
         let how = outbound::Send {
             lane: ask.lane,
             cost: ask.cost.or_else(|| call.estimated_cost()).unwrap_or(1.0),
@@ -524,6 +540,7 @@ async fn forward(
             wait_until: (out_body.replayable() && attempt < upstream.retry.max_attempts)
                 .then_some(deadline),
             read: Read::Inspect(MAX_INSPECTED_BODY),
+            take_headers: true,
         };
         let (mut resp_parts, resp_body, inspected, signals, budget_pause, allowance) = match call
             .send(body, how)
@@ -754,9 +771,11 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwarded_headers(&h, true);
+        let upstream = HeaderValue::from_static("api.example.com");
+        let out = forwarded_headers(&h, true, &upstream);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["authorization", "x-custom"]);
+        assert_eq!(names, vec!["host", "authorization", "x-custom"]);
+        assert_eq!(out[header::HOST], "api.example.com");
     }
 
     #[test]

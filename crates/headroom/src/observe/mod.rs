@@ -45,7 +45,6 @@ pub(crate) struct Call<'a> {
     pub tenant: &'a str,
     pub method: &'a http::Method,
     pub uri: &'a http::Uri,
-    pub headers: &'a HeaderMap,
     pub attempt: u32,
     /// The job's queue, for events.
     pub queue: Option<&'a str>,

@@ -68,13 +68,14 @@ impl Outbound {
         overrides: Arc<Overrides>,
         shutdown: crate::shutdown::Shutdown,
     ) -> Outbound {
-        let client = client::build();
+        // Calls to upstreams carry their `Host` (see `send`); token endpoints are given theirs.
+        let client = client::build(false);
         let oauth = {
             let observe = Arc::clone(&observe);
             Arc::new(OAuth::new(
                 Arc::clone(&credentials),
                 Arc::clone(&governor),
-                client.clone(),
+                client::build(true),
                 Arc::clone(&metrics),
                 shutdown,
                 Box::new(move |tenant, upstream, reason| {
@@ -107,19 +108,20 @@ impl Outbound {
         mut headers: HeaderMap,
     ) -> Result<Prepared<'a>, PrepareError> {
         let uri = target_uri(&upstream.base, path, query)?;
-        match (&upstream.oauth, oauth_party(upstream, tenant)) {
+        let credential = match (&upstream.oauth, oauth_party(upstream, tenant)) {
             (Some(oauth), Some(tenant)) => {
                 let token = self
                     .oauth
                     .access_token(upstream, oauth, tenant, None)
                     .await
                     .map_err(PrepareError::OAuth)?;
-                if let Some(token) = token {
-                    put_credential(upstream, &token, &mut headers)?;
+                match token {
+                    Some(token) => Some(put_credential(upstream, &token, &mut headers)?),
+                    None => None,
                 }
             }
             _ => inject_credential(&self.credentials, upstream, tenant, &mut headers).await?,
-        }
+        };
         let key: BudgetKey = (upstream.index, budget_key(upstream, tenant, &headers));
         // The first route that matches adds its own budget, per the same tenant or credential.
         let route = upstream
@@ -137,6 +139,7 @@ impl Outbound {
             method,
             uri,
             headers,
+            credential,
             key,
             route,
         })
@@ -150,8 +153,11 @@ pub(crate) struct Prepared<'a> {
     pub tenant: Option<&'a str>,
     pub method: Method,
     pub uri: http::Uri,
-    /// The headers sent, the tenant's credential included.
+    /// The headers of the next send, the tenant's credential included. A send with
+    /// [`Send::take_headers`] takes them; [`Prepared::set_headers`] gives the next its own.
     pub headers: HeaderMap,
+    /// The credential put in `headers` (the stored one or an OAuth token), if any.
+    credential: Option<HeaderValue>,
     pub key: BudgetKey,
     /// The endpoint route the call matched, with the budget it spends there.
     pub route: Option<(&'a Route, BudgetKey)>,
@@ -189,6 +195,10 @@ pub(crate) struct Send<'a> {
     /// throttled or failed answer's body gives up there too.
     pub wait_until: Option<tokio::time::Instant>,
     pub read: Read,
+    /// Whether the send takes the prepared headers rather than a copy: a caller that sends
+    /// again sets them anew first ([`Prepared::set_headers`]). The proxy's calls take them
+    /// (a copy per call costs more than a rebuild per retry); jobs' and batches' copy.
+    pub take_headers: bool,
 }
 
 impl Prepared<'_> {
@@ -205,9 +215,8 @@ impl Prepared<'_> {
         if !oauth.says_expired(status, body) {
             return Ok(false);
         }
-        let header = &self.upstream.credential.header;
         let scheme = &self.upstream.credential.scheme;
-        let sent = self.headers.get(header).and_then(|v| v.to_str().ok());
+        let sent = self.credential.as_ref().and_then(|v| v.to_str().ok());
         let sent = sent.map(|v| {
             v.strip_prefix(scheme.as_str())
                 .map_or(v, |rest| rest.trim_start())
@@ -220,12 +229,22 @@ impl Prepared<'_> {
             .await?;
         match fresh {
             Some(token) if Some(&*token) != sent.as_deref() => {
-                put_credential(self.upstream, &token, &mut self.headers)
+                let put = put_credential(self.upstream, &token, &mut self.headers)
                     .map_err(|e| TokenError::Store(anyhow::anyhow!("{e}")))?;
+                self.credential = Some(put);
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    /// The headers of the next send, in place of those a send took: `headers` as the
+    /// caller would give them to `prepare`, with the call's credential put in again.
+    pub fn set_headers(&mut self, mut headers: HeaderMap) {
+        if let Some(value) = &self.credential {
+            headers.insert(self.upstream.credential.header.clone(), value.clone());
+        }
+        self.headers = headers;
     }
 
     /// The tenant, or the budget key when there is none: for metrics and events.
@@ -240,7 +259,6 @@ impl Prepared<'_> {
             tenant: self.label(),
             method: &self.method,
             uri: &self.uri,
-            headers: &self.headers,
             attempt,
             queue,
         }
@@ -263,7 +281,7 @@ impl Prepared<'_> {
 
     /// Waits for the budget (or is refused), then sends the call with `body` and reads the
     /// answer back into the budget.
-    pub async fn send(&self, body: Body, how: Send<'_>) -> Answer {
+    pub async fn send(&mut self, body: Body, how: Send<'_>) -> Answer {
         let out = self.outbound;
         let party = governor::party_of(self.tenant);
         let overridden = out.overrides.config(&self.key);
@@ -303,8 +321,14 @@ impl Prepared<'_> {
             Ok(lease) => lease,
             Err(rejection) => return Answer::Refused(rejection),
         };
+        let headers = if how.take_headers {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
         let call = self.call(how.attempt, how.queue);
-        send::send(out, &call, lease, body, how.read, how.wait_until).await
+        let request = send::Request { body, headers };
+        send::send(out, &call, lease, request, how.read, how.wait_until).await
     }
 }
 
@@ -360,16 +384,16 @@ async fn inject_credential(
     upstream: &Upstream,
     tenant: Option<&str>,
     headers: &mut HeaderMap,
-) -> Result<(), PrepareError> {
+) -> Result<Option<HeaderValue>, PrepareError> {
     let Some(tenant) = tenant else {
-        return Ok(());
+        return Ok(None);
     };
     let credential = match credentials.get(tenant, &upstream.name).await {
         Ok(Some(c)) => c,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(None),
         Err(e) => return Err(PrepareError::CredentialUnreadable(format!("{e:#}"))),
     };
-    put_credential(upstream, &credential, headers)
+    put_credential(upstream, &credential, headers).map(Some)
 }
 
 /// Whose OAuth grant a call carries: its tenant's, or with a client-credentials grant the
@@ -381,12 +405,13 @@ fn oauth_party<'a>(upstream: &Upstream, tenant: Option<&'a str>) -> Option<&'a s
     }
 }
 
-/// Puts `credential` in the upstream's credential header, after its scheme.
+/// Puts `credential` in the upstream's credential header, after its scheme; returns the
+/// value put.
 fn put_credential(
     upstream: &Upstream,
     credential: &str,
     headers: &mut HeaderMap,
-) -> Result<(), PrepareError> {
+) -> Result<HeaderValue, PrepareError> {
     let value = if upstream.credential.scheme.is_empty() {
         credential.to_string()
     } else {
@@ -394,6 +419,6 @@ fn put_credential(
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| PrepareError::CredentialInvalid)?;
     value.set_sensitive(true);
-    headers.insert(upstream.credential.header.clone(), value);
-    Ok(())
+    headers.insert(upstream.credential.header.clone(), value.clone());
+    Ok(value)
 }

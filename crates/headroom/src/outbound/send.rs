@@ -53,13 +53,19 @@ pub(crate) enum Answer {
     Unreachable { reason: String, waited: Duration },
 }
 
+/// What goes with a call beside its method and URI.
+pub(super) struct Request {
+    pub body: Body,
+    pub headers: http::HeaderMap,
+}
+
 /// Makes the call under `lease`, reads the answer's rate-limit signals back into the budget
 /// (returning the lease), and records metrics and a log line for throttled answers.
 pub(super) async fn send(
     out: &Outbound,
     call: &Call<'_>,
     lease: Lease,
-    body: Body,
+    request: Request,
     read: Read,
     wait_until: Option<Instant>,
 ) -> Answer {
@@ -69,10 +75,17 @@ pub(super) async fn send(
         Read::All(limit) => (limit, true),
     };
     let upstream = call.upstream;
-    let mut outgoing = http::Request::new(body);
+    let mut outgoing = http::Request::new(request.body);
     *outgoing.method_mut() = call.method.clone();
     *outgoing.uri_mut() = call.uri.clone();
-    *outgoing.headers_mut() = call.headers.clone();
+    *outgoing.headers_mut() = request.headers;
+    // The client adds no `Host` (see `client::build`): the upstream's, unless the caller
+    // gave one (HTTP/2 allows it beside `:authority` when they agree, as here). Looked up
+    // first: `entry` would make room for one more header even when it is there.
+    if !outgoing.headers().contains_key(http::header::HOST) {
+        let host = upstream.base.host.clone();
+        outgoing.headers_mut().insert(http::header::HOST, host);
+    }
     // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
     // body that stalls is a transport error and gives the lease back.
     let give_up = Instant::now() + upstream.timeout;

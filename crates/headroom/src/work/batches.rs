@@ -216,6 +216,7 @@ async fn chunk_results(app: &AppState, chunk: &Chunk) -> Vec<RecordResult> {
         queue: None,
         wait_until: None,
         read: Read::All(MAX_ANSWER),
+        take_headers: false,
     };
     let mut answer = call.send(Body::from(request.body.clone()), how()).await;
     // The OAuth token expired: once more with the renewed one.

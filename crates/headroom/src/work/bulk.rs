@@ -718,6 +718,7 @@ impl Caller<'_> {
             queue: None,
             wait_until: None,
             read: Read::All(limit),
+            take_headers: false,
         };
         let mut answer = prepared.send(Body::from(call.body.clone()), how()).await;
         // A call the budget refused was not made.

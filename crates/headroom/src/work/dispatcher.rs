@@ -322,6 +322,7 @@ async fn attempt_job(app: &AppState, job: &Job) -> (Transition, AttemptRecord) {
         queue: Some(&n.queue),
         wait_until: None,
         read: Read::All(MAX_STORED_BODY),
+        take_headers: false,
     };
     let mut answer = call.send(body(), how()).await;
     // The OAuth token expired: once more with the renewed one.
