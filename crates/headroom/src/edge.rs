@@ -37,7 +37,7 @@ use crate::cfg::ServerLimits;
 pub trait RequestService:
     hyper::service::Service<
         http::Request<hyper::body::Incoming>,
-        Response = axum::response::Response,
+        Response = http::Response<crate::http::ResponseBody>,
         Error = std::convert::Infallible,
         Future: Send + 'static,
     > + Clone
@@ -49,7 +49,7 @@ pub trait RequestService:
 impl<S> RequestService for S where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
+            Response = http::Response<crate::http::ResponseBody>,
             Error = std::convert::Infallible,
             Future: Send + 'static,
         > + Clone

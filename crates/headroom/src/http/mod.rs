@@ -134,12 +134,16 @@ impl Service {
     }
 }
 
+/// What the server answers with: a proxied answer's body as the upstream sends it, or one
+/// of Headroom's own.
+pub type ResponseBody = crate::outbound::AnswerBody;
+
 type ServiceFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<axum::response::Response, Infallible>> + Send>,
+    Box<dyn std::future::Future<Output = Result<http::Response<ResponseBody>, Infallible>> + Send>,
 >;
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
-    type Response = axum::response::Response;
+    type Response = http::Response<ResponseBody>;
     type Error = Infallible;
     type Future = ServiceFuture;
 
@@ -147,13 +151,16 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
         use axum::response::IntoResponse;
         use tower::ServiceExt;
         if !request.uri().path().starts_with("/proxy/") {
+            use futures_util::FutureExt;
             let request = request.map(axum::body::Body::new);
-            return Box::pin(self.router.clone().oneshot(request));
+            let answer = self.router.clone().oneshot(request);
+            return Box::pin(answer.map(|r| r.map(|a| a.map(http_body_util::Either::Right))));
         }
         // The proxy takes hyper's body as it is: boxing it would cost an allocation per call.
         if self.state.api_token.is_none() {
             if let Err(refused) = auth::check_open_request(&request) {
-                return Box::pin(std::future::ready(Ok(refused.into_response())));
+                let refused = refused.into_response().map(http_body_util::Either::Right);
+                return Box::pin(std::future::ready(Ok(refused)));
             }
         }
         let state = self.state.clone();

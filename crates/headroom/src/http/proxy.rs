@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use headroom_core::backoff::Jitter;
 use headroom_core::budget::Allowance;
@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::cfg::Upstream;
 use crate::error::ApiError;
 use crate::metrics::RetryLabels;
-use crate::outbound::{self, read_up_to, Answer, Call, PrepareError, Read};
+use crate::outbound::{self, read_up_to, Answer, AnswerBody, Call, PrepareError, Read};
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
 /// streamed and sent at most once.
@@ -77,6 +77,8 @@ pub(crate) fn documented() {}
 
 /// A proxied request, its body as hyper read it.
 pub type Request = http::Request<Incoming>;
+/// The proxy's answer: the upstream's body passed through as it comes, or Headroom's own.
+pub type Response = http::Response<AnswerBody>;
 
 pub async fn handle(app: AppState, request: Request) -> Response {
     let mut journey = Journey::default();
@@ -113,7 +115,8 @@ pub async fn handle(app: AppState, request: Request) -> Response {
             succeeded,
         );
     }
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let mut response =
+        result.unwrap_or_else(|e| e.into_response().map(http_body_util::Either::Right));
     let headers = response.headers_mut();
     // The usual values (one attempt, no wait) made once: a number's value allocates.
     headers.insert(

@@ -38,7 +38,7 @@ use governor::{BudgetKey, SharedGovernor};
 
 pub(crate) use crate::observe::Call;
 pub(crate) use cost::MAX_COST;
-pub(crate) use send::{read_up_to, Answer, Read};
+pub(crate) use send::{read_up_to, Answer, AnswerBody, Read};
 pub use target::{target_uri, TargetError};
 
 /// What a governed call needs, and nothing else of the server. Cheap to clone.

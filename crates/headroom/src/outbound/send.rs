@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use headroom_core::budget::Outcome;
 use headroom_core::duration::format_duration;
 use headroom_core::{interpret, Rejection};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use tokio::time::Instant;
 
 use super::governor::Lease;
@@ -26,6 +26,10 @@ pub(crate) enum Read {
     All(usize),
 }
 
+/// An answer's body: as the upstream sends it (most answers, passed through without a box:
+/// an allocation per call saved), or what Headroom read of it.
+pub(crate) type AnswerBody = http_body_util::Either<hyper::body::Incoming, Body>;
+
 /// What one governed call gave.
 // Made and moved once per call: boxing the answer would cost an allocation on the hot path.
 #[allow(clippy::large_enum_variant)]
@@ -35,7 +39,7 @@ pub(crate) enum Answer {
     Refused(Rejection),
     Answered {
         parts: http::response::Parts,
-        body: Body,
+        body: AnswerBody,
         /// The body, when it was read (throttled and failed answers, or `Read::All`), up to
         /// the limit.
         inspected: Option<Bytes>,
@@ -134,7 +138,7 @@ pub(super) async fn send(
     let (inspected, truncated, body) = if read_all {
         let read_until = read_until();
         match tokio::time::timeout_at(read_until, read_capped(incoming, inspect_limit)).await {
-            Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Body::empty()),
+            Ok(Ok((bytes, truncated))) => (Some(bytes), truncated, Either::Right(Body::empty())),
             Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(out, call, lease, reason, waited);
@@ -144,8 +148,8 @@ pub(super) async fn send(
     } else if inspect {
         let read_until = read_until();
         match tokio::time::timeout_at(read_until, read_up_to(incoming, inspect_limit)).await {
-            Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Body::from(bytes)),
-            Ok(Ok(Err(stream))) => (None, false, stream),
+            Ok(Ok(Ok(bytes))) => (Some(bytes.clone()), false, Either::Right(Body::from(bytes))),
+            Ok(Ok(Err(stream))) => (None, false, Either::Right(stream)),
             Ok(Err(e)) => {
                 let reason = format!("the answer broke off: {e}");
                 return unreachable_upstream(out, call, lease, reason, waited);
@@ -153,7 +157,7 @@ pub(super) async fn send(
             Err(_) => return unreachable_upstream(out, call, lease, stalled(read_until), waited),
         }
     } else {
-        (None, false, Body::new(incoming))
+        (None, false, Either::Left(incoming))
     };
     // An ordinary answer with only common headers that never carry limits says nothing:
     // `interpret` would answer the same after looking at every line (and the clock).
