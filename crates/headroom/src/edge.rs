@@ -160,7 +160,9 @@ async fn serve_connection<S: RequestService>(
     let accepted = now();
     let activity = Arc::new(Activity::default());
     // The first head is awaited from the moment of the accept.
-    activity.waiting_since.store(stamp(accepted), Ordering::Relaxed);
+    activity
+        .waiting_since
+        .store(stamp(accepted), Ordering::Relaxed);
     let io = TokioIo::new(Watched {
         inner: tcp,
         activity: Arc::clone(&activity),

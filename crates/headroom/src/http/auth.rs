@@ -172,8 +172,7 @@ fn is_loopback_host(authority: &str) -> bool {
         .or_else(|| authority.strip_prefix("localhost"))
     {
         let port = rest.strip_prefix(':').unwrap_or(rest);
-        if port.len() == rest.len().saturating_sub(1) && port.bytes().all(|b| b.is_ascii_digit())
-        {
+        if port.len() == rest.len().saturating_sub(1) && port.bytes().all(|b| b.is_ascii_digit()) {
             return true;
         }
     }

@@ -2,6 +2,7 @@
 //! explicit buckets so that they aggregate across nodes.
 
 pub mod observe;
+mod sharded;
 
 use std::sync::OnceLock;
 
@@ -9,8 +10,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sharded::{ShardedCounter, ShardedHistogram};
 
 use crate::cfg::Upstream;
 
@@ -71,11 +72,11 @@ const WAIT_BUCKETS: [f64; 14] = [
 /// strings and hashes them under a lock; a handle shares the series' atomic.
 struct UpstreamSeries {
     /// By lane (realtime, bulk) and outcome (forwarded, refused, error, invalid).
-    requests: [[OnceLock<Counter>; 4]; 2],
+    requests: [[OnceLock<ShardedCounter>; 4]; 2],
     /// By lane.
-    wait: [OnceLock<Histogram>; 2],
+    wait: [OnceLock<ShardedHistogram>; 2],
     /// By status, 100 to 599.
-    responses: Box<[OnceLock<Counter>]>,
+    responses: Box<[OnceLock<ShardedCounter>]>,
 }
 
 impl UpstreamSeries {
@@ -114,13 +115,14 @@ pub struct Metrics {
     registry: Registry,
     /// By upstream index (see [`UpstreamSeries`]).
     series: Vec<UpstreamSeries>,
-    pub requests: Family<RequestLabels, Counter>,
-    pub upstream_responses: Family<ResponseLabels, Counter>,
+    /// Per call: sharded (see `sharded`), like `upstream_responses` and `wait_seconds`.
+    pub requests: Family<RequestLabels, ShardedCounter>,
+    pub upstream_responses: Family<ResponseLabels, ShardedCounter>,
     pub throttled: Family<TenantLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub oauth_refreshes: Family<OAuthLabels, Counter>,
     pub intake: Family<IntakeLabels, Counter>,
-    pub wait_seconds: Family<LaneLabels, Histogram>,
+    pub wait_seconds: Family<LaneLabels, ShardedHistogram>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<TenantLabels, Gauge>,
     /// Rate-limit events, retries, queues, budgets, alerts (the observe module).
@@ -149,13 +151,13 @@ impl Metrics {
     /// own series.
     pub fn with_limits(max_tenants: usize, upstreams: usize) -> Self {
         let mut registry = Registry::with_prefix("headroom");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
         registry.register(
             "proxy_requests",
             "Requests to the proxy, by upstream, lane and outcome",
             requests.clone(),
         );
-        let upstream_responses = Family::<ResponseLabels, Counter>::default();
+        let upstream_responses = Family::<ResponseLabels, ShardedCounter>::default();
         registry.register(
             "upstream_responses",
             "Responses from upstreams (every attempt), by status",
@@ -181,8 +183,9 @@ impl Metrics {
             "Webhook deliveries at /intake, by source and outcome",
             intake.clone(),
         );
-        let wait_seconds =
-            Family::<LaneLabels, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
+        let wait_seconds = Family::<LaneLabels, ShardedHistogram>::new_with_constructor(|| {
+            ShardedHistogram::new(&WAIT_BUCKETS)
+        });
         registry.register(
             "wait_seconds",
             "Time a proxied request waited in Headroom (queue, pauses, backoff), by lane",

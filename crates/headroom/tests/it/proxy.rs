@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{mock, send, Rig};
+use crate::common::{mock, send, Recorder, Rig, Server};
 use headroom_mock::Profile;
 use http::{Method, StatusCode};
 
@@ -591,4 +591,61 @@ async fn a_token_metered_api_is_paced_by_what_calls_cost() {
         }
         rig.shutdown().await;
     }
+}
+
+/// A call that is retried goes again with what its first attempt carried: the client's own
+/// headers, the tenant's stored credential in place of the client's, and the upstream's
+/// `Host` (the first attempt's headers went with it and are made anew for the next), both
+/// after a throttled answer and after a failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_carries_the_same_headers_again() {
+    let recorder = Recorder::start().await;
+    recorder.answer(429, &[("retry-after", "0")]);
+    recorder.answer(503, &[]);
+    let config = r#"
+[[upstreams]]
+name = "up"
+base_url = "{base}"
+retry = { max_attempts = 3, on_status = [503], base_delay = "10ms", max_delay = "10ms" }
+"#;
+    let server = Server::start(config, &recorder.url()).await;
+    server
+        .state
+        .credentials
+        .set("acme", "up", "sk_stored")
+        .await
+        .unwrap();
+    let r = send(
+        &server.client,
+        server.addr,
+        Method::GET,
+        "/proxy/up/things?x=1",
+        &[
+            ("headroom-tenant", "acme"),
+            ("headroom-max-wait", "10s"),
+            ("authorization", "Bearer the-clients-own"),
+            ("x-custom", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.attempts(), 3);
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 3);
+    let upstream_host = recorder.addr.to_string();
+    for (i, call) in seen.iter().enumerate() {
+        assert_eq!(call.path, "/things", "attempt {}", i + 1);
+        let auth: Vec<_> = call.headers.get_all("authorization").iter().collect();
+        assert_eq!(auth, ["Bearer sk_stored"], "attempt {}", i + 1);
+        assert_eq!(call.headers["x-custom"], "kept", "attempt {}", i + 1);
+        let hosts: Vec<_> = call.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, [upstream_host.as_str()], "attempt {}", i + 1);
+        assert!(call.headers.get("headroom-tenant").is_none());
+    }
+    server.shutdown().await;
 }
