@@ -2,9 +2,9 @@
 //! cache-line-sized shards: each thread adds to its own shard, and a scrape sums them.
 //!
 //! prometheus-client's `Counter` is one atomic and its `Histogram` one lock, shared by every
-//! thread: on a busy server both cores write the same cache line for every call, and with
-//! two Tokio workers those three series cost about 1.7 µs of CPU per proxied call (BENCHMARKS
-//! §6), ten times their instructions.
+//! thread: on a busy server every core writes the same cache lines (and takes the same lock)
+//! for every call. Here each thread writes its own. (On the 2-vCPU machine of BENCHMARKS §6
+//! the difference is inside the run-to-run spread; it is the many-core case this is for.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
