@@ -16,6 +16,7 @@ mod cost;
 pub mod governor;
 mod send;
 mod target;
+mod timer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct Outbound {
     costs: Arc<cost::CostEstimates>,
     /// OAuth access tokens, for upstreams whose credential is one.
     pub oauth: Arc<OAuth>,
+    /// The upstream timeout's timers.
+    timers: timer::Timers,
 }
 
 impl Outbound {
@@ -93,6 +96,7 @@ impl Outbound {
             clock,
             overrides,
             costs: Default::default(),
+            timers: timer::Timers::new(),
         }
     }
 

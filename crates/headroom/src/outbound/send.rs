@@ -93,7 +93,9 @@ pub(super) async fn send(
     // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
     // body that stalls is a transport error and gives the lease back.
     let give_up = Instant::now() + upstream.timeout;
-    let sent = tokio::time::timeout_at(give_up, out.client.request(outgoing)).await;
+    let mut timer = out.timers.until(give_up);
+    let sent = timer.limit(out.client.request(outgoing)).await;
+    drop(timer);
     let upstream_response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
