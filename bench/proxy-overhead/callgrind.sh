@@ -9,11 +9,14 @@
 #   bench/proxy-overhead/callgrind.sh
 #
 # Settings: HEADROOM_BIN (unset = build `--profile profiling`), BARE_BIN (unset = build
-# hyper-proxy/ in release), LOW [500], HIGH [4500].
+# hyper-proxy/ in release), LOW [500], HIGH [4500], LIMITS [0] (1 = a limited budget, as
+# run.sh's LIMITS=1: a configured limit far above the load and X-RateLimit-* headers on
+# every upstream answer, read back into the budget).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 LOW=${LOW:-500}
+LIMITS=${LIMITS:-0}
 HIGH=${HIGH:-4500}
 command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 2; }
 command -v nginx >/dev/null || { echo "nginx is needed" >&2; exit 2; }
@@ -36,7 +39,13 @@ pid $DIR/nginx.pid;
 error_log $DIR/nginx.err;
 events { worker_connections 1024; }
 http { access_log off; server { listen 127.0.0.1:$UP;
-  location / { default_type application/json; return 200 '{"ok":true}'; } } }
+  location / { default_type application/json;
+$(if [ "$LIMITS" = 1 ]; then
+    echo "    add_header X-RateLimit-Limit 100000000 always;"
+    echo "    add_header X-RateLimit-Remaining 99999999 always;"
+    echo "    add_header X-RateLimit-Reset 1 always;"
+fi)
+    return 200 '{"ok":true}'; } } }
 NGINX
 cat > "$DIR/headroom.toml" <<TOML
 listen = "127.0.0.1:$HR"
@@ -47,6 +56,7 @@ store = "sqlite://$DIR/headroom.db"
 name = "up"
 base_url = "http://127.0.0.1:$UP"
 max_concurrency = 10000
+$([ "$LIMITS" = 1 ] && echo 'limits = [{ quota = 100000000, window = "1s" }]')
 TOML
 cat > "$DIR/client.py" <<'PY'
 import http.client, sys, time

@@ -179,9 +179,9 @@ async fn serve_connection<S: RequestService>(
         activity: Arc::clone(&activity),
     };
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
-    // Every wait of the connection is timed here, from what `Activity` records: a timer per
-    // connection that sleeps until the next deadline that could pass, rather than a timer
-    // per request head.
+    // Every wait of the connection is timed here, from what `Activity` records: one timer per
+    // connection, which sleeps until the watchdog must look again (see `Activity::due`),
+    // rather than a timer per request head.
     let mut watchdog = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut stop = pin!(async move {
         let _ = stopping.changed().await;
@@ -197,32 +197,44 @@ async fn serve_connection<S: RequestService>(
     let (mut watching, mut closing) = (true, false);
     let ended = std::future::poll_fn(|cx| {
         side.task.register(cx.waker());
-        if side.fired.swap(false, Ordering::AcqRel) {
-            let mut side_cx = Context::from_waker(&side_waker);
-            if !closing && stop.as_mut().poll(&mut side_cx).is_ready() {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            while watching && watchdog.as_mut().poll(&mut side_cx).is_ready() {
-                let now = now();
-                let due = activity.due(accepted, &limits, now);
-                if now < due {
-                    // Polled again by the loop, which arms it.
-                    watchdog.as_mut().reset(due.into());
-                } else if activity.protocol() == Protocol::Http1 {
-                    // A request head not whole in time (or no next request within the idle
-                    // timeout): closed, as hyper's own header-read timeout would.
-                    return Poll::Ready(None);
-                } else {
+        // The connection first: a head that arrived in time is read (and its wait over)
+        // before the watchdog looks, however late this task runs.
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        if !side.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut side_cx = Context::from_waker(&side_waker);
+        let was_closing = closing;
+        if !closing && stop.as_mut().poll(&mut side_cx).is_ready() {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        while watching && watchdog.as_mut().poll(&mut side_cx).is_ready() {
+            let now = now();
+            match activity.due(accepted, &limits, now) {
+                (Some(deadline), _) if now >= deadline => {
+                    if activity.protocol() == Protocol::Http1 {
+                        // A request head not whole in time (or no next request within the
+                        // idle timeout): closed, as hyper's own header-read timeout would.
+                        return Poll::Ready(None);
+                    }
                     if !closing {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
                     watching = false;
                 }
+                // Polled again by the loop, which arms it.
+                (_, look) => watchdog.as_mut().reset(look.into()),
             }
         }
-        conn.as_mut().poll(cx).map(Some)
+        if closing && !was_closing {
+            // Shutting down is the connection's to do now.
+            return conn.as_mut().poll(cx).map(Some);
+        }
+        Poll::Pending
     })
     .await;
     match ended {
@@ -308,24 +320,36 @@ impl Activity {
         }
     }
 
-    /// When the connection's current wait ends, at `now`: for a connection serving an
-    /// HTTP/1 request (no wait), the earliest a wait that begins after now could end, so
-    /// that the watchdog looks again in time.
-    fn due(&self, accepted: Instant, limits: &ServerLimits, now: Instant) -> Instant {
-        match self.protocol() {
+    /// When the connection's current wait must end (`None`: no wait, an HTTP/1 request is
+    /// being served), and when the watchdog looks next: by then no deadline can have passed
+    /// unseen. A wait that begins, or a first byte that arrives, after `now` ends
+    /// `header_read_timeout` (or the idle timeout, if shorter) after it at the earliest.
+    fn due(
+        &self,
+        accepted: Instant,
+        limits: &ServerLimits,
+        now: Instant,
+    ) -> (Option<Instant>, Instant) {
+        let soonest = now + limits.header_read_timeout.min(limits.idle_timeout);
+        let deadline = match self.protocol() {
             Protocol::Unknown => accepted + limits.header_read_timeout,
             Protocol::Http2 => self.last_io() + limits.idle_timeout,
             Protocol::Http1 => match self.waiting_since.load(Ordering::Relaxed) {
-                0 => now + limits.header_read_timeout.min(limits.idle_timeout),
+                0 => return (None, soonest),
                 _ if !self.later_head.load(Ordering::Relaxed) => {
                     accepted + limits.header_read_timeout
                 }
                 since => match self.first_read.load(Ordering::Relaxed) {
-                    0 => unstamp(since) + limits.idle_timeout,
+                    // No byte yet: the idle timeout, unless a first byte comes first.
+                    0 => {
+                        let idle = unstamp(since) + limits.idle_timeout;
+                        return (Some(idle), idle.min(soonest));
+                    }
                     first => unstamp(first) + limits.header_read_timeout,
                 },
             },
-        }
+        };
+        (Some(deadline), deadline)
     }
 
     fn last_io(&self) -> Instant {

@@ -68,51 +68,52 @@ impl EncodeMetric for ShardedCounter {
     }
 }
 
-/// One shard of a histogram: its observations' count per bucket and their sum (an `f64`'s
-/// bits; a shard is written by few threads, so its compare-and-swap rarely retries).
-struct HistogramShard {
-    sum: AtomicU64,
-    /// Per bucket, the last one for values above every bound.
-    buckets: Box<[AtomicU64]>,
-}
+/// Cells per cache-line-sized chunk.
+const CELLS: usize = 16;
 
-/// A histogram (prometheus `histogram`) with fixed upper bounds.
+/// A histogram (prometheus `histogram`) with fixed upper bounds. Each shard has its own
+/// chunks (whole cache lines): the count per bucket (the last for values above every bound),
+/// then the sum of the values (an `f64`'s bits; written by few threads, so its
+/// compare-and-swap rarely retries).
 #[derive(Clone)]
 pub struct ShardedHistogram {
     bounds: Arc<[f64]>,
-    shards: Arc<[Padded<HistogramShard>]>,
+    chunks: Arc<[Padded<[AtomicU64; CELLS]>]>,
 }
 
 impl ShardedHistogram {
     pub fn new(bounds: &[f64]) -> ShardedHistogram {
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Padded(HistogramShard {
-                    sum: AtomicU64::new(0f64.to_bits()),
-                    buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                })
-            })
-            .collect();
+        let per_shard = Self::chunks_per_shard(bounds.len());
         ShardedHistogram {
             bounds: bounds.into(),
-            shards,
+            chunks: (0..SHARDS * per_shard).map(|_| Padded::default()).collect(),
         }
     }
 
+    /// Buckets (one per bound and one above) and the sum, in whole chunks.
+    fn chunks_per_shard(bounds: usize) -> usize {
+        (bounds + 2).div_ceil(CELLS)
+    }
+
+    /// Cell `i` of `shard`.
+    fn cell(&self, shard: usize, i: usize) -> &AtomicU64 {
+        let first = shard * Self::chunks_per_shard(self.bounds.len());
+        &self.chunks[first + i / CELLS].0[i % CELLS]
+    }
+
     pub fn observe(&self, value: f64) {
-        let shard = &self.shards[shard()].0;
+        let shard = shard();
         let bucket = self
             .bounds
             .iter()
             .position(|bound| value <= *bound)
             .unwrap_or(self.bounds.len());
-        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.cell(shard, bucket).fetch_add(1, Ordering::Relaxed);
         if value != 0.0 {
-            let _ = shard
-                .sum
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                    Some((f64::from_bits(bits) + value).to_bits())
-                });
+            let sum = self.cell(shard, self.bounds.len() + 1);
+            let _ = sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + value).to_bits())
+            });
         }
     }
 
@@ -126,10 +127,13 @@ impl ShardedHistogram {
             .chain(std::iter::once(&f64::MAX))
             .map(|bound| (*bound, 0))
             .collect();
-        for shard in self.shards.iter() {
-            sum += f64::from_bits(shard.0.sum.load(Ordering::Relaxed));
-            for (total, count) in buckets.iter_mut().zip(shard.0.buckets.iter()) {
-                total.1 += count.load(Ordering::Relaxed);
+        for shard in 0..SHARDS {
+            sum += f64::from_bits(
+                self.cell(shard, self.bounds.len() + 1)
+                    .load(Ordering::Relaxed),
+            );
+            for (i, total) in buckets.iter_mut().enumerate() {
+                total.1 += self.cell(shard, i).load(Ordering::Relaxed);
             }
         }
         let count = buckets.iter().map(|(_, n)| n).sum();

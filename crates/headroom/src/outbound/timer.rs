@@ -4,7 +4,8 @@
 //! removed again under the lock when dropped: twice per call. A kept timer that is still
 //! registered moves to a later deadline with one atomic compare-and-swap; it is left in the
 //! wheel at its old deadline, where the driver finds it has moved (once per timeout, not per
-//! call).
+//! call). A kept timer nobody reuses ends at its last deadline and wakes the task that last
+//! polled it, for nothing (once; on paused time, tokio's clock may advance to it).
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -76,12 +76,14 @@ async fn a_half_sent_request_head_is_closed_after_the_header_read_timeout() {
     // A fresh connection, then one that already served a request: both get 300 ms for a head
     // from its first byte.
     for warm in [false, true] {
+        // Before the connect: a fresh connection's clock starts at the accept.
+        let mut started = Instant::now();
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         if warm {
             assert!(healthz_on(&mut stream, GENEROUS).await.is_some());
+            // Before the write: a later head's clock starts at its first byte.
+            started = Instant::now();
         }
-        // Before the write: the server's clock starts when it reads the bytes.
-        let started = Instant::now();
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
             .await
@@ -99,6 +101,31 @@ async fn a_half_sent_request_head_is_closed_after_the_header_read_timeout() {
     assert!(closed && sent.is_empty());
     // And the server still answers.
     assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
+    server.shutdown().await;
+}
+
+/// A keep-alive connection that was idle a while (longer than the header-read timeout, well
+/// within the idle one) and then starts a head it never finishes: closed the header-read
+/// timeout after that head's first byte, not at the end of the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_after_an_idle_wait_gets_the_header_read_timeout() {
+    let server = Server::start(EDGE, "http://127.0.0.1:9").await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    assert!(healthz_on(&mut stream, GENEROUS).await.is_some());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    // The idle timeout is 5 s: closing within 3 s of the first byte can only be the
+    // header-read timeout's doing (300 ms).
+    let (closed, _) = read_to_close(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        closed,
+        "a half-sent head after an idle wait kept its connection"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
     server.shutdown().await;
 }
 
