@@ -171,8 +171,8 @@ fn is_loopback_host(authority: &str) -> bool {
         .strip_prefix("127.0.0.1")
         .or_else(|| authority.strip_prefix("localhost"))
     {
-        let port = rest.strip_prefix(':').unwrap_or(rest);
-        if port.len() == rest.len().saturating_sub(1) && port.bytes().all(|b| b.is_ascii_digit()) {
+        let port = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if rest.is_empty() || rest.strip_prefix(':').is_some_and(port) {
             return true;
         }
     }

@@ -331,8 +331,7 @@ impl Prepared<'_> {
             self.headers.clone()
         };
         let call = self.call(how.attempt, how.queue);
-        let request = send::Request { body, headers };
-        send::send(out, &call, lease, request, how.read, how.wait_until).await
+        send::send(out, &call, lease, body, headers, how.read, how.wait_until).await
     }
 }
 

@@ -57,19 +57,14 @@ pub(crate) enum Answer {
     Unreachable { reason: String, waited: Duration },
 }
 
-/// What goes with a call beside its method and URI.
-pub(super) struct Request {
-    pub body: Body,
-    pub headers: http::HeaderMap,
-}
-
 /// Makes the call under `lease`, reads the answer's rate-limit signals back into the budget
 /// (returning the lease), and records metrics and a log line for throttled answers.
 pub(super) async fn send(
     out: &Outbound,
     call: &Call<'_>,
     lease: Lease,
-    request: Request,
+    body: Body,
+    headers: http::HeaderMap,
     read: Read,
     wait_until: Option<Instant>,
 ) -> Answer {
@@ -79,10 +74,10 @@ pub(super) async fn send(
         Read::All(limit) => (limit, true),
     };
     let upstream = call.upstream;
-    let mut outgoing = http::Request::new(request.body);
+    let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = call.method.clone();
     *outgoing.uri_mut() = call.uri.clone();
-    *outgoing.headers_mut() = request.headers;
+    *outgoing.headers_mut() = headers;
     // The client adds no `Host` (see `client::build`): the upstream's, unless the caller
     // gave one (HTTP/2 allows it beside `:authority` when they agree, as here). Looked up
     // first: `entry` would make room for one more header even when it is there.
@@ -93,9 +88,8 @@ pub(super) async fn send(
     // The upstream's `timeout` covers the whole answer, head and the body Headroom reads: a
     // body that stalls is a transport error and gives the lease back.
     let give_up = Instant::now() + upstream.timeout;
-    let mut timer = out.timers.until(give_up);
-    let sent = timer.limit(out.client.request(outgoing)).await;
-    drop(timer);
+    let request = out.client.request(outgoing);
+    let sent = out.timers.until(give_up).limit(request).await;
     let upstream_response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

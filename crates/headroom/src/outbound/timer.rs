@@ -73,7 +73,7 @@ impl Timers {
     }
 }
 
-/// One call's timer: kept by its thread when dropped.
+/// One call's timer: kept by its thread when dropped (at the end of [`CallTimer::limit`]).
 pub(crate) struct CallTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     owner: u64,
@@ -85,7 +85,7 @@ pub(crate) struct Elapsed;
 
 impl CallTimer {
     /// `future`'s output, or [`Elapsed`] once the timer ends first.
-    pub async fn limit<F: Future>(&mut self, future: F) -> Result<F::Output, Elapsed> {
+    pub async fn limit<F: Future>(mut self, future: F) -> Result<F::Output, Elapsed> {
         let mut future = std::pin::pin!(future);
         std::future::poll_fn(|cx: &mut Context<'_>| {
             if let Poll::Ready(output) = future.as_mut().poll(cx) {
@@ -134,31 +134,26 @@ mod tests {
     async fn kept_timers_end_at_their_new_deadline() {
         let timers = Timers::new();
         let start = Instant::now();
-        let mut first = timers.until(start + Duration::from_secs(1));
+        let first = timers.until(start + Duration::from_secs(1));
         assert!(first.limit(std::future::ready(7)).await.is_ok());
-        drop(first);
         let kept = || KEPT.with(|k| k.borrow().timers.len());
         assert_eq!(kept(), 1);
         // The kept timer, moved later: the call ends before it.
-        let mut second = timers.until(start + Duration::from_secs(5));
+        let second = timers.until(start + Duration::from_secs(5));
         assert_eq!(kept(), 0, "the kept timer is reused");
         let done = second
             .limit(tokio::time::sleep(Duration::from_secs(3)))
             .await;
         assert!(done.is_ok());
         assert_eq!(start.elapsed(), Duration::from_secs(3));
-        drop(second);
         // And a call that outlasts it is cut at its deadline (moved earlier this time).
-        let mut third = timers.until(Instant::now() + Duration::from_secs(1));
+        let third = timers.until(Instant::now() + Duration::from_secs(1));
         let cut = third
             .limit(tokio::time::sleep(Duration::from_secs(60)))
             .await;
         assert!(cut.is_err());
         assert_eq!(start.elapsed(), Duration::from_secs(4));
         // Another server's calls do not take this one's timers: they are let go.
-        drop(third);
-        let fourth = timers.until(Instant::now());
-        drop(fourth);
         assert_eq!(kept(), 1);
         let (a, b) = (timers.until(Instant::now()), timers.until(Instant::now()));
         drop((a, b));
